@@ -1,0 +1,190 @@
+import dataclasses
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from wsseg.data.phantom import CLASSES, PHANTOM_VERSION, PhantomConfig, PhantomImage, generate_image
+from wsseg.data.preview import save_preview
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = PhantomConfig.tiny()
+VIEWS = [("CC", "L"), ("MLO", "L"), ("CC", "R"), ("MLO", "R")]
+
+
+def _digest(img: PhantomImage) -> str:
+    h = hashlib.sha256()
+    for a in (img.image, img.masks, img.breast_mask, img.labels):
+        h.update(a.tobytes())
+    h.update(json.dumps(img.meta, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def tiny_set() -> list[PhantomImage]:
+    return [generate_image(TINY, 11, "train", i, *VIEWS[i % 4]) for i in range(200)]
+
+
+def test_profiles() -> None:
+    assert (PhantomConfig.quick().height, PhantomConfig.quick().width, PhantomConfig.quick().pixel_spacing_mm) == (
+        736,
+        480,
+        0.4,
+    )
+    assert (PhantomConfig.paper().height, PhantomConfig.paper().width, PhantomConfig.paper().pixel_spacing_mm) == (
+        2944,
+        1920,
+        0.1,
+    )
+    assert (TINY.height, TINY.width, TINY.pixel_spacing_mm) == (184, 120, 1.6)
+    assert CLASSES == ("benign", "malignant")
+
+
+def test_same_inputs_same_bytes() -> None:
+    a = generate_image(TINY, 3, "val", 5, "MLO", "L")
+    b = generate_image(TINY, 3, "val", 5, "MLO", "L")
+    assert _digest(a) == _digest(b)
+
+
+def test_same_bytes_across_processes() -> None:
+    code = (
+        "import hashlib, json\n"
+        "from wsseg.data.phantom import PhantomConfig, generate_image\n"
+        "im = generate_image(PhantomConfig.tiny(), 3, 'val', 5, 'MLO', 'L')\n"
+        "h = hashlib.sha256()\n"
+        "[h.update(a.tobytes()) for a in (im.image, im.masks, im.breast_mask, im.labels)]\n"
+        "h.update(json.dumps(im.meta, sort_keys=True).encode())\n"
+        "print(h.hexdigest())\n"
+    )
+    # Different hash seeds would expose any use of Python's salted hash().
+    outs = [
+        subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+            env={"PYTHONHASHSEED": str(s), "PATH": "/usr/bin:/bin"},
+        ).stdout.strip()
+        for s in (1, 2)
+    ]
+    assert outs[0] == outs[1] == _digest(generate_image(TINY, 3, "val", 5, "MLO", "L"))
+
+
+def test_different_inputs_differ() -> None:
+    base = generate_image(TINY, 3, "val", 5, "CC", "L")
+    for other in (
+        generate_image(TINY, 3, "val", 6, "CC", "L"),
+        generate_image(TINY, 4, "val", 5, "CC", "L"),
+        generate_image(TINY, 3, "test", 5, "CC", "L"),
+    ):
+        assert not np.array_equal(base.image, other.image)
+
+
+def test_types_and_ranges(tiny_set: list[PhantomImage]) -> None:
+    for img in tiny_set[:40]:
+        assert img.image.dtype == np.uint16 and img.image.shape == (184, 120)
+        assert img.masks.dtype == bool and img.masks.shape == (2, 184, 120)
+        assert img.breast_mask.dtype == bool and img.breast_mask.shape == (184, 120)
+        assert img.labels.dtype == np.float32 and img.labels.shape == (2,)
+        assert int(img.image.max()) <= 4095
+        assert (img.image[~img.breast_mask] == 0).all() and (img.image[img.breast_mask] > 0).all()
+        assert img.breast_mask[:, 0].any() and not img.breast_mask[:, -1].any()  # chest wall at column 0
+        json.dumps(img.meta)
+        assert img.meta["phantom_version"] == PHANTOM_VERSION and img.meta["density"] in "ABCD"
+
+
+def test_labels_match_masks_and_masks_inside_breast(tiny_set: list[PhantomImage]) -> None:
+    for img in tiny_set:
+        for k in range(2):
+            assert img.labels[k] == float(img.masks[k].any())
+            assert not (img.masks[k] & ~img.breast_mask).any()
+        for les in img.meta["lesions"]:
+            k = CLASSES.index(les["class"])
+            x0, y0, x1, y1 = (int(v) for v in les["box_xyxy"])
+            assert x1 - x0 >= TINY.min_lesion_px and y1 - y0 >= TINY.min_lesion_px
+            assert img.masks[k, y0:y1, x0:x1].any()
+        # Every drawn lesion is rendered, so the meta agrees with the labels.
+        assert {les["class"] for les in img.meta["lesions"]} == {c for k, c in enumerate(CLASSES) if img.labels[k]}
+
+
+def test_label_mix(tiny_set: list[PhantomImage]) -> None:
+    labels = np.stack([img.labels for img in tiny_set])
+    normal = float((labels.sum(axis=1) == 0).mean())
+    assert 0.35 <= normal <= 0.65
+    assert labels[:, 0].sum() >= 20 and labels[:, 1].sum() >= 20
+    kinds = {(les["class"], les["type"]) for img in tiny_set for les in img.meta["lesions"]}
+    assert kinds == {(c, t) for c in CLASSES for t in ("mass", "calcification")}
+    densities = [img.meta["density"] for img in tiny_set]
+    assert set(densities) == set("ABCD")
+
+
+def test_pectoral_in_mlo_not_cc(tiny_set: list[PhantomImage]) -> None:
+    mlo = [img.meta["pectoral_frac"] for img in tiny_set if img.meta["view"] == "MLO"]
+    cc = [img.meta["pectoral_frac"] for img in tiny_set if img.meta["view"] == "CC"]
+    assert min(mlo) > 0.02
+    assert np.mean([f > 0 for f in cc]) < 0.5 and np.median(cc) == 0.0
+    # The muscle is bright: the top-left corner of an MLO is brighter than the breast's median.
+    img = next(i for i in tiny_set if i.meta["view"] == "MLO")
+    assert np.median(img.image[:5, :3]) > np.median(img.image[img.breast_mask])
+
+
+def test_lesion_size_is_physical() -> None:
+    half = dataclasses.replace(TINY, height=368, width=240, pixel_spacing_mm=0.8)
+    checked = 0
+    for i in range(200):
+        a = generate_image(TINY, 5, "train", i, "CC", "L")
+        big = [les for les in a.meta["lesions"] if les["type"] == "mass" and les["diameter_mm"] >= 12]
+        if len(a.meta["lesions"]) != 1 or not big:
+            continue
+        b = generate_image(half, 5, "train", i, "CC", "L")
+        assert [les["diameter_mm"] for les in b.meta["lesions"]] == [big[0]["diameter_mm"]]
+        assert b.meta["lesions"][0]["center_xy_mm"] == big[0]["center_xy_mm"]
+        ratio = b.masks.sum() / a.masks.sum()
+        assert 3.0 < ratio < 5.2, ratio  # (1.6 / 0.8) ** 2 = 4
+        checked += 1
+        if checked == 3:
+            break
+    assert checked == 3
+
+
+def test_quick_image_lesion_is_visible() -> None:
+    # A quick-profile mass must raise the image inside its mask above its surroundings.
+    cfg = dataclasses.replace(PhantomConfig.quick(), p_normal=0.0, p_calcification=0.0, p_second_lesion=0.0)
+    img = generate_image(cfg, 2, "train", 0, "CC", "L")
+    assert img.image.shape == (736, 480)
+    les = img.meta["lesions"][0]
+    x0, y0, x1, y1 = (int(v) for v in les["box_xyxy"])
+    pad = max(x1 - x0, y1 - y0)
+    mask = img.masks[CLASSES.index(les["class"])]
+    ring = np.zeros_like(mask)
+    ring[max(0, y0 - pad) : y1 + pad, max(0, x0 - pad) : x1 + pad] = True
+    ring &= ~mask & img.breast_mask
+    assert img.image[mask].mean() > img.image[ring].mean()
+    assert 5 / 0.4 * 0.9 <= max(x1 - x0, y1 - y0) <= 30 / 0.4 * 1.6
+
+
+def test_bad_view_rejected() -> None:
+    with pytest.raises(ValueError):
+        generate_image(TINY, 0, "train", 0, "ML", "L")
+
+
+def test_preview_grid(tmp_path: Path, tiny_set: list[PhantomImage]) -> None:
+    items = [(img.image, img.masks, f"#{i}") for i, img in enumerate(tiny_set[:6])]
+    out = save_preview(items, tmp_path / "sub" / "p.png", ncols=4, tile_height=92)
+    assert out == tmp_path / "sub" / "p.png"
+    with Image.open(out) as im:
+        assert im.format == "PNG" and im.mode == "RGB"
+        assert im.size == (4 * 60, 2 * 92)  # 184x120 tiles scaled to 92 tall are 60 wide; 6 items -> 2 rows
+        rgb = np.asarray(im)
+    assert list(tmp_path.joinpath("sub").iterdir()) == [out]  # no temp file left behind
+    # Lesion outlines are drawn in their class colours.
+    if any(img.labels[1] for img in tiny_set[:6]):
+        assert ((rgb[..., 0] > 200) & (rgb[..., 1] < 80)).any()
+    if any(img.labels[0] for img in tiny_set[:6]):
+        assert ((rgb[..., 1] > 200) & (rgb[..., 0] < 80)).any()

@@ -1,0 +1,113 @@
+"""The `wsseg` command end to end on the tiny profile, and a real SIGKILL followed by --resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from wsseg.cli import app
+
+runner = CliRunner()
+RECORD_KEYS = {"method", "dataset", "profile", "seed", "config", "versions", "timings", "metrics", "references"}
+CLASS_KEYS = {"dice", "iou", "dice_at_0.5", "iou_at_0.5", "threshold", "auroc", "n_images"}
+
+
+def test_run_end_to_end(tmp_path: Path, cache_dir: Path) -> None:
+    args = ["run", "--method", "cam", "--profile", "tiny", "--out", str(tmp_path), "--cache-dir", str(cache_dir), "-q"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    for word in ("benign", "malignant", "Dice", "IoU", "AUROC", "uniform Dice"):
+        assert word in result.output
+    (record_path,) = tmp_path.glob("*/record.json")
+    record = json.loads(record_path.read_text())
+    assert RECORD_KEYS <= set(record)
+    assert record["method"] == "cam" and record["profile"] == "tiny" and record["dataset"] == "phantom"
+    for name in ("benign", "malignant"):
+        assert CLASS_KEYS <= set(record["metrics"][name])
+        assert 0.0 <= record["metrics"][name]["threshold"] <= 1.0
+    assert record["config"]["method_config"]["backbone"] == "test-resnet"
+    assert record["versions"]["torch"] and record["timings"]["total"] > 0
+    assert (record_path.parent / "best.pt").exists() and (record_path.parent / "last.pt").exists()
+
+
+def test_list_methods_shows_cam() -> None:
+    result = runner.invoke(app, ["list", "methods"])
+    assert result.exit_code == 0
+    assert "cam" in result.output and "built-in" in result.output and "weak" in result.output
+
+
+def test_unknown_method_is_a_clear_error(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["run", "--method", "nope", "--out", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "unknown method 'nope'" in result.output and "cam" in result.output
+
+
+def test_resume_without_a_run_is_a_clear_error(tmp_path: Path, cache_dir: Path) -> None:
+    args = [
+        "run",
+        "--method",
+        "cam",
+        "--profile",
+        "tiny",
+        "--out",
+        str(tmp_path),
+        "--cache-dir",
+        str(cache_dir),
+        "--resume",
+    ]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and "run without --resume" in result.output
+
+
+def test_data_preview_writes_a_png(tmp_path: Path) -> None:
+    from PIL import Image
+
+    out = tmp_path / "preview.png"
+    result = runner.invoke(app, ["data", "preview", "phantom", "--n", "4", "--profile", "tiny", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    with Image.open(out) as im:
+        assert im.width > 0 and im.height > 0
+
+
+def test_sigkill_then_resume_continues_from_the_checkpoint(tmp_path: Path, cache_dir: Path) -> None:
+    out = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "wsseg", "run", "--method", "cam", "--profile", "tiny", "--out", str(out)]
+    cmd += ["--cache-dir", str(cache_dir), "--epochs", "12", "--set", "train.checkpoint_every=1", "-q"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    seen = []
+    try:
+        # Kill once epoch 2 is reported: by then epoch 1's end-of-epoch checkpoint is on disk.
+        for line in iter(proc.stdout.readline, b""):  # type: ignore[union-attr]
+            seen.append(line.decode())
+            if line.startswith(b"epoch 2/12"):
+                break
+        assert proc.poll() is None, "the run ended before it could be killed: " + "".join(seen)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    (run_dir,) = out.iterdir()
+    assert not (run_dir / "record.json").exists()
+
+    resumed = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, env=env, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"resuming {run_dir}" in resumed.stdout
+    # The first epoch is not trained again: the resumed process reports epochs 2.. only.
+    assert "epoch 1/12" not in resumed.stdout and "epoch 12/12" in resumed.stdout
+    record = json.loads((run_dir / "record.json").read_text())
+    assert [h["epoch"] for h in record["training"]["history"]] == list(range(1, 13))
+
+
+@pytest.mark.parametrize("flag", [["--profile", "huge"], ["--set", "train.epochs=x"], ["--device", "tpu"]])
+def test_bad_flags_are_clear_errors(tmp_path: Path, flag: list[str]) -> None:
+    result = runner.invoke(app, ["run", "--method", "cam", "--out", str(tmp_path), *flag])
+    assert result.exit_code == 2 and "error:" in result.output

@@ -1,0 +1,217 @@
+"""The ``wsseg`` command line (typer). Method names and choices come from the registry."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from tabulate import tabulate
+
+from wsseg.data.phantom import CLASSES
+
+app = typer.Typer(
+    name="wsseg",
+    help="Benchmark weakly-supervised segmentation of high-resolution mammograms.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+list_app = typer.Typer(help="List registered methods and backbones.", no_args_is_help=True)
+data_app = typer.Typer(help="Prepare and look at datasets.", no_args_is_help=True)
+app.add_typer(list_app, name="list")
+app.add_typer(data_app, name="data")
+
+# Errors a user can fix; anything else is a bug and keeps its traceback.
+USER_ERRORS = (ValueError, KeyError, FileNotFoundError, FileExistsError, ImportError, OSError)
+
+
+def _fail(e: BaseException | str) -> NoReturn:
+    msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+    typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+def _fmt(x: Any) -> str:
+    if isinstance(x, float):
+        return "n/a" if math.isnan(x) else f"{x:.3f}"
+    return str(x)
+
+
+def results_table(record: dict[str, Any]) -> str:
+    """The per-class table printed at the end of a run."""
+    rows = []
+    for name in CLASSES:
+        m = record["metrics"][name]
+        ref = record["references"]["uniform_breast"][name]
+        rows.append(
+            [
+                name,
+                m["dice"],
+                m["iou"],
+                m["threshold"],
+                m["dice_at_0.5"],
+                m["iou_at_0.5"],
+                m["auroc"],
+                int(m["n_images"]),
+                ref["dice"],
+            ]
+        )
+    headers = ["class", "Dice", "IoU", "threshold", "Dice@0.5", "IoU@0.5", "AUROC", "test lesions", "uniform Dice"]
+    return tabulate([[_fmt(v) for v in r] for r in rows], headers=headers, disable_numparse=True)
+
+
+@app.command()
+def run(
+    method: Annotated[str, typer.Option("--method", "-m", help="Registered method name (see `wsseg list methods`).")],
+    dataset: Annotated[str, typer.Option(help="Dataset name.")] = "phantom",
+    profile: Annotated[
+        str, typer.Option(help="quick (CPU minutes, 736x480), paper (GPU, 2944x1920) or tiny (tests).")
+    ] = "quick",
+    seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
+    epochs: Annotated[int | None, typer.Option(help="Override the profile's epoch count.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Override the profile's batch size.")] = None,
+    out: Annotated[Path, typer.Option("--out", help="Parent folder of run folders.")] = Path("runs"),
+    run_id: Annotated[
+        str | None, typer.Option(help="Run folder name (default: method-dataset-profile-seed-time).")
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue the latest matching run from its last checkpoint.")
+    ] = False,
+    cache_dir: Annotated[
+        Path | None, typer.Option(help="Dataset cache folder (default: $WSSEG_CACHE_DIR or the XDG cache).")
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a config field: section.field=value (data, train, eval, method)."),
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """Train a method, evaluate it on the test split and write DIR/<run_id>/record.json."""
+    from wsseg.config import make_run_config
+    from wsseg.run import run as run_fn
+
+    overrides = list(set_ or [])
+    overrides += [f"data.dataset={dataset}", f"train.device={device}"]
+    if epochs is not None:
+        overrides.append(f"train.epochs={epochs}")
+    if batch_size is not None:
+        overrides.append(f"train.batch_size={batch_size}")
+    if cache_dir is not None:
+        overrides.append(f"data.cache_dir={cache_dir}")
+    try:
+        cfg = make_run_config(method, profile, seed, overrides)  # type: ignore[arg-type]
+        record = run_fn(cfg, out, run_id=run_id, resume=resume, progress=not quiet, log=typer.echo)
+    except USER_ERRORS as e:
+        _fail(e)
+    t = record["timings"]
+    typer.echo(
+        f"\n{record['method']} on {record['dataset']} ({record['profile']}), seed {record['seed']}, "
+        f"device {record['device']}: best epoch {record['training']['best_epoch']}, "
+        f"{t['total']:.0f} s total ({t['data']:.0f} data, {t['train']:.0f} train, {t['eval']:.0f} eval)"
+    )
+    typer.echo("test split; Dice/IoU at the threshold calibrated on validation, averaged over images with a lesion\n")
+    typer.echo(results_table(record))
+    typer.echo(f"\nrecord: {out / record['run_id'] / 'record.json'}")
+
+
+@list_app.command("methods")
+def list_methods_cmd() -> None:
+    """List registered methods: name, supervision, source and description; broken plugins last."""
+    from wsseg.registry import broken_methods, get_method_spec, list_methods
+
+    rows = []
+    for name in list_methods():
+        spec = get_method_spec(name)
+        rows.append([name, spec.supervision, spec.source, spec.description])
+    for name, err in sorted(broken_methods().items()):
+        rows.append([name, "BROKEN", err.split(":")[0], err.split(": ", 1)[-1]])
+    typer.echo(tabulate(rows, headers=["method", "supervision", "source", "description"]))
+
+
+@list_app.command("backbones")
+def list_backbones_cmd() -> None:
+    """List wsseg's backbone aliases (any timm model name works too)."""
+    from wsseg.nn.backbones import ALIASES
+
+    typer.echo(tabulate([[k, v] for k, v in ALIASES.items()], headers=["backbone", "timm spec"]))
+
+
+def _check_dataset(name: str) -> None:
+    if name != "phantom":
+        _fail(f"unknown dataset {name!r}; available: phantom")
+
+
+@data_app.command("prepare")
+def data_prepare(
+    dataset: Annotated[str, typer.Argument(help="Dataset name.")] = "phantom",
+    profile: Annotated[str, typer.Option(help="quick, paper or tiny.")] = "quick",
+    cache_dir: Annotated[Path | None, typer.Option(help="Cache folder.")] = None,
+    workers: Annotated[int | None, typer.Option(help="Processes (default: all cores).")] = None,
+) -> None:
+    """Generate (or verify) the cached dataset a run of this profile reads."""
+    from wsseg.config import PROFILES, DataConfig, phantom_config
+    from wsseg.data.dataset import prepare_phantom
+
+    _check_dataset(dataset)
+    try:
+        data = DataConfig(**PROFILES[profile].get("data", {}))
+        counts = {"train": data.n_train, "val": data.n_val, "test": data.n_test}
+        root = prepare_phantom(phantom_config(profile), data.seed, counts, cache_dir, workers)  # type: ignore[arg-type]
+    except (KeyError, *USER_ERRORS) as e:
+        _fail(e if not isinstance(e, KeyError) else f"unknown profile {profile!r}; choose quick, paper or tiny")
+    typer.echo(f"{sum(counts.values())} images ready in {root}")
+
+
+@data_app.command("preview")
+def data_preview(
+    dataset: Annotated[str, typer.Argument(help="Dataset name.")] = "phantom",
+    n: Annotated[int, typer.Option("--n", help="Number of images.")] = 8,
+    out: Annotated[Path, typer.Option("--out", help="PNG file to write.")] = Path("preview.png"),
+    profile: Annotated[str, typer.Option(help="quick, paper or tiny.")] = "quick",
+    split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
+    seed: Annotated[int, typer.Option(help="Dataset seed.")] = 0,
+    lesions_only: Annotated[bool, typer.Option("--lesions-only", help="Show only images with a lesion.")] = False,
+) -> None:
+    """Draw a grid of samples with lesion outlines (benign green, malignant red)."""
+    from wsseg.config import phantom_config
+    from wsseg.data.dataset import sample_identity
+    from wsseg.data.phantom import generate_image
+    from wsseg.data.preview import save_preview
+
+    _check_dataset(dataset)
+    if n < 1:
+        _fail("--n must be at least 1")
+    try:
+        pcfg = phantom_config(profile)  # type: ignore[arg-type]
+    except KeyError:
+        _fail(f"unknown profile {profile!r}; choose quick, paper or tiny")
+    items, index = [], 0
+    while len(items) < n and index < 100 * n:
+        ident = sample_identity(split, index)
+        img = generate_image(pcfg, seed, split, index, view=ident["view"], laterality=ident["laterality"])
+        index += 1
+        if lesions_only and not img.masks.any():
+            continue
+        m = img.meta
+        kinds = ", ".join(f"{les['class']} {les['type']}" for les in m.get("lesions", [])) or "normal"
+        items.append(
+            (img.image, img.masks, f"{ident['image_id']} {m['laterality']}-{m['view']} {m['density']}: {kinds}")
+        )
+    try:
+        path = save_preview(items, out)
+    except OSError as e:
+        _fail(e)
+    typer.echo(f"wrote {path} ({len(items)} images)")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

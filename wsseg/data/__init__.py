@@ -1,0 +1,1 @@
+"""Data sources, the phantom generator, the on-disk cache and the datasets the loop reads."""

@@ -1,0 +1,1 @@
+"""Building blocks methods share: the backbone factory and the one upsampling rule."""

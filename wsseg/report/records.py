@@ -1,0 +1,98 @@
+"""Run records: one JSON file per run, the input of every leaderboard.
+
+Schema (``schema_version`` 1); every key is always present:
+
+- ``schema_version``: int, bumped on incompatible changes.
+- ``run_id``: folder name of the run; ``created``: UTC ISO timestamp of the record.
+- ``method``: registry name; ``supervision``: ``weak`` or ``full``; ``method_source``: built-in, plugin or file.
+- ``dataset``: dataset name; ``dataset_info``: version, cache key, per-split image counts and id hashes.
+- ``profile``: ``tiny`` | ``quick`` | ``paper``; ``seed``: training seed.
+- ``config``: the resolved run config (data, train, eval, method_config).
+- ``versions``: wsseg, torch, timm, numpy, python, phantom generator, git sha (null outside a git checkout).
+- ``device``: ``cpu`` or the CUDA device name; ``precision``: ``fp32`` or ``bf16``.
+- ``timings``: seconds for ``data``, ``train``, ``eval`` and ``total``;
+  ``throughput``: ``train_images_per_s`` and ``eval_images_per_s``; ``peak_memory_mb``: host RSS or CUDA peak.
+- ``training``: best epoch, best validation AUROC and the per-epoch history.
+- ``thresholds``: per class, the Dice-maximising threshold chosen on the validation split, and the rule used.
+- ``metrics``: per class (``benign``, ``malignant``) on the test split:
+  ``dice``, ``iou`` (at the calibrated threshold, the headline), ``threshold``, ``dice_at_0.5``,
+  ``iou_at_0.5``, ``auroc`` (image level) and ``n_images`` (test images with a lesion of that class;
+  Dice and IoU are image-averaged over them, per the empty-ground-truth policy of
+  :mod:`wsseg.evaluation.metrics`).
+- ``references``: the same per-class block for reference maps scored by the same evaluator, e.g.
+  ``uniform_breast`` (a constant map inside the breast): the floor a method must beat.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import timm
+import torch
+
+import wsseg
+from wsseg._io import atomic_write_json
+from wsseg.data.phantom import PHANTOM_VERSION
+
+SCHEMA_VERSION = 1
+
+
+def git_sha() -> str | None:
+    """The commit of the wsseg checkout, or None when wsseg is not running from a git checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(wsseg.__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def versions() -> dict[str, str | None]:
+    """Versions of everything that decides a run's numbers."""
+    return {
+        "wsseg": wsseg.__version__,
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "phantom": PHANTOM_VERSION,
+        "git_sha": git_sha(),
+    }
+
+
+def utc_now() -> str:
+    """The current UTC time, ISO 8601, seconds precision."""
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def write_record(path: str | Path, record: dict[str, Any]) -> Path:
+    """Write a record atomically (a reader never sees half a record)."""
+    return atomic_write_json(path, record)
+
+
+def read_record(path: str | Path) -> dict[str, Any]:
+    """Read a record.
+
+    Raises:
+        ValueError: not JSON, or not a wsseg record of a known schema version.
+    """
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"cannot read run record {path}: {e}") from e
+    if not isinstance(record, dict) or record.get("schema_version") != SCHEMA_VERSION:
+        raise ValueError(f"{path} is not a wsseg run record of schema version {SCHEMA_VERSION}")
+    return record

@@ -1,0 +1,239 @@
+"""`wsseg run`: prepare the data, train, evaluate and write the run record.
+
+Kept apart from the CLI so that tests and scripts call the same function the command does.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import resource
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from wsseg._io import atomic_write_json
+from wsseg.config import RunConfig, phantom_config
+from wsseg.data.dataset import MammogramDataset, phantom_cache_key, prepare_phantom, split_hash
+from wsseg.data.phantom import CLASSES, PHANTOM_VERSION
+from wsseg.evaluation.classification import auroc
+from wsseg.evaluation.evaluator import SegmentationEvaluator
+from wsseg.evaluation.inference import predict_batches
+from wsseg.method import WSSegMethod
+from wsseg.registry import get_method_spec
+from wsseg.report.records import SCHEMA_VERSION, utc_now, versions, write_record
+from wsseg.training.checkpoint import load_checkpoint
+from wsseg.training.loop import resolve_device, train, use_bf16
+
+REFERENCE_MAPS: dict[str, Callable[[dict[str, Any]], torch.Tensor]] = {
+    # A constant map inside the breast: predicts the whole breast at any threshold. The floor to beat.
+    "uniform_breast": lambda batch: batch["breast_mask"][:, None].float().expand(-1, len(CLASSES), -1, -1),
+}
+
+
+@dataclass
+class SplitEvaluation:
+    """Everything the evaluator gathered on one split."""
+
+    evaluator: SegmentationEvaluator
+    references: dict[str, SegmentationEvaluator]
+    logits: np.ndarray
+    labels: np.ndarray
+    image_ids: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def evaluate_split(
+    method: WSSegMethod,
+    dataset: MammogramDataset,
+    batch_size: int,
+    device: torch.device,
+    bf16: bool,
+    n_bins: int,
+    num_workers: int = 0,
+    progress: bool = True,
+) -> SplitEvaluation:
+    """Run ``method`` over a split and accumulate its maps (and the reference maps) in evaluators."""
+    from tqdm.auto import tqdm
+
+    t0 = time.perf_counter()
+    ev = SegmentationEvaluator(CLASSES, n_bins)
+    refs = {name: SegmentationEvaluator(CLASSES, n_bins) for name in REFERENCE_MAPS}
+    logits, labels, ids = [], [], []
+    bar = tqdm(total=len(dataset), desc=f"evaluate {dataset.split}", unit="img", disable=not progress)
+    for batch, out in predict_batches(method, dataset, batch_size, device, bf16, num_workers):
+        for i, meta in enumerate(batch["meta"]):
+            image_id = meta["image_id"]
+            ev.add(image_id, out.saliency[i], batch["masks"][i], batch["breast_mask"][i])
+            ids.append(image_id)
+        for name, make_map in REFERENCE_MAPS.items():
+            ref = make_map(batch)  # (B, K, H, W)
+            for i, meta in enumerate(batch["meta"]):
+                refs[name].add(meta["image_id"], ref[i], batch["masks"][i], batch["breast_mask"][i])
+        logits.append(out.logits.cpu().numpy())
+        labels.append(batch["labels"].cpu().numpy())
+        bar.update(len(batch["meta"]))
+    bar.close()
+    return SplitEvaluation(ev, refs, np.concatenate(logits), np.concatenate(labels), ids, time.perf_counter() - t0)
+
+
+def find_resumable(out_dir: Path, prefix: str) -> Path | None:
+    """The most recent run folder in ``out_dir`` named ``prefix*`` that holds a checkpoint."""
+    candidates = sorted(p for p in out_dir.glob(f"{prefix}*") if (p / "last.pt").exists())
+    return candidates[-1] if candidates else None
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak CUDA memory on GPU runs, peak resident host memory otherwise."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10  # bytes on macOS, KiB on Linux
+
+
+def run(
+    cfg: RunConfig,
+    out_dir: str | Path = "runs",
+    run_id: str | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Train and evaluate one method; write ``out_dir/<run_id>/record.json`` and return the record.
+
+    Args:
+        cfg: the resolved run config.
+        out_dir: parent folder of run folders.
+        run_id: the run folder's name; by default ``<method>-<dataset>-<profile>-s<seed>-<UTC time>``.
+        resume: continue the run ``run_id`` or, without one, the latest run of the same method,
+            dataset, profile and seed that has a checkpoint; its saved config is used.
+        progress: show progress bars.
+        log: where one-line status messages go.
+    """
+    t_total = time.perf_counter()
+    out_dir = Path(out_dir)
+    prefix = f"{cfg.method}-{cfg.data.dataset}-{cfg.profile}-s{cfg.seed}-"
+    run_dir: Path | None = out_dir / run_id if run_id else None
+    if resume:
+        run_dir = run_dir if run_dir is not None else find_resumable(out_dir, prefix)
+        if run_dir is None or not (run_dir / "last.pt").exists():
+            raise FileNotFoundError(
+                f"--resume found no checkpoint {'in ' + str(run_dir) if run_dir else f'for {prefix}* in {out_dir}'}; "
+                "run without --resume to start a new run"
+            )
+        saved = RunConfig.from_dict(json.loads((run_dir / "config.json").read_text(encoding="utf-8")))
+        if saved.to_dict() != cfg.to_dict():
+            warnings.warn(f"resuming {run_dir.name} with its saved config; the flags given now differ", stacklevel=2)
+        cfg = saved
+        log(f"resuming {run_dir}")
+    if run_dir is None:
+        run_dir = out_dir / (prefix + time.strftime("%Y%m%d-%H%M%S", time.gmtime()))
+    if (run_dir / "last.pt").exists() and not resume:
+        raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it or another --run-id")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(run_dir / "config.json", cfg.to_dict())
+
+    if cfg.data.dataset != "phantom":
+        raise ValueError(f"unknown dataset {cfg.data.dataset!r}; available: phantom")
+    device = resolve_device(cfg.train.device)
+    bf16 = use_bf16(cfg.train.precision, device)
+    workers = cfg.data.num_workers if cfg.data.num_workers is not None else (0 if device.type == "cpu" else 8)
+
+    # 1. Data: generated once, cached on disk, reused by every later run with the same settings.
+    t0 = time.perf_counter()
+    pcfg = phantom_config(cfg.profile)
+    counts = {"train": cfg.data.n_train, "val": cfg.data.n_val, "test": cfg.data.n_test}
+    root = prepare_phantom(pcfg, cfg.data.seed, counts, cfg.data.cache_dir, progress=progress)
+    spec = get_method_spec(cfg.method)
+    # Only fully supervised reference methods may see training masks.
+    train_set = MammogramDataset(root, "train", with_masks=spec.supervision == "full")
+    val_set = MammogramDataset(root, "val", with_masks=True)
+    test_set = MammogramDataset(root, "test", with_masks=True)
+    data_seconds = time.perf_counter() - t0
+    sizes = f"{len(train_set)}/{len(val_set)}/{len(test_set)}"
+    log(f"data: {sizes} train/val/test images from {root} ({data_seconds:.1f} s)")
+
+    # 2. Train.
+    method = spec.cls(spec.cls.Config(**cfg.method_config), num_classes=len(CLASSES), in_chans=1)
+    result = train(
+        method,
+        train_set,
+        val_set,
+        cfg.train,
+        run_dir,
+        seed=cfg.seed,
+        run_config=cfg.to_dict(),
+        resume=resume,
+        num_workers=workers,
+        eval_batch_size=cfg.eval.batch_size,
+        progress=progress,
+    )
+
+    # 3. Evaluate the best epoch: thresholds are calibrated on validation and frozen for test.
+    method.load_state_dict(load_checkpoint(result.best_checkpoint, map_location=device)["model"])
+    args = (cfg.eval.batch_size, device, bf16, cfg.eval.n_bins, workers, progress)
+    val = evaluate_split(method, val_set, *args)
+    test = evaluate_split(method, test_set, *args)
+    thresholds = val.evaluator.calibrated_thresholds()
+    metrics = test.evaluator.summary(thresholds, cfg.eval.fixed_threshold)
+    for k, name in enumerate(CLASSES):
+        metrics[name]["auroc"] = auroc(test.labels[:, k], test.logits[:, k])
+    references = {
+        ref: ev.summary(val.references[ref].calibrated_thresholds(), cfg.eval.fixed_threshold)
+        for ref, ev in test.references.items()
+    }
+    eval_seconds = val.seconds + test.seconds
+
+    record: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "run_id": run_dir.name,
+        "created": utc_now(),
+        "method": cfg.method,
+        "supervision": spec.supervision,
+        "method_source": spec.source,
+        "dataset": cfg.data.dataset,
+        "dataset_info": {
+            "version": f"phantom-{PHANTOM_VERSION}",
+            "cache_key": phantom_cache_key(pcfg, cfg.data.seed, counts),
+            "image_size": [pcfg.height, pcfg.width],
+            "pixel_spacing_mm": pcfg.pixel_spacing_mm,
+            "counts": {s: len(d) for s, d in (("train", train_set), ("val", val_set), ("test", test_set))},
+            "split_hashes": {
+                s: split_hash(d.image_ids) for s, d in (("train", train_set), ("val", val_set), ("test", test_set))
+            },
+        },
+        "profile": cfg.profile,
+        "seed": cfg.seed,
+        "config": cfg.to_dict(),
+        "versions": versions(),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "precision": "bf16" if bf16 else "fp32",
+        "timings": {
+            "data": data_seconds,
+            "train": result.train_seconds,
+            "eval": eval_seconds,
+            "total": time.perf_counter() - t_total,
+        },
+        "throughput": {
+            "train_images_per_s": result.images_per_second,
+            "eval_images_per_s": (len(val_set) + len(test_set)) / eval_seconds if eval_seconds > 0 else math.nan,
+        },
+        "peak_memory_mb": peak_memory_mb(device),
+        "training": {
+            "best_epoch": result.best_epoch,
+            "best_val_auroc": result.best_val_auroc,
+            "history": result.history,
+        },
+        "thresholds": {"rule": "argmax of image-averaged validation Dice on the grid k/n_bins", **thresholds},
+        "metrics": metrics,
+        "references": references,
+    }
+    write_record(run_dir / "record.json", record)
+    return record

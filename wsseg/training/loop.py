@@ -1,0 +1,244 @@
+"""THE training loop: one function, read top to bottom.
+
+Every method trains here. What differs between methods lives in the method (its loss, its parameter
+groups, its ``on_train_start``/``on_epoch_end`` hooks), never in ``if`` branches of this file.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from wsseg.config import TrainConfig
+from wsseg.data.dataset import collate
+from wsseg.evaluation.classification import mean_auroc
+from wsseg.evaluation.inference import autocast, predict_logits, to_device
+from wsseg.method import WSSegMethod
+from wsseg.training.checkpoint import load_checkpoint, save_checkpoint
+
+LAST, BEST = "last.pt", "best.pt"
+
+
+@dataclass
+class TrainResult:
+    """What training returns (nothing is kept on the method).
+
+    Attributes:
+        best_checkpoint: weights with the best validation AUROC.
+        last_checkpoint: the full run state after the last epoch.
+        best_epoch: 1-based epoch of the best checkpoint.
+        best_val_auroc: its mean validation AUROC.
+        history: one dict per epoch (loss, val AUROC, seconds).
+        train_seconds: wall time spent in this process's training (resumed runs add up).
+        images_per_second: training throughput.
+    """
+
+    best_checkpoint: Path
+    last_checkpoint: Path
+    best_epoch: int
+    best_val_auroc: float
+    history: list[dict[str, float]] = field(default_factory=list)
+    train_seconds: float = 0.0
+    images_per_second: float = 0.0
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is an error that names the fix."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
+    return torch.device(name)
+
+
+def use_bf16(precision: str, device: torch.device) -> bool:
+    """bf16 autocast on CUDA unless fp32 is asked for; CPU always runs fp32."""
+    if precision == "bf16" and device.type != "cuda":
+        raise ValueError("precision bf16 needs a CUDA device; use precision fp32 on CPU")
+    return device.type == "cuda" and precision in ("auto", "bf16")
+
+
+def epoch_order(seed: int, epoch: int, n: int) -> list[int]:
+    """The sample order of one epoch, a function of (seed, epoch) alone so a resumed run replays it exactly."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, epoch, 0x5EED]))
+    return [int(i) for i in rng.permutation(n)]
+
+
+def lr_factor(step: int, warmup: int, total: int) -> float:
+    """Linear warm-up to 1, then cosine decay to 5 % of the peak."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def train(
+    method: WSSegMethod,
+    train_set: Dataset[dict[str, Any]],
+    val_set: Dataset[dict[str, Any]],
+    cfg: TrainConfig,
+    run_dir: str | Path,
+    *,
+    seed: int,
+    run_config: dict[str, Any],
+    resume: bool = False,
+    num_workers: int = 0,
+    eval_batch_size: int = 8,
+    progress: bool = True,
+) -> TrainResult:
+    """Train ``method`` on ``train_set``, select the best epoch on ``val_set`` AUROC, checkpoint into ``run_dir``.
+
+    Args:
+        method: the method to train (modified in place: its weights are the last epoch's on return).
+        train_set: training split; for weakly supervised methods its samples must carry no masks.
+        val_set: validation split, used for the per-epoch AUROC.
+        cfg: loop settings.
+        run_dir: where ``last.pt`` (full state) and ``best.pt`` (best weights) are written.
+        seed: the training seed (initialisation, sample order, dropout).
+        run_config: the resolved run config, stored in every checkpoint.
+        resume: continue from ``run_dir/last.pt`` when it exists.
+        num_workers: data-loading processes.
+        eval_batch_size: batch size of the per-epoch validation.
+        progress: show a progress bar.
+    """
+    run_dir = Path(run_dir)
+    device = resolve_device(cfg.device)
+    bf16 = use_bf16(cfg.precision, device)
+    torch.manual_seed(seed)
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+    # channels_last lets cuDNN pick its fastest convolution kernels; on CPU it only costs conversions.
+    memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    method.to(device=device, memory_format=memory_format)
+    optimizer = torch.optim.AdamW(method.param_groups(cfg.lr, cfg.weight_decay), lr=cfg.lr)
+    n_micro = math.ceil(len(train_set) / cfg.batch_size)  # micro-batches per epoch
+    steps_per_epoch = math.ceil(n_micro / cfg.grad_accum)  # optimizer steps per epoch
+    total_steps = cfg.epochs * steps_per_epoch
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg.warmup_steps, total_steps))
+
+    # The run state: everything needed to continue exactly where a killed run stopped.
+    state: dict[str, Any] = {"epoch": 0, "micro": 0, "step": 0, "best_val_auroc": -math.inf, "best_epoch": 0}
+    history: list[dict[str, float]] = []
+    last_path, best_path = run_dir / LAST, run_dir / BEST
+    if resume and last_path.exists():
+        ckpt = load_checkpoint(last_path, map_location=device)
+        method.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        torch.set_rng_state(ckpt["rng"]["torch"].cpu())
+        if device.type == "cuda" and ckpt["rng"].get("cuda"):
+            torch.cuda.set_rng_state_all([s.cpu() for s in ckpt["rng"]["cuda"]])
+        state.update({k: ckpt[k] for k in state})
+        history = list(ckpt["history"])
+
+    def checkpoint() -> None:
+        rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else []}
+        save_checkpoint(
+            last_path,
+            {
+                "model": method.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": rng,
+                "history": history,
+                "config": run_config,
+                "method": method.name,
+                **state,
+            },
+        )
+
+    method.on_train_start({"device": device, "total_steps": total_steps, "run_dir": run_dir})
+    bar = tqdm(
+        total=cfg.epochs * n_micro,
+        initial=state["epoch"] * n_micro + state["micro"],
+        desc=f"train {method.name}",
+        unit="batch",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
+    t_start, images_done = time.perf_counter(), 0
+    while state["epoch"] < cfg.epochs:
+        epoch, t_epoch, losses = state["epoch"], time.perf_counter(), []
+        order = epoch_order(seed, epoch, len(train_set))
+        batches = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+        # Resuming mid-epoch skips the micro-batches already done; the order itself is replayed exactly.
+        loader = DataLoader(
+            train_set,
+            batch_sampler=batches[state["micro"] :],
+            collate_fn=collate,
+            num_workers=num_workers,
+            pin_memory=device.type == "cuda",
+        )
+        method.train()
+        for batch in loader:
+            if "masks" in batch and method.supervision != "full":
+                raise RuntimeError(f"the training loader yielded masks to weakly supervised method {method.name}")
+            batch = to_device(batch, device)
+            images = batch["image"].to(memory_format=memory_format)  # (B, 1, H, W)
+            with autocast(device, bf16):
+                out = method(images)
+                loss_terms = method.loss(out, batch)
+            loss = loss_terms["loss"]
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"non-finite loss at epoch {epoch + 1}, step {state['step']}; lower train.lr or set train.clip_grad"
+                )
+            # Dividing by grad_accum makes the accumulated gradient the mean over the larger effective batch.
+            (loss / cfg.grad_accum).backward()
+            state["micro"] += 1
+            images_done += images.shape[0]
+            losses.append(float(loss.detach()))
+            if state["micro"] % cfg.grad_accum == 0 or state["micro"] == n_micro:
+                if cfg.clip_grad is not None:
+                    torch.nn.utils.clip_grad_norm_(method.parameters(), cfg.clip_grad)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                state["step"] += 1
+                if state["step"] % cfg.checkpoint_every == 0 and state["micro"] < n_micro:
+                    checkpoint()
+            bar.update()
+            bar.set_postfix(epoch=f"{epoch + 1}/{cfg.epochs}", loss=f"{np.mean(losses[-20:]):.4f}")
+
+        # End of epoch: validate, keep the best weights, then checkpoint the full state.
+        val_logits, val_labels = predict_logits(method, val_set, eval_batch_size, device, bf16, num_workers)
+        val_auroc = mean_auroc(val_labels, val_logits)
+        record = {
+            "epoch": epoch + 1,
+            "train_loss": float(np.mean(losses)) if losses else math.nan,
+            "val_auroc": val_auroc,
+            "lr": float(scheduler.get_last_lr()[0]),
+            "seconds": time.perf_counter() - t_epoch,
+        }
+        history.append(record)
+        bar.write(
+            f"epoch {epoch + 1}/{cfg.epochs}: loss {record['train_loss']:.4f}  val AUROC {val_auroc:.3f}"
+            f"  ({record['seconds']:.0f} s)"
+        )
+        if state["best_epoch"] == 0 or (not math.isnan(val_auroc) and val_auroc > state["best_val_auroc"]):
+            state["best_val_auroc"], state["best_epoch"] = val_auroc, epoch + 1
+            save_checkpoint(best_path, {"model": method.state_dict(), "epoch": epoch + 1, "config": run_config})
+        state["epoch"], state["micro"] = epoch + 1, 0
+        checkpoint()
+        method.on_epoch_end({"device": device, "run_dir": run_dir}, epoch + 1, record)
+    bar.close()
+
+    seconds = time.perf_counter() - t_start
+    return TrainResult(
+        best_checkpoint=best_path,
+        last_checkpoint=last_path,
+        best_epoch=int(state["best_epoch"]),
+        best_val_auroc=float(state["best_val_auroc"]),
+        history=history,
+        train_seconds=seconds,
+        images_per_second=images_done / seconds if seconds > 0 else 0.0,
+    )
