@@ -36,9 +36,9 @@ class DataConfig:
 
     dataset: str = "phantom"
     seed: int = 0
-    n_train: int = 320
-    n_val: int = 96
-    n_test: int = 96
+    n_train: int = 1280
+    n_val: int = 160
+    n_test: int = 160
     cache_dir: str | None = None
     num_workers: int | None = None
 
@@ -61,10 +61,10 @@ class TrainConfig:
         deterministic: ask torch for deterministic kernels (slower on GPU).
     """
 
-    epochs: int = 6
+    epochs: int = 10
     batch_size: int = 8
     grad_accum: int = 1
-    lr: float = 2e-3
+    lr: float = 1e-3
     weight_decay: float = 1e-4
     warmup_steps: int = 20
     clip_grad: float | None = 5.0

@@ -110,6 +110,7 @@ def train(
         progress: show a progress bar.
     """
     run_dir = Path(run_dir)
+    last_path, best_path = run_dir / LAST, run_dir / BEST
     device = resolve_device(cfg.device)
     bf16 = use_bf16(cfg.precision, device)
     torch.manual_seed(seed)
@@ -119,6 +120,10 @@ def train(
     # channels_last lets cuDNN pick its fastest convolution kernels; on CPU it only costs conversions.
     memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
     method.to(device=device, memory_format=memory_format)
+    if not any(p.requires_grad for p in method.parameters()):
+        # Reference maps (uniform, random, intensity) have nothing to learn: one weights file, no epochs.
+        save_checkpoint(best_path, {"model": method.state_dict(), "epoch": 0, "config": run_config})
+        return TrainResult(best_checkpoint=best_path, last_checkpoint=best_path, best_epoch=0, best_val_auroc=math.nan)
     optimizer = torch.optim.AdamW(method.param_groups(cfg.lr, cfg.weight_decay), lr=cfg.lr)
     n_micro = math.ceil(len(train_set) / cfg.batch_size)  # micro-batches per epoch
     steps_per_epoch = math.ceil(n_micro / cfg.grad_accum)  # optimizer steps per epoch
@@ -128,7 +133,6 @@ def train(
     # The run state: everything needed to continue exactly where a killed run stopped.
     state: dict[str, Any] = {"epoch": 0, "micro": 0, "step": 0, "best_val_auroc": -math.inf, "best_epoch": 0}
     history: list[dict[str, float]] = []
-    last_path, best_path = run_dir / LAST, run_dir / BEST
     if resume and last_path.exists():
         ckpt = load_checkpoint(last_path, map_location=device)
         method.load_state_dict(ckpt["model"])
