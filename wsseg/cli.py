@@ -88,10 +88,17 @@ def run(
         list[str] | None,
         typer.Option("--set", help="Override a config field: section.field=value (data, train, eval, method)."),
     ] = None,
+    from_run: Annotated[
+        Path | None, typer.Option(help="Reuse the classifier of a finished run (post-hoc methods) instead of training.")
+    ] = None,
+    plugin: Annotated[
+        list[Path] | None, typer.Option(help="A single-file method to import first (repeatable); see CONTRIBUTING.md.")
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """Train a method, evaluate it on the test split and write DIR/<run_id>/record.json."""
     from wsseg.config import make_run_config
+    from wsseg.registry import load_plugin_file
     from wsseg.run import run as run_fn
 
     overrides = list(set_ or [])
@@ -103,8 +110,10 @@ def run(
     if cache_dir is not None:
         overrides.append(f"data.cache_dir={cache_dir}")
     try:
+        for path in plugin or []:
+            load_plugin_file(path)
         cfg = make_run_config(method, profile, seed, overrides)  # type: ignore[arg-type]
-        record = run_fn(cfg, out, run_id=run_id, resume=resume, progress=not quiet, log=typer.echo)
+        record = run_fn(cfg, out, run_id, resume, from_run, progress=not quiet, log=typer.echo)
     except USER_ERRORS as e:
         _fail(e)
     t = record["timings"]

@@ -117,6 +117,17 @@ def _discover() -> None:
             _BROKEN[ep.name] = f"{source}: entry point {ep.value} registered no method named {ep.name!r}"
 
 
+def refresh() -> None:
+    """Rescan the entry points (after installing a plugin into a running interpreter).
+
+    Methods already imported stay registered; broken entries are retried.
+    """
+    global _discovered
+    _discovered = False
+    _BROKEN.clear()
+    _discover()
+
+
 def load_plugin_file(path: str | Path) -> list[str]:
     """Import a single-file method (``--plugin path/to/my_method.py``) and return the names it registered.
 

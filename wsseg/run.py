@@ -29,8 +29,8 @@ from wsseg.evaluation.inference import predict_batches
 from wsseg.method import WSSegMethod
 from wsseg.registry import get_method_spec
 from wsseg.report.records import SCHEMA_VERSION, utc_now, versions, write_record
-from wsseg.training.checkpoint import load_checkpoint
-from wsseg.training.loop import resolve_device, train, use_bf16
+from wsseg.training.checkpoint import load_checkpoint, save_checkpoint
+from wsseg.training.loop import BEST, TrainResult, resolve_device, train, use_bf16
 
 REFERENCE_MAPS: dict[str, Callable[[dict[str, Any]], torch.Tensor]] = {
     # A constant map inside the breast: predicts the whole breast at any threshold. The floor to beat.
@@ -90,6 +90,41 @@ def find_resumable(out_dir: Path, prefix: str) -> Path | None:
     return candidates[-1] if candidates else None
 
 
+# Settings that must agree for a run's classifier to be reused by another method.
+REUSE_KEYS = ("backbone", "backbone_weights", "output_stride", "input_downsample")
+
+
+def reuse_weights(method: WSSegMethod, cfg: RunConfig, source: Path, run_dir: Path) -> TrainResult:
+    """Load the best weights of the finished run ``source`` into ``method`` (strictly) and copy them to ``run_dir``.
+
+    Raises:
+        FileNotFoundError: ``source`` has no ``best.pt`` or ``config.json``.
+        ValueError: the source run used other data or another backbone, or its weights do not fit ``method``.
+    """
+    for name in ("best.pt", "config.json"):
+        if not (source / name).is_file():
+            raise FileNotFoundError(f"--from-run {source} has no {name}; point it at a finished wsseg run folder")
+    src = RunConfig.from_dict(json.loads((source / "config.json").read_text(encoding="utf-8")))
+    if (src.data, src.profile) != (cfg.data, cfg.profile):
+        raise ValueError(
+            f"--from-run {source} was trained on other data or another profile; rerun it or drop --from-run"
+        )
+    for key in REUSE_KEYS:
+        if key in cfg.method_config and src.method_config.get(key) != cfg.method_config[key]:
+            raise ValueError(
+                f"--from-run {source} used {key}={src.method_config.get(key)!r} but {cfg.method} is configured with "
+                f"{cfg.method_config[key]!r}; pass --set method.{key}=... to match"
+            )
+    ckpt = load_checkpoint(source / "best.pt")
+    try:
+        method.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise ValueError(f"the weights of {source} ({src.method}) do not fit {cfg.method}: {e}") from e
+    best = save_checkpoint(run_dir / BEST, {**ckpt, "from_run": str(source)})
+    epoch = int(ckpt.get("epoch", 0))
+    return TrainResult(best_checkpoint=best, last_checkpoint=best, best_epoch=epoch, best_val_auroc=math.nan)
+
+
 def peak_memory_mb(device: torch.device) -> float:
     """Peak CUDA memory on GPU runs, peak resident host memory otherwise."""
     if device.type == "cuda":
@@ -103,6 +138,7 @@ def run(
     out_dir: str | Path = "runs",
     run_id: str | None = None,
     resume: bool = False,
+    from_run: str | Path | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
@@ -114,6 +150,8 @@ def run(
         run_id: the run folder's name; by default ``<method>-<dataset>-<profile>-s<seed>-<UTC time>``.
         resume: continue the run ``run_id`` or, without one, the latest run of the same method,
             dataset, profile and seed that has a checkpoint; its saved config is used.
+        from_run: a finished run whose best classifier weights this method reuses instead of training
+            (post-hoc methods share CAM's classifier); its data and backbone settings must match.
         progress: show progress bars.
         log: where one-line status messages go.
     """
@@ -160,21 +198,25 @@ def run(
     sizes = f"{len(train_set)}/{len(val_set)}/{len(test_set)}"
     log(f"data: {sizes} train/val/test images from {root} ({data_seconds:.1f} s)")
 
-    # 2. Train.
+    # 2. Train, or reuse the classifier of a finished run.
     method = spec.cls(spec.cls.Config(**cfg.method_config), num_classes=len(CLASSES), in_chans=1)
-    result = train(
-        method,
-        train_set,
-        val_set,
-        cfg.train,
-        run_dir,
-        seed=cfg.seed,
-        run_config=cfg.to_dict(),
-        resume=resume,
-        num_workers=workers,
-        eval_batch_size=cfg.eval.batch_size,
-        progress=progress,
-    )
+    if from_run is not None:
+        result = reuse_weights(method, cfg, Path(from_run), run_dir)
+        log(f"reusing the weights of {from_run} (epoch {result.best_epoch}); no training")
+    else:
+        result = train(
+            method,
+            train_set,
+            val_set,
+            cfg.train,
+            run_dir,
+            seed=cfg.seed,
+            run_config=cfg.to_dict(),
+            resume=resume,
+            num_workers=workers,
+            eval_batch_size=cfg.eval.batch_size,
+            progress=progress,
+        )
 
     # 3. Evaluate the best epoch: thresholds are calibrated on validation and frozen for test.
     method.load_state_dict(load_checkpoint(result.best_checkpoint, map_location=device)["model"])
@@ -230,6 +272,7 @@ def run(
             "best_epoch": result.best_epoch,
             "best_val_auroc": result.best_val_auroc,
             "history": result.history,
+            "from_run": str(from_run) if from_run is not None else None,
         },
         "thresholds": {"rule": "argmax of image-averaged validation Dice on the grid k/n_bins", **thresholds},
         "metrics": metrics,

@@ -1,0 +1,116 @@
+"""Plugins through real entry-point metadata: installed with pip, broken ones, and single files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import wsseg.registry as registry
+from wsseg.cli import app
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "wsseg-example-plugin"
+
+
+def _fake_distribution(site: Path, name: str, entry_points: str, module: str, source: str) -> None:
+    """An installed distribution as pip leaves it: a module plus a dist-info folder with entry_points.txt."""
+    (site / f"{module}.py").write_text(source)
+    info = site / f"{name.replace('-', '_')}-0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[wsseg.methods]\n{entry_points}\n")
+
+
+@pytest.fixture
+def broken_site(tmp_path: Path) -> Path:
+    site = tmp_path / "site"
+    site.mkdir()
+    _fake_distribution(
+        site, "wsseg-broken", "broken = wsseg_broken:Broken", "wsseg_broken", "raise ImportError('boom')\n"
+    )
+    return site
+
+
+def test_broken_plugin_is_listed_and_never_breaks_the_others(
+    broken_site: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.syspath_prepend(str(broken_site))
+    registry.refresh()
+    try:
+        assert "cam" in registry.list_methods()
+        assert "broken" not in registry.list_methods()
+        assert "boom" in registry.broken_methods()["broken"]
+        assert "plugin wsseg-broken" in registry.broken_methods()["broken"]
+        with pytest.raises(KeyError, match="broken: .*boom"):
+            registry.get_method_spec("broken")
+        result = CliRunner().invoke(app, ["list", "methods"])
+        assert result.exit_code == 0 and "BROKEN" in result.output and "cam" in result.output
+    finally:
+        monkeypatch.undo()
+        registry.refresh()
+    assert "broken" not in registry.broken_methods()
+
+
+def test_cam_still_runs_beside_a_broken_plugin(broken_site: Path, tmp_path: Path, cache_dir: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(broken_site), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "wsseg", "run", "--method", "cam", "--profile", "tiny", "--epochs", "1", "-q"]
+    cmd += ["--out", str(tmp_path / "runs"), "--cache-dir", str(cache_dir)]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    listing = subprocess.run(
+        [sys.executable, "-m", "wsseg", "list", "methods"], capture_output=True, text=True, env=env
+    )
+    assert "broken" in listing.stdout and "BROKEN" in listing.stdout
+
+
+def test_pip_installed_example_plugin_runs_with_no_change_to_wsseg(tmp_path: Path, cache_dir: Path) -> None:
+    target = tmp_path / "site"
+    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index"]
+    installed = subprocess.run([*pip, "--target", str(target), str(EXAMPLE)], capture_output=True, text=True)
+    assert installed.returncode == 0, installed.stderr
+    assert list(target.glob("wsseg_example_plugin-*.dist-info/entry_points.txt"))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(target), os.environ.get("PYTHONPATH", "")])}
+    listing = subprocess.run(
+        [sys.executable, "-m", "wsseg", "list", "methods"], capture_output=True, text=True, env=env
+    )
+    assert "lsecam" in listing.stdout and "plugin wsseg-example-plugin" in listing.stdout
+    cmd = [sys.executable, "-m", "wsseg", "run", "--method", "lsecam", "--profile", "tiny", "--epochs", "1", "-q"]
+    cmd += ["--out", str(tmp_path / "runs"), "--cache-dir", str(cache_dir)]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    (record,) = (tmp_path / "runs").glob("*/record.json")
+    data = json.loads(record.read_text())
+    assert data["method"] == "lsecam" and data["method_source"] == "plugin wsseg-example-plugin"
+
+
+def test_single_file_plugin_runs(tmp_path: Path, cache_dir: Path) -> None:
+    result = CliRunner().invoke(
+        app,
+        ["run", "--plugin", str(EXAMPLE / "wsseg_lsecam.py"), "--method", "lsecam", "--profile", "tiny"]
+        + ["--epochs", "1", "-q", "--out", str(tmp_path), "--cache-dir", str(cache_dir)],
+    )
+    assert result.exit_code == 0, result.output
+    (record,) = tmp_path.glob("*/record.json")
+    assert json.loads(record.read_text())["method_source"].startswith("file ")
+
+
+def test_missing_plugin_file_is_a_clear_error(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["run", "--plugin", str(tmp_path / "nope.py"), "--method", "nope"])
+    assert result.exit_code == 2 and "does not exist" in result.output
+
+
+def test_duplicate_name_names_both_sources(tmp_path: Path) -> None:
+    clash = tmp_path / "clash.py"
+    clash.write_text(
+        "from wsseg_methods.cam import CAM\nfrom wsseg.registry import register_method\n"
+        "@register_method('cam')\nclass Other(CAM):\n    '''x'''\n"
+    )
+    with pytest.raises(ImportError, match=r"registered twice.*wsseg_methods\.cam\.CAM.*Other"):
+        registry.load_plugin_file(clash)
+    assert registry.get_method_spec("cam").cls.__module__ == "wsseg_methods.cam"
