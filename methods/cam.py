@@ -16,14 +16,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from wsseg.method import MethodConfig, MethodOutput, WSSegMethod, bce_loss
+from wsseg.method import ClassifierConfig, MethodOutput, WSSegMethod, bce_loss
 from wsseg.nn.backbones import create_backbone
 from wsseg.nn.upsample import to_input_resolution
 from wsseg.registry import register_method
 
 
 @dataclass
-class CAMConfig(MethodConfig):
+class CAMConfig(ClassifierConfig):
     """CAM hyperparameters.
 
     Attributes:
@@ -34,26 +34,6 @@ class CAMConfig(MethodConfig):
             The quick preset uses 4 (1.6 mm pixels) so that training on 1,280 images fits minutes on a
             2-core CPU; maps are still returned at the input resolution.
     """
-
-    backbone: str = "resnet18-w16"
-    backbone_weights: str | None = None
-    output_stride: int = 16
-    input_downsample: int = 1
-
-    @classmethod
-    def tiny(cls) -> CAMConfig:
-        """Timm's test ResNet."""
-        return cls(backbone="test-resnet", output_stride=16)
-
-    @classmethod
-    def quick(cls) -> CAMConfig:
-        """A quarter-width ResNet-18 at stride 16 on the input pooled 4x: minutes on a 2-core CPU at 736x480."""
-        return cls(input_downsample=4)
-
-    @classmethod
-    def paper(cls) -> CAMConfig:
-        """A full ResNet-18 at stride 16 (184x120 maps at 2944x1920)."""
-        return cls(backbone="resnet18", output_stride=16)
 
 
 @register_method("cam")

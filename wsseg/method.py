@@ -10,11 +10,17 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+
+from wsseg.nn.backbones import create_backbone
+from wsseg.nn.upsample import to_input_resolution
 
 Profile = Literal["tiny", "quick", "paper"]
 Supervision = Literal["weak", "full"]
@@ -70,6 +76,43 @@ class MethodConfig:
     def to_dict(self) -> dict[str, Any]:
         """The config as plain JSON-compatible data (for records and checkpoints)."""
         return dataclasses.asdict(self)
+
+
+@dataclass
+class ClassifierConfig(MethodConfig):
+    """Config of a method built as a backbone and a global-average-pooled linear classifier.
+
+    CAM and every post-hoc CAM method share these fields and presets, so a checkpoint trained by one
+    of them loads into the others.
+
+    Attributes:
+        backbone: backbone name (wsseg alias or timm model).
+        backbone_weights: optional local weights file; random initialisation when None.
+        output_stride: backbone stride; 16 doubles the map resolution of a plain ResNet at little cost.
+        input_downsample: average-pool the input by this factor before the backbone (1 = full resolution).
+            The quick preset uses 4 (1.6 mm pixels) so that training on 1,280 images fits minutes on a
+            2-core CPU; maps are still returned at the input resolution.
+    """
+
+    backbone: str = "resnet18-w16"
+    backbone_weights: str | None = None
+    output_stride: int = 16
+    input_downsample: int = 1
+
+    @classmethod
+    def tiny(cls) -> ClassifierConfig:
+        """Timm's test ResNet."""
+        return cls(backbone="test-resnet", output_stride=16)
+
+    @classmethod
+    def quick(cls) -> ClassifierConfig:
+        """A quarter-width ResNet-18 at stride 16 on the input pooled 4x: minutes on a 2-core CPU at 736x480."""
+        return cls(input_downsample=4)
+
+    @classmethod
+    def paper(cls) -> ClassifierConfig:
+        """A full ResNet-18 at stride 16 (184x120 maps at 2944x1920)."""
+        return cls(backbone="resnet18", output_stride=16)
 
 
 class WSSegMethod(nn.Module, ABC):
@@ -143,3 +186,159 @@ def check_output(out: MethodOutput, batch_size: int, num_classes: int, size: tup
     lo, hi = float(out.saliency.detach().min()), float(out.saliency.detach().max())
     if lo < 0.0 or hi > 1.0:
         raise ValueError(f"saliency must lie in [0, 1], got [{lo:.4g}, {hi:.4g}]")
+
+
+# pytorch-grad-cam's ``scale_cam_image`` divides by (max + 1e-7): an all-zero map stays zero instead of 0/0.
+_CAM_EPS = 1e-7
+
+
+@contextmanager
+def _capture_output(module: nn.Module) -> Iterator[list[Tensor]]:
+    """Record ``module``'s output while the context is open; the hook is removed on exit, even on errors.
+
+    The hook swaps the output for a copy of a fresh autograd leaf: the layers after ``module`` compute the
+    same values, the gradient w.r.t. the leaf is exactly d logits / d activations, and backpropagation stops
+    there, so no layer before ``module`` is differentiated and no parameter ``.grad`` is written. The copy
+    (rather than the leaf itself) lets a following in-place op such as ``ReLU(inplace=True)`` run.
+    """
+    captured: list[Tensor] = []
+
+    def hook(_module: nn.Module, _inputs: Any, output: Any) -> Tensor:
+        if not isinstance(output, Tensor):
+            raise TypeError(f"the target layer must output a tensor, got {type(output).__name__}")
+        leaf = output.detach().requires_grad_(True)
+        captured.append(leaf)
+        return leaf.clone()
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield captured
+    finally:
+        handle.remove()
+
+
+def _normalize_maps(maps: Tensor) -> Tensor:
+    """Min-max normalise each (image, class) map of (B, K, h, w) to [0, 1] (pytorch-grad-cam's rule)."""
+    maps = maps - maps.amin(dim=(2, 3), keepdim=True)
+    return maps / (maps.amax(dim=(2, 3), keepdim=True) + _CAM_EPS)
+
+
+class PostHocCAMMethod(WSSegMethod):
+    """Template of the post-hoc CAM family: Grad-CAM and friends on top of a CAM-trained classifier.
+
+    Training is CAM's: a backbone and a 1x1-convolution classifier whose spatial mean is the image logit,
+    trained with multi-label BCE. The submodules are CAM's under the same names (``backbone``,
+    ``classifier``), so a CAM checkpoint's state dict loads strictly into every post-hoc method.
+
+    ``forward`` (training) returns the sigmoid CAM as its saliency, detached and computed without any
+    backward pass, so training costs what CAM costs. ``predict`` (evaluation) computes the post-hoc maps
+    the way pytorch-grad-cam's ``BaseCAM`` does:
+
+    1. a forward hook on :meth:`target_layer` records its activations A, (B, C, h, w);
+    2. per class k, ONE backward pass for the whole batch gives d(sum_b logit[b, k]) / dA; in eval mode the
+       batch items are independent, so this is every image's own gradient;
+    3. :meth:`class_maps` turns A and the gradients into (B, K, h, w) maps, by default
+       ``sum_c channel_weights(A, grads)[b, k, c] * A[b, c]``, followed by a ReLU;
+    4. each (image, class) map is min-max normalised to [0, 1] (an all-zero map stays zero) and upsampled
+       with :func:`wsseg.nn.upsample.to_input_resolution`.
+
+    A subclass implements :meth:`channel_weights` (Grad-CAM, Grad-CAM++); a method whose map is not a
+    channel-weighted sum of the activations overrides :meth:`class_maps` instead (HiResCAM, LayerCAM).
+    Call ``predict`` in eval mode (``predict_batches`` does): in train mode batch norm mixes the batch items.
+    """
+
+    Config = ClassifierConfig
+    saliency_requires_grad = True
+
+    cfg: ClassifierConfig
+
+    def __init__(self, cfg: ClassifierConfig, num_classes: int = 2, in_chans: int = 1) -> None:
+        super().__init__(cfg, num_classes, in_chans)
+        # Built exactly as CAM builds them, so CAM checkpoints load with strict=True.
+        self.backbone = create_backbone(cfg.backbone, in_chans, cfg.backbone_weights, cfg.output_stride)
+        self.classifier = nn.Conv2d(self.backbone.num_features, num_classes, kernel_size=1)
+
+    def _classify(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """Images (B, C_in, H, W) -> logits (B, K) and pixel logits (B, K, h, w), as CAM computes them."""
+        x = F.avg_pool2d(images, self.cfg.input_downsample) if self.cfg.input_downsample > 1 else images
+        features = self.backbone(x)  # (B, C, h, w)
+        pixel_logits = self.classifier(features)  # (B, K, h, w)
+        return pixel_logits.mean(dim=(2, 3)), pixel_logits  # (B, K): equals classifier(GAP(features))
+
+    def forward(self, images: Tensor) -> MethodOutput:
+        """Images (B, C_in, H, W) -> logits (B, K) and the sigmoid CAM (B, K, H, W), no post-hoc maps.
+
+        The saliency here is the cheap training-time map (detached: no loss uses it); the post-hoc maps
+        need a backward pass per class and come from :meth:`predict`.
+        """
+        logits, pixel_logits = self._classify(images)
+        saliency = to_input_resolution(
+            torch.sigmoid(pixel_logits.detach().float()), (images.shape[-2], images.shape[-1])
+        )
+        return MethodOutput(logits=logits, saliency=saliency, extras={"pixel_logits": pixel_logits})
+
+    def loss(self, out: MethodOutput, batch: dict[str, Any]) -> dict[str, Tensor]:
+        """Multi-label BCE on the image labels."""
+        return {"loss": bce_loss(out.logits, batch["labels"])}
+
+    def target_layer(self) -> nn.Module:
+        """The module whose output is explained: the backbone, whose feature map is the classifier's input."""
+        return self.backbone
+
+    def channel_weights(self, activations: Tensor, grads: Tensor) -> Tensor:
+        """The hook a subclass implements: one weight per (image, class, channel).
+
+        Args:
+            activations: (B, C, h, w) activations of the target layer, float32 or float64.
+            grads: (B, K, C, h, w) gradients of each class logit w.r.t. ``activations``, same dtype.
+
+        Returns:
+            (B, K, C) channel weights.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement channel_weights(activations, grads) -> (B, K, C), "
+            "or override class_maps(activations, grads) -> (B, K, h, w) for an elementwise map"
+        )
+
+    def class_maps(self, activations: Tensor, grads: Tensor) -> Tensor:
+        """The maps before ReLU and normalisation; override only when they are not channel-weighted sums.
+
+        Args:
+            activations: (B, C, h, w) activations of the target layer, float32 or float64.
+            grads: (B, K, C, h, w) gradients of each class logit w.r.t. ``activations``, same dtype.
+
+        Returns:
+            (B, K, h, w) raw maps; the template applies the ReLU and the normalisation.
+        """
+        weights = self.channel_weights(activations, grads)  # (B, K, C)
+        return torch.einsum("bkc,bchw->bkhw", weights, activations)  # (B, K, h, w)
+
+    def predict(self, images: Tensor) -> MethodOutput:
+        """Images (B, C_in, H, W) -> logits (B, K) and post-hoc maps (B, K, H, W) in [0, 1], all detached.
+
+        Works under ``torch.no_grad()`` (autograd is enabled inside), leaves no hook and no parameter
+        ``.grad`` behind and does not change the train/eval mode. ``extras["cam_lowres"]`` holds the
+        normalised (B, K, h, w) maps at the target layer's resolution.
+        """
+        with torch.enable_grad():
+            with _capture_output(self.target_layer()) as captured:
+                logits, _ = self._classify(images)  # (B, K)
+            if len(captured) != 1:
+                raise RuntimeError(f"the target layer ran {len(captured)} times in one forward pass; expected once")
+            activations = captured[0]  # (B, C, h, w)
+            k_last = self.num_classes - 1
+            grads = torch.stack(
+                [
+                    torch.autograd.grad(logits[:, k].sum(), activations, retain_graph=k < k_last)[0]
+                    for k in range(self.num_classes)
+                ],
+                dim=1,
+            )  # (B, K, C, h, w)
+        # In float32 (or float64) even under bf16 autocast: the weighted sums cancel and the normalisation
+        # divides by their maximum, so rounding errors are amplified.
+        dtype = torch.promote_types(activations.dtype, torch.float32)
+        with torch.autocast(device_type=images.device.type, enabled=False):
+            maps = F.relu(self.class_maps(activations.detach().to(dtype), grads.to(dtype)))  # (B, K, h, w)
+            cam_lowres = _normalize_maps(maps)  # (B, K, h, w)
+        saliency = to_input_resolution(cam_lowres, (images.shape[-2], images.shape[-1]))  # (B, K, H, W)
+        return MethodOutput(logits=logits.detach(), saliency=saliency, extras={"cam_lowres": cam_lowres})
