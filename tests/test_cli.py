@@ -111,3 +111,25 @@ def test_sigkill_then_resume_continues_from_the_checkpoint(tmp_path: Path, cache
 def test_bad_flags_are_clear_errors(tmp_path: Path, flag: list[str]) -> None:
     result = runner.invoke(app, ["run", "--method", "cam", "--out", str(tmp_path), *flag])
     assert result.exit_code == 2 and "error:" in result.output
+
+
+def test_gradcam_reuses_a_cam_run_without_training(tmp_path: Path, cache_dir: Path) -> None:
+    common = ["--profile", "tiny", "--out", str(tmp_path), "--cache-dir", str(cache_dir), "-q"]
+    assert runner.invoke(app, ["run", "--method", "cam", "--run-id", "cam-run", *common]).exit_code == 0
+    result = runner.invoke(app, ["run", "--method", "gradcam", "--from-run", str(tmp_path / "cam-run"), *common])
+    assert result.exit_code == 0, result.output
+    assert "no training" in result.output and "epoch 1/" not in result.output
+    (record_path,) = [p for p in tmp_path.glob("gradcam-*/record.json")]
+    record = json.loads(record_path.read_text())
+    assert record["training"]["from_run"] == str(tmp_path / "cam-run") and record["training"]["history"] == []
+    assert record["method"] == "gradcam" and 0.0 <= record["metrics"]["benign"]["threshold"] <= 1.0
+
+
+def test_from_run_refuses_another_backbone(tmp_path: Path, cache_dir: Path) -> None:
+    common = ["--profile", "tiny", "--out", str(tmp_path), "--cache-dir", str(cache_dir), "-q"]
+    assert (
+        runner.invoke(app, ["run", "--method", "cam", "--run-id", "cam-run", "--epochs", "1", *common]).exit_code == 0
+    )
+    args = ["run", "--method", "gradcam", "--from-run", str(tmp_path / "cam-run"), "--set", "method.output_stride=32"]
+    result = runner.invoke(app, [*args, *common])
+    assert result.exit_code == 2 and "output_stride" in result.output

@@ -5,6 +5,7 @@ Kept apart from the CLI so that tests and scripts call the same function the com
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import resource
@@ -105,7 +106,11 @@ def reuse_weights(method: WSSegMethod, cfg: RunConfig, source: Path, run_dir: Pa
         if not (source / name).is_file():
             raise FileNotFoundError(f"--from-run {source} has no {name}; point it at a finished wsseg run folder")
     src = RunConfig.from_dict(json.loads((source / "config.json").read_text(encoding="utf-8")))
-    if (src.data, src.profile) != (cfg.data, cfg.profile):
+    # Where the cache lives and how many loader processes ran do not change the data.
+    same_data = dataclasses.replace(src.data, cache_dir=None, num_workers=None) == dataclasses.replace(
+        cfg.data, cache_dir=None, num_workers=None
+    )
+    if not same_data or src.profile != cfg.profile:
         raise ValueError(
             f"--from-run {source} was trained on other data or another profile; rerun it or drop --from-run"
         )
