@@ -5,20 +5,17 @@ multi-label BCE on the image labels; because pooling and the classifier are both
 classifier at every location gives a per-class pixel-logit map whose spatial mean is exactly the image logit.
 wsseg passes that map through a sigmoid, so the saliency is the classifier's probability at each location
 (the original normalises the map per image instead; a sigmoid keeps lesion-free images dark).
+The classifier is the one the post-hoc template (:class:`wsseg.method.PostHocCAMMethod`) trains, so a CAM run's
+weights serve Grad-CAM and its relatives unchanged (``wsseg run --method gradcam --from-run <cam run>``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
-import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from wsseg.method import ClassifierConfig, MethodOutput, WSSegMethod, bce_loss
-from wsseg.nn.backbones import create_backbone
-from wsseg.nn.upsample import to_input_resolution
+from wsseg.method import ClassifierConfig, MethodOutput, PostHocCAMMethod
 from wsseg.registry import register_method
 
 
@@ -37,28 +34,15 @@ class CAMConfig(ClassifierConfig):
 
 
 @register_method("cam")
-class CAM(WSSegMethod):
+class CAM(PostHocCAMMethod):
     """Class activation maps from a global-average-pooled linear classifier."""
 
     Config = CAMConfig
+    # CAM's map is the classifier itself, applied at every location: no gradients needed.
+    saliency_requires_grad = False
 
     cfg: CAMConfig
 
-    def __init__(self, cfg: CAMConfig, num_classes: int = 2, in_chans: int = 1) -> None:
-        super().__init__(cfg, num_classes, in_chans)
-        self.backbone = create_backbone(cfg.backbone, in_chans, cfg.backbone_weights, cfg.output_stride)
-        # A 1x1 convolution is the linear classifier applied at every location.
-        self.classifier = nn.Conv2d(self.backbone.num_features, num_classes, kernel_size=1)
-
-    def forward(self, images: Tensor) -> MethodOutput:
-        """Images (B, 1, H, W) -> logits (B, K) and sigmoid CAMs (B, K, H, W)."""
-        x = F.avg_pool2d(images, self.cfg.input_downsample) if self.cfg.input_downsample > 1 else images
-        features = self.backbone(x)  # (B, C, h, w)
-        pixel_logits = self.classifier(features)  # (B, K, h, w)
-        logits = pixel_logits.mean(dim=(2, 3))  # (B, K): equals classifier(GAP(features))
-        saliency = to_input_resolution(torch.sigmoid(pixel_logits.float()), images.shape[-2:])  # (B, K, H, W)
-        return MethodOutput(logits=logits, saliency=saliency, extras={"pixel_logits": pixel_logits})
-
-    def loss(self, out: MethodOutput, batch: dict[str, Any]) -> dict[str, Tensor]:
-        """Multi-label BCE on the image labels."""
-        return {"loss": bce_loss(out.logits, batch["labels"])}
+    def predict(self, images: Tensor) -> MethodOutput:
+        """Images (B, 1, H, W) -> logits (B, K) and sigmoid CAMs (B, K, H, W): the forward pass's own map."""
+        return self(images)

@@ -37,8 +37,8 @@ class DataConfig:
     dataset: str = "phantom"
     seed: int = 0
     n_train: int = 1280
-    n_val: int = 160
-    n_test: int = 160
+    n_val: int = 320
+    n_test: int = 320
     cache_dir: str | None = None
     num_workers: int | None = None
 
@@ -61,7 +61,7 @@ class TrainConfig:
         deterministic: ask torch for deterministic kernels (slower on GPU).
     """
 
-    epochs: int = 10
+    epochs: int = 8
     batch_size: int = 8
     grad_accum: int = 1
     lr: float = 1e-3
