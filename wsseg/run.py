@@ -204,6 +204,7 @@ def run(
     log(f"data: {sizes} train/val/test images from {root} ({data_seconds:.1f} s)")
 
     # 2. Train, or reuse the classifier of a finished run.
+    torch.manual_seed(cfg.seed)  # the initial weights are part of what the seed decides
     method = spec.cls(spec.cls.Config(**cfg.method_config), num_classes=len(CLASSES), in_chans=1)
     if from_run is not None:
         result = reuse_weights(method, cfg, Path(from_run), run_dir)
