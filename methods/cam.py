@@ -21,16 +21,7 @@ from wsseg.registry import register_method
 
 @dataclass
 class CAMConfig(ClassifierConfig):
-    """CAM hyperparameters.
-
-    Attributes:
-        backbone: backbone name (wsseg alias or timm model).
-        backbone_weights: optional local weights file; random initialisation when None.
-        output_stride: backbone stride; 16 doubles the map resolution of a plain ResNet at little cost.
-        input_downsample: average-pool the input by this factor before the backbone (1 = full resolution).
-            The quick preset uses 4 (1.6 mm pixels) so that training on 1,280 images fits minutes on a
-            2-core CPU; maps are still returned at the input resolution.
-    """
+    """CAM hyperparameters: the classifier fields and presets of :class:`wsseg.method.ClassifierConfig`."""
 
 
 @register_method("cam")

@@ -45,21 +45,6 @@ class RandomConfig(MethodConfig):
     grid_height: int = 12
     grid_width: int = 8
 
-    @classmethod
-    def tiny(cls) -> RandomConfig:
-        """Same as every profile."""
-        return cls()
-
-    @classmethod
-    def quick(cls) -> RandomConfig:
-        """Same as every profile."""
-        return cls()
-
-    @classmethod
-    def paper(cls) -> RandomConfig:
-        """Same as every profile."""
-        return cls()
-
 
 @register_method("random")
 class RandomMap(WSSegMethod):

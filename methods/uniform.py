@@ -59,21 +59,6 @@ class UniformConfig(MethodConfig):
     value: float = 1.0
     open_px: int = 1
 
-    @classmethod
-    def tiny(cls) -> UniformConfig:
-        """Same as every profile."""
-        return cls()
-
-    @classmethod
-    def quick(cls) -> UniformConfig:
-        """Same as every profile."""
-        return cls()
-
-    @classmethod
-    def paper(cls) -> UniformConfig:
-        """Same as every profile."""
-        return cls()
-
 
 @register_method("uniform")
 class Uniform(WSSegMethod):
