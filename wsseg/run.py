@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from wsseg._io import atomic_write_json
 from wsseg.config import RunConfig, phantom_config
@@ -62,8 +63,6 @@ def evaluate_split(
     progress: bool = True,
 ) -> SplitEvaluation:
     """Run ``method`` over a split and accumulate its maps (and the reference maps) in evaluators."""
-    from tqdm.auto import tqdm
-
     t0 = time.perf_counter()
     ev = SegmentationEvaluator(CLASSES, n_bins)
     refs = {name: SegmentationEvaluator(CLASSES, n_bins) for name in REFERENCE_MAPS}
