@@ -16,14 +16,13 @@ the standardised intensity inside the breast, so AUROC is defined. The method ha
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from wsseg_methods.uniform import estimate_breast
 
-from wsseg.method import MethodConfig, MethodOutput, WSSegMethod
+from wsseg.method import MethodConfig, MethodOutput, ParameterFreeMethod
 from wsseg.nn.upsample import to_input_resolution
 from wsseg.registry import register_method
 
@@ -59,7 +58,7 @@ class IntensityConfig(MethodConfig):
 
 
 @register_method("intensity")
-class Intensity(WSSegMethod):
+class Intensity(ParameterFreeMethod):
     """Reference prior: smoothed, per-image min-max normalised brightness inside the breast."""
 
     Config = IntensityConfig
@@ -104,7 +103,3 @@ class Intensity(WSSegMethod):
             stats.append(q)
         logits = torch.stack(stats)[:, None].expand(b, self.num_classes).contiguous()  # (B, K)
         return MethodOutput(logits=logits, saliency=saliency, extras={"breast": breast})
-
-    def loss(self, out: MethodOutput, batch: dict[str, Any]) -> dict[str, Tensor]:
-        """A zero loss: the method has nothing to learn."""
-        return {"loss": torch.zeros((), device=out.logits.device)}

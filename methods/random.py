@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from wsseg.method import MethodConfig, MethodOutput, WSSegMethod
+from wsseg.method import MethodConfig, MethodOutput, ParameterFreeMethod
 from wsseg.nn.upsample import to_input_resolution
 from wsseg.registry import register_method
 
@@ -47,7 +46,7 @@ class RandomConfig(MethodConfig):
 
 
 @register_method("random")
-class RandomMap(WSSegMethod):
+class RandomMap(ParameterFreeMethod):
     """Reference floor: smooth noise and random logits, seeded by each image's bytes."""
 
     Config = RandomConfig
@@ -70,7 +69,3 @@ class RandomMap(WSSegMethod):
         grid = torch.from_numpy(np.stack(noise)).to(images.device)  # (B, K, gh, gw)
         saliency = to_input_resolution(grid, (int(images.shape[-2]), int(images.shape[-1])))  # (B, K, H, W)
         return MethodOutput(logits=torch.from_numpy(np.stack(logits)).to(images.device), saliency=saliency)
-
-    def loss(self, out: MethodOutput, batch: dict[str, Any]) -> dict[str, Tensor]:
-        """A zero loss: the method has nothing to learn."""
-        return {"loss": torch.zeros((), device=out.logits.device)}

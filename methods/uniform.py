@@ -16,13 +16,12 @@ The method has no parameters and is not trained.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from wsseg.method import MethodConfig, MethodOutput, WSSegMethod
+from wsseg.method import MethodConfig, MethodOutput, ParameterFreeMethod
 from wsseg.registry import register_method
 
 
@@ -61,7 +60,7 @@ class UniformConfig(MethodConfig):
 
 
 @register_method("uniform")
-class Uniform(WSSegMethod):
+class Uniform(ParameterFreeMethod):
     """Reference floor: a constant map over the breast estimated from the image, constant logits."""
 
     Config = UniformConfig
@@ -82,7 +81,3 @@ class Uniform(WSSegMethod):
         saliency = (breast.float() * self.cfg.value).expand(b, self.num_classes, h, w).contiguous()  # (B, K, H, W)
         logits = torch.zeros(b, self.num_classes, device=images.device)  # (B, K)
         return MethodOutput(logits=logits, saliency=saliency, extras={"breast": breast})
-
-    def loss(self, out: MethodOutput, batch: dict[str, Any]) -> dict[str, Tensor]:
-        """A zero loss: the method has nothing to learn."""
-        return {"loss": torch.zeros((), device=out.logits.device)}

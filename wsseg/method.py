@@ -166,6 +166,18 @@ class WSSegMethod(nn.Module, ABC):
         """Hook called after each epoch's validation."""
 
 
+class ParameterFreeMethod(WSSegMethod):
+    """Base of reference maps with nothing to learn (uniform, random, intensity).
+
+    The training loop trains no method without trainable parameters; the zero loss only keeps the
+    method contract whole.
+    """
+
+    def loss(self, out: MethodOutput, batch: dict[str, Any]) -> dict[str, Tensor]:
+        """A zero loss: the method has nothing to learn."""
+        return {"loss": torch.zeros((), device=out.logits.device)}
+
+
 def bce_loss(logits: Tensor, labels: Tensor) -> Tensor:
     """Multi-label binary cross-entropy on (B, K) logits; the default weak-supervision loss."""
     return nn.functional.binary_cross_entropy_with_logits(logits.float(), labels.float())
