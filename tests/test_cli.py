@@ -133,3 +133,31 @@ def test_from_run_refuses_another_backbone(tmp_path: Path, cache_dir: Path) -> N
     args = ["run", "--method", "gradcam", "--from-run", str(tmp_path / "cam-run"), "--set", "method.output_stride=32"]
     result = runner.invoke(app, [*args, *common])
     assert result.exit_code == 2 and "output_stride" in result.output
+
+
+@pytest.mark.parametrize("method", ["gmic", "glam"])
+def test_weights_in_the_official_layout_are_evaluated_without_training(
+    tmp_path: Path, cache_dir: Path, method: str
+) -> None:
+    import torch
+
+    from wsseg import create_method
+
+    torch.manual_seed(0)
+    source = create_method(method, profile="tiny")
+    path = tmp_path / "official.ckpt"
+    torch.save(source.official_state_dict(), path)
+    out = tmp_path / "runs"
+    args = ["run", "-m", method, "--profile", "tiny", "--out", str(out), "--cache-dir", str(cache_dir), "-q"]
+    result = runner.invoke(app, [*args, "--weights", str(path)])
+    assert result.exit_code == 0, result.output
+    (record_path,) = out.glob("*/record.json")
+    record = json.loads(record_path.read_text())
+    assert record["training"]["weights"] == str(path) and record["training"]["history"] == []
+    assert not (record_path.parent / "last.pt").exists()  # nothing was trained
+    best = torch.load(record_path.parent / "best.pt", weights_only=True)["model"]
+    assert all(torch.equal(v, source.state_dict()[k]) for k, v in best.items())
+
+    torch.save({"not.a.key": torch.zeros(1)}, path)
+    bad = runner.invoke(app, [*args, "--run-id", "bad", "--weights", str(path)])
+    assert bad.exit_code == 2 and "unexpected keys: not.a.key" in bad.output

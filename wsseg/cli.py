@@ -91,12 +91,19 @@ def run(
     from_run: Annotated[
         Path | None, typer.Option(help="Reuse the classifier of a finished run (post-hoc methods) instead of training.")
     ] = None,
+    weights: Annotated[
+        Path | None,
+        typer.Option(
+            help="Evaluate these weights instead of training: a wsseg checkpoint, a state dict, or an official "
+            "GMIC sample_model_N.p / GLAM model_sep.ckpt or model_joint.ckpt (with --profile paper)."
+        ),
+    ] = None,
     plugin: Annotated[
         list[Path] | None, typer.Option(help="A single-file method to import first (repeatable); see CONTRIBUTING.md.")
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
-    """Train a method, evaluate it on the test split and write DIR/<run_id>/record.json."""
+    """Train a method (or load --weights), evaluate it on the test split and write DIR/<run_id>/record.json."""
     from wsseg.config import make_run_config
     from wsseg.registry import load_plugin_file
     from wsseg.run import run as run_fn
@@ -113,7 +120,7 @@ def run(
         for path in plugin or []:
             load_plugin_file(path)
         cfg = make_run_config(method, profile, seed, overrides)  # type: ignore[arg-type]
-        record = run_fn(cfg, out, run_id, resume, from_run, progress=not quiet, log=typer.echo)
+        record = run_fn(cfg, out, run_id, resume, from_run, weights=weights, progress=not quiet, log=typer.echo)
     except USER_ERRORS as e:
         _fail(e)
     t = record["timings"]
@@ -125,6 +132,71 @@ def run(
     typer.echo("test split; Dice/IoU at the threshold calibrated on validation, averaged over images with a lesion\n")
     typer.echo(results_table(record))
     typer.echo(f"\nrecord: {out / record['run_id'] / 'record.json'}")
+
+
+@app.command()
+def bench(
+    method: Annotated[list[str], typer.Option("--method", "-m", help="Method to measure (repeatable).")],
+    profile: Annotated[str, typer.Option(help="Preset and image size: paper (2944x1920), quick or tiny.")] = "paper",
+    batch: Annotated[list[int] | None, typer.Option(help="Images per step (repeatable; default 1).")] = None,
+    precision: Annotated[
+        list[str] | None, typer.Option(help="bf16 (CUDA autocast) or fp32 (repeatable; default bf16 on CUDA).")
+    ] = None,
+    phase: Annotated[
+        list[str] | None, typer.Option(help="inference and/or train (repeatable; default both).")
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    seconds: Annotated[float, typer.Option(help="Minimum timed seconds per configuration.")] = 3.0,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a method config field: field=value.")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Append the rows to this CSV file.")] = None,
+) -> None:
+    """Measure images/s, peak GPU memory and TFLOP/s of forward passes and training steps on synthetic images."""
+    import typing
+
+    import torch
+    from tabulate import tabulate
+
+    from wsseg.bench import COLUMNS, append_rows
+    from wsseg.bench import bench as bench_fn
+    from wsseg.config import parse_value
+    from wsseg.registry import make_config
+
+    cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    rows = []
+    try:
+        for name in method:
+            cfg = make_config(name, profile)  # type: ignore[arg-type]
+            hints = typing.get_type_hints(type(cfg))
+            overrides = {}
+            for item in set_ or []:
+                key, _, raw = item.partition("=")
+                key = key.removeprefix("method.")
+                if key not in hints:
+                    raise ValueError(f"{name} has no config field {key!r}; valid fields: {', '.join(sorted(hints))}")
+                overrides[key] = parse_value(raw, hints[key], key)
+            for prec in precision or (["bf16"] if cuda else ["fp32"]):
+                for ph in phase or ["inference", "train"]:
+                    for n in batch or [1]:
+                        try:
+                            row = bench_fn(name, profile, n, prec, ph, device, seconds, **overrides)  # type: ignore[arg-type]
+                        except torch.cuda.OutOfMemoryError:
+                            torch.cuda.empty_cache()
+                            typer.echo(f"{name} {ph} {prec} batch {n}: out of GPU memory; skipped", err=True)
+                            continue
+                        rows.append(row)
+                        typer.echo(
+                            f"{name} {ph} {prec} batch {n}: {row['images_per_s']} images/s, "
+                            f"{row['peak_mem_gib']} GiB, {row['tflops']} TFLOP/s"
+                        )
+    except USER_ERRORS as e:
+        _fail(e)
+    if rows:
+        typer.echo(tabulate([[r[c] for c in COLUMNS] for r in rows], headers=COLUMNS))
+    if out is not None and rows:
+        append_rows(out, rows)
+        typer.echo(f"appended {len(rows)} rows to {out}")
 
 
 @list_app.command("methods")

@@ -13,6 +13,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -21,6 +22,7 @@ from torch import Tensor, nn
 
 from wsseg.nn.backbones import create_backbone
 from wsseg.nn.upsample import to_input_resolution
+from wsseg.weights import load_strict, read_state_dict, rename_prefixes
 
 Profile = Literal["tiny", "quick", "paper"]
 Supervision = Literal["weak", "full"]
@@ -72,6 +74,13 @@ class MethodConfig:
         if profile not in presets:
             raise ValueError(f"unknown profile {profile!r}; choose one of {sorted(presets)}")
         return presets[profile]()
+
+    def __post_init__(self) -> None:
+        # Tuples come back from JSON records as lists; keep the declared type so configs compare equal.
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, list):
+                setattr(self, f.name, tuple(value))
 
     def to_dict(self) -> dict[str, Any]:
         """The config as plain JSON-compatible data (for records and checkpoints)."""
@@ -129,6 +138,8 @@ class WSSegMethod(nn.Module, ABC):
     supervision: ClassVar[Supervision] = "weak"
     # Post-hoc methods (Grad-CAM and friends) need autograd to produce their maps.
     saliency_requires_grad: ClassVar[bool] = False
+    # Key prefixes of another code base's state dicts -> wsseg's, for methods that load official weights.
+    official_prefixes: ClassVar[dict[str, str]] = {}
 
     def __init__(self, cfg: MethodConfig, num_classes: int = 2, in_chans: int = 1) -> None:
         super().__init__()
@@ -162,8 +173,43 @@ class WSSegMethod(nn.Module, ABC):
     def on_train_start(self, ctx: dict[str, Any]) -> None:
         """Hook called once before the first training step (staged schedules start here)."""
 
+    def on_epoch_start(self, ctx: dict[str, Any], epoch: int) -> None:
+        """Hook called at the start of every epoch (0-based ``epoch``), after ``train()``; also on resume.
+
+        Staged schedules freeze and unfreeze submodules here; ``ctx`` holds ``epochs`` (the total).
+        """
+
+    def lr_scale(self, group: dict[str, Any], epoch: int) -> float:
+        """Factor on the loop's learning rate for optimizer ``group`` during 0-based ``epoch`` (1 by default)."""
+        return 1.0
+
     def on_epoch_end(self, ctx: dict[str, Any], epoch: int, metrics: dict[str, float]) -> None:
         """Hook called after each epoch's validation."""
+
+    def eligible_for_best(self, epoch: int) -> bool:
+        """Whether 0-based ``epoch`` may provide the best checkpoint (staged methods exclude early stages)."""
+        return True
+
+    def load_weights(self, path: str | Path) -> None:
+        """Load a weights file strictly: a wsseg checkpoint, a flat state dict, or the official layout.
+
+        Read with ``torch.load(weights_only=True)``. Keys in the layout of :attr:`official_prefixes` are renamed
+        first; then every key must match, with equal shapes.
+
+        Raises:
+            FileNotFoundError: no file at ``path``.
+            ValueError: the file cannot be read safely, or its keys differ (the message lists them).
+        """
+        state = read_state_dict(path)
+        if self.official_prefixes and any(k.startswith(tuple(self.official_prefixes)) for k in state):
+            state = rename_prefixes(state, self.official_prefixes)
+        load_strict(self, state, str(path))
+
+    def official_state_dict(self) -> dict[str, Tensor]:
+        """This method's weights in the official layout (:attr:`official_prefixes`), e.g. to run the original code."""
+        if not self.official_prefixes:
+            raise ValueError(f"{self.name or type(self).__name__} has no official weight layout")
+        return rename_prefixes(self.state_dict(), {new: old for old, new in self.official_prefixes.items()})
 
 
 class ParameterFreeMethod(WSSegMethod):
@@ -181,6 +227,16 @@ class ParameterFreeMethod(WSSegMethod):
 def bce_loss(logits: Tensor, labels: Tensor) -> Tensor:
     """Multi-label binary cross-entropy on (B, K) logits; the default weak-supervision loss."""
     return nn.functional.binary_cross_entropy_with_logits(logits.float(), labels.float())
+
+
+def probability_bce(probs: Tensor, labels: Tensor, eps: float = 1e-6) -> Tensor:
+    """Binary cross-entropy of (B, K) probabilities (not logits), in float32 and safe under autocast.
+
+    For models whose prediction is a pooled probability map (GMIC's y_global, GLAM's top-k scores).
+    """
+    p = probs.float().clamp(eps, 1.0 - eps)
+    y = labels.float()
+    return -(y * torch.log(p) + (1.0 - y) * torch.log1p(-p)).mean()
 
 
 def check_output(out: MethodOutput, batch_size: int, num_classes: int, size: tuple[int, int]) -> None:

@@ -204,9 +204,22 @@ def make_config(name: str, profile: Profile = "quick", **overrides: Any) -> Meth
 
 
 def create_method(
-    name: str, profile: Profile = "quick", num_classes: int = 2, in_chans: int = 1, **overrides: Any
+    name: str,
+    profile: Profile = "quick",
+    num_classes: int = 2,
+    in_chans: int = 1,
+    weights: str | Path | None = None,
+    **overrides: Any,
 ) -> WSSegMethod:
-    """Build method ``name`` from its ``profile`` preset with config ``overrides`` (``None`` values are dropped)."""
+    """Build method ``name`` from its ``profile`` preset with config ``overrides`` (``None`` values are dropped).
+
+    ``weights`` loads a weights file strictly (:meth:`WSSegMethod.load_weights`): a wsseg checkpoint, a flat
+    state dict, or the official layout of methods that declare one (GMIC's ``sample_model_N.p``, GLAM's
+    ``model_sep.ckpt``/``model_joint.ckpt``).
+    """
     overrides = {k: v for k, v in overrides.items() if v is not None}
     cfg = make_config(name, profile, **overrides)
-    return get_method_spec(name).cls(cfg, num_classes=num_classes, in_chans=in_chans)
+    method = get_method_spec(name).cls(cfg, num_classes=num_classes, in_chans=in_chans)
+    if weights is not None:
+        method.load_weights(weights)
+    return method

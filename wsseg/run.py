@@ -143,6 +143,7 @@ def run(
     run_id: str | None = None,
     resume: bool = False,
     from_run: str | Path | None = None,
+    weights: str | Path | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
@@ -156,10 +157,14 @@ def run(
             dataset, profile and seed that has a checkpoint; its saved config is used.
         from_run: a finished run whose best classifier weights this method reuses instead of training
             (post-hoc methods share CAM's classifier); its data and backbone settings must match.
+        weights: a weights file to evaluate instead of training (:meth:`WSSegMethod.load_weights`: a wsseg
+            checkpoint, a state dict, or an official GMIC/GLAM file).
         progress: show progress bars.
         log: where one-line status messages go.
     """
     t_total = time.perf_counter()
+    if sum(x is not None and x is not False for x in (from_run, weights, resume or None)) > 1:
+        raise ValueError("--from-run, --weights and --resume exclude each other; pass one of them")
     out_dir = Path(out_dir)
     prefix = f"{cfg.method}-{cfg.data.dataset}-{cfg.profile}-s{cfg.seed}-"
     run_dir: Path | None = out_dir / run_id if run_id else None
@@ -208,6 +213,13 @@ def run(
     if from_run is not None:
         result = reuse_weights(method, cfg, Path(from_run), run_dir)
         log(f"reusing the weights of {from_run} (epoch {result.best_epoch}); no training")
+    elif weights is not None:
+        method.load_weights(weights)
+        best = save_checkpoint(
+            run_dir / BEST, {"model": method.state_dict(), "epoch": 0, "config": cfg.to_dict(), "weights": str(weights)}
+        )
+        result = TrainResult(best_checkpoint=best, last_checkpoint=best, best_epoch=0, best_val_auroc=math.nan)
+        log(f"evaluating the weights in {weights}; no training")
     else:
         result = train(
             method,
@@ -278,6 +290,7 @@ def run(
             "best_val_auroc": result.best_val_auroc,
             "history": result.history,
             "from_run": str(from_run) if from_run is not None else None,
+            "weights": str(weights) if weights is not None else None,
         },
         "thresholds": {"rule": "argmax of image-averaged validation Dice on the grid k/n_bins", **thresholds},
         "metrics": metrics,

@@ -128,7 +128,13 @@ def train(
     n_micro = math.ceil(len(train_set) / cfg.batch_size)  # micro-batches per epoch
     steps_per_epoch = math.ceil(n_micro / cfg.grad_accum)  # optimizer steps per epoch
     total_steps = cfg.epochs * steps_per_epoch
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg.warmup_steps, total_steps))
+    base_lrs = [float(g["lr"]) for g in optimizer.param_groups]
+
+    def set_lr(step: int, epoch: int) -> None:
+        # The schedule is a function of the step (so resuming needs no scheduler state); methods scale it per
+        # parameter group and epoch (staged schedules).
+        for group, base in zip(optimizer.param_groups, base_lrs, strict=True):
+            group["lr"] = base * lr_factor(step, cfg.warmup_steps, total_steps) * method.lr_scale(group, epoch)
 
     # The run state: everything needed to continue exactly where a killed run stopped.
     state: dict[str, Any] = {"epoch": 0, "micro": 0, "step": 0, "best_val_auroc": -math.inf, "best_epoch": 0}
@@ -137,7 +143,6 @@ def train(
         ckpt = load_checkpoint(last_path, map_location=device)
         method.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
         torch.set_rng_state(ckpt["rng"]["torch"].cpu())
         if device.type == "cuda" and ckpt["rng"].get("cuda"):
             torch.cuda.set_rng_state_all([s.cpu() for s in ckpt["rng"]["cuda"]])
@@ -151,7 +156,6 @@ def train(
             {
                 "model": method.state_dict(),
                 "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
                 "rng": rng,
                 "history": history,
                 "config": run_config,
@@ -160,7 +164,8 @@ def train(
             },
         )
 
-    method.on_train_start({"device": device, "total_steps": total_steps, "run_dir": run_dir})
+    ctx = {"device": device, "total_steps": total_steps, "epochs": cfg.epochs, "run_dir": run_dir}
+    method.on_train_start(ctx)
     bar = tqdm(
         total=cfg.epochs * n_micro,
         initial=state["epoch"] * n_micro + state["micro"],
@@ -183,6 +188,8 @@ def train(
             pin_memory=device.type == "cuda",
         )
         method.train()
+        method.on_epoch_start(ctx, epoch)
+        set_lr(state["step"], epoch)
         for batch in loader:
             if "masks" in batch and method.supervision != "full":
                 raise RuntimeError(f"the training loader yielded masks to weakly supervised method {method.name}")
@@ -205,9 +212,9 @@ def train(
                 if cfg.clip_grad is not None:
                     torch.nn.utils.clip_grad_norm_(method.parameters(), cfg.clip_grad)
                 optimizer.step()
-                scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 state["step"] += 1
+                set_lr(state["step"], epoch)
                 if state["step"] % cfg.checkpoint_every == 0 and state["micro"] < n_micro:
                     checkpoint()
             bar.update()
@@ -220,7 +227,7 @@ def train(
             "epoch": epoch + 1,
             "train_loss": float(np.mean(losses)) if losses else math.nan,
             "val_auroc": val_auroc,
-            "lr": float(scheduler.get_last_lr()[0]),
+            "lr": float(optimizer.param_groups[0]["lr"]),
             "seconds": time.perf_counter() - t_epoch,
         }
         history.append(record)
@@ -228,12 +235,15 @@ def train(
             f"epoch {epoch + 1}/{cfg.epochs}: loss {record['train_loss']:.4f}  val AUROC {val_auroc:.3f}"
             f"  ({record['seconds']:.0f} s)"
         )
-        if state["best_epoch"] == 0 or (not math.isnan(val_auroc) and val_auroc > state["best_val_auroc"]):
+        # Staged methods (GLAM) make early-stage epochs ineligible: their weights hold an untrained part.
+        stale = state["best_epoch"] == 0 or not method.eligible_for_best(state["best_epoch"] - 1)
+        improved = not math.isnan(val_auroc) and val_auroc > state["best_val_auroc"]
+        if method.eligible_for_best(epoch) and (stale or improved):
             state["best_val_auroc"], state["best_epoch"] = val_auroc, epoch + 1
             save_checkpoint(best_path, {"model": method.state_dict(), "epoch": epoch + 1, "config": run_config})
         state["epoch"], state["micro"] = epoch + 1, 0
         checkpoint()
-        method.on_epoch_end({"device": device, "run_dir": run_dir}, epoch + 1, record)
+        method.on_epoch_end(ctx, epoch + 1, record)
     bar.close()
 
     seconds = time.perf_counter() - t_start

@@ -1,0 +1,231 @@
+"""GMIC: the globally-aware multiple instance classifier (Shen et al., Medical Image Analysis 2021, arXiv 2002.07613).
+
+Original code: https://github.com/nyukat/GMIC (AGPL-3.0; inference only). This is a clean-room implementation
+from wsseg's specification (``methods-spec.md``, section 2); no code was copied.
+
+Forward, shapes at the paper preset (2944x1920 input):
+
+1. Global module: the pre-activation ResNet-22 (:class:`wsseg.nn.resnet22.ResNet22`) gives h_g (B,256,46,30);
+   a 1x1 convolution (no bias) and a sigmoid give the saliency map A (B,2,46,30); y_global is the mean of the
+   top t% of each class map.
+2. ROI retrieval: greedy selection of K=6 windows of 4x4 cells (256x256 pixels) on the sum of the per-class
+   min-max normalised maps (:func:`wsseg.nn.roi.greedy_windows`); corners in pixels are ``round(i/46*2944)``.
+3. Local module: a ResNet-18 (torchvision layout) on each 256x256 crop of the standardised input, spatially
+   averaged: h_k (B,6,512).
+4. Gated attention (Ilse et al. 2018, no biases): alpha = softmax_k w(tanh(V h_k) * sigmoid(U h_k)),
+   z = sum_k alpha_k h_k, y_local = sigmoid(W z).
+5. Fusion: y_fusion = sigmoid(Linear([max_hw h_g ; z])), the model's prediction (``logits`` here).
+
+The saliency is A, bilinearly upsampled to the input resolution. Training (not in the original repository): the
+loss of the paper, BCE on y_global, y_local and y_fusion plus beta times the L1 norm (the sum of absolute values)
+of A, averaged over the batch; all modules are trained jointly. Retrieval is an argmax, so gradients reach the
+global module through y_global, y_fusion and the L1 term only.
+
+Official weights: ``create_method("gmic", profile="paper", weights="sample_model_1.p")`` or
+``wsseg run --method gmic --profile paper --weights sample_model_1.p`` loads the released files strictly (all 258
+keys). Each released model has its own ``percent_t`` (model 1: 0.02, 2 and 3: 0.03, 4: 0.05, 5: 0.1); set it with
+``percent_t=...`` / ``--set method.percent_t=...``.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from wsseg.method import MethodConfig, MethodOutput, WSSegMethod, bce_loss, probability_bce
+from wsseg.nn.local_resnet import local_resnet
+from wsseg.nn.resnet22 import ResNet22
+from wsseg.nn.roi import cells_to_pixels, extract_crops, greedy_windows, top_t_mean, window_cells
+from wsseg.nn.upsample import to_input_resolution
+from wsseg.registry import register_method
+
+# percent_t of the released sample_model_N.p files (GMIC src/constants.py, spec section 2.4).
+RELEASED_PERCENT_T = {1: 0.02, 2: 0.03, 3: 0.03, 4: 0.05, 5: 0.1}
+
+
+@dataclass
+class GMICConfig(MethodConfig):
+    """GMIC hyperparameters; the defaults are the released model 1 (``paper``).
+
+    Attributes:
+        global_width: channels of the global ResNet-22's first stage (16 released).
+        global_strides: stride of each of its five stages (1, 2, 2, 2, 2 released).
+        global_first_pool: keep its 3x3/2 max-pool (released: yes).
+        global_input_downsample: average-pool the image by this factor before the global module (crops are
+            always taken from the full-resolution image).
+        local_channels: stage widths of the local ResNet-18 (torchvision's 64..512 released).
+        local_stem_width: its stem width (64 released).
+        num_crops: K, crops per image in total (6 released).
+        crop_size: (rows, cols) of a crop in input pixels (256x256 released).
+        percent_t: the top-t% aggregation's t (0.02 for released model 1).
+        beta: weight of the L1 norm of the saliency map in the loss (model 1: 3.259e-6).
+        attention_dim: hidden size of the gated attention (128 released).
+    """
+
+    global_width: int = 16
+    global_strides: tuple[int, ...] = (1, 2, 2, 2, 2)
+    global_first_pool: bool = True
+    global_input_downsample: int = 1
+    local_channels: tuple[int, int, int, int] = (64, 128, 256, 512)
+    local_stem_width: int = 64
+    num_crops: int = 6
+    crop_size: tuple[int, int] = (256, 256)
+    percent_t: float = 0.02
+    beta: float = 3.259e-6
+    attention_dim: int = 128
+
+    @classmethod
+    def tiny(cls) -> GMICConfig:
+        """A narrow network with two 32x32 crops, for unit tests on small images."""
+        return cls(
+            global_width=4,
+            global_strides=(1, 2, 2, 1, 1),
+            global_first_pool=False,
+            local_channels=(8, 8, 16, 16),
+            local_stem_width=8,
+            num_crops=2,
+            crop_size=(32, 32),
+            percent_t=0.1,
+            beta=1e-4,
+            attention_dim=16,
+        )
+
+    @classmethod
+    def quick(cls) -> GMICConfig:
+        """736x480 at 0.4 mm: the global module reads the image pooled 4x (1.6 mm) at half width, giving 23x15
+        cells of 12.8 mm (the paper's are 6.4 mm; a 46x30 map would double the CPU time); six 64x64 crops
+        (25.6 mm, as 256 px at 0.1 mm) go to a quarter-width ResNet-18. About 0.2 s per training step of 8
+        images on two CPU cores."""
+        return cls(
+            global_width=8,
+            global_strides=(1, 2, 2, 1, 1),
+            global_first_pool=False,
+            global_input_downsample=4,
+            local_channels=(16, 32, 64, 128),
+            local_stem_width=16,
+            crop_size=(64, 64),
+            beta=1e-4,
+            attention_dim=32,
+        )
+
+    @classmethod
+    def paper(cls) -> GMICConfig:
+        """The released architecture and model 1's percent_t and beta (2944x1920 input, 46x30 map, K=6)."""
+        return cls()
+
+
+@register_method("gmic")
+class GMIC(WSSegMethod):
+    """Global saliency, greedy ROI crops, a local ResNet-18 with gated attention, and a fusion classifier."""
+
+    Config = GMICConfig
+    # Official key prefix -> wsseg module (methods-spec.md section 6: 258 keys).
+    official_prefixes = {
+        "ds_net.": "global_backbone.",
+        "left_postprocess_net.gn_conv_last.": "saliency_head.",
+        "dn_resnet.": "local_backbone.",
+        "mil_attn_V.": "attention_v.",
+        "mil_attn_U.": "attention_u.",
+        "mil_attn_w.": "attention_w.",
+        "classifier_linear.": "local_classifier.",
+        "fusion_dnn.": "fusion.",
+    }
+
+    cfg: GMICConfig
+
+    def __init__(self, cfg: GMICConfig, num_classes: int = 2, in_chans: int = 1) -> None:
+        super().__init__(cfg, num_classes, in_chans)
+        if cfg.num_crops < 1 or not 0 < cfg.percent_t <= 1 or cfg.global_input_downsample < 1:
+            raise ValueError("gmic needs num_crops >= 1, 0 < percent_t <= 1 and global_input_downsample >= 1")
+        self.global_backbone = ResNet22(in_chans, cfg.global_width, cfg.global_strides, 2, cfg.global_first_pool)
+        g = self.global_backbone.num_features
+        self.saliency_head = nn.Conv2d(g, num_classes, 1, bias=False)
+        self.local_backbone = local_resnet(18, cfg.local_channels, cfg.local_stem_width)
+        c = cfg.local_channels[-1]
+        self.attention_v = nn.Linear(c, cfg.attention_dim, bias=False)
+        self.attention_u = nn.Linear(c, cfg.attention_dim, bias=False)
+        self.attention_w = nn.Linear(cfg.attention_dim, 1, bias=False)
+        self.local_classifier = nn.Linear(c, num_classes, bias=False)
+        self.fusion = nn.Linear(g + c, num_classes)
+
+    def forward(self, images: Tensor) -> MethodOutput:
+        """Images (B, 1, H, W) -> fusion logits (B, K) and the global saliency map at (B, K, H, W)."""
+        size = (int(images.shape[-2]), int(images.shape[-1]))
+        d = self.cfg.global_input_downsample
+        x = F.avg_pool2d(images, d) if d > 1 else images
+        h_g = self.global_backbone(x)  # (B, 256, h, w)
+        saliency_lowres = torch.sigmoid(self.saliency_head(h_g))  # (B, 2, h, w)
+        y_global = top_t_mean(saliency_lowres, self.cfg.percent_t)  # (B, 2)
+
+        cam = (int(h_g.shape[-2]), int(h_g.shape[-1]))
+        crop = self.cfg.crop_size
+        cells = greedy_windows(saliency_lowres, self.cfg.num_crops, window_cells(crop, size, cam))  # (B, K, 2)
+        corners = cells_to_pixels(cells, cam, size, crop)  # (B, K, 2) pixels
+        crops = extract_crops(images, corners, crop)  # (B, K, 1, crop_h, crop_w)
+        b, k = crops.shape[:2]
+        features = self.local_backbone.forward_features(crops.flatten(0, 1))  # (B*K, 512, s, s)
+        h_k = features.mean(dim=(2, 3)).view(b, k, -1)  # (B, K, 512)
+
+        z, attention = self.attention_pool(h_k)  # (B, 512), (B, K)
+        local_logits = self.local_classifier(z)  # (B, 2)
+        g = h_g.amax(dim=(2, 3))  # (B, 256)
+        fusion_logits = self.fusion(torch.cat((g, z), dim=1))  # (B, 2)
+
+        saliency = to_input_resolution(saliency_lowres.float(), size)  # (B, 2, H, W)
+        extras = {
+            "y_global": y_global,
+            "y_local": torch.sigmoid(local_logits),
+            "y_fusion": torch.sigmoid(fusion_logits),
+            "local_logits": local_logits,
+            "saliency_lowres": saliency_lowres,
+            "patch_locations": corners,
+            "patch_attns": attention,
+        }
+        return MethodOutput(logits=fusion_logits, saliency=saliency, extras=extras)
+
+    def attention_pool(self, h: Tensor) -> tuple[Tensor, Tensor]:
+        """Gated attention MIL pooling: crop features (B, K, C) -> z (B, C) and the weights alpha (B, K).
+
+        alpha = softmax over crops of w(tanh(V h_k) * sigmoid(U h_k)); z = sum_k alpha_k h_k.
+        """
+        scores = self.attention_w(torch.tanh(self.attention_v(h)) * torch.sigmoid(self.attention_u(h)))  # (B, K, 1)
+        alpha = torch.softmax(scores.squeeze(-1).float(), dim=1)  # (B, K)
+        return (alpha.to(h.dtype)[..., None] * h).sum(dim=1), alpha
+
+    def loss(self, out: MethodOutput, batch: dict[str, Any]) -> dict[str, Tensor]:
+        """BCE on y_global, y_local and y_fusion, plus beta times the L1 norm of the saliency map per image."""
+        labels = batch["labels"].float()
+        global_bce = probability_bce(out.extras["y_global"], labels)
+        local_bce = bce_loss(out.extras["local_logits"], labels)
+        fusion_bce = bce_loss(out.logits, labels)
+        l1 = out.extras["saliency_lowres"].float().abs().sum(dim=(1, 2, 3)).mean()
+        loss = global_bce + local_bce + fusion_bce + self.cfg.beta * l1
+        return {
+            "loss": loss,
+            "global_bce": global_bce.detach(),
+            "local_bce": local_bce.detach(),
+            "fusion_bce": fusion_bce.detach(),
+            "l1": l1.detach(),
+        }
+
+    def load_weights(self, path: str | Path) -> None:
+        """Load a weights file strictly; warns when a released ``sample_model_N.p`` had another ``percent_t``."""
+        match = re.fullmatch(r"sample_model_(\d)\.p", Path(path).name)
+        if match and int(match[1]) in RELEASED_PERCENT_T:
+            released = RELEASED_PERCENT_T[int(match[1])]
+            if released != self.cfg.percent_t:
+                warnings.warn(
+                    f"{Path(path).name} was released with percent_t={released} but this model uses "
+                    f"{self.cfg.percent_t}; pass percent_t={released} (CLI: --set method.percent_t={released}) "
+                    "to reproduce the official outputs",
+                    stacklevel=2,
+                )
+        super().load_weights(path)
+

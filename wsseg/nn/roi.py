@@ -1,0 +1,139 @@
+"""The steps GMIC and GLAM share between their global and local modules, batched on the device.
+
+Written from methods-spec.md (sections 2.4, 2.5, 3.3, 3.4 and 3.6). Nothing here loops over images or crops in
+Python and nothing copies to the host: the greedy selection loops over the (at most a handful of) windows it
+picks, each step one average-pool and one argmax for the whole batch.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def top_t_count(n: int, percent: float) -> int:
+    """How many of ``n`` values the top-t% mean averages: Python's ``round`` (half to even), at least 1."""
+    return max(1, int(round(n * percent)))
+
+
+def top_t_mean(maps: Tensor, percent: float) -> Tensor:
+    """Mean of the largest ``round(h*w*percent)`` values of each map: (B, C, h, w) -> (B, C)."""
+    flat = maps.flatten(2)  # (B, C, h*w)
+    k = top_t_count(flat.shape[-1], percent)
+    return flat.topk(k, dim=-1).values.mean(dim=-1)
+
+
+def window_cells(crop: tuple[int, int], image: tuple[int, int], cam: tuple[int, int]) -> tuple[int, int]:
+    """A crop's size in saliency-map cells, ``round(crop * cam / image)`` per axis, within [1, cam]."""
+    return tuple(  # type: ignore[return-value]
+        min(c, max(1, round(k * c / i))) for k, i, c in zip(crop, image, cam, strict=True)
+    )
+
+
+def greedy_windows(maps: Tensor, num: int, window: tuple[int, int], eps: float = 1e-12) -> Tensor:
+    """Greedy selection of ``num`` windows of ``window`` cells with the largest mean saliency.
+
+    Per image: each class map is min-max normalised to [0, 1] (a constant map becomes all zeros instead of
+    0/0), the class maps are summed, and ``num`` times the window with the largest average (first maximum in
+    row-major order) is chosen and its cells are set to zero, so later windows avoid it but may overlap it.
+
+    Args:
+        maps: (B, C, h, w) saliency maps (not differentiated through).
+        num: windows per image.
+        window: (rows, cols) of a window in cells, at most (h, w).
+        eps: guard of the normalisation's denominator.
+
+    Returns:
+        (B, num, 2) int64 upper-left corners (row, col) in cells.
+    """
+    maps = maps.detach().float()
+    lo = maps.amin(dim=(2, 3), keepdim=True)
+    hi = maps.amax(dim=(2, 3), keepdim=True)
+    score = ((maps - lo) / (hi - lo).clamp_min(eps)).sum(dim=1, keepdim=True)  # (B, 1, h, w)
+    b, _, h, w = score.shape
+    wh, ww = window
+    rows = torch.arange(h, device=maps.device)
+    cols = torch.arange(w, device=maps.device)
+    corners = []
+    for _ in range(num):
+        pooled = F.avg_pool2d(score, (wh, ww), stride=1)  # (B, 1, h-wh+1, w-ww+1)
+        idx = pooled.flatten(1).argmax(dim=1)  # (B,), the first maximum
+        r, c = idx.div(pooled.shape[-1], rounding_mode="floor"), idx % pooled.shape[-1]  # integer division
+        corners.append(torch.stack((r, c), dim=1))
+        in_r = (rows >= r[:, None]) & (rows < r[:, None] + wh)  # (B, h)
+        in_c = (cols >= c[:, None]) & (cols < c[:, None] + ww)  # (B, w)
+        score = score * ~(in_r[:, None, :, None] & in_c[:, None, None, :])
+    return torch.stack(corners, dim=1)  # (B, num, 2)
+
+
+def cells_to_pixels(
+    corners: Tensor, cam: tuple[int, int], image: tuple[int, int], crop: tuple[int, int]
+) -> Tensor:
+    """Map-cell corners (B, K, 2) -> pixel corners, ``round(i / h * H)`` (half to even), clamped inside the image.
+
+    At the released settings (46x30 or 184x120 maps of 2944x1920 images) every window already lies inside the
+    image; on other sizes a crop that would cross the bottom or right border is moved back inside, so every crop
+    is ``crop`` pixels of real image (images smaller than a crop are padded by :func:`extract_crops`).
+    """
+    scale = torch.tensor([image[0] / cam[0], image[1] / cam[1]], dtype=torch.float64, device=corners.device)
+    pixels = torch.round(corners.double() * scale).long()  # (B, K, 2)
+    limit = torch.tensor([image[0] - crop[0], image[1] - crop[1]], device=corners.device).clamp_min(0)
+    return torch.minimum(pixels.clamp_min(0), limit)
+
+
+def extract_crops(images: Tensor, corners: Tensor, crop: tuple[int, int]) -> Tensor:
+    """Gather the crops at pixel ``corners`` from every image in one indexing operation.
+
+    Args:
+        images: (B, C, H, W).
+        corners: (B, K, 2) int64 upper-left (row, col), crops inside the image (see :func:`cells_to_pixels`).
+        crop: (rows, cols) of a crop.
+
+    Returns:
+        (B, K, C, rows, cols). An image smaller than the crop is padded at the bottom/right with its minimum.
+    """
+    ch, cw = crop
+    ph, pw = max(0, ch - images.shape[-2]), max(0, cw - images.shape[-1])
+    if ph or pw:
+        lo = images.amin(dim=(1, 2, 3), keepdim=True)
+        images = F.pad(images - lo, (0, pw, 0, ph)) + lo
+    b = images.shape[0]
+    rows = corners[..., 0, None] + torch.arange(ch, device=images.device)  # (B, K, ch)
+    cols = corners[..., 1, None] + torch.arange(cw, device=images.device)  # (B, K, cw)
+    bi = torch.arange(b, device=images.device)[:, None, None, None]
+    crops = images.permute(0, 2, 3, 1)[bi, rows[..., :, None], cols[..., None, :]]  # (B, K, ch, cw, C)
+    return crops.permute(0, 1, 4, 2, 3)  # (B, K, C, ch, cw)
+
+
+def paste_patches(patch_maps: Tensor, corners: Tensor, crop: tuple[int, int], size: tuple[int, int]) -> Tensor:
+    """Nearest-resize every patch map to the crop size and write it into a zero canvas; later patches win.
+
+    Args:
+        patch_maps: (B, K, C, p, q) maps of the crops (a crop of ``crop`` pixels maps to p x q values).
+        corners: (B, K, 2) int64 pixel corners of the crops.
+        crop: (rows, cols) of a crop in pixels.
+        size: (H, W) of the canvas.
+
+    Returns:
+        (B, C, H, W): each pixel inside a crop holds the value of the last crop covering it (nearest
+        resampling, ``floor(offset * p / rows)``); pixels outside every crop are 0. Differentiable w.r.t.
+        ``patch_maps``.
+    """
+    b, k, c, p, q = patch_maps.shape
+    h, w = size
+    dy = torch.arange(h, device=corners.device) - corners[..., 0, None]  # (B, K, H)
+    dx = torch.arange(w, device=corners.device) - corners[..., 1, None]  # (B, K, W)
+    in_y = (dy >= 0) & (dy < crop[0])
+    in_x = (dx >= 0) & (dx < crop[1])
+    order = torch.arange(1, k + 1, device=corners.device)[None, :, None, None]  # (1, K, 1, 1)
+    owner = ((in_y[..., :, None] & in_x[..., None, :]) * order).amax(dim=1)  # (B, H, W): 0 = no crop, else k+1
+    o = (owner - 1).clamp_min(0)[:, None]  # (B, 1, H, W): index of the covering crop
+    oy = dy[..., None].expand(b, k, h, w).gather(1, o)[:, 0]  # (B, H, W): row offset inside that crop
+    ox = dx[..., None, :].expand(b, k, h, w).gather(1, o)[:, 0]  # (B, H, W): column offset
+    ly = (oy * p).div(crop[0], rounding_mode="floor").clamp(0, p - 1)  # nearest source row
+    lx = (ox * q).div(crop[1], rounding_mode="floor").clamp(0, q - 1)
+    idx = (o[:, 0] * p + ly) * q + lx  # (B, H, W) into the flattened (K, p, q) maps
+    flat = patch_maps.transpose(1, 2).reshape(b, c, k * p * q)  # (B, C, K*p*q)
+    values = flat.gather(2, idx.view(b, 1, h * w).expand(b, c, h * w)).view(b, c, h, w)
+    return values * (owner > 0)[:, None].to(values.dtype)

@@ -1,0 +1,98 @@
+"""Loading weights files into methods: strictly, without running code, with errors that list the differences.
+
+A weights file is either a wsseg checkpoint (a dict with a ``"model"`` state dict) or a flat state dict of
+tensors, such as the official GMIC ``sample_model_N.p`` and GLAM ``model_sep.ckpt``/``model_joint.ckpt`` files
+(PyTorch 1.1 legacy serialisation; ``torch.load`` reads it). Methods that can read another code base's layout
+declare a prefix table (``WSSegMethod.official_prefixes``) that renames its keys to wsseg's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+# How many differing keys an error message lists before it says "and N more".
+_SHOWN = 12
+
+
+def read_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """Read a state dict from ``path`` with ``torch.load(weights_only=True)``: no code in the file can run.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: the file is unreadable, refused by the safe loader, or holds no state dict.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {path} does not exist; pass the path of a local weights file")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(
+            f"cannot read weights file {path} safely (torch.load with weights_only=True): {e}. "
+            "wsseg only reads files that hold tensors and plain containers; re-save the state dict with torch.save"
+        ) from e
+    if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
+        obj = obj["model"]  # a wsseg checkpoint
+    elif isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
+        obj = obj["state_dict"]  # a Lightning-style wrapper
+    if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise ValueError(f"{path} holds no state dict (a mapping of parameter names to tensors)")
+    return {str(k): v for k, v in obj.items()}
+
+
+def rename_prefixes(state: Mapping[str, Tensor], table: Mapping[str, str]) -> dict[str, Tensor]:
+    """Rename keys by the longest matching prefix of ``table`` (old prefix -> new prefix); others are kept."""
+    ordered = sorted(table.items(), key=lambda kv: -len(kv[0]))
+    out = {}
+    for key, value in state.items():
+        for old, new in ordered:
+            if key.startswith(old):
+                key = new + key[len(old) :]
+                break
+        out[key] = value
+    return out
+
+
+def _listing(keys: list[str]) -> str:
+    shown = ", ".join(keys[:_SHOWN])
+    return shown + (f" and {len(keys) - _SHOWN} more" if len(keys) > _SHOWN else "")
+
+
+def load_strict(module: nn.Module, state: Mapping[str, Tensor], source: str) -> None:
+    """Load ``state`` into ``module``: every key mapped, every shape equal, nothing missing or left over.
+
+    ``num_batches_tracked`` counters absent from old files are filled with zeros (they do not change any output).
+
+    Raises:
+        ValueError: naming ``source`` and listing the missing keys, the unexpected keys and the shape mismatches.
+    """
+    expected = module.state_dict()
+    state = dict(state)
+    for key, value in expected.items():
+        if key.endswith("num_batches_tracked") and key not in state:
+            state[key] = torch.zeros_like(value)
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = sorted(
+        f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}"
+        for k in set(state) & set(expected)
+        if state[k].shape != expected[k].shape
+    )
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys: {_listing(missing)}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys: {_listing(unexpected)}")
+        if shapes:
+            parts.append(f"{len(shapes)} shape mismatches (file vs model): {_listing(shapes)}")
+        raise ValueError(
+            f"the weights in {source} do not fit {type(module).__name__} ({len(expected)} keys): "
+            + "; ".join(parts)
+            + ". Check the method, its profile (--profile paper for the official files) and its config."
+        )
+    module.load_state_dict(state, strict=True)
