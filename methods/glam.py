@@ -1,5 +1,7 @@
-"""GLAM: global-local activation maps (Liu et al., "Weakly-supervised High-resolution Segmentation of Mammography
-Images for Breast Cancer Diagnosis", MIDL 2021, arXiv 2106.07049).
+"""GLAM: global-local activation maps, weakly-supervised high-resolution segmentation (Liu et al., MIDL 2021).
+
+Paper: "Weakly-supervised High-resolution Segmentation of Mammography Images for Breast Cancer Diagnosis",
+arXiv 2106.07049.
 
 Original code: https://github.com/nyukat/GLAM (inference only, a licence that forbids modification and
 redistribution). This is a clean-room implementation from wsseg's specification (``methods-spec.md``, section 3);
@@ -54,7 +56,16 @@ from torch.utils.checkpoint import checkpoint
 from wsseg.method import MethodConfig, MethodOutput, WSSegMethod, probability_bce
 from wsseg.nn.local_resnet import local_resnet
 from wsseg.nn.resnet22 import ResNet22
-from wsseg.nn.roi import cells_to_pixels, extract_crops, greedy_windows, paste_patches, top_t_mean, window_cells
+from wsseg.nn.roi import (
+    cells_to_pixels,
+    extract_crops,
+    greedy_windows,
+    paste_patches,
+    tissue_fraction,
+    tissue_mask,
+    top_t_mean,
+    window_cells,
+)
 from wsseg.registry import register_method
 
 Stage = Literal["global", "local", "joint"]
@@ -80,6 +91,9 @@ class GLAMConfig(MethodConfig):
         stage_lr_scale: factor on the learning rate in each stage.
         l1_global: weight of the mean of S_g in the global loss.
         l1_local: weight of the mean of the local maps in the local loss.
+        tissue_gate: multiply the global and local maps by the fraction of each cell covered by tissue (pixels
+            above the image's background value). Not in the released model (off at the paper preset); wsseg's aid
+            for training from scratch on few images, where unconstrained maps learn to fire outside the breast.
     """
 
     global_width: int = 16
@@ -100,6 +114,7 @@ class GLAMConfig(MethodConfig):
     stage_lr_scale: tuple[float, float, float] = (1.0, 1.0, 0.1)
     l1_global: float = 0.01
     l1_local: float = 0.01
+    tissue_gate: bool = False
 
     @classmethod
     def tiny(cls) -> GLAMConfig:
@@ -116,10 +131,15 @@ class GLAMConfig(MethodConfig):
 
     @classmethod
     def quick(cls) -> GLAMConfig:
-        """736x480 at 0.4 mm: a half-width global network on the image pooled 2x whose three levels are 46x30,
+        """736x480 at 0.4 mm: a half-width global network and one 128x128 patch, CPU-sized.
+
+        The global network reads the image pooled 2x; its three levels are 46x30,
         23x15 and 12x8 (the paper's ratios, 4x coarser cells), and one 128x128 patch (51.2 mm, as 512 px at
         0.1 mm) read by a quarter-width stride-free ResNet-18 into a 32x32 map (1.6 mm cells, the paper's 0.4 mm
-        scaled). About 0.1 s (global stage) to 0.4 s (joint stage) per training step of 8 images on two CPU cores."""
+        scaled). About 0.1 s (global stage) to 0.4 s (joint stage) per training step of 8 images on two CPU cores.
+        The tissue gate is on: without it the global maps trained from scratch fired beside the lesion or in the
+        air and the patch missed the lesion in 95-100 % of validation images.
+        """
         return cls(
             global_width=8,
             global_strides=(1, 2, 1, 2, 2),
@@ -128,6 +148,7 @@ class GLAMConfig(MethodConfig):
             local_depth=18,
             local_channels=(16, 32, 64, 128),
             local_stem_width=16,
+            tissue_gate=True,
         )
 
     @classmethod
@@ -187,6 +208,8 @@ class GLAM(WSSegMethod):
             F.interpolate(self.head_final(final), size=size, mode="nearest"),
         )
         scales = torch.stack([torch.sigmoid(z.float()) for z in logits])  # (3, B, 2, h, w)
+        if self.cfg.tissue_gate:
+            scales = scales * tissue_fraction(tissue_mask(images), size)
         weights = torch.tensor(self.cfg.scale_weights, device=scales.device).view(3, 1, 1, 1, 1)
         return scales, (weights * scales).sum(dim=0)
 
@@ -224,6 +247,9 @@ class GLAM(WSSegMethod):
         crops = extract_crops(images, corners, crop)  # (B, k, 1, p, p)
         b, k = crops.shape[:2]
         local = self.local_maps(crops.flatten(0, 1))  # (B*k, 2, q, q)
+        if self.cfg.tissue_gate:
+            tissue = extract_crops(tissue_mask(images), corners, crop).flatten(0, 1)  # (B*k, 1, p, p)
+            local = local * tissue_fraction(tissue, (int(local.shape[-2]), int(local.shape[-1])))
         local = local.view(b, k, *local.shape[1:])  # (B, k, 2, q, q)
         y_local = top_t_mean(local.transpose(1, 2).flatten(2)[..., None], self.cfg.local_percent_k)  # (B, 2)
         saliency_local = paste_patches(local, corners, crop, size)  # (B, 2, H, W)

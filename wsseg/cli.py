@@ -142,9 +142,7 @@ def bench(
     precision: Annotated[
         list[str] | None, typer.Option(help="bf16 (CUDA autocast) or fp32 (repeatable; default bf16 on CUDA).")
     ] = None,
-    phase: Annotated[
-        list[str] | None, typer.Option(help="inference and/or train (repeatable; default both).")
-    ] = None,
+    phase: Annotated[list[str] | None, typer.Option(help="inference and/or train (repeatable; default both).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     seconds: Annotated[float, typer.Option(help="Minimum timed seconds per configuration.")] = 3.0,
     set_: Annotated[

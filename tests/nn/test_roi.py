@@ -14,6 +14,8 @@ from wsseg.nn.roi import (
     extract_crops,
     greedy_windows,
     paste_patches,
+    tissue_fraction,
+    tissue_mask,
     top_t_count,
     top_t_mean,
     window_cells,
@@ -125,7 +127,9 @@ def test_extract_crops_pads_images_smaller_than_the_crop_with_their_minimum() ->
     assert torch.equal(crops[0, 0, 0], expected)
 
 
-def _paste_reference(maps: torch.Tensor, corners: torch.Tensor, crop: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
+def _paste_reference(
+    maps: torch.Tensor, corners: torch.Tensor, crop: tuple[int, int], size: tuple[int, int]
+) -> torch.Tensor:
     """The per-image, per-patch loop of the original description: nearest resize, then write in order."""
     out = torch.zeros(maps.shape[0], maps.shape[2], *size)
     for b in range(maps.shape[0]):
@@ -157,3 +161,25 @@ def test_paste_back_passes_gradients_to_the_patch_maps() -> None:
     maps = torch.rand(1, 1, 2, 4, 4, requires_grad=True)
     paste_patches(maps, torch.tensor([[[3, 5]]]), (8, 8), (20, 20)).sum().backward()
     assert maps.grad is not None and torch.equal(maps.grad, torch.full_like(maps, 4.0))  # each value covers 2x2 px
+
+
+def test_tissue_fraction_counts_pixels_above_the_background_value() -> None:
+    images = torch.full((1, 1, 8, 8), -0.7)  # air: the image's minimum
+    images[0, 0, :, :3] = 1.0  # tissue in the first three columns
+    images[0, 0, 0, 3] = 0.5
+    frac = tissue_fraction(tissue_mask(images), (2, 2))  # cells of 4x4 pixels
+    assert frac[0, 0].tolist() == [[(12 + 1) / 16, 0.0], [12 / 16, 0.0]]
+
+
+def test_tissue_gate_silences_air_in_gmic_and_glam() -> None:
+    from wsseg import create_method
+
+    images = torch.randn(2, 1, 96, 64)
+    images[..., 40:] = -5.0  # the right third is air
+    for name in ("gmic", "glam"):
+        torch.manual_seed(0)
+        model = create_method(name, profile="tiny", tissue_gate=True).eval()
+        with torch.no_grad():
+            out = model(images)
+        assert out.saliency[..., 48:].abs().max().item() == 0.0  # cells fully in air (map cells of 8 px)
+        assert out.saliency[..., :40].amax().item() > 0.0

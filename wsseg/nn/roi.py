@@ -24,6 +24,19 @@ def top_t_mean(maps: Tensor, percent: float) -> Tensor:
     return flat.topk(k, dim=-1).values.mean(dim=-1)
 
 
+def tissue_mask(images: Tensor) -> Tensor:
+    """(B, 1, H, W) standardised images -> (B, 1, H, W) float mask of tissue: pixels above the image's minimum.
+
+    Air is the darkest value of a cropped, z-scored mammogram (and exactly constant in the phantom).
+    """
+    return (images > images.amin(dim=(1, 2, 3), keepdim=True)).to(images.dtype)
+
+
+def tissue_fraction(tissue: Tensor, size: tuple[int, int]) -> Tensor:
+    """The fraction of each cell of an (h, w) map covered by a (B, 1, H, W) :func:`tissue_mask`: (B, 1, h, w)."""
+    return F.adaptive_avg_pool2d(tissue.float(), size)
+
+
 def window_cells(crop: tuple[int, int], image: tuple[int, int], cam: tuple[int, int]) -> tuple[int, int]:
     """A crop's size in saliency-map cells, ``round(crop * cam / image)`` per axis, within [1, cam]."""
     return tuple(  # type: ignore[return-value]
@@ -67,9 +80,7 @@ def greedy_windows(maps: Tensor, num: int, window: tuple[int, int], eps: float =
     return torch.stack(corners, dim=1)  # (B, num, 2)
 
 
-def cells_to_pixels(
-    corners: Tensor, cam: tuple[int, int], image: tuple[int, int], crop: tuple[int, int]
-) -> Tensor:
+def cells_to_pixels(corners: Tensor, cam: tuple[int, int], image: tuple[int, int], crop: tuple[int, int]) -> Tensor:
     """Map-cell corners (B, K, 2) -> pixel corners, ``round(i / h * H)`` (half to even), clamped inside the image.
 
     At the released settings (46x30 or 184x120 maps of 2944x1920 images) every window already lies inside the
