@@ -153,3 +153,15 @@ def test_staged_training_through_the_shared_loop(tiny_root: Path, tmp_path: Path
     steps = 3 * 4  # 16 images in batches of 4
     assert result.history[2]["lr"] == pytest.approx(cfg.lr * lr_factor(steps, 1, steps) * 0.1)
     assert result.history[1]["lr"] == pytest.approx(cfg.lr * lr_factor(8, 1, steps))
+
+
+def test_activation_checkpointing_gives_the_same_loss_and_gradients() -> None:
+    images, labels = torch.randn(2, 1, 96, 64), {"labels": torch.tensor([[1.0, 0.0], [0.0, 1.0]])}
+    grads = []
+    for ckpt in (False, True):
+        torch.manual_seed(7)
+        model = create_method("glam", profile="tiny", checkpoint_local=ckpt).train()
+        loss = model.loss(model(images), labels)["loss"]
+        loss.backward()
+        grads.append((loss.detach(), model.local_backbone.layer1[0].conv1.weight.grad.clone()))
+    assert torch.allclose(grads[0][0], grads[1][0]) and torch.allclose(grads[0][1], grads[1][1], atol=1e-6)
