@@ -66,7 +66,10 @@ def results_table(record: dict[str, Any]) -> str:
 @app.command()
 def run(
     method: Annotated[str, typer.Option("--method", "-m", help="Registered method name (see `wsseg list methods`).")],
-    dataset: Annotated[str, typer.Option(help="Dataset name.")] = "phantom",
+    dataset: Annotated[str, typer.Option(help="phantom or a data source (see `wsseg list datasets`).")] = "phantom",
+    data_root: Annotated[
+        Path | None, typer.Option(help="The downloaded dataset (folder or index file); prepared on first use.")
+    ] = None,
     profile: Annotated[
         str, typer.Option(help="quick (CPU minutes, 736x480), paper (GPU, 2944x1920) or tiny (tests).")
     ] = "quick",
@@ -116,6 +119,8 @@ def run(
         overrides.append(f"train.batch_size={batch_size}")
     if cache_dir is not None:
         overrides.append(f"data.cache_dir={cache_dir}")
+    if data_root is not None:
+        overrides.append(f"data.root={data_root}")
     try:
         for path in plugin or []:
             load_plugin_file(path)
@@ -219,30 +224,83 @@ def list_backbones_cmd() -> None:
     typer.echo(tabulate([[k, v] for k, v in ALIASES.items()], headers=["backbone", "timm spec"]))
 
 
+@list_app.command("datasets")
+def list_datasets_cmd() -> None:
+    """List datasets: the built-in phantom and every data source, with annotation, label source and licence."""
+    from wsseg.data.sources import get_source, list_sources
+
+    rows = [["phantom", "mask", "synthetic", "built in, no download", "Synthetic mammograms (the default)"]]
+    for name in list_sources():
+        src = get_source(name)
+        rows.append([name, src.annotation, src.label_source, src.licence, src.description()])
+    typer.echo(tabulate(rows, headers=["dataset", "annotation", "labels", "licence", "description"]))
+
+
 def _check_dataset(name: str) -> None:
     if name != "phantom":
-        _fail(f"unknown dataset {name!r}; available: phantom")
+        _fail(f"`wsseg data preview` draws the phantom only; prepare {name!r} and read its cache instead")
+
+
+def _profile_hw(profile: str) -> tuple[int, int]:
+    from wsseg.config import phantom_config
+
+    try:
+        pcfg = phantom_config(profile)  # type: ignore[arg-type]
+    except KeyError:
+        _fail(f"unknown profile {profile!r}; choose quick, paper or tiny")
+    return pcfg.height, pcfg.width
+
+
+@data_app.command("check")
+def data_check(
+    dataset: Annotated[str, typer.Argument(help="Data source name (see `wsseg list datasets`).")],
+    root: Annotated[Path, typer.Option(help="The downloaded dataset (folder or index file).")],
+    workers: Annotated[int | None, typer.Option(help="Processes (default: all cores).")] = None,
+    strict: Annotated[bool, typer.Option("--strict", help="Exit with an error on any bad file.")] = False,
+) -> None:
+    """Validate a download without writing: counts, and every missing or unreadable file with its reason."""
+    from wsseg.data.prepare import check_source
+
+    try:
+        report = check_source(dataset, root, workers=workers, strict=strict, progress=False)
+    except USER_ERRORS as e:
+        _fail(e)
+    typer.echo(report.summary())
 
 
 @data_app.command("prepare")
 def data_prepare(
     dataset: Annotated[str, typer.Argument(help="Dataset name.")] = "phantom",
+    root: Annotated[Path | None, typer.Option(help="The downloaded dataset (data sources only).")] = None,
     profile: Annotated[str, typer.Option(help="quick, paper or tiny.")] = "quick",
     cache_dir: Annotated[Path | None, typer.Option(help="Cache folder.")] = None,
     workers: Annotated[int | None, typer.Option(help="Processes (default: all cores).")] = None,
+    strict: Annotated[bool, typer.Option("--strict", help="Fail on any bad file instead of skipping it.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the patient-level split where there is no official one.")] = 0,
 ) -> None:
-    """Generate (or verify) the cached dataset a run of this profile reads."""
+    """Generate the phantom, or read, preprocess and cache a downloaded dataset (uint16, the profile's size)."""
     from wsseg.config import PROFILES, DataConfig, phantom_config
     from wsseg.data.dataset import prepare_phantom
+    from wsseg.data.prepare import prepare_source
 
-    _check_dataset(dataset)
+    if dataset != "phantom":
+        if root is None:
+            _fail(f"`wsseg data prepare {dataset}` needs --root PATH (the downloaded dataset)")
+        hw = _profile_hw(profile)
+        try:
+            path, report = prepare_source(dataset, root, hw, seed, cache_dir, workers, strict)
+        except USER_ERRORS as e:
+            _fail(e)
+        typer.echo(report.summary())
+        typer.echo(f"cache: {path} ({hw[0]}x{hw[1]})")
+        return
     try:
         data = DataConfig(**PROFILES[profile].get("data", {}))
         counts = {"train": data.n_train, "val": data.n_val, "test": data.n_test}
-        root = prepare_phantom(phantom_config(profile), data.seed, counts, cache_dir, workers)  # type: ignore[arg-type]
+        path = prepare_phantom(phantom_config(profile), data.seed, counts, cache_dir, workers)  # type: ignore[arg-type]
     except (KeyError, *USER_ERRORS) as e:
         _fail(e if not isinstance(e, KeyError) else f"unknown profile {profile!r}; choose quick, paper or tiny")
-    typer.echo(f"{sum(counts.values())} images ready in {root}")
+    typer.echo(f"{sum(counts.values())} images ready in {path}")
 
 
 @data_app.command("preview")

@@ -27,7 +27,8 @@ class DataConfig:
     """Which images a run reads.
 
     Attributes:
-        dataset: registered dataset name (``phantom`` is built in).
+        dataset: ``phantom`` (built in) or a registered data source (``wsseg list datasets``).
+        root: the downloaded dataset's folder (or index file) for a data source; unused by the phantom.
         seed: the dataset's generator seed, fixed so every method and training seed sees the same images.
         n_train, n_val, n_test: phantom images per split (multiples of 4: one exam of four views per patient).
         cache_dir: base cache folder; ``$WSSEG_CACHE_DIR`` or the XDG cache when None.
@@ -35,6 +36,7 @@ class DataConfig:
     """
 
     dataset: str = "phantom"
+    root: str | None = None
     seed: int = 0
     n_train: int = 1280
     n_val: int = 320

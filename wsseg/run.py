@@ -25,6 +25,8 @@ from wsseg._io import atomic_write_json
 from wsseg.config import RunConfig, phantom_config
 from wsseg.data.dataset import MammogramDataset, phantom_cache_key, prepare_phantom, split_hash
 from wsseg.data.phantom import CLASSES, PHANTOM_VERSION
+from wsseg.data.prepare import PREPROCESS_VERSION, prepare_source
+from wsseg.data.sources import get_source
 from wsseg.evaluation.classification import auroc
 from wsseg.evaluation.evaluator import SegmentationEvaluator
 from wsseg.evaluation.inference import predict_batches
@@ -187,22 +189,50 @@ def run(
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run_dir / "config.json", cfg.to_dict())
 
-    if cfg.data.dataset != "phantom":
-        raise ValueError(f"unknown dataset {cfg.data.dataset!r}; available: phantom")
     device = resolve_device(cfg.train.device)
     bf16 = use_bf16(cfg.train.precision, device)
     workers = cfg.data.num_workers if cfg.data.num_workers is not None else (0 if device.type == "cpu" else 8)
 
-    # 1. Data: generated once, cached on disk, reused by every later run with the same settings.
+    # 1. Data: generated (phantom) or read from a download and preprocessed once, cached on disk, reused by
+    # every later run with the same settings.
     t0 = time.perf_counter()
     pcfg = phantom_config(cfg.profile)
-    counts = {"train": cfg.data.n_train, "val": cfg.data.n_val, "test": cfg.data.n_test}
-    root = prepare_phantom(pcfg, cfg.data.seed, counts, cfg.data.cache_dir, progress=progress)
+    dataset_info: dict[str, Any]
+    if cfg.data.dataset == "phantom":
+        counts = {"train": cfg.data.n_train, "val": cfg.data.n_val, "test": cfg.data.n_test}
+        root = prepare_phantom(pcfg, cfg.data.seed, counts, cfg.data.cache_dir, progress=progress)
+        dataset_info = {
+            "version": f"phantom-{PHANTOM_VERSION}",
+            "cache_key": phantom_cache_key(pcfg, cfg.data.seed, counts),
+            "pixel_spacing_mm": pcfg.pixel_spacing_mm,
+        }
+    else:
+        source = get_source(cfg.data.dataset)  # KeyError lists the registered datasets
+        if cfg.data.root is None:
+            raise ValueError(f"--dataset {cfg.data.dataset} needs --data-root PATH (the downloaded dataset)")
+        root, report = prepare_source(
+            cfg.data.dataset,
+            cfg.data.root,
+            (pcfg.height, pcfg.width),
+            cfg.data.seed,
+            cfg.data.cache_dir,
+            progress=progress,
+        )
+        if report.problems:
+            log(f"data: {len(report.problems)} images skipped; see {root / 'report.json'}")
+        dataset_info = {
+            "version": f"{cfg.data.dataset}-{source.version}-pre{PREPROCESS_VERSION}",
+            "cache_key": root.name,
+            "annotation": source.annotation,
+            "label_source": source.label_source,
+            "skipped": len(report.problems),
+        }
     spec = get_method_spec(cfg.method)
     # Only fully supervised reference methods may see training masks.
-    train_set = MammogramDataset(root, "train", with_masks=spec.supervision == "full")
-    val_set = MammogramDataset(root, "val", with_masks=True)
-    test_set = MammogramDataset(root, "test", with_masks=True)
+    name = cfg.data.dataset
+    train_set = MammogramDataset(root, "train", with_masks=spec.supervision == "full", dataset=name)
+    val_set = MammogramDataset(root, "val", with_masks=True, dataset=name)
+    test_set = MammogramDataset(root, "test", with_masks=True, dataset=name)
     data_seconds = time.perf_counter() - t0
     sizes = f"{len(train_set)}/{len(val_set)}/{len(test_set)}"
     log(f"data: {sizes} train/val/test images from {root} ({data_seconds:.1f} s)")
@@ -259,10 +289,8 @@ def run(
         "method_source": spec.source,
         "dataset": cfg.data.dataset,
         "dataset_info": {
-            "version": f"phantom-{PHANTOM_VERSION}",
-            "cache_key": phantom_cache_key(pcfg, cfg.data.seed, counts),
+            **dataset_info,
             "image_size": [pcfg.height, pcfg.width],
-            "pixel_spacing_mm": pcfg.pixel_spacing_mm,
             "counts": {s: len(d) for s, d in (("train", train_set), ("val", val_set), ("test", test_set))},
             "split_hashes": {
                 s: split_hash(d.image_ids) for s, d in (("train", train_set), ("val", val_set), ("test", test_set))

@@ -1,0 +1,105 @@
+"""Decoding of the image formats the public datasets ship: DICOM (pydicom), 16-bit PNG, PGM and other PIL formats.
+
+Every reader returns a float32 (H, W) array with MONOCHROME2 semantics (more attenuation = brighter) and
+raises :class:`~wsseg.data.sources.DataError` naming the file and the fix, never a library traceback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from wsseg.data.sources import DataError
+
+DICOM_SUFFIXES = (".dcm", ".dicom")
+# PIL refuses images above ~179 Mpx by default; full-field mammograms are ~15-25 Mpx, so keep the guard.
+Image.MAX_IMAGE_PIXELS = 400_000_000
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Decode a greyscale image to float32 (H, W).
+
+    DICOM: the modality LUT (rescale slope/intercept) is applied and MONOCHROME1 is inverted using
+    ``2**BitsStored - 1``; VOI windowing is not applied (raw linear values are the model input, datasets.md
+    11.1). PNG/PGM/TIFF/JPEG: the stored values, 16-bit kept intact.
+
+    Raises:
+        DataError: missing, truncated or undecodable file; a compressed DICOM without its decoder.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "file is missing", "check the --root folder is the dataset as downloaded")
+    if path.suffix.lower() in DICOM_SUFFIXES:
+        return _read_dicom(path)
+    return _read_pil(path)
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """A binary mask image (any format ``read_image`` reads) as bool (H, W): nonzero is lesion."""
+    return read_image(path) > 0
+
+
+def _read_pil(path: Path) -> np.ndarray:
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("RGB", "RGBA", "P", "LA"):
+                im = im.convert("L")  # some mirrors ship greyscale as 3 identical channels
+            arr = np.asarray(im)
+    except (
+        OSError,
+        ValueError,
+        SyntaxError,
+    ) as e:  # PIL raises OSError for truncated files, SyntaxError for bad headers
+        raise DataError(
+            path, f"cannot decode the image ({e})", "the file is truncated or corrupt; download it again"
+        ) from None
+    if arr.ndim != 2:
+        raise DataError(path, f"expected a greyscale image, got shape {arr.shape}", "convert it to one channel")
+    return arr.astype(np.float32)
+
+
+def _read_dicom(path: Path) -> np.ndarray:
+    import pydicom
+    from pydicom.pixels import apply_modality_lut
+
+    try:
+        ds = pydicom.dcmread(path)
+    except Exception as e:  # pydicom raises many types (InvalidDicomError, EOFError, struct.error...) for bad files
+        raise DataError(path, f"not a readable DICOM file ({type(e).__name__}: {e})", "download it again") from None
+    if "PixelData" not in ds:
+        raise DataError(path, "the DICOM file holds no pixel data", "point the dataset at the image series")
+    try:
+        arr = ds.pixel_array
+    except (RuntimeError, NotImplementedError) as e:
+        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "unknown")
+        raise DataError(
+            path,
+            f"no decoder for transfer syntax {syntax} ({e})",
+            "install the DICOM codecs: pip install pylibjpeg pylibjpeg-openjpeg pylibjpeg-rle",
+        ) from None
+    except Exception as e:  # truncated pixel data raises ValueError or others depending on the syntax
+        raise DataError(path, f"cannot decode the pixel data ({type(e).__name__}: {e})", "download it again") from None
+    if arr.ndim != 2:
+        raise DataError(path, f"expected one greyscale frame, got shape {arr.shape}", "use single-frame images")
+    out = apply_modality_lut(arr, ds).astype(np.float32)
+    if str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip() == "MONOCHROME1":
+        bits = int(ds.get("BitsStored", 16))
+        out = float(2**bits - 1) - out
+    return out
+
+
+def dicom_pixel_spacing(path: str | Path) -> float | None:
+    """The row pixel spacing in mm from PixelSpacing or ImagerPixelSpacing, without decoding pixels."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+    except Exception:  # spacing is optional metadata; the image read reports unreadable files
+        return None
+    for key in ("PixelSpacing", "ImagerPixelSpacing"):
+        if key in ds:
+            return float(ds[key].value[0])
+    return None

@@ -1,0 +1,379 @@
+"""``wsseg data check`` / ``prepare`` for real datasets: decode, preprocess and cache a registered source.
+
+The cache has the phantom's format (per-image ``.npz`` with a uint16 image, bit-packed masks, labels and a
+JSON meta; ``manifest.csv`` written last), so :class:`~wsseg.data.dataset.MammogramDataset` reads both.
+One bad file never stops a long prepare: each image is processed on its own and a failure becomes a line of
+the report (lenient, the default) or an error listing every problem (``strict``).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from wsseg._io import atomic_save, atomic_write_json, atomic_write_text
+from wsseg.data.dataset import MANIFEST_COLUMNS, SPLITS, default_cache_dir
+from wsseg.data.imageio import read_image, read_mask
+from wsseg.data.phantom import CLASSES
+from wsseg.data.preprocess import breast_region, plan_transform
+from wsseg.data.sources import DataError, Lesion, Problem, SourceRecord, get_source
+
+PREPROCESS_VERSION = 1
+# Seeded patient-level split where a dataset has no official one; validation is carved from an official
+# training split with the same fraction.
+SPLIT_FRACTIONS = {"train": 0.7, "val": 0.15, "test": 0.15}
+
+
+@dataclass
+class DataReport:
+    """What ``check`` or ``prepare`` found.
+
+    Attributes:
+        dataset: source name.
+        root: the download folder.
+        counts: usable images per split.
+        problems: skipped items with their reason.
+        orientation_disagreements: images whose content-decided flip contradicts the dataset's tags.
+        cache: the prepared folder (``prepare`` only).
+    """
+
+    dataset: str
+    root: str
+    counts: dict[str, int] = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)
+    orientation_disagreements: list[str] = field(default_factory=list)
+    cache: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (``report.json`` in the cache folder)."""
+        return {
+            "dataset": self.dataset,
+            "root": self.root,
+            "counts": self.counts,
+            "skipped": [{"file": p.file, "reason": p.reason} for p in self.problems],
+            "orientation_disagreements": self.orientation_disagreements,
+            "cache": self.cache,
+        }
+
+    def summary(self) -> str:
+        """A few human lines: counts, then every problem."""
+        lines = [f"{self.dataset}: {sum(self.counts.values())} usable images ({_fmt_counts(self.counts)})"]
+        if self.problems:
+            lines.append(f"{len(self.problems)} skipped:")
+            lines += [f"  {p}" for p in self.problems]
+        if self.orientation_disagreements:
+            lines.append(
+                f"{len(self.orientation_disagreements)} images flipped against their laterality tag (decided by "
+                f"content): {', '.join(self.orientation_disagreements[:10])}"
+            )
+        return "\n".join(lines)
+
+
+def _fmt_counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{n} {s}" for s, n in counts.items())
+
+
+def assign_splits(records: list[SourceRecord], seed: int) -> dict[str, str]:
+    """image_id -> split, by patient: the official split where given, else a seeded 70/15/15 split.
+
+    Validation is carved from the official training patients. Patients are ordered by a hash of
+    ``(seed, patient_id)``, so the split is stable under added or removed patients elsewhere.
+    """
+    by_patient: dict[str, str | None] = {}
+    for r in records:
+        by_patient.setdefault(r.patient_id, r.split)
+    key = lambda p: hashlib.sha256(f"{seed}:{p}".encode()).hexdigest()  # noqa: E731
+    out: dict[str, str] = {}
+    official = [p for p, s in by_patient.items() if s is not None]
+    free = sorted((p for p, s in by_patient.items() if s is None), key=key)
+    for p in official:
+        out[p] = by_patient[p]  # type: ignore[assignment]
+    if free:
+        n = len(free)
+        n_test = max(1, round(n * SPLIT_FRACTIONS["test"])) if n >= 3 else 0
+        n_val = max(1, round(n * SPLIT_FRACTIONS["val"])) if n >= 3 else 0
+        for i, p in enumerate(free):
+            out[p] = "test" if i < n_test else "val" if i < n_test + n_val else "train"
+    train = sorted((p for p in official if out[p] == "train"), key=key)
+    if train and not any(s == "val" for s in out.values()) and len(train) >= 2:
+        for p in train[: max(1, round(len(train) * SPLIT_FRACTIONS["val"]))]:
+            out[p] = "val"
+    return {r.image_id: out[r.patient_id] for r in records}
+
+
+def rasterise(lesions: list[Lesion], shape: tuple[int, int], image_file: Path) -> np.ndarray:
+    """(K, H, W) bool class masks in the original frame: union of each class's lesions.
+
+    Boxes fill the pixels whose centres lie in the half-open box; circles fill pixels within the radius of
+    the centre pixel (both rules recorded in datasets.md section 0 and 11.2).
+
+    Raises:
+        DataError: a mask file is missing, unreadable or of another size than the image.
+    """
+    masks = np.zeros((len(CLASSES), *shape), dtype=bool)
+    rows, cols = np.arange(shape[0])[:, None], np.arange(shape[1])[None, :]
+    for les in lesions:
+        k = CLASSES.index(les.cls)
+        if les.kind == "mask" and les.mask_file is not None:
+            if not les.mask_file.is_file():
+                raise DataError(les.mask_file, f"the mask of {image_file.name} is missing", "restore the file")
+            m = read_mask(les.mask_file)
+            if m.shape != shape:
+                raise DataError(
+                    les.mask_file,
+                    f"mask is {m.shape[0]}x{m.shape[1]} but the image {image_file.name} is {shape[0]}x{shape[1]}",
+                    "a resized mask would deform the lesion; fix or remove the mask",
+                )
+            masks[k] |= m
+        elif les.kind == "box" and les.box is not None:
+            xmin, ymin, xmax, ymax = les.box
+            masks[k] |= (cols + 0.5 >= xmin) & (cols + 0.5 < xmax) & (rows + 0.5 >= ymin) & (rows + 0.5 < ymax)
+        elif les.kind == "circle" and les.circle is not None:
+            cx, cy, rad = les.circle
+            masks[k] |= (cols - cx) ** 2 + (rows - cy) ** 2 <= rad**2
+    return masks
+
+
+@dataclass
+class Processed:
+    """One image after the pipeline, in the window frame."""
+
+    image: np.ndarray  # (H, W) uint16
+    masks: np.ndarray  # (K, H, W) bool
+    breast: np.ndarray  # (H, W) bool
+    meta: dict[str, Any]
+    disagrees: bool
+
+
+def process_record(rec: SourceRecord, out_hw: tuple[int, int], dataset: str) -> Processed:
+    """Decode one image and its annotations and run the pipeline of :mod:`wsseg.data.preprocess`.
+
+    Raises:
+        DataError: unreadable image, missing or wrong-size mask.
+    """
+    raw = read_image(rec.image_file)
+    masks = rasterise(rec.lesions, raw.shape, rec.image_file)  # type: ignore[arg-type]
+    breast = breast_region(raw)
+    if not breast.any():
+        raise DataError(rec.image_file, "the image is blank (no breast found)", "check the file is a mammogram")
+    tf = plan_transform(raw, breast, out_hw)
+    peak = float(raw.max())
+    image = tf.apply(raw / peak, is_mask=False)
+    out_image = np.round(np.clip(image, 0.0, 1.0) * 65535).astype(np.uint16)
+    out_masks = np.stack([tf.apply(m, is_mask=True) for m in masks])
+    out_breast = tf.apply(breast, is_mask=True)
+    lesions = []
+    for les in rec.lesions:
+        entry: dict[str, Any] = {"class": les.cls, "kind": les.kind, "type": les.name}
+        if les.box is not None:
+            entry["box"] = list(tf.box_to_window(les.box))
+        if les.circle is not None:
+            cx, cy, rad = les.circle
+            x0, y0, x1, y1 = tf.box_to_window((cx - rad, cy - rad, cx + rad + 1, cy + rad + 1))
+            entry["circle"] = [(x0 + x1) / 2, (y0 + y1) / 2, rad * tf.scale]
+        lesions.append(entry)
+    disagrees = rec.chest_wall is not None and (rec.chest_wall == "right") != tf.flipped
+    src = get_source(dataset)
+    spacing = rec.pixel_spacing_mm / tf.scale if rec.pixel_spacing_mm else None
+    meta = {
+        "image_id": rec.image_id,
+        "patient_id": rec.patient_id,
+        "exam_id": rec.exam_id,
+        "laterality": rec.laterality,
+        "view": rec.view,
+        "pixel_spacing_mm": spacing,
+        # The record's own kind where it has lesions (a manifest may mix masks and boxes), else the dataset's.
+        "annotation": rec.lesions[0].kind if len({les.kind for les in rec.lesions}) == 1 else src.annotation,
+        "label_source": src.label_source,
+        "source_file": str(rec.image_file),
+        "transform": tf.to_dict(),
+        "lesions": lesions,
+        "orientation_disagrees_with_tags": disagrees,
+        **rec.extra,
+    }
+    return Processed(out_image, out_masks, out_breast, meta, disagrees)
+
+
+def _prepare_one(args: tuple[SourceRecord, tuple[int, int], str, str, str | None]) -> dict[str, Any]:
+    """Process one record (and write it when ``root`` is given); a failure comes back as a problem, not a raise."""
+    rec, out_hw, dataset, split, root = args
+    rel = f"{split}/{rec.image_id}.npz"
+    try:
+        p = process_record(rec, out_hw, dataset)
+        if root is not None:
+            labels = np.asarray(rec.labels, dtype=np.float32)
+
+            def write(f: io.BufferedIOBase) -> None:
+                np.savez(
+                    f,
+                    image=p.image,
+                    masks=np.packbits(p.masks, axis=-1),
+                    breast_mask=np.packbits(p.breast, axis=-1),
+                    labels=labels,
+                    meta=np.array(json.dumps(p.meta)),
+                )
+
+            atomic_save(Path(root) / rel, write)  # type: ignore[arg-type]
+    except DataError as e:
+        return {"problem": (e.file, e.reason + (f"; {e.fix}" if e.fix else ""))}
+    except Exception as e:  # an unforeseen failure on one file must be reported, not abort a long prepare
+        return {"problem": (str(rec.image_file), f"{type(e).__name__}: {e}")}
+    row = {
+        "image_id": rec.image_id,
+        "patient_id": rec.patient_id,
+        "exam_id": rec.exam_id,
+        "split": split,
+        "laterality": rec.laterality,
+        "view": rec.view,
+        "benign": rec.labels[0],
+        "malignant": rec.labels[1],
+        "file": rel,
+    }
+    return {"row": row, "disagrees": rec.image_id if p.disagrees else None}
+
+
+def source_cache_dir(
+    dataset: str, root: str | Path, out_hw: tuple[int, int], seed: int, cache_dir: str | Path | None = None
+) -> Path:
+    """The cache folder of a source prepared at ``out_hw``.
+
+    It is keyed by the source and pipeline versions, the download's absolute path, the window size and the seed.
+    """
+    src = get_source(dataset)
+    blob = json.dumps(
+        {
+            "src": [dataset, src.version],
+            "pre": PREPROCESS_VERSION,
+            "root": str(Path(root).resolve()),
+            "hw": list(out_hw),
+            "seed": seed,
+        },
+        sort_keys=True,
+    )
+    base = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    return base / dataset / hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def _run(
+    dataset: str,
+    root: str | Path,
+    out_hw: tuple[int, int],
+    seed: int,
+    target: Path | None,
+    workers: int | None,
+    strict: bool,
+    progress: bool,
+) -> tuple[DataReport, list[dict[str, Any]]]:
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise FileNotFoundError(f"--root {root} does not exist; point it at the downloaded {dataset} folder")
+    src = get_source(dataset)
+    scan = src.scan(root)
+    report = DataReport(dataset, str(root), problems=list(scan.problems))
+    splits = assign_splits(scan.records, seed)
+    tasks = [(r, out_hw, dataset, splits[r.image_id], str(target) if target else None) for r in scan.records]
+    workers = max(1, min(workers or os.cpu_count() or 1, len(tasks) or 1))
+    bar = tqdm(total=len(tasks), desc=f"{dataset} {out_hw[0]}x{out_hw[1]}", unit="img", disable=not progress)
+    results: list[dict[str, Any]] = []
+    mapper: Callable[..., Any]
+    if workers == 1:
+        mapper = map
+        pool = None
+    else:
+        pool = ProcessPoolExecutor(workers)
+        mapper = lambda f, it: pool.map(f, it, chunksize=2)  # noqa: E731
+    try:
+        for res in mapper(_prepare_one, tasks):
+            results.append(res)
+            bar.update()
+    finally:
+        if pool is not None:
+            pool.shutdown()
+        bar.close()
+    rows = [r["row"] for r in results if "row" in r]
+    report.problems += [Problem(*r["problem"]) for r in results if "problem" in r]
+    report.orientation_disagreements = [r["disagrees"] for r in results if r.get("disagrees")]
+    report.counts = {s: sum(r["split"] == s for r in rows) for s in SPLITS}
+    if strict and report.problems:
+        raise DataError(
+            root,
+            f"{len(report.problems)} problem(s) in strict mode:\n" + "\n".join(f"  {p}" for p in report.problems),
+            "fix the files or run without --strict to skip them",
+        )
+    return report, rows
+
+
+def check_source(
+    dataset: str,
+    root: str | Path,
+    out_hw: tuple[int, int] = (184, 120),
+    seed: int = 0,
+    workers: int | None = None,
+    strict: bool = False,
+    progress: bool = False,
+) -> DataReport:
+    """Validate a download without writing anything: every image and mask is decoded and preprocessed.
+
+    Raises:
+        FileNotFoundError: ``root`` does not exist.
+        DataError: the index is unusable, or (``strict``) any file is bad.
+    """
+    report, _ = _run(dataset, root, out_hw, seed, None, workers, strict, progress)
+    return report
+
+
+def prepare_source(
+    dataset: str,
+    root: str | Path,
+    out_hw: tuple[int, int],
+    seed: int = 0,
+    cache_dir: str | Path | None = None,
+    workers: int | None = None,
+    strict: bool = False,
+    progress: bool = True,
+) -> tuple[Path, DataReport]:
+    """Build (or reuse) the uint16 cache of ``dataset`` read from ``root``; return its folder and the report.
+
+    Raises:
+        FileNotFoundError: ``root`` does not exist.
+        DataError: the index is unusable; a split is empty; (``strict``) any file is bad.
+    """
+    target = source_cache_dir(dataset, root, out_hw, seed, cache_dir)
+    if (target / "manifest.csv").exists() and (target / "report.json").exists():
+        saved = json.loads((target / "report.json").read_text(encoding="utf-8"))
+        report = DataReport(
+            dataset,
+            saved["root"],
+            saved["counts"],
+            [Problem(**p) for p in saved["skipped"]],
+            saved["orientation_disagreements"],
+            str(target),
+        )
+        return target, report
+    report, rows = _run(dataset, root, out_hw, seed, target, workers, strict, progress)
+    report.cache = str(target)
+    empty = [s for s in SPLITS if report.counts.get(s, 0) == 0]
+    if empty:
+        raise DataError(
+            root,
+            f"no usable images in split(s) {empty} ({_fmt_counts(report.counts)}); {len(report.problems)} skipped",
+            "a run needs train, val and test images; add patients",
+        )
+    atomic_write_json(target / "report.json", report.to_dict())
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(sorted(rows, key=lambda r: (SPLITS.index(r["split"]), r["image_id"])))
+    atomic_write_text(target / "manifest.csv", buf.getvalue())  # last: its presence marks a complete cache
+    return target, report

@@ -1,0 +1,209 @@
+"""The data-source registry: one name per dataset reader, discovered lazily.
+
+A data source reads one public dataset in its native layout (as downloaded) and turns it into a list of
+:class:`SourceRecord`: ids, laterality, view, image-level labels, the official split where one exists, and
+the lesion annotations in the **original image frame**. Everything after that (decoding, breast crop, flip
+to the canonical orientation, resize to the profile's size, the cache) is shared and lives in
+:mod:`wsseg.data.prepare`, so a new source is one file with one ``scan`` method.
+
+Built-in sources are imported on first lookup; third-party sources register through the ``wsseg.datasets``
+entry-point group, the same way methods do (:mod:`wsseg.registry`).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, ClassVar, Literal, TypeVar
+
+ENTRY_POINT_GROUP = "wsseg.datasets"
+# Built-in source modules (one file per dataset), imported the first time the registry is read.
+BUILTIN_MODULES = ("manifest", "mini_mias", "nyu")
+
+AnnotationType = Literal["mask", "box", "circle", "none"]
+LabelSource = Literal["pathology", "birads", "user"]
+
+
+class DataError(ValueError):
+    """A problem with one file of a download: the message names the file, the reason and the fix."""
+
+    def __init__(self, file: str | Path, reason: str, fix: str = "") -> None:
+        self.file = str(file)
+        self.reason = reason
+        self.fix = fix
+        super().__init__(f"{file}: {reason}" + (f". {fix}" if fix else ""))
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One skipped or broken item, for the report of ``wsseg data check`` / ``prepare``."""
+
+    file: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.file}: {self.reason}"
+
+
+@dataclass
+class Lesion:
+    """One annotated finding, in the original image frame (x = column, y = row, see datasets.md section 0).
+
+    Attributes:
+        cls: ``benign`` or ``malignant``.
+        kind: ``mask`` (a mask file), ``box``, ``circle`` or ``none`` (labelled but not localised).
+        mask_file: binary mask image of the original image's size (kind ``mask``).
+        box: ``(xmin, ymin, xmax, ymax)`` continuous pixel edges, half-open on the max side (kind ``box``).
+        circle: ``(col, row, radius)`` in pixel indices, row counted from the top (kind ``circle``).
+        name: the dataset's own lesion type (``mass``, ``CALC``...), kept for the meta.
+    """
+
+    cls: str
+    kind: AnnotationType
+    mask_file: Path | None = None
+    box: tuple[float, float, float, float] | None = None
+    circle: tuple[float, float, float] | None = None
+    name: str = ""
+
+
+@dataclass
+class SourceRecord:
+    """One image of a download, before decoding.
+
+    Attributes:
+        image_id: unique within the dataset.
+        patient_id: the split unit (all images of a patient land in one split).
+        exam_id: the exam (study) the image belongs to.
+        laterality: ``L`` or ``R`` (``""`` when unknown).
+        view: ``CC``, ``MLO``...
+        labels: ``(benign, malignant)`` image-level presence, 0/1.
+        image_file: the image on disk (DICOM, PNG, PGM, ...).
+        lesions: annotations in the original frame.
+        split: the official split (``train``/``test``, or ``val``) or None where the dataset has none.
+        chest_wall: where the dataset's tags put the chest wall natively (``left``/``right``), or None; the
+            flip itself is decided by image content and disagreements are counted in the report.
+        pixel_spacing_mm: native pixel spacing when known.
+        extra: dataset-specific meta copied into each sample's meta.
+    """
+
+    image_id: str
+    patient_id: str
+    exam_id: str
+    laterality: str
+    view: str
+    labels: tuple[int, int]
+    image_file: Path
+    lesions: list[Lesion] = field(default_factory=list)
+    split: str | None = None
+    chest_wall: str | None = None
+    pixel_spacing_mm: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ScanResult:
+    """What a source found in a download: the usable records and the problems met while indexing."""
+
+    records: list[SourceRecord]
+    problems: list[Problem] = field(default_factory=list)
+
+
+class DataSource:
+    """Base class of a dataset reader. Subclasses set the class attributes and implement :meth:`scan`.
+
+    Attributes:
+        name: registry name (set by :func:`register_source`).
+        annotation: the ground truth the dataset gives: ``mask``, ``box``, ``circle`` or ``none``; the
+            evaluator uses the metrics valid for it.
+        label_source: where benign/malignant comes from: ``pathology`` (biopsy), ``birads`` (radiologist
+            suspicion, a proxy) or ``user``.
+        licence: the dataset's licence terms in a few words (shown by ``wsseg list datasets``).
+        version: bump when the reading of the native files changes (it keys the cache).
+    """
+
+    name: ClassVar[str] = ""
+    annotation: ClassVar[str] = "mask"
+    label_source: ClassVar[str] = "pathology"
+    licence: ClassVar[str] = ""
+    version: ClassVar[int] = 1
+
+    def scan(self, root: Path) -> ScanResult:
+        """Index the download at ``root`` without decoding any image.
+
+        Raises:
+            DataError: the download is unusable as a whole (no index file, unreadable table).
+        """
+        raise NotImplementedError
+
+    @classmethod
+    def description(cls) -> str:
+        """First line of the class docstring."""
+        return (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+
+
+S = TypeVar("S", bound=type[DataSource])
+_REGISTRY: dict[str, type[DataSource]] = {}
+_BROKEN: dict[str, str] = {}
+_discovered = False
+
+
+def register_source(name: str) -> Callable[[S], S]:
+    """Class decorator that registers a data source under ``name``.
+
+    Raises:
+        ValueError: ``name`` is already taken by another class.
+    """
+
+    def decorator(cls: S) -> S:
+        old = _REGISTRY.get(name)
+        if old is not None and (old.__module__, old.__qualname__) != (cls.__module__, cls.__qualname__):
+            raise ValueError(
+                f"dataset name {name!r} is registered twice: by {old.__module__}.{old.__qualname__} and by "
+                f"{cls.__module__}.{cls.__qualname__}; rename one of them"
+            )
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return decorator
+
+
+def _discover() -> None:
+    """Import the built-in sources and the ``wsseg.datasets`` entry points once; a broken plugin is recorded."""
+    global _discovered
+    if _discovered:
+        return
+    _discovered = True
+    for module in BUILTIN_MODULES:
+        importlib.import_module(f"wsseg.data.sources.{module}")
+    for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        if ep.name in _REGISTRY:
+            continue
+        try:
+            ep.load()
+        except Exception as e:  # a broken plugin must never break the other sources
+            _BROKEN[ep.name] = f"{type(e).__name__}: {e}"
+
+
+def list_sources(pattern: str = "*") -> list[str]:
+    """Registered data-source names matching ``pattern`` (the built-in ``phantom`` is not a source)."""
+    _discover()
+    return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
+
+
+def get_source(name: str) -> DataSource:
+    """An instance of source ``name``.
+
+    Raises:
+        KeyError: unknown or broken source; the message lists the valid names.
+    """
+    _discover()
+    if name in _REGISTRY:
+        return _REGISTRY[name]()
+    if name in _BROKEN:
+        raise KeyError(f"dataset {name!r} is installed but broken: {_BROKEN[name]}")
+    raise KeyError(f"unknown dataset {name!r}; available: phantom, {', '.join(list_sources())}")

@@ -1,0 +1,132 @@
+"""``manifest``: your own images, listed in a CSV (the documented interchange format).
+
+``--root`` is a CSV file, or a folder holding ``manifest.csv``. Paths in the CSV are relative to the CSV's
+folder (or absolute). One row per image; columns:
+
+=================  ========  ==================================================================================
+column             required  meaning
+=================  ========  ==================================================================================
+image              yes       image file: DICOM (``.dcm``/``.dicom``), PNG (8/16-bit), PGM, TIFF, JPEG
+patient_id         yes       split unit: all images of a patient go to one split
+benign, malignant  yes       image-level labels, ``0`` or ``1``
+image_id           no        unique id (default: the image file's stem)
+exam_id            no        default: the patient id
+laterality         no        ``L`` or ``R``
+view               no        ``CC``, ``MLO``...
+split              no        ``train``, ``val`` or ``test`` for every row, or empty for a seeded split by patient
+benign_mask        no        binary mask image of the image's size, nonzero = benign lesion (original frame)
+malignant_mask     no        same for malignant lesions
+boxes              no        JSON list ``[{"class": "malignant", "box": [xmin, ymin, xmax, ymax]}]`` in original
+                             pixels (x = column, half-open on the max side)
+pixel_spacing_mm   no        native pixel spacing
+=================  ========  ==================================================================================
+
+Images are in their native orientation: the chest-wall side is found by content and flipped to column 0.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from wsseg.data.sources import DataError, DataSource, Lesion, Problem, ScanResult, SourceRecord, register_source
+
+REQUIRED = ("image", "patient_id", "benign", "malignant")
+SPLIT_VALUES = ("train", "val", "test")
+
+
+def parse_flag(value: str, column: str, where: str) -> int:
+    """A 0/1 label cell.
+
+    Raises:
+        DataError: any other value.
+    """
+    v = value.strip()
+    if v in ("0", "1"):
+        return int(v)
+    raise DataError(where, f"unknown label {value!r} in column {column!r}", "write 0 or 1")
+
+
+@register_source("manifest")
+class ManifestSource(DataSource):
+    """Your own images listed in a CSV: paths, labels, patient ids, optional masks or boxes and split."""
+
+    annotation = "mask/box"
+    label_source = "user"
+    licence = "yours"
+
+    def scan(self, root: Path) -> ScanResult:
+        """Read the CSV; a bad row is a problem naming the row, the others are kept."""
+        csv_path = root / "manifest.csv" if root.is_dir() else root
+        if not csv_path.is_file():
+            raise DataError(csv_path, "no manifest CSV", "pass --root FILE.csv or a folder holding manifest.csv")
+        base = csv_path.parent
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            missing = [c for c in REQUIRED if c not in (reader.fieldnames or [])]
+            if missing:
+                raise DataError(csv_path, f"missing column(s) {missing}", f"the header needs {', '.join(REQUIRED)}")
+            rows = list(reader)
+        records, problems, seen = [], [], set()
+        for i, row in enumerate(rows, start=2):  # line 1 is the header
+            where = f"{csv_path}:{i}"
+            try:
+                records.append(self._record(row, base, where, seen))
+            except DataError as e:
+                problems.append(Problem(e.file, e.reason + (f"; {e.fix}" if e.fix else "")))
+        return ScanResult(records, problems)
+
+    @staticmethod
+    def _record(row: dict[str, str], base: Path, where: str, seen: set[str]) -> SourceRecord:
+        def path(value: str) -> Path:
+            p = Path(value.strip())
+            return p if p.is_absolute() else base / p
+
+        image = path(row["image"])
+        image_id = (row.get("image_id") or "").strip() or image.stem
+        if image_id in seen:
+            raise DataError(where, f"duplicate image_id {image_id!r}", "give each row a unique image_id")
+        seen.add(image_id)
+        labels = (parse_flag(row["benign"], "benign", where), parse_flag(row["malignant"], "malignant", where))
+        split = (row.get("split") or "").strip() or None
+        if split is not None and split not in SPLIT_VALUES:
+            raise DataError(
+                where, f"unknown split {split!r}", f"use one of {', '.join(SPLIT_VALUES)} or leave it empty"
+            )
+        lesions = [
+            Lesion(cls, "mask", mask_file=path(row[f"{cls}_mask"]))
+            for cls in ("benign", "malignant")
+            if (row.get(f"{cls}_mask") or "").strip()
+        ]
+        if (row.get("boxes") or "").strip():
+            try:
+                for item in json.loads(row["boxes"]):
+                    if item["class"] not in ("benign", "malignant"):
+                        raise DataError(where, f"unknown box class {item['class']!r}", "use benign or malignant")
+                    xmin, ymin, xmax, ymax = (float(v) for v in item["box"])
+                    lesions.append(Lesion(item["class"], "box", box=(xmin, ymin, xmax, ymax)))
+            except (ValueError, KeyError, TypeError) as e:
+                if isinstance(e, DataError):
+                    raise
+                raise DataError(
+                    where, f"bad boxes cell ({e})", 'write [{"class": "benign", "box": [x0, y0, x1, y1]}]'
+                ) from None
+        for les in lesions:
+            if not labels[("benign", "malignant").index(les.cls)]:
+                raise DataError(where, f"a {les.cls} annotation on an image labelled {les.cls}=0", "fix the label")
+        lat = (row.get("laterality") or "").strip().upper()[:1]
+        spacing = (row.get("pixel_spacing_mm") or "").strip()
+        return SourceRecord(
+            image_id=image_id,
+            patient_id=row["patient_id"].strip(),
+            exam_id=(row.get("exam_id") or "").strip() or row["patient_id"].strip(),
+            laterality=lat,
+            view=(row.get("view") or "").strip().upper(),
+            labels=labels,
+            image_file=image,
+            lesions=lesions,
+            split=split,
+            chest_wall={"L": "left", "R": "right"}.get(lat),
+            pixel_spacing_mm=float(spacing) if spacing else None,
+        )

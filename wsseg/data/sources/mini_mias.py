@@ -1,0 +1,118 @@
+"""``mini-mias``: the MIAS MiniMammographic Database (PGM images and the Info table; circles).
+
+Layout: ``mdb001.pgm`` ... ``mdb322.pgm`` anywhere under ``--root`` and the Info table (``Info.txt``, or any
+``.txt`` whose lines start with ``mdb``). Info lines have 3 tokens (``NORM``), 4 (a finding without a
+location, e.g. widely distributed calcifications: labelled, not localised) or 7 (``x y radius``); an image
+may have several lines (union). The centre's origin is the **bottom-left** corner, so row = height - y.
+Even numbers are left breasts, odd numbers right (README); a patient is a left/right pair.
+Labels: severity ``M`` malignant, ``B`` benign, ``NORM`` normal (datasets.md 7 and 11.4).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from PIL import Image
+
+from wsseg.data.sources import DataError, DataSource, Lesion, Problem, ScanResult, SourceRecord, register_source
+
+CLASSES_ABNORMAL = ("CALC", "CIRC", "SPIC", "MISC", "ARCH", "ASYM")
+SEVERITY = {"B": "benign", "M": "malignant"}
+PIXEL_SPACING_MM = 0.2
+NATIVE_SIZE = 1024
+_REF = re.compile(r"^mdb(\d{3})$")
+
+
+def find_info(root: Path) -> Path:
+    """The Info table: ``Info.txt`` if present, else the one ``.txt`` file with ``mdb`` lines.
+
+    Raises:
+        DataError: none found.
+    """
+    for p in sorted(root.rglob("*.txt"), key=lambda p: (p.name.lower() != "info.txt", str(p))):
+        with open(p, encoding="latin-1") as f:
+            if any(line.strip().lower().startswith("mdb") for line in f):
+                return p
+    raise DataError(root, "no Info table (Info.txt with mdbNNN lines) found", "copy Info.txt from the download")
+
+
+def image_height(path: Path) -> int:
+    """Rows of a PGM from its header (no decoding); 1024 when the header is unreadable (the decode reports it)."""
+    try:
+        with Image.open(path) as im:
+            return int(im.size[1])
+    except (OSError, SyntaxError, ValueError):
+        return NATIVE_SIZE
+
+
+@register_source("mini-mias")
+class MiniMIAS(DataSource):
+    """mini-MIAS: 322 8-bit PGM films (1024x1024, 200 um) with circle annotations; pathology B/M labels."""
+
+    annotation = "circle"
+    label_source = "pathology"
+    licence = "research use only (MIAS licence); cite Suckling et al. 1994; do not redistribute"
+
+    def scan(self, root: Path) -> ScanResult:
+        """Parse the Info table and pair each line with its PGM."""
+        info = find_info(root)
+        images = {p.stem.lower(): p for p in root.rglob("*.pgm")}
+        lines: dict[str, list[list[str]]] = {}
+        problems: list[Problem] = []
+        with open(info, encoding="latin-1") as f:
+            for i, line in enumerate(f, start=1):
+                tokens = line.split()
+                if not tokens or not _REF.match(tokens[0].lower()):
+                    continue  # header line (REFNUM BG CLASS ...) or free text of the README
+                lines.setdefault(tokens[0].lower(), []).append([*tokens, f"{info}:{i}"])
+        records = []
+        for ref, entries in sorted(lines.items()):
+            try:
+                records.append(self._record(ref, entries, images))
+            except DataError as e:
+                problems.append(Problem(e.file, e.reason + (f"; {e.fix}" if e.fix else "")))
+        return ScanResult(records, problems)
+
+    @staticmethod
+    def _record(ref: str, entries: list[list[str]], images: dict[str, Path]) -> SourceRecord:
+        if ref not in images:
+            raise DataError(f"{ref}.pgm", "listed in the Info table but missing", "restore the file from the download")
+        path = images[ref]
+        height = image_height(path)
+        labels = [0, 0]
+        lesions = []
+        for *tokens, where in entries:
+            if len(tokens) not in (3, 4, 7):
+                raise DataError(where, f"expected 3, 4 or 7 fields, got {len(tokens)}", "fix the Info line")
+            cls_name = tokens[2].upper()
+            if cls_name == "NORM":
+                continue
+            if cls_name not in CLASSES_ABNORMAL or len(tokens) < 4 or tokens[3].upper() not in SEVERITY:
+                raise DataError(where, f"unknown label {' '.join(tokens[2:4])!r}", "severity must be B or M")
+            cls = SEVERITY[tokens[3].upper()]
+            labels[("benign", "malignant").index(cls)] = 1
+            if len(tokens) == 4:
+                lesions.append(Lesion(cls, "none", name=cls_name))
+                continue
+            try:
+                x, y, r = float(tokens[4]), float(tokens[5]), float(tokens[6])
+            except ValueError:
+                raise DataError(where, f"non-numeric centre/radius {tokens[4:7]}", "fix the Info line") from None
+            # Bottom-left origin: row counted from the top is height - y.
+            lesions.append(Lesion(cls, "circle", circle=(x, height - y, r), name=cls_name))
+        number = int(_REF.match(ref).group(1))  # type: ignore[union-attr]
+        lat = "L" if number % 2 == 0 else "R"
+        patient = f"mias-p{(number + 1) // 2:03d}"
+        return SourceRecord(
+            image_id=ref,
+            patient_id=patient,
+            exam_id=patient,
+            laterality=lat,
+            view="MLO",
+            labels=(labels[0], labels[1]),
+            image_file=path,
+            lesions=lesions,
+            chest_wall="left" if lat == "L" else "right",
+            pixel_spacing_mm=PIXEL_SPACING_MM,
+        )
