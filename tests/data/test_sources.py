@@ -1,0 +1,284 @@
+"""Data sources on native-layout fixtures: counts, labels, orientation, mask alignment and bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from tests.data.native_fixtures import Phantom, phantom, save_mask, write_manifest, write_mias, write_nyu
+from wsseg.cli import app
+from wsseg.data.dataset import MammogramDataset
+from wsseg.data.prepare import assign_splits, check_source, prepare_source
+from wsseg.data.preprocess import Transform, breast_region, plan_transform
+from wsseg.data.sources import DataError, get_source, list_sources
+
+OUT_HW = (184, 120)  # the tiny profile's window
+runner = CliRunner()
+
+
+def samples(root: Path, dataset: str) -> dict[str, dict]:
+    """Every cached sample of every split, by image id."""
+    out = {}
+    for split in ("train", "val", "test"):
+        ds = MammogramDataset(root, split, with_masks=True, dataset=dataset)
+        for i in range(len(ds)):
+            s = ds[i]
+            out[s["meta"]["image_id"]] = {**s, "split": split}
+    return out
+
+
+def assert_canonical(sample: dict) -> None:
+    """Chest wall at column 0: the breast touches column 0 and lies mostly in the left half."""
+    breast = sample["breast_mask"].numpy()
+    assert breast[:, 0].any()
+    assert np.nonzero(breast)[1].mean() < breast.shape[1] / 2
+
+
+def assert_aligned(sample: dict, ph: Phantom) -> None:
+    """The lesion drawn at a known native place lands where the recorded transform sends it, on the bright disc."""
+    tf = Transform.from_dict(sample["meta"]["transform"])
+    (r, c), rad = ph.center, ph.radius
+    expected = tf.box_to_window((c - rad, r - rad, c + rad + 1, r + rad + 1))
+    mask = sample["masks"].any(0).numpy()
+    rows, cols = np.nonzero(mask)
+    got = (cols.min(), rows.min(), cols.max() + 1, rows.max() + 1)
+    np.testing.assert_allclose(got, expected, atol=tf.scale + 1)
+    img = sample["image"][0].numpy()
+    rest = sample["breast_mask"].numpy() & ~mask
+    assert img[mask].mean() > img[rest].mean() + 1.0
+    native = ph.lesion.copy()
+    if sample["meta"]["annotation"] == "box":  # the truth is the box around the disc
+        native[r - rad : r + rad + 1, c - rad : c + rad + 1] = True
+    back = tf.to_original(mask, is_mask=True)  # and maps back onto the native lesion
+    iou = (back & native).sum() / (back | native).sum()
+    assert iou > 0.7
+
+
+def test_registry_lists_the_sources() -> None:
+    assert {"manifest", "mini-mias", "nyu"} <= set(list_sources())
+    src = get_source("mini-mias")
+    assert src.annotation == "circle" and src.label_source == "pathology" and "research" in src.licence
+    with pytest.raises(KeyError, match="unknown dataset 'nope'.*manifest"):
+        get_source("nope")
+
+
+def test_breast_region_drops_the_film_label_and_flips_right_breasts() -> None:
+    for right in (False, True):
+        ph = phantom(chest_wall_right=right)
+        breast = breast_region(ph.image)
+        assert not breast[-4:-1, :].any() or breast[-4:-1, 5:-5].sum() == 0  # the label corner is gone
+        tf = plan_transform(ph.image, breast, OUT_HW)
+        assert tf.flipped == right and tf.offset[1] == 0
+
+
+def test_manifest_end_to_end(tmp_path: Path) -> None:
+    truth = write_manifest(tmp_path / "dl", n_patients=6)
+    root, report = prepare_source(
+        "manifest", tmp_path / "dl", OUT_HW, cache_dir=tmp_path / "cache", workers=1, progress=False
+    )
+    assert report.problems == [] and sum(report.counts.values()) == 12
+    got = samples(root, "manifest")
+    assert set(got) == set(truth)
+    for image_id, s in got.items():
+        lat = image_id[-1]
+        assert s["labels"].tolist() == ([1.0, 0.0] if lat == "L" else [0.0, 1.0])
+        assert s["meta"]["transform"]["flipped"] == (lat == "R")
+        assert s["image"].shape == (1, *OUT_HW) and s["masks"].shape == (2, *OUT_HW)
+        assert_canonical(s)
+        assert_aligned(s, truth[image_id])
+    # The MONOCHROME1 DICOM was inverted (its lesion is bright) and its box annotation recorded as such.
+    assert got["p0-R"]["meta"]["annotation"] == "box" and got["p0-L"]["meta"]["annotation"] == "mask"
+    # Patient-level split: both views of a patient share a split.
+    for p in range(6):
+        assert got[f"p{p}-L"]["split"] == got[f"p{p}-R"]["split"]
+    # A second prepare reuses the cache.
+    again, _ = prepare_source("manifest", tmp_path / "dl", OUT_HW, cache_dir=tmp_path / "cache", progress=False)
+    assert again == root
+
+
+def _edit_manifest(path: Path, image_id: str, **changes: str) -> None:
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        if r["image_id"] == image_id:
+            r.update(changes)
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def test_bad_input_is_reported_skipped_or_fatal_in_strict(tmp_path: Path) -> None:
+    dl = tmp_path / "dl"
+    write_manifest(dl, n_patients=6, dicom_monochrome1=False)
+    # Damage two training patients, so that the lenient prepare still has every split.
+    splits = assign_splits(get_source("manifest").scan(dl).records, seed=0)
+    a, b = sorted({i.split("-")[0] for i, s in splits.items() if s == "train"})[:2]
+    png = dl / "images" / f"{a}-L.png"
+    png.write_bytes(png.read_bytes()[:80])  # truncated image
+    (dl / "masks" / f"{a}-R_malignant.png").unlink()  # missing mask
+    _edit_manifest(dl / "manifest.csv", f"{b}-L", benign="2")  # unknown label
+    save_mask(dl / "masks" / f"{b}-R_malignant.png", np.ones((32, 32), bool))  # wrong-size mask
+    report = check_source("manifest", dl, OUT_HW, workers=1)
+    assert sum(report.counts.values()) == 8 and len(report.problems) == 4
+    text = "\n".join(str(p) for p in report.problems)
+    assert f"{a}-L.png" in text and "truncated" in text
+    assert f"{a}-R_malignant.png" in text and "missing" in text
+    assert "manifest.csv:" in text and "unknown label '2'" in text and "write 0 or 1" in text
+    assert f"{b}-R_malignant.png" in text and "32x32" in text
+    with pytest.raises(DataError, match="4 problem"):
+        check_source("manifest", dl, OUT_HW, workers=1, strict=True)
+    root, rep = prepare_source("manifest", dl, OUT_HW, cache_dir=tmp_path / "cache", workers=1, progress=False)
+    assert len(rep.problems) == 4 and len(samples(root, "manifest")) == 8
+    saved = json.loads((root / "report.json").read_text())
+    assert len(saved["skipped"]) == 4
+
+
+def test_truncated_dicom_and_missing_decoder_are_clear(tmp_path: Path) -> None:
+    from tests.data.native_fixtures import save_dicom
+    from wsseg.data.imageio import read_image
+
+    path = tmp_path / "a.dcm"
+    save_dicom(path, phantom(False).image, monochrome1=True)
+    assert read_image(path).max() > 0
+    path.write_bytes(path.read_bytes()[:-2000])
+    with pytest.raises(DataError, match=r"a\.dcm: cannot decode the pixel data.*download it again"):
+        read_image(path)
+    with pytest.raises(DataError, match="missing"):
+        read_image(tmp_path / "nope.png")
+
+
+def test_mini_mias(tmp_path: Path) -> None:
+    truth = write_mias(tmp_path / "dl", n_pairs=6)
+    root, report = prepare_source(
+        "mini-mias", tmp_path / "dl", OUT_HW, cache_dir=tmp_path / "c", workers=1, progress=False
+    )
+    assert report.problems == [] and report.orientation_disagreements == []
+    got = samples(root, "mini-mias")
+    assert len(got) == 12
+    for ref, s in got.items():
+        n = int(ref[3:])
+        assert s["meta"]["laterality"] == ("R" if n % 2 else "L")
+        assert s["meta"]["patient_id"] == f"mias-p{(n + 1) // 2:03d}"
+        assert_canonical(s)
+        if n % 3 == 0:
+            assert s["labels"].tolist() == [0.0, 0.0] and not s["masks"].any()
+            continue
+        expected = [1.0, 1.0] if n == 1 else ([0.0, 1.0] if n % 2 else [1.0, 0.0])
+        assert s["labels"].tolist() == expected
+        assert_aligned(s, truth[ref])  # the bottom-left origin was turned into a row from the top
+    kinds = [les["kind"] for les in got["mdb001"]["meta"]["lesions"]]
+    assert sorted(kinds) == ["circle", "none"]  # the 4-token CALC line: labelled, not localised
+
+
+def test_nyu_exam_list(tmp_path: Path) -> None:
+    truth = write_nyu(tmp_path / "dl", n_exams=4)
+    root, report = prepare_source("nyu", tmp_path / "dl", OUT_HW, cache_dir=tmp_path / "c", workers=1, progress=False)
+    assert report.problems == [] and report.orientation_disagreements == []
+    got = samples(root, "nyu")
+    assert len(got) == 16
+    for name, s in got.items():
+        assert_canonical(s)
+        if name.split("_")[1].startswith("L"):
+            assert s["labels"].tolist() == [0.0, 1.0]
+            assert_aligned(s, truth[name])
+        else:
+            assert s["labels"].tolist() == [0.0, 0.0] and not s["masks"].any()
+    for i in range(4):  # an exam never straddles splits
+        assert len({got[f"{i}_{v}"]["split"] for v in ("L-CC", "R-CC", "L-MLO", "R-MLO")}) == 1
+
+
+def test_nyu_horizontal_flip_yes(tmp_path: Path) -> None:
+    write_nyu(tmp_path / "dl", n_exams=3, horizontal_flip="YES")
+    report = check_source("nyu", tmp_path / "dl", OUT_HW, workers=1)
+    assert report.problems == [] and report.orientation_disagreements == []
+
+
+class _Evil:
+    def __init__(self, target: str) -> None:
+        self.target = target
+
+    def __reduce__(self) -> tuple:
+        return (os.mkdir, (self.target,))
+
+
+def test_nyu_refuses_a_pickle_that_would_run_code(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    (tmp_path / "exam_list_before_cropping.pkl").write_bytes(pickle.dumps([{"x": _Evil(str(marker))}], protocol=3))
+    with pytest.raises(DataError, match="refused to load the global posix.mkdir"):
+        get_source("nyu").scan(tmp_path)
+    assert not marker.exists()
+    result = runner.invoke(app, ["data", "check", "nyu", "--root", str(tmp_path)])
+    assert result.exit_code == 2 and "never runs code" in result.output and not marker.exists()
+
+
+def test_official_split_gets_a_validation_carve_out() -> None:
+    from wsseg.data.sources import SourceRecord
+
+    recs = [
+        SourceRecord(f"i{p}", f"P{p}", f"P{p}", "L", "CC", (0, 0), Path("x"), split="test" if p < 3 else "train")
+        for p in range(12)
+    ]
+    splits = assign_splits(recs, seed=0)
+    assert [splits[f"i{p}"] for p in range(3)] == ["test"] * 3
+    assert sorted(set(splits.values())) == ["test", "train", "val"]
+    assert assign_splits(recs, seed=0) == splits
+
+
+def test_cli_list_check_prepare_and_run(tmp_path: Path) -> None:
+    write_manifest(tmp_path / "dl", n_patients=6)
+    result = runner.invoke(app, ["list", "datasets"])
+    assert result.exit_code == 0
+    for word in ("phantom", "manifest", "mini-mias", "nyu", "circle", "research use only"):
+        assert word in result.output
+    result = runner.invoke(app, ["data", "check", "manifest", "--root", str(tmp_path / "dl")])
+    assert result.exit_code == 0 and "12 usable images" in result.output, result.output
+    result = runner.invoke(app, ["data", "prepare", "manifest", "--profile", "tiny"])
+    assert result.exit_code == 2 and "needs --root" in result.output
+    result = runner.invoke(app, ["data", "prepare", "nope", "--root", str(tmp_path)])
+    assert result.exit_code == 2 and "unknown dataset 'nope'" in result.output
+    cache = tmp_path / "cache"
+    args = [
+        "data",
+        "prepare",
+        "manifest",
+        "--root",
+        str(tmp_path / "dl"),
+        "--profile",
+        "tiny",
+        "--cache-dir",
+        str(cache),
+        "--workers",
+        "2",
+    ]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0 and "184x120" in result.output, result.output
+    args = [
+        "run",
+        "--method",
+        "cam",
+        "--profile",
+        "tiny",
+        "--dataset",
+        "manifest",
+        "--data-root",
+        str(tmp_path / "dl"),
+        "--cache-dir",
+        str(cache),
+        "--out",
+        str(tmp_path / "runs"),
+        "-q",
+    ]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    (record_path,) = (tmp_path / "runs").glob("*/record.json")
+    record = json.loads(record_path.read_text())
+    assert record["dataset"] == "manifest" and record["dataset_info"]["counts"] == {"train": 8, "val": 2, "test": 2}
+    assert record["dataset_info"]["label_source"] == "user"
