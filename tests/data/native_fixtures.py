@@ -205,3 +205,263 @@ def write_nyu(root: Path, n_exams: int = 4, horizontal_flip: str = "NO") -> dict
         exams.append(exam)
     (root / "exam_list_before_cropping.pkl").write_bytes(pickle.dumps(exams, protocol=3))
     return truth
+
+
+CBIS_HEADER_MASS = (
+    "patient_id,breast_density,left or right breast,image view,abnormality id,abnormality type,mass shape,"
+    "mass margins,assessment,pathology,subtlety,image file path,cropped image file path,ROI mask file path"
+).split(",")
+CBIS_HEADER_CALC = (
+    "patient_id,breast density,left or right breast,image view,abnormality id,abnormality type,calc type,"
+    "calc distribution,assessment,pathology,subtlety,image file path,cropped image file path,ROI mask file path"
+).split(",")
+
+
+def write_cbis(root: Path) -> dict[str, Phantom]:
+    """Both layouts, the four CSVs with classic paths and embedded newlines, swapped calc crop/mask columns,
+    two abnormalities on one image, a patient in mass-train and calc-test, and one wrong-size ROI mask.
+
+    Returns subject folder (= image id) -> phantom; ``Mass-Training_P_00003_LEFT_CC`` has the bad mask.
+    """
+    truth: dict[str, Phantom] = {}
+    rows: dict[str, list[dict[str, object]]] = {"mass_train": [], "mass_test": [], "calc_train": [], "calc_test": []}
+    entries = [  # (csv, patient, side, abnormalities as pathologies)
+        ("mass_train", 1, "LEFT", ["MALIGNANT", "BENIGN"]),
+        ("calc_train", 1, "LEFT", ["BENIGN_WITHOUT_CALLBACK"]),
+        ("mass_train", 2, "RIGHT", ["MALIGNANT"]),
+        ("mass_train", 3, "LEFT", ["BENIGN"]),
+        ("mass_train", 4, "RIGHT", ["MALIGNANT"]),
+        ("mass_train", 5, "LEFT", ["BENIGN"]),
+        ("mass_train", 8, "RIGHT", ["BENIGN"]),
+        ("mass_test", 6, "LEFT", ["MALIGNANT"]),
+        ("mass_test", 7, "RIGHT", ["BENIGN"]),
+        ("calc_test", 2, "RIGHT", ["MALIGNANT"]),
+    ]
+    for csv_name, p, side, pathologies in entries:
+        kind = "Mass" if csv_name.startswith("mass") else "Calc"
+        phase = "Training" if csv_name.endswith("train") else "Test"
+        subject = f"{kind}-{phase}_P_{p:05d}_{side}_CC"
+        ph = phantom(chest_wall_right=side == "RIGHT")
+        truth[subject] = ph
+        descriptive = p % 2 == 1
+        uid = f"1.3.6.1.4.1.9590.100.1.2.{p}{len(rows[csv_name])}"
+        if descriptive:
+            save_dicom(
+                root
+                / "CBIS-DDSM"
+                / subject
+                / "07-20-2016-DDSM-NA-12345"
+                / "1.000000-full mammogram images-24515"
+                / "1-1.dcm",
+                ph.image,
+            )
+        else:
+            save_dicom(root / subject / uid / f"{uid}.1" / "000000.dcm", ph.image)
+        for a, pathology in enumerate(pathologies, start=1):
+            roi = f"{subject}_{a}"
+            mask = ph.lesion if not (p == 3) else np.pad(ph.lesion, ((0, 2), (0, 0)))  # 66 x 48: wrong size
+            crop = ph.image[20:32, 8:18]
+            if descriptive:
+                series = root / "CBIS-DDSM" / roi / "08-29-2017-DDSM-NA-96009" / "1.000000-ROI mask images-18515"
+                first, second = ("1-1.dcm", "1-2.dcm") if a % 2 else ("1-2.dcm", "1-1.dcm")
+                save_dicom(series / first, crop)
+                save_dicom(series / second, mask.astype(float), bits=8)
+            else:
+                series = root / roi / f"{uid}.{a}" / f"{uid}.{a}.2"
+                crop_file, mask_file = ("000000.dcm", "000001.dcm") if kind == "Mass" else ("000001.dcm", "000000.dcm")
+                save_dicom(series / crop_file, crop)
+                save_dicom(series / mask_file, mask.astype(float), bits=8)
+            classic = f"{roi}/{uid}.{a}/{uid}.{a}.2/"
+            crop_col, mask_col = ("000000.dcm", "000001.dcm") if kind == "Mass" else ("000001.dcm", "000000.dcm")
+            row = {
+                "patient_id": f"P_{p:05d}",
+                "left or right breast": side,
+                "image view": "CC",
+                "abnormality id": a,
+                "abnormality type": kind.lower() if kind == "Mass" else "calcification",
+                "assessment": 4,
+                "pathology": pathology,
+                "subtlety": 3,
+                "image file path": f"{subject}/{uid}/{uid}.1/000000.dcm",
+                "cropped image file path": classic + crop_col + "\n",  # the embedded newline of the real CSVs
+                "ROI mask file path": classic + mask_col + "\n",
+            }
+            if kind == "Mass":
+                row.update(
+                    {
+                        "breast_density": 2,
+                        "mass shape": "IRREGULAR-ARCHITECTURAL_DISTORTION",
+                        "mass margins": "SPICULATED",
+                    }
+                )
+            else:
+                row.update({"breast density": 2, "calc type": "NA", "calc distribution": "CLUSTERED"})
+            rows[csv_name].append(row)
+    for csv_name, rs in rows.items():
+        kind, phase = csv_name.split("_")
+        header = CBIS_HEADER_MASS if kind == "mass" else CBIS_HEADER_CALC
+        write_csv(root / f"{kind}_case_description_{phase}_set.csv", header, rs)
+    return truth
+
+
+VINDR_BREAST = "study_id,series_id,image_id,laterality,view_position,height,width,breast_birads,breast_density,split"
+VINDR_FINDING = (
+    "study_id,series_id,image_id,laterality,view_position,height,width,breast_birads,breast_density,"
+    "finding_categories,finding_birads,xmin,ymin,xmax,ymax,split"
+)
+
+
+def write_vindr(root: Path, n_studies: int = 5) -> dict[str, Phantom]:
+    """Four views per study, ``.dicom`` files (one MONOCHROME1), both CSVs with a multi-category row, ``No Finding``
+    rows, an empty ``finding_birads`` and a box with a negative ``xmin`` on a right breast."""
+    breast_rows, finding_rows, truth = [], [], {}
+    for s in range(n_studies):
+        study = f"{s:032x}"
+        for lat in ("L", "R"):
+            for view in ("CC", "MLO"):
+                image_id = f"{s:08x}{lat}{view:>3}".replace(" ", "0").ljust(32, "a")
+                ph = phantom(chest_wall_right=lat == "R")
+                truth[image_id] = ph
+                save_dicom(
+                    root / "images" / study / f"{image_id}.dicom",
+                    ph.image,
+                    monochrome1=(s == 0 and lat == "L" and view == "CC"),
+                )
+                base = {
+                    "study_id": study,
+                    "series_id": f"{s:032x}",
+                    "image_id": image_id,
+                    "laterality": lat,
+                    "view_position": view,
+                    "height": H,
+                    "width": W,
+                    "breast_density": "DENSITY B",
+                    "split": "test" if s == n_studies - 1 else "training",
+                }
+                (r, c), rad = ph.center, ph.radius
+                box = {"xmin": c - rad, "ymin": r - rad, "xmax": c + rad + 1, "ymax": r + rad + 1}
+                if lat == "L" and s % 2 == 0:
+                    breast = "BI-RADS 4"
+                    finding_rows.append(
+                        {
+                            **base,
+                            "breast_birads": breast,
+                            "finding_birads": "BI-RADS 4",
+                            "finding_categories": "['Mass', 'Suspicious Calcification']",
+                            **box,
+                        }
+                    )
+                    finding_rows.append(
+                        {
+                            **base,
+                            "breast_birads": breast,
+                            "finding_birads": "",
+                            "finding_categories": "['Skin Thickening']",
+                            "xmin": 1,
+                            "ymin": 1,
+                            "xmax": 5,
+                            "ymax": 5,
+                        }
+                    )
+                elif lat == "R" and view == "MLO" and s % 2 == 1:
+                    breast = "BI-RADS 3"
+                    # A box overhanging the right edge ... no: the chest wall is on the right, the nipple side
+                    # (small x) may overhang: xmin below zero, clipped on reading.
+                    finding_rows.append(
+                        {
+                            **base,
+                            "breast_birads": breast,
+                            "finding_birads": "BI-RADS 3",
+                            "finding_categories": "['Focal Asymmetry']",
+                            **box,
+                            "xmin": -6.25,
+                        }
+                    )
+                else:
+                    breast = "BI-RADS 1"
+                    finding_rows.append(
+                        {
+                            **base,
+                            "breast_birads": breast,
+                            "finding_birads": "",
+                            "finding_categories": "['No Finding']",
+                            "xmin": "",
+                            "ymin": "",
+                            "xmax": "",
+                            "ymax": "",
+                        }
+                    )
+                breast_rows.append({**base, "breast_birads": breast})
+    write_csv(root / "breast-level_annotations.csv", VINDR_BREAST.split(","), breast_rows)
+    write_csv(root / "finding_annotations.csv", VINDR_FINDING.split(","), finding_rows)
+    return truth
+
+
+def _plist_rois(rois: list[tuple[str, list[tuple[float, float]]]], declared: int) -> bytes:
+    import plistlib
+
+    doc = {
+        "Images": [
+            {
+                "ImageIndex": 0,
+                "NumberOfROIs": declared,
+                "ROIs": [
+                    {
+                        "Name": name,
+                        "NumberOfPoints": len(pts),
+                        "IndexInImage": i,
+                        "Type": 15 if len(pts) > 2 else 19,
+                        "Point_px": [f"({x:.3f}, {y:.3f})" for x, y in pts],
+                        "Point_mm": [f"({x * 0.07}, {y * 0.07}, 0)" for x, y in pts],
+                    }
+                    for i, (name, pts) in enumerate(rois)
+                ],
+            }
+        ]
+    }
+    return plistlib.dumps(doc, fmt=plistlib.FMT_XML)
+
+
+def write_inbreast(root: Path, n_patients: int = 6) -> dict[str, Phantom]:
+    """``INbreast.csv`` (``4a``, ``FB`` view, blank ACR), DICOMs named with ``ML``, XMLs with a 12-vertex Mass, a
+    1-point Calcification, ``NumberOfROIs`` off by one, and a PectoralMuscle XML using ``ROIPoints``."""
+    header = "Patient ID;Patient age;Laterality;View;Acquisition date;File Name;ACR;Bi-Rads".split(";")
+    rows, truth = [], {}
+    birads = ["4a", "2", "1", "5", "3", "4c"]
+    for p in range(n_patients):
+        phash = f"{p:016x}"
+        for lat, view in (("L", "CC"), ("R", "ML")):
+            name = f"{20586900 + 2 * p + (lat == 'R')}"
+            ph = phantom(chest_wall_right=lat == "R")
+            truth[name] = ph
+            save_dicom(root / "AllDICOMs" / f"{name}_{phash}_MG_{lat}_{view}_ANON.dcm", ph.image)
+            (r, c), rad = ph.center, ph.radius
+            poly = [
+                (c + (rad + 0.3) * np.cos(t), r + (rad + 0.3) * np.sin(t)) for t in np.linspace(0, 2 * np.pi, 13)[:-1]
+            ]
+            xml = _plist_rois([("Mass", poly), ("Calcification", [(float(c), float(r))])], declared=3)
+            (root / "AllXML").mkdir(parents=True, exist_ok=True)
+            (root / "AllXML" / f"{name}.xml").write_bytes(xml)
+            rows.append(
+                {
+                    "Patient ID": "removed",
+                    "Patient age": "removed",
+                    "Laterality": lat,
+                    "View": "FB" if p == 0 and lat == "R" else ("MLO" if view == "ML" else view),
+                    "Acquisition date": "201001",
+                    "File Name": name,
+                    "ACR": "          " if p == 1 else "2",
+                    "Bi-Rads": birads[p % len(birads)],
+                }
+            )
+    (root / "PectoralMuscle" / "Pectoral Muscle XML").mkdir(parents=True, exist_ok=True)
+    (root / "PectoralMuscle" / "Pectoral Muscle XML" / "20586901_muscle.xml").write_text(
+        '<?xml version="1.0"?><plist version="1.0"><dict><key>ROIPoints</key><array><string>{1, 2}</string>'
+        "</array></dict></plist>"
+    )
+    path = root / "INbreast.csv"
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=header, delimiter=";")
+        w.writeheader()
+        w.writerows(rows)
+    return truth

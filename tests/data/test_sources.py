@@ -282,3 +282,93 @@ def test_cli_list_check_prepare_and_run(tmp_path: Path) -> None:
     record = json.loads(record_path.read_text())
     assert record["dataset"] == "manifest" and record["dataset_info"]["counts"] == {"train": 8, "val": 2, "test": 2}
     assert record["dataset_info"]["label_source"] == "user"
+
+
+def test_cbis_ddsm(tmp_path: Path) -> None:
+    from tests.data.native_fixtures import write_cbis
+
+    truth = write_cbis(tmp_path / "dl")
+    root, report = prepare_source(
+        "cbis-ddsm", tmp_path / "dl", OUT_HW, cache_dir=tmp_path / "c", workers=1, progress=False
+    )
+    # The one wrong-size ROI mask is reported with both sizes and skipped; nothing else is lost.
+    (problem,) = report.problems
+    assert "Mass-Training_P_00003_LEFT_CC_1" in problem.file and "66x48" in problem.reason
+    got = samples(root, "cbis-ddsm")
+    assert len(got) == 9 and "Mass-Training_P_00003_LEFT_CC" not in got
+    # Two abnormalities on one image: both classes; calc crop/mask columns swapped: the mask is still found.
+    assert got["Mass-Training_P_00001_LEFT_CC"]["labels"].tolist() == [1.0, 1.0]
+    assert got["Calc-Training_P_00001_LEFT_CC"]["labels"].tolist() == [1.0, 0.0]
+    # The patient in mass-train and calc-test goes to test whole; official test stays test.
+    assert got["Mass-Training_P_00002_RIGHT_CC"]["split"] == "test" == got["Calc-Test_P_00002_RIGHT_CC"]["split"]
+    assert got["Mass-Test_P_00006_LEFT_CC"]["split"] == "test"
+    assert {s["split"] for s in got.values()} == {"train", "val", "test"}
+    for subject, s in got.items():
+        assert s["meta"]["transform"]["flipped"] == ("RIGHT" in subject)
+        assert_canonical(s)
+        assert_aligned(s, truth[subject])
+
+
+def test_vindr_mammo(tmp_path: Path) -> None:
+    from tests.data.native_fixtures import write_vindr
+
+    truth = write_vindr(tmp_path / "dl", n_studies=5)
+    scan = get_source("vindr-mammo").scan(tmp_path / "dl")
+    clipped = [les.box for r in scan.records for les in r.lesions if r.image_id[8:12] == "RMLO"]
+    assert clipped and all(b is not None and b[0] == 0.0 for b in clipped)  # xmin -6.25 clipped to the image
+    root, report = prepare_source(
+        "vindr-mammo", tmp_path / "dl", OUT_HW, cache_dir=tmp_path / "c", workers=1, progress=False
+    )
+    assert report.problems == [] and report.orientation_disagreements == []
+    got = samples(root, "vindr-mammo")
+    assert len(got) == 20
+    assert {got[i]["split"] for i in got if i.startswith("00000004")} == {"test"}  # the official test study
+    for image_id, s in got.items():
+        study, lat = int(image_id[:8], 16), image_id[8]
+        assert_canonical(s)
+        assert s["meta"]["annotation"] == "box" and s["meta"]["label_source"] == "birads"
+        if lat == "L" and study % 2 == 0:  # BI-RADS 4 mass box (one is a MONOCHROME1 image); skin finding ignored
+            assert s["labels"].tolist() == [0.0, 1.0]
+            assert_aligned(s, truth[image_id])
+            assert len(s["meta"]["lesions"]) == 1 and "Suspicious Calcification" in s["meta"]["lesions"][0]["type"]
+        elif lat == "R" and image_id[9:12] == "MLO" and study % 2 == 1:
+            assert s["labels"].tolist() == [1.0, 0.0]
+        else:
+            assert s["labels"].tolist() == [0.0, 0.0] and not s["masks"].any()
+
+
+def test_inbreast(tmp_path: Path) -> None:
+    from tests.data.native_fixtures import write_inbreast
+
+    truth = write_inbreast(tmp_path / "dl", n_patients=6)
+    root, report = prepare_source(
+        "inbreast", tmp_path / "dl", OUT_HW, cache_dir=tmp_path / "c", workers=1, progress=False
+    )
+    assert report.problems == []
+    got = samples(root, "inbreast")
+    assert len(got) == 12
+    expected = {"4a": [0.0, 1.0], "2": [1.0, 0.0], "1": [0.0, 0.0], "5": [0.0, 1.0], "3": [1.0, 0.0], "4c": [0.0, 1.0]}
+    for name, s in got.items():
+        meta = s["meta"]
+        assert s["labels"].tolist() == expected[meta["birads"]]
+        assert meta["view"] == ("MLO" if meta["laterality"] == "R" else "CC")  # ML in the file name
+        assert meta["patient_id"] == f"{(int(name) - 20586900) // 2:016x}"
+        assert_canonical(s)
+        if meta["birads"] == "1":
+            assert not s["masks"].any()  # contours on a BI-RADS 1 image carry no class
+        else:
+            assert_aligned(s, truth[name])  # 12-vertex polygon + the 1-point calcification disc inside it
+            assert sorted(les["kind"] for les in meta["lesions"]) == ["circle", "polygon"]
+    for p in range(6):  # a patient never straddles splits
+        assert got[str(20586900 + 2 * p)]["split"] == got[str(20586901 + 2 * p)]["split"]
+
+
+def test_unknown_birads_is_a_counted_skip(tmp_path: Path) -> None:
+    from tests.data.native_fixtures import write_inbreast
+
+    write_inbreast(tmp_path, n_patients=6)
+    text = (tmp_path / "INbreast.csv").read_text().replace(";4c\n", ";7\n", 1)
+    (tmp_path / "INbreast.csv").write_text(text)
+    report = check_source("inbreast", tmp_path, OUT_HW, workers=1)
+    assert len(report.problems) == 1 and "unknown label Bi-Rads='7'" in str(report.problems[0])
+    assert "INbreast.csv:" in report.problems[0].file and sum(report.counts.values()) == 11

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
 from wsseg._io import atomic_save, atomic_write_json, atomic_write_text
@@ -87,27 +88,29 @@ def _fmt_counts(counts: dict[str, int]) -> str:
 def assign_splits(records: list[SourceRecord], seed: int) -> dict[str, str]:
     """image_id -> split, by patient: the official split where given, else a seeded 70/15/15 split.
 
-    Validation is carved from the official training patients. Patients are ordered by a hash of
-    ``(seed, patient_id)``, so the split is stable under added or removed patients elsewhere.
+    A patient whose images carry different official splits (CBIS-DDSM's mass and calc lists disagree for some)
+    goes to ``test`` whole, so no test image's patient is trained on. Validation is carved from the official
+    training patients. Patients are ordered by a hash of ``(seed, patient_id)``, so the split is stable under
+    patients added or removed elsewhere.
     """
-    by_patient: dict[str, str | None] = {}
+    by_patient: dict[str, set[str | None]] = {}
     for r in records:
-        by_patient.setdefault(r.patient_id, r.split)
+        by_patient.setdefault(r.patient_id, set()).add(r.split)
     key = lambda p: hashlib.sha256(f"{seed}:{p}".encode()).hexdigest()  # noqa: E731
     out: dict[str, str] = {}
-    official = [p for p, s in by_patient.items() if s is not None]
-    free = sorted((p for p, s in by_patient.items() if s is None), key=key)
-    for p in official:
-        out[p] = by_patient[p]  # type: ignore[assignment]
+    free = sorted((p for p, s in by_patient.items() if s == {None}), key=key)
+    for p, s in by_patient.items():
+        if s != {None}:
+            out[p] = "test" if "test" in s else "val" if "val" in s else "train"
     if free:
         n = len(free)
         n_test = max(1, round(n * SPLIT_FRACTIONS["test"])) if n >= 3 else 0
         n_val = max(1, round(n * SPLIT_FRACTIONS["val"])) if n >= 3 else 0
         for i, p in enumerate(free):
             out[p] = "test" if i < n_test else "val" if i < n_test + n_val else "train"
-    train = sorted((p for p in official if out[p] == "train"), key=key)
-    if train and not any(s == "val" for s in out.values()) and len(train) >= 2:
-        for p in train[: max(1, round(len(train) * SPLIT_FRACTIONS["val"]))]:
+    official_train = sorted((p for p, s in by_patient.items() if s != {None} and out[p] == "train"), key=key)
+    if len(official_train) >= 2 and "val" not in out.values():
+        for p in official_train[: max(1, round(len(official_train) * SPLIT_FRACTIONS["val"]))]:
             out[p] = "val"
     return {r.image_id: out[r.patient_id] for r in records}
 
@@ -132,13 +135,18 @@ def rasterise(lesions: list[Lesion], shape: tuple[int, int], image_file: Path) -
             if m.shape != shape:
                 raise DataError(
                     les.mask_file,
-                    f"mask is {m.shape[0]}x{m.shape[1]} but the image {image_file.name} is {shape[0]}x{shape[1]}",
+                    f"mask is {m.shape[0]}x{m.shape[1]} but the image {image_file} is {shape[0]}x{shape[1]}",
                     "a resized mask would deform the lesion; fix or remove the mask",
                 )
             masks[k] |= m
         elif les.kind == "box" and les.box is not None:
             xmin, ymin, xmax, ymax = les.box
             masks[k] |= (cols + 0.5 >= xmin) & (cols + 0.5 < xmax) & (rows + 0.5 >= ymin) & (rows + 0.5 < ymax)
+        elif les.kind == "polygon" and les.polygon:
+            # PIL fills the polygon's interior and outline at integer coordinates (pixel indices, x = column).
+            canvas = Image.new("L", (shape[1], shape[0]), 0)
+            ImageDraw.Draw(canvas).polygon([(float(x), float(y)) for x, y in les.polygon], fill=1, outline=1)
+            masks[k] |= np.asarray(canvas, dtype=bool)
         elif les.kind == "circle" and les.circle is not None:
             cx, cy, rad = les.circle
             masks[k] |= (cols - cx) ** 2 + (rows - cy) ** 2 <= rad**2

@@ -22,9 +22,9 @@ from typing import Any, ClassVar, Literal, TypeVar
 
 ENTRY_POINT_GROUP = "wsseg.datasets"
 # Built-in source modules (one file per dataset), imported the first time the registry is read.
-BUILTIN_MODULES = ("manifest", "mini_mias", "nyu")
+BUILTIN_MODULES = ("manifest", "mini_mias", "nyu", "cbis_ddsm", "vindr_mammo", "inbreast")
 
-AnnotationType = Literal["mask", "box", "circle", "none"]
+AnnotationType = Literal["mask", "box", "circle", "polygon", "none"]
 LabelSource = Literal["pathology", "birads", "user"]
 
 
@@ -59,6 +59,7 @@ class Lesion:
         mask_file: binary mask image of the original image's size (kind ``mask``).
         box: ``(xmin, ymin, xmax, ymax)`` continuous pixel edges, half-open on the max side (kind ``box``).
         circle: ``(col, row, radius)`` in pixel indices, row counted from the top (kind ``circle``).
+        polygon: ``[(x, y), ...]`` vertices in pixel indices (kind ``polygon``, e.g. INbreast contours).
         name: the dataset's own lesion type (``mass``, ``CALC``...), kept for the meta.
     """
 
@@ -67,6 +68,7 @@ class Lesion:
     mask_file: Path | None = None
     box: tuple[float, float, float, float] | None = None
     circle: tuple[float, float, float] | None = None
+    polygon: list[tuple[float, float]] | None = None
     name: str = ""
 
 

@@ -1,0 +1,125 @@
+"""``inbreast``: INbreast (DICOMs, OsiriX plist XML contours, ``INbreast.csv``).
+
+Layout: ``AllDICOMs/<FileName>_<patientHash>_MG_<L|R>_<CC|ML>_ANON.dcm``, ``AllXML/<FileName>.xml`` and the
+semicolon-separated ``INbreast.csv``. Pitfalls handled (datasets.md 4.6): ``Point_px`` is ``(x, y)`` =
+(column, row), 0-based; ROIs of one or two points are single calcifications, drawn as discs of 0.25 mm
+(about 4 px at 70 um); ``NumberOfROIs`` / ``NumberOfPoints`` that disagree with the lists are ignored (the
+lists are used); the plist is read with :mod:`plistlib`, not by element position; MLO is written ``ML`` in
+file names; a blank ACR cell is allowed.
+
+Labels are **BI-RADS** (``label_source = birads``): 4a/4b/4c/5/6 malignant, 2/3 benign, 1 normal. All of an
+image's contours take the image's class; contours on a BI-RADS 1 image are ignored.
+"""
+
+from __future__ import annotations
+
+import csv
+import plistlib
+import re
+from pathlib import Path
+
+from wsseg.data.sources import DataError, DataSource, Lesion, Problem, ScanResult, SourceRecord, register_source
+
+BIRADS = {
+    "1": None,
+    "2": "benign",
+    "3": "benign",
+    "4a": "malignant",
+    "4b": "malignant",
+    "4c": "malignant",
+    "4": "malignant",
+    "5": "malignant",
+    "6": "malignant",
+}
+PIXEL_SPACING_MM = 0.07
+POINT_RADIUS_PX = 0.25 / PIXEL_SPACING_MM
+FILE = re.compile(r"^(\d+)_([0-9a-fA-F]+)_MG_([LR])_(CC|ML|MLO)_ANON$")
+_POINT = re.compile(r"[-+0-9.eE]+")
+
+
+def read_rois(path: Path) -> list[tuple[str, list[tuple[float, float]]]]:
+    """(name, [(x, y), ...]) of every ROI in an OsiriX plist XML.
+
+    Raises:
+        DataError: not a readable plist of the expected shape.
+    """
+    try:
+        with open(path, "rb") as f:
+            doc = plistlib.load(f)
+        rois = doc["Images"][0].get("ROIs", [])
+    except (plistlib.InvalidFileException, KeyError, IndexError, TypeError, ValueError) as e:
+        raise DataError(path, f"not an OsiriX ROI plist ({type(e).__name__}: {e})", "restore the XML") from None
+    out = []
+    for roi in rois:
+        points = []
+        for p in roi.get("Point_px", []):
+            nums = [float(v) for v in _POINT.findall(str(p))]
+            if len(nums) >= 2:
+                points.append((nums[0], nums[1]))
+        if points:
+            out.append((str(roi.get("Name", "")), points))
+    return out
+
+
+@register_source("inbreast")
+class INbreast(DataSource):
+    """INbreast: FFDM DICOMs (70 um) with expert contours; BI-RADS-derived labels; no official split."""
+
+    annotation = "mask"
+    label_source = "birads"
+    licence = "on request from INESC TEC / Univ. Porto under an agreement; do not redistribute"
+
+    def scan(self, root: Path) -> ScanResult:
+        """Read ``INbreast.csv`` and pair each row with its DICOM and XML."""
+        table = next(iter(sorted(root.rglob("INbreast.csv"))), None)
+        if table is None:
+            raise DataError(root, "no INbreast.csv", "copy INbreast.csv from the download")
+        dicoms = {}
+        for p in root.rglob("*.dcm"):
+            m = FILE.match(p.stem)
+            if m:
+                dicoms[m.group(1)] = (p, m)
+        xmls = {p.stem: p for p in root.rglob("*.xml") if "pectoral" not in str(p).lower()}
+        records, problems = [], []
+        with open(table, newline="", encoding="utf-8-sig") as f:
+            for i, row in enumerate(csv.DictReader(f, delimiter=";"), start=2):
+                row = {k.strip(): (v or "").strip() for k, v in row.items() if k}
+                try:
+                    records.append(self._record(row, f"{table}:{i}", dicoms, xmls))
+                except DataError as e:
+                    problems.append(Problem(e.file, e.reason + (f"; {e.fix}" if e.fix else "")))
+        return ScanResult(records, problems)
+
+    @staticmethod
+    def _record(row: dict[str, str], where: str, dicoms: dict, xmls: dict[str, Path]) -> SourceRecord:
+        name = row.get("File Name", "")
+        birads = row.get("Bi-Rads", "").lower()
+        if birads not in BIRADS:
+            raise DataError(where, f"unknown label Bi-Rads={birads!r}", f"expected one of {list(BIRADS)}")
+        if name not in dicoms:
+            raise DataError(f"AllDICOMs/{name}_*.dcm", "listed in INbreast.csv but missing", "restore the DICOM")
+        path, m = dicoms[name]
+        cls = BIRADS[birads]
+        labels = (int(cls == "benign"), int(cls == "malignant"))
+        lesions = []
+        if cls is not None and name in xmls:
+            for roi_name, points in read_rois(xmls[name]):
+                if len(points) <= 2:  # a single calcification: a small disc of recorded radius
+                    x, y = points[0]
+                    lesions.append(Lesion(cls, "circle", circle=(x, y, POINT_RADIUS_PX), name=roi_name))
+                else:
+                    lesions.append(Lesion(cls, "polygon", polygon=points, name=roi_name))
+        lat = m.group(3)
+        return SourceRecord(
+            image_id=name,
+            patient_id=m.group(2),
+            exam_id=m.group(2),
+            laterality=lat,
+            view="MLO" if m.group(4).startswith("ML") else "CC",
+            labels=labels,
+            image_file=path,
+            lesions=lesions,
+            chest_wall="right" if lat == "R" else "left",
+            pixel_spacing_mm=PIXEL_SPACING_MM,
+            extra={"birads": birads, "acr": row.get("ACR", "")},
+        )

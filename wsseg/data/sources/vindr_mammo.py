@@ -1,0 +1,119 @@
+"""``vindr-mammo``: VinDr-Mammo from PhysioNet (DICOMs + breast- and finding-level CSVs; boxes).
+
+Layout: ``breast-level_annotations.csv``, ``finding_annotations.csv`` and ``images/<study_id>/<image_id>.dicom``
+(extension ``.dicom``). Pitfalls handled (datasets.md 3.5): ``finding_categories`` is a Python list literal
+(parsed with :func:`ast.literal_eval`, never split on commas); boxes are floats in the original, unmirrored
+pixel frame and may fall outside the image (clipped to the CSV's width and height); one image has as many
+finding rows as findings; MONOCHROME1 images are inverted on decoding.
+
+Labels are **BI-RADS, not pathology** (``label_source = birads``): malignant when the breast or a finding is
+BI-RADS 4-5, benign when BI-RADS 2-3, normal for BI-RADS 1 / ``No Finding``. A box takes its finding's
+BI-RADS class; findings without a BI-RADS (e.g. skin thickening) give no box.
+"""
+
+from __future__ import annotations
+
+import ast
+import csv
+from pathlib import Path
+
+from wsseg.data.sources import DataError, DataSource, Lesion, Problem, ScanResult, SourceRecord, register_source
+
+SPLITS = {"training": "train", "test": "test"}
+
+
+def birads_class(value: str, where: str) -> str | None:
+    """``BI-RADS n`` -> ``benign`` (2-3), ``malignant`` (4-5), None (1 or empty).
+
+    Raises:
+        DataError: any other value.
+    """
+    v = value.strip().upper().replace("BI-RADS", "").strip()
+    if v in ("", "1"):
+        return None
+    if v in ("2", "3"):
+        return "benign"
+    if v in ("4", "5"):
+        return "malignant"
+    raise DataError(where, f"unknown label {value!r}", "BI-RADS must be 'BI-RADS 1' ... 'BI-RADS 5'")
+
+
+@register_source("vindr-mammo")
+class VinDrMammo(DataSource):
+    """VinDr-Mammo: FFDM DICOMs with finding boxes; BI-RADS-derived labels; official 4,000/1,000-exam split."""
+
+    annotation = "box"
+    label_source = "birads"
+    licence = "PhysioNet credentialed access + data use agreement; do not redistribute"
+
+    def scan(self, root: Path) -> ScanResult:
+        """Read both CSVs and pair each image row with its findings."""
+        breast_csv, finding_csv = root / "breast-level_annotations.csv", root / "finding_annotations.csv"
+        for p in (breast_csv, finding_csv):
+            if not p.is_file():
+                raise DataError(p, "missing", "download the annotation CSVs with the images")
+        findings: dict[str, list[tuple[dict[str, str], str]]] = {}
+        with open(finding_csv, newline="", encoding="utf-8-sig") as f:
+            for i, row in enumerate(csv.DictReader(f), start=2):
+                findings.setdefault(row["image_id"].strip(), []).append((row, f"{finding_csv}:{i}"))
+        records, problems = [], []
+        with open(breast_csv, newline="", encoding="utf-8-sig") as f:
+            for i, row in enumerate(csv.DictReader(f), start=2):
+                try:
+                    records.append(
+                        self._record(row, f"{breast_csv}:{i}", findings.get(row["image_id"].strip(), []), root)
+                    )
+                except DataError as e:
+                    problems.append(Problem(e.file, e.reason + (f"; {e.fix}" if e.fix else "")))
+        return ScanResult(records, problems)
+
+    @staticmethod
+    def _record(
+        row: dict[str, str], where: str, findings: list[tuple[dict[str, str], str]], root: Path
+    ) -> SourceRecord:
+        labels = [0, 0]
+        breast_cls = birads_class(row["breast_birads"], where)
+        if breast_cls is not None:
+            labels[("benign", "malignant").index(breast_cls)] = 1
+        width, height = float(row["width"]), float(row["height"])
+        lesions = []
+        for frow, fwhere in findings:
+            try:
+                categories = ast.literal_eval(frow["finding_categories"].strip())
+            except (ValueError, SyntaxError):
+                raise DataError(
+                    fwhere,
+                    f"bad finding_categories {frow['finding_categories']!r}",
+                    "expected a list literal such as ['Mass']",
+                ) from None
+            if categories == ["No Finding"] or not frow.get("xmin", "").strip():
+                continue
+            cls = birads_class(frow.get("finding_birads", ""), fwhere)
+            if cls is None:
+                continue  # e.g. skin thickening: no BI-RADS, not a lesion of either class
+            labels[("benign", "malignant").index(cls)] = 1
+            x0, y0, x1, y1 = (float(frow[k]) for k in ("xmin", "ymin", "xmax", "ymax"))
+            box = (
+                min(max(x0, 0.0), width),
+                min(max(y0, 0.0), height),
+                min(max(x1, 0.0), width),
+                min(max(y1, 0.0), height),
+            )  # boxes can overhang the image (an xmin of -6.25 exists)
+            lesions.append(Lesion(cls, "box", box=box, name="|".join(map(str, categories))))
+        split = SPLITS.get(row["split"].strip())
+        if split is None:
+            raise DataError(where, f"unknown split {row['split']!r}", "expected training or test")
+        study, image_id, lat = row["study_id"].strip(), row["image_id"].strip(), row["laterality"].strip().upper()
+        return SourceRecord(
+            image_id=image_id,
+            patient_id=study,  # VinDr has no patient ids; a study is one patient's exam
+            exam_id=study,
+            laterality=lat,
+            view=row["view_position"].strip().upper(),
+            labels=(labels[0], labels[1]),
+            image_file=root / "images" / study / f"{image_id}.dicom",
+            lesions=lesions,
+            split=split,
+            chest_wall="right" if lat == "R" else "left",  # not mirrored: right breasts face left
+            extra={"breast_birads": row["breast_birads"].strip(), "density": row.get("breast_density", "").strip()},
+        )
