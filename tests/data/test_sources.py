@@ -372,3 +372,41 @@ def test_unknown_birads_is_a_counted_skip(tmp_path: Path) -> None:
     report = check_source("inbreast", tmp_path, OUT_HW, workers=1)
     assert len(report.problems) == 1 and "unknown label Bi-Rads='7'" in str(report.problems[0])
     assert "INbreast.csv:" in report.problems[0].file and sum(report.counts.values()) == 11
+
+
+@pytest.mark.parametrize("dataset", ["mini-mias", "nyu", "cbis-ddsm", "vindr-mammo", "inbreast"])
+def test_cli_check_and_run_every_source(tmp_path: Path, dataset: str) -> None:
+    from tests.data import native_fixtures as nf
+
+    writer = {
+        "mini-mias": nf.write_mias,
+        "nyu": nf.write_nyu,
+        "cbis-ddsm": nf.write_cbis,
+        "vindr-mammo": nf.write_vindr,
+        "inbreast": nf.write_inbreast,
+    }[dataset]
+    writer(tmp_path / "dl")
+    result = runner.invoke(app, ["data", "check", dataset, "--root", str(tmp_path / "dl"), "--workers", "1"])
+    assert result.exit_code == 0 and "usable images" in result.output, result.output
+    args = [
+        "run",
+        "--method",
+        "cam",
+        "--profile",
+        "tiny",
+        "--dataset",
+        dataset,
+        "--data-root",
+        str(tmp_path / "dl"),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--out",
+        str(tmp_path / "runs"),
+        "-q",
+        "--epochs",
+        "1",
+    ]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    (record_path,) = (tmp_path / "runs").glob("*/record.json")
+    assert json.loads(record_path.read_text())["dataset"] == dataset
