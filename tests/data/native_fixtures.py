@@ -59,8 +59,9 @@ def save_mask(path: Path, mask: np.ndarray) -> None:
     Image.fromarray(mask.astype(np.uint8) * 255).save(path)
 
 
-def save_dicom(path: Path, img: np.ndarray, monochrome1: bool = False, bits: int = 12) -> None:
-    """An uncompressed single-frame DICOM mammogram (MONOCHROME1 stores inverted values)."""
+def save_dicom(path: Path, img: np.ndarray, monochrome1: bool = False, bits: int = 12, syntax: str = "") -> None:
+    """A single-frame DICOM mammogram (MONOCHROME1 stores inverted values), uncompressed unless ``syntax`` is a
+    compressed transfer-syntax UID (RLE, JPEG 2000: encoded by pydicom with pylibjpeg)."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -83,6 +84,8 @@ def save_dicom(path: Path, img: np.ndarray, monochrome1: bool = False, bits: int
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits, bits - 1, 0
     ds.PixelSpacing = [0.07, 0.07]
     ds.PixelData = values.tobytes()
+    if syntax:
+        ds.compress(syntax, values, generate_instance_uid=False)
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(path, enforce_file_format=True)
 

@@ -155,6 +155,40 @@ def test_truncated_dicom_and_missing_decoder_are_clear(tmp_path: Path) -> None:
         read_image(tmp_path / "nope.png")
 
 
+@pytest.mark.parametrize("syntax", ["1.2.840.10008.1.2.5", "1.2.840.10008.1.2.4.90"])  # RLE, JPEG 2000 lossless
+def test_compressed_dicom_decodes(tmp_path: Path, syntax: str) -> None:
+    from tests.data.native_fixtures import save_dicom
+    from wsseg.data.imageio import read_image
+
+    pytest.importorskip("openjpeg") if syntax.endswith(".90") else None
+    img = phantom(False).image
+    save_dicom(tmp_path / "plain.dcm", img, monochrome1=True)
+    save_dicom(tmp_path / "packed.dcm", img, monochrome1=True, syntax=syntax)
+    np.testing.assert_array_equal(read_image(tmp_path / "packed.dcm"), read_image(tmp_path / "plain.dcm"))
+
+
+def test_missing_decoder_names_the_package(tmp_path: Path) -> None:
+    import pydicom
+
+    from tests.data.native_fixtures import save_dicom
+    from wsseg.data.imageio import read_image
+
+    save_dicom(tmp_path / "a.dcm", phantom(False).image, syntax="1.2.840.10008.1.2.5")
+    ds = pydicom.dcmread(tmp_path / "a.dcm")
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.70"  # JPEG Lossless SV1: no MIT decoder installed
+    ds.save_as(tmp_path / "a.dcm")
+    try:
+        import libjpeg  # noqa: F401
+
+        pytest.skip("pylibjpeg-libjpeg is installed")
+    except ImportError:
+        pass
+    with pytest.raises(
+        DataError, match=r"no decoder for transfer syntax 1\.2\.840\.10008\.1\.2\.4\.70.*pip install python-gdcm"
+    ):
+        read_image(tmp_path / "a.dcm")
+
+
 def test_mini_mias(tmp_path: Path) -> None:
     truth = write_mias(tmp_path / "dl", n_pairs=6)
     root, report = prepare_source(

@@ -74,12 +74,9 @@ def _read_dicom(path: Path) -> np.ndarray:
     try:
         arr = ds.pixel_array
     except (RuntimeError, NotImplementedError) as e:
-        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "unknown")
-        raise DataError(
-            path,
-            f"no decoder for transfer syntax {syntax} ({e})",
-            "install the DICOM codecs: pip install pylibjpeg pylibjpeg-openjpeg pylibjpeg-rle",
-        ) from None
+        syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "unknown"))
+        detail = " ".join(str(e).split())  # pydicom's message spans lines; a report line must not
+        raise DataError(path, f"no decoder for transfer syntax {syntax} ({detail})", decoder_hint(syntax)) from None
     except Exception as e:  # truncated pixel data raises ValueError or others depending on the syntax
         raise DataError(path, f"cannot decode the pixel data ({type(e).__name__}: {e})", "download it again") from None
     if arr.ndim != 2:
@@ -89,6 +86,25 @@ def _read_dicom(path: Path) -> np.ndarray:
         bits = int(ds.get("BitsStored", 16))
         out = float(2**bits - 1) - out
     return out
+
+
+# Transfer syntaxes whose decoders are not wsseg dependencies (datasets.md 14): JPEG baseline/extended/lossless
+# and JPEG-LS need pylibjpeg-libjpeg (GPLv3, so an opt-in) or python-gdcm.
+_OPT_IN_SYNTAXES = (
+    "1.2.840.10008.1.2.4.50",
+    "1.2.840.10008.1.2.4.51",
+    "1.2.840.10008.1.2.4.57",
+    "1.2.840.10008.1.2.4.70",
+    "1.2.840.10008.1.2.4.80",
+    "1.2.840.10008.1.2.4.81",
+)
+
+
+def decoder_hint(syntax: str) -> str:
+    """The install command that brings a decoder for ``syntax``."""
+    if syntax in _OPT_IN_SYNTAXES:
+        return "install a decoder: pip install python-gdcm (or pylibjpeg-libjpeg, GPLv3)"
+    return "install the DICOM codecs: pip install pylibjpeg pylibjpeg-openjpeg pylibjpeg-rle"
 
 
 def dicom_pixel_spacing(path: str | Path) -> float | None:
