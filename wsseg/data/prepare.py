@@ -179,7 +179,8 @@ def process_record(rec: SourceRecord, out_hw: tuple[int, int], dataset: str) -> 
     peak = float(raw.max())
     image = tf.apply(raw / peak, is_mask=False)
     out_image = np.round(np.clip(image, 0.0, 1.0) * 65535).astype(np.uint16)
-    out_masks = np.stack([tf.apply(m, is_mask=True) for m in masks])
+    # Most images have no lesion of a class: skip resampling an all-zero full-size mask.
+    out_masks = np.stack([tf.apply(m, is_mask=True) if m.any() else np.zeros(out_hw, bool) for m in masks])
     out_breast = tf.apply(breast, is_mask=True)
     lesions = []
     for les in rec.lesions:
