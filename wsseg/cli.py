@@ -277,6 +277,9 @@ def data_prepare(
     workers: Annotated[int | None, typer.Option(help="Processes (default: all cores).")] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Fail on any bad file instead of skipping it.")] = False,
     seed: Annotated[int, typer.Option(help="Seed of the patient-level split where there is no official one.")] = 0,
+    split_file: Annotated[
+        Path | None, typer.Option(help="A patient_id,split CSV (default: benchmarks/splits/DATASET.csv if present).")
+    ] = None,
 ) -> None:
     """Generate the phantom, or read, preprocess and cache a downloaded dataset (uint16, the profile's size)."""
     from wsseg.config import PROFILES, DataConfig, phantom_config
@@ -288,11 +291,11 @@ def data_prepare(
             _fail(f"`wsseg data prepare {dataset}` needs --root PATH (the downloaded dataset)")
         hw = _profile_hw(profile)
         try:
-            path, report = prepare_source(dataset, root, hw, seed, cache_dir, workers, strict)
+            path, report = prepare_source(dataset, root, hw, seed, cache_dir, workers, strict, split_file=split_file)
         except USER_ERRORS as e:
             _fail(e)
         typer.echo(report.summary())
-        typer.echo(f"cache: {path} ({hw[0]}x{hw[1]})")
+        typer.echo(f"cache: {path} ({hw[0]}x{hw[1]}); patient split in {path / 'split.csv'}")
         return
     try:
         data = DataConfig(**PROFILES[profile].get("data", {}))

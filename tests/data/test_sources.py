@@ -103,6 +103,38 @@ def test_manifest_end_to_end(tmp_path: Path) -> None:
     assert again == root
 
 
+def test_published_split_file_is_written_and_honoured(tmp_path: Path) -> None:
+    write_manifest(tmp_path / "dl", n_patients=6)
+    root, _ = prepare_source("manifest", tmp_path / "dl", OUT_HW, cache_dir=tmp_path / "c", workers=1, progress=False)
+    with open(root / "split.csv", newline="") as f:
+        split = {r["patient_id"]: r["split"] for r in csv.DictReader(f)}
+    assert len(split) == 6 and set(split.values()) == {"train", "val", "test"}
+    moved = next(p for p, s in split.items() if s == "train")
+    (tmp_path / "split.csv").write_text(f"patient_id,split\n{moved},test\n")
+    root2, _ = prepare_source(
+        "manifest",
+        tmp_path / "dl",
+        OUT_HW,
+        cache_dir=tmp_path / "c",
+        workers=1,
+        progress=False,
+        split_file=tmp_path / "split.csv",
+    )
+    assert root2 != root  # the split file keys the cache
+    got = samples(root2, "manifest")
+    assert got[f"{moved.lower()}-L"]["split"] == "test" == got[f"{moved.lower()}-R"]["split"]
+    (tmp_path / "split.csv").write_text(f"patient_id,split\n{moved},holdout\n")
+    with pytest.raises(DataError, match="unknown split 'holdout'"):
+        prepare_source(
+            "manifest",
+            tmp_path / "dl",
+            OUT_HW,
+            cache_dir=tmp_path / "c",
+            progress=False,
+            split_file=tmp_path / "split.csv",
+        )
+
+
 def _edit_manifest(path: Path, image_id: str, **changes: str) -> None:
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))

@@ -85,8 +85,11 @@ def _fmt_counts(counts: dict[str, int]) -> str:
     return ", ".join(f"{n} {s}" for s, n in counts.items())
 
 
-def assign_splits(records: list[SourceRecord], seed: int) -> dict[str, str]:
-    """image_id -> split, by patient: the official split where given, else a seeded 70/15/15 split.
+def assign_splits(records: list[SourceRecord], seed: int, fixed: dict[str, str] | None = None) -> dict[str, str]:
+    """image_id -> split, by patient: a published split, then the official one, else a seeded 70/15/15 split.
+
+    ``fixed`` maps patient ids to splits (a file under ``benchmarks/splits/``); patients it does not name
+    are assigned as below.
 
     A patient whose images carry different official splits (CBIS-DDSM's mass and calc lists disagree for some)
     goes to ``test`` whole, so no test image's patient is trained on. Validation is carved from the official
@@ -98,9 +101,12 @@ def assign_splits(records: list[SourceRecord], seed: int) -> dict[str, str]:
         by_patient.setdefault(r.patient_id, set()).add(r.split)
     key = lambda p: hashlib.sha256(f"{seed}:{p}".encode()).hexdigest()  # noqa: E731
     out: dict[str, str] = {}
-    free = sorted((p for p, s in by_patient.items() if s == {None}), key=key)
+    fixed = fixed or {}
+    free = sorted((p for p, s in by_patient.items() if s == {None} and p not in fixed), key=key)
     for p, s in by_patient.items():
-        if s != {None}:
+        if p in fixed:
+            out[p] = fixed[p]
+        elif s != {None}:
             out[p] = "test" if "test" in s else "val" if "val" in s else "train"
     if free:
         n = len(free)
@@ -108,11 +114,41 @@ def assign_splits(records: list[SourceRecord], seed: int) -> dict[str, str]:
         n_val = max(1, round(n * SPLIT_FRACTIONS["val"])) if n >= 3 else 0
         for i, p in enumerate(free):
             out[p] = "test" if i < n_test else "val" if i < n_test + n_val else "train"
-    official_train = sorted((p for p, s in by_patient.items() if s != {None} and out[p] == "train"), key=key)
+    official_train = sorted(
+        (p for p, s in by_patient.items() if s != {None} and p not in fixed and out[p] == "train"), key=key
+    )
     if len(official_train) >= 2 and "val" not in out.values():
         for p in official_train[: max(1, round(len(official_train) * SPLIT_FRACTIONS["val"]))]:
             out[p] = "val"
     return {r.image_id: out[r.patient_id] for r in records}
+
+
+# Published patient-level splits, one ``<dataset>.csv`` (patient_id,split) per dataset, committed with wsseg.
+SPLITS_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "splits"
+
+
+def read_split_file(path: Path) -> dict[str, str]:
+    """patient_id -> split from a ``patient_id,split`` CSV.
+
+    Raises:
+        DataError: missing columns or an unknown split value.
+    """
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    if rows and not {"patient_id", "split"} <= set(rows[0]):
+        raise DataError(path, "needs the columns patient_id,split", "rewrite it as written by wsseg data prepare")
+    out = {}
+    for i, r in enumerate(rows, start=2):
+        if r["split"] not in SPLITS:
+            raise DataError(f"{path}:{i}", f"unknown split {r['split']!r}", f"use one of {', '.join(SPLITS)}")
+        out[r["patient_id"]] = r["split"]
+    return out
+
+
+def default_split_file(dataset: str) -> Path | None:
+    """The committed split file of ``dataset`` (``benchmarks/splits/<dataset>.csv``) when it exists."""
+    path = SPLITS_DIR / f"{dataset}.csv"
+    return path if path.is_file() else None
 
 
 def rasterise(lesions: list[Lesion], shape: tuple[int, int], image_file: Path) -> np.ndarray:
@@ -253,7 +289,12 @@ def _prepare_one(args: tuple[SourceRecord, tuple[int, int], str, str, str | None
 
 
 def source_cache_dir(
-    dataset: str, root: str | Path, out_hw: tuple[int, int], seed: int, cache_dir: str | Path | None = None
+    dataset: str,
+    root: str | Path,
+    out_hw: tuple[int, int],
+    seed: int,
+    cache_dir: str | Path | None = None,
+    split_hash: str | None = None,
 ) -> Path:
     """The cache folder of a source prepared at ``out_hw``.
 
@@ -267,6 +308,7 @@ def source_cache_dir(
             "root": str(Path(root).resolve()),
             "hw": list(out_hw),
             "seed": seed,
+            "split_file": split_hash,
         },
         sort_keys=True,
     )
@@ -283,6 +325,7 @@ def _run(
     workers: int | None,
     strict: bool,
     progress: bool,
+    split_file: Path | None = None,
 ) -> tuple[DataReport, list[dict[str, Any]]]:
     root = Path(root).expanduser()
     if not root.exists():
@@ -290,7 +333,7 @@ def _run(
     src = get_source(dataset)
     scan = src.scan(root)
     report = DataReport(dataset, str(root), problems=list(scan.problems))
-    splits = assign_splits(scan.records, seed)
+    splits = assign_splits(scan.records, seed, read_split_file(split_file) if split_file else None)
     tasks = [(r, out_hw, dataset, splits[r.image_id], str(target) if target else None) for r in scan.records]
     workers = max(1, min(workers or os.cpu_count() or 1, len(tasks) or 1))
     bar = tqdm(total=len(tasks), desc=f"{dataset} {out_hw[0]}x{out_hw[1]}", unit="img", disable=not progress)
@@ -351,14 +394,21 @@ def prepare_source(
     workers: int | None = None,
     strict: bool = False,
     progress: bool = True,
+    split_file: str | Path | None = None,
 ) -> tuple[Path, DataReport]:
     """Build (or reuse) the uint16 cache of ``dataset`` read from ``root``; return its folder and the report.
+
+    The patient-level split comes from ``split_file`` (``patient_id,split``), else the committed
+    ``benchmarks/splits/<dataset>.csv``, else the official split, else a seeded one. The split used is written
+    to ``split.csv`` in the cache folder, ready to be published.
 
     Raises:
         FileNotFoundError: ``root`` does not exist.
         DataError: the index is unusable; a split is empty; (``strict``) any file is bad.
     """
-    target = source_cache_dir(dataset, root, out_hw, seed, cache_dir)
+    split_path = Path(split_file) if split_file is not None else default_split_file(dataset)
+    split_hash = hashlib.sha256(split_path.read_bytes()).hexdigest()[:12] if split_path else None
+    target = source_cache_dir(dataset, root, out_hw, seed, cache_dir, split_hash)
     if (target / "manifest.csv").exists() and (target / "report.json").exists():
         saved = json.loads((target / "report.json").read_text(encoding="utf-8"))
         report = DataReport(
@@ -370,7 +420,7 @@ def prepare_source(
             str(target),
         )
         return target, report
-    report, rows = _run(dataset, root, out_hw, seed, target, workers, strict, progress)
+    report, rows = _run(dataset, root, out_hw, seed, target, workers, strict, progress, split_path)
     report.cache = str(target)
     empty = [s for s in SPLITS if report.counts.get(s, 0) == 0]
     if empty:
@@ -380,6 +430,11 @@ def prepare_source(
             "a run needs train, val and test images; add patients",
         )
     atomic_write_json(target / "report.json", report.to_dict())
+    split_buf = io.StringIO()
+    split_writer = csv.writer(split_buf, lineterminator="\n")
+    split_writer.writerow(["patient_id", "split"])
+    split_writer.writerows(sorted({(r["patient_id"], r["split"]) for r in rows}))
+    atomic_write_text(target / "split.csv", split_buf.getvalue())
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
     writer.writeheader()
