@@ -403,6 +403,19 @@ def test_vindr_mammo(tmp_path: Path) -> None:
             assert s["labels"].tolist() == [0.0, 0.0] and not s["masks"].any()
 
 
+def test_vindr_size_mismatch_is_reported(tmp_path: Path) -> None:
+    from tests.data.native_fixtures import write_vindr
+
+    write_vindr(tmp_path, n_studies=5)
+    text = (tmp_path / "breast-level_annotations.csv").read_text().splitlines()
+    cells = text[1].split(",")
+    cells[5] = "70"  # height of the first image in the table no longer matches its DICOM
+    (tmp_path / "breast-level_annotations.csv").write_text("\n".join([text[0], ",".join(cells), *text[2:]]) + "\n")
+    report = check_source("vindr-mammo", tmp_path, OUT_HW, workers=1)
+    (problem,) = report.problems
+    assert problem.file.endswith(f"{cells[2]}.dicom") and "64x48 but the annotation table says 70x48" in problem.reason
+
+
 def test_inbreast(tmp_path: Path) -> None:
     from tests.data.native_fixtures import write_inbreast
 

@@ -207,6 +207,14 @@ def process_record(rec: SourceRecord, out_hw: tuple[int, int], dataset: str) -> 
         DataError: unreadable image, missing or wrong-size mask.
     """
     raw = read_image(rec.image_file)
+    if rec.expected_hw is not None and raw.shape != tuple(rec.expected_hw):
+        # Annotations are in the table's pixel frame; another image size means they would land elsewhere.
+        raise DataError(
+            rec.image_file,
+            f"image is {raw.shape[0]}x{raw.shape[1]} but the annotation table says "
+            f"{rec.expected_hw[0]}x{rec.expected_hw[1]}",
+            "the file does not match its annotations; download it again",
+        )
     masks = rasterise(rec.lesions, raw.shape, rec.image_file)  # type: ignore[arg-type]
     breast = breast_region(raw)
     if not breast.any():

@@ -89,6 +89,7 @@ class SourceRecord:
         chest_wall: where the dataset's tags put the chest wall natively (``left``/``right``), or None; the
             flip itself is decided by image content and disagreements are counted in the report.
         pixel_spacing_mm: native pixel spacing when known.
+        expected_hw: the (rows, cols) the dataset's tables give, checked against the decoded image.
         extra: dataset-specific meta copied into each sample's meta.
     """
 
@@ -103,6 +104,7 @@ class SourceRecord:
     split: str | None = None
     chest_wall: str | None = None
     pixel_spacing_mm: float | None = None
+    expected_hw: tuple[int, int] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -3,7 +3,8 @@
 Layout: ``breast-level_annotations.csv``, ``finding_annotations.csv`` and ``images/<study_id>/<image_id>.dicom``
 (extension ``.dicom``). Pitfalls handled (datasets.md 3.5): ``finding_categories`` is a Python list literal
 (parsed with :func:`ast.literal_eval`, never split on commas); boxes are floats in the original, unmirrored
-pixel frame and may fall outside the image (clipped to the CSV's width and height); one image has as many
+pixel frame and may fall outside the image (clipped to the CSV's width and height, which must match the
+decoded image); one image has as many
 finding rows as findings; MONOCHROME1 images are inverted on decoding.
 
 Labels are **BI-RADS, not pathology** (``label_source = birads``): malignant when the breast or a finding is
@@ -115,5 +116,6 @@ class VinDrMammo(DataSource):
             lesions=lesions,
             split=split,
             chest_wall="right" if lat == "R" else "left",  # not mirrored: right breasts face left
+            expected_hw=(int(height), int(width)),
             extra={"breast_birads": row["breast_birads"].strip(), "density": row.get("breast_density", "").strip()},
         )
