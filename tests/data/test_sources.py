@@ -135,11 +135,24 @@ def test_published_split_file_is_written_and_honoured(tmp_path: Path) -> None:
         )
 
 
-def _edit_manifest(path: Path, image_id: str, **changes: str) -> None:
+def test_interrupted_prepare_resumes_and_odd_ids_are_safe(tmp_path: Path) -> None:
+    write_manifest(tmp_path / "dl", n_patients=6)
+    _edit_manifest(tmp_path / "dl" / "manifest.csv", "p3-L", image_id="../p3 L")
+    root, _ = prepare_source("manifest", tmp_path / "dl", OUT_HW, cache_dir=tmp_path / "c", workers=1, progress=False)
+    assert "../p3 L" in samples(root, "manifest")
+    assert all(p.parent.parent == root for p in root.rglob("*.npz"))  # nothing escaped the cache folder
+    (root / "manifest.csv").unlink()  # as if killed before the manifest: the images are reused
+    before = {p: p.stat().st_mtime_ns for p in root.rglob("*.npz")}
+    again, report = prepare_source("manifest", tmp_path / "dl", OUT_HW, cache_dir=tmp_path / "c", progress=False)
+    assert again == root and sum(report.counts.values()) == 12
+    assert {p: p.stat().st_mtime_ns for p in root.rglob("*.npz")} == before
+
+
+def _edit_manifest(path: Path, which: str, **changes: str) -> None:
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     for r in rows:
-        if r["image_id"] == image_id:
+        if r["image_id"] == which:
             r.update(changes)
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))

@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import os
+import re
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -261,7 +262,14 @@ def process_record(rec: SourceRecord, out_hw: tuple[int, int], dataset: str) -> 
 def _prepare_one(args: tuple[SourceRecord, tuple[int, int], str, str, str | None]) -> dict[str, Any]:
     """Process one record (and write it when ``root`` is given); a failure comes back as a problem, not a raise."""
     rec, out_hw, dataset, split, root = args
-    rel = f"{split}/{rec.image_id}.npz"
+    rel = f"{split}/{cache_file_name(rec.image_id)}"
+    if root is not None and (Path(root) / rel).is_file():  # written by an interrupted prepare: resume
+        try:
+            with np.load(Path(root) / rel) as z:
+                disagrees = bool(json.loads(str(z["meta"])).get("orientation_disagrees_with_tags"))
+            return {"row": _manifest_row(rec, split, rel), "disagrees": rec.image_id if disagrees else None}
+        except (OSError, KeyError, ValueError):
+            pass  # unreadable leftover: process the image again
     try:
         p = process_record(rec, out_hw, dataset)
         if root is not None:
@@ -282,7 +290,11 @@ def _prepare_one(args: tuple[SourceRecord, tuple[int, int], str, str, str | None
         return {"problem": (e.file, e.reason + (f"; {e.fix}" if e.fix else ""))}
     except Exception as e:  # an unforeseen failure on one file must be reported, not abort a long prepare
         return {"problem": (str(rec.image_file), f"{type(e).__name__}: {e}")}
-    row = {
+    return {"row": _manifest_row(rec, split, rel), "disagrees": rec.image_id if p.disagrees else None}
+
+
+def _manifest_row(rec: SourceRecord, split: str, rel: str) -> dict[str, Any]:
+    return {
         "image_id": rec.image_id,
         "patient_id": rec.patient_id,
         "exam_id": rec.exam_id,
@@ -293,7 +305,17 @@ def _prepare_one(args: tuple[SourceRecord, tuple[int, int], str, str, str | None
         "malignant": rec.labels[1],
         "file": rel,
     }
-    return {"row": row, "disagrees": rec.image_id if p.disagrees else None}
+
+
+def cache_file_name(image_id: str) -> str:
+    """A file name for ``image_id``: the id itself when filesystem-safe, else a cleaned id plus a hash.
+
+    Manifest ids may hold ``/`` or spaces; the hash keeps two ids that clean to the same text apart.
+    """
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", image_id)
+    if safe == image_id and not image_id.startswith("."):
+        return f"{image_id}.npz"
+    return f"{safe.lstrip('.')}-{hashlib.sha256(image_id.encode()).hexdigest()[:8]}.npz"
 
 
 def source_cache_dir(
