@@ -45,9 +45,8 @@ def _read_pil(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as im:
             im.load()
-            if im.mode in ("RGB", "RGBA", "P", "LA"):
-                im = im.convert("L")  # some mirrors ship greyscale as 3 identical channels
-            arr = np.asarray(im)
+            # Some mirrors ship greyscale as 3 identical channels.
+            arr = np.asarray(im.convert("L") if im.mode in ("RGB", "RGBA", "P", "LA") else im)
     except (
         OSError,
         ValueError,
@@ -63,7 +62,7 @@ def _read_pil(path: Path) -> np.ndarray:
 
 def _read_dicom(path: Path) -> np.ndarray:
     import pydicom
-    from pydicom.pixels import apply_modality_lut
+    from pydicom.pixels import apply_modality_lut  # type: ignore[attr-defined]
 
     try:
         ds = pydicom.dcmread(path)

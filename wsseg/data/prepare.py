@@ -216,7 +216,7 @@ def process_record(rec: SourceRecord, out_hw: tuple[int, int], dataset: str) -> 
             f"{rec.expected_hw[0]}x{rec.expected_hw[1]}",
             "the file does not match its annotations; download it again",
         )
-    masks = rasterise(rec.lesions, raw.shape, rec.image_file)  # type: ignore[arg-type]
+    masks = rasterise(rec.lesions, (raw.shape[0], raw.shape[1]), rec.image_file)
     breast = breast_region(raw)
     if not breast.any():
         raise DataError(rec.image_file, "the image is blank (no breast found)", "check the file is a mammogram")

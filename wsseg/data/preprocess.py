@@ -127,7 +127,7 @@ def breast_region(image: np.ndarray) -> np.ndarray:
         eroded = labels == int(np.argmax(sizes)) + 1
     component = ndimage.binary_dilation(eroded, iterations=iterations + 1)
     full = np.repeat(np.repeat(component, step, axis=0), step, axis=1)[: image.shape[0], : image.shape[1]]
-    return fg & full
+    return np.asarray(fg & full, dtype=bool)
 
 
 def chest_wall_on_right(breast: np.ndarray) -> bool:

@@ -74,7 +74,7 @@ class INbreast(DataSource):
         table = next(iter(sorted(root.rglob("INbreast.csv"))), None)
         if table is None:
             raise DataError(root, "no INbreast.csv", "copy INbreast.csv from the download")
-        dicoms = {}
+        dicoms: dict[str, tuple[Path, re.Match[str]]] = {}
         for p in root.rglob("*.dcm"):
             m = FILE.match(p.stem)
             if m:
@@ -91,7 +91,9 @@ class INbreast(DataSource):
         return ScanResult(records, problems)
 
     @staticmethod
-    def _record(row: dict[str, str], where: str, dicoms: dict, xmls: dict[str, Path]) -> SourceRecord:
+    def _record(
+        row: dict[str, str], where: str, dicoms: dict[str, tuple[Path, re.Match[str]]], xmls: dict[str, Path]
+    ) -> SourceRecord:
         name = row.get("File Name", "")
         birads = row.get("Bi-Rads", "").lower()
         if birads not in BIRADS:

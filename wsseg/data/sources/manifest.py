@@ -68,7 +68,9 @@ class ManifestSource(DataSource):
             if missing:
                 raise DataError(csv_path, f"missing column(s) {missing}", f"the header needs {', '.join(REQUIRED)}")
             rows = list(reader)
-        records, problems, seen = [], [], set()
+        records: list[SourceRecord] = []
+        problems: list[Problem] = []
+        seen: set[str] = set()
         for i, row in enumerate(rows, start=2):  # line 1 is the header
             where = f"{csv_path}:{i}"
             try:
