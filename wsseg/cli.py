@@ -306,6 +306,25 @@ def data_prepare(
     typer.echo(f"{sum(counts.values())} images ready in {path}")
 
 
+@data_app.command("fixture")
+def data_fixture(
+    dataset: Annotated[str, typer.Argument(help="Data source name (see `wsseg list datasets`).")],
+    out: Annotated[Path, typer.Option("--out", help="Folder to write the fixture into.")],
+) -> None:
+    """Write a tiny synthetic download of DATASET in its native layout (with its known traps), for trying wsseg."""
+    from wsseg.data.fixtures import WRITERS
+
+    if dataset not in WRITERS:
+        _fail(f"no fixture writer for {dataset!r}; available: {', '.join(sorted(WRITERS))}")
+    try:
+        truth = WRITERS[dataset](out)
+    except OSError as e:
+        _fail(e)
+    typer.echo(
+        f"wrote a {dataset} fixture of {len(truth)} images to {out}; try: wsseg data check {dataset} --root {out}"
+    )
+
+
 @data_app.command("preview")
 def data_preview(
     dataset: Annotated[str, typer.Argument(help="Dataset name.")] = "phantom",

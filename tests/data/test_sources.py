@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from tests.data.native_fixtures import Phantom, phantom, save_mask, write_manifest, write_mias, write_nyu
 from wsseg.cli import app
 from wsseg.data.dataset import MammogramDataset
+from wsseg.data.fixtures import Phantom, phantom, save_mask, write_manifest, write_mias, write_nyu
 from wsseg.data.prepare import assign_splits, check_source, prepare_source
 from wsseg.data.preprocess import Transform, breast_region, plan_transform
 from wsseg.data.sources import DataError, get_source, list_sources
@@ -187,7 +187,7 @@ def test_bad_input_is_reported_skipped_or_fatal_in_strict(tmp_path: Path) -> Non
 
 
 def test_truncated_dicom_and_missing_decoder_are_clear(tmp_path: Path) -> None:
-    from tests.data.native_fixtures import save_dicom
+    from wsseg.data.fixtures import save_dicom
     from wsseg.data.imageio import read_image
 
     path = tmp_path / "a.dcm"
@@ -202,7 +202,7 @@ def test_truncated_dicom_and_missing_decoder_are_clear(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("syntax", ["1.2.840.10008.1.2.5", "1.2.840.10008.1.2.4.90"])  # RLE, JPEG 2000 lossless
 def test_compressed_dicom_decodes(tmp_path: Path, syntax: str) -> None:
-    from tests.data.native_fixtures import save_dicom
+    from wsseg.data.fixtures import save_dicom
     from wsseg.data.imageio import read_image
 
     pytest.importorskip("openjpeg") if syntax.endswith(".90") else None
@@ -215,7 +215,7 @@ def test_compressed_dicom_decodes(tmp_path: Path, syntax: str) -> None:
 def test_missing_decoder_names_the_package(tmp_path: Path) -> None:
     import pydicom
 
-    from tests.data.native_fixtures import save_dicom
+    from wsseg.data.fixtures import save_dicom
     from wsseg.data.imageio import read_image
 
     save_dicom(tmp_path / "a.dcm", phantom(False).image, syntax="1.2.840.10008.1.2.5")
@@ -364,7 +364,7 @@ def test_cli_list_check_prepare_and_run(tmp_path: Path) -> None:
 
 
 def test_cbis_ddsm(tmp_path: Path) -> None:
-    from tests.data.native_fixtures import write_cbis
+    from wsseg.data.fixtures import write_cbis
 
     truth = write_cbis(tmp_path / "dl")
     root, report = prepare_source(
@@ -389,7 +389,7 @@ def test_cbis_ddsm(tmp_path: Path) -> None:
 
 
 def test_vindr_mammo(tmp_path: Path) -> None:
-    from tests.data.native_fixtures import write_vindr
+    from wsseg.data.fixtures import write_vindr
 
     truth = write_vindr(tmp_path / "dl", n_studies=5)
     scan = get_source("vindr-mammo").scan(tmp_path / "dl")
@@ -417,7 +417,7 @@ def test_vindr_mammo(tmp_path: Path) -> None:
 
 
 def test_vindr_size_mismatch_is_reported(tmp_path: Path) -> None:
-    from tests.data.native_fixtures import write_vindr
+    from wsseg.data.fixtures import write_vindr
 
     write_vindr(tmp_path, n_studies=5)
     text = (tmp_path / "breast-level_annotations.csv").read_text().splitlines()
@@ -430,7 +430,7 @@ def test_vindr_size_mismatch_is_reported(tmp_path: Path) -> None:
 
 
 def test_inbreast(tmp_path: Path) -> None:
-    from tests.data.native_fixtures import write_inbreast
+    from wsseg.data.fixtures import write_inbreast
 
     truth = write_inbreast(tmp_path / "dl", n_patients=6)
     root, report = prepare_source(
@@ -456,7 +456,7 @@ def test_inbreast(tmp_path: Path) -> None:
 
 
 def test_unknown_birads_is_a_counted_skip(tmp_path: Path) -> None:
-    from tests.data.native_fixtures import write_inbreast
+    from wsseg.data.fixtures import write_inbreast
 
     write_inbreast(tmp_path, n_patients=6)
     text = (tmp_path / "INbreast.csv").read_text().replace(";4c\n", ";7\n", 1)
@@ -468,16 +468,9 @@ def test_unknown_birads_is_a_counted_skip(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("dataset", ["mini-mias", "nyu", "cbis-ddsm", "vindr-mammo", "inbreast"])
 def test_cli_check_and_run_every_source(tmp_path: Path, dataset: str) -> None:
-    from tests.data import native_fixtures as nf
 
-    writer = {
-        "mini-mias": nf.write_mias,
-        "nyu": nf.write_nyu,
-        "cbis-ddsm": nf.write_cbis,
-        "vindr-mammo": nf.write_vindr,
-        "inbreast": nf.write_inbreast,
-    }[dataset]
-    writer(tmp_path / "dl")
+    result = runner.invoke(app, ["data", "fixture", dataset, "--out", str(tmp_path / "dl")])
+    assert result.exit_code == 0 and "wrote a" in result.output, result.output
     result = runner.invoke(app, ["data", "check", dataset, "--root", str(tmp_path / "dl"), "--workers", "1"])
     assert result.exit_code == 0 and "usable images" in result.output, result.output
     args = [

@@ -1,4 +1,9 @@
-"""Writers of tiny native-layout fixtures (manifest CSV, mini-MIAS, NYU exam list, DICOM) from a simple phantom.
+"""Writers of tiny native-layout fixtures of every data source, from a simple phantom (``wsseg data fixture``).
+
+They let the loaders be tested, and ``wsseg data check``/``prepare``/``run`` be tried, without a download.
+Each known trap of datasets.md is built in (CBIS-DDSM's swapped crop/mask columns and wrong-size mask,
+VinDr's list-valued categories and overhanging boxes, INbreast's ``ML`` views and off-by-one ROI counts,
+mini-MIAS's bottom-left origin and 4-token lines, the NYU ``horizontal_flip``), some as switches.
 
 The phantom is a half-ellipse breast against the chest wall with one bright disc lesion at a known place,
 plus a small bright "film label" in the far corner (a second component the breast crop must drop). Right
@@ -60,8 +65,11 @@ def save_mask(path: Path, mask: np.ndarray) -> None:
 
 
 def save_dicom(path: Path, img: np.ndarray, monochrome1: bool = False, bits: int = 12, syntax: str = "") -> None:
-    """A single-frame DICOM mammogram (MONOCHROME1 stores inverted values), uncompressed unless ``syntax`` is a
-    compressed transfer-syntax UID (RLE, JPEG 2000: encoded by pydicom with pylibjpeg)."""
+    """A single-frame DICOM mammogram; MONOCHROME1 stores inverted values.
+
+    Uncompressed unless ``syntax`` is a compressed transfer-syntax UID (RLE, JPEG 2000: encoded by pydicom with
+    pylibjpeg).
+    """
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -145,6 +153,7 @@ def write_manifest(root: Path, n_patients: int = 6, dicom_monochrome1: bool = Tr
 
 
 def write_csv(path: Path, header: list[str], rows: list[dict[str, object]]) -> None:
+    """A comma-separated file with ``header``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=header)
@@ -221,7 +230,9 @@ CBIS_HEADER_CALC = (
 
 
 def write_cbis(root: Path) -> dict[str, Phantom]:
-    """Both layouts, the four CSVs with classic paths and embedded newlines, swapped calc crop/mask columns,
+    """A CBIS-DDSM download with its traps.
+
+    Both layouts, the four CSVs with classic paths and embedded newlines, swapped calc crop/mask columns,
     two abnormalities on one image, a patient in mass-train and calc-test, and one wrong-size ROI mask.
 
     Returns subject folder (= image id) -> phantom; ``Mass-Training_P_00003_LEFT_CC`` has the bad mask.
@@ -315,8 +326,11 @@ VINDR_FINDING = (
 
 
 def write_vindr(root: Path, n_studies: int = 5) -> dict[str, Phantom]:
-    """Four views per study, ``.dicom`` files (one MONOCHROME1), both CSVs with a multi-category row, ``No Finding``
-    rows, an empty ``finding_birads`` and a box with a negative ``xmin`` on a right breast."""
+    """A VinDr-Mammo download with its traps.
+
+    Four views per study, ``.dicom`` files (one MONOCHROME1), both CSVs with a multi-category row, ``No Finding``
+    rows, an empty ``finding_birads`` and a box with a negative ``xmin`` on a right breast.
+    """
     breast_rows, finding_rows, truth = [], [], {}
     for s in range(n_studies):
         study = f"{s:032x}"
@@ -368,8 +382,7 @@ def write_vindr(root: Path, n_studies: int = 5) -> dict[str, Phantom]:
                     )
                 elif lat == "R" and view == "MLO" and s % 2 == 1:
                     breast = "BI-RADS 3"
-                    # A box overhanging the right edge ... no: the chest wall is on the right, the nipple side
-                    # (small x) may overhang: xmin below zero, clipped on reading.
+                    # A right breast's nipple side is at small x, where boxes overhang (xmin < 0): clipped on reading.
                     finding_rows.append(
                         {
                             **base,
@@ -426,8 +439,11 @@ def _plist_rois(rois: list[tuple[str, list[tuple[float, float]]]], declared: int
 
 
 def write_inbreast(root: Path, n_patients: int = 6) -> dict[str, Phantom]:
-    """``INbreast.csv`` (``4a``, ``FB`` view, blank ACR), DICOMs named with ``ML``, XMLs with a 12-vertex Mass, a
-    1-point Calcification, ``NumberOfROIs`` off by one, and a PectoralMuscle XML using ``ROIPoints``."""
+    """An INbreast download with its traps.
+
+    ``INbreast.csv`` (``4a``, ``FB`` view, blank ACR), DICOMs named with ``ML``, XMLs with a 12-vertex Mass, a
+    1-point Calcification, ``NumberOfROIs`` off by one, and a PectoralMuscle XML using ``ROIPoints``.
+    """
     header = "Patient ID;Patient age;Laterality;View;Acquisition date;File Name;ACR;Bi-Rads".split(";")
     rows, truth = [], {}
     birads = ["4a", "2", "1", "5", "3", "4c"]
@@ -468,3 +484,13 @@ def write_inbreast(root: Path, n_patients: int = 6) -> dict[str, Phantom]:
         w.writeheader()
         w.writerows(rows)
     return truth
+
+
+WRITERS = {
+    "manifest": write_manifest,
+    "mini-mias": write_mias,
+    "nyu": write_nyu,
+    "cbis-ddsm": write_cbis,
+    "vindr-mammo": write_vindr,
+    "inbreast": write_inbreast,
+}
