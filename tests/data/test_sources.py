@@ -212,6 +212,19 @@ def test_compressed_dicom_decodes(tmp_path: Path, syntax: str) -> None:
     np.testing.assert_array_equal(read_image(tmp_path / "packed.dcm"), read_image(tmp_path / "plain.dcm"))
 
 
+def test_pixel_padding_becomes_background(tmp_path: Path) -> None:
+    from wsseg.data.fixtures import save_dicom
+    from wsseg.data.imageio import read_image
+
+    ph = phantom(False)
+    # MONOCHROME2 with a bright padding value: unhandled, the padding would be the largest bright component.
+    save_dicom(tmp_path / "a.dcm", ph.image, padding=4095)
+    img = read_image(tmp_path / "a.dcm")
+    assert img[ph.image == 0].max() <= img[ph.image > 0].min()
+    breast = breast_region(img)
+    assert breast[:, 0].any() and not breast[0, :].all()
+
+
 def test_missing_decoder_names_the_package(tmp_path: Path) -> None:
     import pydicom
 

@@ -64,11 +64,13 @@ def save_mask(path: Path, mask: np.ndarray) -> None:
     Image.fromarray(mask.astype(np.uint8) * 255).save(path)
 
 
-def save_dicom(path: Path, img: np.ndarray, monochrome1: bool = False, bits: int = 12, syntax: str = "") -> None:
+def save_dicom(
+    path: Path, img: np.ndarray, monochrome1: bool = False, bits: int = 12, syntax: str = "", padding: int | None = None
+) -> None:
     """A single-frame DICOM mammogram; MONOCHROME1 stores inverted values.
 
     Uncompressed unless ``syntax`` is a compressed transfer-syntax UID (RLE, JPEG 2000: encoded by pydicom with
-    pylibjpeg).
+    pylibjpeg). ``padding`` writes that stored value outside the breast and declares it as Pixel Padding Value.
     """
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -77,6 +79,8 @@ def save_dicom(path: Path, img: np.ndarray, monochrome1: bool = False, bits: int
     values = np.round(img * peak).astype(np.uint16)
     if monochrome1:
         values = (peak - values).astype(np.uint16)
+    if padding is not None:
+        values[img == 0] = padding
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.2"
     meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -91,6 +95,8 @@ def save_dicom(path: Path, img: np.ndarray, monochrome1: bool = False, bits: int
     ds.PhotometricInterpretation = "MONOCHROME1" if monochrome1 else "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits, bits - 1, 0
     ds.PixelSpacing = [0.07, 0.07]
+    if padding is not None:
+        ds.PixelPaddingValue = padding
     ds.PixelData = values.tobytes()
     if syntax:
         ds.compress(syntax, values, generate_instance_uid=False)

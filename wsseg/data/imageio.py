@@ -21,9 +21,10 @@ Image.MAX_IMAGE_PIXELS = 400_000_000
 def read_image(path: str | Path) -> np.ndarray:
     """Decode a greyscale image to float32 (H, W).
 
-    DICOM: the modality LUT (rescale slope/intercept) is applied and MONOCHROME1 is inverted using
-    ``2**BitsStored - 1``; VOI windowing is not applied (raw linear values are the model input, datasets.md
-    11.1). PNG/PGM/TIFF/JPEG: the stored values, 16-bit kept intact.
+    DICOM: the modality LUT (rescale slope/intercept) is applied, MONOCHROME1 is inverted using
+    ``2**BitsStored - 1`` and Pixel Padding Value (Range Limit) pixels are set to the image minimum; VOI
+    windowing is not applied (raw linear values are the model input, datasets.md 11.1).
+    PNG/PGM/TIFF/JPEG: the stored values, 16-bit kept intact.
 
     Raises:
         DataError: missing, truncated or undecodable file; a compressed DICOM without its decoder.
@@ -80,11 +81,27 @@ def _read_dicom(path: Path) -> np.ndarray:
         raise DataError(path, f"cannot decode the pixel data ({type(e).__name__}: {e})", "download it again") from None
     if arr.ndim != 2:
         raise DataError(path, f"expected one greyscale frame, got shape {arr.shape}", "use single-frame images")
+    padding = _padding_mask(arr, ds)
     out = apply_modality_lut(arr, ds).astype(np.float32)
     if str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip() == "MONOCHROME1":
         bits = int(ds.get("BitsStored", 16))
         out = float(2**bits - 1) - out
+    if padding is not None and padding.any() and not padding.all():
+        # Padding marks pixels outside the detector's field; as background they must not join the breast region.
+        out[padding] = out[~padding].min()
     return out
+
+
+def _padding_mask(stored: np.ndarray, ds: object) -> np.ndarray | None:
+    """Pixels flagged by Pixel Padding Value (and Range Limit), compared on stored values as the standard says."""
+    value = getattr(ds, "PixelPaddingValue", None)
+    if value is None:
+        return None
+    limit = getattr(ds, "PixelPaddingRangeLimit", None)
+    if limit is None:
+        return np.asarray(stored == int(value))
+    lo, hi = sorted((int(value), int(limit)))
+    return np.asarray((stored >= lo) & (stored <= hi))
 
 
 # Transfer syntaxes whose decoders are not wsseg dependencies (datasets.md 14): JPEG baseline/extended/lossless
