@@ -21,8 +21,9 @@ Lesion-level FROC.
     neither true nor false positives (the CAMELYON16 / MONAI rule); every other detection is a
     false positive. Sweeping t over the detection scores gives the operating points
     (mean false positives per image over *all* images, lesion sensitivity), joined to the origin;
-    the sensitivity at a false-positive rate f is linearly interpolated between them (MONAI's
-    ``compute_froc_score``) and the FROC score is its mean over f in {0.25, 0.5, 1, 2, 4, 8}.
+    the sensitivity at a false-positive rate f is read off the polyline through them in threshold order
+    (linear between points; MONAI's ``compute_froc_score``) and the FROC score is its mean over
+    f in {0.25, 0.5, 1, 2, 4, 8}.
 
 MaxBoxAccV2 (for box ground truth; Choe et al. 2020).
     For each relative threshold tau on a grid, the map is binarised at ``s >= tau * max(s)`` and every
@@ -154,8 +155,8 @@ class FrocResult:
     """A FROC curve and its summary.
 
     Attributes:
-        fppi: (m,) mean false positives per image at each operating point, non-decreasing, from 0.
-        sensitivity: (m,) lesion sensitivity at the same points, non-decreasing.
+        fppi: (m,) mean false positives per image at each operating point in threshold order, from 0.
+        sensitivity: (m,) lesion sensitivity at the same points.
         sensitivity_at: sensitivity interpolated at each rate of ``FPPI_POINTS``.
         score: mean of ``sensitivity_at``.
     """
@@ -193,7 +194,8 @@ def froc_curves(
     weights = np.concatenate([lesion_weights[:, detected], fp_weights], axis=1)  # (B, M)
     order = np.argsort(-scores, kind="stable")
     scores, is_tp, weights = scores[order], is_tp[order], weights[:, order]
-    last_of_score = np.append(scores[1:] != scores[:-1], True)  # ties form one operating point
+    last_of_score = np.append(scores[1:] != scores[:-1], len(scores) > 0)  # ties form one operating point
+    last_of_score = last_of_score[: len(scores)]
     tp_cum = np.cumsum(np.where(is_tp, weights, 0.0), axis=1)[:, last_of_score]  # (B, m - 1)
     fp_cum = np.cumsum(np.where(is_tp, 0.0, weights), axis=1)[:, last_of_score]
     total = lesion_weights.sum(axis=1, keepdims=True)  # (B, 1)
@@ -205,16 +207,18 @@ def froc_curves(
 
 
 def sensitivity_at(fppi: np.ndarray, sens: np.ndarray, rates: Sequence[float] = FPPI_POINTS) -> np.ndarray:
-    """Sensitivity linearly interpolated at each false-positive rate, (B, len(rates)).
+    """Sensitivity at each false-positive rate, read off the FROC polyline, (B, len(rates)).
 
-    Where several operating points share one rate the best (last) one counts; beyond the last point the
-    sensitivity stays at its last value (np.interp's rule, as in MONAI's ``compute_froc_score``).
+    The polyline joins the operating points in threshold order. At a rate f it is interpolated between the
+    last point with ``fppi <= f`` and the next one; where several points share the rate f the last (best)
+    one counts, and beyond the last point the sensitivity stays at its last value. This is ``np.interp`` on
+    the points in order, as in MONAI's ``compute_froc_score``, vectorised over the rows.
     """
     out = np.empty((len(fppi), len(rates)))
     rows = np.arange(len(fppi))
     m = fppi.shape[1]
     for j, f in enumerate(rates):
-        i = (fppi <= f).sum(axis=1) - 1  # (B,) last point at or below f (fppi is non-decreasing, fppi[:, 0] = 0)
+        i = (fppi <= f).sum(axis=1) - 1  # (B,) last point at or below f (rows are non-decreasing, start at 0)
         nxt = np.minimum(i + 1, m - 1)
         x0, x1, y0, y1 = fppi[rows, i], fppi[rows, nxt], sens[rows, i], sens[rows, nxt]
         with np.errstate(invalid="ignore", divide="ignore"):
