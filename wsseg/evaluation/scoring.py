@@ -291,7 +291,7 @@ def check_map_size(path: Path, size: tuple[int, int], image: tuple[int, int]) ->
     if (h, w) == (big_h, big_w):
         return
     if h <= 0:
-        raise InputError(f"{path}: not a 2-D array; a map must be (H, W)")
+        raise InputError(f"{path}: not a 2-D array; save one (H, W) map per image and class")
     if (h, w) == (big_w, big_h):
         raise InputError(f"{path}: is {h}x{w} but the image is {big_h}x{big_w}; it looks transposed, save it as (H, W)")
     if h > big_h or w > big_w:
@@ -405,6 +405,7 @@ class _Plan:
 
 
 def _plan(
+    maps_dir: Path,
     maps: dict[str, dict[str, Path]],
     masks: dict[str, dict[str, Path]],
     regions: dict[str, Path] | None,
@@ -424,7 +425,11 @@ def _plan(
     else:
         orphan = sorted(set(masks) - set(maps))
         for image_id in orphan:
-            skip(image_id, str(next(iter(masks[image_id].values()))), "a mask but no map")
+            skip(
+                image_id,
+                str(next(iter(masks[image_id].values()))),
+                "a mask but no map; write its maps, move the mask out, or pass --labels listing the images to score",
+            )
     mask_sizes = {i: {c: png_size(p) for c, p in m.items()} for i, m in masks.items() if i in set(scored)}
     folder_sizes = {s for sizes in mask_sizes.values() for s in sizes.values()}
     plans = []
@@ -432,7 +437,7 @@ def _plan(
         have = maps.get(image_id, {})
         lacking = [c for c in CLASSES if c not in have]
         if lacking:
-            expected = ", ".join(f"{image_id}_{c}.npy" for c in lacking)
+            expected = ", ".join(str(maps_dir / f"{image_id}_{c}.npy") for c in lacking)
             skip(image_id, expected, f"no map for class {', '.join(lacking)} (expected {expected} or .png)")
             continue
         sizes = mask_sizes.get(image_id, {})
@@ -533,7 +538,7 @@ def score_folders(
             raise InputError(f"{file}: {reason}" if not reason.startswith(file) else reason)
         skipped.append(Skipped(image_id, file, reason))
 
-    plans = _plan(map_index, mask_index, region_index, label_rows, image_size, skip)
+    plans = _plan(Path(maps), map_index, mask_index, region_index, label_rows, image_size, skip)
     if not plans:
         raise InputError("no image left to score; check the file names (see `wsseg score --help`)")
     ev = make_evaluator(cfg, normalization)
