@@ -16,6 +16,7 @@ full-resolution map is dropped, so memory does not depend on the resolution.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Literal
 
@@ -50,9 +51,11 @@ def validate_saliency(saliency: Tensor, num_classes: int, image_id: str, check_r
             f"{image_id}: saliency must be (K={num_classes}, h, w), got {tuple(saliency.shape)}; "
             "pass one map per class in the order " + ", ".join(CLASSES)
         )
-    if not torch.isfinite(saliency).all():
+    # One pass: min and max propagate NaN, and any inf shows up in one of them.
+    lo_t, hi_t = torch.aminmax(saliency.detach())
+    lo, hi = float(lo_t), float(hi_t)
+    if not (math.isfinite(lo) and math.isfinite(hi)):
         raise SaliencyError(f"{image_id}: saliency contains NaN or inf; check the method's normalisation")
-    lo, hi = float(saliency.min()), float(saliency.max())
     if check_range and (lo < 0.0 or hi > 1.0):
         raise SaliencyError(
             f"{image_id}: saliency values must lie in [0, 1], got [{lo:.4g}, {hi:.4g}]; apply a sigmoid or min-max"
@@ -131,7 +134,11 @@ class SegmentationEvaluator:
         size = (int(masks.shape[-2]), int(masks.shape[-1]))
         if region is not None and tuple(region.shape) != size:
             raise ValueError(f"{image_id}: region is {tuple(region.shape)} but the masks are {size}; pass one size")
-        full = to_input_resolution(saliency[None].detach().cpu(), size, self.upsample)[0]  # (K, H, W) float32
+        saliency = saliency.detach().cpu()
+        if tuple(saliency.shape[-2:]) != size:
+            full = to_input_resolution(saliency[None], size, self.upsample)[0]  # (K, H, W) float32
+        else:
+            full = saliency.float()  # already at the mask resolution and checked: no copy for float32 maps
         if self.normalization == "minmax":
             full = minmax(full)
         maps = full.numpy()

@@ -84,19 +84,26 @@ def detections(masked: np.ndarray, nms_px: int, max_candidates: int) -> tuple[np
         coords: (n, 2) int64 (row, col) of the detections, by decreasing score.
         scores: (n,) float64 map values there.
     """
-    window = 2 * max(int(nms_px), 0) + 1
-    local_max = ndimage.maximum_filter(masked, size=window, mode="constant", cval=-np.inf)  # (H, W)
-    peaks = (masked == local_max) & (masked > 0)  # (H, W) bool
-    flat = np.flatnonzero(peaks)
-    if len(flat) == 0:
+    # Only the bounding box of the positive pixels can hold a detection; the window sees -inf beyond it,
+    # which changes nothing because every pixel outside the box is <= 0.
+    rows = np.flatnonzero((masked > 0).any(axis=1))
+    if len(rows) == 0:
         return np.zeros((0, 2), dtype=np.int64), np.zeros(0)
+    cols = np.flatnonzero((masked[rows[0] : rows[-1] + 1] > 0).any(axis=0))
+    r0, c0 = int(rows[0]), int(cols[0])
+    crop = masked[r0 : rows[-1] + 1, c0 : cols[-1] + 1]  # (h, w) view
+    window = 2 * max(int(nms_px), 0) + 1
+    local_max = ndimage.maximum_filter(crop, size=window, mode="constant", cval=-np.inf)  # (h, w)
+    peaks = (crop == local_max) & (crop > 0)  # (h, w) bool
+    flat = np.flatnonzero(peaks)
     labels, _ = ndimage.label(peaks, structure=EIGHT_CONNECTED)
     # One detection per plateau, at its first pixel: np.unique returns the first occurrence in flat order.
     _, first = np.unique(labels.flat[flat], return_index=True)
     flat = flat[first]
-    scores = masked.flat[flat].astype(np.float64)
+    scores = crop.flat[flat].astype(np.float64)
     order = np.argsort(-scores, kind="stable")[:max_candidates]
-    coords = np.stack(np.unravel_index(flat[order], masked.shape), axis=1).astype(np.int64)
+    rr, cc = np.unravel_index(flat[order], crop.shape)
+    coords = np.stack([rr + r0, cc + c0], axis=1).astype(np.int64)
     return coords, scores[order]
 
 
