@@ -15,7 +15,7 @@ File conventions (``wsseg score``; README "Scoring maps made elsewhere"):
   ``patient_id`` (the bootstrap unit; each image is its own patient without it) and
   ``benign_score``, ``malignant_score`` (image-level predictions for AUROC/AUPRC; without them the
   map's maximum inside the region is the image's score). With labels, the scored images are the
-  labels' rows; without, the images that have maps.
+  labels' rows (masks of other images are ignored); without, the images that have maps.
 
 Hidden files (names starting with a dot) and folders are ignored. Anything else that breaks the
 conventions is an error that names the file and the fix, raised before any image is scored where it
