@@ -330,3 +330,25 @@ def test_a_missing_mask_file_means_no_lesion(tmp_path: Path) -> None:
     assert m["benign"]["n_images"] == 2 and m["benign"]["n_lesion_free"] == 1
     assert m["malignant"]["n_images"] == 0 and math.isnan(m["malignant"]["dice"])
     assert math.isnan(m["benign"]["auroc"])  # no labels given: no image-level metrics
+
+
+def test_image_ids_may_contain_underscores_and_images_without_masks_take_the_common_size(tmp_path: Path) -> None:
+    maps, masks = tmp_path / "maps", tmp_path / "masks"
+    maps.mkdir()
+    masks.mkdir()
+    g = np.zeros((20, 16), np.uint8)
+    g[2:5, 2:5] = 1
+    for image_id in ("0_L_CC", "0_R_MLO"):
+        for name in CLASSES:
+            np.save(maps / f"{image_id}_{name}.npy", np.full((10, 8), 0.7, np.float32))  # half resolution
+    _save_png(masks / "0_L_CC_malignant.png", g)  # 0_R_MLO has no mask: evaluated at the masks' 20x16
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["score", "--maps", str(maps), "--masks", str(masks), "--out", str(out), "-q"])
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "record.json").read_text())
+    m = record["metrics"]["malignant"]
+    assert m["n_images"] == 1 and m["n_lesion_free"] == 1
+    assert m["dice"] == pytest.approx(2 * 9 / (9 + 320))  # the constant 0.7 map predicts all 320 pixels
+    rows = list(csv.DictReader(open(out / "per_image.csv")))
+    assert {r["image_id"] for r in rows} == {"0_L_CC", "0_R_MLO"}
+    assert {int(r["region_pixels"]) for r in rows} == {320}

@@ -443,7 +443,7 @@ def _plan(
         sizes = mask_sizes.get(image_id, {})
         region = regions.get(image_id) if regions is not None else None
         if regions is not None and region is None:
-            skip(image_id, f"{image_id}.png", "no region file in --region")
+            skip(image_id, f"{image_id}.png", "no region file in --region; add <image_id>.png there or drop --region")
             continue
         if region is not None:
             sizes = {**sizes, "region": png_size(region)}
