@@ -52,6 +52,15 @@ def _tables(stats: SplitStats, thresholds: dict[str, float], fixed: float) -> di
     }
 
 
+CHUNK = 100  # resamples reduced at once: bounds the (resamples x detections) FROC arrays to a few MB
+
+
+def _reduce_chunked(table: ClassTable, fixed: float, weights: np.ndarray) -> dict[str, np.ndarray]:
+    """:func:`reduce_batch` over the rows of ``weights`` (B, N) in chunks, so memory does not grow with B."""
+    parts = [reduce_batch(table, fixed, weights[i : i + CHUNK]) for i in range(0, len(weights), CHUNK)]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
 def _percentiles(values: np.ndarray, level: float) -> list[float]:
     finite = values[np.isfinite(values)]
     if not len(finite):
@@ -87,7 +96,7 @@ def bootstrap_intervals(
         if weights is None:
             out[name] = {k: [math.nan, math.nan] for k in keys}
             continue
-        samples = reduce_batch(table, fixed, weights)  # {metric: (B,)}
+        samples = _reduce_chunked(table, fixed, weights)  # {metric: (B,)}
         out[name] = {k: _percentiles(samples[k], level) for k in keys}
     return out
 
@@ -120,7 +129,8 @@ def paired_bootstrap(
         if name not in tb:
             continue
         point_a, point_b = reduce_class(ta[name], fixed), reduce_class(tb[name], fixed)
-        sa, sb = reduce_batch(ta[name], fixed, weights), reduce_batch(tb[name], fixed, weights)  # {metric: (B,)}
+        sa = _reduce_chunked(ta[name], fixed, weights)  # {metric: (B,)}
+        sb = _reduce_chunked(tb[name], fixed, weights)
         rows = {}
         for k in keys:
             d = sa[k] - sb[k]
