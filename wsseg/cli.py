@@ -111,7 +111,7 @@ def metrics_table(record: dict[str, Any]) -> str:
     rows.append(counts)
     rows.append(["threshold", *(_fmt(record["metrics"][n]["threshold"]) for n in CLASSES)])
     rule = record.get("thresholds", {}).get("rule", "")
-    return tabulate(rows, headers=["metric", *CLASSES], disable_numparse=True) + f"\nthreshold: {rule}"
+    return str(tabulate(rows, headers=["metric", *CLASSES], disable_numparse=True)) + f"\nthreshold: {rule}"
 
 
 @app.command()

@@ -26,6 +26,7 @@ Empty ground truth and empty predictions (the one policy, used by every metric; 
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 from torch import Tensor
 
 
@@ -47,7 +48,7 @@ def bin_indices(scores: np.ndarray, n_bins: int) -> np.ndarray:
     Returns:
         (...) int32 bin indices.
     """
-    x = np.multiply(scores, float(n_bins), dtype=np.float64)
+    x: np.ndarray = np.multiply(scores, float(n_bins), dtype=np.float64)
     np.floor(x, out=x)
     np.clip(x, 0, n_bins, out=x)
     return x.astype(np.int32)
@@ -76,7 +77,7 @@ def counts_at_thresholds(scores: Tensor, target: Tensor, n_bins: int) -> tuple[n
     return reverse_cumsum(pos).astype(np.int64), reverse_cumsum(neg).astype(np.int64)
 
 
-def dice_from_counts(tp: np.ndarray, fp: np.ndarray, gt: np.ndarray) -> np.ndarray:
+def dice_from_counts(tp: npt.ArrayLike, fp: npt.ArrayLike, gt: npt.ArrayLike) -> np.ndarray:
     """Dice = 2TP / (2TP + FP + FN) elementwise, NaN where |P| + |G| = 0."""
     tp, fp, gt = (np.asarray(a, dtype=np.float64) for a in (tp, fp, gt))
     denom = tp + fp + gt  # = |P| + |G|
@@ -84,7 +85,7 @@ def dice_from_counts(tp: np.ndarray, fp: np.ndarray, gt: np.ndarray) -> np.ndarr
         return np.where(denom > 0, 2.0 * tp / denom, np.nan)
 
 
-def iou_from_counts(tp: np.ndarray, fp: np.ndarray, gt: np.ndarray) -> np.ndarray:
+def iou_from_counts(tp: npt.ArrayLike, fp: npt.ArrayLike, gt: npt.ArrayLike) -> np.ndarray:
     """IoU = TP / (TP + FP + FN) = |P & G| / |P | G| elementwise, NaN where the union is empty."""
     tp, fp, gt = (np.asarray(a, dtype=np.float64) for a in (tp, fp, gt))
     union = fp + gt  # |P | G| = TP + FP + FN = FP + |G|
@@ -92,7 +93,7 @@ def iou_from_counts(tp: np.ndarray, fp: np.ndarray, gt: np.ndarray) -> np.ndarra
         return np.where(union > 0, tp / union, np.nan)
 
 
-def soft_dice(sum_sg: np.ndarray, sum_s: np.ndarray, gt: np.ndarray) -> np.ndarray:
+def soft_dice(sum_sg: npt.ArrayLike, sum_s: npt.ArrayLike, gt: npt.ArrayLike) -> np.ndarray:
     """Soft Dice 2 sum(s g) / (sum(s) + |G|) elementwise (s the map in [0, 1], g the mask), NaN where 0 / 0."""
     sum_sg, sum_s, gt = (np.asarray(a, dtype=np.float64) for a in (sum_sg, sum_s, gt))
     denom = sum_s + gt

@@ -245,7 +245,7 @@ def read_map(path: Path, check_range: bool = True) -> np.ndarray:
                 f"{path}: values in [{lo:.4g}, {hi:.4g}], outside [0, 1]; apply a sigmoid or min-max before saving, "
                 "or declare it with --normalize minmax"
             )
-    return arr.astype(np.float32, copy=False)
+    return np.asarray(arr, dtype=np.float32)
 
 
 def read_binary_png(path: Path) -> np.ndarray:
@@ -261,7 +261,7 @@ def read_binary_png(path: Path) -> np.ndarray:
         raise InputError(f"{path}: cannot read it as PNG ({e}); save masks as single-channel PNGs") from e
     if arr.ndim != 2:
         raise InputError(f"{path}: shape {arr.shape}; masks must be single-channel (grayscale) PNGs, non-zero = lesion")
-    return arr != 0
+    return np.asarray(arr != 0)
 
 
 def map_size(path: Path) -> tuple[int, int]:
@@ -695,10 +695,10 @@ def evaluate_run(
         lacking = [c for c in CLASSES if c not in have]
         if lacking:
             raise InputError(f"{maps_dir}: no map {image_id}_{lacking[0]}.npy; the saved maps are incomplete, re-run")
-        size = tuple(sample["masks"].shape[-2:])
+        size = (int(sample["masks"].shape[-2]), int(sample["masks"].shape[-1]))
         arrays = []
         for c in CLASSES:
-            check_map_size(have[c], map_size(have[c]), size)  # type: ignore[arg-type]
+            check_map_size(have[c], map_size(have[c]), size)
             arrays.append(read_map(have[c]))
         row = rows.get(image_id)
         ev.add(

@@ -149,12 +149,12 @@ class ClassArrays:
     @property
     def gt(self) -> np.ndarray:
         """(N,) lesion pixels per image."""
-        return self.pos_hist.sum(axis=1)
+        return np.asarray(self.pos_hist.sum(axis=1), dtype=np.int64)
 
     @property
     def area(self) -> np.ndarray:
         """(N,) evaluated-region pixels per image."""
-        return self.pos_hist.sum(axis=1) + self.neg_hist.sum(axis=1)
+        return np.asarray(self.pos_hist.sum(axis=1) + self.neg_hist.sum(axis=1), dtype=np.int64)
 
     def subset(self, index: np.ndarray) -> ClassArrays:
         """The statistics of the images ``index`` (an (M,) int array), in that order."""
@@ -222,7 +222,7 @@ class SplitStats:
         for name, a in self.classes.items():
             for key in ClassArrays.__dataclass_fields__:
                 arrays[f"{name}.{key}"] = np.asarray(getattr(a, key))
-        return atomic_save(path, lambda f: np.savez_compressed(f, **arrays))
+        return atomic_save(path, lambda f: np.savez_compressed(f, **arrays))  # type: ignore[arg-type]
 
     @classmethod
     def load(cls, path: str | Path) -> SplitStats:
