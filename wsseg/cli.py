@@ -63,6 +63,57 @@ def results_table(record: dict[str, Any]) -> str:
     return tabulate([[_fmt(v) for v in r] for r in rows], headers=headers, disable_numparse=True)
 
 
+def _with_interval(record: dict[str, Any], name: str, key: str) -> str:
+    value = record["metrics"][name].get(key, math.nan)
+    low, high = (record.get("intervals", {}).get(name, {}) or {}).get(key, [math.nan, math.nan])
+    if isinstance(value, float) and math.isnan(value):
+        return "n/a"
+    if math.isnan(low) or math.isnan(high):
+        return _fmt(value)
+    return f"{value:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def metrics_table(record: dict[str, Any]) -> str:
+    """The full metric suite per class, with 95% patient-bootstrap intervals where computed."""
+    keys = [
+        ("Dice", "dice"),
+        ("IoU", "iou"),
+        ("Dice pooled", "dice_pooled"),
+        ("Dice@0.5", "dice_at_0.5"),
+        ("soft Dice", "soft_dice"),
+        ("PxAP", "pxap"),
+        ("PG 0/5/10 mm", None),
+        ("FROC", "froc"),
+        ("FP area (lesion-free)", "fp_area_fraction"),
+        ("AUROC", "auroc"),
+        ("AUPRC", "auprc"),
+        ("oracle Dice (test tau)", "dice_oracle"),
+    ]
+    rows = []
+    for label, key in keys:
+        row = [label]
+        for name in CLASSES:
+            if key is None:
+                m = record["metrics"][name]
+                row.append(" / ".join(_fmt(m.get(f"pointing_game_{r}mm", math.nan)) for r in (0, 5, 10)))
+            else:
+                row.append(_with_interval(record, name, key))
+        rows.append(row)
+    counts = ["images with a lesion / lesion-free / lesions"]
+    for name in CLASSES:
+        m = record["metrics"][name]
+        counts.append(
+            " / ".join(
+                _fmt(int(v)) if not math.isnan(v) else "n/a"
+                for v in (m["n_images"], m.get("n_lesion_free", math.nan), m.get("n_lesions", math.nan))
+            )
+        )
+    rows.append(counts)
+    rows.append(["threshold", *(_fmt(record["metrics"][n]["threshold"]) for n in CLASSES)])
+    rule = record.get("thresholds", {}).get("rule", "")
+    return str(tabulate(rows, headers=["metric", *CLASSES], disable_numparse=True)) + f"\nthreshold: {rule}"
+
+
 @app.command()
 def run(
     method: Annotated[str, typer.Option("--method", "-m", help="Registered method name (see `wsseg list methods`).")],
@@ -104,9 +155,21 @@ def run(
     plugin: Annotated[
         list[Path] | None, typer.Option(help="A single-file method to import first (repeatable); see CONTRIBUTING.md.")
     ] = None,
+    save_maps: Annotated[
+        bool,
+        typer.Option(
+            "--save-maps",
+            help="Also store the test maps as float16 <image_id>_<class>.npy in DIR/<run_id>/maps/ (2 bytes per "
+            "pixel: 11 MB per map at 2944x1920) and the image-level scores in test_labels.csv, for `wsseg evaluate` "
+            "and `wsseg score`.",
+        ),
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
-    """Train a method (or load --weights), evaluate it on the test split and write DIR/<run_id>/record.json."""
+    """Train a method (or load --weights), evaluate it on the test split and write DIR/<run_id>/record.json.
+
+    Beside the record: per_image.csv and per_image_stats.npz (what `wsseg compare` resamples).
+    """
     from wsseg.config import make_run_config
     from wsseg.registry import load_plugin_file
     from wsseg.run import run as run_fn
@@ -121,6 +184,8 @@ def run(
         overrides.append(f"data.cache_dir={cache_dir}")
     if data_root is not None:
         overrides.append(f"data.root={data_root}")
+    if save_maps:
+        overrides.append("eval.save_maps=true")
     try:
         for path in plugin or []:
             load_plugin_file(path)
@@ -136,7 +201,194 @@ def run(
     )
     typer.echo("test split; Dice/IoU at the threshold calibrated on validation, averaged over images with a lesion\n")
     typer.echo(results_table(record))
+    typer.echo("\nthe full metric suite on test, with 95% patient-bootstrap intervals:\n")
+    typer.echo(metrics_table(record))
     typer.echo(f"\nrecord: {out / record['run_id'] / 'record.json'}")
+
+
+@app.command()
+def score(
+    maps: Annotated[
+        Path,
+        typer.Option(help="Folder of maps <image_id>_<class>.npy (float32/float16, HxW, in [0,1]) or .png (16-bit)."),
+    ],
+    masks: Annotated[
+        Path, typer.Option(help="Folder of masks <image_id>_<class>.png (non-zero = lesion; no file = no lesion).")
+    ],
+    out: Annotated[Path, typer.Option(help="Output folder: record.json, per_image.csv, per_image_stats.npz.")],
+    labels: Annotated[
+        Path | None,
+        typer.Option(
+            help="CSV with image_id,benign,malignant (0/1) and optionally patient_id and benign_score,malignant_score "
+            "(image-level predictions; else each map's maximum). Its rows are the images scored; gives AUROC/AUPRC."
+        ),
+    ] = None,
+    spacing_mm: Annotated[
+        float | None,
+        typer.Option(
+            help="Pixel spacing (mm) at the mask resolution; needed for the pointing game at 5/10 mm and FROC."
+        ),
+    ] = None,
+    threshold: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Operating threshold for the headline Dice/IoU, e.g. calibrated on your validation split: 0.3, or "
+            "benign=0.3 and malignant=0.4 (repeat). Default: 0.5 (recorded as such)."
+        ),
+    ] = None,
+    region: Annotated[
+        Path | None,
+        typer.Option(help="Folder of <image_id>.png evaluated regions (e.g. breast masks); default: whole image."),
+    ] = None,
+    image_size: Annotated[
+        str | None, typer.Option(help="HxW of images without any mask (default: the masks' common size).")
+    ] = None,
+    normalize: Annotated[
+        str,
+        typer.Option(
+            help="none (maps must lie in [0,1]) or minmax (per map, after upsampling; declared in the record)."
+        ),
+    ] = "none",
+    upsample: Annotated[str, typer.Option(help="bilinear (the benchmark's rule), nearest or bicubic.")] = "bilinear",
+    bootstrap: Annotated[int, typer.Option(help="Patient-bootstrap resamples for the 95% intervals (0: none).")] = 1000,
+    seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
+    skip_invalid: Annotated[
+        bool,
+        typer.Option(
+            "--skip-invalid",
+            help="Skip images with a bad or missing file instead of stopping; each skip is listed in the record.",
+        ),
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Score saliency maps produced by any program against masks; write OUT/record.json (same metric keys as `run`).
+
+    Maps smaller than the masks (same aspect ratio) are upsampled by the harness. Bad files stop with an error
+    naming the file and the fix (or are skipped and counted with --skip-invalid).
+    """
+    from wsseg.config import EvalConfig
+    from wsseg.evaluation.scoring import parse_size, parse_thresholds, score_folders
+
+    try:
+        if upsample not in ("bilinear", "nearest", "bicubic"):
+            raise ValueError(f"--upsample {upsample!r}: choose bilinear, nearest or bicubic")
+        if bootstrap < 0:
+            raise ValueError("--bootstrap must be 0 or more")
+        cfg = EvalConfig(upsample=upsample, bootstrap_resamples=bootstrap, bootstrap_seed=seed)  # type: ignore[arg-type]
+        record = score_folders(
+            maps,
+            masks,
+            out,
+            labels=labels,
+            region=region,
+            spacing_mm=spacing_mm,
+            thresholds=parse_thresholds(threshold),
+            image_size=parse_size(image_size),
+            normalization=normalize,
+            cfg=cfg,
+            skip_invalid=skip_invalid,
+            progress=not quiet,
+            log=typer.echo,
+        )
+    except USER_ERRORS as e:
+        _fail(e)
+    info = record["dataset_info"]
+    typer.echo(f"\n{info['n_images']} images ({info['n_patients']} patients), {record['n_skipped']} skipped\n")
+    typer.echo(metrics_table(record))
+    typer.echo(f"\nrecord: {out / 'record.json'}")
+
+
+@app.command()
+def evaluate(
+    run_dir: Annotated[Path, typer.Option("--run", help="A run folder made with `wsseg run --save-maps`.")],
+    out: Annotated[Path | None, typer.Option(help="Output folder (default: RUN/evaluate).")] = None,
+    cache_dir: Annotated[Path | None, typer.Option(help="Dataset cache folder (default: the run's).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Re-score the test maps a run saved (--save-maps) with the current evaluator; the run's record is kept.
+
+    Masks and breast regions come from the run's dataset, thresholds and image-level scores from the run.
+    The numbers equal the run's up to the float16 rounding of the stored maps.
+    """
+    from wsseg.evaluation.scoring import evaluate_run
+    from wsseg.report.records import read_record
+
+    try:
+        record = evaluate_run(run_dir, out, str(cache_dir) if cache_dir is not None else None, progress=not quiet)
+        original = read_record(run_dir / "record.json")
+    except USER_ERRORS as e:
+        _fail(e)
+    typer.echo(metrics_table(record))
+    diffs = [
+        abs(record["metrics"][n][k] - original["metrics"][n][k])
+        for n in CLASSES
+        for k in ("dice", "iou", "dice_at_0.5", "iou_at_0.5")
+        if k in original["metrics"][n] and not math.isnan(original["metrics"][n][k])
+    ]
+    if diffs:
+        typer.echo(f"\nlargest difference from the run's record (Dice/IoU): {max(diffs):.2g}")
+    typer.echo(f"record: {(out or run_dir / 'evaluate') / 'record.json'}")
+
+
+COMPARE_DEFAULT = ("dice", "iou", "dice_pooled", "soft_dice", "pxap", "pointing_game_10mm", "froc", "auroc")
+
+
+@app.command()
+def compare(
+    run_a: Annotated[Path, typer.Argument(help="Run (or `wsseg score --out`) folder A.")],
+    run_b: Annotated[Path, typer.Argument(help="Folder B, scored on the same test images.")],
+    metric: Annotated[
+        list[str] | None,
+        typer.Option(help="Metric key to show (repeatable; 'all' for every one). Default: the main ones."),
+    ] = None,
+    n_resamples: Annotated[int, typer.Option(help="Paired bootstrap resamples.")] = 1000,
+    seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
+    out: Annotated[Path | None, typer.Option(help="Also write the full comparison to this JSON file.")] = None,
+) -> None:
+    """Paired patient bootstrap of A - B on the same test set: difference, 95% interval and two-sided p.
+
+    Refuses runs whose test images, patients or ground truth differ.
+    """
+    from wsseg._io import atomic_write_json
+    from wsseg.evaluation.scoring import compare_folders
+    from wsseg.evaluation.summary import interval_keys
+
+    try:
+        if n_resamples < 1:
+            raise ValueError("--n-resamples must be at least 1")
+        result = compare_folders(run_a, run_b, n_resamples, seed)
+        known = interval_keys()
+        keys = known if metric and "all" in metric else list(metric or COMPARE_DEFAULT)
+        unknown = [k for k in keys if k not in known]
+        if unknown:
+            raise ValueError(f"unknown metric {unknown[0]!r}; choose from {', '.join(known)}")
+        if out is not None:
+            atomic_write_json(out, result)
+    except USER_ERRORS as e:
+        _fail(e)
+    rows = []
+    for name, per_metric in result["classes"].items():
+        for k in keys:
+            r = per_metric[k]
+            ci = "n/a" if math.isnan(r["low"]) else f"[{r['low']:+.3f}, {r['high']:+.3f}]"
+            rows.append(
+                [
+                    name,
+                    k,
+                    _fmt(r["a"]),
+                    _fmt(r["b"]),
+                    "n/a" if math.isnan(r["diff"]) else f"{r['diff']:+.3f}",
+                    ci,
+                    _fmt(r["p"]),
+                ]
+            )
+    typer.echo(
+        f"A = {run_a}\nB = {run_b}\n{result['n_images']} test images, {result['n_patients']} patients, "
+        f"{n_resamples} paired resamples (seed {seed})\n"
+    )
+    typer.echo(tabulate(rows, headers=["class", "metric", "A", "B", "A - B", "95% CI", "p"], disable_numparse=True))
+    if out is not None:
+        typer.echo(f"\nwritten: {out}")
 
 
 @app.command()

@@ -78,17 +78,32 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    """The evaluator's settings.
+    """The evaluator's settings (definitions in wsseg.evaluation and the README's evaluation protocol).
 
     Attributes:
         n_bins: threshold grid resolution (thresholds k / n_bins).
         fixed_threshold: the fixed operating point reported beside the calibrated one.
         batch_size: images per inference batch.
+        upsample: how maps reach the mask resolution: ``bilinear`` (the benchmark's rule), ``nearest`` or ``bicubic``.
+        froc_nms_mm: FROC detections are local maxima of a (2 r + 1)-pixel window, r = this / pixel spacing.
+        froc_tolerance_mm: lesions are grown by this distance before detections are matched to them.
+        froc_max_candidates: detections kept per image and class (the highest-scoring ones).
+        bootstrap_resamples: patient-bootstrap resamples for the 95% intervals (0 disables them).
+        bootstrap_seed: the bootstrap's seed.
+        save_maps: store the test maps (float16 ``.npy``, 2 bytes per pixel) in the run folder for
+            ``wsseg evaluate`` and ``wsseg score``.
     """
 
     n_bins: int = 1000
     fixed_threshold: float = 0.5
     batch_size: int = 8
+    upsample: Literal["bilinear", "nearest", "bicubic"] = "bilinear"
+    froc_nms_mm: float = 5.0
+    froc_tolerance_mm: float = 5.0
+    froc_max_candidates: int = 100
+    bootstrap_resamples: int = 1000
+    bootstrap_seed: int = 0
+    save_maps: bool = False
 
 
 @dataclass

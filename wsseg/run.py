@@ -22,14 +22,22 @@ import torch
 from tqdm.auto import tqdm
 
 from wsseg._io import atomic_write_json
-from wsseg.config import RunConfig, phantom_config
+from wsseg.config import EvalConfig, RunConfig, phantom_config
 from wsseg.data.dataset import MammogramDataset, phantom_cache_key, prepare_phantom, split_hash
 from wsseg.data.phantom import CLASSES, PHANTOM_VERSION
 from wsseg.data.prepare import PREPROCESS_VERSION, prepare_source
 from wsseg.data.sources import get_source
-from wsseg.evaluation.classification import auroc
 from wsseg.evaluation.evaluator import SegmentationEvaluator
 from wsseg.evaluation.inference import predict_batches
+from wsseg.evaluation.scoring import (
+    MAPS_DIR,
+    TEST_LABELS,
+    evaluation_settings,
+    make_evaluator,
+    save_map,
+    score_stats,
+    write_test_labels,
+)
 from wsseg.method import WSSegMethod
 from wsseg.registry import get_method_spec
 from wsseg.report.records import SCHEMA_VERSION, utc_now, versions, write_record
@@ -51,6 +59,7 @@ class SplitEvaluation:
     logits: np.ndarray
     labels: np.ndarray
     image_ids: list[str] = field(default_factory=list)
+    patient_ids: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
 
@@ -60,30 +69,47 @@ def evaluate_split(
     batch_size: int,
     device: torch.device,
     bf16: bool,
-    n_bins: int,
+    eval_cfg: EvalConfig,
     num_workers: int = 0,
     progress: bool = True,
+    maps_dir: Path | None = None,
 ) -> SplitEvaluation:
-    """Run ``method`` over a split and accumulate its maps (and the reference maps) in evaluators."""
+    """Run ``method`` over a split and accumulate its maps (and the reference maps) in evaluators.
+
+    Each image's maps are reduced to per-image statistics as soon as they are computed; with ``maps_dir``
+    they are also stored there as float16 ``<image_id>_<class>.npy`` files (``--save-maps``).
+    """
     t0 = time.perf_counter()
-    ev = SegmentationEvaluator(CLASSES, n_bins)
-    refs = {name: SegmentationEvaluator(CLASSES, n_bins) for name in REFERENCE_MAPS}
-    logits, labels, ids = [], [], []
+    ev = make_evaluator(eval_cfg)
+    refs = {name: make_evaluator(eval_cfg) for name in REFERENCE_MAPS}
+    logits, labels, ids, patients = [], [], [], []
     bar = tqdm(total=len(dataset), desc=f"evaluate {dataset.split}", unit="img", disable=not progress)
     for batch, out in predict_batches(method, dataset, batch_size, device, bf16, num_workers):
+        refs_batch = {name: make_map(batch) for name, make_map in REFERENCE_MAPS.items()}  # (B, K, H, W) each
         for i, meta in enumerate(batch["meta"]):
             image_id = meta["image_id"]
-            ev.add(image_id, out.saliency[i], batch["masks"][i], batch["breast_mask"][i])
+            common = {
+                "patient_id": meta["patient_id"],
+                "spacing_mm": float(meta["pixel_spacing_mm"]),
+                "image_labels": batch["labels"][i],
+            }
+            masks, breast = batch["masks"][i], batch["breast_mask"][i]
+            ev.add(image_id, out.saliency[i], masks, breast, image_scores=out.logits[i], **common)
+            for name, ref in refs_batch.items():
+                # A reference map has no classifier: its image-level score is the map's maximum in the breast.
+                refs[name].add(image_id, ref[i], masks, breast, **common)
+            if maps_dir is not None:
+                for k, name in enumerate(CLASSES):
+                    save_map(maps_dir, image_id, name, out.saliency[i, k])
             ids.append(image_id)
-        for name, make_map in REFERENCE_MAPS.items():
-            ref = make_map(batch)  # (B, K, H, W)
-            for i, meta in enumerate(batch["meta"]):
-                refs[name].add(meta["image_id"], ref[i], batch["masks"][i], batch["breast_mask"][i])
+            patients.append(meta["patient_id"])
         logits.append(out.logits.cpu().numpy())
         labels.append(batch["labels"].cpu().numpy())
         bar.update(len(batch["meta"]))
     bar.close()
-    return SplitEvaluation(ev, refs, np.concatenate(logits), np.concatenate(labels), ids, time.perf_counter() - t0)
+    return SplitEvaluation(
+        ev, refs, np.concatenate(logits), np.concatenate(labels), ids, patients, time.perf_counter() - t0
+    )
 
 
 def find_resumable(out_dir: Path, prefix: str) -> Path | None:
@@ -267,13 +293,15 @@ def run(
 
     # 3. Evaluate the best epoch: thresholds are calibrated on validation and frozen for test.
     method.load_state_dict(load_checkpoint(result.best_checkpoint, map_location=device)["model"])
-    args = (cfg.eval.batch_size, device, bf16, cfg.eval.n_bins, workers, progress)
+    args = (cfg.eval.batch_size, device, bf16, cfg.eval, workers, progress)
     val = evaluate_split(method, val_set, *args)
-    test = evaluate_split(method, test_set, *args)
+    maps_dir = run_dir / MAPS_DIR if cfg.eval.save_maps else None
+    test = evaluate_split(method, test_set, *args, maps_dir=maps_dir)
     thresholds = val.evaluator.calibrated_thresholds()
-    metrics = test.evaluator.summary(thresholds, cfg.eval.fixed_threshold)
-    for k, name in enumerate(CLASSES):
-        metrics[name]["auroc"] = auroc(test.labels[:, k], test.logits[:, k])
+    # Metrics, patient-bootstrap intervals and the per-image files behind them (for `wsseg compare`).
+    metrics, intervals, per_image, boot_seconds = score_stats(test.evaluator.stats(), thresholds, cfg.eval, run_dir)
+    if maps_dir is not None:
+        write_test_labels(run_dir / TEST_LABELS, test.image_ids, test.patient_ids, test.labels, test.logits)
     references = {
         ref: ev.summary(val.references[ref].calibrated_thresholds(), cfg.eval.fixed_threshold)
         for ref, ev in test.references.items()
@@ -282,6 +310,7 @@ def run(
 
     record: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
+        "record_type": "run",
         "run_id": run_dir.name,
         "created": utc_now(),
         "method": cfg.method,
@@ -306,6 +335,7 @@ def run(
             "data": data_seconds,
             "train": result.train_seconds,
             "eval": eval_seconds,
+            "bootstrap": boot_seconds,
             "total": time.perf_counter() - t_total,
         },
         "throughput": {
@@ -321,7 +351,11 @@ def run(
             "weights": str(weights) if weights is not None else None,
         },
         "thresholds": {"rule": "argmax of image-averaged validation Dice on the grid k/n_bins", **thresholds},
+        "evaluation": evaluation_settings(cfg.eval, "breast mask"),
         "metrics": metrics,
+        "intervals": intervals,
+        "per_image": per_image,
+        "maps": MAPS_DIR if maps_dir is not None else None,
         "references": references,
     }
     write_record(run_dir / "record.json", record)

@@ -93,6 +93,13 @@ def test_manifest_end_to_end(tmp_path: Path) -> None:
         assert s["image"].shape == (1, *OUT_HW) and s["masks"].shape == (2, *OUT_HW)
         assert_canonical(s)
         assert_aligned(s, truth[image_id])
+    # Spacing: from the DICOM header (0.07 mm) or assumed (0.1 mm), scaled to the window.
+    assert (
+        got["p0-R"]["meta"]["pixel_spacing_source"] == "dicom"
+        and got["p0-L"]["meta"]["pixel_spacing_source"] == "assumed"
+    )
+    tf = Transform.from_dict(got["p0-R"]["meta"]["transform"])
+    assert got["p0-R"]["meta"]["pixel_spacing_mm"] == pytest.approx(0.07 / tf.scale)
     # The MONOCHROME1 DICOM was inverted (its lesion is bright) and its box annotation recorded as such.
     assert got["p0-R"]["meta"]["annotation"] == "box" and got["p0-L"]["meta"]["annotation"] == "mask"
     # Patient-level split: both views of a patient share a split.

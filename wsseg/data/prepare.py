@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from wsseg._io import atomic_save, atomic_write_json, atomic_write_text
 from wsseg.data.dataset import MANIFEST_COLUMNS, SPLITS, default_cache_dir
-from wsseg.data.imageio import read_image, read_mask
+from wsseg.data.imageio import DICOM_SUFFIXES, dicom_pixel_spacing, read_image, read_mask
 from wsseg.data.phantom import CLASSES
 from wsseg.data.preprocess import breast_region, plan_transform
 from wsseg.data.sources import DataError, Lesion, Problem, SourceRecord, get_source
@@ -239,14 +239,19 @@ def process_record(rec: SourceRecord, out_hw: tuple[int, int], dataset: str) -> 
         lesions.append(entry)
     disagrees = rec.chest_wall is not None and (rec.chest_wall == "right") != tf.flipped
     src = get_source(dataset)
-    spacing = rec.pixel_spacing_mm / tf.scale if rec.pixel_spacing_mm else None
+    native, spacing_source = rec.pixel_spacing_mm, "dataset"
+    if native is None and rec.image_file.suffix.lower() in DICOM_SUFFIXES:
+        native, spacing_source = dicom_pixel_spacing(rec.image_file), "dicom"
+    if native is None:
+        native, spacing_source = src.default_pixel_spacing_mm, "assumed"
     meta = {
         "image_id": rec.image_id,
         "patient_id": rec.patient_id,
         "exam_id": rec.exam_id,
         "laterality": rec.laterality,
         "view": rec.view,
-        "pixel_spacing_mm": spacing,
+        "pixel_spacing_mm": native / tf.scale,  # of the window; always set, the evaluator measures in mm
+        "pixel_spacing_source": spacing_source,
         # The record's own kind where it has lesions (a manifest may mix masks and boxes), else the dataset's.
         "annotation": rec.lesions[0].kind if len({les.kind for les in rec.lesions}) == 1 else src.annotation,
         "label_source": src.label_source,

@@ -1,26 +1,47 @@
 """Run records: one JSON file per run, the input of every leaderboard.
 
-Schema (``schema_version`` 1); every key is always present:
+Schema (``schema_version`` 2; version 1 records lack the keys marked *v2* and are still read);
+every key is always present:
 
-- ``schema_version``: int, bumped on incompatible changes.
+- ``schema_version``: int, bumped on changes; ``record_type`` (*v2*): ``run``, ``score`` or ``evaluate``.
 - ``run_id``: folder name of the run; ``created``: UTC ISO timestamp of the record.
 - ``method``: registry name; ``supervision``: ``weak`` or ``full``; ``method_source``: built-in, plugin or file.
-- ``dataset``: dataset name; ``dataset_info``: version, cache key, per-split image counts and id hashes.
+- ``dataset``: dataset name; ``dataset_info``: version, cache key, image size, pixel spacing, per-split image
+  counts and id hashes.
 - ``profile``: ``tiny`` | ``quick`` | ``paper``; ``seed``: training seed.
 - ``config``: the resolved run config (data, train, eval, method_config).
 - ``versions``: wsseg, torch, timm, numpy, python, phantom generator, git sha (null outside a git checkout).
 - ``device``: ``cpu`` or the CUDA device name; ``precision``: ``fp32`` or ``bf16``.
-- ``timings``: seconds for ``data``, ``train``, ``eval`` and ``total``;
+- ``timings``: seconds for ``data``, ``train``, ``eval``, ``bootstrap`` (*v2*) and ``total``;
   ``throughput``: ``train_images_per_s`` and ``eval_images_per_s``; ``peak_memory_mb``: host RSS or CUDA peak.
 - ``training``: best epoch, best validation AUROC and the per-epoch history.
 - ``thresholds``: per class, the Dice-maximising threshold chosen on the validation split, and the rule used.
-- ``metrics``: per class (``benign``, ``malignant``) on the test split:
+- ``evaluation`` (*v2*): how maps became numbers: ``n_bins``, ``fixed_threshold``, ``upsampling`` (bilinear by
+  default), ``normalization``, ``region``, ``pointing_tolerances_mm``, ``froc`` (detection settings and the
+  false-positive rates), the empty-ground-truth ``policy`` and the ``oracle`` note.
+- ``metrics``: per class (``benign``, ``malignant``) on the test split. Version 1 keys:
   ``dice``, ``iou`` (at the calibrated threshold, the headline), ``threshold``, ``dice_at_0.5``,
   ``iou_at_0.5``, ``auroc`` (image level) and ``n_images`` (test images with a lesion of that class;
   Dice and IoU are image-averaged over them, per the empty-ground-truth policy of
-  :mod:`wsseg.evaluation.metrics`).
+  :mod:`wsseg.evaluation.metrics`). *v2* adds ``dice_pooled``, ``iou_pooled``, ``dice_pooled_at_0.5``,
+  ``iou_pooled_at_0.5``, the oracle upper bounds ``dice_oracle``, ``iou_oracle``, ``threshold_oracle``,
+  ``dice_pooled_oracle``, ``iou_pooled_oracle``, ``threshold_pooled_oracle``, ``soft_dice``, ``pxap``,
+  ``pointing_game_0mm``/``5mm``/``10mm``, ``froc`` and ``sensitivity_at_<f>_fppi`` (f = 0.25 ... 8),
+  ``fp_area_fraction``, ``fp_image_rate``, ``auprc``, ``n_lesion_free`` and ``n_lesions``
+  (definitions in :mod:`wsseg.evaluation.summary`).
+- ``intervals`` (*v2*): 95% percentile intervals from 1,000 patient-bootstrap resamples: ``rule``, ``level``,
+  ``n_resamples``, ``seed``, ``n_patients`` and per class ``{metric: [low, high]}`` for every metric above
+  except the oracle ones, thresholds and counts.
+- ``per_image`` (*v2*): file names, in the run folder, of ``per_image.csv`` (one row per test image and class)
+  and ``per_image_stats.npz`` (the statistics ``wsseg compare`` resamples).
+- ``maps`` (*v2*): ``maps`` when the test maps were saved (``--save-maps``), else null.
 - ``references``: the same per-class block for reference maps scored by the same evaluator, e.g.
   ``uniform_breast`` (a constant map inside the breast): the floor a method must beat.
+
+``wsseg score`` and ``wsseg evaluate`` write records of type ``score`` / ``evaluate`` with ``schema_version``,
+``record_type``, ``created``, ``versions``, ``inputs``, ``dataset_info``, ``evaluation``, ``thresholds``,
+``metrics``, ``intervals``, ``per_image``, ``skipped`` (images left out by ``--skip-invalid``, with file and
+reason), ``n_skipped`` and ``timings``; ``evaluate`` records also carry ``run_id`` and ``method``.
 """
 
 from __future__ import annotations
@@ -40,7 +61,8 @@ import wsseg
 from wsseg._io import atomic_write_json
 from wsseg.data.phantom import PHANTOM_VERSION
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_SCHEMAS = (1, 2)
 
 
 def git_sha() -> str | None:
@@ -93,6 +115,6 @@ def read_record(path: str | Path) -> dict[str, Any]:
         record = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:
         raise ValueError(f"cannot read run record {path}: {e}") from e
-    if not isinstance(record, dict) or record.get("schema_version") != SCHEMA_VERSION:
-        raise ValueError(f"{path} is not a wsseg run record of schema version {SCHEMA_VERSION}")
+    if not isinstance(record, dict) or record.get("schema_version") not in READABLE_SCHEMAS:
+        raise ValueError(f"{path} is not a wsseg record of schema version {' or '.join(map(str, READABLE_SCHEMAS))}")
     return record

@@ -127,6 +127,8 @@ class DataSource:
             suspicion, a proxy) or ``user``.
         licence: the dataset's licence terms in a few words (shown by ``wsseg list datasets``).
         version: bump when the reading of the native files changes (it keys the cache).
+        default_pixel_spacing_mm: the spacing assumed when neither the tables nor the header give one (metrics
+            in mm, e.g. FROC distances, need one); the sample's meta says where its spacing came from.
     """
 
     name: ClassVar[str] = ""
@@ -134,6 +136,8 @@ class DataSource:
     label_source: ClassVar[str] = "pathology"
     licence: ClassVar[str] = ""
     version: ClassVar[int] = 1
+    # Native pixel spacing to assume when neither the record nor the DICOM header gives one.
+    default_pixel_spacing_mm: ClassVar[float] = 0.1
 
     def scan(self, root: Path) -> ScanResult:
         """Index the download at ``root`` without decoding any image.

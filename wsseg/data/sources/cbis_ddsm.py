@@ -55,6 +55,7 @@ class CBISDDSM(DataSource):
     annotation = "mask"
     label_source = "pathology"
     licence = "CC BY 3.0 (TCIA); cite Lee et al. 2017"
+    default_pixel_spacing_mm = 0.05  # films digitised at 42-50 um; the headers do not say (datasets.md 2.2)
 
     def scan(self, root: Path) -> ScanResult:
         """Read the description CSVs and locate each image and mask by subject folder."""

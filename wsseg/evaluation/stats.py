@@ -1,0 +1,279 @@
+"""Per-image statistics: everything every metric needs, kept per image.
+
+Bootstrap and paired comparisons re-weight images from these statistics without seeing a map again.
+
+For one image and one class the evaluator computes, at the evaluated (mask) resolution:
+
+- ``pos_hist``, ``neg_hist``: (n_bins + 1,) histograms of the map's values on the threshold grid at the
+  ground-truth-positive and -negative pixels of the region (Dice, IoU, pooled variants, PxAP, false
+  positives on lesion-free images);
+- ``sum_sg``, ``sum_s``: sums of the map over the lesion and over the region (soft Dice);
+- ``point_px``: the distance in pixels from the map's peak to the nearest lesion pixel (pointing game;
+  ``inf`` when the map is 0 in the whole region, NaN on a lesion-free image); ``peak``: the map's maximum
+  inside the region;
+- ``lesion_scores`` / ``fp_scores``: the detection score of each lesion (NaN if missed) and the scores
+  of the false-positive detections (FROC);
+- the image-level score and label when known (AUROC, AUPRC).
+
+:class:`SplitStats` stacks them over the images of a split (memory O(images x n_bins), about 16 KB
+per image and class at 1,000 bins, independent of the resolution) and saves them to one ``.npz`` file.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from wsseg._io import atomic_save
+from wsseg.evaluation.localization import detections, distance_to_mask_px, match_detections, peak_index
+from wsseg.evaluation.metrics import bin_indices
+
+
+@dataclass(frozen=True)
+class FrocSettings:
+    """How FROC detections are made and matched (see :mod:`wsseg.evaluation.localization`).
+
+    Attributes:
+        nms_mm: half-width of the local-maximum window, in mm.
+        tolerance_mm: lesions are grown by this distance before matching, in mm.
+        max_candidates: detections kept per image and class, the highest-scoring ones.
+    """
+
+    nms_mm: float = 5.0
+    tolerance_mm: float = 5.0
+    max_candidates: int = 100
+
+
+@dataclass
+class ClassStats:
+    """One image's statistics for one class (see the module docstring)."""
+
+    pos_hist: np.ndarray
+    neg_hist: np.ndarray
+    sum_sg: float
+    sum_s: float
+    point_px: float
+    peak: float
+    lesion_scores: np.ndarray
+    fp_scores: np.ndarray
+    froc_done: bool
+
+
+def class_stats(
+    saliency: np.ndarray,
+    target: np.ndarray,
+    region: np.ndarray | None,
+    n_bins: int,
+    spacing_mm: float | None,
+    froc: FrocSettings,
+) -> ClassStats:
+    """Statistics of one full-resolution map against its mask.
+
+    Args:
+        saliency: (H, W) float32 map in [0, 1], already at the mask resolution.
+        target: (H, W) bool lesion mask of this class.
+        region: (H, W) bool evaluated region (the breast); the whole image when None.
+        n_bins: threshold grid resolution.
+        spacing_mm: pixel spacing at this resolution; FROC is skipped when None.
+        froc: FROC detection settings.
+    """
+    idx = bin_indices(saliency, n_bins)  # (H, W) int32
+    if region is not None:
+        target = target & region
+        idx[~region] = n_bins + 1  # a sentinel bin for pixels outside the region, dropped below
+    flat_target = np.flatnonzero(target)  # lesions are small: index them instead of masking twice
+    all_hist = np.bincount(idx.ravel(), minlength=n_bins + 2)[: n_bins + 1]
+    pos_hist = np.bincount(idx.flat[flat_target], minlength=n_bins + 2)[: n_bins + 1]
+    neg_hist = all_hist - pos_hist
+
+    masked = saliency if region is None else np.where(region, saliency, np.float32(-1.0))  # (H, W)
+    sum_s = (
+        float(np.sum(saliency, dtype=np.float64, where=region))
+        if region is not None
+        else float(np.sum(saliency, dtype=np.float64))
+    )
+    sum_sg = float(np.sum(saliency.flat[flat_target], dtype=np.float64))
+    peak_at = peak_index(masked)
+    peak = float(masked.flat[peak_at]) if peak_at >= 0 else 0.0
+    point_px = distance_to_mask_px(peak_at, target) if len(flat_target) else math.nan
+
+    froc_done = spacing_mm is not None and spacing_mm > 0
+    lesion_scores, fp_scores = np.zeros(0), np.zeros(0)
+    if froc_done:
+        assert spacing_mm is not None
+        coords, scores = detections(masked, round(froc.nms_mm / spacing_mm), froc.max_candidates)
+        lesion_scores, fp_scores = match_detections(coords, scores, target, froc.tolerance_mm / spacing_mm)
+    return ClassStats(
+        pos_hist.astype(np.int64),
+        neg_hist.astype(np.int64),
+        sum_sg,
+        sum_s,
+        point_px,
+        peak,
+        lesion_scores,
+        fp_scores,
+        froc_done,
+    )
+
+
+@dataclass
+class ClassArrays:
+    """One class's statistics stacked over the N images of a split.
+
+    Attributes:
+        pos_hist, neg_hist: (N, n_bins + 1) int64.
+        sum_sg, sum_s, point_px: (N,) float64.
+        lesion_scores, lesion_image: (L,) detection score and image index of every lesion.
+        fp_scores, fp_image: (F,) score and image index of every false-positive detection.
+        image_score, image_label: (N,) float64, NaN where unknown.
+        froc_done: whether detections were made (the pixel spacing was known for every image).
+    """
+
+    pos_hist: np.ndarray
+    neg_hist: np.ndarray
+    sum_sg: np.ndarray
+    sum_s: np.ndarray
+    point_px: np.ndarray
+    lesion_scores: np.ndarray
+    lesion_image: np.ndarray
+    fp_scores: np.ndarray
+    fp_image: np.ndarray
+    image_score: np.ndarray
+    image_label: np.ndarray
+    froc_done: bool
+
+    @property
+    def gt(self) -> np.ndarray:
+        """(N,) lesion pixels per image."""
+        return np.asarray(self.pos_hist.sum(axis=1), dtype=np.int64)
+
+    @property
+    def area(self) -> np.ndarray:
+        """(N,) evaluated-region pixels per image."""
+        return np.asarray(self.pos_hist.sum(axis=1) + self.neg_hist.sum(axis=1), dtype=np.int64)
+
+    def subset(self, index: np.ndarray) -> ClassArrays:
+        """The statistics of the images ``index`` (an (M,) int array), in that order."""
+        remap = np.full(len(self.sum_s), -1)
+        remap[index] = np.arange(len(index))
+        keep_l = np.isin(self.lesion_image, index)
+        keep_f = np.isin(self.fp_image, index)
+        return ClassArrays(
+            self.pos_hist[index],
+            self.neg_hist[index],
+            self.sum_sg[index],
+            self.sum_s[index],
+            self.point_px[index],
+            self.lesion_scores[keep_l],
+            remap[self.lesion_image[keep_l]],
+            self.fp_scores[keep_f],
+            remap[self.fp_image[keep_f]],
+            self.image_score[index],
+            self.image_label[index],
+            self.froc_done,
+        )
+
+
+@dataclass
+class SplitStats:
+    """Per-image statistics of a split, per class, plus what the metrics need to know about each image.
+
+    Attributes:
+        image_ids, patient_ids: (N,) in the order the images were added.
+        spacing_mm: (N,) pixel spacing at the evaluated resolution, NaN where unknown.
+        n_bins: the threshold grid.
+        classes: per class name, the stacked statistics.
+    """
+
+    image_ids: list[str]
+    patient_ids: list[str]
+    spacing_mm: np.ndarray
+    n_bins: int
+    classes: dict[str, ClassArrays] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def reorder(self, image_ids: Sequence[str]) -> SplitStats:
+        """The same statistics with the images in the order ``image_ids`` (a permutation of them)."""
+        pos = {i: k for k, i in enumerate(self.image_ids)}
+        index = np.array([pos[i] for i in image_ids], dtype=np.int64)
+        return SplitStats(
+            [self.image_ids[k] for k in index],
+            [self.patient_ids[k] for k in index],
+            self.spacing_mm[index],
+            self.n_bins,
+            {c: a.subset(index) for c, a in self.classes.items()},
+        )
+
+    def save(self, path: str | Path) -> Path:
+        """Write the statistics to one compressed ``.npz`` file, atomically."""
+        arrays: dict[str, np.ndarray] = {
+            "image_ids": np.array(self.image_ids, dtype=str),
+            "patient_ids": np.array(self.patient_ids, dtype=str),
+            "spacing_mm": self.spacing_mm,
+            "n_bins": np.array(self.n_bins),
+            "classes": np.array(list(self.classes), dtype=str),
+        }
+        for name, a in self.classes.items():
+            for key in ClassArrays.__dataclass_fields__:
+                arrays[f"{name}.{key}"] = np.asarray(getattr(a, key))
+        return atomic_save(path, lambda f: np.savez_compressed(f, **arrays))  # type: ignore[arg-type]
+
+    @classmethod
+    def load(cls, path: str | Path) -> SplitStats:
+        """Read a file written by :meth:`save`.
+
+        Raises:
+            ValueError: the file is missing, unreadable or not a wsseg statistics file.
+        """
+        path = Path(path)
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                data = {k: z[k] for k in z.files}
+        except (OSError, ValueError) as e:
+            raise ValueError(f"cannot read per-image statistics {path}: {e}; re-run the evaluation") from e
+        try:
+            classes = {
+                name: ClassArrays(**{key: data[f"{name}.{key}"] for key in ClassArrays.__dataclass_fields__})
+                for name in data["classes"].tolist()
+            }
+            for a in classes.values():
+                a.froc_done = bool(a.froc_done)
+            return cls(
+                data["image_ids"].tolist(),
+                data["patient_ids"].tolist(),
+                data["spacing_mm"],
+                int(data["n_bins"]),
+                classes,
+            )
+        except KeyError as e:
+            raise ValueError(f"{path} is not a wsseg per-image statistics file (no {e}); re-run the evaluation") from e
+
+
+def stack_class(
+    per_image: Sequence[ClassStats], image_scores: Sequence[float], image_labels: Sequence[float], n_bins: int
+) -> ClassArrays:
+    """Stack one class's per-image statistics (in image order) into :class:`ClassArrays`."""
+    n = len(per_image)
+    lesion_image = [np.full(len(s.lesion_scores), i) for i, s in enumerate(per_image)]
+    fp_image = [np.full(len(s.fp_scores), i) for i, s in enumerate(per_image)]
+    empty_hist = np.zeros((0, n_bins + 1), dtype=np.int64)
+    return ClassArrays(
+        pos_hist=np.stack([s.pos_hist for s in per_image]) if n else empty_hist,
+        neg_hist=np.stack([s.neg_hist for s in per_image]) if n else empty_hist,
+        sum_sg=np.array([s.sum_sg for s in per_image], dtype=np.float64),
+        sum_s=np.array([s.sum_s for s in per_image], dtype=np.float64),
+        point_px=np.array([s.point_px for s in per_image], dtype=np.float64),
+        lesion_scores=np.concatenate([s.lesion_scores for s in per_image]) if n else np.zeros(0),
+        lesion_image=np.concatenate(lesion_image).astype(np.int64) if n else np.zeros(0, dtype=np.int64),
+        fp_scores=np.concatenate([s.fp_scores for s in per_image]) if n else np.zeros(0),
+        fp_image=np.concatenate(fp_image).astype(np.int64) if n else np.zeros(0, dtype=np.int64),
+        image_score=np.array(image_scores, dtype=np.float64),
+        image_label=np.array(image_labels, dtype=np.float64),
+        froc_done=bool(n) and all(s.froc_done for s in per_image),
+    )
