@@ -155,6 +155,33 @@ def test_interrupted_prepare_resumes_and_odd_ids_are_safe(tmp_path: Path) -> Non
     assert {p: p.stat().st_mtime_ns for p in root.rglob("*.npz")} == before
 
 
+def test_phantom_anatomy_round_trip(tmp_path: Path) -> None:
+    """wsseg's textured phantom, written natively (right breasts mirrored): the content-based flip finds every
+    chest wall, and each lesion mask maps back onto the native mask it came from."""
+    from wsseg.data.fixtures import write_phantom_manifest
+
+    truth = write_phantom_manifest(tmp_path / "dl", n_images=16)
+    root, report = prepare_source(
+        "manifest", tmp_path / "dl", OUT_HW, cache_dir=tmp_path / "c", workers=1, progress=False
+    )
+    assert report.problems == [] and report.orientation_disagreements == []
+    got = samples(root, "manifest")
+    assert len(got) == 16
+    for image_id, s in got.items():
+        img = truth[image_id]
+        assert s["meta"]["transform"]["flipped"] == (s["meta"]["laterality"] == "R")
+        assert s["labels"].tolist() == img.labels.tolist()
+        assert_canonical(s)
+        tf = Transform.from_dict(s["meta"]["transform"])
+        for k in range(2):
+            if not img.masks[k].any():
+                assert not s["masks"][k].any()
+                continue
+            native = img.masks[k][:, ::-1] if s["meta"]["laterality"] == "R" else img.masks[k]
+            back = tf.to_original(s["masks"][k].numpy(), is_mask=True)
+            assert (back & native).sum() / (back | native).sum() > 0.6, image_id
+
+
 def _edit_manifest(path: Path, which: str, **changes: str) -> None:
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))

@@ -17,6 +17,7 @@ import json
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -500,3 +501,49 @@ WRITERS = {
     "vindr-mammo": write_vindr,
     "inbreast": write_inbreast,
 }
+
+
+def write_phantom_manifest(root: Path, n_images: int = 16, seed: int = 0) -> dict[str, Any]:
+    """A ``manifest`` download made of wsseg's own phantom (tiny profile).
+
+    Textured anatomy, pectoral muscle and real lesion shapes. Right breasts are mirrored to their native
+    orientation. Returns image id -> PhantomImage (canonical frame) for comparison.
+    """
+    from wsseg.data.phantom import PhantomConfig, generate_image
+
+    cfg = PhantomConfig.tiny()
+    rows, truth = [], {}
+    for i in range(n_images):
+        lat, view = (("L", "CC"), ("L", "MLO"), ("R", "CC"), ("R", "MLO"))[i % 4]
+        img = generate_image(cfg, seed, "fixture", i, view=view, laterality=lat)
+        image_id = f"ph{i:03d}-{lat}-{view}"
+        truth[image_id] = img
+        mirror = (lambda a: a[..., ::-1]) if lat == "R" else (lambda a: a)
+        save_png16(root / "images" / f"{image_id}.png", mirror(img.image) / 4095.0)
+        row = {
+            "image": f"images/{image_id}.png",
+            "image_id": image_id,
+            "patient_id": f"P{i // 4}",
+            "laterality": lat,
+            "view": view,
+            "benign": int(img.labels[0] > 0),
+            "malignant": int(img.labels[1] > 0),
+        }
+        for k, cls in enumerate(("benign", "malignant")):
+            if img.masks[k].any():
+                save_mask(root / "masks" / f"{image_id}_{cls}.png", mirror(img.masks[k]))
+                row[f"{cls}_mask"] = f"masks/{image_id}_{cls}.png"
+        rows.append(row)
+    header = [
+        "image",
+        "image_id",
+        "patient_id",
+        "laterality",
+        "view",
+        "benign",
+        "malignant",
+        "benign_mask",
+        "malignant_mask",
+    ]
+    write_csv(root / "manifest.csv", header, rows)
+    return truth
