@@ -92,6 +92,8 @@ def evaluate_split(
                 "patient_id": meta["patient_id"],
                 "spacing_mm": float(meta["pixel_spacing_mm"]),
                 "image_labels": batch["labels"][i],
+                # Box ground truth (VinDr, box manifests): the mask is the union of the boxes; adds MaxBoxAccV2.
+                "boxes": meta.get("annotation") == "box",
             }
             masks, breast = batch["masks"][i], batch["breast_mask"][i]
             ev.add(image_id, out.saliency[i], masks, breast, image_scores=out.logits[i], **common)

@@ -515,7 +515,6 @@ def test_unknown_birads_is_a_counted_skip(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("dataset", ["mini-mias", "nyu", "cbis-ddsm", "vindr-mammo", "inbreast"])
 def test_cli_check_and_run_every_source(tmp_path: Path, dataset: str) -> None:
-
     result = runner.invoke(app, ["data", "fixture", dataset, "--out", str(tmp_path / "dl")])
     assert result.exit_code == 0 and "wrote a" in result.output, result.output
     result = runner.invoke(app, ["data", "check", dataset, "--root", str(tmp_path / "dl"), "--workers", "1"])
@@ -541,4 +540,11 @@ def test_cli_check_and_run_every_source(tmp_path: Path, dataset: str) -> None:
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     (record_path,) = (tmp_path / "runs").glob("*/record.json")
-    assert json.loads(record_path.read_text())["dataset"] == dataset
+    record = json.loads(record_path.read_text())
+    assert record["dataset"] == dataset
+    # Box ground truth gets MaxBoxAccV2 for every class with a boxed lesion in test; masks never do.
+    boxed = [c for c, m in record["metrics"].items() if "max_box_acc_v2" in m]
+    if dataset == "vindr-mammo":
+        assert boxed and all(0.0 <= record["metrics"][c]["max_box_acc_v2"] <= 1.0 for c in boxed)
+    else:
+        assert not boxed

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ import torch
 
 from wsseg.evaluation.evaluator import SegmentationEvaluator
 from wsseg.evaluation.localization import box_iou, boxes_from_map, detections, froc, max_box_acc_v2
-from wsseg.evaluation.stats import FrocSettings
+from wsseg.evaluation.stats import FrocSettings, SplitStats
 
 CLASSES = ("benign", "malignant")
 
@@ -230,3 +231,31 @@ def test_false_positive_burden_on_lesion_free_images() -> None:
     assert m["fp_area_fraction"] == pytest.approx((0 + 0.1) / 2)
     assert m["fp_image_rate"] == pytest.approx(1 / 2)
     assert m["n_lesion_free"] == 2 and m["n_images"] == 1
+
+
+def test_evaluator_reports_max_box_acc_v2_for_box_ground_truth_only(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    maps, gt, masks = [], [], []
+    for i in range(6):
+        s = rng.random((2, 24, 20)).astype(np.float32) * 0.3
+        m = np.zeros((2, 24, 20), dtype=bool)
+        y, x = 2 + 3 * i, 1 + 2 * i
+        m[1, y : y + 5, x : x + 6] = True  # one malignant box per image
+        s[1, y : y + 5 + i % 3, x : x + 6] = 0.9  # a blob that fits the box more or less well
+        maps.append(s)
+        masks.append(m)
+        gt.append(np.array([[x, y, x + 6, y + 5]]))
+    boxed, plain = SegmentationEvaluator(("benign", "malignant")), SegmentationEvaluator(("benign", "malignant"))
+    for i, (s, m) in enumerate(zip(maps, masks, strict=True)):
+        boxed.add(f"img{i}", torch.from_numpy(s), torch.from_numpy(m), boxes=True)
+        plain.add(f"img{i}", torch.from_numpy(s), torch.from_numpy(m))
+    thresholds = {"benign": 0.5, "malignant": 0.5}
+    got = boxed.summary(thresholds)["malignant"]
+    expected = max_box_acc_v2([s[1] for s in maps], gt)
+    assert got["max_box_acc_v2"] == pytest.approx(expected["max_box_acc_v2"])
+    assert got["box_acc_iou_0.7"] == pytest.approx(expected["box_acc_iou_0.7"]) and got["n_box_images"] == 6
+    assert "max_box_acc_v2" not in boxed.summary(thresholds)["benign"]  # no benign box anywhere
+    assert "max_box_acc_v2" not in plain.summary(thresholds)["malignant"]  # mask ground truth: not a box metric
+    # The curves survive the per-image statistics file (bootstrap and compare read it).
+    loaded = SplitStats.load(boxed.stats().save(tmp_path / "stats.npz"))
+    assert np.array_equal(loaded.classes["malignant"].box_iou, boxed.stats().classes["malignant"].box_iou)

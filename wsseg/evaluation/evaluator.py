@@ -112,6 +112,7 @@ class SegmentationEvaluator:
         spacing_mm: float | None = None,
         image_scores: Sequence[float] | Tensor | np.ndarray | None = None,
         image_labels: Sequence[float] | Tensor | np.ndarray | None = None,
+        boxes: bool = False,
     ) -> None:
         """Accumulate one image.
 
@@ -126,6 +127,7 @@ class SegmentationEvaluator:
             image_scores: (K,) image-level predictions (logits or probabilities) for AUROC/AUPRC; when
                 None but ``image_labels`` are given, each map's maximum inside the region.
             image_labels: (K,) image-level labels (0/1).
+            boxes: the ground truth is boxes (each mask is the union of its boxes): MaxBoxAccV2 is added.
         """
         k = len(self.classes)
         validate_saliency(saliency, k, image_id, check_range=self.normalization == "none")
@@ -147,7 +149,7 @@ class SegmentationEvaluator:
         scores = _per_class(image_scores, k)
         labels = _per_class(image_labels, k)
         for c, name in enumerate(self.classes):
-            stats = class_stats(maps[c], target[c], breast, self.n_bins, spacing_mm, self.froc)
+            stats = class_stats(maps[c], target[c], breast, self.n_bins, spacing_mm, self.froc, boxes=boxes)
             self._per_class[name].append(stats)
             self._scores[name].append(stats.peak if image_scores is None and image_labels is not None else scores[c])
             self._labels[name].append(labels[c])

@@ -13,7 +13,10 @@ For one image and one class the evaluator computes, at the evaluated (mask) reso
   inside the region;
 - ``lesion_scores`` / ``fp_scores``: the detection score of each lesion (NaN if missed) and the scores
   of the false-positive detections (FROC);
-- the image-level score and label when known (AUROC, AUPRC).
+- the image-level score and label when known (AUROC, AUPRC);
+- ``box_iou``: for box ground truth only (the mask is the union of the annotated boxes), the best IoU between
+  any box of the map thresholded at tau * max and any ground-truth box, for tau = 0, 0.01, ..., 0.99
+  (MaxBoxAccV2); empty otherwise.
 
 :class:`SplitStats` stacks them over the images of a split (memory O(images x n_bins), about 16 KB
 per image and class at 1,000 bins, independent of the resolution) and saves them to one ``.npz`` file.
@@ -27,9 +30,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 
 from wsseg._io import atomic_save
-from wsseg.evaluation.localization import detections, distance_to_mask_px, match_detections, peak_index
+from wsseg.evaluation.localization import (
+    best_box_iou_curve,
+    detections,
+    distance_to_mask_px,
+    match_detections,
+    peak_index,
+)
 from wsseg.evaluation.metrics import bin_indices
 
 
@@ -61,6 +71,18 @@ class ClassStats:
     lesion_scores: np.ndarray
     fp_scores: np.ndarray
     froc_done: bool
+    box_iou: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+
+# The relative thresholds of MaxBoxAccV2 (tau * max of the map).
+BOX_TAUS = np.arange(100) / 100
+
+
+def gt_boxes_from_mask(target: np.ndarray) -> np.ndarray:
+    """Half-open (x0, y0, x1, y1) boxes of the 8-connected components of a box-annotation mask, (m, 4)."""
+    labels, _ = ndimage.label(target, structure=np.ones((3, 3), dtype=bool))
+    found = [(sl[1].start, sl[0].start, sl[1].stop, sl[0].stop) for sl in ndimage.find_objects(labels) if sl]
+    return np.asarray(found, dtype=np.int64).reshape(-1, 4)
 
 
 def class_stats(
@@ -70,6 +92,7 @@ def class_stats(
     n_bins: int,
     spacing_mm: float | None,
     froc: FrocSettings,
+    boxes: bool = False,
 ) -> ClassStats:
     """Statistics of one full-resolution map against its mask.
 
@@ -80,7 +103,12 @@ def class_stats(
         n_bins: threshold grid resolution.
         spacing_mm: pixel spacing at this resolution; FROC is skipped when None.
         froc: FROC detection settings.
+        boxes: the ground truth is boxes (the mask is their union): also compute the MaxBoxAccV2 curve.
     """
+    box_curve = np.zeros(0)
+    if boxes and target.any():
+        # Boxes from the whole map, as MaxBoxAccV2 defines them (not restricted to the region).
+        box_curve = best_box_iou_curve(saliency, gt_boxes_from_mask(target), BOX_TAUS)
     idx = bin_indices(saliency, n_bins)  # (H, W) int32
     if region is not None:
         target = target & region
@@ -117,6 +145,7 @@ def class_stats(
         lesion_scores,
         fp_scores,
         froc_done,
+        box_curve,
     )
 
 
@@ -131,6 +160,7 @@ class ClassArrays:
         fp_scores, fp_image: (F,) score and image index of every false-positive detection.
         image_score, image_label: (N,) float64, NaN where unknown.
         froc_done: whether detections were made (the pixel spacing was known for every image).
+        box_iou: (N, 100) MaxBoxAccV2 curves, NaN rows for images without box ground truth of this class.
     """
 
     pos_hist: np.ndarray
@@ -145,6 +175,7 @@ class ClassArrays:
     image_score: np.ndarray
     image_label: np.ndarray
     froc_done: bool
+    box_iou: np.ndarray = field(default_factory=lambda: np.zeros((0, len(BOX_TAUS))))
 
     @property
     def gt(self) -> np.ndarray:
@@ -175,6 +206,7 @@ class ClassArrays:
             self.image_score[index],
             self.image_label[index],
             self.froc_done,
+            self.box_iou[index],
         )
 
 
@@ -239,7 +271,13 @@ class SplitStats:
             raise ValueError(f"cannot read per-image statistics {path}: {e}; re-run the evaluation") from e
         try:
             classes = {
-                name: ClassArrays(**{key: data[f"{name}.{key}"] for key in ClassArrays.__dataclass_fields__})
+                name: ClassArrays(
+                    **{
+                        key: data[f"{name}.{key}"]
+                        for key in ClassArrays.__dataclass_fields__
+                        if key != "box_iou" or f"{name}.box_iou" in data  # files written before boxes existed
+                    }
+                )
                 for name in data["classes"].tolist()
             }
             for a in classes.values():
@@ -276,4 +314,7 @@ def stack_class(
         image_score=np.array(image_scores, dtype=np.float64),
         image_label=np.array(image_labels, dtype=np.float64),
         froc_done=bool(n) and all(s.froc_done for s in per_image),
+        box_iou=np.stack([s.box_iou if len(s.box_iou) else np.full(len(BOX_TAUS), np.nan) for s in per_image]).reshape(
+            n, len(BOX_TAUS)
+        ),
     )

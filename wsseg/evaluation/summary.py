@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from wsseg.evaluation.localization import FPPI_POINTS, froc_curves, sensitivity_at
+from wsseg.evaluation.localization import FPPI_POINTS, IOU_THRESHOLDS, froc_curves, sensitivity_at
 from wsseg.evaluation.metrics import (
     dice_from_counts,
     iou_from_counts,
@@ -269,6 +269,27 @@ def oracle_class(arrays: ClassArrays, n_bins: int) -> dict[str, float]:
     return out
 
 
+def box_metrics(arrays: ClassArrays) -> dict[str, float]:
+    """MaxBoxAccV2 over the images whose ground truth of this class is boxes; empty when there are none.
+
+    As defined by Choe et al. (wsolevaluation): per IoU threshold delta in 0.3/0.5/0.7, the best (over the map
+    thresholds tau * max) fraction of images whose best predicted box reaches IoU delta with a ground-truth box,
+    then the mean over delta. The max over tau is part of the definition (it is not calibrated on validation).
+    """
+    curves = arrays.box_iou
+    rows = curves[np.isfinite(curves).all(axis=1)] if curves.size else curves
+    if not len(rows):
+        return {}
+    out, per_delta = {}, []
+    for delta in IOU_THRESHOLDS:
+        acc = (rows >= delta).mean(axis=0)  # (T,) BoxAcc(tau, delta)
+        out[f"box_acc_iou_{delta:g}"] = float(acc.max())
+        per_delta.append(float(acc.max()))
+    out["max_box_acc_v2"] = float(np.mean(per_delta))
+    out["n_box_images"] = float(len(rows))
+    return out
+
+
 def summarize(stats: SplitStats, thresholds: dict[str, float], fixed: float = 0.5) -> dict[str, dict[str, float]]:
     """Every metric of every class (the record's ``metrics`` block).
 
@@ -287,6 +308,7 @@ def summarize(stats: SplitStats, thresholds: dict[str, float], fixed: float = 0.
         metrics["n_images"] = float(table.positive.sum())
         metrics["n_lesion_free"] = float(table.negative.sum())
         metrics["n_lesions"] = float(len(arrays.lesion_scores)) if arrays.froc_done else NAN
+        metrics.update(box_metrics(arrays))
         out[name] = metrics
     return out
 
