@@ -454,6 +454,30 @@ def bench(
         typer.echo(f"appended {len(rows)} rows to {out}")
 
 
+@app.command()
+def leaderboard(
+    runs: Annotated[list[Path], typer.Argument(help="Run folders, record.json files, or folders of runs.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the tables.")] = Path("leaderboard"),
+    format_: Annotated[str, typer.Option("--format", help="Comma-separated formats: md, csv, tex.")] = "md,csv,tex",
+) -> None:
+    """Write comparison tables from run records: one per group of comparable runs, one row per method."""
+    from wsseg.report.leaderboard import write_leaderboards
+
+    formats = [f.strip() for f in format_.split(",") if f.strip()]
+    try:
+        result = write_leaderboards(runs, out, formats)
+    except USER_ERRORS as e:
+        _fail(e)
+    for name, n in result.groups:
+        typer.echo(f"{name}: {n} runs")
+    if result.differences:
+        typer.echo("these runs are not comparable, so they got separate tables:")
+        for line in result.differences:
+            typer.echo(f"  {line}")
+    for path in result.files:
+        typer.echo(f"wrote {path}")
+
+
 @list_app.command("methods")
 def list_methods_cmd() -> None:
     """List registered methods: name, supervision, source and description; broken plugins last."""

@@ -345,6 +345,7 @@ def run(
             "eval_images_per_s": (len(val_set) + len(test_set)) / eval_seconds if eval_seconds > 0 else math.nan,
         },
         "peak_memory_mb": peak_memory_mb(device),
+        "n_parameters": sum(p.numel() for p in method.parameters()),
         "training": {
             "best_epoch": result.best_epoch,
             "best_val_auroc": result.best_val_auroc,

@@ -13,7 +13,8 @@ every key is always present:
 - ``versions``: wsseg, torch, timm, numpy, python, phantom generator, git sha (null outside a git checkout).
 - ``device``: ``cpu`` or the CUDA device name; ``precision``: ``fp32`` or ``bf16``.
 - ``timings``: seconds for ``data``, ``train``, ``eval``, ``bootstrap`` (*v2*) and ``total``;
-  ``throughput``: ``train_images_per_s`` and ``eval_images_per_s``; ``peak_memory_mb``: host RSS or CUDA peak.
+  ``throughput``: ``train_images_per_s`` and ``eval_images_per_s``; ``peak_memory_mb``: host RSS or CUDA peak;
+  ``n_parameters``: the method's parameter count (added in schema 2; absent from older records).
 - ``training``: best epoch, best validation AUROC and the per-epoch history.
 - ``thresholds``: per class, the Dice-maximising threshold chosen on the validation split, and the rule used.
 - ``evaluation`` (*v2*): how maps became numbers: ``n_bins``, ``fixed_threshold``, ``upsampling`` (bilinear by
