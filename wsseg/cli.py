@@ -455,6 +455,33 @@ def bench(
 
 
 @app.command()
+def benchmark(
+    file: Annotated[Path, typer.Argument(help="A benchmark TOML file (see benchmarks/phantom-quick.toml).")],
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """Run every (dataset, method, seed) of a benchmark file that is not finished, then write its leaderboard.
+
+    Finished runs are skipped and interrupted ones resumed, so the command can be stopped and restarted at any
+    time. Post-hoc methods reuse the CAM run of the same seed. The file format is documented in wsseg/benchmark.py.
+    """
+    from wsseg.benchmark import load_benchmark, run_benchmark
+
+    try:
+        bench = load_benchmark(file)
+        typer.echo(
+            f"benchmark {bench.name}: {len(bench.methods)} methods x {len(bench.seeds)} seeds x "
+            f"{len(bench.datasets)} datasets, profile {bench.profile}, runs in {bench.out}"
+        )
+        _, result = run_benchmark(bench, progress=not quiet, log=typer.echo)
+    except USER_ERRORS as e:
+        _fail(e)
+    for line in result.differences:
+        typer.echo(f"not comparable: {line}")
+    for path in result.files:
+        typer.echo(f"wrote {path}")
+
+
+@app.command()
 def leaderboard(
     runs: Annotated[list[Path], typer.Argument(help="Run folders, record.json files, or folders of runs.")],
     out: Annotated[Path, typer.Option("--out", help="Folder for the tables.")] = Path("leaderboard"),

@@ -1,0 +1,67 @@
+"""`wsseg benchmark`: a TOML file of runs; finished runs are skipped, post-hoc methods reuse CAM, bad files refused."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from wsseg.benchmark import load_benchmark
+from wsseg.cli import app
+
+runner = CliRunner()
+
+
+def _file(tmp_path: Path, cache_dir: Path, body: str) -> Path:
+    path = tmp_path / "bench.toml"
+    path.write_text(f'[benchmark]\nname = "t"\nprofile = "tiny"\nset = ["data.cache_dir={cache_dir}"]\n' + body)
+    return path
+
+
+def test_benchmark_runs_what_is_missing_then_writes_the_leaderboard(tmp_path: Path, cache_dir: Path) -> None:
+    path = _file(tmp_path, cache_dir, 'methods = ["gradcam", "cam", "uniform"]\nseeds = [0]\n')
+    first = runner.invoke(app, ["benchmark", str(path), "-q"])
+    assert first.exit_code == 0, first.output
+    runs = tmp_path / "runs" / "t"
+    assert sorted(p.name for p in runs.iterdir()) == [
+        "cam-phantom-tiny-s0",
+        "gradcam-phantom-tiny-s0",
+        "uniform-phantom-tiny-s0",
+    ]
+    gradcam = json.loads((runs / "gradcam-phantom-tiny-s0" / "record.json").read_text())
+    assert gradcam["training"]["from_run"] == str(runs / "cam-phantom-tiny-s0")  # reused CAM, no training
+    (md,) = (tmp_path / "leaderboards" / "t").glob("*.md")
+    table = md.read_text()
+    assert all(f"| {m} | weak | 1 |" in table for m in ("cam", "gradcam", "uniform"))
+    before = md.read_bytes()
+    second = runner.invoke(app, ["benchmark", str(path), "-q"])
+    assert second.exit_code == 0 and second.output.count("done, skipped") == 3
+    assert md.read_bytes() == before  # byte-stable when nothing changed
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ('methods = ["nope"]\nseeds = [0]\n', "unknown methods ['nope']"),
+        ('methods = ["cam"]\nseeds = []\n', "seeds must be a non-empty list"),
+        ('methods = ["cam"]\nseeds = [0]\nepochs = 3\n', "unknown keys ['epochs']"),
+        ('methods = "cam"\nseeds = [0]\n', "methods must be a list"),
+        ('methods = ["cam"]\nseeds = [0]\nprofile2 = 1\n', "unknown keys ['profile2']"),
+        ("methods = [\n", "is not valid TOML"),
+    ],
+)
+def test_bad_benchmark_files_are_clear_errors(tmp_path: Path, cache_dir: Path, body: str, message: str) -> None:
+    path = _file(tmp_path, cache_dir, body)
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        load_benchmark(path)
+    result = runner.invoke(app, ["benchmark", str(path)])
+    assert result.exit_code == 2 and "error:" in result.output, result.output
+
+
+def test_the_shipped_benchmark_files_parse() -> None:
+    root = Path(__file__).resolve().parents[2] / "benchmarks"
+    quick = load_benchmark(root / "phantom-quick.toml")
+    assert quick.profile == "quick" and quick.seeds == [0, 1, 2] and "glam" in quick.methods
+    assert load_benchmark(root / "phantom-paper.toml").profile == "paper"

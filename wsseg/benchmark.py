@@ -1,0 +1,160 @@
+"""`wsseg benchmark FILE.toml`: run what a benchmark file lists and is not done yet, then write the leaderboard.
+
+A benchmark file is data (TOML), never code::
+
+    [benchmark]
+    name = "phantom-quick"
+    profile = "quick"                 # tiny, quick or paper
+    datasets = ["phantom"]
+    methods = ["all"]                 # or a list of registered names; "all" = every registered method
+    seeds = [0, 1, 2]
+    out = "runs/phantom-quick"        # run folders, relative to the benchmark file
+    leaderboard = "results"           # where the tables go, relative to the benchmark file
+    set = ["train.epochs=8"]          # optional --set overrides for every run
+    device = "auto"
+
+Runs are named ``<method>-<dataset>-<profile>-s<seed>``: a finished run (``record.json``) is skipped, an
+interrupted one (``last.pt``) is resumed, so the command can be killed and started again at any time. Post-hoc
+methods (Grad-CAM and relatives) reuse the CAM run of the same seed instead of training (CAM runs first).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from wsseg.config import make_run_config
+from wsseg.method import PostHocCAMMethod
+from wsseg.registry import get_method_spec, list_methods
+from wsseg.report.leaderboard import LeaderboardResult, write_leaderboards
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+KEYS = {"name", "profile", "datasets", "methods", "seeds", "out", "leaderboard", "set", "device", "data_root"}
+
+
+@dataclass
+class Benchmark:
+    """A parsed benchmark file (paths resolved against the file's folder)."""
+
+    name: str
+    profile: str
+    datasets: list[str]
+    methods: list[str]
+    seeds: list[int]
+    out: Path
+    leaderboard: Path
+    overrides: list[str] = field(default_factory=list)
+    device: str = "auto"
+    data_root: str | None = None
+
+
+def load_benchmark(path: str | Path) -> Benchmark:
+    """Parse and check a benchmark file.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: not TOML, no ``[benchmark]`` table, an unknown key, a value of the wrong type, or an
+            unknown method; the message names the file and the fix.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"benchmark file {path} does not exist")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid TOML: {e}") from e
+    table = data.get("benchmark")
+    if not isinstance(table, dict):
+        raise ValueError(f"{path} has no [benchmark] table; see `wsseg benchmark --help` for the format")
+    unknown = sorted(set(table) - KEYS)
+    if unknown:
+        raise ValueError(f"{path}: unknown keys {unknown} in [benchmark]; valid keys: {', '.join(sorted(KEYS))}")
+
+    def get(key: str, kind: type, default: Any = None) -> Any:
+        value = table.get(key, default)
+        if value is None:
+            raise ValueError(f"{path}: [benchmark] needs {key!r}")
+        ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+        if kind is list:
+            ok = ok and all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in value)
+        if not ok:
+            raise ValueError(f"{path}: [benchmark] {key} must be a {kind.__name__}, got {value!r}")
+        return value
+
+    methods = [str(m) for m in get("methods", list)]
+    if methods == ["all"]:
+        methods = list_methods()
+    unknown_methods = [m for m in methods if m not in list_methods()]
+    if unknown_methods:
+        raise ValueError(
+            f'{path}: unknown methods {unknown_methods}; registered: {", ".join(list_methods())} (or ["all"])'
+        )
+    seeds = get("seeds", list)
+    if not seeds or not all(isinstance(s, int) for s in seeds):
+        raise ValueError(f"{path}: [benchmark] seeds must be a non-empty list of integers, got {seeds!r}")
+    profile = get("profile", str, "quick")
+    if profile not in ("tiny", "quick", "paper"):
+        raise ValueError(f"{path}: [benchmark] profile must be tiny, quick or paper, got {profile!r}")
+    name = get("name", str, path.stem)
+    base = path.parent
+    return Benchmark(
+        name=name,
+        profile=profile,
+        datasets=[str(d) for d in get("datasets", list, ["phantom"])],
+        methods=methods,
+        seeds=[int(s) for s in seeds],
+        out=base / get("out", str, f"runs/{name}"),
+        leaderboard=base / get("leaderboard", str, f"leaderboards/{name}"),
+        overrides=[str(s) for s in get("set", list, [])],
+        device=get("device", str, "auto"),
+        data_root=table.get("data_root"),
+    )
+
+
+def is_posthoc(method: str) -> bool:
+    """Methods that explain CAM's classifier (Grad-CAM and relatives) and reuse a CAM run instead of training."""
+    cls = get_method_spec(method).cls
+    return issubclass(cls, PostHocCAMMethod) and cls.saliency_requires_grad
+
+
+def run_benchmark(
+    bench: Benchmark, progress: bool = True, log: Callable[[str], None] = print
+) -> tuple[list[Path], LeaderboardResult]:
+    """Run what is missing, in order (CAM before the post-hoc methods), then write the leaderboard.
+
+    Returns:
+        The run folders of the benchmark and what the leaderboard wrote.
+    """
+    from wsseg.run import run
+
+    # CAM first: post-hoc methods reuse its classifier.
+    order = sorted(bench.methods, key=lambda m: (is_posthoc(m), m != "cam"))
+    folders = []
+    for dataset in bench.datasets:
+        for seed in bench.seeds:
+            for method in order:
+                run_id = f"{method}-{dataset}-{bench.profile}-s{seed}"
+                folder = bench.out / run_id
+                folders.append(folder)
+                if (folder / "record.json").is_file():
+                    log(f"{run_id}: done, skipped")
+                    continue
+                overrides = [*bench.overrides, f"data.dataset={dataset}", f"train.device={bench.device}"]
+                if bench.data_root is not None:
+                    overrides.append(f"data.root={bench.data_root}")
+                cfg = make_run_config(method, bench.profile, seed, overrides)  # type: ignore[arg-type]
+                resume = (folder / "last.pt").is_file()
+                from_run = None
+                if is_posthoc(method) and not resume:
+                    cam = bench.out / f"cam-{dataset}-{bench.profile}-s{seed}"
+                    from_run = cam if (cam / "record.json").is_file() else None
+                log(f"{run_id}: {'resuming' if resume else 'reusing ' + str(from_run) if from_run else 'running'}")
+                run(cfg, bench.out, run_id, resume=resume, from_run=from_run, progress=progress, log=log)
+    return folders, write_leaderboards(folders, bench.leaderboard)
