@@ -57,14 +57,12 @@ from wsseg.method import MethodConfig, MethodOutput, WSSegMethod, probability_bc
 from wsseg.nn.local_resnet import local_resnet
 from wsseg.nn.resnet22 import ResNet22
 from wsseg.nn.roi import (
-    cells_to_pixels,
     extract_crops,
-    greedy_windows,
     paste_patches,
+    propose_windows,
     tissue_fraction,
     tissue_mask,
     top_t_mean,
-    window_cells,
 )
 from wsseg.registry import register_method
 
@@ -240,10 +238,8 @@ class GLAM(WSSegMethod):
         if self.training and self.stage == "global":
             return MethodOutput(logits=logits, saliency=global_up.detach(), extras=extras)
 
-        cam = (int(global_map.shape[-2]), int(global_map.shape[-1]))
         crop = self.cfg.crop_size
-        cells = greedy_windows(global_map, self.cfg.num_patches, window_cells(crop, size, cam))  # (B, k, 2)
-        corners = cells_to_pixels(cells, cam, size, crop)  # (B, k, 2) pixels
+        corners = propose_windows(global_map, self.cfg.num_patches, crop, size)  # (B, k, 2) pixels
         crops = extract_crops(images, corners, crop)  # (B, k, 1, p, p)
         b, k = crops.shape[:2]
         local = self.local_maps(crops.flatten(0, 1))  # (B*k, 2, q, q)

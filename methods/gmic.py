@@ -43,13 +43,11 @@ from wsseg.method import MethodConfig, MethodOutput, WSSegMethod, bce_loss, prob
 from wsseg.nn.local_resnet import local_resnet
 from wsseg.nn.resnet22 import ResNet22
 from wsseg.nn.roi import (
-    cells_to_pixels,
     extract_crops,
-    greedy_windows,
+    propose_windows,
     tissue_fraction,
     tissue_mask,
     top_t_mean,
-    window_cells,
 )
 from wsseg.nn.upsample import to_input_resolution
 from wsseg.registry import register_method
@@ -186,10 +184,8 @@ class GMIC(WSSegMethod):
             )
         y_global = top_t_mean(saliency_lowres, self.cfg.percent_t)  # (B, 2)
 
-        cam = (int(h_g.shape[-2]), int(h_g.shape[-1]))
         crop = self.cfg.crop_size
-        cells = greedy_windows(saliency_lowres, self.cfg.num_crops, window_cells(crop, size, cam))  # (B, K, 2)
-        corners = cells_to_pixels(cells, cam, size, crop)  # (B, K, 2) pixels
+        corners = propose_windows(saliency_lowres, self.cfg.num_crops, crop, size)  # (B, K, 2) pixels
         crops = extract_crops(images, corners, crop)  # (B, K, 1, crop_h, crop_w)
         b, k = crops.shape[:2]
         features = self.local_backbone.forward_features(crops.flatten(0, 1))  # (B*K, 512, s, s)

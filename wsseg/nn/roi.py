@@ -93,6 +93,25 @@ def cells_to_pixels(corners: Tensor, cam: tuple[int, int], image: tuple[int, int
     return torch.minimum(pixels.clamp_min(0), limit)
 
 
+def propose_windows(maps: Tensor, num: int, crop: tuple[int, int], size: tuple[int, int]) -> Tensor:
+    """Greedy window proposal on saliency maps, returned as pixel corners of ``crop``-sized crops.
+
+    Composes :func:`window_cells` (the crop's size in cells), :func:`greedy_windows` and :func:`cells_to_pixels`.
+
+    Args:
+        maps: (B, C, h, w) saliency maps of images of ``size`` (H, W).
+        num: windows per image.
+        crop: (rows, cols) of a crop in pixels.
+        size: (H, W) of the images.
+
+    Returns:
+        (B, num, 2) int64 upper-left pixel corners, every crop inside the image.
+    """
+    cam = (int(maps.shape[-2]), int(maps.shape[-1]))
+    cells = greedy_windows(maps, num, window_cells(crop, size, cam))  # (B, num, 2) in cells
+    return cells_to_pixels(cells, cam, size, crop)
+
+
 def extract_crops(images: Tensor, corners: Tensor, crop: tuple[int, int]) -> Tensor:
     """Gather the crops at pixel ``corners`` from every image in one indexing operation.
 
