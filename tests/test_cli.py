@@ -161,3 +161,18 @@ def test_weights_in_the_official_layout_are_evaluated_without_training(
     torch.save({"not.a.key": torch.zeros(1)}, path)
     bad = runner.invoke(app, [*args, "--run-id", "bad", "--weights", str(path)])
     assert bad.exit_code == 2 and "unexpected keys: not.a.key" in bad.output
+
+
+def test_bench_writes_the_csv_columns_and_refuses_unknown_fields(tmp_path: Path) -> None:
+    out = tmp_path / "bench.csv"
+    args = ["bench", "-m", "gmic", "--profile", "tiny", "--phase", "inference", "--seconds", "0.1"]
+    result = runner.invoke(app, [*args, "--set", "method.num_crops=3", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    header, row = out.read_text().splitlines()
+    assert (
+        header
+        == "method,profile,precision,batch,mode,phase,images_per_s,peak_mem_gib,gflop_per_image,tflops,card,torch"
+    )
+    assert row.startswith("gmic,tiny,fp32,1,wsseg,inference,")
+    bad = runner.invoke(app, [*args, "--set", "method.nope=3"])
+    assert bad.exit_code == 2 and "method has no field 'nope'" in bad.output

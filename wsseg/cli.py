@@ -408,29 +408,20 @@ def bench(
     out: Annotated[Path | None, typer.Option(help="Append the rows to this CSV file.")] = None,
 ) -> None:
     """Measure images/s, peak GPU memory and TFLOP/s of forward passes and training steps on synthetic images."""
-    import typing
-
     import torch
     from tabulate import tabulate
 
     from wsseg.bench import COLUMNS, append_rows
     from wsseg.bench import bench as bench_fn
-    from wsseg.config import parse_value
-    from wsseg.registry import make_config
+    from wsseg.config import make_run_config
 
     cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     rows = []
     try:
         for name in method:
-            cfg = make_config(name, profile)  # type: ignore[arg-type]
-            hints = typing.get_type_hints(type(cfg))
-            overrides = {}
-            for item in set_ or []:
-                key, _, raw = item.partition("=")
-                key = key.removeprefix("method.")
-                if key not in hints:
-                    raise ValueError(f"{name} has no config field {key!r}; valid fields: {', '.join(sorted(hints))}")
-                overrides[key] = parse_value(raw, hints[key], key)
+            # The run config's checked `--set method.field=value` parsing, for the method section only.
+            items = [f"method.{item.removeprefix('method.')}" for item in set_ or []]
+            overrides = make_run_config(name, profile, 0, items).method_config  # type: ignore[arg-type]
             for prec in precision or (["bf16"] if cuda else ["fp32"]):
                 for ph in phase or ["inference", "train"]:
                     for n in batch or [1]:
