@@ -19,7 +19,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-list_app = typer.Typer(help="List registered methods and backbones.", no_args_is_help=True)
+list_app = typer.Typer(help="List registered methods, backbones and datasets.", no_args_is_help=True)
 data_app = typer.Typer(help="Prepare and look at datasets.", no_args_is_help=True)
 app.add_typer(list_app, name="list")
 app.add_typer(data_app, name="data")
