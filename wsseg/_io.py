@@ -14,6 +14,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+# mkstemp creates files readable by their owner only; results are meant to be shared, so written files get the
+# permissions a plain open() would give them (0666 less the process umask). Read once: os.umask can only be read
+# by setting it.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
 @contextmanager
 def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
@@ -33,6 +38,7 @@ def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
     except OSError as e:
         raise OSError(f"cannot write {path}: {e.strerror or e}. Check the folder exists and is writable.") from e
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
             yield f
             f.flush()

@@ -330,6 +330,25 @@ def evaluate(
     typer.echo(f"record: {(out or run_dir / 'evaluate') / 'record.json'}")
 
 
+@app.command()
+def gallery(
+    run_dir: Annotated[list[Path], typer.Option("--run", help="A finished run folder (repeatable).")],
+    cache_dir: Annotated[Path | None, typer.Option(help="Dataset cache folder (default: the run's).")] = None,
+) -> None:
+    """(Re)make a run's gallery.npz (its maps on the report's fixed test images) from its best checkpoint.
+
+    Runs write it themselves; this is for runs made before galleries existed, so the HTML report can show them.
+    """
+    from wsseg.run import gallery_for_run
+
+    for folder in run_dir:
+        try:
+            path = gallery_for_run(folder, str(cache_dir) if cache_dir is not None else None)
+        except USER_ERRORS as e:
+            _fail(e)
+        typer.echo(f"wrote {path}")
+
+
 COMPARE_DEFAULT = ("dice", "iou", "dice_pooled", "soft_dice", "pxap", "pointing_game_10mm", "froc", "auroc")
 
 
@@ -476,7 +495,14 @@ def benchmark(
 def leaderboard(
     runs: Annotated[list[Path], typer.Argument(help="Run folders, record.json files, or folders of runs.")],
     out: Annotated[Path, typer.Option("--out", help="Folder for the tables.")] = Path("leaderboard"),
-    format_: Annotated[str, typer.Option("--format", help="Comma-separated formats: md, csv, tex.")] = "md,csv,tex",
+    format_: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="Comma-separated formats: md, csv, tex, html (a self-contained report: sortable table, saliency "
+            "gallery, plots; its SVG figures go to figures/ beside it).",
+        ),
+    ] = "md,csv,tex,html",
 ) -> None:
     """Write comparison tables from run records: one per group of comparable runs, one row per method."""
     from wsseg.report.leaderboard import write_leaderboards

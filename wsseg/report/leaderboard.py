@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from wsseg._io import atomic_open
+from wsseg._io import atomic_open, atomic_write_text
+from wsseg.report.html import RunFiles, render_report
 
 CLASSES = ("benign", "malignant")
 # Per-class columns after the headline Dice: (record key, column title).
@@ -35,7 +36,7 @@ CLASS_COLUMNS = (
     ("fp_area_fraction", "FP area"),
     ("auroc", "AUROC"),
 )
-FORMATS = ("md", "csv", "tex")
+FORMATS = ("md", "csv", "tex", "html")
 
 
 @dataclass
@@ -279,6 +280,19 @@ def render(rows: Sequence[Row], fmt: str, title: str) -> str:
     raise ValueError(f"unknown leaderboard format {fmt!r}; choose from {', '.join(FORMATS)}")
 
 
+def write_report(path: Path, rows: Sequence[Row], title: str, runs: Sequence[RunFiles]) -> list[Path]:
+    """Write the HTML report of one group to ``path`` and its plots as SVG files under ``figures/`` beside it."""
+    header, cells = table(rows)
+    supervision = ["reference" if row.reference else row.supervision for row in rows]
+    page, figures = render_report(title, header, cells, supervision, runs, [r.method for r in rows if not r.reference])
+    written = [atomic_write_text(path, page)]
+    for name, svg in sorted(figures.items()):
+        target = path.parent / "figures" / f"{path.stem.removeprefix('leaderboard-')}-{name}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        written.append(atomic_write_text(target, svg + "\n"))
+    return written
+
+
 def group_name(key: tuple[str, ...]) -> str:
     """A file-name stem for a comparable group: dataset, profile and the test split hash."""
     dataset, _version, split, profile, _ = key
@@ -306,7 +320,9 @@ def write_leaderboards(
     for fmt in formats:
         if fmt not in FORMATS:
             raise ValueError(f"unknown leaderboard format {fmt!r}; choose from {', '.join(FORMATS)}")
-    records = [load_record(p) for p in find_records(paths)]
+    found = find_records(paths)
+    records = [load_record(p) for p in found]
+    folders = {id(r): p.parent for r, p in zip(records, found, strict=True)}
     groups = group_records(records)
     keys = list(groups)
     differences = [
@@ -322,6 +338,9 @@ def write_leaderboards(
         title = f"{key[0]} ({key[1]}), profile {key[3]}, test split {key[2]}: {len(members)} runs"
         for fmt in formats:
             path = out / f"{group_name(key)}.{fmt}"
+            if fmt == "html":
+                files += write_report(path, rows, title, [RunFiles(r, folders[id(r)]) for r in members])
+                continue
             with atomic_open(path, "w") as f:
                 f.write(render(rows, fmt, title))
             files.append(path)
