@@ -20,6 +20,7 @@ from typing import IO, Any
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 
+
 @contextmanager
 def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
     """Open a temporary file beside ``path``; on success it replaces ``path`` atomically.
