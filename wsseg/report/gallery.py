@@ -118,7 +118,7 @@ def make_gallery(
         raise ValueError(f"{dataset.root}: the {dataset.split} split has no image with a lesion; no gallery")
     subset = Subset(dataset, [i for i, _ in chosen])
     ids, images, masks, maps = [], [], [], []
-    for batch, out in predict_batches(method, subset, 4, device, bf16):  # type: ignore[arg-type]
+    for batch, out in predict_batches(method, subset, 4, device, bf16):
         size = _display_size(*batch["image"].shape[-2:])
         img = _shrink(batch["image"].cpu(), size, "area")[:, 0]  # (B, h, w)
         lo = img.flatten(1).amin(1)[:, None, None]

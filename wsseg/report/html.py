@@ -63,7 +63,7 @@ def _by_method(runs: Sequence[RunFiles]) -> dict[str, list[RunFiles]]:
 
 
 def _color(i: int) -> str:
-    palette = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
+    palette: tuple[str, ...] = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
     palette += ("#bcbd22", "#17becf", "#000000", "#aec7e8")
     return palette[i % len(palette)]
 
@@ -73,7 +73,7 @@ def _floats(values: Sequence[float | None]) -> np.ndarray:
 
 
 def plot_curves(
-    curves: dict[str, dict[str, Any]], order: Sequence[str], kind: str, name: str
+    curves: dict[str, list[dict[str, Any]]], order: Sequence[str], kind: str, name: str
 ) -> tuple[str, dict[str, str]]:
     """One SVG figure per class: precision-recall (``pr``), FROC (``froc``) or Dice by lesion size (``size``).
 
@@ -148,7 +148,7 @@ def _png(rgb: np.ndarray) -> str:
 
 
 def _outline(mask: np.ndarray) -> np.ndarray:
-    return mask & ~ndimage.binary_erosion(mask)
+    return np.asarray(mask & ~ndimage.binary_erosion(mask))
 
 
 def overlay(image: np.ndarray, saliency: np.ndarray | None, mask: np.ndarray) -> np.ndarray:
