@@ -71,3 +71,10 @@ def atomic_save(path: str | Path, writer: Callable[[IO[bytes]], None]) -> Path:
     with atomic_open(path, "wb") as f:
         writer(f)
     return Path(path)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically and return the path."""
+    with atomic_open(path, "wb") as f:
+        f.write(data)
+    return Path(path)
