@@ -256,7 +256,8 @@ NOTES = (
     "Dice: test split, at the threshold calibrated on validation, averaged over the images with a lesion of the "
     "class; mean and standard deviation over seeds and the mean of the seeds' 95% patient-bootstrap intervals. "
     "Other columns are means over seeds. Blue rows are fully supervised (an upper bound, trained on masks); the grey "
-    "row is the uniform-breast floor. Click a column title to sort."
+    "row is the uniform-breast floor. Dice (oracle) uses the threshold that is best on the test split itself: an "
+    "upper bound, not a result. Click a column title to sort."
 )
 
 
