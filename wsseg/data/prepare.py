@@ -26,10 +26,11 @@ from tqdm.auto import tqdm
 
 from wsseg._io import atomic_save, atomic_write_json, atomic_write_text
 from wsseg.data.dataset import MANIFEST_COLUMNS, SPLITS, default_cache_dir
-from wsseg.data.imageio import DICOM_SUFFIXES, dicom_pixel_spacing, read_image, read_mask
+from wsseg.data.imageio import DICOM_SUFFIXES, dicom_pixel_spacing, read_image
 from wsseg.data.phantom import CLASSES
 from wsseg.data.preprocess import breast_region, plan_transform
 from wsseg.data.sources import DataError, Lesion, Problem, SourceRecord, get_source
+from wsseg.data.sources.nyu import GMIC_INPUT_SIZE
 
 PREPROCESS_VERSION = 1
 # Seeded patient-level split where a dataset has no official one; validation is carved from an official
@@ -152,42 +153,89 @@ def default_split_file(dataset: str) -> Path | None:
     return path if path.is_file() else None
 
 
-def rasterise(lesions: list[Lesion], shape: tuple[int, int], image_file: Path) -> np.ndarray:
-    """(K, H, W) bool class masks in the original frame: union of each class's lesions.
+def rasterise(
+    lesions: list[Lesion], shape: tuple[int, int], image_file: Path
+) -> tuple[np.ndarray, list[tuple[float, float, float, float] | None]]:
+    """(K, H, W) bool class masks in the original frame (the union of each class's lesions), and each lesion's own
+    bounding box ``(xmin, ymin, xmax, ymax)`` in that frame (None when it covers no pixel), so per-lesion
+    information survives the union.
 
     Boxes fill the pixels whose centres lie in the half-open box; circles fill pixels within the radius of
-    the centre pixel (both rules recorded in datasets.md section 0 and 11.2).
+    the centre pixel (both rules recorded in datasets.md section 0 and 11.2). A mask file drawn in a model-input
+    frame (:class:`~wsseg.data.sources.ModelFrame`) is mapped back to the image first.
 
     Raises:
-        DataError: a mask file is missing, unreadable or of another size than the image.
+        DataError: a mask file is missing, unreadable, not binary, or of another size than the image.
     """
     masks = np.zeros((len(CLASSES), *shape), dtype=bool)
+    boxes: list[tuple[float, float, float, float] | None] = []
     rows, cols = np.arange(shape[0])[:, None], np.arange(shape[1])[None, :]
     for les in lesions:
         k = CLASSES.index(les.cls)
+        m: np.ndarray | None = None
         if les.kind == "mask" and les.mask_file is not None:
-            if not les.mask_file.is_file():
-                raise DataError(les.mask_file, f"the mask of {image_file.name} is missing", "restore the file")
-            m = read_mask(les.mask_file)
-            if m.shape != shape:
-                raise DataError(
-                    les.mask_file,
-                    f"mask is {m.shape[0]}x{m.shape[1]} but the image {image_file} is {shape[0]}x{shape[1]}",
-                    "a resized mask would deform the lesion; fix or remove the mask",
-                )
-            masks[k] |= m
+            m = read_binary_mask(les, shape, image_file)
         elif les.kind == "box" and les.box is not None:
             xmin, ymin, xmax, ymax = les.box
-            masks[k] |= (cols + 0.5 >= xmin) & (cols + 0.5 < xmax) & (rows + 0.5 >= ymin) & (rows + 0.5 < ymax)
+            m = (cols + 0.5 >= xmin) & (cols + 0.5 < xmax) & (rows + 0.5 >= ymin) & (rows + 0.5 < ymax)
         elif les.kind == "polygon" and les.polygon:
             # PIL fills the polygon's interior and outline at integer coordinates (pixel indices, x = column).
             canvas = Image.new("L", (shape[1], shape[0]), 0)
             ImageDraw.Draw(canvas).polygon([(float(x), float(y)) for x, y in les.polygon], fill=1, outline=1)
-            masks[k] |= np.asarray(canvas, dtype=bool)
+            m = np.asarray(canvas, dtype=bool)
         elif les.kind == "circle" and les.circle is not None:
             cx, cy, rad = les.circle
-            masks[k] |= (cols - cx) ** 2 + (rows - cy) ** 2 <= rad**2
-    return masks
+            m = (cols - cx) ** 2 + (rows - cy) ** 2 <= rad**2
+        if m is None or not m.any():
+            boxes.append(None)
+            continue
+        masks[k] |= m
+        r, c = np.flatnonzero(m.any(axis=1)), np.flatnonzero(m.any(axis=0))
+        boxes.append((float(c[0]), float(r[0]), float(c[-1] + 1), float(r[-1] + 1)))
+    return masks, boxes
+
+
+# A mask file is binary: background 0 and one lesion value. More than this fraction of pixels at other values
+# means a greyscale image (CBIS-DDSM's cropped patch listed as the mask); JPEG-like edges stay far below it.
+MAX_GREY_FRACTION = 0.01
+
+
+def read_binary_mask(les: Lesion, shape: tuple[int, int], image_file: Path) -> np.ndarray:
+    """The lesion's mask file as a bool mask of the image's ``shape`` (mapped from its model frame when it has one).
+
+    Raises:
+        DataError: missing, unreadable, greyscale rather than binary, or of another size than the image.
+    """
+    assert les.mask_file is not None
+    if not les.mask_file.is_file():
+        raise DataError(les.mask_file, f"the mask of {image_file.name} is missing", "restore the file")
+    raw = read_image(les.mask_file)
+    peak = float(raw.max())
+    grey = np.count_nonzero((raw != 0) & (raw != peak)) if peak > 0 else 0
+    if grey > MAX_GREY_FRACTION * raw.size:
+        raise DataError(
+            les.mask_file,
+            f"not a binary mask ({grey} of {raw.size} pixels are neither 0 nor the lesion value): it looks like an "
+            "image, e.g. a cropped lesion patch listed as the ROI mask",
+            "point the annotation at the binary ROI mask file",
+        )
+    m = raw > 0
+    if m.shape == shape:
+        return m
+    frame = les.model_frame
+    if frame is not None and m.shape == tuple(frame.size):
+        return frame.to_original(m, shape)
+    hint = "a resized mask would deform the lesion; fix or remove the mask"
+    if m.shape == GMIC_INPUT_SIZE:
+        hint = (
+            f"{m.shape[0]}x{m.shape[1]} is GMIC's model-input frame: read the exam list that has window_location "
+            "and best_center (GMIC's data.pkl, --root FILE.pkl) so the mask can be mapped back"
+        )
+    raise DataError(
+        les.mask_file,
+        f"mask is {m.shape[0]}x{m.shape[1]} but the image {image_file} is {shape[0]}x{shape[1]}",
+        hint,
+    )
 
 
 @dataclass
@@ -216,7 +264,7 @@ def process_record(rec: SourceRecord, out_hw: tuple[int, int], dataset: str) -> 
             f"{rec.expected_hw[0]}x{rec.expected_hw[1]}",
             "the file does not match its annotations; download it again",
         )
-    masks = rasterise(rec.lesions, (raw.shape[0], raw.shape[1]), rec.image_file)
+    masks, lesion_boxes = rasterise(rec.lesions, (raw.shape[0], raw.shape[1]), rec.image_file)
     breast = breast_region(raw)
     if not breast.any():
         raise DataError(rec.image_file, "the image is blank (no breast found)", "check the file is a mammogram")
@@ -228,10 +276,13 @@ def process_record(rec: SourceRecord, out_hw: tuple[int, int], dataset: str) -> 
     out_masks = np.stack([tf.apply(m, is_mask=True) if m.any() else np.zeros(out_hw, bool) for m in masks])
     out_breast = tf.apply(breast, is_mask=True)
     lesions = []
-    for les in rec.lesions:
+    for les, box in zip(rec.lesions, lesion_boxes, strict=True):
+        # Each lesion's own window-frame box: the class masks are unions, so overlapping lesions merge there.
         entry: dict[str, Any] = {"class": les.cls, "kind": les.kind, "type": les.name}
         if les.box is not None:
             entry["box"] = list(tf.box_to_window(les.box))
+        elif box is not None:
+            entry["box"] = list(tf.box_to_window(box))
         if les.circle is not None:
             cx, cy, rad = les.circle
             x0, y0, x1, y1 = tf.box_to_window((cx - rad, cy - rad, cx + rad + 1, cy + rad + 1))

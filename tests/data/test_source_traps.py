@@ -1,0 +1,51 @@
+"""The dataset traps of datasets.md beyond the basics of test_sources.py, each a fixture switch or a small edit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.data.test_sources import OUT_HW, assert_aligned, assert_canonical, samples
+from wsseg.data.fixtures import write_nyu
+from wsseg.data.prepare import check_source, prepare_source
+from wsseg.data.sources import ModelFrame
+from wsseg.data.sources.nyu import gmic_window_origin
+
+
+@pytest.mark.parametrize("flip", ["NO", "YES"])
+def test_nyu_segmentations_in_gmic_model_frame(tmp_path: Path, flip: str) -> None:
+    """GMIC's sample masks are 2944x1920 model-input frames; with data.pkl's crop and centre they map back."""
+    truth = write_nyu(tmp_path / "dl", n_exams=3, horizontal_flip=flip, model_frame_masks=True)
+    root, report = prepare_source("nyu", tmp_path / "dl", OUT_HW, cache_dir=tmp_path / "c", workers=1, progress=False)
+    assert report.problems == [] and report.orientation_disagreements == []
+    got = samples(root, "nyu")
+    assert len(got) == 12
+    for name, s in got.items():
+        assert_canonical(s)
+        if name.split("_")[1].startswith("L"):  # flipped by GMIC with 'YES': the mask is un-flipped on reading
+            assert s["labels"].tolist() == [0.0, 1.0]
+            assert_aligned(s, truth[name])
+        else:
+            assert not s["masks"].any()
+
+
+def test_nyu_model_frame_mask_without_crop_metadata_says_what_to_pass(tmp_path: Path) -> None:
+    write_nyu(tmp_path / "dl", n_exams=3, model_frame_masks=True)
+    report = check_source("nyu", tmp_path / "dl" / "exam_list_before_cropping.pkl", OUT_HW, workers=1)
+    assert len(report.problems) == 6  # the L views of 3 exams: their masks cannot be placed
+    assert all("2944x1920" in p.reason and "data.pkl" in p.reason for p in report.problems)
+
+
+def test_gmic_window_when_the_crop_is_larger_than_the_window() -> None:
+    # Centred on best_center, then shifted inside the crop (no padding on a large axis).
+    assert gmic_window_origin((4000, 2500), (2000, 1200), "L-CC") == (2000 - 1472, 1200 - 960)
+    assert gmic_window_origin((4000, 2500), (100, 2400), "L-MLO") == (0, 2500 - 1920)
+    assert gmic_window_origin((2000, 800), (1000, -200), "R-CC") == (-(944 // 2), 0)
+    assert gmic_window_origin((2000, 800), (1000, -200), "R-MLO") == (0, 0)
+    frame = ModelFrame((10, 20, 5, 13), True, (-2, 1), (6, 4))  # an 10x8 crop, flipped, window at (-2, 1)
+    mask = np.zeros((6, 4), bool)
+    mask[2, 0] = True  # crop row 0, flipped col 1 -> crop col 8 - 1 - 1 = 6 -> original (10, 11)
+    back = frame.to_original(mask, (30, 30))
+    assert np.argwhere(back).tolist() == [[10, 11]]
