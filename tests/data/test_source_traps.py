@@ -49,3 +49,53 @@ def test_gmic_window_when_the_crop_is_larger_than_the_window() -> None:
     mask[2, 0] = True  # crop row 0, flipped col 1 -> crop col 8 - 1 - 1 = 6 -> original (10, 11)
     back = frame.to_original(mask, (30, 30))
     assert np.argwhere(back).tolist() == [[10, 11]]
+
+
+def test_cbis_crop_without_mask_and_strict_wrong_size(tmp_path: Path) -> None:
+    """The crop is never taken for the mask; a wrong-size mask is listed, skipped, and fatal in strict mode."""
+    from wsseg.data.fixtures import write_cbis
+    from wsseg.data.sources import DataError, get_source
+
+    write_cbis(tmp_path / "dl", crop_without_mask=True)
+    assert (tmp_path / "dl" / "metadata.csv").is_file()  # the retriever's index is there and not needed
+    scan = get_source("cbis-ddsm").scan(tmp_path / "dl")
+    (problem,) = scan.problems
+    assert "Mass-Training_P_00005_LEFT_CC_1" in problem.file and "no ROI mask" in problem.reason
+    assert "12x10" in problem.reason and "Mass-Training_P_00005_LEFT_CC" not in {r.image_id for r in scan.records}
+    report = check_source("cbis-ddsm", tmp_path / "dl", OUT_HW, workers=1)
+    assert len(report.problems) == 2 and sum(report.counts.values()) == 8
+    wrong = next(p for p in report.problems if "P_00003" in p.file)
+    assert "mask is 66x48 but the image" in wrong.reason and "64x48" in wrong.reason
+    with pytest.raises(DataError, match=r"2 problem\(s\) in strict mode(.|\n)*66x48"):
+        check_source("cbis-ddsm", tmp_path / "dl", OUT_HW, workers=1, strict=True)
+
+
+def test_cbis_two_abnormalities_keep_their_own_boxes(tmp_path: Path) -> None:
+    from wsseg.data.fixtures import write_cbis
+
+    write_cbis(tmp_path / "dl")
+    root, _ = prepare_source(
+        "cbis-ddsm", tmp_path / "dl", OUT_HW, cache_dir=tmp_path / "c", workers=1, progress=False
+    )
+    s = samples(root, "cbis-ddsm")["Mass-Training_P_00001_LEFT_CC"]
+    lesions = s["meta"]["lesions"]
+    assert [les["class"] for les in lesions] == ["malignant", "benign"]
+    for les in lesions:  # each box is the lesion's footprint in the window, on its class mask
+        x0, y0, x1, y1 = (round(v) for v in les["box"])
+        k = 0 if les["class"] == "benign" else 1
+        assert s["masks"][k, y0:y1, x0:x1].float().mean() > 0.5
+
+
+def test_cbis_greyscale_file_listed_as_mask_is_reported(tmp_path: Path) -> None:
+    """Content decides: a greyscale image where the binary mask should be is named a crop, not used."""
+    from wsseg.data.fixtures import phantom, save_dicom, write_cbis
+
+    write_cbis(tmp_path / "dl")
+    (mask,) = [
+        p for p in (tmp_path / "dl" / "CBIS-DDSM" / "Mass-Training_P_00005_LEFT_CC_1").rglob("*.dcm")
+        if p.stat().st_size > 4000
+    ]
+    save_dicom(mask, phantom(False).image)  # same size as the image, but a full greyscale picture
+    report = check_source("cbis-ddsm", tmp_path / "dl", OUT_HW, workers=1)
+    bad = next(p for p in report.problems if "P_00005" in p.file)
+    assert "not a binary mask" in bad.reason and "cropped lesion patch" in bad.reason

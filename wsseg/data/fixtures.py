@@ -268,14 +268,17 @@ CBIS_HEADER_CALC = (
 ).split(",")
 
 
-def write_cbis(root: Path) -> dict[str, Phantom]:
+def write_cbis(root: Path, crop_without_mask: bool = False) -> dict[str, Phantom]:
     """A CBIS-DDSM download with its traps.
 
     Both layouts, the four CSVs with classic paths and embedded newlines, swapped calc crop/mask columns,
-    two abnormalities on one image, a patient in mass-train and calc-test, and one wrong-size ROI mask.
+    ``1-1.dcm``/``1-2.dcm`` in either order, two abnormalities on one image, a patient in mass-train and
+    calc-test, one wrong-size ROI mask, and the retriever's ``metadata.csv``. With ``crop_without_mask`` the ROI
+    series of ``Mass-Training_P_00005_LEFT_CC_1`` holds only the cropped patch.
 
     Returns subject folder (= image id) -> phantom; ``Mass-Training_P_00003_LEFT_CC`` has the bad mask.
     """
+    meta_rows: list[dict[str, object]] = []
     truth: dict[str, Phantom] = {}
     rows: dict[str, list[dict[str, object]]] = {"mass_train": [], "mass_test": [], "calc_train": [], "calc_test": []}
     entries = [  # (csv, patient, side, abnormalities as pathologies)
@@ -318,7 +321,17 @@ def write_cbis(root: Path) -> dict[str, Phantom]:
                 series = root / "CBIS-DDSM" / roi / "08-29-2017-DDSM-NA-96009" / "1.000000-ROI mask images-18515"
                 first, second = ("1-1.dcm", "1-2.dcm") if a % 2 else ("1-2.dcm", "1-1.dcm")
                 save_dicom(series / first, crop)
-                save_dicom(series / second, mask.astype(float), bits=8)
+                if not (crop_without_mask and p == 5):
+                    save_dicom(series / second, mask.astype(float), bits=8)
+                meta_rows.append(
+                    {
+                        "Series UID": f"{uid}.{a}",
+                        "Subject ID": roi,
+                        "Series Description": "ROI mask images",
+                        "Number of Images": 2,
+                        "File Location": "./" + series.relative_to(root).as_posix(),
+                    }
+                )
             else:
                 series = root / roi / f"{uid}.{a}" / f"{uid}.{a}.2"
                 crop_file, mask_file = ("000000.dcm", "000001.dcm") if kind == "Mass" else ("000001.dcm", "000000.dcm")
@@ -354,6 +367,12 @@ def write_cbis(root: Path) -> dict[str, Phantom]:
         kind, phase = csv_name.split("_")
         header = CBIS_HEADER_MASS if kind == "mass" else CBIS_HEADER_CALC
         write_csv(root / f"{kind}_case_description_{phase}_set.csv", header, rs)
+    # The NBIA retriever's index (columns vary by version); wsseg resolves files by subject folder instead.
+    write_csv(
+        root / "metadata.csv",
+        ["Series UID", "Subject ID", "Series Description", "Number of Images", "File Location"],
+        meta_rows,
+    )
     return truth
 
 
