@@ -545,18 +545,22 @@ def _profile_hw(profile: str) -> tuple[int, int]:
     return pcfg.height, pcfg.width
 
 
+VOI_HELP = "Apply each DICOM's VOI LUT or window (first of several) instead of keeping raw linear values."
+
+
 @data_app.command("check")
 def data_check(
     dataset: Annotated[str, typer.Argument(help="Data source name (see `wsseg list datasets`).")],
     root: Annotated[Path, typer.Option(help="The downloaded dataset (folder or index file).")],
     workers: Annotated[int | None, typer.Option(help="Processes (default: all cores).")] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Exit with an error on any bad file.")] = False,
+    voi_lut: Annotated[bool, typer.Option("--voi-lut", help=VOI_HELP)] = False,
 ) -> None:
     """Validate a download without writing: counts, and every missing or unreadable file with its reason."""
     from wsseg.data.prepare import check_source
 
     try:
-        report = check_source(dataset, root, workers=workers, strict=strict, progress=False)
+        report = check_source(dataset, root, workers=workers, strict=strict, progress=False, voi_lut=voi_lut)
     except USER_ERRORS as e:
         _fail(e)
     typer.echo(report.summary())
@@ -574,6 +578,7 @@ def data_prepare(
     split_file: Annotated[
         Path | None, typer.Option(help="A patient_id,split CSV (default: benchmarks/splits/DATASET.csv if present).")
     ] = None,
+    voi_lut: Annotated[bool, typer.Option("--voi-lut", help=VOI_HELP)] = False,
 ) -> None:
     """Generate the phantom, or read, preprocess and cache a downloaded dataset (uint16, the profile's size)."""
     from wsseg.config import PROFILES, DataConfig, phantom_config
@@ -585,7 +590,9 @@ def data_prepare(
             _fail(f"`wsseg data prepare {dataset}` needs --root PATH (the downloaded dataset)")
         hw = _profile_hw(profile)
         try:
-            path, report = prepare_source(dataset, root, hw, seed, cache_dir, workers, strict, split_file=split_file)
+            path, report = prepare_source(
+                dataset, root, hw, seed, cache_dir, workers, strict, split_file=split_file, voi_lut=voi_lut
+            )
         except USER_ERRORS as e:
             _fail(e)
         typer.echo(report.summary())

@@ -245,6 +245,7 @@ def run(
             cfg.data.seed,
             cfg.data.cache_dir,
             progress=progress,
+            voi_lut=cfg.data.voi_lut,
         )
         if report.problems:
             log(f"data: {len(report.problems)} images skipped; see {root / 'report.json'}")

@@ -99,3 +99,42 @@ def test_cbis_greyscale_file_listed_as_mask_is_reported(tmp_path: Path) -> None:
     report = check_source("cbis-ddsm", tmp_path / "dl", OUT_HW, workers=1)
     bad = next(p for p in report.problems if "P_00005" in p.file)
     assert "not a binary mask" in bad.reason and "cropped lesion patch" in bad.reason
+
+
+def test_dicom_voi_lut_is_an_option_and_monochrome1_inverts_within_its_range(tmp_path: Path) -> None:
+    from wsseg.data.fixtures import VINDR_WINDOW, phantom, save_dicom
+    from wsseg.data.imageio import read_image
+
+    ph = phantom(False)
+    save_dicom(tmp_path / "a.dcm", ph.image, monochrome1=True, tags=VINDR_WINDOW)
+    raw = read_image(tmp_path / "a.dcm")  # default: raw linear values, MONOCHROME1 inverted
+    np.testing.assert_allclose(raw, np.round(ph.image * 4095), atol=0.5)
+    windowed = read_image(tmp_path / "a.dcm", voi_lut=True)
+    # LINEAR window of the first centre/width (2000, 3000) on the stored values, then inverted in [0, 4095].
+    stored = 4095 - np.round(ph.image * 4095)
+    c, w = 2000 - 0.5, 3000 - 1
+    expected = 4095 - np.clip(((stored - c) / w + 0.5) * 4095, 0, 4095)
+    np.testing.assert_allclose(windowed, expected, atol=0.05)
+    assert windowed[ph.lesion].min() == 4095 and windowed[ph.image == 0].max() == 0  # lesion bright, air black
+    save_dicom(tmp_path / "b.dcm", ph.image)  # no window in the header: --voi-lut changes nothing
+    np.testing.assert_array_equal(read_image(tmp_path / "b.dcm", voi_lut=True), read_image(tmp_path / "b.dcm"))
+
+
+def test_vindr_for_processing_is_skipped_and_voi_lut_prepares(tmp_path: Path) -> None:
+    from wsseg.data.fixtures import write_vindr
+
+    truth = write_vindr(tmp_path / "dl", n_studies=5, for_processing=True)
+    report = check_source("vindr-mammo", tmp_path / "dl", OUT_HW, workers=1)
+    (problem,) = report.problems
+    assert problem.file.endswith(".dicom") and "FOR PROCESSING" in problem.reason and sum(report.counts.values()) == 19
+    root, report = prepare_source(
+        "vindr-mammo", tmp_path / "dl", OUT_HW, cache_dir=tmp_path / "c", workers=1, progress=False, voi_lut=True
+    )
+    assert len(report.problems) == 1 and report.orientation_disagreements == []
+    got = samples(root, "vindr-mammo")
+    first = next(i for i in got if i.startswith("00000000L0CC"))  # MONOCHROME1 with a two-valued window
+    assert got[first]["meta"]["voi_lut"] is True
+    assert_canonical(got[first])
+    assert_aligned(got[first], truth[first])
+    plain, _ = prepare_source("vindr-mammo", tmp_path / "dl", OUT_HW, cache_dir=tmp_path / "c", workers=1, progress=False)
+    assert plain != root  # the option keys the cache

@@ -457,6 +457,9 @@ def test_vindr_mammo(tmp_path: Path) -> None:
             assert s["labels"].tolist() == [0.0, 1.0]
             assert_aligned(s, truth[image_id])
             assert len(s["meta"]["lesions"]) == 1 and "Suspicious Calcification" in s["meta"]["lesions"][0]["type"]
+        elif lat == "R" and image_id[9:12] == "0CC" and study % 2 == 0:  # an unmirrored box on a right breast
+            assert s["labels"].tolist() == [0.0, 1.0] and s["meta"]["transform"]["flipped"]
+            assert_aligned(s, truth[image_id])
         elif lat == "R" and image_id[9:12] == "MLO" and study % 2 == 1:
             assert s["labels"].tolist() == [1.0, 0.0]
         else:

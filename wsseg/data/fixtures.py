@@ -66,12 +66,19 @@ def save_mask(path: Path, mask: np.ndarray) -> None:
 
 
 def save_dicom(
-    path: Path, img: np.ndarray, monochrome1: bool = False, bits: int = 12, syntax: str = "", padding: int | None = None
+    path: Path,
+    img: np.ndarray,
+    monochrome1: bool = False,
+    bits: int = 12,
+    syntax: str = "",
+    padding: int | None = None,
+    tags: dict[str, Any] | None = None,
 ) -> None:
     """A single-frame DICOM mammogram; MONOCHROME1 stores inverted values.
 
     Uncompressed unless ``syntax`` is a compressed transfer-syntax UID (RLE, JPEG 2000: encoded by pydicom with
     pylibjpeg). ``padding`` writes that stored value outside the breast and declares it as Pixel Padding Value.
+    ``tags`` sets further attributes by keyword (``WindowCenter``, ``PresentationIntentType``...).
     """
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -98,6 +105,8 @@ def save_dicom(
     ds.PixelSpacing = [0.07, 0.07]
     if padding is not None:
         ds.PixelPaddingValue = padding
+    for keyword, value in (tags or {}).items():
+        setattr(ds, keyword, value)
     ds.PixelData = values.tobytes()
     if syntax:
         ds.compress(syntax, values, generate_instance_uid=False)
@@ -383,11 +392,16 @@ VINDR_FINDING = (
 )
 
 
-def write_vindr(root: Path, n_studies: int = 5) -> dict[str, Phantom]:
+VINDR_WINDOW = {"WindowCenter": [2000, 1500], "WindowWidth": [3000, 2000]}  # multi-valued: the first is used
+
+
+def write_vindr(root: Path, n_studies: int = 5, for_processing: bool = False) -> dict[str, Phantom]:
     """A VinDr-Mammo download with its traps.
 
-    Four views per study, ``.dicom`` files (one MONOCHROME1), both CSVs with a multi-category row, ``No Finding``
-    rows, an empty ``finding_birads`` and a box with a negative ``xmin`` on a right breast.
+    Four views per study, ``.dicom`` files (one MONOCHROME1 with a multi-valued window), both CSVs with a
+    multi-category row, ``No Finding`` rows, an empty ``finding_birads``, boxes in the unmirrored frame on right
+    breasts (one exactly around the lesion, one overhanging the image with a negative ``xmin``). With
+    ``for_processing`` study 1's L-CC is a ``FOR PROCESSING`` image (to be skipped).
     """
     breast_rows, finding_rows, truth = [], [], {}
     for s in range(n_studies):
@@ -397,11 +411,12 @@ def write_vindr(root: Path, n_studies: int = 5) -> dict[str, Phantom]:
                 image_id = f"{s:08x}{lat}{view:>3}".replace(" ", "0").ljust(32, "a")
                 ph = phantom(chest_wall_right=lat == "R")
                 truth[image_id] = ph
-                save_dicom(
-                    root / "images" / study / f"{image_id}.dicom",
-                    ph.image,
-                    monochrome1=(s == 0 and lat == "L" and view == "CC"),
+                first = s == 0 and lat == "L" and view == "CC"
+                tags: dict[str, Any] = {"ImageLaterality": lat, "ViewPosition": view, **(VINDR_WINDOW if first else {})}
+                tags["PresentationIntentType"] = (
+                    "FOR PROCESSING" if for_processing and s == 1 and lat == "L" and view == "CC" else "FOR PRESENTATION"
                 )
+                save_dicom(root / "images" / study / f"{image_id}.dicom", ph.image, monochrome1=first, tags=tags)
                 base = {
                     "study_id": study,
                     "series_id": f"{s:032x}",
@@ -449,6 +464,18 @@ def write_vindr(root: Path, n_studies: int = 5) -> dict[str, Phantom]:
                             "finding_categories": "['Focal Asymmetry']",
                             **box,
                             "xmin": -6.25,
+                        }
+                    )
+                elif lat == "R" and view == "CC" and s % 2 == 0:
+                    breast = "BI-RADS 5"
+                    # Unmirrored: the box sits near x = W (chest wall on the right) and must follow the flip.
+                    finding_rows.append(
+                        {
+                            **base,
+                            "breast_birads": breast,
+                            "finding_birads": "BI-RADS 5",
+                            "finding_categories": "['Mass']",
+                            **box,
                         }
                     )
                 else:

@@ -249,13 +249,16 @@ class Processed:
     disagrees: bool
 
 
-def process_record(rec: SourceRecord, out_hw: tuple[int, int], dataset: str) -> Processed:
+def process_record(rec: SourceRecord, out_hw: tuple[int, int], dataset: str, voi_lut: bool = False) -> Processed:
     """Decode one image and its annotations and run the pipeline of :mod:`wsseg.data.preprocess`.
+
+    ``voi_lut`` applies the DICOM header's VOI LUT or window (datasets.md 11.1; raw linear values otherwise).
 
     Raises:
         DataError: unreadable image, missing or wrong-size mask.
     """
-    raw = read_image(rec.image_file)
+    src = get_source(dataset)
+    raw = read_image(rec.image_file, voi_lut=voi_lut, skip_for_processing=src.skip_for_processing)
     if rec.expected_hw is not None and raw.shape != tuple(rec.expected_hw):
         # Annotations are in the table's pixel frame; another image size means they would land elsewhere.
         raise DataError(
@@ -289,7 +292,6 @@ def process_record(rec: SourceRecord, out_hw: tuple[int, int], dataset: str) -> 
             entry["circle"] = [(x0 + x1) / 2, (y0 + y1) / 2, rad * tf.scale]
         lesions.append(entry)
     disagrees = rec.chest_wall is not None and (rec.chest_wall == "right") != tf.flipped
-    src = get_source(dataset)
     native, spacing_source = rec.pixel_spacing_mm, "dataset"
     if native is None and rec.image_file.suffix.lower() in DICOM_SUFFIXES:
         native, spacing_source = dicom_pixel_spacing(rec.image_file), "dicom"
@@ -307,6 +309,7 @@ def process_record(rec: SourceRecord, out_hw: tuple[int, int], dataset: str) -> 
         "annotation": rec.lesions[0].kind if len({les.kind for les in rec.lesions}) == 1 else src.annotation,
         "label_source": src.label_source,
         "source_file": str(rec.image_file),
+        "voi_lut": voi_lut,
         "transform": tf.to_dict(),
         "lesions": lesions,
         "orientation_disagrees_with_tags": disagrees,
@@ -315,9 +318,9 @@ def process_record(rec: SourceRecord, out_hw: tuple[int, int], dataset: str) -> 
     return Processed(out_image, out_masks, out_breast, meta, disagrees)
 
 
-def _prepare_one(args: tuple[SourceRecord, tuple[int, int], str, str, str | None]) -> dict[str, Any]:
+def _prepare_one(args: tuple[SourceRecord, tuple[int, int], str, str, str | None, bool]) -> dict[str, Any]:
     """Process one record (and write it when ``root`` is given); a failure comes back as a problem, not a raise."""
-    rec, out_hw, dataset, split, root = args
+    rec, out_hw, dataset, split, root, voi_lut = args
     rel = f"{split}/{cache_file_name(rec.image_id)}"
     if root is not None and (Path(root) / rel).is_file():  # written by an interrupted prepare: resume
         try:
@@ -327,7 +330,7 @@ def _prepare_one(args: tuple[SourceRecord, tuple[int, int], str, str, str | None
         except (OSError, KeyError, ValueError):
             pass  # unreadable leftover: process the image again
     try:
-        p = process_record(rec, out_hw, dataset)
+        p = process_record(rec, out_hw, dataset, voi_lut)
         if root is not None:
             labels = np.asarray(rec.labels, dtype=np.float32)
 
@@ -381,23 +384,25 @@ def source_cache_dir(
     seed: int,
     cache_dir: str | Path | None = None,
     split_hash: str | None = None,
+    voi_lut: bool = False,
 ) -> Path:
     """The cache folder of a source prepared at ``out_hw``.
 
-    It is keyed by the source and pipeline versions, the download's absolute path, the window size and the seed.
+    It is keyed by the source and pipeline versions, the download's absolute path, the window size, the seed,
+    the split file and (when on) VOI windowing.
     """
     src = get_source(dataset)
-    blob = json.dumps(
-        {
-            "src": [dataset, src.version],
-            "pre": PREPROCESS_VERSION,
-            "root": str(Path(root).resolve()),
-            "hw": list(out_hw),
-            "seed": seed,
-            "split_file": split_hash,
-        },
-        sort_keys=True,
-    )
+    key: dict[str, Any] = {
+        "src": [dataset, src.version],
+        "pre": PREPROCESS_VERSION,
+        "root": str(Path(root).resolve()),
+        "hw": list(out_hw),
+        "seed": seed,
+        "split_file": split_hash,
+    }
+    if voi_lut:  # only when on, so caches prepared before the option existed keep their key
+        key["voi_lut"] = True
+    blob = json.dumps(key, sort_keys=True)
     base = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     return base / dataset / hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -412,6 +417,7 @@ def _run(
     strict: bool,
     progress: bool,
     split_file: Path | None = None,
+    voi_lut: bool = False,
 ) -> tuple[DataReport, list[dict[str, Any]]]:
     root = Path(root).expanduser()
     if not root.exists():
@@ -420,7 +426,9 @@ def _run(
     scan = src.scan(root)
     report = DataReport(dataset, str(root), problems=list(scan.problems))
     splits = assign_splits(scan.records, seed, read_split_file(split_file) if split_file else None)
-    tasks = [(r, out_hw, dataset, splits[r.image_id], str(target) if target else None) for r in scan.records]
+    tasks = [
+        (r, out_hw, dataset, splits[r.image_id], str(target) if target else None, voi_lut) for r in scan.records
+    ]
     workers = max(1, min(workers or os.cpu_count() or 1, len(tasks) or 1))
     bar = tqdm(total=len(tasks), desc=f"{dataset} {out_hw[0]}x{out_hw[1]}", unit="img", disable=not progress)
     results: list[dict[str, Any]] = []
@@ -460,6 +468,7 @@ def check_source(
     workers: int | None = None,
     strict: bool = False,
     progress: bool = False,
+    voi_lut: bool = False,
 ) -> DataReport:
     """Validate a download without writing anything: every image and mask is decoded and preprocessed.
 
@@ -467,7 +476,7 @@ def check_source(
         FileNotFoundError: ``root`` does not exist.
         DataError: the index is unusable, or (``strict``) any file is bad.
     """
-    report, _ = _run(dataset, root, out_hw, seed, None, workers, strict, progress)
+    report, _ = _run(dataset, root, out_hw, seed, None, workers, strict, progress, voi_lut=voi_lut)
     return report
 
 
@@ -481,12 +490,13 @@ def prepare_source(
     strict: bool = False,
     progress: bool = True,
     split_file: str | Path | None = None,
+    voi_lut: bool = False,
 ) -> tuple[Path, DataReport]:
     """Build (or reuse) the uint16 cache of ``dataset`` read from ``root``; return its folder and the report.
 
     The patient-level split comes from ``split_file`` (``patient_id,split``), else the committed
     ``benchmarks/splits/<dataset>.csv``, else the official split, else a seeded one. The split used is written
-    to ``split.csv`` in the cache folder, ready to be published.
+    to ``split.csv`` in the cache folder, ready to be published. ``voi_lut`` applies the DICOM VOI LUT/window.
 
     Raises:
         FileNotFoundError: ``root`` does not exist.
@@ -494,7 +504,7 @@ def prepare_source(
     """
     split_path = Path(split_file) if split_file is not None else default_split_file(dataset)
     split_hash = hashlib.sha256(split_path.read_bytes()).hexdigest()[:12] if split_path else None
-    target = source_cache_dir(dataset, root, out_hw, seed, cache_dir, split_hash)
+    target = source_cache_dir(dataset, root, out_hw, seed, cache_dir, split_hash, voi_lut)
     if (target / "manifest.csv").exists() and (target / "report.json").exists():
         saved = json.loads((target / "report.json").read_text(encoding="utf-8"))
         report = DataReport(
@@ -506,7 +516,7 @@ def prepare_source(
             str(target),
         )
         return target, report
-    report, rows = _run(dataset, root, out_hw, seed, target, workers, strict, progress, split_path)
+    report, rows = _run(dataset, root, out_hw, seed, target, workers, strict, progress, split_path, voi_lut)
     report.cache = str(target)
     empty = [s for s in SPLITS if report.counts.get(s, 0) == 0]
     if empty:

@@ -171,6 +171,8 @@ class DataSource:
         version: bump when the reading of the native files changes (it keys the cache).
         default_pixel_spacing_mm: the spacing assumed when neither the tables nor the header give one (metrics
             in mm, e.g. FROC distances, need one); the sample's meta says where its spacing came from.
+        skip_for_processing: DICOMs whose Presentation Intent Type is ``FOR PROCESSING`` (raw detector data) are
+            skipped and reported, as the dataset's own tools do (VinDr-Mammo, datasets.md 3.3).
     """
 
     name: ClassVar[str] = ""
@@ -180,6 +182,7 @@ class DataSource:
     version: ClassVar[int] = 1
     # Native pixel spacing to assume when neither the record nor the DICOM header gives one.
     default_pixel_spacing_mm: ClassVar[float] = 0.1
+    skip_for_processing: ClassVar[bool] = False
 
     def scan(self, root: Path) -> ScanResult:
         """Index the download at ``root`` without decoding any image.
