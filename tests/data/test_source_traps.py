@@ -74,9 +74,7 @@ def test_cbis_two_abnormalities_keep_their_own_boxes(tmp_path: Path) -> None:
     from wsseg.data.fixtures import write_cbis
 
     write_cbis(tmp_path / "dl")
-    root, _ = prepare_source(
-        "cbis-ddsm", tmp_path / "dl", OUT_HW, cache_dir=tmp_path / "c", workers=1, progress=False
-    )
+    root, _ = prepare_source("cbis-ddsm", tmp_path / "dl", OUT_HW, cache_dir=tmp_path / "c", workers=1, progress=False)
     s = samples(root, "cbis-ddsm")["Mass-Training_P_00001_LEFT_CC"]
     lesions = s["meta"]["lesions"]
     assert [les["class"] for les in lesions] == ["malignant", "benign"]
@@ -92,7 +90,8 @@ def test_cbis_greyscale_file_listed_as_mask_is_reported(tmp_path: Path) -> None:
 
     write_cbis(tmp_path / "dl")
     (mask,) = [
-        p for p in (tmp_path / "dl" / "CBIS-DDSM" / "Mass-Training_P_00005_LEFT_CC_1").rglob("*.dcm")
+        p
+        for p in (tmp_path / "dl" / "CBIS-DDSM" / "Mass-Training_P_00005_LEFT_CC_1").rglob("*.dcm")
         if p.stat().st_size > 4000
     ]
     save_dicom(mask, phantom(False).image)  # same size as the image, but a full greyscale picture
@@ -136,5 +135,37 @@ def test_vindr_for_processing_is_skipped_and_voi_lut_prepares(tmp_path: Path) ->
     assert got[first]["meta"]["voi_lut"] is True
     assert_canonical(got[first])
     assert_aligned(got[first], truth[first])
-    plain, _ = prepare_source("vindr-mammo", tmp_path / "dl", OUT_HW, cache_dir=tmp_path / "c", workers=1, progress=False)
+    plain, _ = prepare_source(
+        "vindr-mammo", tmp_path / "dl", OUT_HW, cache_dir=tmp_path / "c", workers=1, progress=False
+    )
     assert plain != root  # the option keys the cache
+
+
+def test_inbreast_roi_names_pectoral_muscle_and_label_sheet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pandas as pd
+
+    from wsseg.data.fixtures import PECTORAL_IMAGE, write_inbreast
+    from wsseg.data.sources import DataError, get_source
+
+    write_inbreast(tmp_path / "dl", n_patients=6, espiculated=True)
+    scan = get_source("inbreast").scan(tmp_path / "dl")
+    assert scan.problems == [] and len(scan.records) == 12
+    by_id = {r.image_id: r for r in scan.records}
+    assert sorted(les.name for les in by_id["20586901"].lesions) == ["calcification", "mass", "mass"]
+    # The pectoral XML named like the lesion XML of an image without one is never read as its lesions.
+    assert by_id[PECTORAL_IMAGE].lesions == [] and by_id[PECTORAL_IMAGE].labels == (1, 0)
+    # The label sheet as .xls (pandas + xlrd), with Excel's numbers for ids and BI-RADS.
+    sheet = pd.read_csv(tmp_path / "dl" / "INbreast.csv", sep=";", dtype=str).fillna("")
+    sheet["File Name"] = sheet["File Name"].astype(float).astype(str)  # 20586900.0
+    (tmp_path / "dl" / "INbreast.csv").rename(tmp_path / "INbreast.csv.bak")
+    (tmp_path / "dl" / "INbreast.xls").write_bytes(bytes.fromhex("d0cf11e0a1b11ae1") + bytes(504))  # OLE2 header
+    try:
+        import xlrd  # noqa: F401
+    except ImportError:  # without xlrd: a clear message, not a traceback
+        with pytest.raises(DataError, match=r"INbreast\.xls: reading \.xls needs the xlrd package.*pip install xlrd"):
+            get_source("inbreast").scan(tmp_path / "dl")
+    monkeypatch.setattr(pd, "read_excel", lambda path, dtype=None: sheet)
+    scan_xls = get_source("inbreast").scan(tmp_path / "dl")
+    assert scan_xls.problems == [] and {r.image_id: r.labels for r in scan_xls.records} == {
+        i: r.labels for i, r in by_id.items()
+    }

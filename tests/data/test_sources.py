@@ -480,7 +480,7 @@ def test_vindr_size_mismatch_is_reported(tmp_path: Path) -> None:
 
 
 def test_inbreast(tmp_path: Path) -> None:
-    from wsseg.data.fixtures import write_inbreast
+    from wsseg.data.fixtures import PECTORAL_IMAGE, write_inbreast
 
     truth = write_inbreast(tmp_path / "dl", n_patients=6)
     root, report = prepare_source(
@@ -496,8 +496,8 @@ def test_inbreast(tmp_path: Path) -> None:
         assert meta["view"] == ("MLO" if meta["laterality"] == "R" else "CC")  # ML in the file name
         assert meta["patient_id"] == f"{(int(name) - 20586900) // 2:016x}"
         assert_canonical(s)
-        if meta["birads"] == "1":
-            assert not s["masks"].any()  # contours on a BI-RADS 1 image carry no class
+        if meta["birads"] == "1" or name == PECTORAL_IMAGE:
+            assert not s["masks"].any()  # contours on a BI-RADS 1 image carry no class; a pectoral XML is no lesion
         else:
             assert_aligned(s, truth[name])  # 12-vertex polygon + the 1-point calcification disc inside it
             assert sorted(les["kind"] for les in meta["lesions"]) == ["circle", "polygon"]

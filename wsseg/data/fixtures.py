@@ -414,7 +414,9 @@ def write_vindr(root: Path, n_studies: int = 5, for_processing: bool = False) ->
                 first = s == 0 and lat == "L" and view == "CC"
                 tags: dict[str, Any] = {"ImageLaterality": lat, "ViewPosition": view, **(VINDR_WINDOW if first else {})}
                 tags["PresentationIntentType"] = (
-                    "FOR PROCESSING" if for_processing and s == 1 and lat == "L" and view == "CC" else "FOR PRESENTATION"
+                    "FOR PROCESSING"
+                    if for_processing and s == 1 and lat == "L" and view == "CC"
+                    else "FOR PRESENTATION"
                 )
                 save_dicom(root / "images" / study / f"{image_id}.dicom", ph.image, monochrome1=first, tags=tags)
                 base = {
@@ -523,11 +525,16 @@ def _plist_rois(rois: list[tuple[str, list[tuple[float, float]]]], declared: int
     return plistlib.dumps(doc, fmt=plistlib.FMT_XML)
 
 
-def write_inbreast(root: Path, n_patients: int = 6) -> dict[str, Phantom]:
+PECTORAL_IMAGE = "20586903"  # the INbreast fixture image (patient 1, R ML, BI-RADS 2) with a pectoral XML only
+
+
+def write_inbreast(root: Path, n_patients: int = 6, espiculated: bool = False) -> dict[str, Phantom]:
     """An INbreast download with its traps.
 
     ``INbreast.csv`` (``4a``, ``FB`` view, blank ACR), DICOMs named with ``ML``, XMLs with a 12-vertex Mass, a
-    1-point Calcification, ``NumberOfROIs`` off by one, and a PectoralMuscle XML using ``ROIPoints``.
+    1-point Calcification, ``NumberOfROIs`` off by one, and a PectoralMuscle XML using ``ROIPoints``, named by the
+    image id of a BI-RADS 2 image without lesion XML (``PECTORAL_IMAGE``), as a lesion XML would be. With
+    ``espiculated`` every XML also holds an ``Espiculated Region`` (a mass) inside the lesion.
     """
     header = "Patient ID;Patient age;Laterality;View;Acquisition date;File Name;ACR;Bi-Rads".split(";")
     rows, truth = [], {}
@@ -543,9 +550,13 @@ def write_inbreast(root: Path, n_patients: int = 6) -> dict[str, Phantom]:
             poly = [
                 (c + (rad + 0.3) * np.cos(t), r + (rad + 0.3) * np.sin(t)) for t in np.linspace(0, 2 * np.pi, 13)[:-1]
             ]
-            xml = _plist_rois([("Mass", poly), ("Calcification", [(float(c), float(r))])], declared=3)
+            rois = [("Mass", poly), ("Calcification", [(float(c), float(r))])]
+            if espiculated:
+                rois.append(("Espiculated Region", [(c - 2.0, r - 2.0), (c + 2.0, r - 2.0), (c, r + 2.0)]))
+            xml = _plist_rois(rois, declared=len(rois) + 1)
             (root / "AllXML").mkdir(parents=True, exist_ok=True)
-            (root / "AllXML" / f"{name}.xml").write_bytes(xml)
+            if name != PECTORAL_IMAGE:  # an image without contours: its pectoral XML is the trap
+                (root / "AllXML" / f"{name}.xml").write_bytes(xml)
             rows.append(
                 {
                     "Patient ID": "removed",
@@ -559,9 +570,12 @@ def write_inbreast(root: Path, n_patients: int = 6) -> dict[str, Phantom]:
                 }
             )
     (root / "PectoralMuscle" / "Pectoral Muscle XML").mkdir(parents=True, exist_ok=True)
-    (root / "PectoralMuscle" / "Pectoral Muscle XML" / "20586901_muscle.xml").write_text(
-        '<?xml version="1.0"?><plist version="1.0"><dict><key>ROIPoints</key><array><string>{1, 2}</string>'
-        "</array></dict></plist>"
+    # A right MLO: chest wall on the right, so the muscle is a top-right triangle.
+    muscle = "".join(f"<string>{{{x}, {y}}}</string>" for x, y in ((W - 1, 0), (W - 20, 0), (W - 1, 30)))
+    (root / "PectoralMuscle" / "Pectoral Muscle XML" / f"{PECTORAL_IMAGE}.xml").write_text(
+        '<?xml version="1.0"?><plist version="1.0"><dict><key>ROIPoints</key><array>'
+        + muscle
+        + "</array></dict></plist>"
     )
     path = root / "INbreast.csv"
     with open(path, "w", newline="", encoding="utf-8") as f:

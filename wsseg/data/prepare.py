@@ -156,9 +156,10 @@ def default_split_file(dataset: str) -> Path | None:
 def rasterise(
     lesions: list[Lesion], shape: tuple[int, int], image_file: Path
 ) -> tuple[np.ndarray, list[tuple[float, float, float, float] | None]]:
-    """(K, H, W) bool class masks in the original frame (the union of each class's lesions), and each lesion's own
-    bounding box ``(xmin, ymin, xmax, ymax)`` in that frame (None when it covers no pixel), so per-lesion
-    information survives the union.
+    """(K, H, W) bool class masks in the original frame (the union of each class's lesions) and per-lesion boxes.
+
+    Each lesion's own bounding box ``(xmin, ymin, xmax, ymax)`` in that frame (None when it covers no pixel) is
+    returned alongside, so per-lesion information survives the union.
 
     Boxes fill the pixels whose centres lie in the half-open box; circles fill pixels within the radius of
     the centre pixel (both rules recorded in datasets.md section 0 and 11.2). A mask file drawn in a model-input
@@ -426,9 +427,7 @@ def _run(
     scan = src.scan(root)
     report = DataReport(dataset, str(root), problems=list(scan.problems))
     splits = assign_splits(scan.records, seed, read_split_file(split_file) if split_file else None)
-    tasks = [
-        (r, out_hw, dataset, splits[r.image_id], str(target) if target else None, voi_lut) for r in scan.records
-    ]
+    tasks = [(r, out_hw, dataset, splits[r.image_id], str(target) if target else None, voi_lut) for r in scan.records]
     workers = max(1, min(workers or os.cpu_count() or 1, len(tasks) or 1))
     bar = tqdm(total=len(tasks), desc=f"{dataset} {out_hw[0]}x{out_hw[1]}", unit="img", disable=not progress)
     results: list[dict[str, Any]] = []

@@ -94,8 +94,10 @@ def _has_crop_metadata(exams: list[dict[str, Any]]) -> bool:
 
 
 def find_exam_list(root: Path) -> Path:
-    """The exam list under ``root``: ``root`` itself when a file; else the one pickle carrying GMIC's crop and
-    centre metadata (``data.pkl``), else ``exam_list_before_cropping.pkl``, else the single ``.pkl``.
+    """The exam list under ``root``: ``root`` itself when a file, else the one ``.pkl`` found.
+
+    With several: the one pickle carrying GMIC's crop and centre metadata (``data.pkl``), else
+    ``exam_list_before_cropping.pkl``.
 
     Raises:
         DataError: no candidate, or several with nothing to choose between them.
