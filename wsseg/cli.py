@@ -607,6 +607,23 @@ def data_prepare(
     typer.echo(f"{sum(counts.values())} images ready in {path}")
 
 
+@data_app.command("split")
+def data_split(
+    dataset: Annotated[str, typer.Argument(help="Data source name (see `wsseg list datasets`).")],
+    root: Annotated[Path, typer.Option(help="The complete downloaded dataset (folder or index file).")],
+    out: Annotated[Path, typer.Option("--out", help="CSV to write (commit it as benchmarks/splits/DATASET.csv).")],
+    seed: Annotated[int, typer.Option(help="Seed of the split where the dataset has no official one.")] = 0,
+) -> None:
+    """Write the patient-level split of a download (patient_id,split) without decoding images, for publishing."""
+    from wsseg.data.prepare import make_split_file
+
+    try:
+        counts = make_split_file(dataset, root, seed, out)
+    except USER_ERRORS as e:
+        _fail(e)
+    typer.echo(f"{dataset}: {', '.join(f'{n} {s}' for s, n in counts.items())} patients written to {out}")
+
+
 @data_app.command("fixture")
 def data_fixture(
     dataset: Annotated[str, typer.Argument(help="Data source name (see `wsseg list datasets`).")],

@@ -169,3 +169,35 @@ def test_inbreast_roi_names_pectoral_muscle_and_label_sheet(tmp_path: Path, monk
     assert scan_xls.problems == [] and {r.image_id: r.labels for r in scan_xls.records} == {
         i: r.labels for i, r in by_id.items()
     }
+
+
+def test_committed_mini_mias_split_is_reproduced_and_honoured(tmp_path: Path) -> None:
+    """benchmarks/splits/mini-mias.csv is what `wsseg data split` gives for the real ids, and prepare uses it."""
+    from typer.testing import CliRunner
+
+    from wsseg.cli import app
+    from wsseg.data.fixtures import write_mias
+    from wsseg.data.prepare import default_split_file, read_split_file
+
+    committed = default_split_file("mini-mias")
+    assert committed is not None
+    write_mias(tmp_path / "all", n_pairs=161)  # mdb001 ... mdb322, as released
+    out = tmp_path / "mini-mias.csv"
+    result = CliRunner().invoke(
+        app, ["data", "split", "mini-mias", "--root", str(tmp_path / "all"), "--seed", "0", "--out", str(out)]
+    )
+    assert result.exit_code == 0 and "113 train, 24 val, 24 test" in result.output, result.output
+    assert out.read_bytes() == committed.read_bytes()
+    # A small fixture draws its pairs so that the published split leaves no split empty, and follows it.
+    write_mias(tmp_path / "dl", n_pairs=6)
+    root, report = prepare_source(
+        "mini-mias", tmp_path / "dl", OUT_HW, cache_dir=tmp_path / "c", workers=1, progress=False
+    )
+    published = read_split_file(committed)
+    got = samples(root, "mini-mias")
+    assert len(got) == 12 and {s["split"] for s in got.values()} == {"train", "val", "test"}
+    assert all(s["split"] == published[s["meta"]["patient_id"]] for s in got.values())
+    result = CliRunner().invoke(
+        app, ["data", "split", "mini-mias", "--root", str(tmp_path / "nope"), "--out", str(out)]
+    )
+    assert result.exit_code == 2 and "does not exist" in result.output

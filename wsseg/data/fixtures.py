@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from wsseg.data.dataset import SPLITS
+
 H, W = 64, 48  # native fixture size (rows, cols)
 
 
@@ -180,12 +182,39 @@ def write_csv(path: Path, header: list[str], rows: list[dict[str, object]]) -> N
 MIAS = 96  # mini-MIAS fixture side (the real one is 1024)
 
 
+MIAS_PAIRS = 161  # mdb001 ... mdb322
+
+
+def mias_pairs(n_pairs: int) -> list[int]:
+    """Pair numbers (patient ``mias-pNNN`` = images ``mdb{2N-1}``, ``mdb{2N}``) for a fixture of ``n_pairs``.
+
+    Pair 1 (with the doubled Info line) always; then, when the committed ``benchmarks/splits/mini-mias.csv``
+    exists, the first pairs of its test and validation splits and of its training split, so a small fixture read
+    with the published split still has every split.
+    """
+    from wsseg.data.prepare import default_split_file, read_split_file
+
+    path = default_split_file("mini-mias")
+    if path is None or n_pairs >= MIAS_PAIRS:
+        return list(range(1, n_pairs + 1))
+    split = read_split_file(path)
+    order = {s: sorted(int(p.removeprefix("mias-p")) for p, v in split.items() if v == s) for s in SPLITS}
+    pairs = [1]
+    for s in ("test", "val"):
+        pairs.append(next(p for p in order[s] if p not in pairs))
+    rest = [p for s in ("train", "test", "val") for p in order[s] if p not in pairs]
+    return sorted(pairs + rest[: max(0, n_pairs - len(pairs))])
+
+
 def write_mias(root: Path, n_pairs: int = 6, kaggle_header: bool = True) -> dict[str, Phantom]:
-    """``mdbNNN.pgm`` + ``Info.txt`` with the traps: NORM lines, a 4-token line, a doubled image, bottom-left y."""
+    """``mdbNNN.pgm`` + ``Info.txt`` with the traps: NORM lines, a 4-token line, a doubled image, bottom-left y.
+
+    The pairs are the real ids' (:func:`mias_pairs`), so the committed split applies to the fixture as to the data.
+    """
     lines, truth = [], {}
     if kaggle_header:
         lines.append("REFNUM BG CLASS SEVERITY X Y RADIUS ")
-    for n in range(1, 2 * n_pairs + 1):
+    for n in (n for pair in mias_pairs(n_pairs) for n in (2 * pair - 1, 2 * pair)):
         ref = f"mdb{n:03d}"
         right = n % 2 == 1  # odd numbers are right breasts
         ph = phantom(right, lesion_rc=(40, 20), radius=6, h=MIAS, w=MIAS)

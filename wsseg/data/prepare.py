@@ -147,6 +147,37 @@ def read_split_file(path: Path) -> dict[str, str]:
     return out
 
 
+def split_csv_text(patient_splits: dict[str, str]) -> str:
+    """A ``patient_id,split`` CSV, sorted by patient id (the format of ``benchmarks/splits/``)."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["patient_id", "split"])
+    writer.writerows(sorted(patient_splits.items()))
+    return buf.getvalue()
+
+
+def make_split_file(dataset: str, root: str | Path, seed: int, out: str | Path) -> dict[str, int]:
+    """Write the patient-level split of a download to ``out`` without decoding any image; patients per split.
+
+    The split is the one :func:`assign_splits` gives with no published file: the official split where the dataset
+    has one (with validation carved from its training patients), else the seeded 70/15/15 split by a hash of
+    ``(seed, patient_id)``. Run on a complete download, it is the file to commit as
+    ``benchmarks/splits/<dataset>.csv``.
+
+    Raises:
+        FileNotFoundError: ``root`` does not exist.
+        DataError: the index is unusable.
+    """
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise FileNotFoundError(f"--root {root} does not exist; point it at the downloaded {dataset} folder")
+    records = get_source(dataset).scan(root).records
+    image_splits = assign_splits(records, seed)
+    patients = {r.patient_id: image_splits[r.image_id] for r in records}
+    atomic_write_text(Path(out), split_csv_text(patients))
+    return {s: sum(v == s for v in patients.values()) for s in SPLITS}
+
+
 def default_split_file(dataset: str) -> Path | None:
     """The committed split file of ``dataset`` (``benchmarks/splits/<dataset>.csv``) when it exists."""
     path = SPLITS_DIR / f"{dataset}.csv"
@@ -525,11 +556,7 @@ def prepare_source(
             "a run needs train, val and test images; add patients",
         )
     atomic_write_json(target / "report.json", report.to_dict())
-    split_buf = io.StringIO()
-    split_writer = csv.writer(split_buf, lineterminator="\n")
-    split_writer.writerow(["patient_id", "split"])
-    split_writer.writerows(sorted({(r["patient_id"], r["split"]) for r in rows}))
-    atomic_write_text(target / "split.csv", split_buf.getvalue())
+    atomic_write_text(target / "split.csv", split_csv_text({r["patient_id"]: r["split"] for r in rows}))
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
     writer.writeheader()
