@@ -522,6 +522,9 @@ def test_cli_check_and_run_every_source(tmp_path: Path, dataset: str) -> None:
     assert result.exit_code == 0 and "wrote a" in result.output, result.output
     result = runner.invoke(app, ["data", "check", dataset, "--root", str(tmp_path / "dl"), "--workers", "1"])
     assert result.exit_code == 0 and "usable images" in result.output, result.output
+    prepare = ["data", "prepare", dataset, "--root", str(tmp_path / "dl"), "--profile", "tiny", "--workers", "1"]
+    result = runner.invoke(app, [*prepare, "--cache-dir", str(tmp_path / "cache")])
+    assert result.exit_code == 0 and "usable images" in result.output and "184x120" in result.output, result.output
     args = [
         "run",
         "--method",

@@ -306,13 +306,21 @@ CBIS_HEADER_CALC = (
 ).split(",")
 
 
-def write_cbis(root: Path, crop_without_mask: bool = False) -> dict[str, Phantom]:
+def scaled_phantom(chest_wall_right: bool, scale: int) -> Phantom:
+    """The fixture phantom ``scale`` times larger on each side (``scale`` 55-70 gives full-field sizes)."""
+    if scale == 1:
+        return phantom(chest_wall_right)
+    return phantom(chest_wall_right, (30 * scale, 14 * scale), 4 * scale, H * scale, W * scale)
+
+
+def write_cbis(root: Path, crop_without_mask: bool = False, scale: int = 1) -> dict[str, Phantom]:
     """A CBIS-DDSM download with its traps.
 
     Both layouts, the four CSVs with classic paths and embedded newlines, swapped calc crop/mask columns,
     ``1-1.dcm``/``1-2.dcm`` in either order, two abnormalities on one image, a patient in mass-train and
     calc-test, one wrong-size ROI mask, and the retriever's ``metadata.csv``. With ``crop_without_mask`` the ROI
-    series of ``Mass-Training_P_00005_LEFT_CC_1`` holds only the cropped patch.
+    series of ``Mass-Training_P_00005_LEFT_CC_1`` holds only the cropped patch. ``scale`` multiplies the image
+    size (16-bit DICOMs; 70 gives 4480 x 3360, the size of CBIS-DDSM's scanned films) for throughput measurements.
 
     Returns subject folder (= image id) -> phantom; ``Mass-Training_P_00003_LEFT_CC`` has the bad mask.
     """
@@ -335,7 +343,7 @@ def write_cbis(root: Path, crop_without_mask: bool = False) -> dict[str, Phantom
         kind = "Mass" if csv_name.startswith("mass") else "Calc"
         phase = "Training" if csv_name.endswith("train") else "Test"
         subject = f"{kind}-{phase}_P_{p:05d}_{side}_CC"
-        ph = phantom(chest_wall_right=side == "RIGHT")
+        ph = scaled_phantom(side == "RIGHT", scale)
         truth[subject] = ph
         descriptive = p % 2 == 1
         uid = f"1.3.6.1.4.1.9590.100.1.2.{p}{len(rows[csv_name])}"
@@ -348,13 +356,14 @@ def write_cbis(root: Path, crop_without_mask: bool = False) -> dict[str, Phantom
                 / "1.000000-full mammogram images-24515"
                 / "1-1.dcm",
                 ph.image,
+                bits=16,
             )
         else:
-            save_dicom(root / subject / uid / f"{uid}.1" / "000000.dcm", ph.image)
+            save_dicom(root / subject / uid / f"{uid}.1" / "000000.dcm", ph.image, bits=16)
         for a, pathology in enumerate(pathologies, start=1):
             roi = f"{subject}_{a}"
-            mask = ph.lesion if not (p == 3) else np.pad(ph.lesion, ((0, 2), (0, 0)))  # 66 x 48: wrong size
-            crop = ph.image[20:32, 8:18]
+            mask = ph.lesion if not (p == 3) else np.pad(ph.lesion, ((0, 2), (0, 0)))  # 2 rows more: wrong size
+            crop = ph.image[20 * scale : 32 * scale, 8 * scale : 18 * scale]
             if descriptive:
                 series = root / "CBIS-DDSM" / roi / "08-29-2017-DDSM-NA-96009" / "1.000000-ROI mask images-18515"
                 first, second = ("1-1.dcm", "1-2.dcm") if a % 2 else ("1-2.dcm", "1-1.dcm")
@@ -424,13 +433,17 @@ VINDR_FINDING = (
 VINDR_WINDOW = {"WindowCenter": [2000, 1500], "WindowWidth": [3000, 2000]}  # multi-valued: the first is used
 
 
-def write_vindr(root: Path, n_studies: int = 5, for_processing: bool = False) -> dict[str, Phantom]:
+def write_vindr(
+    root: Path, n_studies: int = 5, for_processing: bool = False, scale: int = 1, syntax: str = ""
+) -> dict[str, Phantom]:
     """A VinDr-Mammo download with its traps.
 
     Four views per study, ``.dicom`` files (one MONOCHROME1 with a multi-valued window), both CSVs with a
     multi-category row, ``No Finding`` rows, an empty ``finding_birads``, boxes in the unmirrored frame on right
     breasts (one exactly around the lesion, one overhanging the image with a negative ``xmin``). With
-    ``for_processing`` study 1's L-CC is a ``FOR PROCESSING`` image (to be skipped).
+    ``for_processing`` study 1's L-CC is a ``FOR PROCESSING`` image (to be skipped). ``scale`` multiplies the
+    image size (55 gives 3520 x 2640, about VinDr's typical 3518 x 2800) for throughput measurements; ``syntax``
+    compresses every DICOM with that transfer syntax (e.g. JPEG 2000 lossless, reported for VinDr).
     """
     breast_rows, finding_rows, truth = [], [], {}
     for s in range(n_studies):
@@ -438,7 +451,7 @@ def write_vindr(root: Path, n_studies: int = 5, for_processing: bool = False) ->
         for lat in ("L", "R"):
             for view in ("CC", "MLO"):
                 image_id = f"{s:08x}{lat}{view:>3}".replace(" ", "0").ljust(32, "a")
-                ph = phantom(chest_wall_right=lat == "R")
+                ph = scaled_phantom(lat == "R", scale)
                 truth[image_id] = ph
                 first = s == 0 and lat == "L" and view == "CC"
                 tags: dict[str, Any] = {"ImageLaterality": lat, "ViewPosition": view, **(VINDR_WINDOW if first else {})}
@@ -447,15 +460,17 @@ def write_vindr(root: Path, n_studies: int = 5, for_processing: bool = False) ->
                     if for_processing and s == 1 and lat == "L" and view == "CC"
                     else "FOR PRESENTATION"
                 )
-                save_dicom(root / "images" / study / f"{image_id}.dicom", ph.image, monochrome1=first, tags=tags)
+                save_dicom(
+                    root / "images" / study / f"{image_id}.dicom", ph.image, monochrome1=first, syntax=syntax, tags=tags
+                )
                 base = {
                     "study_id": study,
                     "series_id": f"{s:032x}",
                     "image_id": image_id,
                     "laterality": lat,
                     "view_position": view,
-                    "height": H,
-                    "width": W,
+                    "height": H * scale,
+                    "width": W * scale,
                     "breast_density": "DENSITY B",
                     "split": "test" if s == n_studies - 1 else "training",
                 }
