@@ -201,3 +201,10 @@ def test_committed_mini_mias_split_is_reproduced_and_honoured(tmp_path: Path) ->
         app, ["data", "split", "mini-mias", "--root", str(tmp_path / "nope"), "--out", str(out)]
     )
     assert result.exit_code == 2 and "does not exist" in result.output
+
+
+def test_voi_lut_reaches_a_run_config() -> None:
+    from wsseg.config import make_run_config
+
+    assert make_run_config("cam", "tiny").data.voi_lut is False
+    assert make_run_config("cam", "tiny", overrides=["data.voi_lut=true"]).data.voi_lut is True
