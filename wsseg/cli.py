@@ -571,18 +571,22 @@ def _profile_hw(profile: str) -> tuple[int, int]:
     return pcfg.height, pcfg.width
 
 
+VOI_HELP = "Apply each DICOM's VOI LUT or window (first of several) instead of keeping raw linear values."
+
+
 @data_app.command("check")
 def data_check(
     dataset: Annotated[str, typer.Argument(help="Data source name (see `wsseg list datasets`).")],
     root: Annotated[Path, typer.Option(help="The downloaded dataset (folder or index file).")],
     workers: Annotated[int | None, typer.Option(help="Processes (default: all cores).")] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Exit with an error on any bad file.")] = False,
+    voi_lut: Annotated[bool, typer.Option("--voi-lut", help=VOI_HELP)] = False,
 ) -> None:
     """Validate a download without writing: counts, and every missing or unreadable file with its reason."""
     from wsseg.data.prepare import check_source
 
     try:
-        report = check_source(dataset, root, workers=workers, strict=strict, progress=False)
+        report = check_source(dataset, root, workers=workers, strict=strict, progress=False, voi_lut=voi_lut)
     except USER_ERRORS as e:
         _fail(e)
     typer.echo(report.summary())
@@ -600,6 +604,7 @@ def data_prepare(
     split_file: Annotated[
         Path | None, typer.Option(help="A patient_id,split CSV (default: benchmarks/splits/DATASET.csv if present).")
     ] = None,
+    voi_lut: Annotated[bool, typer.Option("--voi-lut", help=VOI_HELP)] = False,
 ) -> None:
     """Generate the phantom, or read, preprocess and cache a downloaded dataset (uint16, the profile's size)."""
     from wsseg.config import PROFILES, DataConfig, phantom_config
@@ -611,7 +616,9 @@ def data_prepare(
             _fail(f"`wsseg data prepare {dataset}` needs --root PATH (the downloaded dataset)")
         hw = _profile_hw(profile)
         try:
-            path, report = prepare_source(dataset, root, hw, seed, cache_dir, workers, strict, split_file=split_file)
+            path, report = prepare_source(
+                dataset, root, hw, seed, cache_dir, workers, strict, split_file=split_file, voi_lut=voi_lut
+            )
         except USER_ERRORS as e:
             _fail(e)
         typer.echo(report.summary())
@@ -624,6 +631,23 @@ def data_prepare(
     except (KeyError, *USER_ERRORS) as e:
         _fail(e if not isinstance(e, KeyError) else f"unknown profile {profile!r}; choose quick, paper or tiny")
     typer.echo(f"{sum(counts.values())} images ready in {path}")
+
+
+@data_app.command("split")
+def data_split(
+    dataset: Annotated[str, typer.Argument(help="Data source name (see `wsseg list datasets`).")],
+    root: Annotated[Path, typer.Option(help="The complete downloaded dataset (folder or index file).")],
+    out: Annotated[Path, typer.Option("--out", help="CSV to write (commit it as benchmarks/splits/DATASET.csv).")],
+    seed: Annotated[int, typer.Option(help="Seed of the split where the dataset has no official one.")] = 0,
+) -> None:
+    """Write the patient-level split of a download (patient_id,split) without decoding images, for publishing."""
+    from wsseg.data.prepare import make_split_file
+
+    try:
+        counts = make_split_file(dataset, root, seed, out)
+    except USER_ERRORS as e:
+        _fail(e)
+    typer.echo(f"{dataset}: {', '.join(f'{n} {s}' for s, n in counts.items())} patients written to {out}")
 
 
 @data_app.command("fixture")

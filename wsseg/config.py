@@ -33,6 +33,7 @@ class DataConfig:
         n_train, n_val, n_test: phantom images per split (multiples of 4: one exam of four views per patient).
         cache_dir: base cache folder; ``$WSSEG_CACHE_DIR`` or the XDG cache when None.
         num_workers: data-loading processes; 0 on CPU (the 2 cores are busier computing), more on CUDA.
+        voi_lut: a data source's DICOMs are read through their VOI LUT / window instead of as raw linear values.
     """
 
     dataset: str = "phantom"
@@ -43,6 +44,7 @@ class DataConfig:
     n_test: int = 320
     cache_dir: str | None = None
     num_workers: int | None = None
+    voi_lut: bool = False
 
 
 @dataclass

@@ -196,11 +196,14 @@ def prepare_data(
         cfg.data.seed,
         cfg.data.cache_dir,
         progress=progress,
+        voi_lut=cfg.data.voi_lut,
     )
     if report.problems:
         log(f"data: {len(report.problems)} images skipped; see {root / 'report.json'}")
     dataset_info = {
-        "version": f"{cfg.data.dataset}-{source.version}-pre{PREPROCESS_VERSION}",
+        # VOI-windowed inputs are other data: the version keeps such runs out of the plain runs' tables.
+        "version": f"{cfg.data.dataset}-{source.version}-pre{PREPROCESS_VERSION}"
+        + ("-voi" if cfg.data.voi_lut else ""),
         "cache_key": root.name,
         "annotation": source.annotation,
         "label_source": source.label_source,
