@@ -232,8 +232,10 @@ def gallery_for_run(run_dir: str | Path, cache_dir: str | None = None, progress:
     method = spec.cls(spec.cls.Config(**cfg.method_config), num_classes=len(CLASSES), in_chans=1)
     method.load_state_dict(load_checkpoint(run_dir / BEST)["model"])
     thresholds = {k: float(v) for k, v in record["thresholds"].items() if k != "rule"}
-    device = torch.device("cpu")
-    return make_gallery(method, test_set, thresholds, device).save(run_dir / GALLERY_NPZ)
+    shown = make_gallery(method, test_set, thresholds, torch.device("cpu"))
+    if shown is None:
+        raise ValueError(f"{run_dir}: its test split has no image with a lesion of one class only; no gallery to make")
+    return shown.save(run_dir / GALLERY_NPZ)
 
 
 def run(
@@ -350,7 +352,9 @@ def run(
     }
     eval_seconds = val.seconds + test.seconds
     # The same few test images for every method, for the report's side-by-side gallery.
-    make_gallery(method, test_set, thresholds, device, bf16).save(run_dir / GALLERY_NPZ)
+    shown = make_gallery(method, test_set, thresholds, device, bf16)
+    if shown is not None:
+        shown.save(run_dir / GALLERY_NPZ)
 
     record: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
@@ -401,7 +405,7 @@ def run(
         "intervals": intervals,
         "per_image": per_image,
         "maps": MAPS_DIR if maps_dir is not None else None,
-        "gallery": GALLERY_NPZ,
+        "gallery": GALLERY_NPZ if shown is not None else None,
         "references": references,
     }
     write_record(run_dir / "record.json", record)

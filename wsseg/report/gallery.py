@@ -111,11 +111,11 @@ def make_gallery(
     device: torch.device,
     bf16: bool = False,
     n_per_class: int = 3,
-) -> Gallery:
-    """Run ``method`` on the gallery images of ``dataset`` (a test split with masks)."""
+) -> Gallery | None:
+    """Run ``method`` on the gallery images of ``dataset`` (a test split with masks); None when none has a lesion."""
     chosen = gallery_indices(dataset, n_per_class)
     if not chosen:
-        raise ValueError(f"{dataset.root}: the {dataset.split} split has no image with a lesion; no gallery")
+        return None
     subset = Subset(dataset, [i for i, _ in chosen])
     ids, images, masks, maps = [], [], [], []
     for batch, out in predict_batches(method, subset, 4, device, bf16):
