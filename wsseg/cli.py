@@ -29,7 +29,12 @@ USER_ERRORS = (ValueError, KeyError, FileNotFoundError, FileExistsError, ImportE
 
 
 def _fail(e: BaseException | str) -> NoReturn:
+    from wsseg._io import describe_os_error
+
     msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+    if isinstance(e, OSError) and e.filename is not None and e.strerror:
+        # A system error straight from the OS ("[Errno 13] Permission denied: 'x'"): name the path and the fix.
+        msg = describe_os_error(e.filename, e, action="access")
     typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
     raise typer.Exit(2)
 
