@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from wsseg._io import atomic_write_json
+from wsseg._io import atomic_write_json, remove_stale_temporaries
 from wsseg.config import EvalConfig, RunConfig, phantom_config
 from wsseg.data.dataset import MammogramDataset, phantom_cache_key, prepare_phantom, split_hash
 from wsseg.data.phantom import CLASSES, PHANTOM_VERSION
@@ -136,9 +136,8 @@ def reuse_weights(method: WSSegMethod, cfg: RunConfig, source: Path, run_dir: Pa
             raise FileNotFoundError(f"--from-run {source} has no {name}; point it at a finished wsseg run folder")
     src = RunConfig.from_dict(json.loads((source / "config.json").read_text(encoding="utf-8")))
     # Where the cache lives and how many loader processes ran do not change the data.
-    same_data = dataclasses.replace(src.data, cache_dir=None, num_workers=None) == dataclasses.replace(
-        cfg.data, cache_dir=None, num_workers=None
-    )
+    ignore = {"cache_dir": None, "num_workers": None, "allow_outside_root": False}
+    same_data = dataclasses.replace(src.data, **ignore) == dataclasses.replace(cfg.data, **ignore)
     if not same_data or src.profile != cfg.profile:
         raise ValueError(
             f"--from-run {source} was trained on other data or another profile; rerun it or drop --from-run"
@@ -209,6 +208,7 @@ def run(
         if saved.to_dict() != cfg.to_dict():
             warnings.warn(f"resuming {run_dir.name} with its saved config; the flags given now differ", stacklevel=2)
         cfg = saved
+        remove_stale_temporaries(run_dir)  # left by a write the interruption cut short
         log(f"resuming {run_dir}")
     if run_dir is None:
         run_dir = out_dir / (prefix + time.strftime("%Y%m%d-%H%M%S", time.gmtime()))
@@ -245,6 +245,7 @@ def run(
             cfg.data.seed,
             cfg.data.cache_dir,
             progress=progress,
+            allow_outside_root=cfg.data.allow_outside_root,
         )
         if report.problems:
             log(f"data: {len(report.problems)} images skipped; see {root / 'report.json'}")
