@@ -41,6 +41,11 @@ def invoke(args: list[str]) -> Result:
     return result
 
 
+def data_check(dataset: str, root: Path, *flags: str) -> Result:
+    """``wsseg data check`` in this process (``--workers 1``: no pool to start, the same messages)."""
+    return invoke(["data", "check", dataset, "--root", str(root), "--workers", "1", *flags])
+
+
 def assert_error(result: Result, *fragments: str) -> None:
     """Exit code 2, an ``error:`` message, every fragment in it."""
     assert result.exit_code == 2, result.output
@@ -172,9 +177,7 @@ DICOM_CASES: dict[str, FileCase] = {
     "dicom 32 bits allocated for 16-bit data": FileCase(
         "dicom/a.dcm", dicom_edit(BitsAllocated=32, BitsStored=32, HighBit=31), "a.dcm"
     ),
-    "dicom bits stored above bits allocated": FileCase(
-        "dicom/a.dcm", dicom_edit(BitsStored=20, HighBit=19), "a.dcm"
-    ),
+    "dicom bits stored above bits allocated": FileCase("dicom/a.dcm", dicom_edit(BitsStored=20, HighBit=19), "a.dcm"),
     "dicom two frames": FileCase("dicom/a.dcm", dicom_edit(NumberOfFrames=2, Rows=32), "a.dcm"),
     "dicom colour": FileCase(
         "dicom/a.dcm", dicom_edit(SamplesPerPixel=3, PhotometricInterpretation="RGB", PlanarConfiguration=0), "a.dcm"
@@ -183,11 +186,11 @@ DICOM_CASES: dict[str, FileCase] = {
 
 
 def _check_both_modes(dl: Path, file: str, reason: str) -> None:
-    lenient = invoke(["data", "check", "manifest", "--root", str(dl)])
+    lenient = data_check("manifest", dl)
     assert lenient.exit_code == 0, lenient.output
     assert "1 usable images" in lenient.output and "1 skipped" in lenient.output, lenient.output
     assert file in lenient.output and reason in lenient.output, lenient.output
-    assert_error(invoke(["data", "check", "manifest", "--root", str(dl), "--strict"]), file, reason)
+    assert_error(data_check("manifest", dl, "--strict"), file, reason)
 
 
 @pytest.mark.parametrize("case", sorted(FILE_CASES))
@@ -288,7 +291,7 @@ def test_bad_manifest_file_is_an_error(case: str, tmp_path: Path) -> None:
     small_manifest(tmp_path)
     change(tmp_path)
     for strict in ([], ["--strict"]):
-        assert_error(invoke(["data", "check", "manifest", "--root", str(tmp_path), *strict]), file, message)
+        assert_error(data_check("manifest", tmp_path, *strict), file, message)
 
 
 def test_paths_outside_the_root_need_the_opt_in(tmp_path: Path) -> None:
@@ -298,18 +301,22 @@ def test_paths_outside_the_root_need_the_opt_in(tmp_path: Path) -> None:
     (elsewhere).mkdir()
     (dl / "images" / "a.png").rename(elsewhere / "a.png")
     edit_rows(image=str(elsewhere / "a.png"))(dl)
-    assert_error(invoke(["data", "check", "manifest", "--root", str(dl)]), "a.png", "--allow-outside-root")
-    result = invoke(["data", "check", "manifest", "--root", str(dl), "--allow-outside-root", "--strict"])
+    assert_error(data_check("manifest", dl), "a.png", "--allow-outside-root")
+    result = data_check("manifest", dl, "--allow-outside-root", "--strict")
     assert result.exit_code == 0 and "2 usable images" in result.output, result.output
     edit_rows(image="../elsewhere/a.png")(dl)
-    assert_error(invoke(["data", "prepare", "manifest", "--root", str(dl), "--profile", "tiny"]), "outside")
+    cache = ["--cache-dir", str(tmp_path / "cache")]
+    assert_error(invoke(["data", "prepare", "manifest", "--root", str(dl), "--profile", "tiny", *cache]), "outside")
+    run = ["run", "-m", "cam", "--profile", "tiny", "--dataset", "manifest", "--data-root", str(dl), *cache]
+    assert_error(invoke([*run, "--out", str(tmp_path / "runs")]), "../elsewhere/a.png", "--allow-outside-root")
+    assert not (tmp_path / "cache").exists()
 
 
 def test_unicode_paths_are_read(tmp_path: Path) -> None:
     """Not a bad input: non-ASCII folder and file names work everywhere (the control case of this group)."""
     dl = tmp_path / "données 乳腺"
     small_manifest(dl, image_a="images/brûst ü 乳房.png")
-    result = invoke(["data", "check", "manifest", "--root", str(dl), "--strict"])
+    result = data_check("manifest", dl, "--strict")
     assert result.exit_code == 0 and "2 usable images" in result.output, result.output
 
 
@@ -413,10 +420,10 @@ def test_bad_source_index_is_a_clear_error_or_skip(case: str, tmp_path: Path) ->
     dataset, change, file, reason = SOURCE_CASES[case]
     _fixture(dataset, tmp_path)
     change(tmp_path)
-    lenient = invoke(["data", "check", dataset, "--root", str(tmp_path)])
+    lenient = data_check(dataset, tmp_path)
     if lenient.exit_code == 0:  # a skip: listed with its reason
         assert "skipped" in lenient.output and file in lenient.output and reason in lenient.output, lenient.output
-    strict = invoke(["data", "check", dataset, "--root", str(tmp_path), "--strict"])
+    strict = data_check(dataset, tmp_path, "--strict")
     assert_error(strict, file, reason)
 
 
@@ -603,6 +610,17 @@ def test_bad_benchmark_file_is_refused_at_load(case: str, tmp_path: Path) -> Non
     assert not (tmp_path / "runs").exists()
 
 
+def test_a_method_file_beside_the_benchmark_is_never_imported(tmp_path: Path) -> None:
+    """Methods come from installed entry points or an explicit ``wsseg run --plugin FILE``, never from a name."""
+    marker = tmp_path / "ran"
+    (tmp_path / "evil.py").write_text(f"import os\nos.mkdir({str(marker)!r})\n")
+    path = tmp_path / "bench.toml"
+    path.write_bytes(toml_with(methods='["evil"]'))
+    assert_error(invoke(["benchmark", str(path)]), "unknown methods ['evil']")
+    assert_error(invoke(["run", "--method", "evil", "--out", str(tmp_path / "runs")]), "unknown method 'evil'")
+    assert not marker.exists()
+
+
 def test_a_benchmark_file_is_data_never_code(tmp_path: Path) -> None:
     """TOML has no way to run code; a Python-looking file is a parse error and nothing runs."""
     marker = tmp_path / "ran"
@@ -610,4 +628,3 @@ def test_a_benchmark_file_is_data_never_code(tmp_path: Path) -> None:
     path.write_text(f"import os\nos.mkdir({str(marker)!r})\n" + VALID_TOML)
     assert_error(invoke(["benchmark", str(path)]), "not valid TOML")
     assert not marker.exists()
-

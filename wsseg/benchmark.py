@@ -116,7 +116,7 @@ def load_benchmark(path: str | Path) -> Benchmark:
     for method in methods:
         for dataset in datasets:
             try:
-                make_run_config(method, profile, seeds[0], run_overrides(overrides, dataset, device, data_root))  # type: ignore[arg-type]
+                make_run_config(method, profile, seeds[0], run_overrides(overrides, dataset, device, data_root))
             except ValueError as e:
                 raise ValueError(f"{path}: [benchmark] set/device for {method} on {dataset}: {e}") from None
     base = path.parent

@@ -165,9 +165,7 @@ def run(
     plugin: Annotated[
         list[Path] | None, typer.Option(help="A single-file method to import first (repeatable); see CONTRIBUTING.md.")
     ] = None,
-    allow_outside_root: Annotated[
-        bool, typer.Option("--allow-outside-root", help=ALLOW_OUTSIDE_ROOT_HELP)
-    ] = False,
+    allow_outside_root: Annotated[bool, typer.Option("--allow-outside-root", help=ALLOW_OUTSIDE_ROOT_HELP)] = False,
     save_maps: Annotated[
         bool,
         typer.Option(
@@ -575,9 +573,7 @@ def data_check(
     root: Annotated[Path, typer.Option(help="The downloaded dataset (folder or index file).")],
     workers: Annotated[int | None, typer.Option(help="Processes (default: all cores).")] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Exit with an error on any bad file.")] = False,
-    allow_outside_root: Annotated[
-        bool, typer.Option("--allow-outside-root", help=ALLOW_OUTSIDE_ROOT_HELP)
-    ] = False,
+    allow_outside_root: Annotated[bool, typer.Option("--allow-outside-root", help=ALLOW_OUTSIDE_ROOT_HELP)] = False,
 ) -> None:
     """Validate a download without writing: counts, and every missing or unreadable file with its reason."""
     from wsseg.data.prepare import check_source
@@ -603,9 +599,7 @@ def data_prepare(
     split_file: Annotated[
         Path | None, typer.Option(help="A patient_id,split CSV (default: benchmarks/splits/DATASET.csv if present).")
     ] = None,
-    allow_outside_root: Annotated[
-        bool, typer.Option("--allow-outside-root", help=ALLOW_OUTSIDE_ROOT_HELP)
-    ] = False,
+    allow_outside_root: Annotated[bool, typer.Option("--allow-outside-root", help=ALLOW_OUTSIDE_ROOT_HELP)] = False,
     resume: Annotated[
         bool,
         typer.Option(

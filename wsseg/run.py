@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from wsseg._io import atomic_write_json, remove_stale_temporaries
-from wsseg.config import EvalConfig, RunConfig, phantom_config
+from wsseg.config import DataConfig, EvalConfig, RunConfig, phantom_config
 from wsseg.data.dataset import MammogramDataset, phantom_cache_key, prepare_phantom, split_hash
 from wsseg.data.phantom import CLASSES, PHANTOM_VERSION
 from wsseg.data.prepare import PREPROCESS_VERSION, prepare_source
@@ -135,9 +135,12 @@ def reuse_weights(method: WSSegMethod, cfg: RunConfig, source: Path, run_dir: Pa
         if not (source / name).is_file():
             raise FileNotFoundError(f"--from-run {source} has no {name}; point it at a finished wsseg run folder")
     src = RunConfig.from_dict(json.loads((source / "config.json").read_text(encoding="utf-8")))
-    # Where the cache lives and how many loader processes ran do not change the data.
-    ignore = {"cache_dir": None, "num_workers": None, "allow_outside_root": False}
-    same_data = dataclasses.replace(src.data, **ignore) == dataclasses.replace(cfg.data, **ignore)
+
+    def data(c: RunConfig) -> DataConfig:
+        # Where the cache lives, how many loader processes ran and the path policy do not change the images.
+        return dataclasses.replace(c.data, cache_dir=None, num_workers=None, allow_outside_root=False)
+
+    same_data = data(src) == data(cfg)
     if not same_data or src.profile != cfg.profile:
         raise ValueError(
             f"--from-run {source} was trained on other data or another profile; rerun it or drop --from-run"

@@ -274,7 +274,7 @@ def read_cached_meta(path: Path) -> dict[str, Any] | None:
     is never trusted (writes themselves are atomic, so a killed prepare leaves no partial file under this name).
     """
     try:
-        with np.load(path) as z:
+        with np.load(path, allow_pickle=False) as z:
             for key in CACHE_ENTRIES:
                 z[key]
             meta = json.loads(str(z["meta"]))
@@ -453,8 +453,8 @@ def check_under_root(records: list[SourceRecord], root: Path) -> None:
         raise DataError(
             root,
             f"{len(outside)} listed file(s) lie outside the data root {base} ({shown})",
-            "move them under the root, or pass --allow-outside-root (--set data.allow_outside_root=true for "
-            "`wsseg run`) if you trust this index",
+            "move them under the root, or pass --allow-outside-root if you trust this index (in a benchmark file: "
+            'set = ["data.allow_outside_root=true"])',
         )
 
 

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import csv
 import plistlib
-from xml.parsers.expat import ExpatError
 import re
 from pathlib import Path
+from xml.parsers.expat import ExpatError
 
 from wsseg.data.sources import DataError, DataSource, Lesion, Problem, ScanResult, SourceRecord, register_source
 

@@ -64,7 +64,9 @@ def parse_spacing(value: str, where: str) -> float | None:
     except ValueError:
         spacing = math.nan
     if not (math.isfinite(spacing) and spacing > 0):
-        raise DataError(where, f"bad pixel_spacing_mm {value!r}", "write the spacing in mm (e.g. 0.07) or leave it empty")
+        raise DataError(
+            where, f"bad pixel_spacing_mm {value!r}", "write the spacing in mm (e.g. 0.07) or leave it empty"
+        )
     return spacing
 
 
