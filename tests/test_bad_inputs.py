@@ -6,8 +6,8 @@ mode keeps going and lists the file with its reason; ``--strict`` turns the same
 message names the file (or the key or flag); no exception escapes and no ``Traceback`` is printed.
 
 Groups: image and mask files (PNG, DICOM, TIFF) read through a manifest; manifest CSVs; the other data
-sources' native indexes; ``wsseg score`` inputs; ``wsseg run`` configuration (``--set`` and flags); benchmark
-TOML files. The README's "bad inputs" table is the human version of the lists below.
+sources' native indexes; ``wsseg score`` inputs (more in tests/evaluation/test_score.py); ``wsseg run``
+configuration (``--set`` and flags); benchmark TOML files.
 """
 
 from __future__ import annotations
