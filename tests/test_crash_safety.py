@@ -266,7 +266,7 @@ def error_line(result: Result) -> str:
     return lines[0]
 
 
-def test_run_checkpoint_and_record_write_failures_keep_the_earlier_files(
+def test_run_and_leaderboard_write_failures_keep_the_earlier_files(
     tmp_path: Path, tiny_root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cache = tiny_root.parent.parent
@@ -300,16 +300,16 @@ def test_run_checkpoint_and_record_write_failures_keep_the_earlier_files(
         line = error_line(invoke(["leaderboard", str(run_dir), "--out", str(board)]))
     assert f"cannot write {table}: No space left on device" in line
     assert table.read_text() == "the previous table\n"
+    # Real errors, no injection: a file in the way of the output folder, a folder in the way of a table.
     (tmp_path / "file").write_text("")
     line = error_line(invoke(["leaderboard", str(run_dir), "--out", str(tmp_path / "file" / "board")]))
     assert str(tmp_path / "file") in line and "a file is in the way" in line
-
-    # A folder in the way of the record (a real error, no injection): named, and the run's files are untouched.
-    (run_dir / "record.json").unlink()
-    (run_dir / "record.json").mkdir()
-    line = error_line(invoke([*args, "--resume"]))
-    assert f"cannot write {run_dir / 'record.json'}: Is a directory (a folder is in the way" in line
-    assert load_checkpoint(run_dir / "last.pt")["epoch"] == 1 and not list(run_dir.glob(".*.tmp"))
+    csv_table = table.with_suffix(".csv")
+    csv_table.unlink()
+    csv_table.mkdir()
+    line = error_line(invoke(["leaderboard", str(run_dir), "--out", str(board)]))
+    assert f"cannot write {csv_table}: Is a directory (a folder is in the way" in line
+    assert not list(board.glob(".*.tmp"))
 
 
 def test_prepare_write_failure_stops_with_the_path_and_the_rerun_reuses_what_was_written(

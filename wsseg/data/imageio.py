@@ -76,7 +76,7 @@ def _read_pil(path: Path, binary_ok: bool) -> np.ndarray:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as im:
-                check_header_size(path, im.height, im.width, getattr(im, "n_frames", 1))
+                check_header_size(path, im.height, im.width)  # only the first frame is decoded
                 if im.mode == "1" and not binary_ok:
                     raise DataError(path, "a 1-bit (black and white) image", "a mammogram needs 8 to 16 bits a pixel")
                 im.load()
