@@ -19,6 +19,11 @@ from pathlib import Path
 from typing import IO, Any
 
 TMP_SUFFIX = ".tmp"
+# mkstemp creates files readable by their owner only; results are meant to be shared, so written files get the
+# permissions a plain open() would give them (0666 less the process umask). Read once: os.umask can only be read
+# by setting it.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
 
 # errno -> what the user can do about it; earlier files are always intact (nothing is written in place).
@@ -82,6 +87,7 @@ def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
     except OSError as e:
         raise OSError(describe_os_error(path, e)) from e
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
             yield f
             f.flush()
@@ -128,4 +134,11 @@ def atomic_save(path: str | Path, writer: Callable[[IO[bytes]], None]) -> Path:
     """Call ``writer(file)`` on a temporary binary file and move it to ``path`` atomically."""
     with atomic_open(path, "wb") as f:
         writer(f)
+    return Path(path)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically and return the path."""
+    with atomic_open(path, "wb") as f:
+        f.write(data)
     return Path(path)

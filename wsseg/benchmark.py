@@ -9,7 +9,7 @@ A benchmark file is data (TOML), never code::
     methods = ["all"]                 # or a list of registered names; "all" = every registered method
     seeds = [0, 1, 2]
     out = "runs/phantom-quick"        # run folders, relative to the benchmark file
-    leaderboard = "results"           # where the tables go, relative to the benchmark file
+    leaderboard = "results"           # tables, HTML report, figures and a copy of the records (runs/)
     set = ["train.epochs=8"]          # optional --set overrides for every run
     device = "auto"
 
@@ -26,9 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from wsseg._io import atomic_write_bytes
 from wsseg.config import make_run_config
+from wsseg.evaluation.curves import CURVES_JSON
 from wsseg.method import PostHocCAMMethod
 from wsseg.registry import get_method_spec, list_methods
+from wsseg.report.gallery import GALLERY_NPZ
 from wsseg.report.leaderboard import LeaderboardResult, write_leaderboards
 
 if sys.version_info >= (3, 11):
@@ -190,4 +193,24 @@ def run_benchmark(
                     from_run = cam if (cam / "record.json").is_file() else None
                 log(f"{run_id}: {'resuming' if resume else 'reusing ' + str(from_run) if from_run else 'running'}")
                 run(cfg, bench.out, run_id, resume=resume, from_run=from_run, progress=progress, log=log)
-    return folders, write_leaderboards(folders, bench.leaderboard)
+    return folders, write_leaderboards(publish_runs(folders, bench.leaderboard / "runs"), bench.leaderboard)
+
+
+# What a published run keeps: the record, the curves and the gallery (kilobytes), not checkpoints or statistics.
+PUBLISHED_FILES = ("record.json", CURVES_JSON, GALLERY_NPZ)
+
+
+def publish_runs(folders: list[Path], dest: Path) -> list[Path]:
+    """Copy each run's record, curves and gallery to ``dest/<run_id>/`` (atomically) and return the copies.
+
+    The leaderboard folder then holds everything its tables, report and figures are made from, so it can be
+    committed or shared on its own and regenerated with ``wsseg leaderboard DEST --out FOLDER``.
+    """
+    copies = []
+    for folder in folders:
+        target = dest / folder.name
+        for name in PUBLISHED_FILES:
+            if (folder / name).is_file():
+                atomic_write_bytes(target / name, (folder / name).read_bytes())
+        copies.append(target)
+    return copies

@@ -343,6 +343,25 @@ def evaluate(
     typer.echo(f"record: {(out or run_dir / 'evaluate') / 'record.json'}")
 
 
+@app.command()
+def gallery(
+    run_dir: Annotated[list[Path], typer.Option("--run", help="A finished run folder (repeatable).")],
+    cache_dir: Annotated[Path | None, typer.Option(help="Dataset cache folder (default: the run's).")] = None,
+) -> None:
+    """(Re)make a run's gallery.npz (its maps on the report's fixed test images) from its best checkpoint.
+
+    Runs write it themselves; this is for runs made before galleries existed, so the HTML report can show them.
+    """
+    from wsseg.run import gallery_for_run
+
+    for folder in run_dir:
+        try:
+            path = gallery_for_run(folder, str(cache_dir) if cache_dir is not None else None)
+        except USER_ERRORS as e:
+            _fail(e)
+        typer.echo(f"wrote {path}")
+
+
 COMPARE_DEFAULT = ("dice", "iou", "dice_pooled", "soft_dice", "pxap", "pointing_game_10mm", "froc", "auroc")
 
 
@@ -498,7 +517,14 @@ def benchmark(
 def leaderboard(
     runs: Annotated[list[Path], typer.Argument(help="Run folders, record.json files, or folders of runs.")],
     out: Annotated[Path, typer.Option("--out", help="Folder for the tables.")] = Path("leaderboard"),
-    format_: Annotated[str, typer.Option("--format", help="Comma-separated formats: md, csv, tex.")] = "md,csv,tex",
+    format_: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="Comma-separated formats: md, csv, tex, html (a self-contained report: sortable table, saliency "
+            "gallery, plots; its SVG figures go to figures/ beside it).",
+        ),
+    ] = "md,csv,tex,html",
 ) -> None:
     """Write comparison tables from run records: one per group of comparable runs, one row per method."""
     from wsseg.report.leaderboard import write_leaderboards
@@ -567,6 +593,9 @@ def _profile_hw(profile: str) -> tuple[int, int]:
     return pcfg.height, pcfg.width
 
 
+VOI_HELP = "Apply each DICOM's VOI LUT or window (first of several) instead of keeping raw linear values."
+
+
 @data_app.command("check")
 def data_check(
     dataset: Annotated[str, typer.Argument(help="Data source name (see `wsseg list datasets`).")],
@@ -574,13 +603,20 @@ def data_check(
     workers: Annotated[int | None, typer.Option(help="Processes (default: all cores).")] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Exit with an error on any bad file.")] = False,
     allow_outside_root: Annotated[bool, typer.Option("--allow-outside-root", help=ALLOW_OUTSIDE_ROOT_HELP)] = False,
+    voi_lut: Annotated[bool, typer.Option("--voi-lut", help=VOI_HELP)] = False,
 ) -> None:
     """Validate a download without writing: counts, and every missing or unreadable file with its reason."""
     from wsseg.data.prepare import check_source
 
     try:
         report = check_source(
-            dataset, root, workers=workers, strict=strict, progress=False, allow_outside_root=allow_outside_root
+            dataset,
+            root,
+            workers=workers,
+            strict=strict,
+            progress=False,
+            voi_lut=voi_lut,
+            allow_outside_root=allow_outside_root,
         )
     except USER_ERRORS as e:
         _fail(e)
@@ -599,6 +635,7 @@ def data_prepare(
     split_file: Annotated[
         Path | None, typer.Option(help="A patient_id,split CSV (default: benchmarks/splits/DATASET.csv if present).")
     ] = None,
+    voi_lut: Annotated[bool, typer.Option("--voi-lut", help=VOI_HELP)] = False,
     allow_outside_root: Annotated[bool, typer.Option("--allow-outside-root", help=ALLOW_OUTSIDE_ROOT_HELP)] = False,
     resume: Annotated[
         bool,
@@ -634,6 +671,7 @@ def data_prepare(
                 workers,
                 strict,
                 split_file=split_file,
+                voi_lut=voi_lut,
                 allow_outside_root=allow_outside_root,
             )
         except USER_ERRORS as e:
@@ -648,6 +686,23 @@ def data_prepare(
     except (KeyError, *USER_ERRORS) as e:
         _fail(e if not isinstance(e, KeyError) else f"unknown profile {profile!r}; choose quick, paper or tiny")
     typer.echo(f"{sum(counts.values())} images ready in {path}")
+
+
+@data_app.command("split")
+def data_split(
+    dataset: Annotated[str, typer.Argument(help="Data source name (see `wsseg list datasets`).")],
+    root: Annotated[Path, typer.Option(help="The complete downloaded dataset (folder or index file).")],
+    out: Annotated[Path, typer.Option("--out", help="CSV to write (commit it as benchmarks/splits/DATASET.csv).")],
+    seed: Annotated[int, typer.Option(help="Seed of the split where the dataset has no official one.")] = 0,
+) -> None:
+    """Write the patient-level split of a download (patient_id,split) without decoding images, for publishing."""
+    from wsseg.data.prepare import make_split_file
+
+    try:
+        counts = make_split_file(dataset, root, seed, out)
+    except USER_ERRORS as e:
+        _fail(e)
+    typer.echo(f"{dataset}: {', '.join(f'{n} {s}' for s, n in counts.items())} patients written to {out}")
 
 
 @data_app.command("fixture")

@@ -37,6 +37,7 @@ class DataConfig:
         num_workers: data-loading processes; 0 on CPU (the 2 cores are busier computing), more on CUDA.
         allow_outside_root: let a data source's index (a manifest CSV) list files outside ``root``; off by
             default, so a downloaded index cannot make wsseg read ``../../etc/passwd`` or another user's files.
+        voi_lut: a data source's DICOMs are read through their VOI LUT / window instead of as raw linear values.
     """
 
     dataset: str = "phantom"
@@ -48,6 +49,7 @@ class DataConfig:
     cache_dir: str | None = None
     num_workers: int | None = None
     allow_outside_root: bool = False
+    voi_lut: bool = False
 
 
 @dataclass

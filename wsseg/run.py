@@ -40,6 +40,7 @@ from wsseg.evaluation.scoring import (
 )
 from wsseg.method import WSSegMethod
 from wsseg.registry import get_method_spec
+from wsseg.report.gallery import GALLERY_NPZ, make_gallery
 from wsseg.report.records import SCHEMA_VERSION, utc_now, versions, write_record
 from wsseg.training.checkpoint import load_checkpoint, save_checkpoint
 from wsseg.training.loop import BEST, TrainResult, resolve_device, train, use_bf16
@@ -169,6 +170,75 @@ def peak_memory_mb(device: torch.device) -> float:
     return rss / 2**20 if sys.platform == "darwin" else rss / 2**10  # bytes on macOS, KiB on Linux
 
 
+def prepare_data(
+    cfg: RunConfig, progress: bool = True, log: Callable[[str], None] = print
+) -> tuple[Path, dict[str, Any]]:
+    """The prepared (cached) dataset folder of a run config and the record's ``dataset_info`` about it.
+
+    The phantom is generated; a real dataset is read from ``cfg.data.root`` and preprocessed, once per settings.
+    """
+    pcfg = phantom_config(cfg.profile)
+    dataset_info: dict[str, Any]
+    if cfg.data.dataset == "phantom":
+        counts = {"train": cfg.data.n_train, "val": cfg.data.n_val, "test": cfg.data.n_test}
+        root = prepare_phantom(pcfg, cfg.data.seed, counts, cfg.data.cache_dir, progress=progress)
+        dataset_info = {
+            "version": f"phantom-{PHANTOM_VERSION}",
+            "cache_key": phantom_cache_key(pcfg, cfg.data.seed, counts),
+            "pixel_spacing_mm": pcfg.pixel_spacing_mm,
+        }
+        return root, dataset_info
+    source = get_source(cfg.data.dataset)  # KeyError lists the registered datasets
+    if cfg.data.root is None:
+        raise ValueError(f"--dataset {cfg.data.dataset} needs --data-root PATH (the downloaded dataset)")
+    root, report = prepare_source(
+        cfg.data.dataset,
+        cfg.data.root,
+        (pcfg.height, pcfg.width),
+        cfg.data.seed,
+        cfg.data.cache_dir,
+        progress=progress,
+        voi_lut=cfg.data.voi_lut,
+        allow_outside_root=cfg.data.allow_outside_root,
+    )
+    if report.problems:
+        log(f"data: {len(report.problems)} images skipped; see {root / 'report.json'}")
+    dataset_info = {
+        # VOI-windowed inputs are other data: the version keeps such runs out of the plain runs' tables.
+        "version": f"{cfg.data.dataset}-{source.version}-pre{PREPROCESS_VERSION}"
+        + ("-voi" if cfg.data.voi_lut else ""),
+        "cache_key": root.name,
+        "annotation": source.annotation,
+        "label_source": source.label_source,
+        "skipped": len(report.problems),
+    }
+    return root, dataset_info
+
+
+def gallery_for_run(run_dir: str | Path, cache_dir: str | None = None, progress: bool = False) -> Path:
+    """(Re)make ``gallery.npz`` of a finished run from its best checkpoint, for runs made before galleries existed.
+
+    Raises:
+        FileNotFoundError: the folder lacks ``config.json``, ``record.json`` or ``best.pt``.
+    """
+    run_dir = Path(run_dir)
+    for name in ("config.json", "record.json", BEST):
+        if not (run_dir / name).is_file():
+            raise FileNotFoundError(f"{run_dir} has no {name}; pass a finished `wsseg run` folder")
+    cfg = RunConfig.from_dict(json.loads((run_dir / "config.json").read_text(encoding="utf-8")))
+    if cache_dir is not None:
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, cache_dir=cache_dir))
+    record = json.loads((run_dir / "record.json").read_text(encoding="utf-8"))
+    root, _ = prepare_data(cfg, progress, log=lambda _: None)
+    test_set = MammogramDataset(root, "test", with_masks=True, dataset=cfg.data.dataset)
+    spec = get_method_spec(cfg.method)
+    method = spec.cls(spec.cls.Config(**cfg.method_config), num_classes=len(CLASSES), in_chans=1)
+    method.load_state_dict(load_checkpoint(run_dir / BEST)["model"])
+    thresholds = {k: float(v) for k, v in record["thresholds"].items() if k != "rule"}
+    device = torch.device("cpu")
+    return make_gallery(method, test_set, thresholds, device).save(run_dir / GALLERY_NPZ)
+
+
 def run(
     cfg: RunConfig,
     out_dir: str | Path = "runs",
@@ -228,37 +298,7 @@ def run(
     # every later run with the same settings.
     t0 = time.perf_counter()
     pcfg = phantom_config(cfg.profile)
-    dataset_info: dict[str, Any]
-    if cfg.data.dataset == "phantom":
-        counts = {"train": cfg.data.n_train, "val": cfg.data.n_val, "test": cfg.data.n_test}
-        root = prepare_phantom(pcfg, cfg.data.seed, counts, cfg.data.cache_dir, progress=progress)
-        dataset_info = {
-            "version": f"phantom-{PHANTOM_VERSION}",
-            "cache_key": phantom_cache_key(pcfg, cfg.data.seed, counts),
-            "pixel_spacing_mm": pcfg.pixel_spacing_mm,
-        }
-    else:
-        source = get_source(cfg.data.dataset)  # KeyError lists the registered datasets
-        if cfg.data.root is None:
-            raise ValueError(f"--dataset {cfg.data.dataset} needs --data-root PATH (the downloaded dataset)")
-        root, report = prepare_source(
-            cfg.data.dataset,
-            cfg.data.root,
-            (pcfg.height, pcfg.width),
-            cfg.data.seed,
-            cfg.data.cache_dir,
-            progress=progress,
-            allow_outside_root=cfg.data.allow_outside_root,
-        )
-        if report.problems:
-            log(f"data: {len(report.problems)} images skipped; see {root / 'report.json'}")
-        dataset_info = {
-            "version": f"{cfg.data.dataset}-{source.version}-pre{PREPROCESS_VERSION}",
-            "cache_key": root.name,
-            "annotation": source.annotation,
-            "label_source": source.label_source,
-            "skipped": len(report.problems),
-        }
+    root, dataset_info = prepare_data(cfg, progress, log)
     spec = get_method_spec(cfg.method)
     # Only fully supervised reference methods may see training masks.
     name = cfg.data.dataset
@@ -313,6 +353,8 @@ def run(
         for ref, ev in test.references.items()
     }
     eval_seconds = val.seconds + test.seconds
+    # The same few test images for every method, for the report's side-by-side gallery.
+    make_gallery(method, test_set, thresholds, device, bf16).save(run_dir / GALLERY_NPZ)
 
     record: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
@@ -363,6 +405,7 @@ def run(
         "intervals": intervals,
         "per_image": per_image,
         "maps": MAPS_DIR if maps_dir is not None else None,
+        "gallery": GALLERY_NPZ,
         "references": references,
     }
     write_record(run_dir / "record.json", record)

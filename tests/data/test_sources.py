@@ -457,6 +457,9 @@ def test_vindr_mammo(tmp_path: Path) -> None:
             assert s["labels"].tolist() == [0.0, 1.0]
             assert_aligned(s, truth[image_id])
             assert len(s["meta"]["lesions"]) == 1 and "Suspicious Calcification" in s["meta"]["lesions"][0]["type"]
+        elif lat == "R" and image_id[9:12] == "0CC" and study % 2 == 0:  # an unmirrored box on a right breast
+            assert s["labels"].tolist() == [0.0, 1.0] and s["meta"]["transform"]["flipped"]
+            assert_aligned(s, truth[image_id])
         elif lat == "R" and image_id[9:12] == "MLO" and study % 2 == 1:
             assert s["labels"].tolist() == [1.0, 0.0]
         else:
@@ -477,7 +480,7 @@ def test_vindr_size_mismatch_is_reported(tmp_path: Path) -> None:
 
 
 def test_inbreast(tmp_path: Path) -> None:
-    from wsseg.data.fixtures import write_inbreast
+    from wsseg.data.fixtures import PECTORAL_IMAGE, write_inbreast
 
     truth = write_inbreast(tmp_path / "dl", n_patients=6)
     root, report = prepare_source(
@@ -493,8 +496,8 @@ def test_inbreast(tmp_path: Path) -> None:
         assert meta["view"] == ("MLO" if meta["laterality"] == "R" else "CC")  # ML in the file name
         assert meta["patient_id"] == f"{(int(name) - 20586900) // 2:016x}"
         assert_canonical(s)
-        if meta["birads"] == "1":
-            assert not s["masks"].any()  # contours on a BI-RADS 1 image carry no class
+        if meta["birads"] == "1" or name == PECTORAL_IMAGE:
+            assert not s["masks"].any()  # contours on a BI-RADS 1 image carry no class; a pectoral XML is no lesion
         else:
             assert_aligned(s, truth[name])  # 12-vertex polygon + the 1-point calcification disc inside it
             assert sorted(les["kind"] for les in meta["lesions"]) == ["circle", "polygon"]
@@ -519,6 +522,9 @@ def test_cli_check_and_run_every_source(tmp_path: Path, dataset: str) -> None:
     assert result.exit_code == 0 and "wrote a" in result.output, result.output
     result = runner.invoke(app, ["data", "check", dataset, "--root", str(tmp_path / "dl"), "--workers", "1"])
     assert result.exit_code == 0 and "usable images" in result.output, result.output
+    prepare = ["data", "prepare", dataset, "--root", str(tmp_path / "dl"), "--profile", "tiny", "--workers", "1"]
+    result = runner.invoke(app, [*prepare, "--cache-dir", str(tmp_path / "cache")])
+    assert result.exit_code == 0 and "usable images" in result.output and "184x120" in result.output, result.output
     args = [
         "run",
         "--method",

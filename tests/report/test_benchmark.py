@@ -35,6 +35,15 @@ def test_benchmark_runs_what_is_missing_then_writes_the_leaderboard(tmp_path: Pa
     (md,) = (tmp_path / "leaderboards" / "t").glob("*.md")
     table = md.read_text()
     assert all(f"| {m} | weak | 1 |" in table for m in ("cam", "gradcam", "uniform"))
+    # The leaderboard folder is self-contained: the published records, curves and galleries regenerate its tables.
+    published = tmp_path / "leaderboards" / "t" / "runs"
+    assert sorted(p.name for p in (published / "cam-phantom-tiny-s0").iterdir()) == [
+        "curves.json",
+        "gallery.npz",
+        "record.json",
+    ]
+    again = runner.invoke(app, ["leaderboard", str(published), "--out", str(tmp_path / "again"), "--format", "md"])
+    assert again.exit_code == 0 and (tmp_path / "again" / md.name).read_bytes() == md.read_bytes()
     before = md.read_bytes()
     second = runner.invoke(app, ["benchmark", str(path), "-q"])
     assert second.exit_code == 0 and second.output.count("done, skipped") == 3

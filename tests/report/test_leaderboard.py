@@ -109,8 +109,8 @@ def test_bad_inputs_are_clear_errors(tmp_path: Path) -> None:
     broken = runner.invoke(app, ["leaderboard", str(tmp_path / "r"), "--out", str(tmp_path / "lb")])
     assert broken.exit_code == 2 and "cannot read run record" in broken.output
     _write(tmp_path / "ok", [_record("cam", 0, (0.1, 0.1))])
-    bad_format = runner.invoke(app, ["leaderboard", str(tmp_path / "ok"), "--format", "html"])
-    assert bad_format.exit_code == 2 and "unknown leaderboard format 'html'" in bad_format.output
+    bad_format = runner.invoke(app, ["leaderboard", str(tmp_path / "ok"), "--format", "pdf"])
+    assert bad_format.exit_code == 2 and "unknown leaderboard format 'pdf'" in bad_format.output
 
 
 def test_a_real_tiny_run_makes_a_leaderboard(tmp_path: Path, cache_dir: Path) -> None:

@@ -14,7 +14,8 @@ BOARDS = sorted(p.parent for p in RESULTS.glob("*/runs"))
 
 @pytest.mark.parametrize("board", BOARDS, ids=[b.name for b in BOARDS])
 def test_committed_tables_regenerate_byte_for_byte(board: Path, tmp_path: Path) -> None:
-    result = write_leaderboards([board / "runs"], tmp_path)
+    # The tables only: the HTML report's SVG plots depend on matplotlib's version and fonts.
+    result = write_leaderboards([board / "runs"], tmp_path, ["md", "csv", "tex"])
     assert result.files, f"no tables regenerated from {board / 'runs'}"
     for path in result.files:
         committed = board / path.name

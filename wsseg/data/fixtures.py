@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from wsseg.data.dataset import SPLITS
+
 H, W = 64, 48  # native fixture size (rows, cols)
 
 
@@ -66,12 +68,19 @@ def save_mask(path: Path, mask: np.ndarray) -> None:
 
 
 def save_dicom(
-    path: Path, img: np.ndarray, monochrome1: bool = False, bits: int = 12, syntax: str = "", padding: int | None = None
+    path: Path,
+    img: np.ndarray,
+    monochrome1: bool = False,
+    bits: int = 12,
+    syntax: str = "",
+    padding: int | None = None,
+    tags: dict[str, Any] | None = None,
 ) -> None:
     """A single-frame DICOM mammogram; MONOCHROME1 stores inverted values.
 
     Uncompressed unless ``syntax`` is a compressed transfer-syntax UID (RLE, JPEG 2000: encoded by pydicom with
     pylibjpeg). ``padding`` writes that stored value outside the breast and declares it as Pixel Padding Value.
+    ``tags`` sets further attributes by keyword (``WindowCenter``, ``PresentationIntentType``...).
     """
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -98,6 +107,8 @@ def save_dicom(
     ds.PixelSpacing = [0.07, 0.07]
     if padding is not None:
         ds.PixelPaddingValue = padding
+    for keyword, value in (tags or {}).items():
+        setattr(ds, keyword, value)
     ds.PixelData = values.tobytes()
     if syntax:
         ds.compress(syntax, values, generate_instance_uid=False)
@@ -171,12 +182,39 @@ def write_csv(path: Path, header: list[str], rows: list[dict[str, object]]) -> N
 MIAS = 96  # mini-MIAS fixture side (the real one is 1024)
 
 
+MIAS_PAIRS = 161  # mdb001 ... mdb322
+
+
+def mias_pairs(n_pairs: int) -> list[int]:
+    """Pair numbers (patient ``mias-pNNN`` = images ``mdb{2N-1}``, ``mdb{2N}``) for a fixture of ``n_pairs``.
+
+    Pair 1 (with the doubled Info line) always; then, when the committed ``benchmarks/splits/mini-mias.csv``
+    exists, the first pairs of its test and validation splits and of its training split, so a small fixture read
+    with the published split still has every split.
+    """
+    from wsseg.data.prepare import default_split_file, read_split_file
+
+    path = default_split_file("mini-mias")
+    if path is None or n_pairs >= MIAS_PAIRS:
+        return list(range(1, n_pairs + 1))
+    split = read_split_file(path)
+    order = {s: sorted(int(p.removeprefix("mias-p")) for p, v in split.items() if v == s) for s in SPLITS}
+    pairs = [1]
+    for s in ("test", "val"):
+        pairs.append(next(p for p in order[s] if p not in pairs))
+    rest = [p for s in ("train", "test", "val") for p in order[s] if p not in pairs]
+    return sorted(pairs + rest[: max(0, n_pairs - len(pairs))])
+
+
 def write_mias(root: Path, n_pairs: int = 6, kaggle_header: bool = True) -> dict[str, Phantom]:
-    """``mdbNNN.pgm`` + ``Info.txt`` with the traps: NORM lines, a 4-token line, a doubled image, bottom-left y."""
+    """``mdbNNN.pgm`` + ``Info.txt`` with the traps: NORM lines, a 4-token line, a doubled image, bottom-left y.
+
+    The pairs are the real ids' (:func:`mias_pairs`), so the committed split applies to the fixture as to the data.
+    """
     lines, truth = [], {}
     if kaggle_header:
         lines.append("REFNUM BG CLASS SEVERITY X Y RADIUS ")
-    for n in range(1, 2 * n_pairs + 1):
+    for n in (n for pair in mias_pairs(n_pairs) for n in (2 * pair - 1, 2 * pair)):
         ref = f"mdb{n:03d}"
         right = n % 2 == 1  # odd numbers are right breasts
         ph = phantom(right, lesion_rc=(40, 20), radius=6, h=MIAS, w=MIAS)
@@ -196,11 +234,23 @@ def write_mias(root: Path, n_pairs: int = 6, kaggle_header: bool = True) -> dict
     return truth
 
 
-def write_nyu(root: Path, n_exams: int = 4, horizontal_flip: str = "NO") -> dict[str, Phantom]:
-    """``exam_list_before_cropping.pkl`` (protocol 3) + ``images/*.png`` + ``segmentation/*.png``."""
+GMIC_SIZE = (2944, 1920)  # GMIC's model-input frame (rows, cols)
+NYU_WINDOW = (2, H, 1, W)  # the fixture's GMIC crop (top, bottom, left, right) of every view
+
+
+def write_nyu(
+    root: Path, n_exams: int = 4, horizontal_flip: str = "NO", model_frame_masks: bool = False
+) -> dict[str, Phantom]:
+    """``exam_list_before_cropping.pkl`` (protocol 3) + ``images/*.png`` + ``segmentation/*.png``.
+
+    With ``model_frame_masks`` the segmentations are drawn, as GMIC's sample ones are, in its 2944x1920 model-input
+    frame (cropped to ``NYU_WINDOW``, flipped, zero-padded as GMIC pads at inference: CC above and below, MLO
+    below, every view on the right), and ``sample_output/data.pkl`` is written: the exam list with the crop's
+    ``window_location`` and ``best_center``, as GMIC's crop and optimal-centre steps leave it.
+    """
     exams, truth = [], {}
     for i in range(n_exams):
-        exam: dict[str, object] = {"horizontal_flip": horizontal_flip}
+        exam: dict[str, Any] = {"horizontal_flip": horizontal_flip}
         for view in ("L-CC", "R-CC", "L-MLO", "R-MLO"):
             name = f"{i}_{view}"
             right_native = (view[0] == "R") == (horizontal_flip == "NO")
@@ -211,7 +261,8 @@ def write_nyu(root: Path, n_exams: int = 4, horizontal_flip: str = "NO") -> dict
             exam[f"{view}_benign_seg"] = [f"{name}_benign"]  # listed even when the file does not exist
             exam[f"{view}_malignant_seg"] = [f"{name}_malignant"]
             if view[0] == "L":
-                save_mask(root / "segmentation" / f"{name}_malignant.png", ph.lesion)
+                mask = _gmic_frame(ph.lesion, view, right_native) if model_frame_masks else ph.lesion
+                save_mask(root / "segmentation" / f"{name}_malignant.png", mask)
         exam["cancer_label"] = {
             "benign": 0,
             "malignant": 1,
@@ -223,7 +274,26 @@ def write_nyu(root: Path, n_exams: int = 4, horizontal_flip: str = "NO") -> dict
         }
         exams.append(exam)
     (root / "exam_list_before_cropping.pkl").write_bytes(pickle.dumps(exams, protocol=3))
+    if model_frame_masks:
+        top, bottom, left, right = NYU_WINDOW
+        for exam in exams:
+            views = ("L-CC", "R-CC", "L-MLO", "R-MLO")
+            exam["window_location"] = {v: [NYU_WINDOW] for v in views}
+            exam["best_center"] = {v: [((bottom - top) // 2, (right - left) - 961)] for v in views}
+        (root / "sample_output").mkdir(parents=True, exist_ok=True)
+        (root / "sample_output" / "data.pkl").write_bytes(pickle.dumps(exams, protocol=3))
     return truth
+
+
+def _gmic_frame(lesion: np.ndarray, view: str, flipped: bool) -> np.ndarray:
+    """A native mask as GMIC's model input sees it: cropped, flipped, zero-padded to 2944x1920."""
+    top, bottom, left, right = NYU_WINDOW
+    crop = lesion[top:bottom, left:right]
+    crop = crop[:, ::-1] if flipped else crop
+    out = np.zeros(GMIC_SIZE, dtype=bool)
+    front = (GMIC_SIZE[0] - crop.shape[0]) // 2 if view.endswith("CC") else 0
+    out[front : front + crop.shape[0], : crop.shape[1]] = crop
+    return out
 
 
 CBIS_HEADER_MASS = (
@@ -236,14 +306,25 @@ CBIS_HEADER_CALC = (
 ).split(",")
 
 
-def write_cbis(root: Path) -> dict[str, Phantom]:
+def scaled_phantom(chest_wall_right: bool, scale: int) -> Phantom:
+    """The fixture phantom ``scale`` times larger on each side (``scale`` 55-70 gives full-field sizes)."""
+    if scale == 1:
+        return phantom(chest_wall_right)
+    return phantom(chest_wall_right, (30 * scale, 14 * scale), 4 * scale, H * scale, W * scale)
+
+
+def write_cbis(root: Path, crop_without_mask: bool = False, scale: int = 1) -> dict[str, Phantom]:
     """A CBIS-DDSM download with its traps.
 
     Both layouts, the four CSVs with classic paths and embedded newlines, swapped calc crop/mask columns,
-    two abnormalities on one image, a patient in mass-train and calc-test, and one wrong-size ROI mask.
+    ``1-1.dcm``/``1-2.dcm`` in either order, two abnormalities on one image, a patient in mass-train and
+    calc-test, one wrong-size ROI mask, and the retriever's ``metadata.csv``. With ``crop_without_mask`` the ROI
+    series of ``Mass-Training_P_00005_LEFT_CC_1`` holds only the cropped patch. ``scale`` multiplies the image
+    size (16-bit DICOMs; 70 gives 4480 x 3360, the size of CBIS-DDSM's scanned films) for throughput measurements.
 
     Returns subject folder (= image id) -> phantom; ``Mass-Training_P_00003_LEFT_CC`` has the bad mask.
     """
+    meta_rows: list[dict[str, object]] = []
     truth: dict[str, Phantom] = {}
     rows: dict[str, list[dict[str, object]]] = {"mass_train": [], "mass_test": [], "calc_train": [], "calc_test": []}
     entries = [  # (csv, patient, side, abnormalities as pathologies)
@@ -262,7 +343,7 @@ def write_cbis(root: Path) -> dict[str, Phantom]:
         kind = "Mass" if csv_name.startswith("mass") else "Calc"
         phase = "Training" if csv_name.endswith("train") else "Test"
         subject = f"{kind}-{phase}_P_{p:05d}_{side}_CC"
-        ph = phantom(chest_wall_right=side == "RIGHT")
+        ph = scaled_phantom(side == "RIGHT", scale)
         truth[subject] = ph
         descriptive = p % 2 == 1
         uid = f"1.3.6.1.4.1.9590.100.1.2.{p}{len(rows[csv_name])}"
@@ -275,18 +356,29 @@ def write_cbis(root: Path) -> dict[str, Phantom]:
                 / "1.000000-full mammogram images-24515"
                 / "1-1.dcm",
                 ph.image,
+                bits=16,
             )
         else:
-            save_dicom(root / subject / uid / f"{uid}.1" / "000000.dcm", ph.image)
+            save_dicom(root / subject / uid / f"{uid}.1" / "000000.dcm", ph.image, bits=16)
         for a, pathology in enumerate(pathologies, start=1):
             roi = f"{subject}_{a}"
-            mask = ph.lesion if not (p == 3) else np.pad(ph.lesion, ((0, 2), (0, 0)))  # 66 x 48: wrong size
-            crop = ph.image[20:32, 8:18]
+            mask = ph.lesion if not (p == 3) else np.pad(ph.lesion, ((0, 2), (0, 0)))  # 2 rows more: wrong size
+            crop = ph.image[20 * scale : 32 * scale, 8 * scale : 18 * scale]
             if descriptive:
                 series = root / "CBIS-DDSM" / roi / "08-29-2017-DDSM-NA-96009" / "1.000000-ROI mask images-18515"
                 first, second = ("1-1.dcm", "1-2.dcm") if a % 2 else ("1-2.dcm", "1-1.dcm")
                 save_dicom(series / first, crop)
-                save_dicom(series / second, mask.astype(float), bits=8)
+                if not (crop_without_mask and p == 5):
+                    save_dicom(series / second, mask.astype(float), bits=8)
+                meta_rows.append(
+                    {
+                        "Series UID": f"{uid}.{a}",
+                        "Subject ID": roi,
+                        "Series Description": "ROI mask images",
+                        "Number of Images": 2,
+                        "File Location": "./" + series.relative_to(root).as_posix(),
+                    }
+                )
             else:
                 series = root / roi / f"{uid}.{a}" / f"{uid}.{a}.2"
                 crop_file, mask_file = ("000000.dcm", "000001.dcm") if kind == "Mass" else ("000001.dcm", "000000.dcm")
@@ -322,6 +414,12 @@ def write_cbis(root: Path) -> dict[str, Phantom]:
         kind, phase = csv_name.split("_")
         header = CBIS_HEADER_MASS if kind == "mass" else CBIS_HEADER_CALC
         write_csv(root / f"{kind}_case_description_{phase}_set.csv", header, rs)
+    # The NBIA retriever's index (columns vary by version); wsseg resolves files by subject folder instead.
+    write_csv(
+        root / "metadata.csv",
+        ["Series UID", "Subject ID", "Series Description", "Number of Images", "File Location"],
+        meta_rows,
+    )
     return truth
 
 
@@ -332,11 +430,20 @@ VINDR_FINDING = (
 )
 
 
-def write_vindr(root: Path, n_studies: int = 5) -> dict[str, Phantom]:
+VINDR_WINDOW = {"WindowCenter": [2000, 1500], "WindowWidth": [3000, 2000]}  # multi-valued: the first is used
+
+
+def write_vindr(
+    root: Path, n_studies: int = 5, for_processing: bool = False, scale: int = 1, syntax: str = ""
+) -> dict[str, Phantom]:
     """A VinDr-Mammo download with its traps.
 
-    Four views per study, ``.dicom`` files (one MONOCHROME1), both CSVs with a multi-category row, ``No Finding``
-    rows, an empty ``finding_birads`` and a box with a negative ``xmin`` on a right breast.
+    Four views per study, ``.dicom`` files (one MONOCHROME1 with a multi-valued window), both CSVs with a
+    multi-category row, ``No Finding`` rows, an empty ``finding_birads``, boxes in the unmirrored frame on right
+    breasts (one exactly around the lesion, one overhanging the image with a negative ``xmin``). With
+    ``for_processing`` study 1's L-CC is a ``FOR PROCESSING`` image (to be skipped). ``scale`` multiplies the
+    image size (55 gives 3520 x 2640, about VinDr's typical 3518 x 2800) for throughput measurements; ``syntax``
+    compresses every DICOM with that transfer syntax (e.g. JPEG 2000 lossless, reported for VinDr).
     """
     breast_rows, finding_rows, truth = [], [], {}
     for s in range(n_studies):
@@ -344,12 +451,17 @@ def write_vindr(root: Path, n_studies: int = 5) -> dict[str, Phantom]:
         for lat in ("L", "R"):
             for view in ("CC", "MLO"):
                 image_id = f"{s:08x}{lat}{view:>3}".replace(" ", "0").ljust(32, "a")
-                ph = phantom(chest_wall_right=lat == "R")
+                ph = scaled_phantom(lat == "R", scale)
                 truth[image_id] = ph
+                first = s == 0 and lat == "L" and view == "CC"
+                tags: dict[str, Any] = {"ImageLaterality": lat, "ViewPosition": view, **(VINDR_WINDOW if first else {})}
+                tags["PresentationIntentType"] = (
+                    "FOR PROCESSING"
+                    if for_processing and s == 1 and lat == "L" and view == "CC"
+                    else "FOR PRESENTATION"
+                )
                 save_dicom(
-                    root / "images" / study / f"{image_id}.dicom",
-                    ph.image,
-                    monochrome1=(s == 0 and lat == "L" and view == "CC"),
+                    root / "images" / study / f"{image_id}.dicom", ph.image, monochrome1=first, syntax=syntax, tags=tags
                 )
                 base = {
                     "study_id": study,
@@ -357,8 +469,8 @@ def write_vindr(root: Path, n_studies: int = 5) -> dict[str, Phantom]:
                     "image_id": image_id,
                     "laterality": lat,
                     "view_position": view,
-                    "height": H,
-                    "width": W,
+                    "height": H * scale,
+                    "width": W * scale,
                     "breast_density": "DENSITY B",
                     "split": "test" if s == n_studies - 1 else "training",
                 }
@@ -398,6 +510,18 @@ def write_vindr(root: Path, n_studies: int = 5) -> dict[str, Phantom]:
                             "finding_categories": "['Focal Asymmetry']",
                             **box,
                             "xmin": -6.25,
+                        }
+                    )
+                elif lat == "R" and view == "CC" and s % 2 == 0:
+                    breast = "BI-RADS 5"
+                    # Unmirrored: the box sits near x = W (chest wall on the right) and must follow the flip.
+                    finding_rows.append(
+                        {
+                            **base,
+                            "breast_birads": breast,
+                            "finding_birads": "BI-RADS 5",
+                            "finding_categories": "['Mass']",
+                            **box,
                         }
                     )
                 else:
@@ -445,11 +569,16 @@ def _plist_rois(rois: list[tuple[str, list[tuple[float, float]]]], declared: int
     return plistlib.dumps(doc, fmt=plistlib.FMT_XML)
 
 
-def write_inbreast(root: Path, n_patients: int = 6) -> dict[str, Phantom]:
+PECTORAL_IMAGE = "20586903"  # the INbreast fixture image (patient 1, R ML, BI-RADS 2) with a pectoral XML only
+
+
+def write_inbreast(root: Path, n_patients: int = 6, espiculated: bool = False) -> dict[str, Phantom]:
     """An INbreast download with its traps.
 
     ``INbreast.csv`` (``4a``, ``FB`` view, blank ACR), DICOMs named with ``ML``, XMLs with a 12-vertex Mass, a
-    1-point Calcification, ``NumberOfROIs`` off by one, and a PectoralMuscle XML using ``ROIPoints``.
+    1-point Calcification, ``NumberOfROIs`` off by one, and a PectoralMuscle XML using ``ROIPoints``, named by the
+    image id of a BI-RADS 2 image without lesion XML (``PECTORAL_IMAGE``), as a lesion XML would be. With
+    ``espiculated`` every XML also holds an ``Espiculated Region`` (a mass) inside the lesion.
     """
     header = "Patient ID;Patient age;Laterality;View;Acquisition date;File Name;ACR;Bi-Rads".split(";")
     rows, truth = [], {}
@@ -465,9 +594,13 @@ def write_inbreast(root: Path, n_patients: int = 6) -> dict[str, Phantom]:
             poly = [
                 (c + (rad + 0.3) * np.cos(t), r + (rad + 0.3) * np.sin(t)) for t in np.linspace(0, 2 * np.pi, 13)[:-1]
             ]
-            xml = _plist_rois([("Mass", poly), ("Calcification", [(float(c), float(r))])], declared=3)
+            rois = [("Mass", poly), ("Calcification", [(float(c), float(r))])]
+            if espiculated:
+                rois.append(("Espiculated Region", [(c - 2.0, r - 2.0), (c + 2.0, r - 2.0), (c, r + 2.0)]))
+            xml = _plist_rois(rois, declared=len(rois) + 1)
             (root / "AllXML").mkdir(parents=True, exist_ok=True)
-            (root / "AllXML" / f"{name}.xml").write_bytes(xml)
+            if name != PECTORAL_IMAGE:  # an image without contours: its pectoral XML is the trap
+                (root / "AllXML" / f"{name}.xml").write_bytes(xml)
             rows.append(
                 {
                     "Patient ID": "removed",
@@ -481,9 +614,12 @@ def write_inbreast(root: Path, n_patients: int = 6) -> dict[str, Phantom]:
                 }
             )
     (root / "PectoralMuscle" / "Pectoral Muscle XML").mkdir(parents=True, exist_ok=True)
-    (root / "PectoralMuscle" / "Pectoral Muscle XML" / "20586901_muscle.xml").write_text(
-        '<?xml version="1.0"?><plist version="1.0"><dict><key>ROIPoints</key><array><string>{1, 2}</string>'
-        "</array></dict></plist>"
+    # A right MLO: chest wall on the right, so the muscle is a top-right triangle.
+    muscle = "".join(f"<string>{{{x}, {y}}}</string>" for x, y in ((W - 1, 0), (W - 20, 0), (W - 1, 30)))
+    (root / "PectoralMuscle" / "Pectoral Muscle XML" / f"{PECTORAL_IMAGE}.xml").write_text(
+        '<?xml version="1.0"?><plist version="1.0"><dict><key>ROIPoints</key><array>'
+        + muscle
+        + "</array></dict></plist>"
     )
     path = root / "INbreast.csv"
     with open(path, "w", newline="", encoding="utf-8") as f:

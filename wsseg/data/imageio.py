@@ -38,23 +38,31 @@ def check_header_size(path: Path, rows: int, cols: int, frames: int = 1) -> None
         )
 
 
-def read_image(path: str | Path) -> np.ndarray:
+def read_image(
+    path: str | Path, voi_lut: bool = False, skip_for_processing: bool = False, binary_ok: bool = False
+) -> np.ndarray:
     """Decode a greyscale image to float32 (H, W).
 
-    DICOM: the modality LUT (rescale slope/intercept) is applied, MONOCHROME1 is inverted using
-    ``2**BitsStored - 1`` and Pixel Padding Value (Range Limit) pixels are set to the image minimum; VOI
-    windowing is not applied (raw linear values are the model input, datasets.md 11.1).
-    PNG/PGM/TIFF/JPEG: the stored values, 16-bit kept intact.
+    DICOM (datasets.md 11.1): the modality LUT (rescale slope/intercept) is applied; by default the raw linear
+    values are kept (the model input), and with ``voi_lut`` the header's VOI LUT or window is applied by pydicom
+    (LINEAR, LINEAR_EXACT, SIGMOID; the first of multi-valued centres/widths; a no-op without one).
+    MONOCHROME1 is inverted within the output range (``2**BitsStored - 1``, or the VOI output range), and Pixel
+    Padding Value (Range Limit) pixels are set to the image minimum. With ``skip_for_processing`` an image whose
+    Presentation Intent Type is ``FOR PROCESSING`` (raw detector data) is refused, as VinDr's tools skip it.
+    PNG/PGM/TIFF/JPEG: the stored values, 16-bit kept intact; a 1-bit image only with ``binary_ok`` (masks).
 
     Raises:
         DataError: missing, truncated or undecodable file; a header claiming no pixels or more than
-            :data:`MAX_PIXELS` (refused before decoding); a 1-bit image; NaN or infinite values; a compressed
-            DICOM without its decoder.
+            :data:`MAX_PIXELS` (refused before decoding); a 1-bit image (unless ``binary_ok``); NaN or infinite
+            values; a compressed DICOM without its decoder; a refused FOR PROCESSING image.
     """
     path = Path(path)
     if not path.is_file():
         raise DataError(path, "file is missing", "check the --root folder is the dataset as downloaded")
-    arr = _read_dicom(path) if path.suffix.lower() in DICOM_SUFFIXES else _read_pil(path, binary_ok=False)
+    if path.suffix.lower() in DICOM_SUFFIXES:
+        arr = _read_dicom(path, voi_lut, skip_for_processing)
+    else:
+        arr = _read_pil(path, binary_ok)
     if not np.isfinite(arr).all():
         raise DataError(path, "the image holds NaN or infinite values", "re-export it as an integer image")
     return arr
@@ -62,11 +70,7 @@ def read_image(path: str | Path) -> np.ndarray:
 
 def read_mask(path: str | Path) -> np.ndarray:
     """A binary mask image (any format ``read_image`` reads, 1-bit included) as bool (H, W): nonzero is lesion."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(path, "file is missing", "check the --root folder is the dataset as downloaded")
-    arr = _read_dicom(path) if path.suffix.lower() in DICOM_SUFFIXES else _read_pil(path, binary_ok=True)
-    return np.asarray(arr > 0)
+    return read_image(path, binary_ok=True) > 0
 
 
 def _read_pil(path: Path, binary_ok: bool) -> np.ndarray:
@@ -97,14 +101,20 @@ def _read_pil(path: Path, binary_ok: bool) -> np.ndarray:
     return arr.astype(np.float32)
 
 
-def _read_dicom(path: Path) -> np.ndarray:
+def _read_dicom(path: Path, voi_lut: bool = False, skip_for_processing: bool = False) -> np.ndarray:
     import pydicom
-    from pydicom.pixels import apply_modality_lut  # type: ignore[attr-defined]
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut  # type: ignore[attr-defined]
 
     try:
         ds = pydicom.dcmread(path)
     except Exception as e:  # pydicom raises many types (InvalidDicomError, EOFError, struct.error...) for bad files
         raise DataError(path, f"not a readable DICOM file ({type(e).__name__}: {e})", "download it again") from None
+    if skip_for_processing and str(ds.get("PresentationIntentType", "")).strip().upper().endswith("PROCESSING"):
+        raise DataError(
+            path,
+            "a FOR PROCESSING image (raw detector data, not the annotated presentation image); skipped",
+            "nothing to fix: the dataset's tools skip these too",
+        )
     if "PixelData" not in ds:
         raise DataError(path, "the DICOM file holds no pixel data", "point the dataset at the image series")
     try:
@@ -123,14 +133,46 @@ def _read_dicom(path: Path) -> np.ndarray:
     if arr.ndim != 2:
         raise DataError(path, f"expected one greyscale frame, got shape {arr.shape}", "use single-frame images")
     padding = _padding_mask(arr, ds)
-    out = apply_modality_lut(arr, ds).astype(np.float32)
+    lo, hi = 0.0, float(2 ** int(ds.get("BitsStored", 16)) - 1)
+    has_voi = "VOILUTSequence" in ds or "WindowCenter" in ds
+    if voi_lut and has_voi:
+        try:
+            out = apply_voi_lut(apply_modality_lut(arr, ds), ds, index=0).astype(np.float32)
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
+            raise DataError(
+                path, f"unusable VOI LUT / window in the header ({type(e).__name__}: {e})", "prepare without --voi-lut"
+            ) from None
+        lo, hi = voi_output_range(ds)
+    else:
+        out = apply_modality_lut(arr, ds).astype(np.float32)
     if str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip() == "MONOCHROME1":
-        bits = int(ds.get("BitsStored", 16))
-        out = float(2**bits - 1) - out
+        out = np.float32(lo + hi) - out
     if padding is not None and padding.any() and not padding.all():
         # Padding marks pixels outside the detector's field; as background they must not join the breast region.
         out[padding] = out[~padding].min()
     return out
+
+
+def voi_output_range(ds: object) -> tuple[float, float]:
+    """The output range of pydicom's ``apply_voi_lut`` for this header (DICOM PS3.3 C.11.2), to invert within.
+
+    A VOI LUT Sequence maps to ``[0, 2**n - 1]`` with ``n`` its descriptor's bit depth; a window maps to the
+    stored range (signed or not) through the rescale, as pydicom's ``apply_windowing`` does.
+    """
+    seq = getattr(ds, "VOILUTSequence", None)
+    if seq:
+        return 0.0, float(2 ** int(seq[0].LUTDescriptor[2]) - 1)
+    bits = int(getattr(ds, "BitsStored", 16))
+    if getattr(ds, "ModalityLUTSequence", None):
+        lo, hi = 0.0, float(2 ** int(ds.ModalityLUTSequence[0].LUTDescriptor[2]) - 1)  # type: ignore[attr-defined]
+    elif int(getattr(ds, "PixelRepresentation", 0)) == 0:
+        lo, hi = 0.0, float(2**bits - 1)
+    else:
+        lo, hi = float(-(2 ** (bits - 1))), float(2 ** (bits - 1) - 1)
+    slope, intercept = getattr(ds, "RescaleSlope", None), getattr(ds, "RescaleIntercept", None)
+    if slope is not None and intercept is not None:
+        lo, hi = lo * float(slope) + float(intercept), hi * float(slope) + float(intercept)
+    return lo, hi
 
 
 def _padding_mask(stored: np.ndarray, ds: object) -> np.ndarray | None:

@@ -26,10 +26,11 @@ from tqdm.auto import tqdm
 
 from wsseg._io import atomic_save, atomic_write_json, atomic_write_text, remove_stale_temporaries
 from wsseg.data.dataset import MANIFEST_COLUMNS, SPLITS, default_cache_dir
-from wsseg.data.imageio import DICOM_SUFFIXES, dicom_pixel_spacing, read_image, read_mask
+from wsseg.data.imageio import DICOM_SUFFIXES, dicom_pixel_spacing, read_image
 from wsseg.data.phantom import CLASSES
 from wsseg.data.preprocess import breast_region, plan_transform
 from wsseg.data.sources import DataError, Lesion, Problem, SourceRecord, get_source
+from wsseg.data.sources.nyu import GMIC_INPUT_SIZE
 
 PREPROCESS_VERSION = 1
 # Seeded patient-level split where a dataset has no official one; validation is carved from an official
@@ -146,48 +147,127 @@ def read_split_file(path: Path) -> dict[str, str]:
     return out
 
 
+def split_csv_text(patient_splits: dict[str, str]) -> str:
+    """A ``patient_id,split`` CSV, sorted by patient id (the format of ``benchmarks/splits/``)."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["patient_id", "split"])
+    writer.writerows(sorted(patient_splits.items()))
+    return buf.getvalue()
+
+
+def make_split_file(dataset: str, root: str | Path, seed: int, out: str | Path) -> dict[str, int]:
+    """Write the patient-level split of a download to ``out`` without decoding any image; patients per split.
+
+    The split is the one :func:`assign_splits` gives with no published file: the official split where the dataset
+    has one (with validation carved from its training patients), else the seeded 70/15/15 split by a hash of
+    ``(seed, patient_id)``. Run on a complete download, it is the file to commit as
+    ``benchmarks/splits/<dataset>.csv``.
+
+    Raises:
+        FileNotFoundError: ``root`` does not exist.
+        DataError: the index is unusable.
+    """
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise FileNotFoundError(f"--root {root} does not exist; point it at the downloaded {dataset} folder")
+    records = get_source(dataset).scan(root).records
+    image_splits = assign_splits(records, seed)
+    patients = {r.patient_id: image_splits[r.image_id] for r in records}
+    atomic_write_text(Path(out), split_csv_text(patients))
+    return {s: sum(v == s for v in patients.values()) for s in SPLITS}
+
+
 def default_split_file(dataset: str) -> Path | None:
     """The committed split file of ``dataset`` (``benchmarks/splits/<dataset>.csv``) when it exists."""
     path = SPLITS_DIR / f"{dataset}.csv"
     return path if path.is_file() else None
 
 
-def rasterise(lesions: list[Lesion], shape: tuple[int, int], image_file: Path) -> np.ndarray:
-    """(K, H, W) bool class masks in the original frame: union of each class's lesions.
+def rasterise(
+    lesions: list[Lesion], shape: tuple[int, int], image_file: Path
+) -> tuple[np.ndarray, list[tuple[float, float, float, float] | None]]:
+    """(K, H, W) bool class masks in the original frame (the union of each class's lesions) and per-lesion boxes.
+
+    Each lesion's own bounding box ``(xmin, ymin, xmax, ymax)`` in that frame (None when it covers no pixel) is
+    returned alongside, so per-lesion information survives the union.
 
     Boxes fill the pixels whose centres lie in the half-open box; circles fill pixels within the radius of
-    the centre pixel (both rules recorded in datasets.md section 0 and 11.2).
+    the centre pixel (both rules recorded in datasets.md section 0 and 11.2). A mask file drawn in a model-input
+    frame (:class:`~wsseg.data.sources.ModelFrame`) is mapped back to the image first.
 
     Raises:
-        DataError: a mask file is missing, unreadable or of another size than the image.
+        DataError: a mask file is missing, unreadable, not binary, or of another size than the image.
     """
     masks = np.zeros((len(CLASSES), *shape), dtype=bool)
+    boxes: list[tuple[float, float, float, float] | None] = []
     rows, cols = np.arange(shape[0])[:, None], np.arange(shape[1])[None, :]
     for les in lesions:
         k = CLASSES.index(les.cls)
+        m: np.ndarray | None = None
         if les.kind == "mask" and les.mask_file is not None:
-            if not les.mask_file.is_file():
-                raise DataError(les.mask_file, f"the mask of {image_file.name} is missing", "restore the file")
-            m = read_mask(les.mask_file)
-            if m.shape != shape:
-                raise DataError(
-                    les.mask_file,
-                    f"mask is {m.shape[0]}x{m.shape[1]} but the image {image_file} is {shape[0]}x{shape[1]}",
-                    "a resized mask would deform the lesion; fix or remove the mask",
-                )
-            masks[k] |= m
+            m = read_binary_mask(les, shape, image_file)
         elif les.kind == "box" and les.box is not None:
             xmin, ymin, xmax, ymax = les.box
-            masks[k] |= (cols + 0.5 >= xmin) & (cols + 0.5 < xmax) & (rows + 0.5 >= ymin) & (rows + 0.5 < ymax)
+            m = (cols + 0.5 >= xmin) & (cols + 0.5 < xmax) & (rows + 0.5 >= ymin) & (rows + 0.5 < ymax)
         elif les.kind == "polygon" and les.polygon:
             # PIL fills the polygon's interior and outline at integer coordinates (pixel indices, x = column).
             canvas = Image.new("L", (shape[1], shape[0]), 0)
             ImageDraw.Draw(canvas).polygon([(float(x), float(y)) for x, y in les.polygon], fill=1, outline=1)
-            masks[k] |= np.asarray(canvas, dtype=bool)
+            m = np.asarray(canvas, dtype=bool)
         elif les.kind == "circle" and les.circle is not None:
             cx, cy, rad = les.circle
-            masks[k] |= (cols - cx) ** 2 + (rows - cy) ** 2 <= rad**2
-    return masks
+            m = (cols - cx) ** 2 + (rows - cy) ** 2 <= rad**2
+        if m is None or not m.any():
+            boxes.append(None)
+            continue
+        masks[k] |= m
+        r, c = np.flatnonzero(m.any(axis=1)), np.flatnonzero(m.any(axis=0))
+        boxes.append((float(c[0]), float(r[0]), float(c[-1] + 1), float(r[-1] + 1)))
+    return masks, boxes
+
+
+# A mask file is binary: background 0 and one lesion value. More than this fraction of pixels at other values
+# means a greyscale image (CBIS-DDSM's cropped patch listed as the mask); JPEG-like edges stay far below it.
+MAX_GREY_FRACTION = 0.01
+
+
+def read_binary_mask(les: Lesion, shape: tuple[int, int], image_file: Path) -> np.ndarray:
+    """The lesion's mask file as a bool mask of the image's ``shape`` (mapped from its model frame when it has one).
+
+    Raises:
+        DataError: missing, unreadable, greyscale rather than binary, or of another size than the image.
+    """
+    assert les.mask_file is not None
+    if not les.mask_file.is_file():
+        raise DataError(les.mask_file, f"the mask of {image_file.name} is missing", "restore the file")
+    raw = read_image(les.mask_file, binary_ok=True)  # 1-bit PNG masks are fine
+    peak = float(raw.max())
+    grey = np.count_nonzero((raw != 0) & (raw != peak)) if peak > 0 else 0
+    if grey > MAX_GREY_FRACTION * raw.size:
+        raise DataError(
+            les.mask_file,
+            f"not a binary mask ({grey} of {raw.size} pixels are neither 0 nor the lesion value): it looks like an "
+            "image, e.g. a cropped lesion patch listed as the ROI mask",
+            "point the annotation at the binary ROI mask file",
+        )
+    m = raw > 0
+    if m.shape == shape:
+        return m
+    frame = les.model_frame
+    if frame is not None and m.shape == tuple(frame.size):
+        return frame.to_original(m, shape)
+    hint = "a resized mask would deform the lesion; fix or remove the mask"
+    if m.shape == GMIC_INPUT_SIZE:
+        hint = (
+            f"{m.shape[0]}x{m.shape[1]} is GMIC's model-input frame: read the exam list that has window_location "
+            "and best_center (GMIC's data.pkl, --root FILE.pkl) so the mask can be mapped back"
+        )
+    raise DataError(
+        les.mask_file,
+        f"mask is {m.shape[0]}x{m.shape[1]} but the image {image_file} is {shape[0]}x{shape[1]}",
+        hint,
+    )
 
 
 @dataclass
@@ -201,13 +281,16 @@ class Processed:
     disagrees: bool
 
 
-def process_record(rec: SourceRecord, out_hw: tuple[int, int], dataset: str) -> Processed:
+def process_record(rec: SourceRecord, out_hw: tuple[int, int], dataset: str, voi_lut: bool = False) -> Processed:
     """Decode one image and its annotations and run the pipeline of :mod:`wsseg.data.preprocess`.
+
+    ``voi_lut`` applies the DICOM header's VOI LUT or window (datasets.md 11.1; raw linear values otherwise).
 
     Raises:
         DataError: unreadable image, missing or wrong-size mask.
     """
-    raw = read_image(rec.image_file)
+    src = get_source(dataset)
+    raw = read_image(rec.image_file, voi_lut=voi_lut, skip_for_processing=src.skip_for_processing)
     if rec.expected_hw is not None and raw.shape != tuple(rec.expected_hw):
         # Annotations are in the table's pixel frame; another image size means they would land elsewhere.
         raise DataError(
@@ -216,7 +299,7 @@ def process_record(rec: SourceRecord, out_hw: tuple[int, int], dataset: str) -> 
             f"{rec.expected_hw[0]}x{rec.expected_hw[1]}",
             "the file does not match its annotations; download it again",
         )
-    masks = rasterise(rec.lesions, (raw.shape[0], raw.shape[1]), rec.image_file)
+    masks, lesion_boxes = rasterise(rec.lesions, (raw.shape[0], raw.shape[1]), rec.image_file)
     breast = breast_region(raw)
     if not breast.any():
         raise DataError(rec.image_file, "the image is blank (no breast found)", "check the file is a mammogram")
@@ -228,17 +311,19 @@ def process_record(rec: SourceRecord, out_hw: tuple[int, int], dataset: str) -> 
     out_masks = np.stack([tf.apply(m, is_mask=True) if m.any() else np.zeros(out_hw, bool) for m in masks])
     out_breast = tf.apply(breast, is_mask=True)
     lesions = []
-    for les in rec.lesions:
+    for les, box in zip(rec.lesions, lesion_boxes, strict=True):
+        # Each lesion's own window-frame box: the class masks are unions, so overlapping lesions merge there.
         entry: dict[str, Any] = {"class": les.cls, "kind": les.kind, "type": les.name}
         if les.box is not None:
             entry["box"] = list(tf.box_to_window(les.box))
+        elif box is not None:
+            entry["box"] = list(tf.box_to_window(box))
         if les.circle is not None:
             cx, cy, rad = les.circle
             x0, y0, x1, y1 = tf.box_to_window((cx - rad, cy - rad, cx + rad + 1, cy + rad + 1))
             entry["circle"] = [(x0 + x1) / 2, (y0 + y1) / 2, rad * tf.scale]
         lesions.append(entry)
     disagrees = rec.chest_wall is not None and (rec.chest_wall == "right") != tf.flipped
-    src = get_source(dataset)
     native, spacing_source = rec.pixel_spacing_mm, "dataset"
     if native is None and rec.image_file.suffix.lower() in DICOM_SUFFIXES:
         native, spacing_source = dicom_pixel_spacing(rec.image_file), "dicom"
@@ -256,6 +341,7 @@ def process_record(rec: SourceRecord, out_hw: tuple[int, int], dataset: str) -> 
         "annotation": rec.lesions[0].kind if len({les.kind for les in rec.lesions}) == 1 else src.annotation,
         "label_source": src.label_source,
         "source_file": str(rec.image_file),
+        "voi_lut": voi_lut,
         "transform": tf.to_dict(),
         "lesions": lesions,
         "orientation_disagrees_with_tags": disagrees,
@@ -283,13 +369,13 @@ def read_cached_meta(path: Path) -> dict[str, Any] | None:
     return meta if isinstance(meta, dict) else None
 
 
-def _prepare_one(args: tuple[SourceRecord, tuple[int, int], str, str, str | None]) -> dict[str, Any]:
+def _prepare_one(args: tuple[SourceRecord, tuple[int, int], str, str, str | None, bool]) -> dict[str, Any]:
     """Process one record (and write it when ``root`` is given).
 
     A bad input file comes back as a problem, not a raise; a failed write (disk full, no permission) comes back
     as ``fatal``, since it is not the input's fault and skipping the image would silently shrink the dataset.
     """
-    rec, out_hw, dataset, split, root = args
+    rec, out_hw, dataset, split, root, voi_lut = args
     rel = f"{split}/{cache_file_name(rec.image_id)}"
     if root is not None and (Path(root) / rel).is_file():  # written by an interrupted prepare: resume
         meta = read_cached_meta(Path(root) / rel)
@@ -297,7 +383,7 @@ def _prepare_one(args: tuple[SourceRecord, tuple[int, int], str, str, str | None
             disagrees = bool(meta.get("orientation_disagrees_with_tags"))
             return {"row": _manifest_row(rec, split, rel), "disagrees": rec.image_id if disagrees else None}
     try:
-        p = process_record(rec, out_hw, dataset)
+        p = process_record(rec, out_hw, dataset, voi_lut)
         if root is not None:
             labels = np.asarray(rec.labels, dtype=np.float32)
 
@@ -354,23 +440,25 @@ def source_cache_dir(
     seed: int,
     cache_dir: str | Path | None = None,
     split_hash: str | None = None,
+    voi_lut: bool = False,
 ) -> Path:
     """The cache folder of a source prepared at ``out_hw``.
 
-    It is keyed by the source and pipeline versions, the download's absolute path, the window size and the seed.
+    It is keyed by the source and pipeline versions, the download's absolute path, the window size, the seed,
+    the split file and (when on) VOI windowing.
     """
     src = get_source(dataset)
-    blob = json.dumps(
-        {
-            "src": [dataset, src.version],
-            "pre": PREPROCESS_VERSION,
-            "root": str(Path(root).resolve()),
-            "hw": list(out_hw),
-            "seed": seed,
-            "split_file": split_hash,
-        },
-        sort_keys=True,
-    )
+    key: dict[str, Any] = {
+        "src": [dataset, src.version],
+        "pre": PREPROCESS_VERSION,
+        "root": str(Path(root).resolve()),
+        "hw": list(out_hw),
+        "seed": seed,
+        "split_file": split_hash,
+    }
+    if voi_lut:  # only when on, so caches prepared before the option existed keep their key
+        key["voi_lut"] = True
+    blob = json.dumps(key, sort_keys=True)
     base = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     return base / dataset / hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -385,6 +473,7 @@ def _run(
     strict: bool,
     progress: bool,
     split_file: Path | None = None,
+    voi_lut: bool = False,
     allow_outside_root: bool = False,
 ) -> tuple[DataReport, list[dict[str, Any]]]:
     root = Path(root).expanduser()
@@ -396,7 +485,7 @@ def _run(
         check_under_root(scan.records, root)
     report = DataReport(dataset, str(root), problems=list(scan.problems))
     splits = assign_splits(scan.records, seed, read_split_file(split_file) if split_file else None)
-    tasks = [(r, out_hw, dataset, splits[r.image_id], str(target) if target else None) for r in scan.records]
+    tasks = [(r, out_hw, dataset, splits[r.image_id], str(target) if target else None, voi_lut) for r in scan.records]
     workers = max(1, min(workers or os.cpu_count() or 1, len(tasks) or 1))
     bar = tqdm(total=len(tasks), desc=f"{dataset} {out_hw[0]}x{out_hw[1]}", unit="img", disable=not progress)
     results: list[dict[str, Any]] = []
@@ -466,6 +555,7 @@ def check_source(
     workers: int | None = None,
     strict: bool = False,
     progress: bool = False,
+    voi_lut: bool = False,
     allow_outside_root: bool = False,
 ) -> DataReport:
     """Validate a download without writing anything: every image and mask is decoded and preprocessed.
@@ -475,7 +565,18 @@ def check_source(
         DataError: the index is unusable or points outside ``root`` (unless ``allow_outside_root``), or
             (``strict``) any file is bad.
     """
-    report, _ = _run(dataset, root, out_hw, seed, None, workers, strict, progress, None, allow_outside_root)
+    report, _ = _run(
+        dataset,
+        root,
+        out_hw,
+        seed,
+        None,
+        workers,
+        strict,
+        progress,
+        voi_lut=voi_lut,
+        allow_outside_root=allow_outside_root,
+    )
     return report
 
 
@@ -489,13 +590,14 @@ def prepare_source(
     strict: bool = False,
     progress: bool = True,
     split_file: str | Path | None = None,
+    voi_lut: bool = False,
     allow_outside_root: bool = False,
 ) -> tuple[Path, DataReport]:
     """Build (or reuse) the uint16 cache of ``dataset`` read from ``root``; return its folder and the report.
 
     The patient-level split comes from ``split_file`` (``patient_id,split``), else the committed
     ``benchmarks/splits/<dataset>.csv``, else the official split, else a seeded one. The split used is written
-    to ``split.csv`` in the cache folder, ready to be published.
+    to ``split.csv`` in the cache folder, ready to be published. ``voi_lut`` applies the DICOM VOI LUT/window.
 
     An interrupted prepare is resumed: every image already cached (and intact) is reused, the temporary files
     of writes that were cut short are deleted. ``manifest.csv`` is written last and marks a complete cache.
@@ -508,7 +610,7 @@ def prepare_source(
     """
     split_path = Path(split_file) if split_file is not None else default_split_file(dataset)
     split_hash = hashlib.sha256(split_path.read_bytes()).hexdigest()[:12] if split_path else None
-    target = source_cache_dir(dataset, root, out_hw, seed, cache_dir, split_hash)
+    target = source_cache_dir(dataset, root, out_hw, seed, cache_dir, split_hash, voi_lut)
     if (target / "manifest.csv").exists() and (target / "report.json").exists():
         saved = json.loads((target / "report.json").read_text(encoding="utf-8"))
         report = DataReport(
@@ -522,7 +624,9 @@ def prepare_source(
         return target, report
     if target.is_dir():
         remove_stale_temporaries(target)  # left by writes a killed prepare cut short
-    report, rows = _run(dataset, root, out_hw, seed, target, workers, strict, progress, split_path, allow_outside_root)
+    report, rows = _run(
+        dataset, root, out_hw, seed, target, workers, strict, progress, split_path, voi_lut, allow_outside_root
+    )
     report.cache = str(target)
     empty = [s for s in SPLITS if report.counts.get(s, 0) == 0]
     if empty:
@@ -532,11 +636,7 @@ def prepare_source(
             "a run needs train, val and test images; add patients",
         )
     atomic_write_json(target / "report.json", report.to_dict())
-    split_buf = io.StringIO()
-    split_writer = csv.writer(split_buf, lineterminator="\n")
-    split_writer.writerow(["patient_id", "split"])
-    split_writer.writerows(sorted({(r["patient_id"], r["split"]) for r in rows}))
-    atomic_write_text(target / "split.csv", split_buf.getvalue())
+    atomic_write_text(target / "split.csv", split_csv_text({r["patient_id"]: r["split"] for r in rows}))
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
     writer.writeheader()

@@ -46,6 +46,7 @@ from wsseg._io import atomic_save, atomic_write_text
 from wsseg.config import EvalConfig, RunConfig, phantom_config
 from wsseg.data.phantom import CLASSES
 from wsseg.evaluation.bootstrap import bootstrap_intervals
+from wsseg.evaluation.curves import CURVES_JSON, write_curves
 from wsseg.evaluation.evaluator import SegmentationEvaluator
 from wsseg.evaluation.localization import FPPI_POINTS
 from wsseg.evaluation.stats import FrocSettings, SplitStats
@@ -136,7 +137,9 @@ def score_stats(
     intervals = bootstrap_intervals(stats, thresholds, cfg.fixed_threshold, cfg.bootstrap_resamples, cfg.bootstrap_seed)
     seconds = time.perf_counter() - t0
     files = write_per_image(out_dir, stats, thresholds, cfg.fixed_threshold)
-    return metrics, intervals, files, seconds
+    # The curves behind PxAP, FROC and Dice-by-size, a few kB, for the HTML report.
+    write_curves(out_dir / CURVES_JSON, stats, thresholds)
+    return metrics, intervals, {**files, "curves": CURVES_JSON}, seconds
 
 
 # ---------------------------------------------------------------------------------------------------------------

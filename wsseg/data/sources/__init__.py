@@ -20,6 +20,8 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 
+import numpy as np
+
 ENTRY_POINT_GROUP = "wsseg.datasets"
 # Built-in source modules (one file per dataset), imported the first time the registry is read.
 BUILTIN_MODULES = ("manifest", "mini_mias", "nyu", "cbis_ddsm", "vindr_mammo", "inbreast")
@@ -49,6 +51,43 @@ class Problem:
         return f"{self.file}: {self.reason}"
 
 
+@dataclass(frozen=True)
+class ModelFrame:
+    """Where a mask drawn in a model-input frame sits in the original image (GMIC's segmentation PNGs).
+
+    The frame is: crop the original to ``window_location``, mirror it left-right when ``flipped``, then take the
+    ``size`` window whose top-left corner is ``origin`` in that flipped crop (negative or overhanging parts
+    were zero padding).
+
+    Attributes:
+        window_location: ``(top, bottom, left, right)`` of the crop in the original image, half-open.
+        flipped: whether the crop was mirrored before windowing.
+        origin: ``(row, col)`` of the window's top-left corner in the flipped crop.
+        size: the model frame's ``(rows, cols)``.
+    """
+
+    window_location: tuple[int, int, int, int]
+    flipped: bool
+    origin: tuple[int, int]
+    size: tuple[int, int]
+
+    def to_original(self, mask: np.ndarray, original_hw: tuple[int, int]) -> np.ndarray:
+        """A (rows, cols) = ``size`` mask mapped into a bool mask of the original image; padding is dropped."""
+        top, bottom, left, right = self.window_location
+        h, w = bottom - top, right - left
+        r0, c0 = self.origin
+        crop = np.zeros((h, w), dtype=bool)
+        rs, re_ = max(r0, 0), min(r0 + self.size[0], h)
+        cs, ce = max(c0, 0), min(c0 + self.size[1], w)
+        if rs < re_ and cs < ce:
+            crop[rs:re_, cs:ce] = mask[rs - r0 : re_ - r0, cs - c0 : ce - c0]
+        if self.flipped:
+            crop = crop[:, ::-1]
+        out = np.zeros(original_hw, dtype=bool)
+        out[top:bottom, left:right] = crop[: original_hw[0] - top, : original_hw[1] - left]
+        return out
+
+
 @dataclass
 class Lesion:
     """One annotated finding, in the original image frame (x = column, y = row, see datasets.md section 0).
@@ -61,6 +100,8 @@ class Lesion:
         circle: ``(col, row, radius)`` in pixel indices, row counted from the top (kind ``circle``).
         polygon: ``[(x, y), ...]`` vertices in pixel indices (kind ``polygon``, e.g. INbreast contours).
         name: the dataset's own lesion type (``mass``, ``CALC``...), kept for the meta.
+        model_frame: for a mask file drawn in a model-input frame rather than the original one: where that frame
+            sits in the image (used when the mask's size is the frame's, not the image's).
     """
 
     cls: str
@@ -70,6 +111,7 @@ class Lesion:
     circle: tuple[float, float, float] | None = None
     polygon: list[tuple[float, float]] | None = None
     name: str = ""
+    model_frame: ModelFrame | None = None
 
 
 @dataclass
@@ -129,6 +171,8 @@ class DataSource:
         version: bump when the reading of the native files changes (it keys the cache).
         default_pixel_spacing_mm: the spacing assumed when neither the tables nor the header give one (metrics
             in mm, e.g. FROC distances, need one); the sample's meta says where its spacing came from.
+        skip_for_processing: DICOMs whose Presentation Intent Type is ``FOR PROCESSING`` (raw detector data) are
+            skipped and reported, as the dataset's own tools do (VinDr-Mammo, datasets.md 3.3).
     """
 
     name: ClassVar[str] = ""
@@ -138,6 +182,7 @@ class DataSource:
     version: ClassVar[int] = 1
     # Native pixel spacing to assume when neither the record nor the DICOM header gives one.
     default_pixel_spacing_mm: ClassVar[float] = 0.1
+    skip_for_processing: ClassVar[bool] = False
 
     def scan(self, root: Path) -> ScanResult:
         """Index the download at ``root`` without decoding any image.

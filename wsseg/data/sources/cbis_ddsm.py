@@ -7,11 +7,15 @@ either layout (datasets.md 2.3). Pitfalls handled (datasets.md 2.5):
    shared by both layouts), never by joining the CSV path onto the root.
 2. Cells end with a newline inside the quotes: every cell is stripped.
 3. Crop and ROI mask are swapped between the mass and calc CSVs, and ``1-1.dcm``/``1-2.dcm`` come in either
-   order: the mask is decided by content, as the file of the subject whose header size is closest to the full
-   image (the crop is a small patch).
-4. A mask whose size differs from the full image is reported (the image is skipped) rather than resized,
-   which would deform the lesion.
-5. Several abnormalities per image: the class masks are their union.
+   order (or sit in separate series): the mask is decided by content, never by the CSV column or file name.
+   It is the ROI subject's file whose header size is closest to the full image (the crop is a small patch);
+   a subject holding only a patch far smaller than the image is reported as having no mask; and on decoding
+   the mask must be binary (a greyscale file is reported as a crop, not used as a mask).
+4. A mask whose size differs from the full image is reported with both sizes and its image skipped (fatal
+   with ``--strict``) rather than resized, which would deform the lesion.
+5. Several abnormalities per image: the class masks are their union (each lesion keeps its own box in the
+   sample's meta). An image with one unusable abnormality row is dropped whole: its labels and masks would
+   be incomplete.
 6. Mass and calc lists are separate; a patient found in both the training and the test lists goes to test
    whole (:func:`~wsseg.data.prepare.assign_splits`).
 7. Orientation is mixed on films: decided by content.
@@ -70,6 +74,7 @@ class CBISDDSM(DataSource):
                     break
         problems: list[Problem] = []
         images: dict[str, SourceRecord] = {}
+        broken: set[str] = set()  # images with an unusable abnormality row: dropped whole
         for path in csvs:
             with open(path, newline="", encoding="utf-8-sig") as f:
                 for i, row in enumerate(csv.DictReader(f), start=2):
@@ -77,8 +82,10 @@ class CBISDDSM(DataSource):
                     try:
                         self._add(row, f"{path}:{i}", subjects, images)
                     except DataError as e:
+                        broken.add(subject_of(row.get("image file path", "")))
                         problems.append(Problem(e.file, e.reason + (f"; {e.fix}" if e.fix else "")))
-        return ScanResult(sorted(images.values(), key=lambda r: r.image_id), problems)
+        kept = [r for r in images.values() if r.image_id not in broken]
+        return ScanResult(sorted(kept, key=lambda r: r.image_id), problems)
 
     @staticmethod
     def _add(row: dict[str, str], where: str, subjects: dict[str, list[Path]], images: dict[str, SourceRecord]) -> None:
@@ -109,6 +116,14 @@ class CBISDDSM(DataSource):
                 return float("inf") if s is None else abs(s[0] - full_size[0]) + abs(s[1] - full_size[1])
 
             mask = min(roi_files, key=distance)
+            found = sizes[mask]
+            if found is not None and found[0] * 2 < full_size[0] and found[1] * 2 < full_size[1]:
+                raise DataError(
+                    f"{roi_subject}/",
+                    f"no ROI mask: the only image is {found[0]}x{found[1]}, a cropped patch of the "
+                    f"{full_size[0]}x{full_size[1]} mammogram",
+                    "download the ROI mask series of this subject",
+                )
         else:
             mask = max(roi_files, key=lambda p: (sizes[p] or (0, 0))[0] * (sizes[p] or (0, 0))[1])
         rec = images.get(image_subject)

@@ -1,7 +1,11 @@
 """``inbreast``: INbreast (DICOMs, OsiriX plist XML contours, ``INbreast.csv``).
 
 Layout: ``AllDICOMs/<FileName>_<patientHash>_MG_<L|R>_<CC|ML>_ANON.dcm``, ``AllXML/<FileName>.xml`` and the
-semicolon-separated ``INbreast.csv``. Pitfalls handled (datasets.md 4.6): ``Point_px`` is ``(x, y)`` =
+label sheet: the semicolon-separated ``INbreast.csv`` (verified), else ``INbreast.xls`` read with pandas and
+``xlrd`` (assumed to carry the same ``File Name``/``Bi-Rads`` columns; datasets.md 4.4 marks its columns
+unverified). Pectoral-muscle contours (``PectoralMuscle/``, ``ROIPoints`` plists, or a ROI named like the
+pectoral muscle) are never lesions. ROI names are normalised as datasets.md 4.5 lists (``Espiculated Region``
+-> mass...). Pitfalls handled (datasets.md 4.6): ``Point_px`` is ``(x, y)`` =
 (column, row), 0-based; ROIs of one or two points are single calcifications, drawn as discs of 0.25 mm
 (about 4 px at 70 um); ``NumberOfROIs`` / ``NumberOfPoints`` that disagree with the lists are ignored (the
 lists are used); the plist is read with :mod:`plistlib`, not by element position; MLO is written ``ML`` in
@@ -36,6 +40,59 @@ PIXEL_SPACING_MM = 0.07
 POINT_RADIUS_PX = 0.25 / PIXEL_SPACING_MM
 FILE = re.compile(r"^(\d+)_([0-9a-fA-F]+)_MG_([LR])_(CC|ML|MLO)_ANON$")
 _POINT = re.compile(r"[-+0-9.eE]+")
+# ROI names seen across loaders (datasets.md 4.5), lower-cased, to one vocabulary; others are kept as written.
+ROI_NAMES = {
+    "mass": "mass",
+    "spiculated region": "mass",
+    "espiculated region": "mass",
+    "calcification": "calcification",
+    "calcifications": "calcification",
+    "point 3": "calcification",
+    "unnamed": "calcification",
+    "cluster": "calcification cluster",
+    "distortion": "distortion",
+    "asymmetry": "asymmetry",
+    "assymetry": "asymmetry",
+    "point 1": "unknown",
+}
+
+
+def is_pectoral(text: str) -> bool:
+    """Whether a path or ROI name refers to the pectoral muscle (not a lesion)."""
+    return "pectoral" in text.lower() or "muscle" in text.lower()
+
+
+def read_label_sheet(root: Path) -> tuple[Path, list[dict[str, str]]]:
+    """Rows of ``INbreast.csv`` (semicolon-separated), else of ``INbreast.xls``, as stripped strings.
+
+    Raises:
+        DataError: no sheet, or the ``.xls`` without its reader installed.
+    """
+    table = next(iter(sorted(root.rglob("INbreast.csv"))), None)
+    if table is not None:
+        with open(table, newline="", encoding="utf-8-sig") as f:
+            return table, [
+                {k.strip(): (v or "").strip() for k, v in row.items() if k} for row in csv.DictReader(f, delimiter=";")
+            ]
+    xls = next(iter(sorted(root.rglob("INbreast.xls"))), None)
+    if xls is None:
+        raise DataError(root, "no INbreast.csv or INbreast.xls", "copy the label sheet from the download")
+    import pandas as pd
+
+    try:
+        frame = pd.read_excel(xls, dtype=str)
+    except ImportError:
+        raise DataError(xls, "reading .xls needs the xlrd package", "pip install xlrd, or use INbreast.csv") from None
+    except (ValueError, OSError) as e:
+        raise DataError(xls, f"unreadable sheet ({type(e).__name__}: {e})", "use INbreast.csv instead") from None
+    rows = []
+    for rec in frame.fillna("").to_dict("records"):
+        row = {str(k).strip(): str(v).strip() for k, v in rec.items()}
+        for key in ("File Name", "Bi-Rads"):  # Excel keeps numbers: 20586908.0, 2.0
+            if row.get(key, "").endswith(".0"):
+                row[key] = row[key][:-2]
+        rows.append(row)
+    return xls, rows
 
 
 def read_rois(path: Path) -> list[tuple[str, list[tuple[float, float]]]]:
@@ -72,23 +129,23 @@ class INbreast(DataSource):
 
     def scan(self, root: Path) -> ScanResult:
         """Read ``INbreast.csv`` and pair each row with its DICOM and XML."""
-        table = next(iter(sorted(root.rglob("INbreast.csv"))), None)
-        if table is None:
-            raise DataError(root, "no INbreast.csv", "copy INbreast.csv from the download")
+        table, rows = read_label_sheet(root)
         dicoms: dict[str, tuple[Path, re.Match[str]]] = {}
         for p in root.rglob("*.dcm"):
             m = FILE.match(p.stem)
             if m:
                 dicoms[m.group(1)] = (p, m)
-        xmls = {p.stem: p for p in root.rglob("*.xml") if "pectoral" not in str(p).lower()}
+        # Lesion XMLs are named by the image id; pectoral-muscle contours live apart and are never lesions.
+        xmls: dict[str, Path] = {}
+        for p in sorted(root.rglob("*.xml"), key=lambda p: (p.parent.name != "AllXML", str(p))):
+            if p.stem.isdigit() and not is_pectoral(str(p.relative_to(root))):
+                xmls.setdefault(p.stem, p)
         records, problems = [], []
-        with open(table, newline="", encoding="utf-8-sig") as f:
-            for i, row in enumerate(csv.DictReader(f, delimiter=";"), start=2):
-                row = {k.strip(): (v or "").strip() for k, v in row.items() if k}
-                try:
-                    records.append(self._record(row, f"{table}:{i}", dicoms, xmls))
-                except DataError as e:
-                    problems.append(Problem(e.file, e.reason + (f"; {e.fix}" if e.fix else "")))
+        for i, row in enumerate(rows, start=2):
+            try:
+                records.append(self._record(row, f"{table}:{i}", dicoms, xmls))
+            except DataError as e:
+                problems.append(Problem(e.file, e.reason + (f"; {e.fix}" if e.fix else "")))
         return ScanResult(records, problems)
 
     @staticmethod
@@ -106,7 +163,10 @@ class INbreast(DataSource):
         labels = (int(cls == "benign"), int(cls == "malignant"))
         lesions = []
         if cls is not None and name in xmls:
-            for roi_name, points in read_rois(xmls[name]):
+            for raw_name, points in read_rois(xmls[name]):
+                if is_pectoral(raw_name):
+                    continue
+                roi_name = ROI_NAMES.get(raw_name.strip().lower(), raw_name.strip())
                 if len(points) <= 2:  # a single calcification: a small disc of recorded radius
                     x, y = points[0]
                     lesions.append(Lesion(cls, "circle", circle=(x, y, POINT_RADIUS_PX), name=roi_name))

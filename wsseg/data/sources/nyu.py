@@ -6,9 +6,13 @@ or the one ``.pkl`` under ``--root``), ``images/<name>.png`` (16-bit, uncropped)
 image names; labels are the breast-level ``cancer_label`` entries of the view's side (``left_benign``...).
 A listed segmentation that does not exist means no lesion of that class (the GMIC convention).
 
-Segmentations must be in the original image frame (same size as the image). GMIC's own sample masks are in
-its 2944x1920 model-input frame; mapping them back needs the crop and centre metadata and is not supported
-yet: such a mask is reported as wrong-size.
+Segmentations may be in the original image frame (the image's size) or, as GMIC's own sample masks are, in
+its 2944x1920 **model-input frame** (methods-spec.md 1.8): cropped to ``window_location``, flipped by
+``horizontal_flip``, and windowed at ``best_center`` with GMIC's inference-time zero padding (1.6). Those are
+mapped back to the original frame with the exam list written by GMIC's crop and optimal-centre steps
+(``data.pkl``: the same exams plus ``window_location`` and ``best_center`` per view). Under a folder ``--root``
+the exam list carrying that metadata is preferred, then ``exam_list_before_cropping.pkl``; images are read
+from the ``images/`` folder next to the exam list or under ``--root`` (the original, uncropped PNGs).
 
 The pickle is read by a restricted unpickler that admits only plain containers and scalars; a pickle that
 names any global (a class, a function such as ``os.system``) is refused before anything runs.
@@ -21,9 +25,37 @@ import pickle
 from pathlib import Path
 from typing import Any
 
-from wsseg.data.sources import DataError, DataSource, Lesion, Problem, ScanResult, SourceRecord, register_source
+from wsseg.data.sources import (
+    DataError,
+    DataSource,
+    Lesion,
+    ModelFrame,
+    Problem,
+    ScanResult,
+    SourceRecord,
+    register_source,
+)
 
 VIEWS = ("L-CC", "R-CC", "L-MLO", "R-MLO")
+GMIC_INPUT_SIZE = (2944, 1920)  # GMIC's model-input window (rows, cols), the frame of its segmentation PNGs
+
+
+def gmic_window_origin(
+    crop_hw: tuple[int, int], best_center: tuple[int, int], view: str, size: tuple[int, int] = GMIC_INPUT_SIZE
+) -> tuple[int, int]:
+    """(row, col) of GMIC's inference window's top-left corner in the flipped crop (methods-spec.md 1.6).
+
+    Without crop or size noise: the window is centred at ``best_center``; an axis shorter than the window is
+    zero-padded (CC vertically on both sides, ``int(pad / 2)`` in front; MLO at the bottom; every view on the
+    right), otherwise the window is shifted inside the image.
+    """
+    (h, w), (cy, cx) = crop_hw, best_center
+    if h < size[0]:
+        top = -((size[0] - h) // 2) if view.endswith("CC") else 0
+    else:
+        top = min(max(cy - size[0] // 2, 0), h - size[0])
+    left = 0 if w < size[1] else min(max(cx - size[1] // 2, 0), w - size[1])
+    return top, left
 
 
 class _PlainUnpickler(pickle.Unpickler):
@@ -57,19 +89,50 @@ def load_exam_list(path: Path) -> list[dict[str, Any]]:
     return data
 
 
+def _has_crop_metadata(exams: list[dict[str, Any]]) -> bool:
+    return bool(exams) and all("window_location" in e and "best_center" in e for e in exams)
+
+
 def find_exam_list(root: Path) -> Path:
-    """``exam_list_before_cropping.pkl`` or the single ``.pkl`` under ``root``.
+    """The exam list under ``root``: ``root`` itself when a file, else the one ``.pkl`` found.
+
+    With several: the one pickle carrying GMIC's crop and centre metadata (``data.pkl``), else
+    ``exam_list_before_cropping.pkl``.
 
     Raises:
-        DataError: none, or several candidates.
+        DataError: no candidate, or several with nothing to choose between them.
     """
     if root.is_file():
         return root
-    named = sorted(root.rglob("exam_list_before_cropping.pkl"))
-    found = named or sorted(root.rglob("*.pkl"))
-    if len(found) != 1:
-        raise DataError(root, f"expected one exam-list pickle, found {len(found)}", "pass --root FILE.pkl")
-    return found[0]
+    found = sorted(root.rglob("*.pkl"))
+    if len(found) == 1:
+        return found[0]
+    with_meta = []
+    for p in found:
+        try:
+            if _has_crop_metadata(load_exam_list(p)):
+                with_meta.append(p)
+        except DataError:
+            continue  # not an exam list (or refused): never a candidate when others exist
+    named = [p for p in found if p.name == "exam_list_before_cropping.pkl"]
+    for group in (with_meta, named):
+        if len(group) == 1:
+            return group[0]
+    raise DataError(
+        root,
+        f"expected one exam-list pickle, found {len(found)}"
+        + (f" ({', '.join(str(p.relative_to(root)) for p in found[:5])})" if found else ""),
+        "pass --root FILE.pkl",
+    )
+
+
+def find_folder(root: Path, pkl: Path, name: str) -> Path:
+    """``<pkl folder>/<name>``, else ``<root>/<name>``, else the first ``<name>`` folder under ``root``."""
+    base = root if root.is_dir() else pkl.parent
+    for candidate in (pkl.parent / name, base / name):
+        if candidate.is_dir():
+            return candidate
+    return next((p for p in sorted(base.rglob(name)) if p.is_dir()), pkl.parent / name)
 
 
 @register_source("nyu")
@@ -83,19 +146,21 @@ class NYUExamList(DataSource):
     def scan(self, root: Path) -> ScanResult:
         """Read the exam list and resolve each view's PNG and segmentation files."""
         pkl = find_exam_list(root)
-        base = pkl.parent
+        images, segs = find_folder(root, pkl, "images"), find_folder(root, pkl, "segmentation")
         records, problems = [], []
         for i, exam in enumerate(load_exam_list(pkl)):
             for view in VIEWS:
-                for name in exam.get(view, []) or []:
+                for j, name in enumerate(exam.get(view, []) or []):
                     try:
-                        records.append(self._record(exam, i, view, str(name), base, pkl))
+                        records.append(self._record(exam, i, view, j, str(name), images, segs, pkl))
                     except DataError as e:
                         problems.append(Problem(e.file, e.reason + (f"; {e.fix}" if e.fix else "")))
         return ScanResult(records, problems)
 
     @staticmethod
-    def _record(exam: dict[str, Any], i: int, view: str, name: str, base: Path, pkl: Path) -> SourceRecord:
+    def _record(
+        exam: dict[str, Any], i: int, view: str, j: int, name: str, images: Path, segs: Path, pkl: Path
+    ) -> SourceRecord:
         where = f"{pkl} exam {i} {view}"
         side = "left" if view.startswith("L") else "right"
         cancer = exam.get("cancer_label")
@@ -114,15 +179,16 @@ class NYUExamList(DataSource):
         chest_wall = (
             ("right" if side == "right" else "left") if flip == "NO" else ("left" if side == "right" else "right")
         )
+        frame = model_frame(exam, view, j, flip, where)
         lesions = []
         for cls in ("benign", "malignant"):
             seg_names = exam.get(f"{view}_{cls}_seg") or [f"{name}_{cls}"]
             for seg in seg_names:
-                seg_file = base / "segmentation" / f"{seg}.png"
+                seg_file = segs / f"{seg}.png"
                 if seg_file.is_file():
                     if not labels[("benign", "malignant").index(cls)]:
                         raise DataError(seg_file, f"a {cls} mask on a view labelled {side}_{cls}=0", "fix the label")
-                    lesions.append(Lesion(cls, "mask", mask_file=seg_file))
+                    lesions.append(Lesion(cls, "mask", mask_file=seg_file, model_frame=frame))
         exam_id = str(exam.get("exam_id", f"exam{i:04d}"))
         return SourceRecord(
             image_id=name,
@@ -131,7 +197,31 @@ class NYUExamList(DataSource):
             laterality=view[0],
             view=view.split("-")[1],
             labels=(labels[0], labels[1]),
-            image_file=base / "images" / f"{name}.png",
+            image_file=images / f"{name}.png",
             lesions=lesions,
             chest_wall=chest_wall,
         )
+
+
+def model_frame(exam: dict[str, Any], view: str, j: int, flip: str, where: str) -> ModelFrame | None:
+    """GMIC's model-input frame of image ``j`` of ``view`` from the exam's crop and centre metadata, if present.
+
+    Raises:
+        DataError: the metadata is present but malformed.
+    """
+    locations, centers = exam.get("window_location"), exam.get("best_center")
+    if not isinstance(locations, dict) or not isinstance(centers, dict):
+        return None
+    try:
+        top, bottom, left, right = (int(v) for v in locations[view][j])
+        cy, cx = (int(v) for v in centers[view][j])
+    except (KeyError, IndexError, TypeError, ValueError):
+        raise DataError(
+            where, "window_location/best_center missing or malformed for this view", "re-run GMIC's crop step"
+        ) from None
+    if bottom <= top or right <= left:
+        raise DataError(where, f"empty window_location {(top, bottom, left, right)}", "re-run GMIC's crop step")
+    # GMIC flips R views with horizontal_flip 'NO' and L views with 'YES' (methods-spec.md 1.3).
+    flipped = view.startswith("R") == (flip == "NO")
+    origin = gmic_window_origin((bottom - top, right - left), (cy, cx), view)
+    return ModelFrame((top, bottom, left, right), flipped, origin, GMIC_INPUT_SIZE)

@@ -5,7 +5,9 @@ Layout: ``breast-level_annotations.csv``, ``finding_annotations.csv`` and ``imag
 (parsed with :func:`ast.literal_eval`, never split on commas); boxes are floats in the original, unmirrored
 pixel frame and may fall outside the image (clipped to the CSV's width and height, which must match the
 decoded image); one image has as many
-finding rows as findings; MONOCHROME1 images are inverted on decoding.
+finding rows as findings; MONOCHROME1 images are inverted on decoding; multi-valued window centre/width (with
+``--voi-lut``) use the first; images whose Presentation Intent Type is ``FOR PROCESSING`` are skipped and
+reported, as the authors' visualiser skips them (datasets.md 3.3).
 
 Labels are **BI-RADS, not pathology** (``label_source = birads``): malignant when the breast or a finding is
 BI-RADS 4-5, benign when BI-RADS 2-3, normal for BI-RADS 1 / ``No Finding``. A box takes its finding's
@@ -72,6 +74,7 @@ class VinDrMammo(DataSource):
     annotation = "box"
     label_source = "birads"
     licence = "PhysioNet credentialed access + data use agreement; do not redistribute"
+    skip_for_processing = True
 
     def scan(self, root: Path) -> ScanResult:
         """Read both CSVs and pair each image row with its findings."""

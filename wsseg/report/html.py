@@ -1,0 +1,316 @@
+"""A self-contained HTML report of one comparable group of runs: sortable table, plots and a saliency gallery.
+
+Everything is inline (CSS, a few lines of JavaScript, SVG plots, PNG images as data URIs), so the file opens
+offline and can be mailed or put on a web page as is. Inputs are run folders only: ``record.json`` for the table,
+``curves.json`` (or ``per_image_stats.npz``) for the plots and ``gallery.npz`` for the pictures; a run missing
+one of them is listed as such, never guessed. The output is deterministic for the same inputs and library
+versions (no timestamps; matplotlib's SVG ids are salted with a constant).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+from wsseg.evaluation.curves import curves_for_run
+from wsseg.report.gallery import GALLERY_NPZ, Gallery
+
+CLASSES = ("benign", "malignant")
+# Lesion-area bins (mm^2) for Dice against lesion size; the phantom's and the datasets' lesions span 5-2000 mm^2.
+SIZE_EDGES_MM2 = (0.0, 25.0, 50.0, 100.0, 200.0, math.inf)
+
+
+@dataclass
+class RunFiles:
+    """One run of the group: its record and folder."""
+
+    record: dict[str, Any]
+    folder: Path
+
+
+def _svg(fig: Any) -> str:
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None}, bbox_inches="tight")
+    text = buf.getvalue()
+    return text[text.index("<svg") :]  # drop the XML prologue and doctype: the SVG is inlined in HTML
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"svg.hashsalt": "wsseg", "svg.fonttype": "none", "font.size": 9})
+    return plt
+
+
+def _by_method(runs: Sequence[RunFiles]) -> dict[str, list[RunFiles]]:
+    out: dict[str, list[RunFiles]] = {}
+    for r in sorted(runs, key=lambda r: (r.record["method"], int(r.record.get("seed", 0)))):
+        out.setdefault(r.record["method"], []).append(r)
+    return out
+
+
+def _color(i: int) -> str:
+    palette: tuple[str, ...] = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
+    palette += ("#bcbd22", "#17becf", "#000000", "#aec7e8")
+    return palette[i % len(palette)]
+
+
+def _floats(values: Sequence[float | None]) -> np.ndarray:
+    return np.array([math.nan if v is None else v for v in values], dtype=np.float64)
+
+
+def plot_curves(
+    curves: dict[str, list[dict[str, Any]]], order: Sequence[str], kind: str, name: str
+) -> tuple[str, dict[str, str]]:
+    """One SVG figure per class: precision-recall (``pr``), FROC (``froc``) or Dice by lesion size (``size``).
+
+    Args:
+        curves: per method, the ``curves.json`` of each of its seeds in a list under ``"seeds"``.
+        order: methods in table order.
+        kind: ``pr``, ``froc`` or ``size``.
+        name: figure title prefix.
+
+    Returns:
+        The HTML of the figures and, per class, the SVG text (for the figures folder).
+    """
+    plt = _pyplot()
+    svgs: dict[str, str] = {}
+    for c in CLASSES:
+        fig, ax = plt.subplots(figsize=(5.2, 3.6))
+        for i, method in enumerate(order):
+            seeds = curves.get(method, [])
+            if not seeds:
+                continue
+            if kind == "pr":
+                # The lowest seed's curve: seeds' curves are not averaged point by point (their thresholds differ).
+                pr = seeds[0][c]["pr"]
+                if pr["recall"]:
+                    x, y = _floats(pr["recall"]), _floats(pr["precision"])
+                    ax.step(x, y, where="post", color=_color(i), label=method)
+            elif kind == "froc":
+                fr = seeds[0][c]["froc"]
+                if fr["fppi"]:
+                    x, y = _floats(fr["fppi"]), _floats(fr["sensitivity"])
+                    ax.step(x, y, where="post", color=_color(i), label=method)
+            else:
+                # Every seed scores the same test images: pool their points, then average Dice per size bin.
+                area = np.concatenate([_floats(s[c]["lesion_size"]["area_mm2"]) for s in seeds])
+                dice = np.concatenate([_floats(s[c]["lesion_size"]["dice"]) for s in seeds])
+                means = []
+                for lo, hi in zip(SIZE_EDGES_MM2[:-1], SIZE_EDGES_MM2[1:], strict=True):
+                    inside = (area >= lo) & (area < hi) & np.isfinite(dice)
+                    means.append(float(dice[inside].mean()) if inside.any() else math.nan)
+                ax.plot(range(len(means)), means, marker="o", color=_color(i), label=method)
+        if kind == "pr":
+            ax.set(xlabel="recall (pixels)", ylabel="precision (pixels)", xlim=(0, 1), ylim=(0, 1))
+            ax.set_title(f"{c}: precision-recall behind PxAP (lowest seed)")
+        elif kind == "froc":
+            ax.set(xlabel="false positives per image", ylabel="lesion sensitivity", ylim=(0, 1))
+            ax.set_xscale("symlog", linthresh=0.25)
+            ax.set_title(f"{c}: FROC (lowest seed)")
+        else:
+            labels = [_bin_label(lo, hi) for lo, hi in zip(SIZE_EDGES_MM2[:-1], SIZE_EDGES_MM2[1:], strict=True)]
+            ax.set_xticks(range(len(labels)), labels)
+            ax.set(xlabel="lesion area (mm²)", ylabel="mean Dice", ylim=(0, None))
+            ax.set_title(f"{c}: Dice against lesion size (all seeds)")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, ncol=2, loc="best")
+        svgs[c] = _svg(fig)
+        plt.close(fig)
+    body = "".join(f'<figure class="plot">{svgs[c]}</figure>' for c in CLASSES)
+    return f'<div class="plots" id="{name}">{body}</div>', svgs
+
+
+def _bin_label(lo: float, hi: float) -> str:
+    if math.isinf(hi):
+        return f"≥{lo:g}"
+    return f"<{hi:g}" if lo == 0 else f"{lo:g}-{hi:g}"
+
+
+def _png(rgb: np.ndarray) -> str:
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _outline(mask: np.ndarray) -> np.ndarray:
+    return np.asarray(mask & ~ndimage.binary_erosion(mask))
+
+
+def overlay(image: np.ndarray, saliency: np.ndarray | None, mask: np.ndarray) -> np.ndarray:
+    """(h, w, 3) uint8: the mammogram in grey, the map as a heat overlay, the ground truth outlined in cyan."""
+    from matplotlib import colormaps
+
+    grey = np.repeat(image[..., None].astype(np.float32) / 255.0, 3, axis=-1)
+    if saliency is not None:
+        s = saliency.astype(np.float32) / 255.0
+        heat = colormaps["inferno"](s)[..., :3]
+        alpha = 0.65 * s[..., None]
+        grey = grey * (1 - alpha) + heat * alpha
+    rgb = (grey * 255).round().astype(np.uint8)
+    rgb[_outline(mask)] = (0, 255, 255)
+    return rgb
+
+
+def gallery_html(runs: dict[str, list[RunFiles]], order: Sequence[str]) -> str:
+    """Rows: the gallery images; columns: the image with its outline, then each method's map of that class."""
+    galleries: dict[str, Gallery] = {}
+    missing = []
+    for method in order:
+        first = runs[method][0]
+        path = first.folder / str(first.record.get("gallery") or GALLERY_NPZ)
+        if path.is_file():
+            galleries[method] = Gallery.load(path)
+        else:
+            missing.append(method)
+    if not galleries:
+        return "<p>No run of this group has a saliency gallery (gallery.npz); re-make one with `wsseg gallery`.</p>"
+    ref = next(iter(galleries.values()))
+    for method, g in galleries.items():
+        if g.image_ids != ref.image_ids:
+            raise ValueError(
+                f"the gallery of {method} shows other images than the others' ({g.image_ids} vs {ref.image_ids}); "
+                "re-make it with `wsseg gallery --run RUN`"
+            )
+    shown = [m for m in order if m in galleries]
+    head = "".join(f"<th>{html.escape(m)}</th>" for m in shown)
+    rows = []
+    for i, (image_id, c) in enumerate(zip(ref.image_ids, ref.lesion_class, strict=True)):
+        k = CLASSES.index(c)
+        mask = ref.masks[i, k]
+        cells = [f'<td><img alt="{html.escape(image_id)}" src="{_png(overlay(ref.images[i], None, mask))}"></td>']
+        for m in shown:
+            src = _png(overlay(ref.images[i], galleries[m].maps[i, k], mask))
+            cells.append(f'<td><img alt="{html.escape(m)} {html.escape(image_id)}" src="{src}"></td>')
+        rows.append(
+            f'<tr><th class="rowhead">{html.escape(image_id)}<br><span class="{c}">{c}</span></th>{"".join(cells)}</tr>'
+        )
+    note = f"<p>No gallery for: {', '.join(missing)}.</p>" if missing else ""
+    return (
+        '<div class="scroll"><table class="gallery"><thead><tr><th>image</th><th>ground truth</th>'
+        f"{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>{note}"
+    )
+
+
+def table_html(header: Sequence[str], cells: Sequence[Sequence[str]], supervision: Sequence[str]) -> str:
+    """The leaderboard as a sortable HTML table (click a column title; numbers sort numerically)."""
+    head = "".join(f'<th data-col="{i}">{html.escape(h)}</th>' for i, h in enumerate(header))
+    body = []
+    for line, sup in zip(cells, supervision, strict=True):
+        tds = "".join(f"<td>{html.escape(c)}</td>" for c in line)
+        body.append(f'<tr class="{html.escape(sup)}">{tds}</tr>')
+    return (
+        f'<div class="scroll"><table class="leaderboard sortable"><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(body)}</tbody></table></div>"
+    )
+
+
+STYLE = """
+body{font-family:system-ui,sans-serif;margin:1.5em;color:#222;max-width:1800px}
+h1{font-size:1.4em}h2{font-size:1.15em;margin-top:1.6em}
+.scroll{overflow-x:auto}
+table{border-collapse:collapse;font-size:12px}
+th,td{border:1px solid #ccc;padding:3px 6px;text-align:right;white-space:nowrap}
+.leaderboard th{background:#f0f0f0;cursor:pointer;position:sticky;top:0}
+.leaderboard th.asc::after{content:" \\25B2"}.leaderboard th.desc::after{content:" \\25BC"}
+.leaderboard td:nth-child(2){text-align:left;font-weight:600}
+tr.full td{background:#eef6ff}tr.reference td{background:#f6f6f6;color:#666}
+.gallery td,.gallery th{padding:2px;text-align:center}.gallery img{display:block;height:192px}
+.rowhead{font-weight:normal;font-size:11px}.benign{color:#2a8a2a}.malignant{color:#c02020}
+.plots{display:flex;flex-wrap:wrap;gap:1em}.plot{margin:0}.plot svg{width:520px;height:auto}
+.note{color:#555;font-size:13px;max-width:1100px}
+"""
+
+SCRIPT = """
+function cellValue(row, col){const t=row.children[col].textContent.trim();
+  const n=parseFloat(t.replace(/[^0-9.eE+-]/g,''));return (t===''||t==='-'||isNaN(n))?null:n;}
+function sortBy(th){const table=th.closest('table');const col=+th.dataset.col;
+  const asc=!th.classList.contains('asc');table.querySelectorAll('th').forEach(h=>h.classList.remove('asc','desc'));
+  th.classList.add(asc?'asc':'desc');const body=table.tBodies[0];const rows=Array.from(body.rows);
+  rows.sort((a,b)=>{const x=cellValue(a,col),y=cellValue(b,col);
+    if(x===null&&y===null){return a.children[col].textContent.localeCompare(b.children[col].textContent)*(asc?1:-1);}
+    if(x===null)return 1;if(y===null)return -1;return asc?x-y:y-x;});
+  rows.forEach(r=>body.appendChild(r));}
+document.querySelectorAll('table.sortable th').forEach(th=>th.addEventListener('click',()=>sortBy(th)));
+window.addEventListener('load',()=>{const imgs=Array.from(document.images);
+  const broken=imgs.filter(i=>!i.complete||i.naturalWidth===0).length;
+  document.body.dataset.rendered='rows='+document.querySelectorAll('table.leaderboard tbody tr').length+
+    ' images='+imgs.length+' broken='+broken+' svgs='+document.querySelectorAll('svg').length;});
+"""
+
+NOTES = (
+    "Dice: test split, at the threshold calibrated on validation, averaged over the images with a lesion of the "
+    "class; mean and standard deviation over seeds and the mean of the seeds' 95% patient-bootstrap intervals. "
+    "Other columns are means over seeds. Blue rows are fully supervised (an upper bound, trained on masks); the grey "
+    "row is the uniform-breast floor. Dice (oracle) uses the threshold that is best on the test split itself: an "
+    "upper bound, not a result. Click a column title to sort."
+)
+
+
+def render_report(
+    title: str,
+    header: Sequence[str],
+    cells: Sequence[Sequence[str]],
+    supervision: Sequence[str],
+    runs: Sequence[RunFiles],
+    order: Sequence[str],
+) -> tuple[str, dict[str, str]]:
+    """The report's HTML and its figures as ``{file name: SVG text}``.
+
+    Args:
+        title: the group's title.
+        header: the leaderboard's column titles (:func:`wsseg.report.leaderboard.table`).
+        cells: its rows of string cells.
+        supervision: per row, ``weak``, ``full`` or ``reference`` (a CSS class).
+        runs: every run of the group.
+        order: methods in ranked table order.
+    """
+    by_method = _by_method(runs)
+    order = [m for m in order if m in by_method]
+    curves: dict[str, list[dict[str, Any]]] = {}
+    no_curves = []
+    for m in order:
+        found = [c for r in by_method[m] if (c := curves_for_run(r.folder, r.record)) is not None]
+        if found:
+            curves[m] = found
+        else:
+            no_curves.append(m)
+    figures: dict[str, str] = {}
+    sections = []
+    for kind, heading, name in (
+        ("size", "Dice against lesion size", "dice-by-size"),
+        ("pr", "Pixel precision-recall (the curve behind PxAP)", "pr"),
+        ("froc", "FROC: lesion sensitivity against false positives per image", "froc"),
+    ):
+        block, svgs = plot_curves(curves, order, kind, name)
+        figures.update({f"{name}-{c}.svg": s for c, s in svgs.items()})
+        sections.append(f"<h2>{html.escape(heading)}</h2>{block}")
+    if no_curves:
+        names = ", ".join(no_curves)
+        sections.append(f"<p class='note'>No curves (curves.json or per_image_stats.npz) for: {names}.</p>")
+    page = (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>"
+        f"<h1>wsseg leaderboard</h1><p>{html.escape(title)}</p>"
+        f"{table_html(header, cells, supervision)}<p class='note'>{html.escape(NOTES)}</p>"
+        "<h2>Saliency gallery</h2><p class='note'>The same test images for every method (the first test images "
+        "with a lesion of one class only); each method's map of that class as a heat overlay (the lowest seed's "
+        "run), the ground truth outlined in cyan.</p>"
+        f"{gallery_html(by_method, order)}{''.join(sections)}"
+        f"<script>{SCRIPT}</script></body></html>\n"
+    )
+    return page, figures
