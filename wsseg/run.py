@@ -281,13 +281,13 @@ def run(
         if saved.to_dict() != cfg.to_dict():
             warnings.warn(f"resuming {run_dir.name} with its saved config; the flags given now differ", stacklevel=2)
         cfg = saved
-        remove_stale_temporaries(run_dir)  # left by a write the interruption cut short
         log(f"resuming {run_dir}")
     if run_dir is None:
         run_dir = out_dir / (prefix + time.strftime("%Y%m%d-%H%M%S", time.gmtime()))
     if (run_dir / "last.pt").exists() and not resume:
         raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it or another --run-id")
     run_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(run_dir)  # left by a write that a kill of an earlier attempt cut short
     atomic_write_json(run_dir / "config.json", cfg.to_dict())
 
     device = resolve_device(cfg.train.device)
