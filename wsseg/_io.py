@@ -1,11 +1,15 @@
 """Atomic file writes: a run never leaves a half-written file behind.
 
 Every file wsseg writes goes to a temporary file in the destination folder, is flushed and fsynced,
-and is then renamed over the destination (a rename within one filesystem is atomic on POSIX).
+and is then renamed over the destination (a rename within one filesystem is atomic on POSIX); the folder is
+fsynced too, so the rename itself survives a power cut. A failed write (disk full, no permission) removes its
+temporary file, leaves the previous version of the destination untouched and raises an ``OSError`` whose
+one-line message names the path and the fix (:func:`describe_os_error`).
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -14,11 +18,54 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+TMP_SUFFIX = ".tmp"
 # mkstemp creates files readable by their owner only; results are meant to be shared, so written files get the
 # permissions a plain open() would give them (0666 less the process umask). Read once: os.umask can only be read
 # by setting it.
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
+
+
+# errno -> what the user can do about it; earlier files are always intact (nothing is written in place).
+_FIXES = {
+    errno.ENOSPC: "the disk is full: free space there or write elsewhere",
+    errno.EDQUOT: "the disk quota is exhausted: free space there or write elsewhere",
+    errno.EACCES: "no permission to write there: make the folder writable or write elsewhere",
+    errno.EPERM: "no permission to write there: make the folder writable or write elsewhere",
+    errno.EROFS: "the filesystem is read-only: write elsewhere",
+    errno.EISDIR: "a folder is in the way: move it or write elsewhere",
+    errno.ENOTDIR: "a file is in the way of a folder on that path: move it or write elsewhere",
+    errno.EEXIST: "a file is in the way of a folder on that path: move it or write elsewhere",
+    errno.ENAMETOOLONG: "the path is too long: write to a shorter path",
+}
+
+
+def describe_os_error(path: str | Path, e: OSError, action: str = "write") -> str:
+    """One line naming ``path``, the system's reason and the fix, e.g. for a full disk.
+
+    Args:
+        path: the file or folder that could not be written (or read).
+        e: the error the system raised.
+        action: what failed (``write``, ``read``, ``access``), for the message.
+    """
+    reason = e.strerror or str(e)
+    fix = _FIXES.get(e.errno or -1, "check the path and its permissions")
+    tail = "; earlier files are intact" if action == "write" else ""
+    return f"cannot {action} {path}: {reason} ({fix}{tail})"
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Persist a rename in ``folder`` (best effort: some filesystems cannot fsync a folder)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 @contextmanager
@@ -30,14 +77,15 @@ def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
         mode: ``"wb"`` or ``"w"``.
 
     Raises:
-        OSError: re-raised with the destination named, e.g. when the disk is full or not writable.
+        OSError: re-raised with a one-line message naming the destination and the fix, e.g. when the disk is
+            full or the folder is not writable (:func:`describe_os_error`); the destination is unchanged.
     """
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
     except OSError as e:
-        raise OSError(f"cannot write {path}: {e.strerror or e}. Check the folder exists and is writable.") from e
+        raise OSError(describe_os_error(path, e)) from e
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
@@ -46,12 +94,28 @@ def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
+        try:
+            Path(tmp).unlink(missing_ok=True)
+        except OSError:
+            pass  # the original error is the one to report
         if isinstance(e, OSError):
-            raise OSError(
-                f"cannot write {path}: {e.strerror or e}. Earlier files are intact; free space or fix permissions."
-            ) from e
+            raise OSError(describe_os_error(path, e)) from e
         raise
+    _fsync_dir(path.parent)
+
+
+def remove_stale_temporaries(folder: str | Path) -> int:
+    """Delete the temporary files that writes killed mid-way left in ``folder`` and below; return how many.
+
+    Only names made by :func:`atomic_open` (``.<name>.<random>.tmp``) are touched. Call it when no other
+    process writes to ``folder``.
+    """
+    n = 0
+    for p in Path(folder).rglob(f".*{TMP_SUFFIX}"):
+        if p.is_file():
+            p.unlink(missing_ok=True)
+            n += 1
+    return n
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

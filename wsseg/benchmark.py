@@ -99,26 +99,61 @@ def load_benchmark(path: str | Path) -> Benchmark:
         raise ValueError(
             f'{path}: unknown methods {unknown_methods}; registered: {", ".join(list_methods())} (or ["all"])'
         )
+    if not methods:
+        raise ValueError(f'{path}: [benchmark] methods is empty; list registered names or write ["all"]')
     seeds = get("seeds", list)
-    if not seeds or not all(isinstance(s, int) for s in seeds):
-        raise ValueError(f"{path}: [benchmark] seeds must be a non-empty list of integers, got {seeds!r}")
+    if not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
+        raise ValueError(f"{path}: [benchmark] seeds must be a non-empty list of integers >= 0, got {seeds!r}")
     profile = get("profile", str, "quick")
     if profile not in ("tiny", "quick", "paper"):
         raise ValueError(f"{path}: [benchmark] profile must be tiny, quick or paper, got {profile!r}")
+    datasets = get("datasets", list, ["phantom"])
+    data_root = table.get("data_root")
+    if data_root is not None and not isinstance(data_root, str):
+        raise ValueError(f"{path}: [benchmark] data_root must be a str (a path), got {data_root!r}")
+    _check_datasets(path, datasets, data_root)
     name = get("name", str, path.stem)
+    device = get("device", str, "auto")
+    overrides = [str(s) for s in get("set", list, [])]
+    # Check every run's config now: a bad override must stop the benchmark before its first run, not hours in.
+    for method in methods:
+        for dataset in datasets:
+            try:
+                make_run_config(method, profile, seeds[0], run_overrides(overrides, dataset, device, data_root))
+            except ValueError as e:
+                raise ValueError(f"{path}: [benchmark] set/device for {method} on {dataset}: {e}") from None
     base = path.parent
     return Benchmark(
         name=name,
         profile=profile,
-        datasets=[str(d) for d in get("datasets", list, ["phantom"])],
+        datasets=[str(d) for d in datasets],
         methods=methods,
         seeds=[int(s) for s in seeds],
         out=base / get("out", str, f"runs/{name}"),
         leaderboard=base / get("leaderboard", str, f"leaderboards/{name}"),
-        overrides=[str(s) for s in get("set", list, [])],
-        device=get("device", str, "auto"),
-        data_root=table.get("data_root"),
+        overrides=overrides,
+        device=device,
+        data_root=data_root,
     )
+
+
+def _check_datasets(path: Path, datasets: list[Any], data_root: str | None) -> None:
+    from wsseg.data.sources import list_sources
+
+    known = ["phantom", *list_sources()]
+    if not datasets:
+        raise ValueError(f'{path}: [benchmark] datasets is empty; write datasets = ["phantom"] or a data source')
+    for d in datasets:
+        if d not in known:
+            raise ValueError(f"{path}: [benchmark] unknown dataset {d!r}; available: {', '.join(known)}")
+        if d != "phantom" and data_root is None:
+            raise ValueError(f"{path}: [benchmark] dataset {d!r} needs data_root = PATH (the downloaded dataset)")
+
+
+def run_overrides(overrides: list[str], dataset: str, device: str, data_root: str | None) -> list[str]:
+    """The ``--set`` items of one run of a benchmark: the file's own, then its dataset, device and data root."""
+    out = [*overrides, f"data.dataset={dataset}", f"train.device={device}"]
+    return out if data_root is None else [*out, f"data.root={data_root}"]
 
 
 def is_posthoc(method: str) -> bool:
@@ -149,9 +184,7 @@ def run_benchmark(
                 if (folder / "record.json").is_file():
                     log(f"{run_id}: done, skipped")
                     continue
-                overrides = [*bench.overrides, f"data.dataset={dataset}", f"train.device={bench.device}"]
-                if bench.data_root is not None:
-                    overrides.append(f"data.root={bench.data_root}")
+                overrides = run_overrides(bench.overrides, dataset, bench.device, bench.data_root)
                 cfg = make_run_config(method, bench.profile, seed, overrides)  # type: ignore[arg-type]
                 resume = (folder / "last.pt").is_file()
                 from_run = None

@@ -24,12 +24,22 @@ data_app = typer.Typer(help="Prepare and look at datasets.", no_args_is_help=Tru
 app.add_typer(list_app, name="list")
 app.add_typer(data_app, name="data")
 
+ALLOW_OUTSIDE_ROOT_HELP = (
+    "Let the dataset's index (a manifest CSV) list files outside the data root; by default such paths "
+    "(../.., absolute ones) are refused."
+)
+
 # Errors a user can fix; anything else is a bug and keeps its traceback.
 USER_ERRORS = (ValueError, KeyError, FileNotFoundError, FileExistsError, ImportError, OSError)
 
 
 def _fail(e: BaseException | str) -> NoReturn:
+    from wsseg._io import describe_os_error
+
     msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+    if isinstance(e, OSError) and e.filename is not None and e.strerror:
+        # A system error straight from the OS ("[Errno 13] Permission denied: 'x'"): name the path and the fix.
+        msg = describe_os_error(e.filename, e, action="access")
     typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
     raise typer.Exit(2)
 
@@ -155,6 +165,7 @@ def run(
     plugin: Annotated[
         list[Path] | None, typer.Option(help="A single-file method to import first (repeatable); see CONTRIBUTING.md.")
     ] = None,
+    allow_outside_root: Annotated[bool, typer.Option("--allow-outside-root", help=ALLOW_OUTSIDE_ROOT_HELP)] = False,
     save_maps: Annotated[
         bool,
         typer.Option(
@@ -186,6 +197,8 @@ def run(
         overrides.append(f"data.root={data_root}")
     if save_maps:
         overrides.append("eval.save_maps=true")
+    if allow_outside_root:
+        overrides.append("data.allow_outside_root=true")
     try:
         for path in plugin or []:
             load_plugin_file(path)
@@ -467,20 +480,29 @@ def bench(
 @app.command()
 def benchmark(
     file: Annotated[Path, typer.Argument(help="A benchmark TOML file (see benchmarks/phantom-quick.toml).")],
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue an interrupted benchmark. This is also what happens without the flag: finished runs are "
+            "always skipped and interrupted ones resumed from their last checkpoint.",
+        ),
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """Run every (dataset, method, seed) of a benchmark file that is not finished, then write its leaderboard.
 
-    Finished runs are skipped and interrupted ones resumed, so the command can be stopped and restarted at any
-    time. Post-hoc methods reuse the CAM run of the same seed. The file format is documented in wsseg/benchmark.py.
+    Finished runs are skipped and interrupted ones resumed, so the command can be stopped (even killed) and
+    restarted at any time, with or without --resume; the result equals an uninterrupted benchmark's. Post-hoc
+    methods reuse the CAM run of the same seed. The file format is documented in wsseg/benchmark.py.
     """
     from wsseg.benchmark import load_benchmark, run_benchmark
 
     try:
         bench = load_benchmark(file)
         typer.echo(
-            f"benchmark {bench.name}: {len(bench.methods)} methods x {len(bench.seeds)} seeds x "
-            f"{len(bench.datasets)} datasets, profile {bench.profile}, runs in {bench.out}"
+            f"{'resuming ' if resume else ''}benchmark {bench.name}: {len(bench.methods)} methods x "
+            f"{len(bench.seeds)} seeds x {len(bench.datasets)} datasets, profile {bench.profile}, runs in {bench.out}"
         )
         _, result = run_benchmark(bench, progress=not quiet, log=typer.echo)
     except USER_ERRORS as e:
@@ -580,13 +602,22 @@ def data_check(
     root: Annotated[Path, typer.Option(help="The downloaded dataset (folder or index file).")],
     workers: Annotated[int | None, typer.Option(help="Processes (default: all cores).")] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Exit with an error on any bad file.")] = False,
+    allow_outside_root: Annotated[bool, typer.Option("--allow-outside-root", help=ALLOW_OUTSIDE_ROOT_HELP)] = False,
     voi_lut: Annotated[bool, typer.Option("--voi-lut", help=VOI_HELP)] = False,
 ) -> None:
     """Validate a download without writing: counts, and every missing or unreadable file with its reason."""
     from wsseg.data.prepare import check_source
 
     try:
-        report = check_source(dataset, root, workers=workers, strict=strict, progress=False, voi_lut=voi_lut)
+        report = check_source(
+            dataset,
+            root,
+            workers=workers,
+            strict=strict,
+            progress=False,
+            voi_lut=voi_lut,
+            allow_outside_root=allow_outside_root,
+        )
     except USER_ERRORS as e:
         _fail(e)
     typer.echo(report.summary())
@@ -605,8 +636,21 @@ def data_prepare(
         Path | None, typer.Option(help="A patient_id,split CSV (default: benchmarks/splits/DATASET.csv if present).")
     ] = None,
     voi_lut: Annotated[bool, typer.Option("--voi-lut", help=VOI_HELP)] = False,
+    allow_outside_root: Annotated[bool, typer.Option("--allow-outside-root", help=ALLOW_OUTSIDE_ROOT_HELP)] = False,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue an interrupted prepare. This is also what happens without the flag: images already "
+            "cached (and intact) are always reused.",
+        ),
+    ] = False,
 ) -> None:
-    """Generate the phantom, or read, preprocess and cache a downloaded dataset (uint16, the profile's size)."""
+    """Generate the phantom, or read, preprocess and cache a downloaded dataset (uint16, the profile's size).
+
+    Every file is written atomically, so the command can be stopped (even killed) and run again, with or without
+    --resume: it reuses the images already cached and gives the same cache as an uninterrupted prepare.
+    """
     from wsseg.config import PROFILES, DataConfig, phantom_config
     from wsseg.data.dataset import prepare_phantom
     from wsseg.data.prepare import prepare_source
@@ -615,9 +659,20 @@ def data_prepare(
         if root is None:
             _fail(f"`wsseg data prepare {dataset}` needs --root PATH (the downloaded dataset)")
         hw = _profile_hw(profile)
+        if resume:
+            typer.echo(f"resuming the {dataset} prepare: images already cached are reused")
         try:
             path, report = prepare_source(
-                dataset, root, hw, seed, cache_dir, workers, strict, split_file=split_file, voi_lut=voi_lut
+                dataset,
+                root,
+                hw,
+                seed,
+                cache_dir,
+                workers,
+                strict,
+                split_file=split_file,
+                voi_lut=voi_lut,
+                allow_outside_root=allow_outside_root,
             )
         except USER_ERRORS as e:
             _fail(e)

@@ -9,8 +9,10 @@ run record.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -33,6 +35,8 @@ class DataConfig:
         n_train, n_val, n_test: phantom images per split (multiples of 4: one exam of four views per patient).
         cache_dir: base cache folder; ``$WSSEG_CACHE_DIR`` or the XDG cache when None.
         num_workers: data-loading processes; 0 on CPU (the 2 cores are busier computing), more on CUDA.
+        allow_outside_root: let a data source's index (a manifest CSV) list files outside ``root``; off by
+            default, so a downloaded index cannot make wsseg read ``../../etc/passwd`` or another user's files.
         voi_lut: a data source's DICOMs are read through their VOI LUT / window instead of as raw linear values.
     """
 
@@ -44,6 +48,7 @@ class DataConfig:
     n_test: int = 320
     cache_dir: str | None = None
     num_workers: int | None = None
+    allow_outside_root: bool = False
     voi_lut: bool = False
 
 
@@ -197,8 +202,47 @@ def make_run_config(
             raise ValueError(f"{section} has no field {name!r}; valid fields: {', '.join(sorted(fields))}")
         hint = typing.get_type_hints(type(target))[name]
         setattr(target, name, parse_value(raw.strip(), hint, key))
+    check_ranges(cfg)
     cfg.method_config = method_cfg.to_dict()
     return cfg
+
+
+# field -> (test, what it must be); a value outside its range would fail far from the flag that set it.
+_RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "seed": (lambda v: v >= 0, "an integer >= 0"),
+    "data.seed": (lambda v: v >= 0, "an integer >= 0"),
+    "data.num_workers": (lambda v: v is None or v >= 0, "none or an integer >= 0"),
+    "train.epochs": (lambda v: v >= 1, "at least 1"),
+    "train.batch_size": (lambda v: v >= 1, "at least 1"),
+    "train.grad_accum": (lambda v: v >= 1, "at least 1"),
+    "train.lr": (lambda v: v > 0, "a positive number"),
+    "train.weight_decay": (lambda v: v >= 0, "0 or more"),
+    "train.warmup_steps": (lambda v: v >= 0, "0 or more"),
+    "train.clip_grad": (lambda v: v is None or v > 0, "none or a positive number"),
+    "train.checkpoint_every": (lambda v: v >= 1, "at least 1"),
+    "eval.n_bins": (lambda v: v >= 1, "at least 1"),
+    "eval.fixed_threshold": (lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
+    "eval.batch_size": (lambda v: v >= 1, "at least 1"),
+    "eval.froc_nms_mm": (lambda v: v > 0, "a positive number"),
+    "eval.froc_tolerance_mm": (lambda v: v >= 0, "0 or more"),
+    "eval.froc_max_candidates": (lambda v: v >= 1, "at least 1"),
+    "eval.bootstrap_resamples": (lambda v: v >= 0, "0 or more"),
+    "eval.bootstrap_seed": (lambda v: v >= 0, "an integer >= 0"),
+}
+
+
+def check_ranges(cfg: RunConfig) -> None:
+    """Refuse run-level values outside their range (``train.epochs=0``, ``--seed -1``...).
+
+    Raises:
+        ValueError: naming the field, the value and what it must be.
+    """
+    for key, (ok, must) in _RANGES.items():
+        section, _, name = key.rpartition(".")
+        value = getattr(getattr(cfg, section) if section else cfg, name)
+        if not ok(value):
+            flag = "--seed" if key == "seed" else key
+            raise ValueError(f"{flag} must be {must}, got {value!r}")
 
 
 def parse_value(raw: str, hint: Any, key: str) -> Any:
@@ -228,7 +272,10 @@ def parse_value(raw: str, hint: Any, key: str) -> Any:
         raise ValueError(f"{key} must be true or false, got {raw!r}")
     if hint in (int, float, str):
         try:
-            return hint(raw)
+            value = hint(raw)
         except ValueError:
             raise ValueError(f"{key} must be {hint.__name__}, got {raw!r}") from None
+        if hint is float and not math.isfinite(value):
+            raise ValueError(f"{key} must be a finite number, got {raw!r}")
+        return value
     raise ValueError(f"{key} cannot be set from the command line (type {hint})")

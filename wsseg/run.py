@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from wsseg._io import atomic_write_json
-from wsseg.config import EvalConfig, RunConfig, phantom_config
+from wsseg._io import atomic_write_json, remove_stale_temporaries
+from wsseg.config import DataConfig, EvalConfig, RunConfig, phantom_config
 from wsseg.data.dataset import MammogramDataset, phantom_cache_key, prepare_phantom, split_hash
 from wsseg.data.phantom import CLASSES, PHANTOM_VERSION
 from wsseg.data.prepare import PREPROCESS_VERSION, prepare_source
@@ -136,10 +136,12 @@ def reuse_weights(method: WSSegMethod, cfg: RunConfig, source: Path, run_dir: Pa
         if not (source / name).is_file():
             raise FileNotFoundError(f"--from-run {source} has no {name}; point it at a finished wsseg run folder")
     src = RunConfig.from_dict(json.loads((source / "config.json").read_text(encoding="utf-8")))
-    # Where the cache lives and how many loader processes ran do not change the data.
-    same_data = dataclasses.replace(src.data, cache_dir=None, num_workers=None) == dataclasses.replace(
-        cfg.data, cache_dir=None, num_workers=None
-    )
+
+    def data(c: RunConfig) -> DataConfig:
+        # Where the cache lives, how many loader processes ran and the path policy do not change the images.
+        return dataclasses.replace(c.data, cache_dir=None, num_workers=None, allow_outside_root=False)
+
+    same_data = data(src) == data(cfg)
     if not same_data or src.profile != cfg.profile:
         raise ValueError(
             f"--from-run {source} was trained on other data or another profile; rerun it or drop --from-run"
@@ -197,6 +199,7 @@ def prepare_data(
         cfg.data.cache_dir,
         progress=progress,
         voi_lut=cfg.data.voi_lut,
+        allow_outside_root=cfg.data.allow_outside_root,
     )
     if report.problems:
         log(f"data: {len(report.problems)} images skipped; see {root / 'report.json'}")
@@ -286,6 +289,7 @@ def run(
     if (run_dir / "last.pt").exists() and not resume:
         raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it or another --run-id")
     run_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(run_dir)  # left by a write that a kill of an earlier attempt cut short
     atomic_write_json(run_dir / "config.json", cfg.to_dict())
 
     device = resolve_device(cfg.train.device)

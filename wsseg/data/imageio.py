@@ -6,6 +6,7 @@ raises :class:`~wsseg.data.sources.DataError` naming the file and the fix, never
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +17,30 @@ from wsseg.data.sources import DataError
 DICOM_SUFFIXES = (".dcm", ".dicom")
 # PIL refuses images above ~179 Mpx by default; full-field mammograms are ~15-25 Mpx, so keep the guard.
 Image.MAX_IMAGE_PIXELS = 400_000_000
+# Larger headers are refused before any pixel is decoded: a corrupt or hostile header must not allocate gigabytes.
+MAX_PIXELS = Image.MAX_IMAGE_PIXELS
 
 
-def read_image(path: str | Path, voi_lut: bool = False, skip_for_processing: bool = False) -> np.ndarray:
+def check_header_size(path: Path, rows: int, cols: int, frames: int = 1) -> None:
+    """Refuse an image whose header claims no pixels or more than :data:`MAX_PIXELS`, before decoding it.
+
+    Raises:
+        DataError: naming the claimed size.
+    """
+    if rows <= 0 or cols <= 0:
+        raise DataError(path, f"the header claims a {rows}x{cols} image", "the file is corrupt; download it again")
+    if rows * cols * max(frames, 1) > MAX_PIXELS:
+        raise DataError(
+            path,
+            f"the header claims a {rows}x{cols} image{f' x {frames} frames' if frames > 1 else ''}, more than "
+            f"{MAX_PIXELS:,} pixels; refused before decoding",
+            "the file is corrupt or not a mammogram",
+        )
+
+
+def read_image(
+    path: str | Path, voi_lut: bool = False, skip_for_processing: bool = False, binary_ok: bool = False
+) -> np.ndarray:
     """Decode a greyscale image to float32 (H, W).
 
     DICOM (datasets.md 11.1): the modality LUT (rescale slope/intercept) is applied; by default the raw linear
@@ -27,39 +49,53 @@ def read_image(path: str | Path, voi_lut: bool = False, skip_for_processing: boo
     MONOCHROME1 is inverted within the output range (``2**BitsStored - 1``, or the VOI output range), and Pixel
     Padding Value (Range Limit) pixels are set to the image minimum. With ``skip_for_processing`` an image whose
     Presentation Intent Type is ``FOR PROCESSING`` (raw detector data) is refused, as VinDr's tools skip it.
-    PNG/PGM/TIFF/JPEG: the stored values, 16-bit kept intact.
+    PNG/PGM/TIFF/JPEG: the stored values, 16-bit kept intact; a 1-bit image only with ``binary_ok`` (masks).
 
     Raises:
-        DataError: missing, truncated or undecodable file; a compressed DICOM without its decoder; a refused
-            FOR PROCESSING image.
+        DataError: missing, truncated or undecodable file; a header claiming no pixels or more than
+            :data:`MAX_PIXELS` (refused before decoding); a 1-bit image (unless ``binary_ok``); NaN or infinite
+            values; a compressed DICOM without its decoder; a refused FOR PROCESSING image.
     """
     path = Path(path)
     if not path.is_file():
         raise DataError(path, "file is missing", "check the --root folder is the dataset as downloaded")
     if path.suffix.lower() in DICOM_SUFFIXES:
-        return _read_dicom(path, voi_lut, skip_for_processing)
-    return _read_pil(path)
+        arr = _read_dicom(path, voi_lut, skip_for_processing)
+    else:
+        arr = _read_pil(path, binary_ok)
+    if not np.isfinite(arr).all():
+        raise DataError(path, "the image holds NaN or infinite values", "re-export it as an integer image")
+    return arr
 
 
 def read_mask(path: str | Path) -> np.ndarray:
-    """A binary mask image (any format ``read_image`` reads) as bool (H, W): nonzero is lesion."""
-    return read_image(path) > 0
+    """A binary mask image (any format ``read_image`` reads, 1-bit included) as bool (H, W): nonzero is lesion."""
+    return read_image(path, binary_ok=True) > 0
 
 
-def _read_pil(path: Path) -> np.ndarray:
+def _read_pil(path: Path, binary_ok: bool) -> np.ndarray:
+    fix = "the file is truncated or corrupt; download it again"
     try:
-        with Image.open(path) as im:
-            im.load()
-            # Some mirrors ship greyscale as 3 identical channels.
-            arr = np.asarray(im.convert("L") if im.mode in ("RGB", "RGBA", "P", "LA") else im)
+        # Between MAX_IMAGE_PIXELS and twice that PIL only warns; check_header_size refuses those sizes itself.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                check_header_size(path, im.height, im.width)  # only the first frame is decoded
+                if im.mode == "1" and not binary_ok:
+                    raise DataError(path, "a 1-bit (black and white) image", "a mammogram needs 8 to 16 bits a pixel")
+                im.load()
+                # Some mirrors ship greyscale as 3 identical channels.
+                arr = np.asarray(im.convert("L") if im.mode in ("RGB", "RGBA", "P", "LA") else im)
+    except Image.DecompressionBombError as e:  # above twice MAX_IMAGE_PIXELS: PIL refuses before reading pixels
+        raise DataError(path, f"the header claims too many pixels, refused before decoding ({e})", fix) from None
     except (
         OSError,
         ValueError,
         SyntaxError,
     ) as e:  # PIL raises OSError for truncated files, SyntaxError for bad headers
-        raise DataError(
-            path, f"cannot decode the image ({e})", "the file is truncated or corrupt; download it again"
-        ) from None
+        if isinstance(e, DataError):
+            raise
+        raise DataError(path, f"cannot decode the image ({e})", fix) from None
     if arr.ndim != 2:
         raise DataError(path, f"expected a greyscale image, got shape {arr.shape}", "convert it to one channel")
     return arr.astype(np.float32)
@@ -81,6 +117,11 @@ def _read_dicom(path: Path, voi_lut: bool = False, skip_for_processing: bool = F
         )
     if "PixelData" not in ds:
         raise DataError(path, "the DICOM file holds no pixel data", "point the dataset at the image series")
+    try:
+        rows, cols, frames = int(ds.get("Rows", 0)), int(ds.get("Columns", 0)), int(ds.get("NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError) as e:
+        raise DataError(path, f"unreadable image size in the header ({e})", "download it again") from None
+    check_header_size(path, rows, cols, frames)
     try:
         arr = ds.pixel_array
     except (RuntimeError, NotImplementedError) as e:

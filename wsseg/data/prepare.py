@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
-from wsseg._io import atomic_save, atomic_write_json, atomic_write_text
+from wsseg._io import atomic_save, atomic_write_json, atomic_write_text, remove_stale_temporaries
 from wsseg.data.dataset import MANIFEST_COLUMNS, SPLITS, default_cache_dir
 from wsseg.data.imageio import DICOM_SUFFIXES, dicom_pixel_spacing, read_image
 from wsseg.data.phantom import CLASSES
@@ -241,7 +241,7 @@ def read_binary_mask(les: Lesion, shape: tuple[int, int], image_file: Path) -> n
     assert les.mask_file is not None
     if not les.mask_file.is_file():
         raise DataError(les.mask_file, f"the mask of {image_file.name} is missing", "restore the file")
-    raw = read_image(les.mask_file)
+    raw = read_image(les.mask_file, binary_ok=True)  # 1-bit PNG masks are fine
     peak = float(raw.max())
     grey = np.count_nonzero((raw != 0) & (raw != peak)) if peak > 0 else 0
     if grey > MAX_GREY_FRACTION * raw.size:
@@ -350,17 +350,38 @@ def process_record(rec: SourceRecord, out_hw: tuple[int, int], dataset: str, voi
     return Processed(out_image, out_masks, out_breast, meta, disagrees)
 
 
+CACHE_ENTRIES = ("image", "masks", "breast_mask", "labels", "meta")
+
+
+def read_cached_meta(path: Path) -> dict[str, Any] | None:
+    """The meta of a complete cache file, or None when the file is damaged or incomplete.
+
+    Every entry is read, so the zip checksums of all of them are verified: a file damaged after it was written
+    is never trusted (writes themselves are atomic, so a killed prepare leaves no partial file under this name).
+    """
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            for key in CACHE_ENTRIES:
+                z[key]
+            meta = json.loads(str(z["meta"]))
+    except Exception:  # any failure (bad zip, bad CRC, missing entry, bad JSON) means: process the image again
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
 def _prepare_one(args: tuple[SourceRecord, tuple[int, int], str, str, str | None, bool]) -> dict[str, Any]:
-    """Process one record (and write it when ``root`` is given); a failure comes back as a problem, not a raise."""
+    """Process one record (and write it when ``root`` is given).
+
+    A bad input file comes back as a problem, not a raise; a failed write (disk full, no permission) comes back
+    as ``fatal``, since it is not the input's fault and skipping the image would silently shrink the dataset.
+    """
     rec, out_hw, dataset, split, root, voi_lut = args
     rel = f"{split}/{cache_file_name(rec.image_id)}"
     if root is not None and (Path(root) / rel).is_file():  # written by an interrupted prepare: resume
-        try:
-            with np.load(Path(root) / rel) as z:
-                disagrees = bool(json.loads(str(z["meta"])).get("orientation_disagrees_with_tags"))
+        meta = read_cached_meta(Path(root) / rel)
+        if meta is not None and meta.get("image_id") == rec.image_id:
+            disagrees = bool(meta.get("orientation_disagrees_with_tags"))
             return {"row": _manifest_row(rec, split, rel), "disagrees": rec.image_id if disagrees else None}
-        except (OSError, KeyError, ValueError):
-            pass  # unreadable leftover: process the image again
     try:
         p = process_record(rec, out_hw, dataset, voi_lut)
         if root is not None:
@@ -376,7 +397,10 @@ def _prepare_one(args: tuple[SourceRecord, tuple[int, int], str, str, str | None
                     meta=np.array(json.dumps(p.meta)),
                 )
 
-            atomic_save(Path(root) / rel, write)  # type: ignore[arg-type]
+            try:
+                atomic_save(Path(root) / rel, write)  # type: ignore[arg-type]
+            except OSError as e:
+                return {"fatal": str(e)}
     except DataError as e:
         return {"problem": (e.file, e.reason + (f"; {e.fix}" if e.fix else ""))}
     except Exception as e:  # an unforeseen failure on one file must be reported, not abort a long prepare
@@ -450,12 +474,15 @@ def _run(
     progress: bool,
     split_file: Path | None = None,
     voi_lut: bool = False,
+    allow_outside_root: bool = False,
 ) -> tuple[DataReport, list[dict[str, Any]]]:
     root = Path(root).expanduser()
     if not root.exists():
         raise FileNotFoundError(f"--root {root} does not exist; point it at the downloaded {dataset} folder")
     src = get_source(dataset)
     scan = src.scan(root)
+    if not allow_outside_root:
+        check_under_root(scan.records, root)
     report = DataReport(dataset, str(root), problems=list(scan.problems))
     splits = assign_splits(scan.records, seed, read_split_file(split_file) if split_file else None)
     tasks = [(r, out_hw, dataset, splits[r.image_id], str(target) if target else None, voi_lut) for r in scan.records]
@@ -477,6 +504,9 @@ def _run(
         if pool is not None:
             pool.shutdown()
         bar.close()
+    fatal = [r["fatal"] for r in results if "fatal" in r]
+    if fatal:
+        raise OSError(fatal[0])
     rows = [r["row"] for r in results if "row" in r]
     report.problems += [Problem(*r["problem"]) for r in results if "problem" in r]
     report.orientation_disagreements = [r["disagrees"] for r in results if r.get("disagrees")]
@@ -490,6 +520,33 @@ def _run(
     return report, rows
 
 
+def check_under_root(records: list[SourceRecord], root: Path) -> None:
+    """Refuse an index that points at files outside the data root (``../../etc/passwd``, ``/home/x/y.png``).
+
+    The root is ``root`` itself, or its folder when ``root`` is an index file (a manifest CSV). Paths are compared
+    after ``..`` is resolved but without following symbolic links, so a link inside the root that the user made
+    is followed as usual.
+
+    Raises:
+        DataError: some listed image or mask lies outside the root; the message names them and the opt-in flag.
+    """
+    base = os.path.abspath(root if root.is_dir() else root.parent)
+    outside = []
+    for rec in records:
+        files = [rec.image_file, *(les.mask_file for les in rec.lesions if les.mask_file is not None)]
+        for f in files:
+            if os.path.commonpath([base, os.path.abspath(f)]) != base:
+                outside.append(f"{rec.image_id}: {f}")
+    if outside:
+        shown = "; ".join(outside[:3]) + (f"; and {len(outside) - 3} more" if len(outside) > 3 else "")
+        raise DataError(
+            root,
+            f"{len(outside)} listed file(s) lie outside the data root {base} ({shown})",
+            "move them under the root, or pass --allow-outside-root if you trust this index (in a benchmark file: "
+            'set = ["data.allow_outside_root=true"])',
+        )
+
+
 def check_source(
     dataset: str,
     root: str | Path,
@@ -499,14 +556,27 @@ def check_source(
     strict: bool = False,
     progress: bool = False,
     voi_lut: bool = False,
+    allow_outside_root: bool = False,
 ) -> DataReport:
     """Validate a download without writing anything: every image and mask is decoded and preprocessed.
 
     Raises:
         FileNotFoundError: ``root`` does not exist.
-        DataError: the index is unusable, or (``strict``) any file is bad.
+        DataError: the index is unusable or points outside ``root`` (unless ``allow_outside_root``), or
+            (``strict``) any file is bad.
     """
-    report, _ = _run(dataset, root, out_hw, seed, None, workers, strict, progress, voi_lut=voi_lut)
+    report, _ = _run(
+        dataset,
+        root,
+        out_hw,
+        seed,
+        None,
+        workers,
+        strict,
+        progress,
+        voi_lut=voi_lut,
+        allow_outside_root=allow_outside_root,
+    )
     return report
 
 
@@ -521,6 +591,7 @@ def prepare_source(
     progress: bool = True,
     split_file: str | Path | None = None,
     voi_lut: bool = False,
+    allow_outside_root: bool = False,
 ) -> tuple[Path, DataReport]:
     """Build (or reuse) the uint16 cache of ``dataset`` read from ``root``; return its folder and the report.
 
@@ -528,9 +599,14 @@ def prepare_source(
     ``benchmarks/splits/<dataset>.csv``, else the official split, else a seeded one. The split used is written
     to ``split.csv`` in the cache folder, ready to be published. ``voi_lut`` applies the DICOM VOI LUT/window.
 
+    An interrupted prepare is resumed: every image already cached (and intact) is reused, the temporary files
+    of writes that were cut short are deleted. ``manifest.csv`` is written last and marks a complete cache.
+
     Raises:
         FileNotFoundError: ``root`` does not exist.
-        DataError: the index is unusable; a split is empty; (``strict``) any file is bad.
+        DataError: the index is unusable or points outside ``root`` (unless ``allow_outside_root``); a split is
+            empty; (``strict``) any file is bad.
+        OSError: a cache file cannot be written (disk full, no permission); the message names it.
     """
     split_path = Path(split_file) if split_file is not None else default_split_file(dataset)
     split_hash = hashlib.sha256(split_path.read_bytes()).hexdigest()[:12] if split_path else None
@@ -546,7 +622,11 @@ def prepare_source(
             str(target),
         )
         return target, report
-    report, rows = _run(dataset, root, out_hw, seed, target, workers, strict, progress, split_path, voi_lut)
+    if target.is_dir():
+        remove_stale_temporaries(target)  # left by writes a killed prepare cut short
+    report, rows = _run(
+        dataset, root, out_hw, seed, target, workers, strict, progress, split_path, voi_lut, allow_outside_root
+    )
     report.cache = str(target)
     empty = [s for s in SPLITS if report.counts.get(s, 0) == 0]
     if empty:

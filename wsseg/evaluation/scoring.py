@@ -229,7 +229,7 @@ def read_map(path: Path, check_range: bool = True) -> np.ndarray:
             with Image.open(path) as im:
                 mode = im.mode
                 arr = np.array(im)
-        except OSError as e:
+        except (OSError, Image.DecompressionBombError) as e:
             raise InputError(f"{path}: cannot read it as PNG ({e}); save maps as 16-bit PNG or .npy") from e
         if mode not in ("I;16", "I;16B", "I;16L", "I") or arr.ndim != 2 or arr.min() < 0 or arr.max() > 65535:
             raise InputError(
@@ -260,7 +260,7 @@ def read_binary_png(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as im:
             arr = np.array(im)
-    except OSError as e:
+    except (OSError, Image.DecompressionBombError) as e:
         raise InputError(f"{path}: cannot read it as PNG ({e}); save masks as single-channel PNGs") from e
     if arr.ndim != 2:
         raise InputError(f"{path}: shape {arr.shape}; masks must be single-channel (grayscale) PNGs, non-zero = lesion")
@@ -275,7 +275,7 @@ def map_size(path: Path) -> tuple[int, int]:
             return (int(shape[0]), int(shape[1])) if len(shape) == 2 else (-1, -1)
         with Image.open(path) as im:
             return (im.height, im.width)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
         raise InputError(f"{path}: cannot read its header ({e}); re-save the map") from e
 
 
@@ -284,7 +284,7 @@ def png_size(path: Path) -> tuple[int, int]:
     try:
         with Image.open(path) as im:
             return (im.height, im.width)
-    except OSError as e:
+    except (OSError, Image.DecompressionBombError) as e:
         raise InputError(f"{path}: cannot read it as PNG ({e}); re-save it as a single-channel PNG") from e
 
 
@@ -328,8 +328,8 @@ def read_labels(path: Path) -> dict[str, LabelRow]:
         with open(path, newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
             columns = set(rows[0]) if rows else set()
-    except OSError as e:
-        raise InputError(f"--labels {path}: cannot read it ({e})") from e
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise InputError(f"--labels {path}: cannot read it ({e}); save it as UTF-8 comma-separated text") from e
     missing = {"image_id", *CLASSES} - columns
     if missing:
         raise InputError(f"--labels {path}: no column(s) {sorted(missing)}; the header needs image_id,benign,malignant")

@@ -139,6 +139,7 @@ def train(
     # The run state: everything needed to continue exactly where a killed run stopped.
     state: dict[str, Any] = {"epoch": 0, "micro": 0, "step": 0, "best_val_auroc": -math.inf, "best_epoch": 0}
     history: list[dict[str, float]] = []
+    resumed_losses: list[float] = []
     if resume and last_path.exists():
         ckpt = load_checkpoint(last_path, map_location=device)
         method.load_state_dict(ckpt["model"])
@@ -148,6 +149,7 @@ def train(
             torch.cuda.set_rng_state_all([s.cpu() for s in ckpt["rng"]["cuda"]])
         state.update({k: ckpt[k] for k in state})
         history = list(ckpt["history"])
+        resumed_losses = [float(v) for v in ckpt.get("epoch_losses", [])]  # the interrupted epoch's, so far
 
     def checkpoint() -> None:
         rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else []}
@@ -160,6 +162,8 @@ def train(
                 "history": history,
                 "config": run_config,
                 "method": method.name,
+                # The losses of the current epoch so far: a mid-epoch resume reports the same epoch loss.
+                "epoch_losses": list(losses) if state["micro"] else [],
                 **state,
             },
         )
@@ -176,7 +180,8 @@ def train(
     )
     t_start, images_done = time.perf_counter(), 0
     while state["epoch"] < cfg.epochs:
-        epoch, t_epoch, losses = state["epoch"], time.perf_counter(), []
+        epoch, t_epoch = state["epoch"], time.perf_counter()
+        losses: list[float] = resumed_losses if state["micro"] else []
         order = epoch_order(seed, epoch, len(train_set))
         batches = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
         # Resuming mid-epoch skips the micro-batches already done; the order itself is replayed exactly.
@@ -186,6 +191,9 @@ def train(
             collate_fn=collate,
             num_workers=num_workers,
             pin_memory=device.type == "cuda",
+            # Its own generator: drawing the loader's base seed from the global RNG would shift the stream
+            # that dropout and friends use, by one draw at each (re)start, so a resumed run would diverge.
+            generator=torch.Generator().manual_seed(seed * 100_003 + epoch),
         )
         method.train()
         method.on_epoch_start(ctx, epoch)

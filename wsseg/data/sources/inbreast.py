@@ -21,6 +21,7 @@ import csv
 import plistlib
 import re
 from pathlib import Path
+from xml.parsers.expat import ExpatError
 
 from wsseg.data.sources import DataError, DataSource, Lesion, Problem, ScanResult, SourceRecord, register_source
 
@@ -104,7 +105,7 @@ def read_rois(path: Path) -> list[tuple[str, list[tuple[float, float]]]]:
         with open(path, "rb") as f:
             doc = plistlib.load(f)
         rois = doc["Images"][0].get("ROIs", [])
-    except (plistlib.InvalidFileException, KeyError, IndexError, TypeError, ValueError) as e:
+    except (plistlib.InvalidFileException, ExpatError, KeyError, IndexError, TypeError, ValueError) as e:
         raise DataError(path, f"not an OsiriX ROI plist ({type(e).__name__}: {e})", "restore the XML") from None
     out = []
     for roi in rois:

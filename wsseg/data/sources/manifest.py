@@ -1,7 +1,8 @@
 """``manifest``: your own images, listed in a CSV (the documented interchange format).
 
 ``--root`` is a CSV file, or a folder holding ``manifest.csv``. Paths in the CSV are relative to the CSV's
-folder (or absolute). One row per image; columns:
+folder (or absolute) and must lie under that folder, unless ``--allow-outside-root`` is given (a downloaded
+manifest must not make wsseg read other files). One row per image; columns:
 
 =================  ========  ==================================================================================
 column             required  meaning
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 
 from wsseg.data.sources import DataError, DataSource, Lesion, Problem, ScanResult, SourceRecord, register_source
@@ -48,6 +50,26 @@ def parse_flag(value: str, column: str, where: str) -> int:
     raise DataError(where, f"unknown label {value!r} in column {column!r}", "write 0 or 1")
 
 
+def parse_spacing(value: str, where: str) -> float | None:
+    """A pixel_spacing_mm cell: a positive number of mm, or empty (None).
+
+    Raises:
+        DataError: anything else (text, zero, negative, NaN).
+    """
+    v = value.strip()
+    if not v:
+        return None
+    try:
+        spacing = float(v)
+    except ValueError:
+        spacing = math.nan
+    if not (math.isfinite(spacing) and spacing > 0):
+        raise DataError(
+            where, f"bad pixel_spacing_mm {value!r}", "write the spacing in mm (e.g. 0.07) or leave it empty"
+        )
+    return spacing
+
+
 @register_source("manifest")
 class ManifestSource(DataSource):
     """Your own images listed in a CSV: paths, labels, patient ids, optional masks or boxes and split."""
@@ -62,17 +84,24 @@ class ManifestSource(DataSource):
         if not csv_path.is_file():
             raise DataError(csv_path, "no manifest CSV", "pass --root FILE.csv or a folder holding manifest.csv")
         base = csv_path.parent
-        with open(csv_path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            missing = [c for c in REQUIRED if c not in (reader.fieldnames or [])]
-            if missing:
-                raise DataError(csv_path, f"missing column(s) {missing}", f"the header needs {', '.join(REQUIRED)}")
-            rows = list(reader)
+        try:
+            with open(csv_path, newline="", encoding="utf-8-sig") as f:
+                reader = csv.DictReader(f)
+                missing = [c for c in REQUIRED if c not in (reader.fieldnames or [])]
+                if missing:
+                    raise DataError(csv_path, f"missing column(s) {missing}", f"the header needs {', '.join(REQUIRED)}")
+                rows = list(reader)
+        except (UnicodeDecodeError, csv.Error) as e:
+            raise DataError(csv_path, f"not a readable CSV ({e})", "save it as UTF-8 comma-separated text") from None
         records: list[SourceRecord] = []
         problems: list[Problem] = []
         seen: set[str] = set()
         for i, row in enumerate(rows, start=2):  # line 1 is the header
             where = f"{csv_path}:{i}"
+            short = [c for c in REQUIRED if row.get(c) is None]
+            if short:
+                problems.append(Problem(where, f"the row ends before column(s) {short}; give every row all the fields"))
+                continue
             try:
                 records.append(self._record(row, base, where, seen))
             except DataError as e:
@@ -118,7 +147,7 @@ class ManifestSource(DataSource):
             if not labels[("benign", "malignant").index(les.cls)]:
                 raise DataError(where, f"a {les.cls} annotation on an image labelled {les.cls}=0", "fix the label")
         lat = (row.get("laterality") or "").strip().upper()[:1]
-        spacing = (row.get("pixel_spacing_mm") or "").strip()
+        spacing = parse_spacing(row.get("pixel_spacing_mm") or "", where)
         return SourceRecord(
             image_id=image_id,
             patient_id=row["patient_id"].strip(),
@@ -130,5 +159,5 @@ class ManifestSource(DataSource):
             lesions=lesions,
             split=split,
             chest_wall={"L": "left", "R": "right"}.get(lat),
-            pixel_spacing_mm=float(spacing) if spacing else None,
+            pixel_spacing_mm=spacing,
         )

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import ast
 import csv
+import math
 from pathlib import Path
+from typing import TextIO
 
 from wsseg.data.sources import DataError, DataSource, Lesion, Problem, ScanResult, SourceRecord, register_source
 
@@ -41,6 +43,30 @@ def birads_class(value: str, where: str) -> str | None:
     raise DataError(where, f"unknown label {value!r}", "BI-RADS must be 'BI-RADS 1' ... 'BI-RADS 5'")
 
 
+BREAST_COLUMNS = ("study_id", "image_id", "laterality", "view_position", "height", "width", "breast_birads", "split")
+FINDING_COLUMNS = ("image_id", "finding_categories", "finding_birads", "xmin", "ymin", "xmax", "ymax")
+
+
+def _reader(f: TextIO, path: Path, columns: tuple[str, ...]) -> csv.DictReader[str]:
+    """A DictReader over ``f`` after checking its header has ``columns``."""
+    reader = csv.DictReader(f)
+    missing = [c for c in columns if c not in (reader.fieldnames or [])]
+    if missing:
+        raise DataError(path, f"missing column(s) {missing}", "restore the CSV from the download")
+    return reader
+
+
+def _number(row: dict[str, str], key: str, where: str) -> float:
+    """A numeric cell; DataError naming the line and column otherwise."""
+    try:
+        value = float(row[key])
+    except (TypeError, ValueError):
+        value = math.nan
+    if not math.isfinite(value):
+        raise DataError(where, f"{key} is {row[key]!r}, not a number", "restore the CSV from the download")
+    return value
+
+
 @register_source("vindr-mammo")
 class VinDrMammo(DataSource):
     """VinDr-Mammo: FFDM DICOMs with finding boxes; BI-RADS-derived labels; official 4,000/1,000-exam split."""
@@ -58,11 +84,11 @@ class VinDrMammo(DataSource):
                 raise DataError(p, "missing", "download the annotation CSVs with the images")
         findings: dict[str, list[tuple[dict[str, str], str]]] = {}
         with open(finding_csv, newline="", encoding="utf-8-sig") as f:
-            for i, row in enumerate(csv.DictReader(f), start=2):
+            for i, row in enumerate(_reader(f, finding_csv, FINDING_COLUMNS), start=2):
                 findings.setdefault(row["image_id"].strip(), []).append((row, f"{finding_csv}:{i}"))
         records, problems = [], []
         with open(breast_csv, newline="", encoding="utf-8-sig") as f:
-            for i, row in enumerate(csv.DictReader(f), start=2):
+            for i, row in enumerate(_reader(f, breast_csv, BREAST_COLUMNS), start=2):
                 try:
                     records.append(
                         self._record(row, f"{breast_csv}:{i}", findings.get(row["image_id"].strip(), []), root)
@@ -79,7 +105,7 @@ class VinDrMammo(DataSource):
         breast_cls = birads_class(row["breast_birads"], where)
         if breast_cls is not None:
             labels[("benign", "malignant").index(breast_cls)] = 1
-        width, height = float(row["width"]), float(row["height"])
+        width, height = _number(row, "width", where), _number(row, "height", where)
         lesions = []
         for frow, fwhere in findings:
             try:
@@ -96,7 +122,7 @@ class VinDrMammo(DataSource):
             if cls is None:
                 continue  # e.g. skin thickening: no BI-RADS, not a lesion of either class
             labels[("benign", "malignant").index(cls)] = 1
-            x0, y0, x1, y1 = (float(frow[k]) for k in ("xmin", "ymin", "xmax", "ymax"))
+            x0, y0, x1, y1 = (_number(frow, k, fwhere) for k in ("xmin", "ymin", "xmax", "ymax"))
             box = (
                 min(max(x0, 0.0), width),
                 min(max(y0, 0.0), height),

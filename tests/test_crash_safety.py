@@ -1,0 +1,337 @@
+"""Crash safety: real `wsseg` processes killed with SIGKILL and resumed, and writes that fail (disk full, no
+permission, a path in the way) reported in one line with earlier results intact.
+
+The SIGKILL tests run the real command in a subprocess (its own session, so the whole process group dies, as
+under a scheduler's kill), wait for a file that marks the moment to kill, kill it, run the same command with
+``--resume`` and compare the outcome with an uninterrupted run of the same seed. A full disk cannot be made
+without root tricks, so ENOSPC (and, since tests may run as root, EACCES) is injected in process at the one
+place every write goes through: the fsync of :func:`wsseg._io.atomic_open`'s temporary file.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from click.testing import Result
+from typer.testing import CliRunner
+
+from wsseg.cli import app
+from wsseg.data.fixtures import MANIFEST_HEADER, phantom, save_mask, save_png16, write_csv
+from wsseg.training.checkpoint import load_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+# Process groups (os.killpg) and the fault injection's /proc/self/fd are POSIX/Linux.
+pytestmark = pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs Linux (/proc/self/fd)")
+
+
+def wsseg_env() -> dict[str, str]:
+    """The test's environment, with this checkout first on the path so the subprocess runs the code under test."""
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1"}
+
+
+def start(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+    """``python -m wsseg ARGS`` in its own process group, output to ``log``."""
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "wsseg", *args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=wsseg_env(),
+            start_new_session=True,
+        )
+
+
+def kill_when(proc: subprocess.Popen[bytes], ready: Callable[[], bool], log: Path, timeout: float = 120) -> None:
+    """SIGKILL ``proc`` and its children as soon as ``ready()``; fail if it ends or times out first."""
+    deadline = time.monotonic() + timeout
+    try:
+        while not ready():
+            assert proc.poll() is None, "the command ended before it could be killed:\n" + log.read_text()
+            assert time.monotonic() < deadline, "timed out waiting for the kill point:\n" + log.read_text()
+            time.sleep(0.005)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+
+
+def finish(args: list[str], log: Path) -> str:
+    """Run ``python -m wsseg ARGS`` to the end; return its output."""
+    proc = start(args, log)
+    assert proc.wait(timeout=600) == 0, log.read_text()
+    return log.read_text()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# SIGKILL, then --resume: the same result as an uninterrupted run.
+
+
+def benchmark_file(folder: Path, cache: Path) -> Path:
+    """CAM then Grad-CAM (which reuses CAM's classifier): tiny profile, one epoch of 4 steps, deterministic, a
+    checkpoint after every step."""
+    folder.mkdir()
+    path = folder / "bench.toml"
+    path.write_text(
+        '[benchmark]\nname = "k"\nprofile = "tiny"\nmethods = ["cam", "gradcam"]\nseeds = [0]\ndevice = "cpu"\n'
+        'out = "runs"\nleaderboard = "lb"\n'
+        f'set = ["data.cache_dir={cache}", "train.deterministic=true", "train.epochs=1", "train.checkpoint_every=1", '
+        '"eval.bootstrap_resamples=50"]\n'
+    )
+    return path
+
+
+def outcome(run_dir: Path) -> dict[str, Any]:
+    """What must not depend on interruptions: every metric, interval and threshold, the per-image table and the
+    training history (all but the wall-clock seconds)."""
+    r = json.loads((run_dir / "record.json").read_text())
+    history = [{k: v for k, v in h.items() if k != "seconds"} for h in r["training"]["history"]]
+    keep = ("metrics", "intervals", "thresholds", "references", "dataset_info", "config")
+    return {
+        **{k: json.dumps(r[k], sort_keys=True) for k in keep},  # JSON text: NaN compares equal to NaN
+        "training": json.dumps([history, r["training"]["best_epoch"], r["training"]["best_val_auroc"]]),
+        "per_image.csv": (run_dir / "per_image.csv").read_text(),
+    }
+
+
+def leaderboard_rows(path: Path) -> list[dict[str, str]]:
+    """The leaderboard's rows without its wall-clock columns."""
+    import csv
+
+    with open(path, newline="") as f:
+        return [{k: v for k, v in row.items() if k not in ("train s", "eval img/s")} for row in csv.DictReader(f)]
+
+
+def test_benchmark_killed_mid_epoch_and_between_runs_then_resumed_equals_an_uninterrupted_run(
+    tmp_path: Path, tiny_root: Path
+) -> None:
+    cache = tiny_root.parent.parent  # the session's tiny phantom: no data is generated here
+    clean = benchmark_file(tmp_path / "clean", cache)
+    killed = benchmark_file(tmp_path / "killed", cache)
+    baseline = start(["benchmark", str(clean), "-q"], tmp_path / "clean.log")  # runs beside the killed one
+    runs = killed.parent / "runs"
+    cam, gradcam = runs / "cam-phantom-tiny-s0", runs / "gradcam-phantom-tiny-s0"
+    log = tmp_path / "killed.log"
+
+    # 1. Killed in CAM's first epoch, right after its first mid-epoch checkpoint.
+    kill_when(start(["benchmark", str(killed), "-q"], log), lambda: (cam / "last.pt").is_file(), log)
+    assert not (cam / "record.json").exists()
+    # 2. Resumed, then killed between the runs: CAM's record is written, Grad-CAM has not finished.
+    kill_when(start(["benchmark", str(killed), "--resume", "-q"], log), lambda: (cam / "record.json").is_file(), log)
+    assert not (gradcam / "record.json").exists()
+    # 3. Resumed to the end: CAM is not run again, Grad-CAM reuses it.
+    out = finish(["benchmark", str(killed), "--resume", "-q"], tmp_path / "final.log")
+    assert "cam-phantom-tiny-s0: done, skipped" in out and "gradcam-phantom-tiny-s0: reusing" in out, out
+    assert "cam-phantom-tiny-s0: resuming" in log.read_text()
+
+    assert baseline.wait(timeout=600) == 0, (tmp_path / "clean.log").read_text()
+    for name in (cam.name, gradcam.name):
+        assert outcome(runs / name) == outcome(clean.parent / "runs" / name), name
+    (table,) = (killed.parent / "lb").glob("*.csv")
+    assert leaderboard_rows(table) == leaderboard_rows(clean.parent / "lb" / table.name)
+    assert not list(runs.rglob("*.tmp"))  # what the kills cut short was cleaned up
+
+
+def manifest_download(dl: Path, n: int = 16, h: int = 736, w: int = 480) -> None:
+    """``n`` mammogram-sized images (one PNG per side, copied), each with a mask; 8 patients, no split column."""
+    sides = {}
+    for lat in ("L", "R"):
+        ph = phantom(chest_wall_right=lat == "R", lesion_rc=(h // 2, w // 4), radius=h // 16, h=h, w=w)
+        save_png16(dl / f"{lat}.png", ph.image)
+        save_mask(dl / f"{lat}_mask.png", ph.lesion)
+        sides[lat] = (dl / f"{lat}.png").read_bytes(), (dl / f"{lat}_mask.png").read_bytes()
+    rows = []
+    for i in range(n):
+        lat, cls = ("L", "benign") if i % 2 == 0 else ("R", "malignant")
+        (dl / "images").mkdir(exist_ok=True)
+        (dl / "masks").mkdir(exist_ok=True)
+        (dl / f"images/{i:02d}.png").write_bytes(sides[lat][0])
+        (dl / f"masks/{i:02d}.png").write_bytes(sides[lat][1])
+        rows.append(
+            {
+                "image": f"images/{i:02d}.png",
+                "image_id": f"im{i:02d}",
+                "patient_id": f"P{i // 2}",
+                "laterality": lat,
+                "view": "CC",
+                "benign": int(cls == "benign"),
+                "malignant": int(cls == "malignant"),
+                f"{cls}_mask": f"masks/{i:02d}.png",
+            }
+        )
+    write_csv(dl / "manifest.csv", MANIFEST_HEADER, rows)
+
+
+def cache_contents(cache: Path) -> dict[str, Any]:
+    """Everything a prepared cache holds, by relative path (arrays by value: .npz zips carry timestamps)."""
+    (folder,) = [p.parent for p in cache.rglob("manifest.csv")]
+    out: dict[str, Any] = {}
+    for p in sorted(folder.rglob("*")):
+        rel = str(p.relative_to(folder))
+        if p.suffix == ".npz":
+            with np.load(p) as z:
+                out[rel] = {k: z[k].tobytes() + str(z[k].dtype).encode() for k in z.files}
+        elif p.name == "report.json":
+            out[rel] = {k: v for k, v in json.loads(p.read_text()).items() if k != "cache"}
+        elif p.is_file():
+            out[rel] = p.read_bytes()
+    return out
+
+
+def test_data_prepare_killed_midway_then_resumed_equals_an_uninterrupted_prepare(tmp_path: Path) -> None:
+    from wsseg.data.prepare import prepare_source
+
+    dl = tmp_path / "dl"
+    manifest_download(dl)
+    prepare_source("manifest", dl, (184, 120), cache_dir=tmp_path / "clean", workers=1, progress=False)
+    expected = cache_contents(tmp_path / "clean")
+
+    cache, log = tmp_path / "killed", tmp_path / "prepare.log"
+    args = ["data", "prepare", "manifest", "--root", str(dl), "--profile", "tiny", "--cache-dir", str(cache)]
+    kill_when(start([*args, "--workers", "2"], log), lambda: len(list(cache.rglob("*.npz"))) >= 2, log)
+    cached = sorted(cache.rglob("*.npz"))
+    assert 2 <= len(cached) < 16 and not list(cache.rglob("manifest.csv")), log.read_text()
+    # A cached file damaged after the kill (a bad disk, a careless copy) must not be trusted, and a temporary
+    # file of a write the kill cut short must not survive.
+    cached[0].write_bytes(cached[0].read_bytes()[:300])
+    (cached[0].parent / f".{cached[1].name}.x1y2.tmp").write_bytes(b"half a write")
+    kept = {p: p.stat().st_mtime_ns for p in cached[1:]}
+
+    out = finish([*args, "--resume"], tmp_path / "resume.log")
+    assert "16 usable images" in out, out
+    assert cache_contents(cache) == expected
+    assert {p: p.stat().st_mtime_ns for p in cached[1:]} == kept  # intact images were reused, not redone
+    assert not list(cache.rglob("*.tmp"))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A write that fails: one line naming the path and the fix, no traceback, earlier files intact.
+
+
+@contextmanager
+def failing_writes(monkeypatch: pytest.MonkeyPatch, name: str, code: int, after: int = 0) -> Iterator[list[str]]:
+    """Make atomic writes of files whose name ends with ``name`` fail with ``code``, after ``after`` successes.
+
+    The failure is raised by the fsync of the temporary file, where a full disk reports a delayed allocation;
+    yields the list of temporary files that failed.
+    """
+    real_fsync = os.fsync
+    failed: list[str] = []
+    seen = [0]
+
+    def fsync(fd: int) -> None:
+        target = os.readlink(f"/proc/self/fd/{fd}")
+        base = Path(target).name
+        if base.startswith(".") and base.endswith(".tmp") and base[1:].rsplit(".", 2)[0].endswith(name):
+            seen[0] += 1
+            if seen[0] > after:
+                failed.append(target)
+                raise OSError(code, os.strerror(code))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    yield failed
+    monkeypatch.undo()
+
+
+def invoke(args: list[str]) -> Result:
+    result = runner.invoke(app, args)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise AssertionError(f"uncaught {type(result.exception).__name__}: {result.exception}\n{result.output}")
+    assert "Traceback" not in result.output, result.output
+    return result
+
+
+def error_line(result: Result) -> str:
+    """The one ``error:`` line of a failed command (exit code 2)."""
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.output.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1, result.output
+    return lines[0]
+
+
+def test_run_and_leaderboard_write_failures_keep_the_earlier_files(
+    tmp_path: Path, tiny_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = tiny_root.parent.parent
+    run_dir = tmp_path / "r"
+    args = ["run", "-m", "cam", "--profile", "tiny", "--epochs", "1", "--out", str(tmp_path), "--run-id", "r"]
+    args += ["--cache-dir", str(cache), "--set", "eval.bootstrap_resamples=0", "-q"]
+
+    # The disk fills up at the end-of-epoch checkpoint: the mid-epoch one (step 2 of 4) stays usable.
+    with failing_writes(monkeypatch, "last.pt", errno.ENOSPC, after=1) as failed:
+        line = error_line(invoke(args))
+    assert failed and f"cannot write {run_dir / 'last.pt'}: No space left on device" in line
+    assert "the disk is full" in line and "earlier files are intact" in line
+    assert load_checkpoint(run_dir / "last.pt")["step"] == 2 and not list(run_dir.glob(".*.tmp"))
+
+    # Resumed, it trains steps 3-4, but the record cannot be written (no permission): the checkpoints stay.
+    with failing_writes(monkeypatch, "record.json", errno.EACCES):
+        line = error_line(invoke([*args, "--resume"]))
+    assert f"cannot write {run_dir / 'record.json'}: Permission denied" in line and "make the folder writable" in line
+    assert load_checkpoint(run_dir / "last.pt")["epoch"] == 1 and not (run_dir / "record.json").exists()
+
+    # Fixed, the record is written from the last checkpoint without training again.
+    done = invoke([*args, "--resume"])
+    assert done.exit_code == 0 and "epoch 1/1" not in done.output, done.output
+
+    # The leaderboard: a failed write keeps the previous table; a file in the way of the folder is named.
+    board = tmp_path / "board"
+    assert invoke(["leaderboard", str(run_dir), "--out", str(board)]).exit_code == 0
+    (table,) = board.glob("*.md")
+    (table).write_text("the previous table\n")
+    with failing_writes(monkeypatch, ".md", errno.ENOSPC):
+        line = error_line(invoke(["leaderboard", str(run_dir), "--out", str(board)]))
+    assert f"cannot write {table}: No space left on device" in line
+    assert table.read_text() == "the previous table\n"
+    # Real errors, no injection: a file in the way of the output folder, a folder in the way of a table.
+    (tmp_path / "file").write_text("")
+    line = error_line(invoke(["leaderboard", str(run_dir), "--out", str(tmp_path / "file" / "board")]))
+    assert str(tmp_path / "file") in line and "a file is in the way" in line
+    csv_table = table.with_suffix(".csv")
+    csv_table.unlink()
+    csv_table.mkdir()
+    line = error_line(invoke(["leaderboard", str(run_dir), "--out", str(board)]))
+    assert f"cannot write {csv_table}: Is a directory (a folder is in the way" in line
+    assert not list(board.glob(".*.tmp"))
+
+
+def test_prepare_write_failure_stops_with_the_path_and_the_rerun_reuses_what_was_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dl, cache = tmp_path / "dl", tmp_path / "cache"
+    manifest_download(dl, n=8, h=128, w=96)
+    args = ["data", "prepare", "manifest", "--root", str(dl), "--profile", "tiny", "--cache-dir", str(cache)]
+    with failing_writes(monkeypatch, ".npz", errno.ENOSPC, after=3) as failed:
+        line = error_line(invoke([*args, "--workers", "1"]))
+    assert failed and ".npz: No space left on device (the disk is full" in line and str(cache) in line
+    written = {p: p.stat().st_mtime_ns for p in cache.rglob("*.npz")}
+    assert len(written) == 3 and not list(cache.rglob("manifest.csv")) and not list(cache.rglob("*.tmp"))
+    # Not counted as bad images: once space is free, the same command finishes and keeps the 3 files.
+    result = invoke([*args, "--workers", "1"])
+    assert result.exit_code == 0 and "8 usable images" in result.output and "skipped" not in result.output
+    assert {p: p.stat().st_mtime_ns for p in written} == written
+    # report.json is written before manifest.csv, which marks a complete cache: a failure there leaves none.
+    (manifest,) = cache.rglob("manifest.csv")
+    manifest.unlink()
+    report = (manifest.parent / "report.json").read_bytes()
+    with failing_writes(monkeypatch, "report.json", errno.EROFS):
+        line = error_line(invoke([*args, "--workers", "1"]))
+    assert "report.json: Read-only file system (the filesystem is read-only" in line
+    assert not manifest.exists() and (manifest.parent / "report.json").read_bytes() == report
