@@ -1,15 +1,24 @@
 """The steps GMIC and GLAM share between their global and local modules, batched on the device.
 
-Written from methods-spec.md (sections 2.4, 2.5, 3.3, 3.4 and 3.6). Nothing here loops over images or crops in
-Python and nothing copies to the host: the greedy selection loops over the (at most a handful of) windows it
-picks, each step one average-pool and one argmax for the whole batch.
+Written from methods-spec.md (sections 2.4, 2.5, 3.3, 3.4 and 3.6). Apart from the ``*_reference`` functions at
+the end (the official code's host loops, for `wsseg bench --mode reference` and tests), nothing here loops over
+images or crops in Python and nothing copies to the host: the greedy selection loops over the (at most a handful
+of) windows it picks, each step one average-pool and one argmax for the whole batch.
 """
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+# How GMIC and GLAM crop and paste back (their ``roi_impl`` config field): ``batched`` (one indexing operation
+# for the whole batch, no host synchronisation) or ``reference`` (per-image, per-crop host loops, as the
+# official code does; the same numbers, slower).
+RoiImpl = Literal["batched", "reference"]
+ROI_IMPLS: tuple[RoiImpl, RoiImpl] = ("batched", "reference")
 
 
 def top_t_count(n: int, percent: float) -> int:
@@ -167,3 +176,38 @@ def paste_patches(patch_maps: Tensor, corners: Tensor, crop: tuple[int, int], si
     flat = patch_maps.transpose(1, 2).reshape(b, c, k * p * q)  # (B, C, K*p*q)
     values = flat.gather(2, idx.view(b, 1, h * w).expand(b, c, h * w)).view(b, c, h, w)
     return values * (owner > 0)[:, None].to(values.dtype)
+
+
+# ----- Reference implementations: the official code's per-image, per-crop host loops -----
+# Selected with ``roi_impl="reference"`` on GMIC and GLAM. They read the corners back to the host (``tolist``, a
+# device synchronisation) and slice or paste one crop at a time, as the original GMIC and GLAM code does; kept
+# so that `wsseg bench --mode reference` measures the batched helpers' speedup in one run, and as the
+# executable specification the batched helpers are tested against.
+
+
+def extract_crops_reference(images: Tensor, corners: Tensor, crop: tuple[int, int]) -> Tensor:
+    """:func:`extract_crops` as a Python loop over images and crops (host synchronisation); same result."""
+    ch, cw = crop
+    ph, pw = max(0, ch - images.shape[-2]), max(0, cw - images.shape[-1])
+    if ph or pw:
+        lo = images.amin(dim=(1, 2, 3), keepdim=True)
+        images = F.pad(images - lo, (0, pw, 0, ph)) + lo
+    out = []
+    for b, image_corners in enumerate(corners.tolist()):  # the host synchronisation
+        out.append(torch.stack([images[b, :, r : r + ch, c : c + cw] for r, c in image_corners]))  # (K, C, ch, cw)
+    return torch.stack(out)  # (B, K, C, ch, cw)
+
+
+def paste_patches_reference(
+    patch_maps: Tensor, corners: Tensor, crop: tuple[int, int], size: tuple[int, int]
+) -> Tensor:
+    """:func:`paste_patches` as a Python loop: resize each patch map (nearest) and write it into the canvas."""
+    b, k, c, p, q = patch_maps.shape
+    h, w = size
+    canvas = patch_maps.new_zeros(b, c, h, w)
+    for i, image_corners in enumerate(corners.tolist()):  # the host synchronisation
+        for j, (r, col) in enumerate(image_corners):
+            rows, cols = min(crop[0], h - r), min(crop[1], w - col)  # a crop larger than the image is cut
+            patch = F.interpolate(patch_maps[i, j][None], size=crop, mode="nearest")[0]  # (C, crop_h, crop_w)
+            canvas[i, :, r : r + rows, col : col + cols] = patch[:, :rows, :cols]
+    return canvas  # (B, C, H, W)
