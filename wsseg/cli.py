@@ -193,6 +193,13 @@ def run(
         record = run_fn(cfg, out, run_id, resume, from_run, weights=weights, progress=not quiet, log=typer.echo)
     except USER_ERRORS as e:
         _fail(e)
+    finally:
+        import torch.distributed
+
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    if not record:
+        return  # a torchrun rank other than 0: rank 0 prints the results
     t = record["timings"]
     typer.echo(
         f"\n{record['method']} on {record['dataset']} ({record['profile']}), seed {record['seed']}, "
