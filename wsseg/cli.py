@@ -440,8 +440,8 @@ def bench(
         bool,
         typer.Option(
             "--compile",
-            help="Also measure each configuration under torch.compile (mode column: wsseg+compile, ...); "
-            "compilation happens in the untimed warm-up.",
+            help="Run the method under torch.compile (mode column: wsseg+compile, ...); compilation happens in the "
+            "untimed warm-up. Measure without the flag in another call for the eager figures.",
         ),
     ] = False,
     compile_mode: Annotated[
@@ -506,33 +506,32 @@ def bench(
             for prec in precision or (["bf16"] if cuda else ["fp32"]):
                 for ph in phase or ["inference", "train"]:
                     for n in batch or [1]:
-                        for compiled in (False, True) if compile_ else (False,):
-                            # Modes innermost: the ratio compares rows measured one after the other.
-                            for md in modes:
-                                label = f"{name} {ph} {prec} batch {n} {md}{'+compile' if compiled else ''}"
-                                try:
-                                    row = bench_fn(
-                                        name,
-                                        profile,  # type: ignore[arg-type]
-                                        n,
-                                        prec,  # type: ignore[arg-type]
-                                        ph,  # type: ignore[arg-type]
-                                        device,
-                                        seconds,
-                                        mode=md,  # type: ignore[arg-type]
-                                        compile=compiled,
-                                        compile_mode=compile_mode,
-                                        **overrides,
-                                    )
-                                except torch.cuda.OutOfMemoryError:
-                                    torch.cuda.empty_cache()
-                                    typer.echo(f"{label}: out of GPU memory; skipped", err=True)
-                                    continue
-                                rows.append(row)
-                                typer.echo(
-                                    f"{label}: {row['images_per_s']} images/s, "
-                                    f"{row['peak_mem_gib']} GiB, {row['tflops']} TFLOP/s"
+                        # Modes innermost: the ratio compares rows measured one after the other.
+                        for md in modes:
+                            label = f"{name} {ph} {prec} batch {n} {md}{'+compile' if compile_ else ''}"
+                            try:
+                                row = bench_fn(
+                                    name,
+                                    profile,  # type: ignore[arg-type]
+                                    n,
+                                    prec,  # type: ignore[arg-type]
+                                    ph,  # type: ignore[arg-type]
+                                    device,
+                                    seconds,
+                                    mode=md,  # type: ignore[arg-type]
+                                    compile=compile_,
+                                    compile_mode=compile_mode,
+                                    **overrides,
                                 )
+                            except torch.cuda.OutOfMemoryError:
+                                torch.cuda.empty_cache()
+                                typer.echo(f"{label}: out of GPU memory; skipped", err=True)
+                                continue
+                            rows.append(row)
+                            typer.echo(
+                                f"{label}: {row['images_per_s']} images/s, "
+                                f"{row['peak_mem_gib']} GiB, {row['tflops']} TFLOP/s"
+                            )
     except USER_ERRORS as e:
         _fail(e)
     if rows:
