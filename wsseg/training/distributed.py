@@ -134,9 +134,11 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
         mean = _sum_over_ranks(xf.sum(dim=dims)) / n  # (C,)
         centred = xf - mean[None, :, None, None]
         var = _sum_over_ranks(centred.square().sum(dim=dims)) / n  # (C,) biased, used to normalise
+        tracked = self.num_batches_tracked
         if self.track_running_stats and self.running_mean is not None and self.running_var is not None:
-            self.num_batches_tracked.add_(1)  # type: ignore[union-attr,operator]
-            momentum = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+            assert tracked is not None  # BatchNorm creates it whenever it tracks running statistics
+            tracked.add_(1)
+            momentum = 1.0 / float(tracked) if self.momentum is None else self.momentum
             with torch.no_grad():
                 unbiased = var * (n / (n - 1).clamp_min(1))
                 self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), momentum)
@@ -165,9 +167,10 @@ def sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
     CPU: :class:`GlobalBatchNorm2d`.
     """
     if device.type == "cuda":
-        from timm.layers import convert_sync_batchnorm
+        from timm.layers.norm_act import convert_sync_batchnorm
 
-        return convert_sync_batchnorm(module)
+        converted: nn.Module = convert_sync_batchnorm(module)  # type: ignore[no-untyped-call]
+        return converted
     _to_global_bn(module)
     return module
 
