@@ -57,8 +57,12 @@ from wsseg.method import MethodConfig, MethodOutput, WSSegMethod, probability_bc
 from wsseg.nn.local_resnet import local_resnet
 from wsseg.nn.resnet22 import ResNet22
 from wsseg.nn.roi import (
+    ROI_IMPLS,
+    RoiImpl,
     extract_crops,
+    extract_crops_reference,
     paste_patches,
+    paste_patches_reference,
     propose_windows,
     tissue_fraction,
     tissue_mask,
@@ -92,6 +96,10 @@ class GLAMConfig(MethodConfig):
         tissue_gate: multiply the global and local maps by the fraction of each cell covered by tissue (pixels
             above the image's background value). Not in the released model (off at the paper preset); wsseg's aid
             for training from scratch on few images, where unconstrained maps learn to fire outside the breast.
+        roi_impl: how crops are cut out and pasted back: ``batched`` (one indexing operation for the batch, no host
+            synchronisation) or ``reference`` (a per-image, per-crop Python loop that reads the corners back to
+            the host, as the official code does). Same numbers; ``reference`` exists to measure the speedup
+            (`wsseg bench --mode reference`).
     """
 
     global_width: int = 16
@@ -113,6 +121,7 @@ class GLAMConfig(MethodConfig):
     l1_global: float = 0.01
     l1_local: float = 0.01
     tissue_gate: bool = False
+    roi_impl: RoiImpl = "batched"
 
     @classmethod
     def tiny(cls) -> GLAMConfig:
@@ -177,6 +186,8 @@ class GLAM(WSSegMethod):
         super().__init__(cfg, num_classes, in_chans)
         if len(cfg.global_strides) < 3 or cfg.num_patches < 1 or cfg.global_input_downsample < 1:
             raise ValueError("glam needs at least 3 global stages, num_patches >= 1 and global_input_downsample >= 1")
+        if cfg.roi_impl not in ROI_IMPLS:
+            raise ValueError(f"glam roi_impl must be one of {list(ROI_IMPLS)}, got {cfg.roi_impl!r}")
         self.global_backbone = ResNet22(
             in_chans, cfg.global_width, cfg.global_strides, 2, cfg.global_first_pool, init="xavier"
         )
@@ -240,15 +251,17 @@ class GLAM(WSSegMethod):
 
         crop = self.cfg.crop_size
         corners = propose_windows(global_map, self.cfg.num_patches, crop, size)  # (B, k, 2) pixels
-        crops = extract_crops(images, corners, crop)  # (B, k, 1, p, p)
+        batched = self.cfg.roi_impl == "batched"
+        cut, paste = (extract_crops, paste_patches) if batched else (extract_crops_reference, paste_patches_reference)
+        crops = cut(images, corners, crop)  # (B, k, 1, p, p)
         b, k = crops.shape[:2]
         local = self.local_maps(crops.flatten(0, 1))  # (B*k, 2, q, q)
         if self.cfg.tissue_gate:
-            tissue = extract_crops(tissue_mask(images), corners, crop).flatten(0, 1)  # (B*k, 1, p, p)
+            tissue = cut(tissue_mask(images), corners, crop).flatten(0, 1)  # (B*k, 1, p, p)
             local = local * tissue_fraction(tissue, (int(local.shape[-2]), int(local.shape[-1])))
         local = local.view(b, k, *local.shape[1:])  # (B, k, 2, q, q)
         y_local = top_t_mean(local.transpose(1, 2).flatten(2)[..., None], self.cfg.local_percent_k)  # (B, 2)
-        saliency_local = paste_patches(local, corners, crop, size)  # (B, 2, H, W)
+        saliency_local = paste(local, corners, crop, size)  # (B, 2, H, W)
         fused = (saliency_local + global_up) / 2
         extras.update(
             y_local=y_local,

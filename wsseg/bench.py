@@ -4,26 +4,36 @@ Random standardised images of the profile's size go through the method (no data 
 warm-up and with CUDA synchronisation around the timed loop. FLOPs per image come from
 ``torch.utils.flop_counter`` on one image (multiply-add counted as two). Rows use the columns of
 ``benchmarks/perf/*.csv``.
+
+The ``mode`` column says what ran: ``wsseg`` (the batched crop and paste-back helpers) or ``reference`` (GMIC's
+and GLAM's ``roi_impl="reference"``: the official code's per-image, per-crop host loops), with ``+compile`` when
+the method ran under ``torch.compile``. :func:`bench_loader` measures the data pipeline instead (``method`` =
+``loader``, ``phase`` = ``load``, ``mode`` = ``workers<N>``).
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 import time
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from torch.utils.data import DataLoader, RandomSampler
 from torch.utils.flop_counter import FlopCounterMode
 
 from wsseg.config import phantom_config
-from wsseg.evaluation.inference import autocast
+from wsseg.data.dataset import MammogramDataset, collate, prepare_phantom
+from wsseg.evaluation.inference import autocast, to_device
 from wsseg.method import Profile, WSSegMethod
-from wsseg.registry import create_method
+from wsseg.registry import create_method, get_method_spec
 from wsseg.training.loop import resolve_device
 
 Phase = Literal["inference", "train"]
+Mode = Literal["wsseg", "reference"]
+MODES: tuple[Mode, Mode] = ("wsseg", "reference")
 COLUMNS = [
     "method",
     "profile",
@@ -69,9 +79,13 @@ def bench(
     device: str = "auto",
     seconds: float = 3.0,
     warmup: int = 2,
+    mode: Mode = "wsseg",
+    compile: bool = False,
+    compile_mode: str | None = None,
+    compile_backend: str = "inductor",
     **overrides: Any,
 ) -> dict[str, Any]:
-    """Measure one (method, batch, precision, phase) configuration; returns a row with :data:`COLUMNS`.
+    """Measure one (method, batch, precision, phase, mode) configuration; returns a row with :data:`COLUMNS`.
 
     Args:
         name: registered method.
@@ -81,12 +95,29 @@ def bench(
         phase: ``inference`` (``predict`` under ``no_grad``) or ``train`` (forward, loss, backward, AdamW step).
         device: ``auto``, ``cpu`` or ``cuda``.
         seconds: minimum timed duration (at least three steps are timed).
-        warmup: untimed steps first (cuDNN autotuning, allocator growth).
+        warmup: untimed steps first (cuDNN autotuning, allocator growth, ``torch.compile``'s compilation).
+        mode: ``wsseg`` or ``reference`` (GMIC/GLAM with ``roi_impl="reference"``, the official code's host loops).
+        compile: run the method under ``torch.compile`` (:meth:`torch.nn.Module.compile`, so ``predict`` and the
+            training step both call the compiled forward); the row's mode gets ``+compile``. Compilation happens in
+            the warm-up steps and is not timed.
+        compile_mode: ``torch.compile``'s ``mode`` (None: its default; ``max-autotune-no-cudagraphs`` tries more
+            kernels and compiles for minutes).
+        compile_backend: ``torch.compile``'s backend (``eager`` only traces, for tests on CPU).
         **overrides: method config overrides.
     """
     dev = resolve_device(device)
     if precision == "bf16" and dev.type != "cuda":
         raise ValueError("bench --precision bf16 needs a CUDA device; use --precision fp32 on CPU")
+    if mode not in MODES:
+        raise ValueError(f"bench mode must be one of {list(MODES)}, got {mode!r}")
+    if mode == "reference":
+        fields = {f.name for f in dataclasses.fields(get_method_spec(name).cls.Config)}
+        if "roi_impl" not in fields:
+            raise ValueError(
+                f"--mode reference measures the host-loop crops of methods with a roi_impl setting (gmic, glam); "
+                f"{name} has none: use --mode wsseg"
+            )
+        overrides = {**overrides, "roi_impl": "reference"}
     pcfg = phantom_config(profile)
     size = (pcfg.height, pcfg.width)
     torch.manual_seed(0)
@@ -94,6 +125,8 @@ def bench(
     memory_format = torch.channels_last if dev.type == "cuda" else torch.contiguous_format
     method.to(device=dev, memory_format=memory_format)
     gflop = gflop_per_image(method, size, phase, dev)
+    if compile:
+        method.compile(mode=compile_mode, backend=compile_backend, dynamic=False)
     images = torch.randn(batch, 1, *size, device=dev).to(memory_format=memory_format)
     labels = (torch.rand(batch, method.num_classes, device=dev) < 0.5).float()
     optimizer = torch.optim.AdamW(method.parameters(), lr=1e-5) if phase == "train" else None
@@ -129,7 +162,7 @@ def bench(
         "profile": profile,
         "precision": precision,
         "batch": batch,
-        "mode": "wsseg",
+        "mode": mode + ("+compile" if compile else ""),
         "phase": phase,
         "images_per_s": round(ips, 2),
         "peak_mem_gib": round(torch.cuda.max_memory_allocated(dev) / 2**30, 2) if dev.type == "cuda" else math.nan,
@@ -150,3 +183,91 @@ def append_rows(path: str | Path, rows: list[dict[str, Any]]) -> None:
         if new:
             writer.writeheader()
         writer.writerows(rows)
+
+
+def speedups(rows: list[dict[str, Any]]) -> list[tuple[str, float]]:
+    """``wsseg`` images/s over ``reference`` images/s for every configuration measured in both modes.
+
+    Returns (description, ratio) pairs; a ``+compile`` wsseg row is compared with the reference row of the same
+    configuration measured with ``+compile`` too.
+    """
+    key_cols = ("method", "profile", "precision", "batch", "phase")
+    reference = {
+        (tuple(r[c] for c in key_cols), r["mode"].removeprefix("reference")): r
+        for r in rows
+        if r["mode"].startswith("reference")
+    }
+    out = []
+    for r in rows:
+        if not r["mode"].startswith("wsseg"):
+            continue
+        suffix = r["mode"].removeprefix("wsseg")
+        ref = reference.get((tuple(r[c] for c in key_cols), suffix))
+        if ref is not None and ref["images_per_s"] > 0:
+            what = f"{r['method']} {r['phase']} {r['precision']} batch {r['batch']}{suffix}"
+            out.append((what, r["images_per_s"] / ref["images_per_s"]))
+    return out
+
+
+def bench_loader(
+    profile: Profile = "quick",
+    batch: int = 8,
+    workers: int = 0,
+    images: int = 64,
+    device: str = "auto",
+    seconds: float = 3.0,
+    warmup_batches: int = 2,
+    cache_dir: str | Path | None = None,
+) -> dict[str, Any]:
+    """Images/s of the training data pipeline: a prepared phantom split read through a DataLoader to the device.
+
+    The training split of a phantom of ``images`` images at the profile's size (generated into the cache on first
+    use) is read in random order, as the training loop reads it (``MammogramDataset`` without masks, ``collate``,
+    ``workers`` processes, pinned memory on CUDA, ``non_blocking`` copies), for at least ``seconds`` after
+    ``warmup_batches`` batches (worker start-up). The files are re-read many times, so after the first pass they come
+    from the page cache: this measures decoding, standardisation, collation and the copy, not the disk.
+
+    Returns a row with :data:`COLUMNS` (``method`` = ``loader``, ``phase`` = ``load``, ``mode`` = ``workers<N>``).
+    """
+    if images <= 0 or images % 4:
+        raise ValueError(f"bench --loader needs --images as a positive multiple of 4, got {images}")
+    dev = resolve_device(device)
+    root = prepare_phantom(phantom_config(profile), 0, {"train": images}, cache_dir, progress=False)
+    dataset = MammogramDataset(root, "train", with_masks=False)
+    n_batches = warmup_batches + 10**6  # enough: the loop stops on time
+    sampler = RandomSampler(dataset, num_samples=n_batches * batch, generator=torch.Generator().manual_seed(0))
+    loader = DataLoader(
+        dataset,
+        batch_size=batch,
+        sampler=sampler,
+        collate_fn=collate,
+        num_workers=workers,
+        pin_memory=dev.type == "cuda",
+        persistent_workers=False,
+        prefetch_factor=4 if workers > 0 else None,
+    )
+    it = iter(loader)
+    for _ in range(warmup_batches):
+        to_device(next(it), dev)
+    _sync(dev)
+    n, t0 = 0, time.perf_counter()
+    while n < 3 * batch or time.perf_counter() - t0 < seconds:
+        b = to_device(next(it), dev)
+        n += int(b["image"].shape[0])
+    _sync(dev)
+    elapsed = time.perf_counter() - t0
+    del it  # stops the workers
+    return {
+        "method": "loader",
+        "profile": profile,
+        "precision": "fp32",
+        "batch": batch,
+        "mode": f"workers{workers}",
+        "phase": "load",
+        "images_per_s": round(n / elapsed, 2),
+        "peak_mem_gib": math.nan,
+        "gflop_per_image": math.nan,
+        "tflops": math.nan,
+        "card": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+        "torch": torch.__version__.split("+")[0],
+    }

@@ -206,6 +206,13 @@ def run(
         record = run_fn(cfg, out, run_id, resume, from_run, weights=weights, progress=not quiet, log=typer.echo)
     except USER_ERRORS as e:
         _fail(e)
+    finally:
+        import torch.distributed
+
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    if not record:
+        return  # a torchrun rank other than 0: rank 0 prints the results
     t = record["timings"]
     typer.echo(
         f"\n{record['method']} on {record['dataset']} ({record['profile']}), seed {record['seed']}, "
@@ -425,13 +432,50 @@ def compare(
 
 @app.command()
 def bench(
-    method: Annotated[list[str], typer.Option("--method", "-m", help="Method to measure (repeatable).")],
+    method: Annotated[
+        list[str] | None, typer.Option("--method", "-m", help="Method to measure (repeatable; not with --loader).")
+    ] = None,
     profile: Annotated[str, typer.Option(help="Preset and image size: paper (2944x1920), quick or tiny.")] = "paper",
     batch: Annotated[list[int] | None, typer.Option(help="Images per step (repeatable; default 1).")] = None,
     precision: Annotated[
         list[str] | None, typer.Option(help="bf16 (CUDA autocast) or fp32 (repeatable; default bf16 on CUDA).")
     ] = None,
     phase: Annotated[list[str] | None, typer.Option(help="inference and/or train (repeatable; default both).")] = None,
+    mode: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="wsseg (batched crops) and/or reference (GMIC/GLAM crops and paste-back in the official code's "
+            "per-image host loops); repeatable or comma-separated, e.g. wsseg,reference: both are measured in "
+            "this process and the speedup is printed. Default: wsseg."
+        ),
+    ] = None,
+    compile_: Annotated[
+        bool,
+        typer.Option(
+            "--compile",
+            help="Run the method under torch.compile (mode column: wsseg+compile, ...); compilation happens in the "
+            "untimed warm-up. Measure without the flag in another call for the eager figures.",
+        ),
+    ] = False,
+    compile_mode: Annotated[
+        str | None,
+        typer.Option(help="torch.compile mode, e.g. max-autotune-no-cudagraphs (slow to compile); default: torch's."),
+    ] = None,
+    loader: Annotated[
+        bool,
+        typer.Option(
+            "--loader",
+            help="Measure the data pipeline instead of a method: a prepared phantom at --profile read through a "
+            "DataLoader with --workers processes (pinned memory on CUDA) to the device, in images/s.",
+        ),
+    ] = False,
+    workers: Annotated[
+        list[int] | None, typer.Option(help="--loader: loader processes (repeatable; default: all cores).")
+    ] = None,
+    images: Annotated[int, typer.Option(help="--loader: phantom images to generate and read (multiple of 4).")] = 64,
+    cache_dir: Annotated[
+        Path | None, typer.Option(help="--loader: dataset cache folder (default: $WSSEG_CACHE_DIR or the XDG cache).")
+    ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     seconds: Annotated[float, typer.Option(help="Minimum timed seconds per configuration.")] = 3.0,
     set_: Annotated[
@@ -439,39 +483,74 @@ def bench(
     ] = None,
     out: Annotated[Path | None, typer.Option(help="Append the rows to this CSV file.")] = None,
 ) -> None:
-    """Measure images/s, peak GPU memory and TFLOP/s of forward passes and training steps on synthetic images."""
+    """Measure images/s, peak GPU memory and TFLOP/s of forward passes and training steps on synthetic images.
+
+    With --loader, measure the data pipeline's images/s instead.
+    """
+    import os
+
     import torch
     from tabulate import tabulate
 
-    from wsseg.bench import COLUMNS, append_rows
+    from wsseg.bench import COLUMNS, MODES, append_rows, bench_loader, speedups
     from wsseg.bench import bench as bench_fn
     from wsseg.config import make_run_config
 
     cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    modes = [m.strip() for item in mode or ["wsseg"] for m in item.split(",") if m.strip()]
     rows = []
     try:
-        for name in method:
+        unknown = sorted(set(modes) - set(MODES))
+        if unknown:
+            raise ValueError(f"unknown --mode {unknown}; choose from {list(MODES)}")
+        if loader == bool(method):
+            raise ValueError(
+                "pass --method M to measure a method, or --loader (without --method) for the data pipeline"
+            )
+        for n_workers in (workers or [os.cpu_count() or 1]) if loader else []:
+            for n in batch or [8]:
+                row = bench_loader(profile, n, n_workers, images, device, seconds, cache_dir=cache_dir)  # type: ignore[arg-type]
+                rows.append(row)
+                typer.echo(f"loader {profile} batch {n}, {n_workers} workers: {row['images_per_s']} images/s")
+        for name in method or []:
             # The run config's checked `--set method.field=value` parsing, for the method section only.
             items = [f"method.{item.removeprefix('method.')}" for item in set_ or []]
             overrides = make_run_config(name, profile, 0, items).method_config  # type: ignore[arg-type]
             for prec in precision or (["bf16"] if cuda else ["fp32"]):
                 for ph in phase or ["inference", "train"]:
                     for n in batch or [1]:
-                        try:
-                            row = bench_fn(name, profile, n, prec, ph, device, seconds, **overrides)  # type: ignore[arg-type]
-                        except torch.cuda.OutOfMemoryError:
-                            torch.cuda.empty_cache()
-                            typer.echo(f"{name} {ph} {prec} batch {n}: out of GPU memory; skipped", err=True)
-                            continue
-                        rows.append(row)
-                        typer.echo(
-                            f"{name} {ph} {prec} batch {n}: {row['images_per_s']} images/s, "
-                            f"{row['peak_mem_gib']} GiB, {row['tflops']} TFLOP/s"
-                        )
+                        # Modes innermost: the ratio compares rows measured one after the other.
+                        for md in modes:
+                            label = f"{name} {ph} {prec} batch {n} {md}{'+compile' if compile_ else ''}"
+                            try:
+                                row = bench_fn(
+                                    name,
+                                    profile,  # type: ignore[arg-type]
+                                    n,
+                                    prec,  # type: ignore[arg-type]
+                                    ph,  # type: ignore[arg-type]
+                                    device,
+                                    seconds,
+                                    mode=md,  # type: ignore[arg-type]
+                                    compile=compile_,
+                                    compile_mode=compile_mode,
+                                    **overrides,
+                                )
+                            except torch.cuda.OutOfMemoryError:
+                                torch.cuda.empty_cache()
+                                typer.echo(f"{label}: out of GPU memory; skipped", err=True)
+                                continue
+                            rows.append(row)
+                            typer.echo(
+                                f"{label}: {row['images_per_s']} images/s, "
+                                f"{row['peak_mem_gib']} GiB, {row['tflops']} TFLOP/s"
+                            )
     except USER_ERRORS as e:
         _fail(e)
     if rows:
         typer.echo(tabulate([[r[c] for c in COLUMNS] for r in rows], headers=COLUMNS))
+    for what, ratio in speedups(rows):
+        typer.echo(f"speedup over the reference mode, {what}: {ratio:.2f}x")
     if out is not None and rows:
         append_rows(out, rows)
         typer.echo(f"appended {len(rows)} rows to {out}")

@@ -43,6 +43,7 @@ from wsseg.registry import get_method_spec
 from wsseg.report.gallery import GALLERY_NPZ, make_gallery
 from wsseg.report.records import SCHEMA_VERSION, utc_now, versions, write_record
 from wsseg.training.checkpoint import load_checkpoint, save_checkpoint
+from wsseg.training.distributed import init_from_env, rank_and_world
 from wsseg.training.loop import BEST, TrainResult, resolve_device, train, use_bf16
 
 REFERENCE_MAPS: dict[str, Callable[[dict[str, Any]], torch.Tensor]] = {
@@ -265,8 +266,16 @@ def run(
             checkpoint, a state dict, or an official GMIC/GLAM file).
         progress: show progress bars.
         log: where one-line status messages go.
+
+    Started by ``torchrun --nproc-per-node N -m wsseg run ...`` (``WORLD_SIZE`` > 1), the N processes train
+    together (:mod:`wsseg.training.distributed`): rank 0 names the run folder and prepares the data first, and
+    only rank 0 logs, writes checkpoints, evaluates and writes the record; the other ranks return an empty dict.
     """
     t_total = time.perf_counter()
+    distributed = init_from_env()
+    rank, world = rank_and_world()
+    if rank != 0:
+        progress, log = False, lambda _: None
     if sum(x is not None and x is not False for x in (from_run, weights, resume or None)) > 1:
         raise ValueError("--from-run, --weights and --resume exclude each other; pass one of them")
     out_dir = Path(out_dir)
@@ -286,11 +295,19 @@ def run(
         log(f"resuming {run_dir}")
     if run_dir is None:
         run_dir = out_dir / (prefix + time.strftime("%Y%m%d-%H%M%S", time.gmtime()))
+    if distributed:
+        # The ranks' clocks may name different folders: rank 0's name is the run's.
+        names = [run_dir]
+        torch.distributed.broadcast_object_list(names, src=0)
+        run_dir = Path(names[0])
     if (run_dir / "last.pt").exists() and not resume:
         raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it or another --run-id")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(run_dir)  # left by a write that a kill of an earlier attempt cut short
-    atomic_write_json(run_dir / "config.json", cfg.to_dict())
+    if distributed:
+        torch.distributed.barrier()  # every rank checked for an earlier run before rank 0 writes anything
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(run_dir)  # left by a write that a kill of an earlier attempt cut short
+        atomic_write_json(run_dir / "config.json", cfg.to_dict())
 
     device = resolve_device(cfg.train.device)
     bf16 = use_bf16(cfg.train.precision, device)
@@ -300,7 +317,11 @@ def run(
     # every later run with the same settings.
     t0 = time.perf_counter()
     pcfg = phantom_config(cfg.profile)
+    if distributed and rank != 0:
+        torch.distributed.barrier()  # rank 0 prepares (or finds) the cache first; the others then open it
     root, dataset_info = prepare_data(cfg, progress, log)
+    if distributed and rank == 0:
+        torch.distributed.barrier()
     spec = get_method_spec(cfg.method)
     # Only fully supervised reference methods may see training masks.
     name = cfg.data.dataset
@@ -314,6 +335,8 @@ def run(
     # 2. Train, or reuse the classifier of a finished run.
     torch.manual_seed(cfg.seed)  # the initial weights are part of what the seed decides
     method = spec.cls(spec.cls.Config(**cfg.method_config), num_classes=len(CLASSES), in_chans=1)
+    if rank != 0 and (from_run is not None or weights is not None):
+        return {}  # nothing to train: rank 0 loads the weights and evaluates
     if from_run is not None:
         result = reuse_weights(method, cfg, Path(from_run), run_dir)
         log(f"reusing the weights of {from_run} (epoch {result.best_epoch}); no training")
@@ -339,6 +362,8 @@ def run(
             progress=progress,
         )
 
+    if rank != 0:
+        return {}  # rank 0 evaluates and writes the record
     # 3. Evaluate the best epoch: thresholds are calibrated on validation and frozen for test.
     method.load_state_dict(load_checkpoint(result.best_checkpoint, map_location=device)["model"])
     args = (cfg.eval.batch_size, device, bf16, cfg.eval, workers, progress)

@@ -1,15 +1,24 @@
 """The steps GMIC and GLAM share between their global and local modules, batched on the device.
 
-Written from methods-spec.md (sections 2.4, 2.5, 3.3, 3.4 and 3.6). Nothing here loops over images or crops in
-Python and nothing copies to the host: the greedy selection loops over the (at most a handful of) windows it
-picks, each step one average-pool and one argmax for the whole batch.
+Written from methods-spec.md (sections 2.4, 2.5, 3.3, 3.4 and 3.6). Apart from the ``*_reference`` functions at
+the end (the official code's host loops, for `wsseg bench --mode reference` and tests), nothing here loops over
+images or crops in Python and nothing copies to the host: the greedy selection loops over the (at most a handful
+of) windows it picks, each step one average-pool and one argmax for the whole batch.
 """
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+# How GMIC and GLAM crop and paste back (their ``roi_impl`` config field): ``batched`` (one indexing operation
+# for the whole batch, no host synchronisation) or ``reference`` (per-image, per-crop host loops, as the
+# official code does; the same numbers, slower).
+RoiImpl = Literal["batched", "reference"]
+ROI_IMPLS: tuple[RoiImpl, RoiImpl] = ("batched", "reference")
 
 
 def top_t_count(n: int, percent: float) -> int:
@@ -128,12 +137,14 @@ def extract_crops(images: Tensor, corners: Tensor, crop: tuple[int, int]) -> Ten
     if ph or pw:
         lo = images.amin(dim=(1, 2, 3), keepdim=True)
         images = F.pad(images - lo, (0, pw, 0, ph)) + lo
-    b = images.shape[0]
-    rows = corners[..., 0, None] + torch.arange(ch, device=images.device)  # (B, K, ch)
-    cols = corners[..., 1, None] + torch.arange(cw, device=images.device)  # (B, K, cw)
-    bi = torch.arange(b, device=images.device)[:, None, None, None]
-    crops = images.permute(0, 2, 3, 1)[bi, rows[..., :, None], cols[..., None, :]]  # (B, K, ch, cw, C)
-    return crops.permute(0, 1, 4, 2, 3)  # (B, K, C, ch, cw)
+    b, c, h, w = images.shape
+    k = corners.shape[1]
+    oy = torch.arange(ch, device=images.device)[:, None]  # (ch, 1) offsets inside a crop
+    ox = torch.arange(cw, device=images.device)  # (cw,)
+    flat = (corners[..., 0, None, None] + oy) * w + corners[..., 1, None, None] + ox  # (B, K, ch, cw) pixel indices
+    index = flat.view(b, 1, k * ch * cw).expand(b, c, k * ch * cw)
+    crops = images.reshape(b, c, h * w).gather(2, index)  # (B, C, K*ch*cw)
+    return crops.view(b, c, k, ch, cw).transpose(1, 2)  # (B, K, C, ch, cw)
 
 
 def paste_patches(patch_maps: Tensor, corners: Tensor, crop: tuple[int, int], size: tuple[int, int]) -> Tensor:
@@ -141,29 +152,67 @@ def paste_patches(patch_maps: Tensor, corners: Tensor, crop: tuple[int, int], si
 
     Args:
         patch_maps: (B, K, C, p, q) maps of the crops (a crop of ``crop`` pixels maps to p x q values).
-        corners: (B, K, 2) int64 pixel corners of the crops.
+        corners: (B, K, 2) int64 pixel corners of crops inside the canvas (as :func:`cells_to_pixels` returns
+            them; a canvas smaller than the crop gets the crop's upper-left part, at corner (0, 0)).
         crop: (rows, cols) of a crop in pixels.
         size: (H, W) of the canvas.
 
     Returns:
         (B, C, H, W): each pixel inside a crop holds the value of the last crop covering it (nearest
         resampling, ``floor(offset * p / rows)``); pixels outside every crop are 0. Differentiable w.r.t.
-        ``patch_maps``.
+        ``patch_maps`` (an overwritten part of an earlier patch gets no gradient).
+
+    The patch maps are resampled to the crop once (the same source rows and columns for every crop), then each
+    crop index k scatters its crop into the flattened canvas at per-image offsets: K passes over crop-sized data
+    (K is a handful; the loop is over crops, not images) and nothing read back to the host.
     """
     b, k, c, p, q = patch_maps.shape
     h, w = size
-    dy = torch.arange(h, device=corners.device) - corners[..., 0, None]  # (B, K, H)
-    dx = torch.arange(w, device=corners.device) - corners[..., 1, None]  # (B, K, W)
-    in_y = (dy >= 0) & (dy < crop[0])
-    in_x = (dx >= 0) & (dx < crop[1])
-    order = torch.arange(1, k + 1, device=corners.device)[None, :, None, None]  # (1, K, 1, 1)
-    owner = ((in_y[..., :, None] & in_x[..., None, :]) * order).amax(dim=1)  # (B, H, W): 0 = no crop, else k+1
-    o = (owner - 1).clamp_min(0)[:, None]  # (B, 1, H, W): index of the covering crop
-    oy = dy[..., None].expand(b, k, h, w).gather(1, o)[:, 0]  # (B, H, W): row offset inside that crop
-    ox = dx[..., None, :].expand(b, k, h, w).gather(1, o)[:, 0]  # (B, H, W): column offset
-    ly = (oy * p).div(crop[0], rounding_mode="floor").clamp(0, p - 1)  # nearest source row
-    lx = (ox * q).div(crop[1], rounding_mode="floor").clamp(0, q - 1)
-    idx = (o[:, 0] * p + ly) * q + lx  # (B, H, W) into the flattened (K, p, q) maps
-    flat = patch_maps.transpose(1, 2).reshape(b, c, k * p * q)  # (B, C, K*p*q)
-    values = flat.gather(2, idx.view(b, 1, h * w).expand(b, c, h * w)).view(b, c, h, w)
-    return values * (owner > 0)[:, None].to(values.dtype)
+    ch, cw = min(crop[0], h), min(crop[1], w)  # a canvas smaller than the crop keeps the crop's upper-left part
+    dev = corners.device
+    oy, ox = torch.arange(ch, device=dev), torch.arange(cw, device=dev)  # offsets inside a crop
+    src_y = (oy * p).div(crop[0], rounding_mode="floor")  # (ch,) nearest source row
+    src_x = (ox * q).div(crop[1], rounding_mode="floor")  # (cw,)
+    resized = patch_maps.index_select(3, src_y).index_select(4, src_x)  # (B, K, C, ch, cw)
+    canvas = patch_maps.new_zeros(b, c, h * w)
+    for j in range(k):
+        target = (corners[:, j, 0, None, None] + oy[:, None]) * w + corners[:, j, 1, None, None] + ox  # (B, ch, cw)
+        index = target.view(b, 1, ch * cw).expand(b, c, ch * cw)
+        # In place: autograd records it, and the backward of each write zeroes the gradient of what it overwrote.
+        canvas.scatter_(2, index, resized[:, j].reshape(b, c, ch * cw))  # (B, C, H*W)
+    return canvas.view(b, c, h, w)
+
+
+# ----- Reference implementations: the official code's per-image, per-crop host loops -----
+# Selected with ``roi_impl="reference"`` on GMIC and GLAM. They read the corners back to the host (``tolist``, a
+# device synchronisation) and slice or paste one crop at a time, as the original GMIC and GLAM code does; kept
+# so that `wsseg bench --mode reference` measures the batched helpers' speedup in one run, and as the
+# executable specification the batched helpers are tested against.
+
+
+def extract_crops_reference(images: Tensor, corners: Tensor, crop: tuple[int, int]) -> Tensor:
+    """:func:`extract_crops` as a Python loop over images and crops (host synchronisation); same result."""
+    ch, cw = crop
+    ph, pw = max(0, ch - images.shape[-2]), max(0, cw - images.shape[-1])
+    if ph or pw:
+        lo = images.amin(dim=(1, 2, 3), keepdim=True)
+        images = F.pad(images - lo, (0, pw, 0, ph)) + lo
+    out = []
+    for b, image_corners in enumerate(corners.tolist()):  # the host synchronisation
+        out.append(torch.stack([images[b, :, r : r + ch, c : c + cw] for r, c in image_corners]))  # (K, C, ch, cw)
+    return torch.stack(out)  # (B, K, C, ch, cw)
+
+
+def paste_patches_reference(
+    patch_maps: Tensor, corners: Tensor, crop: tuple[int, int], size: tuple[int, int]
+) -> Tensor:
+    """:func:`paste_patches` as a Python loop: resize each patch map (nearest) and write it into the canvas."""
+    b, k, c, p, q = patch_maps.shape
+    h, w = size
+    canvas = patch_maps.new_zeros(b, c, h, w)
+    for i, image_corners in enumerate(corners.tolist()):  # the host synchronisation
+        for j, (r, col) in enumerate(image_corners):
+            rows, cols = min(crop[0], h - r), min(crop[1], w - col)  # a crop larger than the image is cut
+            patch = F.interpolate(patch_maps[i, j][None], size=crop, mode="nearest")[0]  # (C, crop_h, crop_w)
+            canvas[i, :, r : r + rows, col : col + cols] = patch[:, :rows, :cols]
+    return canvas  # (B, C, H, W)

@@ -23,6 +23,14 @@ from wsseg.evaluation.classification import mean_auroc
 from wsseg.evaluation.inference import autocast, predict_logits, to_device
 from wsseg.method import WSSegMethod
 from wsseg.training.checkpoint import load_checkpoint, save_checkpoint
+from wsseg.training.distributed import (
+    all_reduce_gradients,
+    all_reduce_sum,
+    broadcast_module,
+    rank_and_world,
+    shard,
+    sync_batchnorm,
+)
 
 LAST, BEST = "last.pt", "best.pt"
 
@@ -108,8 +116,15 @@ def train(
         num_workers: data-loading processes.
         eval_batch_size: batch size of the per-epoch validation.
         progress: show a progress bar.
+
+    In a process group (``torchrun``, see :mod:`wsseg.training.distributed`) every rank calls this with the same
+    arguments: ``cfg.batch_size`` is the global batch, each rank trains on its share with BatchNorm synchronised
+    and gradients averaged, and only rank 0 validates and writes checkpoints (the other ranks' result has
+    ``best_val_auroc`` NaN). N ranks compute what one process computes with the same settings.
     """
     run_dir = Path(run_dir)
+    rank, world = rank_and_world()
+    main = rank == 0
     last_path, best_path = run_dir / LAST, run_dir / BEST
     device = resolve_device(cfg.device)
     bf16 = use_bf16(cfg.precision, device)
@@ -122,10 +137,20 @@ def train(
     method.to(device=device, memory_format=memory_format)
     if not any(p.requires_grad for p in method.parameters()):
         # Reference maps (uniform, random, intensity) have nothing to learn: one weights file, no epochs.
-        save_checkpoint(best_path, {"model": method.state_dict(), "epoch": 0, "config": run_config})
+        if main:
+            save_checkpoint(best_path, {"model": method.state_dict(), "epoch": 0, "config": run_config})
         return TrainResult(best_checkpoint=best_path, last_checkpoint=best_path, best_epoch=0, best_val_auroc=math.nan)
+    if world > 1:
+        if cfg.batch_size % world:
+            raise ValueError(
+                f"train.batch_size {cfg.batch_size} is the global batch and must be a multiple of the {world} "
+                f"processes; set --batch-size {cfg.batch_size - cfg.batch_size % world or world}"
+            )
+        sync_batchnorm(method, device)  # normalise with the global batch's statistics (in place)
+        broadcast_module(method)
     optimizer = torch.optim.AdamW(method.param_groups(cfg.lr, cfg.weight_decay), lr=cfg.lr)
-    n_micro = math.ceil(len(train_set) / cfg.batch_size)  # micro-batches per epoch
+    # Micro-batches per epoch (global batches); with several ranks a last batch smaller than the world is dropped.
+    n_micro = math.ceil(len(train_set) / cfg.batch_size) - (0 < len(train_set) % cfg.batch_size < world)
     steps_per_epoch = math.ceil(n_micro / cfg.grad_accum)  # optimizer steps per epoch
     total_steps = cfg.epochs * steps_per_epoch
     base_lrs = [float(g["lr"]) for g in optimizer.param_groups]
@@ -152,6 +177,8 @@ def train(
         resumed_losses = [float(v) for v in ckpt.get("epoch_losses", [])]  # the interrupted epoch's, so far
 
     def checkpoint() -> None:
+        if not main:
+            return
         rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else []}
         save_checkpoint(
             last_path,
@@ -175,7 +202,7 @@ def train(
         initial=state["epoch"] * n_micro + state["micro"],
         desc=f"train {method.name}",
         unit="batch",
-        disable=not progress,
+        disable=not progress or not main,
         dynamic_ncols=True,
     )
     t_start, images_done = time.perf_counter(), 0
@@ -183,11 +210,12 @@ def train(
         epoch, t_epoch = state["epoch"], time.perf_counter()
         losses: list[float] = resumed_losses if state["micro"] else []
         order = epoch_order(seed, epoch, len(train_set))
-        batches = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
-        # Resuming mid-epoch skips the micro-batches already done; the order itself is replayed exactly.
+        batches = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)][:n_micro]
+        # Resuming mid-epoch skips the micro-batches already done; the order itself is replayed exactly. Each rank
+        # reads its share of every global batch.
         loader = DataLoader(
             train_set,
-            batch_sampler=batches[state["micro"] :],
+            batch_sampler=[shard(b, rank, world) for b in batches[state["micro"] :]],
             collate_fn=collate,
             num_workers=num_workers,
             pin_memory=device.type == "cuda",
@@ -198,7 +226,7 @@ def train(
         method.train()
         method.on_epoch_start(ctx, epoch)
         set_lr(state["step"], epoch)
-        for batch in loader:
+        for global_batch, batch in zip(batches[state["micro"] :], loader, strict=True):
             if "masks" in batch and method.supervision != "full":
                 raise RuntimeError(f"the training loader yielded masks to weakly supervised method {method.name}")
             batch = to_device(batch, device)
@@ -211,12 +239,16 @@ def train(
                 raise FloatingPointError(
                     f"non-finite loss at epoch {epoch + 1}, step {state['step']}; lower train.lr or set train.clip_grad"
                 )
-            # Dividing by grad_accum makes the accumulated gradient the mean over the larger effective batch.
-            (loss / cfg.grad_accum).backward()
+            # Dividing by grad_accum makes the accumulated gradient the mean over the larger effective batch; with
+            # several ranks, weighting by this rank's share makes the averaged gradient the global batch's.
+            share = images.shape[0] * world / len(global_batch)
+            (loss * share / cfg.grad_accum).backward()
             state["micro"] += 1
-            images_done += images.shape[0]
-            losses.append(float(loss.detach()))
+            images_done += len(global_batch)
+            losses.append(float(loss.detach()) * share)
             if state["micro"] % cfg.grad_accum == 0 or state["micro"] == n_micro:
+                if world > 1:
+                    all_reduce_gradients(method.parameters(), world)
                 if cfg.clip_grad is not None:
                     torch.nn.utils.clip_grad_norm_(method.parameters(), cfg.clip_grad)
                 optimizer.step()
@@ -228,25 +260,31 @@ def train(
             bar.update()
             bar.set_postfix(epoch=f"{epoch + 1}/{cfg.epochs}", loss=f"{np.mean(losses[-20:]):.4f}")
 
-        # End of epoch: validate, keep the best weights, then checkpoint the full state.
-        val_logits, val_labels = predict_logits(method, val_set, eval_batch_size, device, bf16, num_workers)
-        val_auroc = mean_auroc(val_labels, val_logits)
+        # End of epoch: validate (rank 0), keep the best weights, then checkpoint the full state.
+        loss_sum, loss_count = float(np.sum(losses)), float(len(losses))
+        if world > 1:
+            loss_sum, loss_count = all_reduce_sum([loss_sum, loss_count], device)  # over ranks
+        val_auroc = math.nan
+        if main:
+            val_logits, val_labels = predict_logits(method, val_set, eval_batch_size, device, bf16, num_workers)
+            val_auroc = mean_auroc(val_labels, val_logits)
         record = {
             "epoch": epoch + 1,
-            "train_loss": float(np.mean(losses)) if losses else math.nan,
+            "train_loss": loss_sum / loss_count if loss_count else math.nan,
             "val_auroc": val_auroc,
             "lr": float(optimizer.param_groups[0]["lr"]),
             "seconds": time.perf_counter() - t_epoch,
         }
         history.append(record)
-        bar.write(
-            f"epoch {epoch + 1}/{cfg.epochs}: loss {record['train_loss']:.4f}  val AUROC {val_auroc:.3f}"
-            f"  ({record['seconds']:.0f} s)"
-        )
+        if main:
+            bar.write(
+                f"epoch {epoch + 1}/{cfg.epochs}: loss {record['train_loss']:.4f}  val AUROC {val_auroc:.3f}"
+                f"  ({record['seconds']:.0f} s)"
+            )
         # Staged methods (GLAM) make early-stage epochs ineligible: their weights hold an untrained part.
         stale = state["best_epoch"] == 0 or not method.eligible_for_best(state["best_epoch"] - 1)
         improved = not math.isnan(val_auroc) and val_auroc > state["best_val_auroc"]
-        if method.eligible_for_best(epoch) and (stale or improved):
+        if main and method.eligible_for_best(epoch) and (stale or improved):
             state["best_val_auroc"], state["best_epoch"] = val_auroc, epoch + 1
             save_checkpoint(best_path, {"model": method.state_dict(), "epoch": epoch + 1, "config": run_config})
         state["epoch"], state["micro"] = epoch + 1, 0

@@ -1,0 +1,188 @@
+"""Data-parallel training over processes started by ``torchrun`` (one GPU per process, or CPU processes).
+
+``torchrun --nproc-per-node N -m wsseg run ...`` starts N copies of the command; :func:`init_from_env` joins them
+into a process group from torchrun's environment (``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``, ``MASTER_ADDR``,
+``MASTER_PORT``): NCCL on CUDA, gloo on CPU. Multi-node runs use torchrun's rendezvous the same way.
+
+The design makes N processes compute what one process computes with the same settings:
+
+- ``train.batch_size`` stays the global batch. Every process walks the same (seed, epoch) sample order and takes
+  every N-th image of each global batch (:func:`shard`), the order ``DistributedSampler`` would give with
+  ``set_epoch``, but keyed to wsseg's own order so a resumed run replays it exactly. A last global batch with fewer
+  images than processes is dropped.
+- Each process's loss is weighted by its share of the global batch and the gradients are averaged over processes
+  before every optimizer step (:func:`all_reduce_gradients`), so the step is the step of the global batch's mean
+  loss (every wsseg loss is a mean over images). Averaging after backward (instead of DDP's bucketed overlap) keeps
+  staged methods simple: GLAM freezes and unfreezes its networks between stages, which DDP's fixed buckets refuse.
+- BatchNorm normalises with the statistics of the global batch: :func:`sync_batchnorm` converts the method's
+  BatchNorm layers to ``SyncBatchNorm`` on CUDA and to :class:`GlobalBatchNorm2d` on CPU (PyTorch's
+  ``SyncBatchNorm`` runs on GPUs only). Without it each process would normalise its own shard and N processes
+  would train a different model from one process with the same batch size.
+- Only rank 0 validates, evaluates and writes checkpoints, records and logs; the other ranks train and return.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+
+def init_from_env() -> bool:
+    """Join torchrun's process group when ``WORLD_SIZE`` > 1 (NCCL on CUDA, gloo on CPU); True when distributed.
+
+    Sets the process's CUDA device to ``LOCAL_RANK``, so ``--device cuda`` means this process's GPU.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    if not dist.is_initialized():
+        cuda = torch.cuda.is_available()
+        if cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return True
+
+
+def rank_and_world() -> tuple[int, int]:
+    """(rank, world size); (0, 1) outside a process group."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def is_main() -> bool:
+    """True on rank 0 (and in a single process): the one process that writes files and logs."""
+    return rank_and_world()[0] == 0
+
+
+def shard(batch: Sequence[int], rank: int, world: int) -> list[int]:
+    """This rank's images of a global batch: every ``world``-th one, starting at ``rank``."""
+    return list(batch[rank::world])
+
+
+def broadcast_module(module: nn.Module) -> None:
+    """Copy rank 0's parameters and buffers to every rank (they already agree when every rank seeds alike)."""
+    for t in [*module.parameters(), *module.buffers()]:
+        dist.broadcast(t.data, src=0)
+
+
+def all_reduce_gradients(params: Iterable[nn.Parameter], world: int) -> None:
+    """Average the gradients over the ranks in one flat all-reduce (parameters without a gradient are skipped).
+
+    Every rank runs the same code on the same method, so all ranks have gradients for the same parameters.
+    """
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])  # one message instead of one per tensor
+    dist.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def all_reduce_sum(values: Sequence[float], device: torch.device) -> list[float]:
+    """Sum a few numbers over the ranks (loss sums and counts for the epoch's log)."""
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over the ranks, differentiable: the gradient of every rank's input is the sum of the ranks' gradients."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:  # noqa: ARG004
+        out = x.clone()
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:  # noqa: ARG004
+        out = grad.clone()
+        dist.all_reduce(out)
+        return out
+
+
+def _sum_over_ranks(x: Tensor) -> Tensor:
+    return _AllReduceSum.apply(x)  # type: ignore[no-any-return]
+
+
+class GlobalBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d that normalises with the statistics of the batch over all ranks, on any device (gloo on CPU).
+
+    The same state and the same result as ``nn.BatchNorm2d`` on the concatenated global batch: the per-channel sum
+    and then the sum of squared deviations are all-reduced (two passes, as exact as the single-process variance)
+    through differentiable all-reduces, so the backward pass sees the global statistics too. The running variance
+    is the unbiased one of the global batch. Outside training, or in one process, it is plain BatchNorm2d.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, C, H, W) -> (B, C, H, W), normalised with the global batch's per-channel mean and variance."""
+        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(x)
+        count = torch.tensor([float(x.numel() // x.shape[1])], device=x.device, dtype=torch.float32)
+        dims = (0, 2, 3)
+        xf = x.float()
+        n = _sum_over_ranks(count)  # images x pixels of the global batch
+        mean = _sum_over_ranks(xf.sum(dim=dims)) / n  # (C,)
+        centred = xf - mean[None, :, None, None]
+        var = _sum_over_ranks(centred.square().sum(dim=dims)) / n  # (C,) biased, used to normalise
+        tracked = self.num_batches_tracked
+        if self.track_running_stats and self.running_mean is not None and self.running_var is not None:
+            assert tracked is not None  # BatchNorm creates it whenever it tracks running statistics
+            tracked.add_(1)
+            momentum = 1.0 / float(tracked) if self.momentum is None else self.momentum
+            with torch.no_grad():
+                unbiased = var * (n / (n - 1).clamp_min(1))
+                self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), momentum)
+                self.running_var.lerp_(unbiased.detach().to(self.running_var.dtype), momentum)
+        y = centred * torch.rsqrt(var + self.eps)[None, :, None, None]
+        if self.affine:
+            y = y * self.weight[None, :, None, None] + self.bias[None, :, None, None]
+        return y.to(x.dtype)
+
+
+def _to_global_bn(module: nn.Module) -> None:
+    for m in module.modules():
+        if type(m) is nn.BatchNorm2d:
+            m.__class__ = GlobalBatchNorm2d  # a subclass without state of its own: weights, device and flags stay
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm) and not isinstance(m, GlobalBatchNorm2d):
+            raise ValueError(
+                f"distributed training on CPU synchronises plain BatchNorm2d layers only, and this method has a "
+                f"{type(m).__name__}; train on CUDA (SyncBatchNorm) or in one process"
+            )
+
+
+def sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
+    """Convert ``module``'s BatchNorm layers in place to global-batch ones (state dict keys unchanged).
+
+    CUDA: timm's conversion to ``SyncBatchNorm`` (it also handles timm's BatchNorm+activation layers);
+    CPU: :class:`GlobalBatchNorm2d`.
+    """
+    if device.type == "cuda":
+        from timm.layers.norm_act import convert_sync_batchnorm
+
+        converted: nn.Module = convert_sync_batchnorm(module)  # type: ignore[no-untyped-call]
+        return converted
+    _to_global_bn(module)
+    return module
+
+
+__all__ = [
+    "GlobalBatchNorm2d",
+    "all_reduce_gradients",
+    "all_reduce_sum",
+    "broadcast_module",
+    "init_from_env",
+    "is_main",
+    "rank_and_world",
+    "shard",
+    "sync_batchnorm",
+]
