@@ -120,6 +120,7 @@ def plot_curves(
         elif kind == "froc":
             ax.set(xlabel="false positives per image", ylabel="lesion sensitivity", ylim=(0, 1))
             ax.set_xscale("symlog", linthresh=0.25)
+            ax.set_xlim(left=0)  # symlog would otherwise show an empty negative half
             ax.set_title(f"{c}: FROC (lowest seed)")
         else:
             labels = [_bin_label(lo, hi) for lo, hi in zip(SIZE_EDGES_MM2[:-1], SIZE_EDGES_MM2[1:], strict=True)]
