@@ -83,6 +83,21 @@ def test_incomparable_runs_get_separate_tables_and_the_difference_is_named(tmp_p
     ]
 
 
+def test_two_dataset_versions_on_one_test_split_never_share_a_table(tmp_path: Path) -> None:
+    old = _record("cam", 0, (0.1, 0.1))
+    new = _record("cam", 0, (0.3, 0.3), run_id="cam-new")
+    new["dataset_info"] = {**new["dataset_info"], "version": "phantom-2.0"}
+    _write(tmp_path / "runs", [old, new])
+    result = runner.invoke(app, ["leaderboard", str(tmp_path / "runs"), "--out", str(tmp_path / "lb")])
+    assert result.exit_code == 0, result.output
+    assert "dataset version ('phantom-1.0' vs 'phantom-2.0')" in result.output
+    tables = sorted((tmp_path / "lb").glob("*.md"))
+    assert len(tables) == 2  # one per version, neither overwritten by the other
+    texts = sorted(t.read_text() for t in tables)
+    assert "(phantom-1.0)" in texts[0] and "| 1 | cam | weak | 1 | 0.100 |" in texts[0]
+    assert "(phantom-2.0)" in texts[1] and "| 1 | cam | weak | 1 | 0.300 |" in texts[1]
+
+
 def test_output_is_byte_stable_and_marks_supervision(tmp_path: Path) -> None:
     records = [_record("unet", 0, (0.4, 0.5)), _record("cam", 0, (0.02, 0.04)), _record("cam", 1, (0.04, 0.06))]
     _write(tmp_path / "runs", records)

@@ -16,6 +16,7 @@ each class, titled "(oracle)": an upper bound, never a headline or a ranking key
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import math
@@ -297,10 +298,17 @@ def write_report(path: Path, rows: Sequence[Row], title: str, runs: Sequence[Run
     return written
 
 
-def group_name(key: tuple[str, ...]) -> str:
-    """A file-name stem for a comparable group: dataset, profile and the test split hash."""
+def group_name(key: tuple[str, ...], keys: Sequence[tuple[str, ...]] = ()) -> str:
+    """A file-name stem for a comparable group: dataset, profile and the test split hash.
+
+    When another of ``keys`` shares that stem (another dataset version or evaluation protocol on the same test
+    split), a short hash of the whole key is appended, so that no group's table overwrites another's.
+    """
     dataset, _version, split, profile, _ = key
-    return f"leaderboard-{dataset}-{profile}-{split}"
+    stem = f"leaderboard-{dataset}-{profile}-{split}"
+    if any(k != key and (k[0], k[2], k[3]) == (dataset, split, profile) for k in keys):
+        stem += "-" + hashlib.sha256(json.dumps(key).encode()).hexdigest()[:8]
+    return stem
 
 
 @dataclass
@@ -330,7 +338,7 @@ def write_leaderboards(
     groups = group_records(records)
     keys = list(groups)
     differences = [
-        f"{group_name(a)} vs {group_name(b)}: {describe_difference(a, b)}"
+        f"{group_name(a, keys)} vs {group_name(b, keys)}: {describe_difference(a, b)}"
         for i, a in enumerate(keys)
         for b in keys[i + 1 :]
     ]
@@ -341,11 +349,11 @@ def write_leaderboards(
         rows = build_rows(members)
         title = f"{key[0]} ({key[1]}), profile {key[3]}, test split {key[2]}: {len(members)} runs"
         for fmt in formats:
-            path = out / f"{group_name(key)}.{fmt}"
+            path = out / f"{group_name(key, keys)}.{fmt}"
             if fmt == "html":
                 files += write_report(path, rows, title, [RunFiles(r, folders[id(r)]) for r in members])
                 continue
             with atomic_open(path, "w") as f:
                 f.write(render(rows, fmt, title))
             files.append(path)
-    return LeaderboardResult(files, [(group_name(k), len(v)) for k, v in groups.items()], differences)
+    return LeaderboardResult(files, [(group_name(k, keys), len(v)) for k, v in groups.items()], differences)
