@@ -216,7 +216,9 @@ class MammogramDataset(Dataset[dict[str, Any]]):
         path = self.root / self.rows[i]["file"]
         try:
             with np.load(path) as z:
-                raw = z["image"]  # (H, W) uint16
+                # Memory-mapped: the image's pages are read once, straight into the float conversion below.
+                mapped = npz_memmap(path, "image.npy")
+                raw = mapped if mapped is not None else z["image"]  # (H, W) uint16
                 width = raw.shape[-1]
                 breast = np.unpackbits(z["breast_mask"], axis=-1, count=width).astype(bool)
                 masks = np.unpackbits(z["masks"], axis=-1, count=width).astype(bool) if self.with_masks else None
@@ -237,6 +239,47 @@ class MammogramDataset(Dataset[dict[str, Any]]):
         if masks is not None:
             sample["masks"] = torch.from_numpy(masks)  # (K, H, W)
         return sample
+
+
+def npz_memmap(path: str | Path, member: str) -> np.ndarray | None:
+    """A read-only memory map of one array stored uncompressed in an ``.npz`` file; None if it is compressed.
+
+    ``np.load`` cannot memory-map inside an archive, but ``np.savez`` stores members uncompressed, so each one is
+    a plain ``.npy`` file at a fixed offset: the local zip header gives the offset, the ``.npy`` header the
+    dtype and shape.
+
+    Raises:
+        KeyError: no such member.
+        ValueError: not a zip file or not a ``.npy`` member.
+    """
+    import struct
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            info = zf.getinfo(member)
+    except zipfile.BadZipFile as e:
+        raise ValueError(f"{path} is not an .npz archive: {e}") from e
+    if info.compress_type != zipfile.ZIP_STORED:
+        return None
+    with open(path, "rb") as f:
+        f.seek(info.header_offset)
+        local = f.read(30)  # the fixed part of the local file header
+        if len(local) < 30 or local[:4] != b"PK\x03\x04":
+            raise ValueError(f"{path}: broken zip header for {member}")
+        name_len, extra_len = struct.unpack("<HH", local[26:30])
+        f.seek(info.header_offset + 30 + name_len + extra_len)
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        else:  # format 3.0 (non-ASCII field names): not worth mapping
+            return None
+        offset = f.tell()
+    if dtype.hasobject:
+        raise ValueError(f"{path}: {member} holds Python objects; refusing to map it")
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C")
 
 
 def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
