@@ -22,23 +22,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import invoke
 from click.testing import Result
 from PIL import Image
-from typer.testing import CliRunner
 
-from wsseg.cli import app
 from wsseg.data.fixtures import MANIFEST_HEADER, phantom, save_dicom, save_mask, save_png16, write_csv
-
-runner = CliRunner()
-
-
-def invoke(args: list[str]) -> Result:
-    """Run the CLI; fail the test on any escaped exception (CliRunner would swallow it into exit code 1)."""
-    result = runner.invoke(app, args)
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise AssertionError(f"uncaught {type(result.exception).__name__}: {result.exception}\n{result.output}")
-    assert "Traceback" not in result.output, result.output
-    return result
 
 
 def data_check(dataset: str, root: Path, *flags: str) -> Result:

@@ -24,15 +24,13 @@ from typing import Any
 
 import numpy as np
 import pytest
+from cli_helpers import invoke
 from click.testing import Result
-from typer.testing import CliRunner
 
-from wsseg.cli import app
 from wsseg.data.fixtures import MANIFEST_HEADER, phantom, save_mask, save_png16, write_csv
 from wsseg.training.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
-runner = CliRunner()
 # Process groups (os.killpg) and the fault injection's /proc/self/fd are POSIX/Linux.
 pytestmark = pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs Linux (/proc/self/fd)")
 
@@ -248,14 +246,6 @@ def failing_writes(monkeypatch: pytest.MonkeyPatch, name: str, code: int, after:
     monkeypatch.setattr(os, "fsync", fsync)
     yield failed
     monkeypatch.undo()
-
-
-def invoke(args: list[str]) -> Result:
-    result = runner.invoke(app, args)
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise AssertionError(f"uncaught {type(result.exception).__name__}: {result.exception}\n{result.output}")
-    assert "Traceback" not in result.output, result.output
-    return result
 
 
 def error_line(result: Result) -> str:

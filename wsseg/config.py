@@ -9,11 +9,13 @@ run record.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import types
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from wsseg.data.phantom import PhantomConfig
@@ -141,6 +143,11 @@ class RunConfig:
             eval=EvalConfig(**d["eval"]),
             method_config=dict(d["method_config"]),
         )
+
+    @classmethod
+    def read(cls, path: str | Path) -> RunConfig:
+        """The config a run saved (``<run>/config.json``)."""
+        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
 
 
 # Per-profile presets of the run-level settings; method hyperparameters come from each method's Config.

@@ -6,7 +6,6 @@ Kept apart from the CLI so that tests and scripts call the same function the com
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import resource
 import sys
@@ -41,7 +40,7 @@ from wsseg.evaluation.scoring import (
 from wsseg.method import WSSegMethod
 from wsseg.registry import get_method_spec
 from wsseg.report.gallery import GALLERY_NPZ, make_gallery
-from wsseg.report.records import SCHEMA_VERSION, utc_now, versions, write_record
+from wsseg.report.records import SCHEMA_VERSION, read_record, record_thresholds, utc_now, versions, write_record
 from wsseg.training.checkpoint import load_checkpoint, save_checkpoint
 from wsseg.training.distributed import init_from_env, rank_and_world
 from wsseg.training.loop import BEST, TrainResult, resolve_device, train, use_bf16
@@ -136,7 +135,7 @@ def reuse_weights(method: WSSegMethod, cfg: RunConfig, source: Path, run_dir: Pa
     for name in ("best.pt", "config.json"):
         if not (source / name).is_file():
             raise FileNotFoundError(f"--from-run {source} has no {name}; point it at a finished wsseg run folder")
-    src = RunConfig.from_dict(json.loads((source / "config.json").read_text(encoding="utf-8")))
+    src = RunConfig.read(source / "config.json")
 
     def data(c: RunConfig) -> DataConfig:
         # Where the cache lives, how many loader processes ran and the path policy do not change the images.
@@ -216,6 +215,12 @@ def prepare_data(
     return root, dataset_info
 
 
+def build_method(cfg: RunConfig) -> WSSegMethod:
+    """The run's method with freshly initialised weights (seed the RNG first for reproducible ones)."""
+    spec = get_method_spec(cfg.method)
+    return spec.cls(spec.cls.Config(**cfg.method_config), num_classes=len(CLASSES), in_chans=1)
+
+
 def gallery_for_run(run_dir: str | Path, cache_dir: str | None = None, progress: bool = False) -> Path:
     """(Re)make ``gallery.npz`` of a finished run from its best checkpoint, for runs made before galleries existed.
 
@@ -226,17 +231,15 @@ def gallery_for_run(run_dir: str | Path, cache_dir: str | None = None, progress:
     for name in ("config.json", "record.json", BEST):
         if not (run_dir / name).is_file():
             raise FileNotFoundError(f"{run_dir} has no {name}; pass a finished `wsseg run` folder")
-    cfg = RunConfig.from_dict(json.loads((run_dir / "config.json").read_text(encoding="utf-8")))
+    cfg = RunConfig.read(run_dir / "config.json")
     if cache_dir is not None:
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, cache_dir=cache_dir))
-    record = json.loads((run_dir / "record.json").read_text(encoding="utf-8"))
+    record = read_record(run_dir / "record.json")
     root, _ = prepare_data(cfg, progress, log=lambda _: None)
     test_set = MammogramDataset(root, "test", with_masks=True, dataset=cfg.data.dataset)
-    spec = get_method_spec(cfg.method)
-    method = spec.cls(spec.cls.Config(**cfg.method_config), num_classes=len(CLASSES), in_chans=1)
+    method = build_method(cfg)
     method.load_state_dict(load_checkpoint(run_dir / BEST)["model"])
-    thresholds = {k: float(v) for k, v in record["thresholds"].items() if k != "rule"}
-    shown = make_gallery(method, test_set, thresholds, torch.device("cpu"))
+    shown = make_gallery(method, test_set, record_thresholds(record), torch.device("cpu"))
     if shown is None:
         raise ValueError(f"{run_dir}: its test split has no image with a lesion of one class only; no gallery to make")
     return shown.save(run_dir / GALLERY_NPZ)
@@ -288,7 +291,7 @@ def run(
                 f"--resume found no checkpoint {'in ' + str(run_dir) if run_dir else f'for {prefix}* in {out_dir}'}; "
                 "run without --resume to start a new run"
             )
-        saved = RunConfig.from_dict(json.loads((run_dir / "config.json").read_text(encoding="utf-8")))
+        saved = RunConfig.read(run_dir / "config.json")
         if saved.to_dict() != cfg.to_dict():
             warnings.warn(f"resuming {run_dir.name} with its saved config; the flags given now differ", stacklevel=2)
         cfg = saved
@@ -334,7 +337,7 @@ def run(
 
     # 2. Train, or reuse the classifier of a finished run.
     torch.manual_seed(cfg.seed)  # the initial weights are part of what the seed decides
-    method = spec.cls(spec.cls.Config(**cfg.method_config), num_classes=len(CLASSES), in_chans=1)
+    method = build_method(cfg)
     if rank != 0 and (from_run is not None or weights is not None):
         return {}  # nothing to train: rank 0 loads the weights and evaluates
     if from_run is not None:

@@ -21,6 +21,8 @@ import hashlib
 import io
 import json
 import os
+import struct
+import zipfile
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -217,7 +219,7 @@ class MammogramDataset(Dataset[dict[str, Any]]):
         try:
             with np.load(path) as z:
                 # Memory-mapped: the image's pages are read once, straight into the float conversion below.
-                mapped = npz_memmap(path, "image.npy")
+                mapped = npz_memmap(path, "image.npy", z.zip)
                 raw = mapped if mapped is not None else z["image"]  # (H, W) uint16
                 width = raw.shape[-1]
                 breast = np.unpackbits(z["breast_mask"], axis=-1, count=width).astype(bool)
@@ -241,25 +243,26 @@ class MammogramDataset(Dataset[dict[str, Any]]):
         return sample
 
 
-def npz_memmap(path: str | Path, member: str) -> np.ndarray | None:
+def npz_memmap(path: str | Path, member: str, archive: zipfile.ZipFile | None = None) -> np.ndarray | None:
     """A read-only memory map of one array stored uncompressed in an ``.npz`` file; None if it is compressed.
 
     ``np.load`` cannot memory-map inside an archive, but ``np.savez`` stores members uncompressed, so each one is
     a plain ``.npy`` file at a fixed offset: the local zip header gives the offset, the ``.npy`` header the
-    dtype and shape.
+    dtype and shape. Pass ``archive`` when the file is already open (``np.load(path).zip``), so that its
+    directory is not read twice.
 
     Raises:
         KeyError: no such member.
         ValueError: not a zip file or not a ``.npy`` member.
     """
-    import struct
-    import zipfile
-
-    try:
-        with zipfile.ZipFile(path) as zf:
-            info = zf.getinfo(member)
-    except zipfile.BadZipFile as e:
-        raise ValueError(f"{path} is not an .npz archive: {e}") from e
+    if archive is not None:
+        info = archive.getinfo(member)
+    else:
+        try:
+            with zipfile.ZipFile(path) as zf:
+                info = zf.getinfo(member)
+        except zipfile.BadZipFile as e:
+            raise ValueError(f"{path} is not an .npz archive: {e}") from e
     if info.compress_type != zipfile.ZIP_STORED:
         return None
     with open(path, "rb") as f:

@@ -27,6 +27,7 @@ from wsseg.evaluation.localization import froc_curves
 from wsseg.evaluation.metrics import reverse_cumsum, threshold_grid
 from wsseg.evaluation.stats import ClassArrays, SplitStats
 from wsseg.evaluation.summary import class_table
+from wsseg.report.records import record_thresholds
 
 CURVES_JSON = "curves.json"
 MAX_POINTS = 101
@@ -118,5 +119,4 @@ def curves_for_run(run_dir: str | Path, record: dict[str, Any]) -> dict[str, Any
     stats_file = run_dir / str(record.get("per_image", {}).get("stats", "per_image_stats.npz"))
     if not stats_file.is_file():
         return None
-    thresholds = {k: float(v) for k, v in record.get("thresholds", {}).items() if k != "rule"}
-    return curves_from_stats(SplitStats.load(stats_file), thresholds)
+    return curves_from_stats(SplitStats.load(stats_file), record_thresholds(record))

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import time
 from collections.abc import Callable, Iterable
@@ -52,7 +51,7 @@ from wsseg.evaluation.localization import FPPI_POINTS
 from wsseg.evaluation.stats import FrocSettings, SplitStats
 from wsseg.evaluation.summary import POINTING_TOLERANCES_MM, per_image_rows, summarize
 from wsseg.nn.upsample import UPSAMPLE_RULE
-from wsseg.report.records import SCHEMA_VERSION, read_record, utc_now, versions, write_record
+from wsseg.report.records import SCHEMA_VERSION, read_record, record_thresholds, utc_now, versions, write_record
 
 MAP_SUFFIXES = (".npy", ".png")
 PER_IMAGE_CSV = "per_image.csv"
@@ -674,7 +673,7 @@ def evaluate_run(
     if not maps_dir.is_dir():
         raise InputError(f"--run {run_dir} has no {MAPS_DIR}/ folder; re-run it with `wsseg run ... --save-maps`")
     record = read_record(run_dir / "record.json")
-    cfg = RunConfig.from_dict(json.loads((run_dir / "config.json").read_text(encoding="utf-8")))
+    cfg = RunConfig.read(run_dir / "config.json")
     counts = {"train": cfg.data.n_train, "val": cfg.data.n_val, "test": cfg.data.n_test}
     cache = cache_dir or cfg.data.cache_dir
     root = prepare_phantom(phantom_config(cfg.profile), cfg.data.seed, counts, cache, progress=progress)
@@ -688,7 +687,7 @@ def evaluate_run(
     if not (run_dir / TEST_LABELS).is_file():
         raise InputError(f"--run {run_dir} has no {TEST_LABELS}; re-run it with `wsseg run ... --save-maps`")
     rows = read_labels(run_dir / TEST_LABELS)
-    thresholds = {c: float(record["thresholds"][c]) for c in CLASSES}
+    thresholds = record_thresholds(record)
     ev = make_evaluator(cfg.eval)
     t_start = time.perf_counter()
     for i in tqdm(range(len(test_set)), desc="evaluate", unit="img", disable=not progress):

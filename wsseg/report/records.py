@@ -106,6 +106,11 @@ def write_record(path: str | Path, record: dict[str, Any]) -> Path:
     return atomic_write_json(path, record)
 
 
+def record_thresholds(record: dict[str, Any]) -> dict[str, float]:
+    """Per class, the threshold the run calibrated on validation (the record's ``thresholds`` less its rule)."""
+    return {k: float(v) for k, v in record["thresholds"].items() if k != "rule"}
+
+
 def read_record(path: str | Path) -> dict[str, Any]:
     """Read a record.
 
