@@ -22,10 +22,10 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from wsseg.data.phantom import CLASSES
 from wsseg.evaluation.curves import curves_for_run
 from wsseg.report.gallery import GALLERY_NPZ, Gallery
 
-CLASSES = ("benign", "malignant")
 # Lesion-area bins (mm^2) for Dice against lesion size; the phantom's and the datasets' lesions span 5-2000 mm^2.
 SIZE_EDGES_MM2 = (0.0, 25.0, 50.0, 100.0, 200.0, math.inf)
 

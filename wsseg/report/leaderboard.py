@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from wsseg._io import atomic_open, atomic_write_text
+from wsseg.data.phantom import CLASSES
 from wsseg.report.html import RunFiles, render_report
 
-CLASSES = ("benign", "malignant")
 # Per-class columns after the headline Dice: (record key, column title).
 CLASS_COLUMNS = (
     ("iou", "IoU"),
