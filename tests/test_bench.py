@@ -48,8 +48,11 @@ def test_loader_reads_the_prepared_phantom_through_worker_processes(tmp_path: Pa
     assert (row["method"], row["phase"], row["mode"], row["batch"]) == ("loader", "load", "workers2", 4)
     assert row["images_per_s"] > 0
     args = ["bench", "--loader", "--profile", "tiny", "--workers", "0", "--images", "8", "--seconds", "0.1"]
-    result = runner.invoke(app, [*args, "--cache-dir", str(tmp_path)])
+    result = runner.invoke(app, [*args, "--cache-dir", str(tmp_path), "--augment", "--out", str(tmp_path / "l.csv")])
     assert result.exit_code == 0, result.output
     assert "loader tiny batch 8, 0 workers: " in result.output
+    assert "loader tiny batch 8, 0 workers + window noise: " in result.output
+    modes = [line.split(",")[4] for line in (tmp_path / "l.csv").read_text().splitlines()[1:]]
+    assert modes == ["workers0", "workers0+window"]
     both = runner.invoke(app, [*args, "-m", "gmic"])
     assert both.exit_code == 2 and "or --loader (without --method)" in both.output

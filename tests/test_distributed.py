@@ -27,8 +27,10 @@ from wsseg.training.distributed import GlobalBatchNorm2d
 ARGS = ["--method", "cam", "--profile", "tiny", "--device", "cpu", "-q", "--set", "eval.bootstrap_resamples=0"]
 
 
-def test_two_gloo_processes_train_what_one_process_trains(tmp_path: Path, cache_dir: Path) -> None:
-    common = [*ARGS, "--out", str(tmp_path), "--cache-dir", str(cache_dir)]
+@pytest.mark.parametrize("augment", ["none", "window"])
+def test_two_gloo_processes_train_what_one_process_trains(tmp_path: Path, cache_dir: Path, augment: str) -> None:
+    # With window noise each rank must give its images the draws they get in one process.
+    common = [*ARGS, "--out", str(tmp_path), "--cache-dir", str(cache_dir), "--set", f"train.augment={augment}"]
     single = CliRunner().invoke(app, ["run", *common, "--run-id", "single"])
     assert single.exit_code == 0, single.output
 
@@ -57,7 +59,7 @@ def test_two_gloo_processes_train_what_one_process_trains(tmp_path: Path, cache_
     wb = load_checkpoint(tmp_path / "ddp" / "last.pt")["model"]
     assert wa.keys() == wb.keys()
     for key in wa:  # parameters and BatchNorm running statistics
-        torch.testing.assert_close(wa[key], wb[key], rtol=1e-4, atol=2e-4, msg=key)
+        torch.testing.assert_close(wa[key], wb[key], rtol=5e-4, atol=5e-4, msg=key)
     files = sorted(p.name for p in (tmp_path / "single").iterdir())
     assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == files
 
@@ -69,3 +71,27 @@ def test_global_batchnorm_is_batchnorm_in_one_process() -> None:
     x = torch.randn(4, 3, 5, 5)
     torch.testing.assert_close(bn(x), gbn(x))
     torch.testing.assert_close(bn.running_var, gbn.running_var)
+
+
+def _gather_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    import numpy as np
+    import torch.distributed as dist
+
+    from wsseg.training.distributed import gather_rows
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        rows = np.arange(7)[rank::world, None] * np.array([[1.0, -1.0]])  # rank r holds rows r, r + world, ...
+        np.save(Path(out_dir) / f"{rank}.npy", gather_rows(rows, world))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_gather_rows_puts_every_ranks_rows_back_in_dataset_order(tmp_path: Path) -> None:
+    import numpy as np
+    import torch.multiprocessing as mp
+
+    mp.spawn(_gather_worker, args=(3, str(tmp_path / "init"), str(tmp_path)), nprocs=3, join=True)
+    want = np.arange(7)[:, None] * np.array([[1.0, -1.0]])
+    for rank in range(3):  # uneven shares (3, 2, 2), the same full array on every rank
+        np.testing.assert_array_equal(np.load(tmp_path / f"{rank}.npy"), want)

@@ -55,8 +55,11 @@ def test_checkpoints_hold_the_full_state(tiny_root: Path, tmp_path: Path) -> Non
     assert result.best_checkpoint.exists() and 1 <= result.best_epoch <= 2
 
 
-def test_resume_after_a_crash_mid_epoch_matches_an_uninterrupted_run(tiny_root: Path, tmp_path: Path) -> None:
-    reference, ref_result = _train(tiny_root, tmp_path / "straight", _cfg())
+@pytest.mark.parametrize("augment", ["none", "window"])
+def test_resume_after_a_crash_mid_epoch_matches_an_uninterrupted_run(
+    tiny_root: Path, tmp_path: Path, augment: str
+) -> None:
+    reference, ref_result = _train(tiny_root, tmp_path / "straight", _cfg(augment=augment))
 
     # Crash in the middle of epoch 2 (step 6 of 8); the loop has checkpointed after step 5.
     crashing = _fresh_cam()
@@ -70,11 +73,11 @@ def test_resume_after_a_crash_mid_epoch_matches_an_uninterrupted_run(tiny_root: 
 
     crashing.loss = loss  # type: ignore[method-assign]
     with pytest.raises(_Crash):
-        _train(tiny_root, tmp_path / "crash", _cfg(), method=crashing)
+        _train(tiny_root, tmp_path / "crash", _cfg(augment=augment), method=crashing)
     state = load_checkpoint(tmp_path / "crash" / "last.pt")
     assert (state["epoch"], state["micro"], state["step"]) == (1, 1, 5)
 
-    resumed, res_result = _train(tiny_root, tmp_path / "crash", _cfg(), resume=True)
+    resumed, res_result = _train(tiny_root, tmp_path / "crash", _cfg(augment=augment), resume=True)
     for (name, a), b in zip(reference.state_dict().items(), resumed.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=f"{name} differs after resume")
     assert [h["epoch"] for h in res_result.history] == [1, 2]

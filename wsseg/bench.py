@@ -24,11 +24,12 @@ import torch
 from torch.utils.data import DataLoader, RandomSampler
 from torch.utils.flop_counter import FlopCounterMode
 
-from wsseg.config import phantom_config
+from wsseg.config import TrainConfig, phantom_config
 from wsseg.data.dataset import MammogramDataset, collate, prepare_phantom
 from wsseg.evaluation.inference import autocast, to_device
 from wsseg.method import Profile, WSSegMethod
 from wsseg.registry import create_method, get_method_spec
+from wsseg.training.augment import augment_batch
 from wsseg.training.loop import resolve_device
 
 Phase = Literal["inference", "train"]
@@ -218,6 +219,7 @@ def bench_loader(
     seconds: float = 3.0,
     warmup_batches: int = 2,
     cache_dir: str | Path | None = None,
+    augment: bool = False,
 ) -> dict[str, Any]:
     """Images/s of the training data pipeline: a prepared phantom split read through a DataLoader to the device.
 
@@ -225,9 +227,11 @@ def bench_loader(
     use) is read in random order, as the training loop reads it (``MammogramDataset`` without masks, ``collate``,
     ``workers`` processes, pinned memory on CUDA, ``non_blocking`` copies), for at least ``seconds`` after
     ``warmup_batches`` batches (worker start-up). The files are re-read many times, so after the first pass they come
-    from the page cache: this measures decoding, standardisation, collation and the copy, not the disk.
+    from the page cache: this measures decoding, standardisation, collation and the copy, not the disk. With
+    ``augment``, each batch then gets the training loop's window noise on the device (``train.augment=window``).
 
-    Returns a row with :data:`COLUMNS` (``method`` = ``loader``, ``phase`` = ``load``, ``mode`` = ``workers<N>``).
+    Returns a row with :data:`COLUMNS` (``method`` = ``loader``, ``phase`` = ``load``, ``mode`` = ``workers<N>``,
+    with ``+window`` when augmenting).
     """
     if images <= 0 or images % 4:
         raise ValueError(f"bench --loader needs --images as a positive multiple of 4, got {images}")
@@ -247,12 +251,22 @@ def bench_loader(
         prefetch_factor=4 if workers > 0 else None,
     )
     it = iter(loader)
-    for _ in range(warmup_batches):
-        to_device(next(it), dev)
+    noise = TrainConfig()
+
+    def next_batch(i: int) -> dict[str, Any]:
+        b = to_device(next(it), dev)
+        if augment:
+            kw = {"shift_px": noise.augment_shift_px, "size_px": noise.augment_size_px}
+            size = int(b["image"].shape[0])
+            b = augment_batch(b, range(size), size, seed=0, epoch=0, micro=i, **kw)
+        return b
+
+    for i in range(warmup_batches):
+        next_batch(i)
     _sync(dev)
     n, t0 = 0, time.perf_counter()
     while n < 3 * batch or time.perf_counter() - t0 < seconds:
-        b = to_device(next(it), dev)
+        b = next_batch(n)
         n += int(b["image"].shape[0])
     _sync(dev)
     elapsed = time.perf_counter() - t0
@@ -262,7 +276,7 @@ def bench_loader(
         "profile": profile,
         "precision": "fp32",
         "batch": batch,
-        "mode": f"workers{workers}",
+        "mode": f"workers{workers}" + ("+window" if augment else ""),
         "phase": "load",
         "images_per_s": round(n / elapsed, 2),
         "peak_mem_gib": math.nan,

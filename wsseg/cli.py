@@ -473,6 +473,14 @@ def bench(
         list[int] | None, typer.Option(help="--loader: loader processes (repeatable; default: all cores).")
     ] = None,
     images: Annotated[int, typer.Option(help="--loader: phantom images to generate and read (multiple of 4).")] = 64,
+    augment: Annotated[
+        bool,
+        typer.Option(
+            "--augment",
+            help="--loader: also measure with the training loop's window noise applied on the device "
+            "(train.augment=window); rows with mode workers<N>+window.",
+        ),
+    ] = False,
     cache_dir: Annotated[
         Path | None, typer.Option(help="--loader: dataset cache folder (default: $WSSEG_CACHE_DIR or the XDG cache).")
     ] = None,
@@ -509,9 +517,11 @@ def bench(
             )
         for n_workers in (workers or [os.cpu_count() or 1]) if loader else []:
             for n in batch or [8]:
-                row = bench_loader(profile, n, n_workers, images, device, seconds, cache_dir=cache_dir)  # type: ignore[arg-type]
-                rows.append(row)
-                typer.echo(f"loader {profile} batch {n}, {n_workers} workers: {row['images_per_s']} images/s")
+                for noise in (False, True) if augment else (False,):
+                    row = bench_loader(profile, n, n_workers, images, device, seconds, cache_dir=cache_dir, augment=noise)  # type: ignore[arg-type]
+                    rows.append(row)
+                    what = f"{n_workers} workers{' + window noise' if noise else ''}"
+                    typer.echo(f"loader {profile} batch {n}, {what}: {row['images_per_s']} images/s")
         for name in method or []:
             # The run config's checked `--set method.field=value` parsing, for the method section only.
             items = [f"method.{item.removeprefix('method.')}" for item in set_ or []]

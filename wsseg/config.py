@@ -70,6 +70,10 @@ class TrainConfig:
         device: ``auto`` picks CUDA when available.
         precision: ``auto`` is bf16 autocast on CUDA and fp32 on CPU.
         deterministic: ask torch for deterministic kernels (slower on GPU).
+        augment: ``window`` moves and resizes each training image's window on the training device (the NYU
+            classifier's window noise, :mod:`wsseg.training.augment`); ``none`` trains on the images as they are.
+        augment_shift_px: window shift per axis at most, in pixels of the 2944-row paper frame (scaled by height).
+        augment_size_px: border noise at most, vertical, in paper-frame pixels (horizontal: times 1920/2944).
     """
 
     epochs: int = 8
@@ -83,6 +87,9 @@ class TrainConfig:
     device: Device = "auto"
     precision: Precision = "auto"
     deterministic: bool = False
+    augment: Literal["none", "window"] = "none"
+    augment_shift_px: float = 100.0
+    augment_size_px: float = 100.0
 
 
 @dataclass
@@ -227,6 +234,8 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.warmup_steps": (lambda v: v >= 0, "0 or more"),
     "train.clip_grad": (lambda v: v is None or v > 0, "none or a positive number"),
     "train.checkpoint_every": (lambda v: v >= 1, "at least 1"),
+    "train.augment_shift_px": (lambda v: 0 <= v < 1000, "in [0, 1000)"),
+    "train.augment_size_px": (lambda v: 0 <= v < 1000, "in [0, 1000)"),
     "eval.n_bins": (lambda v: v >= 1, "at least 1"),
     "eval.fixed_threshold": (lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
     "eval.batch_size": (lambda v: v >= 1, "at least 1"),

@@ -18,7 +18,9 @@ The design makes N processes compute what one process computes with the same set
   BatchNorm layers to ``SyncBatchNorm`` on CUDA and to :class:`GlobalBatchNorm2d` on CPU (PyTorch's
   ``SyncBatchNorm`` runs on GPUs only). Without it each process would normalise its own shard and N processes
   would train a different model from one process with the same batch size.
-- Only rank 0 validates, evaluates and writes checkpoints, records and logs; the other ranks train and return.
+- Validation after each epoch is shared: rank r predicts validation images r, r + N, ... and the logits are
+  gathered back into dataset order (:func:`gather_rows`), so every rank computes the same AUROC.
+- Only rank 0 evaluates the test split and writes checkpoints, records and logs; the other ranks return.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import os
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
@@ -92,6 +95,24 @@ def all_reduce_sum(values: Sequence[float], device: torch.device) -> list[float]
     t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return t.tolist()
+
+
+def gather_rows(rows: np.ndarray, world: int) -> np.ndarray:
+    """Every rank's rows, back in dataset order, on every rank: rank r holds rows r, r + world, r + 2 world, ...
+
+    Args:
+        rows: (n_r, ...) this rank's rows (the same trailing shape and dtype on every rank).
+        world: the number of ranks.
+
+    Returns:
+        (sum n_r, ...) the rows of all ranks, interleaved as one process would have computed them.
+    """
+    parts: list[Any] = [None] * world
+    dist.all_gather_object(parts, rows)
+    out = np.empty((sum(len(p) for p in parts), *rows.shape[1:]), dtype=rows.dtype)
+    for r, part in enumerate(parts):
+        out[r::world] = part
+    return out
 
 
 class _AllReduceSum(torch.autograd.Function):
@@ -180,6 +201,7 @@ __all__ = [
     "all_reduce_gradients",
     "all_reduce_sum",
     "broadcast_module",
+    "gather_rows",
     "init_from_env",
     "is_main",
     "rank_and_world",

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from wsseg.config import TrainConfig
@@ -22,11 +22,13 @@ from wsseg.data.dataset import collate
 from wsseg.evaluation.classification import mean_auroc
 from wsseg.evaluation.inference import autocast, predict_logits, to_device
 from wsseg.method import WSSegMethod
+from wsseg.training.augment import augment_batch
 from wsseg.training.checkpoint import load_checkpoint, save_checkpoint
 from wsseg.training.distributed import (
     all_reduce_gradients,
     all_reduce_sum,
     broadcast_module,
+    gather_rows,
     rank_and_world,
     shard,
     sync_batchnorm,
@@ -119,8 +121,8 @@ def train(
 
     In a process group (``torchrun``, see :mod:`wsseg.training.distributed`) every rank calls this with the same
     arguments: ``cfg.batch_size`` is the global batch, each rank trains on its share with BatchNorm synchronised
-    and gradients averaged, and only rank 0 validates and writes checkpoints (the other ranks' result has
-    ``best_val_auroc`` NaN). N ranks compute what one process computes with the same settings.
+    and gradients averaged; the ranks share the validation, and only rank 0 writes checkpoints (the other ranks'
+    result has ``best_val_auroc`` NaN). N ranks compute what one process computes with the same settings.
     """
     run_dir = Path(run_dir)
     rank, world = rank_and_world()
@@ -230,6 +232,18 @@ def train(
             if "masks" in batch and method.supervision != "full":
                 raise RuntimeError(f"the training loader yielded masks to weakly supervised method {method.name}")
             batch = to_device(batch, device)
+            if cfg.augment == "window":
+                # On the device, after the copy; every image gets the draw it gets in one uninterrupted process.
+                batch = augment_batch(
+                    batch,
+                    range(rank, len(global_batch), world),  # this rank's places in the global batch (see shard)
+                    len(global_batch),
+                    seed=seed,
+                    epoch=epoch,
+                    micro=state["micro"],
+                    shift_px=cfg.augment_shift_px,
+                    size_px=cfg.augment_size_px,
+                )
             images = batch["image"].to(memory_format=memory_format)  # (B, 1, H, W)
             with autocast(device, bf16):
                 out = method(images)
@@ -260,14 +274,18 @@ def train(
             bar.update()
             bar.set_postfix(epoch=f"{epoch + 1}/{cfg.epochs}", loss=f"{np.mean(losses[-20:]):.4f}")
 
-        # End of epoch: validate (rank 0), keep the best weights, then checkpoint the full state.
+        # End of epoch: validate (shared by the ranks), keep the best weights, then checkpoint the full state.
         loss_sum, loss_count = float(np.sum(losses)), float(len(losses))
         if world > 1:
             loss_sum, loss_count = all_reduce_sum([loss_sum, loss_count], device)  # over ranks
-        val_auroc = math.nan
-        if main:
+        if world > 1 and len(val_set) >= world:
+            # Each rank predicts every world-th validation image; the logits are gathered back in order.
+            mine = Subset(val_set, range(rank, len(val_set), world))
+            val_logits, val_labels = predict_logits(method, mine, eval_batch_size, device, bf16, num_workers)
+            val_logits, val_labels = gather_rows(val_logits, world), gather_rows(val_labels, world)
+        else:
             val_logits, val_labels = predict_logits(method, val_set, eval_batch_size, device, bf16, num_workers)
-            val_auroc = mean_auroc(val_labels, val_logits)
+        val_auroc = mean_auroc(val_labels, val_logits)
         record = {
             "epoch": epoch + 1,
             "train_loss": loss_sum / loss_count if loss_count else math.nan,
