@@ -63,7 +63,9 @@ def test_a_half_size_window_is_a_bicubic_zoom() -> None:
 def test_the_draws_are_seeded_bounded_and_scale_with_the_image() -> None:
     a = window_noise_params(64, seed=1, epoch=2, micro=3, shift_px=100, size_px=100, hw=(736, 480))
     assert torch.equal(a, window_noise_params(64, seed=1, epoch=2, micro=3, shift_px=100, size_px=100, hw=(736, 480)))
-    assert not torch.equal(a, window_noise_params(64, seed=1, epoch=2, micro=4, shift_px=100, size_px=100, hw=(736, 480)))
+    assert not torch.equal(
+        a, window_noise_params(64, seed=1, epoch=2, micro=4, shift_px=100, size_px=100, hw=(736, 480))
+    )
     # At 736 rows, 100 paper pixels are 25; horizontal border noise is round(100 * 1920 / 2944) = 65 -> 16.25.
     shift_only = window_noise_params(256, seed=1, epoch=0, micro=0, shift_px=100, size_px=0, hw=(736, 480))
     assert torch.equal(shift_only, torch.round(shift_only))  # whole-pixel moves

@@ -17,6 +17,7 @@ import csv
 import dataclasses
 import math
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -253,7 +254,7 @@ def bench_loader(
     it = iter(loader)
     noise = TrainConfig()
 
-    def next_batch(i: int) -> dict[str, Any]:
+    def next_batch(it: Iterator[dict[str, Any]], i: int) -> dict[str, Any]:
         b = to_device(next(it), dev)
         if augment:
             kw = {"shift_px": noise.augment_shift_px, "size_px": noise.augment_size_px}
@@ -262,11 +263,11 @@ def bench_loader(
         return b
 
     for i in range(warmup_batches):
-        next_batch(i)
+        next_batch(it, i)
     _sync(dev)
     n, t0 = 0, time.perf_counter()
     while n < 3 * batch or time.perf_counter() - t0 < seconds:
-        b = next_batch(n)
+        b = next_batch(it, n)
         n += int(b["image"].shape[0])
     _sync(dev)
     elapsed = time.perf_counter() - t0

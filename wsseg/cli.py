@@ -518,7 +518,16 @@ def bench(
         for n_workers in (workers or [os.cpu_count() or 1]) if loader else []:
             for n in batch or [8]:
                 for noise in (False, True) if augment else (False,):
-                    row = bench_loader(profile, n, n_workers, images, device, seconds, cache_dir=cache_dir, augment=noise)  # type: ignore[arg-type]
+                    row = bench_loader(
+                        profile,  # type: ignore[arg-type]
+                        n,
+                        n_workers,
+                        images,
+                        device,
+                        seconds,
+                        cache_dir=cache_dir,
+                        augment=noise,
+                    )
                     rows.append(row)
                     what = f"{n_workers} workers{' + window noise' if noise else ''}"
                     typer.echo(f"loader {profile} batch {n}, {what}: {row['images_per_s']} images/s")

@@ -46,9 +46,10 @@ for m in glam gmic; do
 done
 
 # 2. The loader: 160 paper-size phantom images (generated first, about 30 s on 16 cores), batch 16, 16 workers
-#    and 8 for comparison; pinned memory and the copy to the GPU included. Compare with GLAM's train images/s.
+#    and 8 for comparison; pinned memory and the copy to the GPU included, then again with the window noise on the
+#    GPU (train.augment=window). Compare with GLAM's train images/s.
 timeout 150 python3 -m wsseg bench --loader --profile paper --images 160 --batch 16 --workers 16 --workers 8 \
-  --seconds 5 --out "$OUT/loader.csv" 2>&1 | tee "$OUT/loader.txt" | grep -E "images/s|rror"
+  --augment --seconds 5 --out "$OUT/loader.csv" 2>&1 | tee "$OUT/loader.txt" | grep -E "images/s|rror"
 
 # 3. torch.compile (torch's default mode; max-autotune compiles for many minutes), bf16, batch 16, wsseg mode;
 #    last, so a slow compilation cannot cost the figures above. Compilation is in the untimed warm-up.

@@ -106,8 +106,11 @@ def augment_batch(
         positions: the place of each of them in the global batch (all of it in one process; every ``world``-th
             one with several), so every image gets the draw it gets in a single process.
         global_size: images in the global batch.
-        seed, epoch, micro: the training seed, epoch and micro-batch index the draws are a function of.
-        shift_px, size_px: the noise amplitudes in paper-frame pixels (0 and 0 leave the batch unchanged).
+        seed: the training seed; the draws are a function of it, ``epoch`` and ``micro``.
+        epoch: the 0-based epoch.
+        micro: the micro-batch's index in the epoch.
+        shift_px: window shift amplitude in paper-frame pixels.
+        size_px: border noise amplitude in paper-frame pixels (with ``shift_px`` 0 too: the batch unchanged).
     """
     h, w = batch["image"].shape[-2:]
     windows = window_noise_params(global_size, seed, epoch, micro, shift_px, size_px, (h, w))  # (G, 4)
