@@ -3,6 +3,7 @@
 The global batch of 4 is split 2 + 2 over the ranks; BatchNorm normalises with the global batch's statistics
 (GlobalBatchNorm2d) and the gradients are averaged, so both runs take the same optimizer steps: the same weights
 and BatchNorm statistics (float rounding aside), the same validation AUROC per epoch and the same test metrics.
+Validation and test evaluation are shared by the ranks and gathered back in order.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ ARGS = ["--method", "cam", "--profile", "tiny", "--device", "cpu", "-q", "--set"
 def test_two_gloo_processes_train_what_one_process_trains(tmp_path: Path, cache_dir: Path, augment: str) -> None:
     # With window noise each rank must give its images the draws they get in one process.
     common = [*ARGS, "--out", str(tmp_path), "--cache-dir", str(cache_dir), "--set", f"train.augment={augment}"]
+    common.append("--save-maps")  # each rank writes its share of the maps; rank 0 the test labels of all
     single = CliRunner().invoke(app, ["run", *common, "--run-id", "single"])
     assert single.exit_code == 0, single.output
 
@@ -60,6 +62,17 @@ def test_two_gloo_processes_train_what_one_process_trains(tmp_path: Path, cache_
     assert wa.keys() == wb.keys()
     for key in wa:  # parameters and BatchNorm running statistics
         torch.testing.assert_close(wa[key], wb[key], rtol=5e-4, atol=5e-4, msg=key)
+    # The ranks shared the evaluation: rank 0 put the per-image rows back in the order one process writes them.
+    rows_a = [r.split(",")[:3] for r in (tmp_path / "single" / "per_image.csv").read_text().splitlines()]
+    rows_b = [r.split(",")[:3] for r in (tmp_path / "ddp" / "per_image.csv").read_text().splitlines()]
+    assert rows_a == rows_b and len(rows_a) > 8
+    labels_a = [r.split(",") for r in (tmp_path / "single" / "test_labels.csv").read_text().splitlines()]
+    labels_b = [r.split(",") for r in (tmp_path / "ddp" / "test_labels.csv").read_text().splitlines()]
+    assert [r[:4] for r in labels_a] == [r[:4] for r in labels_b]  # ids, patients, labels
+    for ra, rb in zip(labels_a[1:], labels_b[1:], strict=True):  # logits
+        assert [float(v) for v in ra[4:]] == pytest.approx([float(v) for v in rb[4:]], abs=1e-4)
+    maps = sorted(p.name for p in (tmp_path / "single" / "maps").iterdir())
+    assert maps and sorted(p.name for p in (tmp_path / "ddp" / "maps").iterdir()) == maps
     files = sorted(p.name for p in (tmp_path / "single").iterdir())
     assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == files
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import Subset
 from tqdm.auto import tqdm
 
 from wsseg._io import atomic_write_json, remove_stale_temporaries
@@ -74,18 +75,23 @@ def evaluate_split(
     num_workers: int = 0,
     progress: bool = True,
     maps_dir: Path | None = None,
+    part: tuple[int, int] = (0, 1),
 ) -> SplitEvaluation:
     """Run ``method`` over a split and accumulate its maps (and the reference maps) in evaluators.
 
     Each image's maps are reduced to per-image statistics as soon as they are computed; with ``maps_dir``
-    they are also stored there as float16 ``<image_id>_<class>.npy`` files (``--save-maps``).
+    they are also stored there as float16 ``<image_id>_<class>.npy`` files (``--save-maps``). ``part`` =
+    ``(r, n)`` evaluates images r, r + n, r + 2n, ... only (one ``torchrun`` rank's share; see
+    :func:`gather_split`).
     """
     t0 = time.perf_counter()
     ev = make_evaluator(eval_cfg)
     refs = {name: make_evaluator(eval_cfg) for name in REFERENCE_MAPS}
     logits, labels, ids, patients = [], [], [], []
-    bar = tqdm(total=len(dataset), desc=f"evaluate {dataset.split}", unit="img", disable=not progress)
-    for batch, out in predict_batches(method, dataset, batch_size, device, bf16, num_workers):
+    rank, world = part
+    items = Subset(dataset, range(rank, len(dataset), world)) if world > 1 else dataset
+    bar = tqdm(total=len(items), desc=f"evaluate {dataset.split}", unit="img", disable=not progress)
+    for batch, out in predict_batches(method, items, batch_size, device, bf16, num_workers):
         refs_batch = {name: make_map(batch) for name, make_map in REFERENCE_MAPS.items()}  # (B, K, H, W) each
         for i, meta in enumerate(batch["meta"]):
             image_id = meta["image_id"]
@@ -110,8 +116,44 @@ def evaluate_split(
         labels.append(batch["labels"].cpu().numpy())
         bar.update(len(batch["meta"]))
     bar.close()
+    k = len(CLASSES)
     return SplitEvaluation(
-        ev, refs, np.concatenate(logits), np.concatenate(labels), ids, patients, time.perf_counter() - t0
+        ev,
+        refs,
+        np.concatenate(logits) if logits else np.zeros((0, k), np.float32),  # a rank may get no image
+        np.concatenate(labels) if labels else np.zeros((0, k), np.float32),
+        ids,
+        patients,
+        time.perf_counter() - t0,
+    )
+
+
+def gather_split(part: SplitEvaluation, world: int) -> SplitEvaluation | None:
+    """Every rank's ``part`` put together on rank 0, in the order one process evaluates the split.
+
+    A collective: every rank calls it. Returns the whole split's evaluation on rank 0 and None on the others.
+    """
+    parts: list[Any] | None = [None] * world if torch.distributed.get_rank() == 0 else None
+    torch.distributed.gather_object(part, parts, dst=0)
+    if parts is None:
+        return None
+
+    def rows(arrays: list[np.ndarray]) -> np.ndarray:
+        out = np.empty((sum(len(a) for a in arrays), *arrays[0].shape[1:]), dtype=arrays[0].dtype)
+        for r, a in enumerate(arrays):
+            out[r::world] = a
+        return out
+
+    ids = rows([np.asarray(p.image_ids, dtype=object) for p in parts]).tolist()
+    patients = rows([np.asarray(p.patient_ids, dtype=object) for p in parts]).tolist()
+    return SplitEvaluation(
+        SegmentationEvaluator.interleave([p.evaluator for p in parts]),
+        {name: SegmentationEvaluator.interleave([p.references[name] for p in parts]) for name in parts[0].references},
+        rows([p.logits for p in parts]),
+        rows([p.labels for p in parts]),
+        ids,
+        patients,
+        max(p.seconds for p in parts),  # the ranks ran side by side
     )
 
 
@@ -271,8 +313,9 @@ def run(
         log: where one-line status messages go.
 
     Started by ``torchrun --nproc-per-node N -m wsseg run ...`` (``WORLD_SIZE`` > 1), the N processes train
-    together (:mod:`wsseg.training.distributed`): rank 0 names the run folder and prepares the data first, and
-    only rank 0 logs, writes checkpoints, evaluates and writes the record; the other ranks return an empty dict.
+    together (:mod:`wsseg.training.distributed`): rank 0 names the run folder and prepares the data first, the
+    ranks share the evaluation, and only rank 0 logs, writes checkpoints and writes the record; the other ranks
+    return an empty dict. With ``--from-run`` or ``--weights`` rank 0 evaluates alone.
     """
     t_total = time.perf_counter()
     distributed = init_from_env()
@@ -365,14 +408,22 @@ def run(
             progress=progress,
         )
 
-    if rank != 0:
-        return {}  # rank 0 evaluates and writes the record
-    # 3. Evaluate the best epoch: thresholds are calibrated on validation and frozen for test.
+    # 3. Evaluate the best epoch: thresholds are calibrated on validation and frozen for test. Ranks that trained
+    # together share the evaluation (each takes every world-th image; rank 0 gathers the statistics and writes).
+    shared = distributed and from_run is None and weights is None  # else the other ranks have returned
+    if shared:
+        torch.distributed.barrier()  # rank 0 has written best.pt
+    part = (rank, world) if shared else (0, 1)
     method.load_state_dict(load_checkpoint(result.best_checkpoint, map_location=device)["model"])
     args = (cfg.eval.batch_size, device, bf16, cfg.eval, workers, progress)
-    val = evaluate_split(method, val_set, *args)
     maps_dir = run_dir / MAPS_DIR if cfg.eval.save_maps else None
-    test = evaluate_split(method, test_set, *args, maps_dir=maps_dir)
+    val = evaluate_split(method, val_set, *args, part=part)
+    test = evaluate_split(method, test_set, *args, maps_dir=maps_dir, part=part)
+    if shared:
+        val_all, test_all = gather_split(val, world), gather_split(test, world)
+        if val_all is None or test_all is None:
+            return {}  # rank 0 writes the record
+        val, test = val_all, test_all
     thresholds = val.evaluator.calibrated_thresholds()
     # Metrics, patient-bootstrap intervals and the per-image files behind them (for `wsseg compare`).
     metrics, intervals, per_image, boot_seconds = score_stats(test.evaluator.stats(), thresholds, cfg.eval, run_dir)

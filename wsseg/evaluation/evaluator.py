@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, TypeVar
 
 import numpy as np
 import torch
@@ -29,6 +29,8 @@ from wsseg.evaluation.metrics import dice_from_counts, iou_from_counts, reverse_
 from wsseg.evaluation.stats import ClassStats, FrocSettings, SplitStats, class_stats, stack_class
 from wsseg.evaluation.summary import calibrated_thresholds, summarize
 from wsseg.nn.upsample import UpsampleMode, to_input_resolution
+
+_T = TypeVar("_T")
 
 Normalization = Literal["none", "minmax"]
 
@@ -157,6 +159,23 @@ class SegmentationEvaluator:
         self._patients.append(patient_id if patient_id is not None else image_id)
         self._spacing.append(float(spacing_mm) if spacing_mm else float("nan"))
 
+    @classmethod
+    def interleave(cls, parts: Sequence[SegmentationEvaluator]) -> SegmentationEvaluator:
+        """One evaluator of all of ``parts``' images, in the order one evaluator would have added them.
+
+        Part r must hold images r, r + n, r + 2n, ... of the split (n = ``len(parts)``), as the ranks of a
+        ``torchrun`` evaluation do; the settings are part 0's (every part was made from the same config).
+        """
+        out = cls(parts[0].classes, parts[0].n_bins, parts[0].upsample, parts[0].normalization, parts[0].froc)
+        out._ids = _interleave([p._ids for p in parts])
+        out._patients = _interleave([p._patients for p in parts])
+        out._spacing = _interleave([p._spacing for p in parts])
+        for name in out.classes:
+            out._per_class[name] = _interleave([p._per_class[name] for p in parts])
+            out._scores[name] = _interleave([p._scores[name] for p in parts])
+            out._labels[name] = _interleave([p._labels[name] for p in parts])
+        return out
+
     def stats(self) -> SplitStats:
         """The per-image statistics gathered so far."""
         return SplitStats(
@@ -208,6 +227,15 @@ class SegmentationEvaluator:
             of that class (NaN when there is none).
         """
         return summarize(self.stats(), thresholds, fixed_threshold)
+
+
+def _interleave(parts: Sequence[list[_T]]) -> list[_T]:
+    """Part r's items at places r, r + n, r + 2n, ... of one list (n = ``len(parts)``)."""
+    n = len(parts)
+    out: list[_T] = [None] * sum(len(p) for p in parts)  # type: ignore[list-item]
+    for r, part in enumerate(parts):
+        out[r::n] = part
+    return out
 
 
 def _per_class(values: Sequence[float] | Tensor | np.ndarray | None, k: int) -> list[float]:

@@ -19,8 +19,9 @@ The design makes N processes compute what one process computes with the same set
   ``SyncBatchNorm`` runs on GPUs only). Without it each process would normalise its own shard and N processes
   would train a different model from one process with the same batch size.
 - Validation after each epoch is shared: rank r predicts validation images r, r + N, ... and the logits are
-  gathered back into dataset order (:func:`gather_rows`), so every rank computes the same AUROC.
-- Only rank 0 evaluates the test split and writes checkpoints, records and logs; the other ranks return.
+  gathered back into dataset order (:func:`gather_rows`), so every rank computes the same AUROC. The final
+  evaluation is shared the same way (``wsseg.run.gather_split`` puts the per-image statistics together on rank 0).
+- Only rank 0 writes checkpoints, records and logs (with ``--save-maps`` each rank writes its images' maps).
 """
 
 from __future__ import annotations
