@@ -47,6 +47,8 @@ def test_loader_reads_the_prepared_phantom_through_worker_processes(tmp_path: Pa
     row = bench_loader("tiny", batch=4, workers=2, images=8, device="cpu", seconds=0.2, cache_dir=tmp_path)
     assert (row["method"], row["phase"], row["mode"], row["batch"]) == ("loader", "load", "workers2", 4)
     assert row["images_per_s"] > 0
+    raw = bench_loader("tiny", batch=4, workers=0, images=8, device="cpu", seconds=0.1, cache_dir=tmp_path, raw=True)
+    assert raw["mode"] == "workers0+raw" and raw["images_per_s"] > 0
     args = ["bench", "--loader", "--profile", "tiny", "--workers", "0", "--images", "8", "--seconds", "0.1"]
     result = runner.invoke(app, [*args, "--cache-dir", str(tmp_path), "--augment", "--out", str(tmp_path / "l.csv")])
     assert result.exit_code == 0, result.output

@@ -11,7 +11,15 @@ import torch
 
 from tests.conftest import TINY_COUNTS
 from wsseg.config import phantom_config
-from wsseg.data.dataset import SPLITS, MammogramDataset, collate, prepare_phantom, read_manifest
+from wsseg.data.dataset import (
+    SPLITS,
+    MammogramDataset,
+    collate,
+    prepare_phantom,
+    read_manifest,
+    standardize_images,
+)
+from wsseg.evaluation.inference import to_device
 
 
 def _digest(root: Path) -> str:
@@ -86,6 +94,22 @@ def test_sample_layout(tiny_root: Path) -> None:
         assert key in s["meta"]
     batch = collate([ds[0], ds[1]])
     assert batch["image"].shape == (2, 1, h, w) and len(batch["meta"]) == 2
+
+
+def test_raw_batches_are_standardised_on_the_device_like_the_workers_do(tiny_root: Path) -> None:
+    # CUDA loaders ship uint16 pixels and to_device standardises them; the result is the workers' float32 image.
+    std = MammogramDataset(tiny_root, "val", with_masks=True)
+    raw = MammogramDataset(tiny_root, "val", with_masks=True, standardize=False)
+    assert raw[0]["image"].dtype == torch.uint16
+    with np.load(tiny_root / std.rows[0]["file"]) as z:
+        assert np.array_equal(raw[0]["image"][0].numpy(), z["image"])
+    a = to_device(collate([std[i] for i in range(4)]), torch.device("cpu"))
+    b = to_device(collate([raw[i] for i in range(4)]), torch.device("cpu"))
+    assert b["image"].dtype == torch.float32
+    torch.testing.assert_close(b["image"], a["image"], rtol=0, atol=2e-5)
+    assert torch.equal(a["masks"], b["masks"]) and torch.equal(a["labels"], b["labels"])
+    flat = torch.full((1, 1, 4, 4), 7, dtype=torch.uint16)  # a constant image: zeros, not NaN
+    assert torch.equal(standardize_images(flat), torch.zeros(1, 1, 4, 4))
 
 
 def test_training_split_opened_without_masks_never_yields_them(tiny_root: Path) -> None:

@@ -10,21 +10,23 @@ import torch
 
 from wsseg import create_method
 from wsseg.config import TrainConfig
-from wsseg.data.dataset import MammogramDataset
-from wsseg.evaluation.inference import predict_batches
+from wsseg.data.dataset import MammogramDataset, collate
+from wsseg.evaluation.inference import predict_batches, to_device
 from wsseg.method import check_output
 from wsseg.training.loop import train
 
 
 @pytest.mark.gpu
-def test_bf16_training_and_inference_on_cuda(tiny_root: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("augment", ["none", "window"])
+def test_bf16_training_and_inference_on_cuda(tiny_root: Path, tmp_path: Path, augment: str) -> None:
+    # Raw uint16 loaders, standardised (and window-noised) on the GPU, as `wsseg run` reads on CUDA.
     device = torch.device("cuda")
     method = create_method("cam", profile="tiny")
-    cfg = dataclasses.replace(TrainConfig(), epochs=1, batch_size=4, warmup_steps=1, device="cuda")
+    cfg = dataclasses.replace(TrainConfig(), epochs=1, batch_size=4, warmup_steps=1, device="cuda", augment=augment)
     result = train(
         method,
-        MammogramDataset(tiny_root, "train", with_masks=False),
-        MammogramDataset(tiny_root, "val", with_masks=True),
+        MammogramDataset(tiny_root, "train", with_masks=False, standardize=False),
+        MammogramDataset(tiny_root, "val", with_masks=True, standardize=False),
         cfg,
         tmp_path,
         seed=0,
@@ -37,3 +39,12 @@ def test_bf16_training_and_inference_on_cuda(tiny_root: Path, tmp_path: Path) ->
     for batch, out in predict_batches(method, val, 4, device, bf16=True):
         check_output(out, batch["image"].shape[0], 2, tuple(batch["image"].shape[-2:]))
         assert out.saliency.dtype == torch.float32 and out.saliency.device.type == "cuda"
+
+
+@pytest.mark.gpu
+def test_raw_batches_standardised_on_the_gpu_equal_the_workers_images(tiny_root: Path) -> None:
+    std = MammogramDataset(tiny_root, "val", with_masks=True)
+    raw = MammogramDataset(tiny_root, "val", with_masks=True, standardize=False)
+    a = collate([std[i] for i in range(4)])
+    b = to_device(collate([raw[i] for i in range(4)]), torch.device("cuda"))
+    torch.testing.assert_close(b["image"].cpu(), a["image"], rtol=0, atol=2e-5)

@@ -221,6 +221,7 @@ def bench_loader(
     warmup_batches: int = 2,
     cache_dir: str | Path | None = None,
     augment: bool = False,
+    raw: bool | None = None,
 ) -> dict[str, Any]:
     """Images/s of the training data pipeline: a prepared phantom split read through a DataLoader to the device.
 
@@ -230,15 +231,18 @@ def bench_loader(
     ``warmup_batches`` batches (worker start-up). The files are re-read many times, so after the first pass they come
     from the page cache: this measures decoding, standardisation, collation and the copy, not the disk. With
     ``augment``, each batch then gets the training loop's window noise on the device (``train.augment=window``).
+    ``raw`` ships uint16 pixels and standardises them on the device (``wsseg run`` does on CUDA, the default
+    there), instead of standardising in the workers (the default on CPU).
 
     Returns a row with :data:`COLUMNS` (``method`` = ``loader``, ``phase`` = ``load``, ``mode`` = ``workers<N>``,
-    with ``+window`` when augmenting).
+    with ``+raw`` for uint16 batches and ``+window`` when augmenting).
     """
     if images <= 0 or images % 4:
         raise ValueError(f"bench --loader needs --images as a positive multiple of 4, got {images}")
     dev = resolve_device(device)
     root = prepare_phantom(phantom_config(profile), 0, {"train": images}, cache_dir, progress=False)
-    dataset = MammogramDataset(root, "train", with_masks=False)
+    raw = dev.type == "cuda" if raw is None else raw
+    dataset = MammogramDataset(root, "train", with_masks=False, standardize=not raw)
     n_batches = warmup_batches + 10**6  # enough: the loop stops on time
     sampler = RandomSampler(dataset, num_samples=n_batches * batch, generator=torch.Generator().manual_seed(0))
     loader = DataLoader(
@@ -277,7 +281,7 @@ def bench_loader(
         "profile": profile,
         "precision": "fp32",
         "batch": batch,
-        "mode": f"workers{workers}" + ("+window" if augment else ""),
+        "mode": f"workers{workers}" + ("+raw" if raw else "") + ("+window" if augment else ""),
         "phase": "load",
         "images_per_s": round(n / elapsed, 2),
         "peak_mem_gib": math.nan,

@@ -473,6 +473,14 @@ def bench(
         list[int] | None, typer.Option(help="--loader: loader processes (repeatable; default: all cores).")
     ] = None,
     images: Annotated[int, typer.Option(help="--loader: phantom images to generate and read (multiple of 4).")] = 64,
+    raw: Annotated[
+        bool | None,
+        typer.Option(
+            "--raw/--no-raw",
+            help="--loader: ship uint16 pixels and standardise on the device (default on CUDA, as wsseg run does) "
+            "or standardise in the workers (default on CPU).",
+        ),
+    ] = None,
     augment: Annotated[
         bool,
         typer.Option(
@@ -527,6 +535,7 @@ def bench(
                         seconds,
                         cache_dir=cache_dir,
                         augment=noise,
+                        raw=raw,
                     )
                     rows.append(row)
                     what = f"{n_workers} workers{' + window noise' if noise else ''}"

@@ -371,9 +371,12 @@ def run(
     spec = get_method_spec(cfg.method)
     # Only fully supervised reference methods may see training masks.
     name = cfg.data.dataset
-    train_set = MammogramDataset(root, "train", with_masks=spec.supervision == "full", dataset=name)
-    val_set = MammogramDataset(root, "val", with_masks=True, dataset=name)
-    test_set = MammogramDataset(root, "test", with_masks=True, dataset=name)
+    # On CUDA the loaders ship the cache's uint16 pixels and the GPU standardises them (half the bytes through the
+    # workers and pinned memory); on CPU the workers standardise, as the published CPU results were made.
+    std = device.type != "cuda"
+    train_set = MammogramDataset(root, "train", with_masks=spec.supervision == "full", dataset=name, standardize=std)
+    val_set = MammogramDataset(root, "val", with_masks=True, dataset=name, standardize=std)
+    test_set = MammogramDataset(root, "test", with_masks=True, dataset=name, standardize=std)
     data_seconds = time.perf_counter() - t0
     sizes = f"{len(train_set)}/{len(val_set)}/{len(test_set)}"
     log(f"data: {sizes} train/val/test images from {root} ({data_seconds:.1f} s)")

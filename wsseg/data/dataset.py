@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import platformdirs
 import torch
+from torch import Tensor
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
@@ -188,15 +189,22 @@ class MammogramDataset(Dataset[dict[str, Any]]):
         split: ``train``, ``val`` or ``test``.
         with_masks: read lesion masks; False for the training loader of weakly supervised methods.
         dataset: the dataset's registered name, copied into each sample's meta.
+        standardize: return the image standardised (float32); False returns the cache's raw pixels (uint16) for
+            :func:`standardize_images` to standardise on the GPU: the loader workers then skip the float work and
+            pass half the bytes (``wsseg run`` does this on CUDA; :func:`wsseg.evaluation.inference.to_device`
+            standardises a raw batch after the copy).
     """
 
-    def __init__(self, root: str | Path, split: str, with_masks: bool, dataset: str = "phantom") -> None:
+    def __init__(
+        self, root: str | Path, split: str, with_masks: bool, dataset: str = "phantom", *, standardize: bool = True
+    ) -> None:
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
         self.root = Path(root)
         self.split = split
         self.with_masks = with_masks
         self.dataset = dataset
+        self.standardize = standardize
         self.rows = [r for r in read_manifest(root) if r["split"] == split]
         if not self.rows:
             raise ValueError(f"{self.root / 'manifest.csv'} has no images in split {split!r}")
@@ -228,9 +236,12 @@ class MammogramDataset(Dataset[dict[str, Any]]):
                 meta = json.loads(str(z["meta"]))
         except (OSError, KeyError, ValueError) as e:
             raise OSError(f"cannot read {path}: {e}. Delete {self.root} to rebuild the cache.") from e
-        image = raw.astype(np.float32)
-        # Per-image standardisation (as GMIC/GLAM do) removes exposure differences between images.
-        image = (image - image.mean()) / max(float(image.std()), 1e-6)
+        if self.standardize:
+            image = raw.astype(np.float32)
+            # Per-image standardisation (as GMIC/GLAM do) removes exposure differences between images.
+            image = (image - image.mean()) / max(float(image.std()), 1e-6)
+        else:
+            image = np.array(raw)  # out of the read-only memory map, still uint16
         meta.update(dataset=self.dataset, split=self.split)
         sample: dict[str, Any] = {
             "image": torch.from_numpy(image)[None],  # (1, H, W)
@@ -241,6 +252,20 @@ class MammogramDataset(Dataset[dict[str, Any]]):
         if masks is not None:
             sample["masks"] = torch.from_numpy(masks)  # (K, H, W)
         return sample
+
+
+def standardize_images(images: Tensor) -> Tensor:
+    """(B, 1, H, W) raw pixels of any dtype -> float32 standardised per image, as :class:`MammogramDataset` does.
+
+    Runs where ``images`` are (on the GPU for a raw CUDA batch); the mean and variance are accumulated in
+    float64, so the result matches the loader's numpy standardisation to float32 rounding.
+    """
+    x = images.float()
+    dims = (1, 2, 3)
+    mean = x.mean(dim=dims, keepdim=True, dtype=torch.float64)  # (B, 1, 1, 1)
+    centred = x - mean.float()
+    std = centred.square().mean(dim=dims, keepdim=True, dtype=torch.float64).sqrt()  # population std, as numpy
+    return centred / std.clamp_min(1e-6).float()
 
 
 def npz_memmap(path: str | Path, member: str, archive: zipfile.ZipFile | None = None) -> np.ndarray | None:

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from wsseg.data.dataset import collate
+from wsseg.data.dataset import collate, standardize_images
 from wsseg.method import MethodOutput, WSSegMethod
 
 
@@ -22,8 +22,15 @@ def autocast(device: torch.device, bf16: bool) -> Any:
 
 
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    """Move every tensor of a batch to ``device`` (asynchronously from pinned memory)."""
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+    """Move every tensor of a batch to ``device`` (asynchronously from pinned memory).
+
+    A raw image batch (integer pixels, from a dataset opened with ``standardize=False``) is standardised after
+    the copy, on the device: every consumer gets float32 standardised images either way.
+    """
+    out = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+    if "image" in out and not out["image"].is_floating_point():
+        out["image"] = standardize_images(out["image"])  # (B, 1, H, W) uint16 -> float32
+    return out
 
 
 def predict_batches(
