@@ -58,3 +58,12 @@ def test_loader_reads_the_prepared_phantom_through_worker_processes(tmp_path: Pa
     assert modes == ["workers0", "workers0+window"]
     both = runner.invoke(app, [*args, "-m", "gmic"])
     assert both.exit_code == 2 and "or --loader (without --method)" in both.output
+
+
+def test_kernel_tables_name_where_the_time_goes(tmp_path: Path) -> None:
+    args = ["bench", "-m", "glam", "--profile", "tiny", "--phase", "train", "--seconds", "0.01"]
+    result = runner.invoke(app, [*args, "--kernels", str(tmp_path / "k")])
+    assert result.exit_code == 0, result.output
+    table = (tmp_path / "k" / "glam-train-fp32-batch-1-wsseg.txt").read_text()
+    assert table.startswith("2 steps, sorted by self_cpu_time_total")
+    assert "aten::convolution_backward" in table  # the training step's backward pass was profiled

@@ -17,7 +17,7 @@ import csv
 import dataclasses
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,6 +25,7 @@ import torch
 from torch.utils.data import DataLoader, RandomSampler
 from torch.utils.flop_counter import FlopCounterMode
 
+from wsseg._io import atomic_write_text
 from wsseg.config import TrainConfig, phantom_config
 from wsseg.data.dataset import MammogramDataset, collate, prepare_phantom
 from wsseg.evaluation.inference import autocast, to_device
@@ -85,6 +86,7 @@ def bench(
     compile: bool = False,
     compile_mode: str | None = None,
     compile_backend: str = "inductor",
+    kernels: str | Path | None = None,
     **overrides: Any,
 ) -> dict[str, Any]:
     """Measure one (method, batch, precision, phase, mode) configuration; returns a row with :data:`COLUMNS`.
@@ -105,6 +107,8 @@ def bench(
         compile_mode: ``torch.compile``'s ``mode`` (None: its default; ``max-autotune-no-cudagraphs`` tries more
             kernels and compiles for minutes).
         compile_backend: ``torch.compile``'s backend (``eager`` only traces, for tests on CPU).
+        kernels: after timing, profile two more steps with ``torch.profiler`` and write the operators and kernels
+            that took the most device time (CPU time on CPU) to this text file: where a speed-up has to come from.
         **overrides: method config overrides.
     """
     dev = resolve_device(device)
@@ -159,6 +163,8 @@ def bench(
             _sync(dev)
     elapsed = time.perf_counter() - t0
     ips = n * batch / elapsed
+    if kernels is not None:
+        write_kernel_table(step, dev, Path(kernels))
     return {
         "method": name,
         "profile": profile,
@@ -173,6 +179,21 @@ def bench(
         "card": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
         "torch": torch.__version__.split("+")[0],
     }
+
+
+def write_kernel_table(step: Callable[[], None], device: torch.device, path: Path, steps: int = 2) -> None:
+    """Profile ``steps`` calls of ``step`` and write the 40 most expensive operators and kernels to ``path``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+        _sync(device)
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    table = prof.key_averages().table(sort_by=sort, row_limit=40, max_name_column_width=80)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, f"{steps} steps, sorted by {sort}\n{table}\n")
 
 
 def append_rows(path: str | Path, rows: list[dict[str, Any]]) -> None:

@@ -498,6 +498,13 @@ def bench(
         list[str] | None, typer.Option("--set", help="Override a method config field: field=value.")
     ] = None,
     out: Annotated[Path | None, typer.Option(help="Append the rows to this CSV file.")] = None,
+    kernels: Annotated[
+        Path | None,
+        typer.Option(
+            help="Also profile two steps of each configuration and write its most expensive operators and CUDA "
+            "kernels (torch.profiler) to DIR/<method>-<phase>-<precision>-batch-<n>-<mode>.txt."
+        ),
+    ] = None,
 ) -> None:
     """Measure images/s, peak GPU memory and TFLOP/s of forward passes and training steps on synthetic images.
 
@@ -562,6 +569,7 @@ def bench(
                                     mode=md,  # type: ignore[arg-type]
                                     compile=compile_,
                                     compile_mode=compile_mode,
+                                    kernels=kernels / f"{label.replace(' ', '-')}.txt" if kernels else None,
                                     **overrides,
                                 )
                             except torch.cuda.OutOfMemoryError:

@@ -7,9 +7,9 @@
 # Usage on the device machine, from the repository root, with wheels of the dependencies in .whl/ (carry it):
 #   OUT=/some/dir bash benchmarks/perf/gpu_issue10.sh
 # Writes $OUT/gpu.txt, $OUT/bench-*.txt (logs with the printed speedups), $OUT/<card>-<precision>-<torch>.csv
-# (the rows of benchmarks/perf/*.csv) and $OUT/loader.csv. Every step has its own timeout so one slow step
-# cannot eat the others' time; worst case: setup 0.5 min, eager 6.3 min, loader 3.5 min, compile 5.5 min; expected
-# about 2.5 + 1.5 + 4 min. Run it with timeout_s 600 and read $OUT even when it stopped early.
+# (the rows of benchmarks/perf/*.csv), $OUT/loader.csv and $OUT/kernels/*.txt. Every step has its own timeout so
+# one slow step cannot eat the others' time; worst case: setup 0.5 min, eager 6.3 min, loader 3.5 min, kernels 2 min,
+# compile 5.5 min; expected about 2.5 + 1.5 + 1 + 4 min. Run it with timeout_s 600 and read $OUT even when it stopped early.
 set -uo pipefail
 OUT=${OUT:-/tmp/wsseg-issue10}
 mkdir -p "$OUT"
@@ -55,7 +55,11 @@ timeout 150 python3 -m wsseg bench --loader --profile paper --images 160 --batch
 timeout 60 python3 -m wsseg bench --loader --profile paper --images 160 --batch 16 --workers 16 --no-raw \
   --seconds 5 --out "$OUT/loader.csv" 2>&1 | tee -a "$OUT/loader.txt" | grep -E "images/s|rror"
 
-# 3. torch.compile (torch's default mode; max-autotune compiles for many minutes), bf16, batch 16, wsseg mode;
+# 3. Where the time goes: torch.profiler tables (most expensive kernels) of both methods, bf16, batch 16, eager.
+timeout 120 python3 -m wsseg bench -m glam -m gmic --profile paper --precision bf16 --phase inference --phase train \
+  --batch 16 --seconds 0.5 --kernels "$OUT/kernels" 2>&1 | tail -n 3
+
+# 4. torch.compile (torch's default mode; max-autotune compiles for many minutes), bf16, batch 16, wsseg mode;
 #    last, so a slow compilation cannot cost the figures above. Compilation is in the untimed warm-up.
 timeout 200 python3 -m wsseg bench -m glam --profile paper --precision bf16 --phase inference --phase train \
   --batch 16 --compile --seconds 2 --out "$OUT/$card-bf16-$tv.csv" 2>&1 \
