@@ -277,14 +277,14 @@ def bench_loader(
         prefetch_factor=4 if workers > 0 else None,
     )
     it = iter(loader)
-    noise = TrainConfig()
+    defaults = TrainConfig()  # the training loop's default noise amplitudes
+    noise = {"shift_px": defaults.augment_shift_px, "size_px": defaults.augment_size_px}
 
     def next_batch(it: Iterator[dict[str, Any]], i: int) -> dict[str, Any]:
         b = to_device(next(it), dev)
         if augment:
-            kw = {"shift_px": noise.augment_shift_px, "size_px": noise.augment_size_px}
             size = int(b["image"].shape[0])
-            b = augment_batch(b, range(size), size, seed=0, epoch=0, micro=i, **kw)
+            b = augment_batch(b, range(size), size, seed=0, epoch=0, micro=i, **noise)
         return b
 
     for i in range(warmup_batches):

@@ -43,7 +43,7 @@ from wsseg.registry import get_method_spec
 from wsseg.report.gallery import GALLERY_NPZ, make_gallery
 from wsseg.report.records import SCHEMA_VERSION, read_record, record_thresholds, utc_now, versions, write_record
 from wsseg.training.checkpoint import load_checkpoint, save_checkpoint
-from wsseg.training.distributed import init_from_env, rank_and_world
+from wsseg.training.distributed import init_from_env, rank_and_world, shard, unshard
 from wsseg.training.loop import BEST, TrainResult, resolve_device, train, use_bf16
 
 REFERENCE_MAPS: dict[str, Callable[[dict[str, Any]], torch.Tensor]] = {
@@ -89,7 +89,7 @@ def evaluate_split(
     refs = {name: make_evaluator(eval_cfg) for name in REFERENCE_MAPS}
     logits, labels, ids, patients = [], [], [], []
     rank, world = part
-    items = Subset(dataset, range(rank, len(dataset), world)) if world > 1 else dataset
+    items = Subset(dataset, shard(range(len(dataset)), rank, world)) if world > 1 else dataset
     bar = tqdm(total=len(items), desc=f"evaluate {dataset.split}", unit="img", disable=not progress)
     for batch, out in predict_batches(method, items, batch_size, device, bf16, num_workers):
         refs_batch = {name: make_map(batch) for name, make_map in REFERENCE_MAPS.items()}  # (B, K, H, W) each
@@ -138,21 +138,14 @@ def gather_split(part: SplitEvaluation, world: int) -> SplitEvaluation | None:
     if parts is None:
         return None
 
-    def rows(arrays: list[np.ndarray]) -> np.ndarray:
-        out = np.empty((sum(len(a) for a in arrays), *arrays[0].shape[1:]), dtype=arrays[0].dtype)
-        for r, a in enumerate(arrays):
-            out[r::world] = a
-        return out
-
-    ids = rows([np.asarray(p.image_ids, dtype=object) for p in parts]).tolist()
-    patients = rows([np.asarray(p.patient_ids, dtype=object) for p in parts]).tolist()
+    k = len(CLASSES)
     return SplitEvaluation(
         SegmentationEvaluator.interleave([p.evaluator for p in parts]),
         {name: SegmentationEvaluator.interleave([p.references[name] for p in parts]) for name in parts[0].references},
-        rows([p.logits for p in parts]),
-        rows([p.labels for p in parts]),
-        ids,
-        patients,
+        np.asarray(unshard([p.logits for p in parts]), dtype=np.float32).reshape(-1, k),  # (N, K)
+        np.asarray(unshard([p.labels for p in parts]), dtype=np.float32).reshape(-1, k),
+        unshard([p.image_ids for p in parts]),
+        unshard([p.patient_ids for p in parts]),
         max(p.seconds for p in parts),  # the ranks ran side by side
     )
 

@@ -238,7 +238,8 @@ class MammogramDataset(Dataset[dict[str, Any]]):
             raise OSError(f"cannot read {path}: {e}. Delete {self.root} to rebuild the cache.") from e
         if self.standardize:
             image = raw.astype(np.float32)
-            # Per-image standardisation (as GMIC/GLAM do) removes exposure differences between images.
+            # Per-image standardisation (as GMIC/GLAM do) removes exposure differences between images. numpy, not
+            # standardize_images: 20 vs 81 ms per 2944x1920 image on a CPU core, and the published CPU results' numbers.
             image = (image - image.mean()) / max(float(image.std()), 1e-6)
         else:
             image = np.array(raw)  # out of the read-only memory map, still uint16

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Literal, TypeVar
+from typing import Literal
 
 import numpy as np
 import torch
@@ -29,8 +29,7 @@ from wsseg.evaluation.metrics import dice_from_counts, iou_from_counts, reverse_
 from wsseg.evaluation.stats import ClassStats, FrocSettings, SplitStats, class_stats, stack_class
 from wsseg.evaluation.summary import calibrated_thresholds, summarize
 from wsseg.nn.upsample import UpsampleMode, to_input_resolution
-
-_T = TypeVar("_T")
+from wsseg.training.distributed import unshard
 
 Normalization = Literal["none", "minmax"]
 
@@ -167,13 +166,13 @@ class SegmentationEvaluator:
         ``torchrun`` evaluation do; the settings are part 0's (every part was made from the same config).
         """
         out = cls(parts[0].classes, parts[0].n_bins, parts[0].upsample, parts[0].normalization, parts[0].froc)
-        out._ids = _interleave([p._ids for p in parts])
-        out._patients = _interleave([p._patients for p in parts])
-        out._spacing = _interleave([p._spacing for p in parts])
+        out._ids = unshard([p._ids for p in parts])
+        out._patients = unshard([p._patients for p in parts])
+        out._spacing = unshard([p._spacing for p in parts])
         for name in out.classes:
-            out._per_class[name] = _interleave([p._per_class[name] for p in parts])
-            out._scores[name] = _interleave([p._scores[name] for p in parts])
-            out._labels[name] = _interleave([p._labels[name] for p in parts])
+            out._per_class[name] = unshard([p._per_class[name] for p in parts])
+            out._scores[name] = unshard([p._scores[name] for p in parts])
+            out._labels[name] = unshard([p._labels[name] for p in parts])
         return out
 
     def stats(self) -> SplitStats:
@@ -227,15 +226,6 @@ class SegmentationEvaluator:
             of that class (NaN when there is none).
         """
         return summarize(self.stats(), thresholds, fixed_threshold)
-
-
-def _interleave(parts: Sequence[list[_T]]) -> list[_T]:
-    """Part r's items at places r, r + n, r + 2n, ... of one list (n = ``len(parts)``)."""
-    n = len(parts)
-    out: list[_T] = [None] * sum(len(p) for p in parts)  # type: ignore[list-item]
-    for r, part in enumerate(parts):
-        out[r::n] = part
-    return out
 
 
 def _per_class(values: Sequence[float] | Tensor | np.ndarray | None, k: int) -> list[float]:

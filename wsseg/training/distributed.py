@@ -28,12 +28,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+
+_T = TypeVar("_T")
 
 
 def init_from_env() -> bool:
@@ -66,6 +68,15 @@ def is_main() -> bool:
 def shard(batch: Sequence[int], rank: int, world: int) -> list[int]:
     """This rank's images of a global batch: every ``world``-th one, starting at ``rank``."""
     return list(batch[rank::world])
+
+
+def unshard(parts: Sequence[Sequence[_T]]) -> list[_T]:
+    """The inverse of :func:`shard`: ``parts[r]`` is rank r's share; returns the items in their original order."""
+    world = len(parts)
+    out: list[Any] = [None] * sum(len(p) for p in parts)
+    for r, part in enumerate(parts):
+        out[r::world] = list(part)
+    return out
 
 
 def broadcast_module(module: nn.Module) -> None:
@@ -110,10 +121,7 @@ def gather_rows(rows: np.ndarray, world: int) -> np.ndarray:
     """
     parts: list[Any] = [None] * world
     dist.all_gather_object(parts, rows)
-    out = np.empty((sum(len(p) for p in parts), *rows.shape[1:]), dtype=rows.dtype)
-    for r, part in enumerate(parts):
-        out[r::world] = part
-    return out
+    return np.asarray(unshard(parts), dtype=rows.dtype).reshape(-1, *rows.shape[1:])
 
 
 class _AllReduceSum(torch.autograd.Function):
@@ -208,4 +216,5 @@ __all__ = [
     "rank_and_world",
     "shard",
     "sync_batchnorm",
+    "unshard",
 ]

@@ -236,7 +236,7 @@ def train(
                 # On the device, after the copy; every image gets the draw it gets in one uninterrupted process.
                 batch = augment_batch(
                     batch,
-                    range(rank, len(global_batch), world),  # this rank's places in the global batch (see shard)
+                    shard(range(len(global_batch)), rank, world),  # this rank's places in the global batch
                     len(global_batch),
                     seed=seed,
                     epoch=epoch,
@@ -280,7 +280,7 @@ def train(
             loss_sum, loss_count = all_reduce_sum([loss_sum, loss_count], device)  # over ranks
         if world > 1 and len(val_set) >= world:
             # Each rank predicts every world-th validation image; the logits are gathered back in order.
-            mine = Subset(val_set, range(rank, len(val_set), world))
+            mine = Subset(val_set, shard(range(len(val_set)), rank, world))
             val_logits, val_labels = predict_logits(method, mine, eval_batch_size, device, bf16, num_workers)
             val_logits, val_labels = gather_rows(val_logits, world), gather_rows(val_labels, world)
         else:
