@@ -7,10 +7,25 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+from scipy import stats
 
-from wsseg.data.phantom import CLASSES, PHANTOM_VERSION, PhantomConfig, PhantomImage, generate_image
+from wsseg.config import EvalConfig
+from wsseg.data.phantom import (
+    ANATOMY_KINDS,
+    CLASSES,
+    PHANTOM_VERSION,
+    PhantomConfig,
+    PhantomImage,
+    _draw_cluster,
+    _draw_mass,
+    generate_image,
+)
 from wsseg.data.preview import save_preview
+from wsseg.evaluation.scoring import make_evaluator
+from wsseg.evaluation.summary import summarize
+from wsseg.registry import create_method
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = PhantomConfig.tiny()
@@ -145,6 +160,7 @@ def test_lesion_size_is_physical() -> None:
         b = generate_image(half, 5, "train", i, "CC", "L")
         assert [les["diameter_mm"] for les in b.meta["lesions"]] == [big[0]["diameter_mm"]]
         assert b.meta["lesions"][0]["center_xy_mm"] == big[0]["center_xy_mm"]
+        assert b.meta["anatomy"] == a.meta["anatomy"]  # the normal structures are part of the mm scene too
         ratio = b.masks.sum() / a.masks.sum()
         assert 3.0 < ratio < 5.2, ratio  # (1.6 / 0.8) ** 2 = 4
         checked += 1
@@ -188,3 +204,113 @@ def test_preview_grid(tmp_path: Path, tiny_set: list[PhantomImage]) -> None:
         assert ((rgb[..., 0] > 200) & (rgb[..., 1] < 80)).any()
     if any(img.labels[0] for img in tiny_set[:6]):
         assert ((rgb[..., 1] > 200) & (rgb[..., 0] < 80)).any()
+
+
+def test_lesion_meta_describes_morphology(tiny_set: list[PhantomImage]) -> None:
+    lesions = [les for img in tiny_set for les in img.meta["lesions"]]
+    for les in lesions:
+        assert {"class", "type", "diameter_mm", "shape"} <= set(les)
+        if les["type"] == "mass":
+            # Iso-attenuating for both classes (M-SYNTH: 1.0-1.1 x glandular): brightness does not give the class.
+            assert 1.0 <= les["density_factor"] <= 1.1
+            if les["class"] == "benign":
+                assert les["margin"] == "circumscribed" and les["shape"] in ("round", "oval", "lobulated")
+                assert not les["architectural_distortion"]
+            else:
+                assert les["margin"] in ("indistinct", "spiculated") and les["shape"] == "irregular"
+                assert les["architectural_distortion"]
+        else:
+            assert les["n_calcifications"] >= 5  # BI-RADS: a group is at least 5 calcifications
+            if les["class"] == "benign":
+                assert les["shape"] in ("round", "punctate") and les["distribution"] == "grouped"
+            else:
+                assert les["shape"] in ("fine pleomorphic", "fine-linear", "fine-linear branching")
+    margins = {les.get("margin") for les in lesions if les["class"] == "malignant"}
+    assert margins == {"indistinct", "spiculated", None}
+    assert {les.get("distribution") for les in lesions if les["class"] == "malignant"} >= {"grouped", "linear"}
+
+
+def test_mass_mask_matches_its_diameter() -> None:
+    cfg = dataclasses.replace(PhantomConfig.quick(), p_normal=0.0, p_calcification=0.0, p_second_lesion=0.0)
+    for i in range(6):
+        img = generate_image(cfg, 4, "train", i, *VIEWS[i % 4])
+        (les,) = img.meta["lesions"]
+        area_mm2 = img.masks[CLASSES.index(les["class"])].sum() * cfg.pixel_spacing_mm**2
+        equivalent = 2.0 * np.sqrt(area_mm2 / np.pi)
+        # Axis ratio 0.6-1 and boundary harmonics make the outline's area differ from the nominal circle's.
+        assert 0.55 * les["diameter_mm"] <= equivalent <= 1.2 * les["diameter_mm"], (les, equivalent)
+
+
+def _truncated_lognormal_cdf(law: tuple[float, float, float, float]) -> object:
+    median, gsd, lo, hi = law
+    dist = stats.lognorm(s=np.log(gsd), scale=median)
+    a, b = dist.cdf(lo), dist.cdf(hi)
+    return lambda x: (dist.cdf(np.clip(x, lo, hi)) - a) / (b - a)
+
+
+@pytest.mark.parametrize("kind", ["mass", "calcification"])
+@pytest.mark.parametrize("cls", [0, 1])
+def test_lesion_sizes_follow_the_cited_laws(kind: str, cls: int) -> None:
+    cfg = PhantomConfig()
+    rng = np.random.default_rng(0)
+    draw = _draw_mass if kind == "mass" else _draw_cluster
+    sizes = np.array([draw(cfg, rng, cls).diameter_mm for _ in range(1500)])
+    if kind == "mass":
+        law = cfg.mass_size_malignant if cls else cfg.mass_size_benign
+    else:
+        law = cfg.cluster_size_malignant if cls else cfg.cluster_size_benign
+    assert stats.kstest(sizes, _truncated_lognormal_cdf(law)).pvalue > 0.01
+    assert law[2] <= sizes.min() and sizes.max() <= law[3]
+    if kind == "mass" and cls == 1:
+        # Wang et al. 2020 (median 14 mm, geometric sd 1.93): about 30 % of screen-detected cancers under 10 mm.
+        assert 0.25 <= float(np.mean(sizes < 10.0)) <= 0.36
+        assert 12.5 <= float(np.median(sizes)) <= 15.5
+
+
+def test_every_normal_structure_is_drawn(tiny_set: list[PhantomImage]) -> None:
+    totals = {kind: sum(img.meta["anatomy"][kind] for img in tiny_set) for kind in ANATOMY_KINDS}
+    assert all(n > 0 for n in totals.values()), totals
+    for img in tiny_set:
+        counts = img.meta["anatomy"]
+        # Every breast, with or without a lesion, holds dense islands and vessels.
+        assert counts["island"] >= 1 and counts["vessel"] >= 2
+        if img.meta["view"] == "CC":
+            assert counts["axillary_node"] == 0  # the axilla is shown in MLO views only
+    mlo = [img.meta["anatomy"]["axillary_node"] > 0 for img in tiny_set if img.meta["view"] == "MLO"]
+    assert np.mean(mlo) > 0.6
+
+
+def test_lesion_free_breasts_hold_bright_structures() -> None:
+    # The same lesion-free scene with and without its normal structures: they add bright spots to every breast.
+    base = dataclasses.replace(PhantomConfig.quick(), p_normal=1.0)
+    none = dataclasses.replace(
+        base, island_count=(0, 0), p_intramammary_node=0.0, p_axillary_nodes=0.0, p_mole=0.0, p_marker=0.0
+    )
+    for i in range(4):
+        with_structures = generate_image(base, 8, "train", i, *VIEWS[i])
+        assert not with_structures.masks.any() and with_structures.meta["lesions"] == []
+        without = generate_image(none, 8, "train", i, *VIEWS[i])
+        breast = with_structures.breast_mask
+        brighter = with_structures.image.astype(float) - without.image.astype(float)
+        # Islands alone cover at least a few square millimetres with a visible brightening.
+        assert (brighter[breast] > 100).sum() * 0.4**2 > 20.0
+
+
+def test_brightness_alone_does_not_find_lesions(tiny_set: list[PhantomImage]) -> None:
+    # The intensity prior scored through the evaluator with the threshold that is best on these very images (an
+    # upper bound): with masses at 2x glandular attenuation (phantom 1) it reaches 20-30x the uniform floor here.
+    intensity = create_method("intensity", profile="tiny").eval()
+    evaluators = {name: make_evaluator(EvalConfig(bootstrap_resamples=0)) for name in ("intensity", "uniform")}
+    for i, img in enumerate(tiny_set[:120]):
+        x = img.image.astype(np.float32)
+        x = (x - x.mean()) / x.std()
+        with torch.no_grad():
+            out = intensity(torch.from_numpy(x)[None, None])
+        masks, breast = torch.from_numpy(img.masks), torch.from_numpy(img.breast_mask)
+        common = {"spacing_mm": TINY.pixel_spacing_mm, "image_labels": img.labels}
+        evaluators["intensity"].add(str(i), out.saliency[0], masks, breast, image_scores=out.logits[0], **common)
+        evaluators["uniform"].add(str(i), breast[None].float().expand(2, -1, -1), masks, breast, **common)
+    metrics = {name: summarize(ev.stats(), ev.calibrated_thresholds()) for name, ev in evaluators.items()}
+    for cls in CLASSES:
+        assert metrics["intensity"][cls]["dice"] <= 5.0 * metrics["uniform"][cls]["dice"], metrics
+        assert metrics["intensity"][cls]["pointing_game_10mm"] <= 0.25, metrics

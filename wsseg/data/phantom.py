@@ -6,8 +6,56 @@ same anatomy at different resolutions. Image formation happens in the log-attenu
 (``P = sum(mu * path length)``), then a fixed display curve maps ``P`` to 12-bit MONOCHROME2 (denser = brighter).
 
 Randomness is split into independent streams: one for everything described in millimetres (labels, geometry,
-density, lesions), one for the texture noise and one for the quantum noise. The millimetre stream never draws a
-number whose count depends on the pixel grid, so the same seed gives the same scene at every pixel spacing.
+density, lesions, normal structures), one for the texture noise and one for the quantum noise. The millimetre
+stream never draws a number whose count depends on the pixel grid, so the same seed gives the same scene at every
+pixel spacing.
+
+Version 2 (``PHANTOM_VERSION = "2.0"``) makes the images closer to what a reader of mammograms sees, so that
+brightness alone no longer finds the lesions (version 1 drew masses at twice the glandular attenuation and nothing
+in a lesion-free breast was as bright):
+
+* **Masses are iso-attenuating.** A mass has 1.0-1.1x the attenuation of fibroglandular tissue, as in M-SYNTH
+  (Sizikova et al. 2023: density multipliers 1.0, 1.06, 1.1 on VICTRE's glandular material) and in measured
+  attenuation (infiltrating ductal carcinoma 0.844 /cm against 0.802 /cm for fibroglandular tissue at 20 keV,
+  Johns and Yaffe 1987). Its contrast is what it displaces (``L * (mu_mass - mu_bg)``): visible in fat, masked in
+  dense tissue. Readers find masses by shape, margin and their effect on the surrounding tissue (BI-RADS
+  mammography lexicon, ACR 2013), so those carry the signal here: circumscribed round/oval and lobulated benign
+  masses, some with the radiolucent "halo sign" (a thin rim of displaced fat); irregular malignant masses with an
+  indistinct margin, or spiculated ones (de Sisternes et al. 2015), both with architectural distortion (the
+  surrounding parenchyma pulled toward the mass and bunched into radiating strands).
+* **Normal bright structures in every breast**, with or without a lesion, none of them masked: islands of dense
+  fibroglandular tissue (oval-to-irregular, ill-defined, with interspersed fat: BI-RADS "focal asymmetry" is the
+  reader's name for the ones that look like masses); vessels (tortuous soft-tissue tubes running from the chest
+  wall toward the nipple) and, in some breasts, benign vascular calcifications along them, drawn as the parallel
+  "tram-track" lines of calcified vessel walls (breast arterial calcification, prevalence 12.7 % in the
+  meta-analysis of Hendriks et al., Atherosclerosis 2015, rising steeply with age; 20 % here for a screening-age
+  population); intramammary lymph nodes (oval or reniform, under 1 cm, with a radiolucent fatty hilum; reported on
+  up to 28 % of mammograms) and, in MLO views, axillary lymph nodes in the axillary tail over or in front of the
+  pectoral muscle (visible on most MLO views; up to 2 cm when their hilum is fatty); skin moles projected over the
+  breast (a raised soft-tissue bump) and radiopaque skin markers (a metal bead on a mole or the nipple, the
+  brightest object of an image when present).
+* **Benign and malignant differ by morphology, not brightness**, as the BI-RADS lexicon describes: masses as
+  above; calcifications punctate (< 0.5 mm) or round (0.5-1 mm), smooth and uniform, in a grouped distribution when
+  benign, against fine pleomorphic (varying size and shape, < 0.5 mm) or fine-linear branching calcifications in a
+  grouped, linear or segmental (duct-tree) distribution when malignant. Calcifications of both classes have the same
+  attenuation (mu_calc).
+* **Lesion sizes follow published distributions**, so small lesions are common (the claim under test,
+  that high-resolution maps help most for small lesions, lives there). Sizes are drawn from log-normal laws
+  truncated to what the image can hold (``SizeLaw``: median, geometric sd, bounds):
+
+  - malignant masses (core diameter): median 14 mm, geometric sd 1.93, the log-normal fitted to 22,915
+    screen-detected cancers of the Dutch screening programme (Wang et al., "Mammographic sensitivity as a function
+    of tumor size", The Breast 55:69, 2020); consistent with the median of 12-15 mm of incident screen-detected
+    invasive cancers in BreastScreen Victoria (Breast Cancer Res. 6(Suppl 1):P14, 2004), whose smallest size
+    quintile is under 8 mm. About 30 % are under 10 mm and 6 % under 5 mm;
+  - benign masses (cysts, fibroadenomas): no screening registry publishes their sizes; the phantom assumes a
+    log-normal with median 11 mm and geometric sd 1.6 (most benign masses recalled at screening are 5-25 mm);
+  - calcification clusters (extent of the cluster): the BI-RADS "grouped" distribution is at least 5
+    calcifications within 1 cm and at most 2 cm across, so benign (grouped) clusters have median 8 mm, geometric
+    sd 1.5, within 3-20 mm; malignant linear and segmental distributions extend further (median 12 mm, geometric
+    sd 1.7, 4-40 mm). These two laws are the phantom's assumption within the BI-RADS bounds, not a fit.
+
+Every number is a ``PhantomConfig`` field; each comment says where it comes from.
 """
 
 from __future__ import annotations
@@ -21,14 +69,17 @@ import numpy as np
 import scipy.fft as sfft
 from scipy import ndimage as ndi
 from scipy.spatial import ConvexHull, QhullError
+from scipy.special import ndtr, ndtri
 
-PHANTOM_VERSION: str = "1.0"
+PHANTOM_VERSION: str = "2.0"
 CLASSES: tuple[str, str] = ("benign", "malignant")
 
 _VIEWS = ("CC", "MLO")
 _LATERALITIES = ("L", "R")
 _DENSITIES = ("A", "B", "C", "D")
 Range = tuple[float, float]
+# A truncated log-normal size law: (median mm, geometric standard deviation, lower bound mm, upper bound mm).
+SizeLaw = tuple[float, float, float, float]
 
 
 @dataclass(frozen=True)
@@ -92,18 +143,21 @@ class PhantomConfig:
     mu_fat: float = 0.456  # 1/cm, adipose at about 20 keV
     mu_gland: float = 0.802  # 1/cm, fibroglandular at about 20 keV
     mu_calc: float = 20.0  # 1/cm, calcification (calcium oxalate/hydroxyapatite order of magnitude)
+    mu_marker: float = 200.0  # 1/cm, a steel skin marker at about 20 keV (iron: 25.7 cm2/g x 7.87 g/cm3)
     detector_blur_mm: Range = (0.05, 0.08)  # mm, Gaussian sigma of the detector MTF
     quantum_noise_sd: Range = (0.005, 0.02)  # log units per 0.1 mm pixel; scales as 1/spacing (pixel binning)
     display_gamma: float = 3.0  # 1, display curve exponent (like a film gamma): fat mid-dark, dense near white
     display_white: float = 1.3  # x the full-thickness dense-tissue attenuation, mapped to 4095
-    # Masses (13.4).
-    mass_density_factor: float = 2.0  # 1, mass attenuation = factor x glandular (M-SYNTH: 1.0-1.1; raised, see below)
-    mass_diameter_mm: Range = (5.0, 30.0)  # mm, circumscribed mass diameter, log-uniform
-    spiculated_core_mm: Range = (5.0, 20.0)  # mm, malignant mass core diameter, log-uniform
+    # Masses (13.4). Sizes: see the module docstring for the sources of the size laws.
+    mass_density_factor: Range = (1.0, 1.1)  # 1, mass attenuation / glandular (M-SYNTH: 1.0, 1.06, 1.1)
+    mass_size_benign: SizeLaw = (11.0, 1.6, 4.0, 35.0)  # benign mass diameter (assumed; see the docstring)
+    mass_size_malignant: SizeLaw = (14.0, 1.93, 4.0, 40.0)  # malignant core diameter (Wang et al. 2020)
     mass_axis_ratio: Range = (0.6, 1.0)  # 1, minor/major axis ratio
     mass_depth_ratio: Range = (0.8, 1.2)  # 1, along-beam depth / diameter
     mass_edge_blur_mm: float = 0.5  # mm, Gaussian softening of the mass intensity edge (mask stays hard)
-    p_lobulated: float = 0.4  # probability a benign mass is lobulated rather than circumscribed
+    p_lobulated: float = 0.4  # probability a benign mass is lobulated rather than round/oval
+    p_halo_sign: float = 0.5  # probability a benign mass shows the radiolucent halo (a thin rim of displaced fat)
+    halo_sign_width_mm: Range = (0.4, 1.0)  # mm, width of that lucent rim
     p_irregular: float = 0.3  # probability a malignant mass is irregular (no spicules) rather than spiculated
     spicule_spacing_mm: Range = (2.0, 4.0)  # mm of core perimeter per spicule
     spicule_count: tuple[int, int] = (8, 30)  # spicules per mass, clip
@@ -111,20 +165,54 @@ class PhantomConfig:
     spicule_base_width_mm: Range = (0.5, 1.5)  # mm
     spicule_turn_deg_per_mm: float = 5.0  # degrees per mm, max heading random walk
     spicule_branch_prob: float = 0.25  # probability a spicule has one branch
-    spicule_contrast: Range = (0.2, 0.5)  # fraction of the core peak thickness
-    halo_sd_mm: Range = (1.0, 2.0)  # mm, ill-defined halo around malignant masses
-    halo_amp: Range = (0.1, 0.2)  # fraction of the core thickness
+    spicule_depth_ratio: Range = (1.0, 3.0)  # 1, along-beam thickness / base width of a spicule (a strand or sheet)
+    indistinct_sd_mm: Range = (1.0, 2.5)  # mm, blur of a malignant mass's indistinct margin
+    indistinct_amp: Range = (0.15, 0.3)  # fraction of the core thickness spread into that margin
+    distortion_reach_mm: Range = (5.0, 20.0)  # mm beyond the core over which the parenchyma is pulled in
+    distortion_pull: Range = (0.1, 0.3)  # 1, fraction of the reach by which tissue at the core edge is pulled in
+    distortion_tethers: tuple[int, int] = (5, 12)  # radiating strands the tissue bunches into
+    distortion_bunching: Range = (0.15, 0.35)  # rad, angular pull of the tissue toward each strand
     # Microcalcification clusters (13.5).
-    calc_count: tuple[int, int] = (5, 30)  # calcifications per cluster
-    cluster_extent_mm: Range = (3.0, 15.0)  # mm, cluster extent
-    calc_size_benign_mm: Range = (0.3, 1.0)  # mm, round/punctate diameter
-    calc_size_malignant_mm: Range = (0.1, 0.4)  # mm, pleomorphic/fine-linear width
-    calc_aspect_malignant: Range = (1.0, 4.0)  # 1, length/width of malignant calcifications
+    calc_count: tuple[int, int] = (5, 30)  # calcifications per cluster (BI-RADS grouped: at least 5)
+    cluster_size_benign: SizeLaw = (8.0, 1.5, 3.0, 20.0)  # benign cluster extent (BI-RADS grouped: <= 2 cm)
+    cluster_size_malignant: SizeLaw = (12.0, 1.7, 4.0, 40.0)  # malignant extent (grouped, linear, segmental)
+    calc_size_punctate_mm: Range = (0.2, 0.5)  # mm, BI-RADS punctate: under 0.5 mm
+    calc_size_round_mm: Range = (0.5, 1.0)  # mm, BI-RADS round: 0.5-1 mm
+    calc_size_malignant_mm: Range = (0.1, 0.4)  # mm, fine pleomorphic / fine-linear width (under 0.5 mm)
+    calc_aspect_malignant: Range = (1.0, 4.0)  # 1, length/width of pleomorphic calcifications
+    calc_aspect_linear: Range = (2.0, 6.0)  # 1, length/width of fine-linear calcifications
     calc_thickness_mm: Range = (0.15, 0.4)  # mm, along-beam thickness
     calc_min_gap_mm: float = 0.2  # mm, minimum distance between calcification centres
+    p_linear: float = 0.35  # probability a malignant cluster is fine-linear in a linear distribution
+    p_segmental: float = 0.2  # probability it is fine-linear branching in a segmental (duct-tree) distribution
     cluster_dilation_mm: float = 1.0  # mm, cluster region = convex hull dilated by this
+    # Normal structures (present in lesion-free breasts too; see the module docstring).
+    island_count: tuple[int, int] = (1, 4)  # islands of dense fibroglandular tissue per breast
+    island_diameter_mm: Range = (8.0, 30.0)  # mm, log-uniform
+    island_edge_mm: Range = (1.5, 3.0)  # mm, Gaussian blur of an island's ill-defined border
+    island_fat: float = 0.6  # 1, depth of the interspersed-fat gaps inside an island (x the fine texture, in sd)
+    vessel_count: tuple[int, int] = (2, 5)  # vessels per breast
+    vessel_width_mm: Range = (0.8, 2.5)  # mm, vessel diameter at the chest wall end
+    vessel_length_frac: Range = (0.4, 0.9)  # fraction of the nipple depth
+    p_vascular_calcification: float = 0.2  # probability a breast has calcified vessels (Hendriks et al. 2015)
+    bac_wall_width_mm: Range = (0.2, 0.5)  # mm, width of one calcified wall line
+    bac_thickness_mm: Range = (0.1, 0.3)  # mm, along-beam calcium thickness of a wall line
+    bac_coverage: Range = (0.3, 0.8)  # fraction of a calcified vessel's length whose walls are calcified
+    p_intramammary_node: float = 0.28  # probability of an intramammary lymph node (seen on up to 28 % of views)
+    node_length_mm: Range = (4.0, 10.0)  # mm, intramammary node long axis (normal: under 1 cm)
+    p_axillary_nodes: float = 0.8  # probability an MLO view shows axillary nodes
+    axillary_node_count: tuple[int, int] = (1, 3)  # axillary nodes when shown
+    axillary_node_length_mm: Range = (8.0, 20.0)  # mm, axillary node long axis (fatty-hilum nodes reach 2 cm)
+    node_axis_ratio: Range = (0.45, 0.75)  # 1, node minor/major axis ratio (oval, reniform)
+    node_hilum_frac: Range = (0.3, 0.6)  # 1, fatty hilum size / node size
+    p_mole: float = 0.3  # probability of a skin mole projected over the breast
+    mole_diameter_mm: Range = (2.0, 8.0)  # mm
+    mole_height_mm: Range = (1.0, 3.0)  # mm, how far it is raised above the skin (extra soft tissue in the beam)
+    p_marker: float = 0.1  # probability of a radiopaque skin marker (on the mole if any, else on the nipple)
+    marker_diameter_mm: Range = (1.5, 2.5)  # mm, metal bead
     # Placement and rasterisation.
     lesion_margin_mm: float = 5.0  # mm, clearance from skin line and pectoral muscle
+    lesion_site_gland: float = 1.0  # 1, lesion sites drawn with probability ~ (expected glandular fraction) ** this
     min_lesion_px: int = 3  # pixels, every lesion mask is at least this many pixels across
 
     @classmethod
@@ -334,12 +422,15 @@ def _glandular_fraction(
     breast: np.ndarray,
     dense_frac: float,
     g_max: float,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Glandular fraction g in [0, 1] per pixel (13.2) and the standardised raw field (for the pectoral texture)."""
+    centre: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Glandular fraction g in [0, 1] per pixel (13.2) and two standardised fields.
+
+    Returns g, the raw field (for the pectoral texture) and the fine field (for the interspersed fat of dense islands).
+    """
     s = cfg.pixel_spacing_mm
     shape = (cfg.height, cfg.width)
     beta, stretch = _u(rng_mm, cfg.texture_beta), _u(rng_mm, cfg.texture_stretch)
-    centre = _u(rng_mm, cfg.envelope_center_frac) * geom.depth_mm
     field = _power_law_field(rng_tex, shape, s, beta, cfg, stretch)
     # A flatter (beta ~ 2) component adds the fine strands that survive inside dense tissue.
     fine = _power_law_field(rng_tex, shape, s, 2.0, cfg, stretch)
@@ -347,20 +438,41 @@ def _glandular_fraction(
     field = (field - field[::2, ::2][sample].mean()) / (field[::2, ::2][sample].std() + 1e-6)
     fine = (fine - fine[::2, ::2][sample].mean()) / (fine[::2, ::2][sample].std() + 1e-6)
     rows, cols = _grid_mm(shape[0], s)[:, None], _grid_mm(shape[1], s)[None, :]
-    sd = cfg.envelope_sd_frac * geom.depth_mm
-    env = np.exp(-((cols - centre) ** 2 + (rows - geom.nipple_row_mm) ** 2) / (2.0 * sd * sd))
-    # Gland sits retro-areolar and away from the subcutaneous fat under the skin.
-    prior = cfg.envelope_weight * (2.0 * env - 1.0) - cfg.subcutaneous_weight * np.exp(-dist / cfg.subcutaneous_fat_mm)
-    z = field + prior
+    z = field + _gland_prior(cfg, geom, centre, rows, cols, dist)
     tau = float(np.quantile(z[::2, ::2][sample], 1.0 - dense_frac))
     g = g_max / (1.0 + np.exp(-(z - tau) / cfg.gland_sigmoid_s))
     # Fine texture modulates dense tissue only: fat lobules do not show strands.
     g = np.clip(g * (1.0 + cfg.texture_fine_amp * fine), 0.0, 1.0)
-    return g.astype(np.float32), field
+    return g.astype(np.float32), field, fine
+
+
+def _gland_prior(
+    cfg: PhantomConfig, geom: _Geometry, centre: float, rows: np.ndarray, cols: np.ndarray, dist: np.ndarray
+) -> np.ndarray:
+    """The smooth prior (sd units) added to the texture field: gland sits retro-areolar and away from the skin.
+
+    ``centre`` is the envelope's column (mm); ``rows``, ``cols`` are mm coordinates and ``dist`` the distance (mm) to
+    the outline, on any grid (the pixel grid for the texture, the 1 mm grid for lesion placement).
+    """
+    sd = cfg.envelope_sd_frac * geom.depth_mm
+    env = np.exp(-((cols - centre) ** 2 + (rows - geom.nipple_row_mm) ** 2) / (2.0 * sd * sd))
+    subcutaneous = np.exp(-dist / cfg.subcutaneous_fat_mm)
+    return cfg.envelope_weight * (2.0 * env - 1.0) - cfg.subcutaneous_weight * subcutaneous
 
 
 # --------------------------------------------------------------------------------------------------------------------
 # Lesions
+
+
+def _size(rng: np.random.Generator, law: SizeLaw) -> float:
+    """One draw (mm) from a truncated log-normal size law, by inverting the CDF at one uniform draw.
+
+    One draw per call whatever the bounds, so the millimetre stream's length never depends on the outcome.
+    """
+    median, gsd, lo, hi = law
+    mu, sigma = math.log(median), math.log(gsd)
+    a, b = float(ndtr((math.log(lo) - mu) / sigma)), float(ndtr((math.log(hi) - mu) / sigma))
+    return float(np.clip(math.exp(mu + sigma * float(ndtri(rng.uniform(a, b)))), lo, hi))
 
 
 @dataclass
@@ -369,7 +481,8 @@ class _Lesion:
 
     cls: int  # 0 benign, 1 malignant
     kind: str  # "mass" | "calcification"
-    shape: str
+    shape: str  # BI-RADS shape (masses) or calcification morphology
+    detail: str  # BI-RADS margin (masses) or distribution (calcifications)
     diameter_mm: float
     radius_mm: float  # clearance radius used for placement
     params: dict[str, Any]
@@ -387,31 +500,56 @@ def _harmonics(rng: np.random.Generator, kmax: int, amax: float, total: float) -
 
 
 def _draw_mass(cfg: PhantomConfig, rng: np.random.Generator, cls: int) -> _Lesion:
-    """Draw a mass (13.4): circumscribed/lobulated when benign, spiculated/irregular when malignant."""
+    """Draw a mass (13.4) by its BI-RADS descriptors.
+
+    Benign: round or oval with a circumscribed margin, sometimes gently lobulated, and in ``p_halo_sign`` of them a
+    thin radiolucent rim (the "halo sign" of cysts and fibroadenomas). Malignant: an irregular shape with an
+    indistinct margin, or spiculated; both distort the surrounding parenchyma (architectural distortion), drawn here
+    as a pull of the tissue toward the mass with the tissue bunched into radiating strands.
+    """
     if cls == 0:
-        shape = "lobulated" if rng.random() < cfg.p_lobulated else "circumscribed"
-        d = _log_u(rng, cfg.mass_diameter_mm)
-        harm = _harmonics(rng, 10, 0.10, 0.35) if shape == "lobulated" else _harmonics(rng, 6, 0.04, 0.2)
+        d = _size(rng, cfg.mass_size_benign)
+        lobulated = rng.random() < cfg.p_lobulated
+        harm = _harmonics(rng, 10, 0.10, 0.35) if lobulated else _harmonics(rng, 6, 0.04, 0.2)
+        ratio = _u(rng, cfg.mass_axis_ratio)
+        shape = "lobulated" if lobulated else ("round" if ratio > 0.85 else "oval")
+        margin = "circumscribed"
     else:
-        shape = "irregular" if rng.random() < cfg.p_irregular else "spiculated"
-        d = _log_u(rng, cfg.spiculated_core_mm)
-        harm = _harmonics(rng, 10, 0.20, 0.5) if shape == "irregular" else _harmonics(rng, 8, 0.15, 0.45)
+        d = _size(rng, cfg.mass_size_malignant)
+        margin = "indistinct" if rng.random() < cfg.p_irregular else "spiculated"
+        harm = _harmonics(rng, 10, 0.20, 0.5) if margin == "indistinct" else _harmonics(rng, 8, 0.15, 0.45)
+        ratio = _u(rng, cfg.mass_axis_ratio)
+        shape = "irregular"
     r0 = d / 2.0
     params: dict[str, Any] = {
-        "ratio": _u(rng, cfg.mass_axis_ratio),
+        "ratio": ratio,
         "rot": float(rng.uniform(0.0, np.pi)),
         "harm": harm,
         "depth": d * _u(rng, cfg.mass_depth_ratio),
+        "density": _u(rng, cfg.mass_density_factor),
         "spicules": [],
-        "halo": (0.0, 1.0),
+        "indistinct": (0.0, 1.0),
+        "halo_sign": 0.0,
+        "distortion": None,
     }
     reach = r0 * (1.0 + sum(a for _, a, _ in harm))
-    if cls == 1:
-        params["halo"] = (_u(rng, cfg.halo_amp), _u(rng, cfg.halo_sd_mm))
-    if shape == "spiculated":
-        params["spicules"], params["spicule_contrast"] = _draw_spicules(cfg, rng, r0), _u(rng, cfg.spicule_contrast)
-    # Spicules may cross tissue boundaries, but the core and halo must be clear of skin and pectoral.
-    return _Lesion(cls, "mass", shape, d, reach + (2.0 * params["halo"][1] if cls == 1 else 0.0), params)
+    if cls == 0:
+        if rng.random() < cfg.p_halo_sign:
+            params["halo_sign"] = _u(rng, cfg.halo_sign_width_mm)
+        return _Lesion(cls, "mass", shape, margin, d, reach + params["halo_sign"], params)
+    params["indistinct"] = (_u(rng, cfg.indistinct_amp), _u(rng, cfg.indistinct_sd_mm))
+    if margin == "spiculated":
+        params["spicules"], params["spicule_depth"] = _draw_spicules(cfg, rng, r0), _u(rng, cfg.spicule_depth_ratio)
+    n_tethers = int(rng.integers(cfg.distortion_tethers[0], cfg.distortion_tethers[1] + 1))
+    params["distortion"] = {
+        "reach": _u(rng, cfg.distortion_reach_mm),
+        "pull": _u(rng, cfg.distortion_pull),
+        "tethers": n_tethers,
+        "phase": float(rng.uniform(0.0, 2.0 * np.pi)),
+        "bunching": _u(rng, cfg.distortion_bunching),
+    }
+    # Spicules and the distortion may cross tissue boundaries, but the core and its margin must be clear of them.
+    return _Lesion(cls, "mass", shape, margin, d, reach + 2.0 * params["indistinct"][1], params)
 
 
 def _random_walk(
@@ -449,48 +587,86 @@ def _draw_spicules(cfg: PhantomConfig, rng: np.random.Generator, r0: float) -> l
 
 
 def _draw_cluster(cfg: PhantomConfig, rng: np.random.Generator, cls: int) -> _Lesion:
-    """Draw a microcalcification cluster (13.5): round/punctate (benign) or pleomorphic/fine-linear (malignant)."""
-    extent = _u(rng, cfg.cluster_extent_mm)
+    """Draw a microcalcification cluster (13.5) by its BI-RADS morphology and distribution.
+
+    Benign: punctate (< 0.5 mm) or round (0.5-1 mm), smooth and uniform, grouped. Malignant: fine pleomorphic
+    (< 0.5 mm, varying in size and shape) grouped, or fine-linear casts of the duct lumen, oriented along the duct,
+    in a linear distribution (one duct) or a segmental one (a duct and its branches fanning toward the chest wall).
+    """
     count = int(rng.integers(cfg.calc_count[0], cfg.calc_count[1] + 1))
+    angles: np.ndarray | None = None  # per-candidate orientation (along the duct) for fine-linear casts
     if cls == 0:
-        shape = "round" if rng.random() < 0.5 else "punctate"
-        sizes = cfg.calc_size_benign_mm if shape == "round" else (cfg.calc_size_benign_mm[0], 0.6)
-        sd = extent / 4.0
-        centres = [p for p in rng.normal(0.0, sd, (4 * count, 2)) if np.hypot(*p) <= extent / 2.0]
+        extent = _size(rng, cfg.cluster_size_benign)
+        shape, distribution = ("round" if rng.random() < 0.5 else "punctate"), "grouped"
+        sizes = cfg.calc_size_round_mm if shape == "round" else cfg.calc_size_punctate_mm
+        centres = _grouped_points(rng, extent, 4 * count)
     else:
-        shape = "fine-linear" if rng.random() < 0.5 else "pleomorphic"
+        extent = _size(rng, cfg.cluster_size_malignant)
         sizes = cfg.calc_size_malignant_mm
-        centres = _duct_points(rng, extent, 4 * count, jitter=0.2 if shape == "fine-linear" else 0.6)
+        u = rng.random()
+        if u < cfg.p_segmental:
+            shape, distribution = "fine-linear branching", "segmental"
+            count = min(2 * count, 60)  # a segment holds more calcifications than a group
+            centres, angles = _duct_points(rng, extent, 4 * count, jitter=0.15, branches=int(rng.integers(3, 6)))
+        elif u < cfg.p_segmental + cfg.p_linear:
+            shape, distribution = "fine-linear", "linear"
+            centres, angles = _duct_points(rng, extent, 4 * count, jitter=0.15, branches=1)
+        else:
+            shape, distribution = "fine pleomorphic", "grouped"
+            centres = _grouped_points(rng, extent, 4 * count)
     if len(centres) == 0:
-        centres = [np.zeros(2)]
+        centres = np.zeros((1, 2))
     calcs: list[tuple[float, float, float, float, float, float]] = []  # row, col, width, length, angle, thickness
-    for p in centres:
+    for i, p in enumerate(centres):
         if len(calcs) == count:
             break
         if any(math.hypot(p[0] - c[0], p[1] - c[1]) < cfg.calc_min_gap_mm + 0.5 * c[2] for c in calcs):
             continue
         w = _u(rng, sizes)
-        aspect = 1.0 if cls == 0 else _u(rng, cfg.calc_aspect_malignant)
-        if shape == "fine-linear":
-            aspect = max(aspect, 2.0)
-        calcs.append(
-            (float(p[0]), float(p[1]), w, w * aspect, float(rng.uniform(0, np.pi)), _u(rng, cfg.calc_thickness_mm))
-        )
+        if cls == 0:
+            aspect = 1.0  # smooth and round
+        elif angles is not None:
+            aspect = _u(rng, cfg.calc_aspect_linear)
+        else:
+            aspect = _u(rng, cfg.calc_aspect_malignant)
+        angle = float(angles[i]) if angles is not None else float(rng.uniform(0, np.pi))
+        calcs.append((float(p[0]), float(p[1]), w, w * aspect, angle, _u(rng, cfg.calc_thickness_mm)))
     params = {"calcs": calcs}
-    return _Lesion(cls, "calcification", shape, extent, extent / 2.0 + cfg.cluster_dilation_mm + 1.0, params)
+    radius = extent / 2.0 + cfg.cluster_dilation_mm + 1.0
+    return _Lesion(cls, "calcification", shape, distribution, extent, radius, params)
 
 
-def _duct_points(rng: np.random.Generator, extent: float, n: int, jitter: float) -> np.ndarray:
-    """Candidate calcification centres along a branching duct segment of about ``extent`` mm, centred at 0."""
-    heading = float(rng.uniform(0.0, 2.0 * np.pi))
+def _grouped_points(rng: np.random.Generator, extent: float, n: int) -> np.ndarray:
+    """Candidate centres (mm) of a grouped distribution: a Gaussian scatter kept within ``extent`` across."""
+    pts = rng.normal(0.0, extent / 4.0, (n, 2))
+    return pts[np.hypot(pts[:, 0], pts[:, 1]) <= extent / 2.0]
+
+
+def _duct_points(
+    rng: np.random.Generator, extent: float, n: int, jitter: float, branches: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Candidate centres along a duct (and ``branches - 1`` side branches) about ``extent`` mm long, centred at 0.
+
+    Ducts run from the nipple toward the chest wall (from larger to smaller columns in the canonical frame), so the
+    trunk heads that way within +-35 degrees and branches fan out from it, the triangle with its apex toward the
+    nipple that BI-RADS calls segmental. Returns the points (n', 2) and the local duct direction of each (n',).
+    """
+    heading = float(np.pi + rng.uniform(-0.6, 0.6))
     start = -0.5 * extent * np.array([np.sin(heading), np.cos(heading)])
     trunk = _random_walk(rng, start, heading, extent, 15.0)
-    at = trunk[len(trunk) // 3 + int(rng.integers(0, max(1, len(trunk) // 3)))]
-    branch = _random_walk(rng, at, heading + float(rng.choice([-1.0, 1.0]) * rng.uniform(0.4, 0.9)), 0.5 * extent, 15.0)
-    path = np.vstack([trunk, branch])
-    pts = path[rng.integers(0, len(path), n)] + rng.normal(0.0, jitter, (n, 2))
+    paths = [trunk]
+    for _ in range(branches - 1):
+        at = trunk[int(rng.integers(len(trunk) // 5, max(len(trunk) // 5 + 1, 3 * len(trunk) // 5)))]
+        side = float(rng.choice([-1.0, 1.0]) * rng.uniform(0.3, 0.8))
+        paths.append(_random_walk(rng, at, heading + side, float(rng.uniform(0.4, 0.7)) * extent, 15.0))
+    path = np.vstack(paths)
+    tangent = np.vstack([np.gradient(p, axis=0) for p in paths])
+    pick = rng.integers(0, len(path), n)
+    pts = path[pick] + rng.normal(0.0, jitter, (n, 2))
+    angles = np.arctan2(tangent[pick, 0], tangent[pick, 1])  # the calcification's long axis follows the duct
     # Keep the cluster inside its nominal extent.
-    return pts[np.hypot(pts[:, 0], pts[:, 1]) <= 0.5 * extent + jitter]
+    keep = np.hypot(pts[:, 0], pts[:, 1]) <= 0.5 * extent + jitter
+    return pts[keep], angles[keep]
 
 
 def _placement_maps(geom: _Geometry) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -514,8 +690,12 @@ def _place(
     geom: _Geometry,
     cfg: PhantomConfig,
     taken: list[_Lesion],
+    site: np.ndarray,
 ) -> bool:
-    """Choose a centre (mm) clear of skin, pectoral muscle and earlier lesions; False when no room is left."""
+    """Choose a centre (mm) clear of skin, pectoral muscle and earlier lesions; False when no room is left.
+
+    Among the free 1 mm cells, a cell is chosen with probability proportional to ``site`` (see :func:`_draw_lesions`).
+    """
     d_out, d_pec, _ = maps
     need = lesion.radius_mm + cfg.lesion_margin_mm
     ok = (d_out >= need + geom.skin_mm) & (d_pec >= need)
@@ -535,7 +715,8 @@ def _place(
         score = np.minimum(d_out - geom.skin_mm, d_pec)
         rr, cc = np.unravel_index(np.argmax(score), score.shape)
         rr, cc = np.atleast_1d(rr), np.atleast_1d(cc)
-    i = int(rng.integers(0, rr.size))
+    cum = np.cumsum(site[rr, cc], dtype=np.float64)
+    i = min(int(np.searchsorted(cum, rng.random() * cum[-1], side="right")), rr.size - 1)
     lesion.center_mm = (float(rr[i] + rng.uniform(0.0, 1.0)), float(cc[i] + rng.uniform(0.0, 1.0)))
     return True
 
@@ -555,37 +736,85 @@ def _window(
 
 
 def _min_disk(mask: np.ndarray, dr: np.ndarray, dc: np.ndarray, cfg: PhantomConfig) -> np.ndarray:
-    """Guarantee the mask is at least ``min_lesion_px`` across (at coarse spacings a 5 mm lesion is ~3 px)."""
-    rad = 0.5 * cfg.min_lesion_px * cfg.pixel_spacing_mm
+    """Guarantee the mask is at least ``min_lesion_px`` across (at coarse spacings a 5 mm lesion is ~3 px).
+
+    A disk of radius n/2 pixels can span only n - 1 rows when its centre falls between pixel centres; half a pixel
+    more in the other axis (``sqrt((n/2)^2 + 1/4)``) always reaches a pixel centre in the outermost rows and columns.
+    """
+    rad = math.sqrt((0.5 * cfg.min_lesion_px) ** 2 + 0.25) * cfg.pixel_spacing_mm
     return mask | (dr**2 + dc**2 <= rad * rad)
 
 
-def _render_mass(les: _Lesion, cfg: PhantomConfig, thick: np.ndarray) -> tuple[tuple[slice, slice], np.ndarray]:
-    """Add the mass's along-beam thickness (mm) into ``thick``; return its window and hard core mask."""
+@dataclass
+class _Layers:
+    """What the scene adds to the background breast, per pixel, before image formation.
+
+    Attributes:
+        mass_t: mm of tissue displaced by masses (with their spicules and margins).
+        mass_mu: those mm x the masses' attenuation (mm/cm).
+        soft_t: mm of background tissue displaced by the other inclusions (islands, nodes, vessels, halo rims).
+        soft_mu: sum of displaced mm x the inclusions' attenuation (mm/cm); contrast is ``soft_mu - soft_t * mu_bg``.
+        calc_t: mm of calcium (lesions and vessel walls), partial-volume averaged over the pixel.
+        extra_mu: mm x attenuation (mm/cm) of matter outside the breast's volume (raised moles, skin markers).
+    """
+
+    mass_t: np.ndarray
+    mass_mu: np.ndarray
+    soft_t: np.ndarray
+    soft_mu: np.ndarray
+    calc_t: np.ndarray
+    extra_mu: np.ndarray
+
+    @classmethod
+    def zeros(cls, shape: tuple[int, int]) -> _Layers:
+        """Empty layers of ``shape``."""
+        return cls(*(np.zeros(shape, dtype=np.float32) for _ in range(6)))
+
+
+def _blob(
+    center_mm: tuple[float, float],
+    r0: float,
+    params: dict[str, Any],
+    half_mm: float,
+    cfg: PhantomConfig,
+) -> tuple[slice, slice, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """An ellipsoid with a harmonic boundary: window, offsets, normalised radius ``rho`` and along-beam chord (mm).
+
+    ``params`` holds ``ratio`` (minor/major), ``rot`` (rad), ``harm`` (boundary harmonics) and ``depth`` (mm).
+    """
+    rs, cs, dr, dc = _window(center_mm, half_mm, cfg)
+    rho, chord = _ellipsoid_chord(dr, dc, r0, params)
+    return rs, cs, dr, dc, rho, chord
+
+
+def _render_mass(les: _Lesion, cfg: PhantomConfig, layers: _Layers) -> tuple[tuple[slice, slice], np.ndarray]:
+    """Add the mass (and its halo sign) to the displaced-tissue layers; return its window and hard core mask."""
     p, s = les.params, cfg.pixel_spacing_mm
     r0 = les.diameter_mm / 2.0
     spic_reach = max((float(np.abs(path).max()) for path, _, _ in p["spicules"]), default=0.0)
-    half = max(les.radius_mm, spic_reach) + 4.0 * p["halo"][1] + 2.0
-    rs, cs, dr, dc = _window(les.center_mm, half, cfg)
-    cos_r, sin_r = math.cos(p["rot"]), math.sin(p["rot"])
-    u = dc * cos_r + dr * sin_r
-    v = (-dc * sin_r + dr * cos_r) / p["ratio"]
-    theta = np.arctan2(v, u)
-    radius = np.full(theta.shape, r0, dtype=np.float32)
-    for k, a, phi in p["harm"]:
-        radius *= 1.0 + a * np.cos(k * theta + phi)
-    rho = np.hypot(u, v) / radius
+    amp, sd = p["indistinct"]
+    half = max(les.radius_mm, spic_reach) + 4.0 * sd + 2.0
+    rs, cs, dr, dc, rho, lz = _blob(les.center_mm, r0, p, half, cfg)
     core = rho < 1.0
-    lz = p["depth"] * np.sqrt(np.clip(1.0 - rho**2, 0.0, None))
-    sig = cfg.mass_edge_blur_mm / s
-    if sig >= 0.3:
-        lz = ndi.gaussian_filter(lz, sig)
-    amp, halo_sd = p["halo"]
+    if cfg.mass_edge_blur_mm / s >= 0.3:
+        lz = ndi.gaussian_filter(lz, cfg.mass_edge_blur_mm / s)
     if amp > 0:
-        lz = lz + amp * ndi.gaussian_filter(lz, halo_sd / s)
+        # Indistinct margin: part of the mass's density spreads out, so no sharp edge is left to see.
+        lz = (1.0 - amp) * lz + amp * ndi.gaussian_filter(lz, sd / s)
     if p["spicules"]:
-        lz = lz + _render_spicules(p["spicules"], p["spicule_contrast"] * p["depth"], lz.shape, dr, dc, s)
-    thick[rs, cs] += lz.astype(np.float32)
+        base = float(np.mean([b for _, b, _ in p["spicules"]]))
+        lz = lz + _render_spicules(p["spicules"], p["spicule_depth"] * base, lz.shape, dr, dc, s)
+    layers.mass_t[rs, cs] += lz
+    layers.mass_mu[rs, cs] += lz * (p["density"] * cfg.mu_gland)
+    if p["halo_sign"] > 0:
+        # A thin shell of fat around the mass: its chord is largest just outside the edge, where the beam runs
+        # tangentially through it, which is the lucent rim a reader calls the halo sign.
+        rho_out = 1.0 + p["halo_sign"] / r0
+        rim = p["depth"] * np.sqrt(np.clip(rho_out**2 - rho**2, 0.0, None)) * (rho >= 1.0)
+        if 0.5 * p["halo_sign"] / s >= 0.3:
+            rim = ndi.gaussian_filter(rim, 0.5 * p["halo_sign"] / s)
+        layers.soft_t[rs, cs] += rim
+        layers.soft_mu[rs, cs] += rim * cfg.mu_fat
     return (rs, cs), _min_disk(core, dr, dc, cfg)
 
 
@@ -599,27 +828,61 @@ def _render_spicules(
 ) -> np.ndarray:
     """Spicules as tapered lines: deposit width-weighted points every half pixel, then blur to the base width."""
     layer = np.zeros(shape, dtype=np.float32)
-    o_r, o_c = float(dr[0, 0]), float(dc[0, 0])  # mm offset of pixel (0, 0) from the lesion centre
     widths = []
     for path, base, tip in spicules:
-        seg = np.hypot(*np.diff(path, axis=0).T)
-        arc = np.concatenate([[0.0], np.cumsum(seg)])
-        n = max(2, int(arc[-1] / (0.5 * s)) + 1)
-        at = np.linspace(0.0, arc[-1], n)
-        pr, pc = np.interp(at, arc, path[:, 0]), np.interp(at, arc, path[:, 1])
-        w = base + (tip - base) * at / max(arc[-1], 1e-6)
-        ir, ic = np.rint((pr - o_r) / s).astype(int), np.rint((pc - o_c) / s).astype(int)
-        ok = (ir >= 0) & (ir < shape[0]) & (ic >= 0) & (ic < shape[1])
-        # Weight per unit length ~ width / base: a line of constant weight blurs to a constant peak.
-        np.add.at(layer, (ir[ok], ic[ok]), (w[ok] / base) * (0.5 * s) / s)
+        _deposit_line(layer, path, base, tip, float(dr[0, 0]), float(dc[0, 0]), s)
         widths.append(base)
     sigma = max(0.5, 0.4 * float(np.mean(widths)) / s)
     layer = ndi.gaussian_filter(layer, sigma)
     return layer * (peak * math.sqrt(2.0 * math.pi) * sigma)
 
 
-def _render_cluster(les: _Lesion, cfg: PhantomConfig, calc_thick: np.ndarray) -> tuple[tuple[slice, slice], np.ndarray]:
-    """Add calcification thickness (mm, partial-volume averaged) into ``calc_thick``; return the region mask."""
+def _deposit_line(
+    layer: np.ndarray, path: np.ndarray, base: float, tip: float, o_r: float, o_c: float, s: float
+) -> None:
+    """Deposit a tapered line: points every half pixel, weight width/base per pixel of length (blur it afterwards).
+
+    ``o_r``, ``o_c`` are the mm offsets of pixel (0, 0) from the path's origin. A line of constant weight blurred by
+    a Gaussian of sigma px has a peak of ``1 / (sqrt(2 pi) sigma)``, which the caller scales.
+    """
+    seg = np.hypot(*np.diff(path, axis=0).T)
+    arc = np.concatenate([[0.0], np.cumsum(seg)])
+    n = max(2, int(arc[-1] / (0.5 * s)) + 1)
+    at = np.linspace(0.0, arc[-1], n)
+    pr, pc = np.interp(at, arc, path[:, 0]), np.interp(at, arc, path[:, 1])
+    w = base + (tip - base) * at / max(arc[-1], 1e-6)
+    ir, ic = np.rint((pr - o_r) / s).astype(int), np.rint((pc - o_c) / s).astype(int)
+    ok = (ir >= 0) & (ir < layer.shape[0]) & (ic >= 0) & (ic < layer.shape[1])
+    np.add.at(layer, (ir[ok], ic[ok]), (w[ok] / base) * (0.5 * s) / s)
+
+
+def _distort(g: np.ndarray, les: _Lesion, cfg: PhantomConfig) -> None:
+    """Architectural distortion around a malignant mass, in place on the glandular fraction ``g``.
+
+    Tissue at radius r is taken from radius ``r + pull * reach * w(r)`` (``w`` falls from 1 at the core edge to 0 at
+    ``reach`` beyond it), so the parenchyma is drawn in toward the mass; its angle is pulled toward ``tethers``
+    radiating directions, so the strands bunch into the straight radiating lines readers look for. Both maps are
+    monotonic (``pull < 0.5``, ``bunching < 1``), so the tissue is warped, never folded.
+    """
+    d = les.params["distortion"]
+    s = cfg.pixel_spacing_mm
+    r_in = les.diameter_mm / 2.0
+    outer = r_in + d["reach"]
+    rs, cs, dr, dc = _window(les.center_mm, outer, cfg)
+    r = np.hypot(dr, dc)
+    theta = np.arctan2(dr, dc)
+    w = (1.0 - np.clip((r - r_in) / d["reach"], 0.0, 1.0)) ** 2  # 1 inside the core edge, 0 beyond the reach
+    r_src = r + d["pull"] * d["reach"] * w
+    n = d["tethers"]
+    theta_src = theta + (d["bunching"] / n) * w * np.sin(n * (theta - d["phase"]))
+    rows = (les.center_mm[0] + r_src * np.sin(theta_src)) / s - 0.5
+    cols = (les.center_mm[1] + r_src * np.cos(theta_src)) / s - 0.5
+    warped = ndi.map_coordinates(g, [rows.ravel(), cols.ravel()], order=1, mode="nearest")
+    g[rs, cs] = np.where(r < outer, warped.reshape(r.shape), g[rs, cs])
+
+
+def _render_cluster(les: _Lesion, cfg: PhantomConfig, layers: _Layers) -> tuple[tuple[slice, slice], np.ndarray]:
+    """Add calcification thickness (mm, partial-volume averaged) to ``layers.calc_t``; return the region mask."""
     s = cfg.pixel_spacing_mm
     calcs = les.params["calcs"]
     half = les.diameter_mm / 2.0 + cfg.cluster_dilation_mm + 2.0 * s + 1.0
@@ -627,7 +890,7 @@ def _render_cluster(les: _Lesion, cfg: PhantomConfig, calc_thick: np.ndarray) ->
     local = np.zeros((dr.shape[0], dc.shape[1]), dtype=np.float32)
     for calc in calcs:
         _splat_calc(local, calc, float(dr[0, 0]), float(dc[0, 0]), s)
-    calc_thick[rs, cs] += local
+    layers.calc_t[rs, cs] += local
     centres = np.array([(c[0], c[1]) for c in calcs], dtype=np.float64)
     reach = cfg.cluster_dilation_mm + 0.5 * float(np.mean([c[2] for c in calcs]))
     region = _hull_region(centres, dr, dc, max(reach, 0.5 * cfg.min_lesion_px * s))
@@ -683,10 +946,19 @@ def _hull_region(points: np.ndarray, dr: np.ndarray, dc: np.ndarray, reach: floa
 
 
 def _draw_lesions(
-    cfg: PhantomConfig, rng: np.random.Generator, geom: _Geometry
+    cfg: PhantomConfig, rng: np.random.Generator, geom: _Geometry, centre: float
 ) -> tuple[list[_Lesion], tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Label mix (13.6) and lesion parameters and positions, all from the mm stream."""
+    """Label mix (13.6) and lesion parameters and positions, all from the mm stream.
+
+    Carcinomas, fibroadenomas, cysts and the calcifications of DCIS all arise in the terminal duct lobular units,
+    i.e. inside the fibroglandular tissue, so a lesion's site is drawn with probability proportional to the
+    expected glandular fraction (the smooth prior of the texture, ``centre`` being the envelope's column in mm)
+    raised to ``lesion_site_gland``: retro-areolar and away from the subcutaneous fat, as cancers are.
+    """
     maps = _placement_maps(geom)
+    rows_mm, cols_mm = _grid_mm(maps[0].shape[0], 1.0)[:, None], _grid_mm(maps[0].shape[1], 1.0)[None, :]
+    prior = _gland_prior(cfg, geom, centre, rows_mm, cols_mm, maps[0])
+    site = (1.0 / (1.0 + np.exp(-prior / cfg.gland_sigmoid_s))) ** cfg.lesion_site_gland
     u = rng.random()
     if u < cfg.p_normal:
         return [], maps
@@ -696,9 +968,267 @@ def _draw_lesions(
     out: list[_Lesion] = []
     for cls in classes:
         les = _draw_cluster(cfg, rng, cls) if rng.random() < cfg.p_calcification else _draw_mass(cfg, rng, cls)
-        if _place(rng, les, maps, geom, cfg, out):
+        if _place(rng, les, maps, geom, cfg, out, site):
             out.append(les)
     return out, maps
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Normal structures: bright, unmasked, in breasts with and without lesions
+
+ANATOMY_KINDS = ("island", "vessel", "calcified_vessel", "intramammary_node", "axillary_node", "mole", "marker")
+
+
+@dataclass
+class _Structure:
+    """A normal structure drawn in mm (no mask): ``kind`` is one of :data:`ANATOMY_KINDS` but ``calcified_vessel``."""
+
+    kind: str
+    center_mm: tuple[float, float]  # (row, col)
+    params: dict[str, Any]
+
+
+def _spot(
+    rng: np.random.Generator,
+    maps: tuple[np.ndarray, np.ndarray, np.ndarray],
+    geom: _Geometry,
+    clearance: float,
+    region: np.ndarray | None = None,
+    over_pectoral: bool = False,
+) -> tuple[float, float]:
+    """A centre (mm) at least ``clearance`` inside the skin (and off the pectoral muscle), within ``region`` if given.
+
+    Decided on the 1 mm placement grid and always drawing three numbers, so the mm stream is resolution-free.
+    """
+    d_out, d_pec, _ = maps
+    rows_mm, cols_mm = np.arange(d_out.shape[0])[:, None] + 0.5, np.arange(d_out.shape[1])[None, :] + 0.5
+    ok = (d_out >= clearance + geom.skin_mm) & (cols_mm >= clearance)
+    ok &= (rows_mm >= clearance) & (rows_mm <= geom.height_mm - clearance)
+    if not over_pectoral:
+        ok &= d_pec >= clearance
+    if region is not None:
+        ok &= region
+    rr, cc = np.nonzero(ok)
+    pick, jr, jc = float(rng.random()), float(rng.random()), float(rng.random())
+    if rr.size == 0:  # no room: the most interior spot of the region (or of the breast)
+        score = np.where(region, d_out, -1.0) if region is not None and (region & (d_out > 0)).any() else d_out
+        r, c = np.unravel_index(int(np.argmax(score)), score.shape)
+        return float(r) + jr, float(c) + jc
+    i = min(int(pick * rr.size), rr.size - 1)
+    return float(rr[i]) + jr, float(cc[i]) + jc
+
+
+def _draw_anatomy(
+    cfg: PhantomConfig, rng: np.random.Generator, geom: _Geometry, maps: tuple[np.ndarray, np.ndarray, np.ndarray]
+) -> list[_Structure]:
+    """Dense islands, vessels (some calcified), lymph nodes, moles and skin markers of one breast, in mm."""
+    rows_mm, cols_mm = np.arange(maps[0].shape[0])[:, None] + 0.5, np.arange(maps[0].shape[1])[None, :] + 0.5
+    out: list[_Structure] = []
+    for _ in range(int(rng.integers(cfg.island_count[0], cfg.island_count[1] + 1))):
+        d = _log_u(rng, cfg.island_diameter_mm)
+        params: dict[str, Any] = {
+            "r0": d / 2.0,
+            "ratio": float(rng.uniform(0.5, 1.0)),
+            "rot": float(rng.uniform(0.0, np.pi)),
+            # Concave, irregular outlines: islands are not masses, and interspersed fat breaks them up.
+            "harm": _harmonics(rng, 8, 0.2, 0.5),
+            "depth": d * float(rng.uniform(0.5, 0.9)),
+            "edge": _u(rng, cfg.island_edge_mm),
+        }
+        out.append(_Structure("island", _spot(rng, maps, geom, 0.5 * d), params))
+    out += _draw_vessels(cfg, rng, geom, maps)
+    # Intramammary nodes sit mostly in the upper outer quadrant, in the posterior two thirds of the breast.
+    upper = rows_mm < (geom.nipple_row_mm if geom.view == "MLO" else geom.shape[0])
+    if rng.random() < cfg.p_intramammary_node:
+        params = _node_params(cfg, rng, _u(rng, cfg.node_length_mm), cfg.node_hilum_frac)
+        region = upper & (cols_mm < 0.7 * geom.depth_mm)
+        out.append(_Structure("intramammary_node", _spot(rng, maps, geom, params["r0"] + 2.0, region), params))
+    if geom.view == "MLO" and rng.random() < cfg.p_axillary_nodes:
+        # Axillary nodes: the axillary tail at the top of an MLO view, over or in front of the pectoral muscle.
+        _, w_top, h_pec, _ = geom.pectoral
+        axilla = (rows_mm < 0.4 * h_pec) & (cols_mm > 0.3 * w_top)
+        hilum = (cfg.node_hilum_frac[0] + 0.15, min(0.85, cfg.node_hilum_frac[1] + 0.15))  # often fatty-replaced
+        for _ in range(int(rng.integers(cfg.axillary_node_count[0], cfg.axillary_node_count[1] + 1))):
+            params = _node_params(cfg, rng, _u(rng, cfg.axillary_node_length_mm), hilum)
+            centre = _spot(rng, maps, geom, params["r0"] + 1.0, axilla, over_pectoral=True)
+            out.append(_Structure("axillary_node", centre, params))
+    mole: _Structure | None = None
+    if rng.random() < cfg.p_mole:
+        d = _u(rng, cfg.mole_diameter_mm)
+        params = {
+            "r0": d / 2.0,
+            "height": _u(rng, cfg.mole_height_mm),
+            "lobes": int(rng.integers(5, 10)),
+            "phase": float(rng.uniform(0.0, 2.0 * np.pi)),
+            "cleft": float(rng.uniform(0.3, 0.6)),
+        }
+        mole = _Structure("mole", _spot(rng, maps, geom, d / 2.0 + 2.0), params)
+        out.append(mole)
+    if rng.random() < cfg.p_marker:
+        d = _u(rng, cfg.marker_diameter_mm)
+        if mole is not None and rng.random() < 0.5:
+            centre = mole.center_mm
+        else:  # a nipple marker, just inside the skin line at the nipple
+            row = geom.nipple_row_mm
+            centre = (row, float(geom.edge_col(np.array([row]))[0]) - 0.5 * d - 0.5)
+        out.append(_Structure("marker", centre, {"diameter": d}))
+    return out
+
+
+def _node_params(cfg: PhantomConfig, rng: np.random.Generator, length: float, hilum: Range) -> dict[str, Any]:
+    """An oval lymph node of long axis ``length`` mm with a fatty hilum notched into one side (a reniform node)."""
+    ratio = _u(rng, cfg.node_axis_ratio)
+    return {
+        "r0": length / 2.0,
+        "ratio": ratio,
+        "rot": float(rng.uniform(0.0, np.pi)),
+        "harm": _harmonics(rng, 4, 0.03, 0.08),
+        "depth": length * ratio * float(rng.uniform(0.8, 1.0)),
+        "hilum": _u(rng, hilum),
+        "side": float(rng.choice([-1.0, 1.0])),
+    }
+
+
+def _draw_vessels(
+    cfg: PhantomConfig, rng: np.random.Generator, geom: _Geometry, maps: tuple[np.ndarray, np.ndarray, np.ndarray]
+) -> list[_Structure]:
+    """Vessels from the posterior breast toward the nipple; with ``p_vascular_calcification``, calcified walls."""
+    cols_mm = np.arange(maps[0].shape[1])[None, :] + 0.5
+    posterior = np.broadcast_to(cols_mm < 0.25 * geom.depth_mm, maps[0].shape)
+    calcified = rng.random() < cfg.p_vascular_calcification
+    out: list[_Structure] = []
+    for i in range(int(rng.integers(cfg.vessel_count[0], cfg.vessel_count[1] + 1))):
+        start = _spot(rng, maps, geom, 2.0, posterior)
+        toward = math.atan2(geom.nipple_row_mm - start[0], geom.depth_mm - start[1])
+        length = _u(rng, cfg.vessel_length_frac) * geom.depth_mm
+        path = _random_walk(rng, np.array(start), toward + float(rng.uniform(-0.35, 0.35)), length, 10.0)
+        params: dict[str, Any] = {"path": path, "width": _u(rng, cfg.vessel_width_mm), "bac": None}
+        if calcified and (i == 0 or rng.random() < 0.5):
+            # Calcified stretches alternate with clear ones along the vessel (3-15 mm each).
+            coverage, at, spans = _u(rng, cfg.bac_coverage), 0.0, []
+            while at < length:
+                step = float(rng.uniform(3.0, 15.0))
+                if rng.random() < coverage:
+                    spans.append((at, at + step))
+                at += step
+            params["bac"] = {
+                "spans": spans,
+                "wall": _u(rng, cfg.bac_wall_width_mm),
+                "thickness": _u(rng, cfg.bac_thickness_mm),
+            }
+        out.append(_Structure("vessel", start, params))
+    return out
+
+
+def _ellipsoid_chord(
+    dr: np.ndarray, dc: np.ndarray, r0: float, params: dict[str, Any]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Normalised radius ``rho`` and along-beam chord (mm) of a harmonic-boundary ellipsoid at offsets (dr, dc) mm."""
+    cos_r, sin_r = math.cos(params["rot"]), math.sin(params["rot"])
+    u = dc * cos_r + dr * sin_r
+    v = (-dc * sin_r + dr * cos_r) / params["ratio"]
+    theta = np.arctan2(v, u)
+    radius = np.full(theta.shape, r0, dtype=np.float32)
+    for k, a, phi in params["harm"]:
+        radius *= 1.0 + a * np.cos(k * theta + phi)
+    rho = (np.hypot(u, v) / radius).astype(np.float32)
+    return rho, (params["depth"] * np.sqrt(np.clip(1.0 - rho**2, 0.0, None))).astype(np.float32)
+
+
+def _render_anatomy(
+    structs: list[_Structure], cfg: PhantomConfig, layers: _Layers, fine: np.ndarray, breast: np.ndarray
+) -> None:
+    """Rasterise the normal structures into ``layers`` (in place)."""
+    s = cfg.pixel_spacing_mm
+    for st in structs:
+        p = st.params
+        if st.kind == "vessel":
+            _render_vessel(st, cfg, layers, breast)
+        elif st.kind == "island":
+            reach = p["r0"] * (1.0 + sum(a for _, a, _ in p["harm"]))
+            rs, cs, dr, dc = _window(st.center_mm, reach + 3.0 * p["edge"], cfg)
+            _, t = _ellipsoid_chord(dr, dc, p["r0"], p)
+            # Interspersed fat: the fine texture opens lucent gaps in the island; then an ill-defined border.
+            t = t * np.clip(1.0 + cfg.island_fat * fine[rs, cs], 0.0, 1.0)
+            t = ndi.gaussian_filter(t, p["edge"] / s)
+            layers.soft_t[rs, cs] += t
+            layers.soft_mu[rs, cs] += t * cfg.mu_gland
+        elif st.kind in ("intramammary_node", "axillary_node"):
+            rs, cs, dr, dc = _window(st.center_mm, p["r0"] * 1.2 + 2.0 * s + 1.0, cfg)
+            _, node = _ellipsoid_chord(dr, dc, p["r0"], p)
+            # The hilum: a smaller ellipsoid of fat centred on the edge of one side of the minor axis.
+            off = p["side"] * 0.75 * p["r0"] * p["ratio"]
+            hr, hc = off * math.cos(p["rot"]), -off * math.sin(p["rot"])
+            hil_p = {**p, "depth": p["depth"] * p["hilum"], "harm": []}
+            _, hil = _ellipsoid_chord(dr - hr, dc - hc, p["r0"] * p["hilum"], hil_p)
+            hil = np.minimum(hil, node)
+            if 0.15 / s >= 0.3:
+                node, hil = ndi.gaussian_filter(node, 0.15 / s), ndi.gaussian_filter(hil, 0.15 / s)
+            layers.soft_t[rs, cs] += node
+            layers.soft_mu[rs, cs] += node * cfg.mu_gland - hil * (cfg.mu_gland - cfg.mu_fat)
+        elif st.kind == "mole":
+            rs, cs, dr, dc = _window(st.center_mm, p["r0"] + 2.0 * s + 0.5, cfg)
+            rho, theta = np.hypot(dr, dc) / p["r0"], np.arctan2(dr, dc)
+            # A raised, flat-topped bump whose crenulated surface traps air in clefts (the mottled look of a mole).
+            dome = p["height"] * np.sqrt(np.clip(1.0 - rho**4, 0.0, None))
+            clefts = 0.5 * (1.0 + np.cos(p["lobes"] * theta + p["phase"]) * np.cos(3.0 * np.pi * rho + p["phase"]))
+            t = _soften(dome * (1.0 - p["cleft"] * clefts), s)
+            layers.extra_mu[rs, cs] += t * cfg.mu_gland
+        elif st.kind == "marker":
+            d = p["diameter"]
+            rs, cs, dr, dc = _window(st.center_mm, 0.5 * d + 2.0 * s, cfg)
+            local = np.zeros((dr.shape[0], dc.shape[1]), dtype=np.float32)
+            _splat_calc(local, (0.0, 0.0, d, d, 0.0, d), float(dr[0, 0]), float(dc[0, 0]), s)
+            layers.extra_mu[rs, cs] += local * cfg.mu_marker
+
+
+def _soften(t: np.ndarray, s: float) -> np.ndarray:
+    """A pixel-scale blur of a rasterised profile (at 0.4 mm and coarser), so small sharp structures alias less."""
+    return ndi.gaussian_filter(t, 0.3) if s >= 0.4 else t
+
+
+def _render_vessel(st: _Structure, cfg: PhantomConfig, layers: _Layers, breast: np.ndarray) -> None:
+    """A vessel as a blurred tapered line of soft tissue; calcified walls as two parallel calcium lines."""
+    s, p = cfg.pixel_spacing_mm, st.params
+    path, w = p["path"], p["width"]
+    lo, hi = path.min(axis=0) - 3.0 * w - 1.0, path.max(axis=0) + 3.0 * w + 1.0
+    r0, r1 = max(0, int(lo[0] / s)), min(cfg.height, int(math.ceil(hi[0] / s)) + 1)
+    c0, c1 = max(0, int(lo[1] / s)), min(cfg.width, int(math.ceil(hi[1] / s)) + 1)
+    if r1 <= r0 or c1 <= c0:
+        return
+    o_r, o_c = (r0 + 0.5) * s, (c0 + 0.5) * s  # mm position of the window's pixel (0, 0)
+    layer = np.zeros((r1 - r0, c1 - c0), dtype=np.float32)
+    _deposit_line(layer, path, w, 0.5 * w, o_r, o_c, s)
+    sigma = max(0.5, 0.4 * w / s)
+    layer = ndi.gaussian_filter(layer, sigma) * (w * math.sqrt(2.0 * math.pi) * sigma) * breast[r0:r1, c0:c1]
+    layers.soft_t[r0:r1, c0:c1] += layer
+    layers.soft_mu[r0:r1, c0:c1] += layer * cfg.mu_gland
+    if p["bac"] is None:
+        return
+    bac = p["bac"]
+    seg = np.hypot(*np.diff(path, axis=0).T)
+    arc = np.concatenate([[0.0], np.cumsum(seg)])
+    at = np.arange(0.0, arc[-1], 0.5 * min(s, bac["wall"]))
+    calcified = np.zeros(at.shape, dtype=bool)
+    for a, b in bac["spans"]:
+        calcified |= (at >= a) & (at < b)
+    at = at[calcified]
+    if at.size == 0:
+        return
+    pr, pc = np.interp(at, arc, path[:, 0]), np.interp(at, arc, path[:, 1])
+    tr, tc = np.gradient(np.interp(at, arc, path[:, 0])), np.gradient(np.interp(at, arc, path[:, 1]))
+    norm = np.maximum(np.hypot(tr, tc), 1e-9)
+    half = 0.5 * w * (1.0 - 0.5 * at / max(arc[-1], 1e-6))  # the wall follows the taper
+    calc = np.zeros_like(layer)
+    # Each deposit stands for a wall segment of 0.5 * min(s, wall) mm: its calcium volume spread over one pixel.
+    weight = bac["wall"] * bac["thickness"] * 0.5 * min(s, bac["wall"]) / (s * s)
+    for side in (-1.0, 1.0):
+        rr = np.rint((pr + side * half * tc / norm - o_r) / s).astype(int)
+        cc = np.rint((pc - side * half * tr / norm - o_c) / s).astype(int)
+        ok = (rr >= 0) & (rr < calc.shape[0]) & (cc >= 0) & (cc < calc.shape[1])
+        np.add.at(calc, (rr[ok], cc[ok]), weight)
+    calc = ndi.gaussian_filter(calc, max(0.5, 0.5 * bac["wall"] / s)) * breast[r0:r1, c0:c1]
+    layers.calc_t[r0:r1, c0:c1] += calc
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -751,13 +1281,18 @@ def generate_image(cfg: PhantomConfig, seed: int, split: str, index: int, view: 
     geom = _sample_geometry(cfg, rng, view)
     density = _DENSITIES[int(rng.choice(4, p=np.asarray(cfg.density_probs) / sum(cfg.density_probs)))]
     dense_frac = _u(rng, cfg.density_dense_frac[_DENSITIES.index(density)])
-    lesions, _ = _draw_lesions(cfg, rng, geom)
+    env_centre = _u(rng, cfg.envelope_center_frac) * geom.depth_mm
+    lesions, maps = _draw_lesions(cfg, rng, geom, env_centre)
+    anatomy = _draw_anatomy(cfg, rng, geom, maps)
     pect_gland = _u(rng, cfg.pectoral_gland)
     blur_mm, noise_sd = _u(rng, cfg.detector_blur_mm), _u(rng, cfg.quantum_noise_sd)
 
     breast, dist = _fine_distance(geom, cfg, 0.5 * geom.thickness_mm + 5.0)
     g_max = _u(rng, cfg.gland_max)
-    g, field = _glandular_fraction(cfg, rng, rng_tex, geom, dist, breast, dense_frac, g_max)
+    g, field, fine = _glandular_fraction(cfg, rng, rng_tex, geom, dist, breast, dense_frac, g_max, env_centre)
+    for les in lesions:
+        if les.params.get("distortion") is not None:
+            _distort(g, les, cfg)  # before the pectoral blend: the muscle edge is not pulled in
     rows, cols = _grid_mm(cfg.height, s)[:, None], _grid_mm(cfg.width, s)[None, :]
     # Soft pectoral edge so the boundary is not aliased at coarse spacings; the CC sliver is a thin, tapering muscle
     # edge, so it fades in over a few mm instead of having the MLO's sharp fascia line.
@@ -765,32 +1300,19 @@ def generate_image(cfg: PhantomConfig, seed: int, split: str, index: int, view: 
     pec_w = np.clip(geom.pectoral_depth(rows, cols) / edge_mm + 0.5, 0.0, 1.0) * breast
     g = g * (1.0 - pec_w) + pec_w * g_max * (pect_gland + 0.5 * cfg.pectoral_texture_amp * field)
 
+    layers = _Layers.zeros((cfg.height, cfg.width))
+    _render_anatomy(anatomy, cfg, layers, fine, breast)
     masks = np.zeros((2, cfg.height, cfg.width), dtype=bool)
-    mass_t = np.zeros((cfg.height, cfg.width), dtype=np.float32)
-    calc_t = np.zeros((cfg.height, cfg.width), dtype=np.float32)
     records = []
     for les in lesions:
-        win, m = _render_mass(les, cfg, mass_t) if les.kind == "mass" else _render_cluster(les, cfg, calc_t)
+        win, m = _render_mass(les, cfg, layers) if les.kind == "mass" else _render_cluster(les, cfg, layers)
         m = m & breast[win]
         masks[les.cls][win] |= m
-        records.append(
-            {
-                "class": CLASSES[les.cls],
-                "type": les.kind,
-                "shape": les.shape,
-                "diameter_mm": round(float(les.diameter_mm), 6),
-                "center_xy_mm": [round(les.center_mm[1], 6), round(les.center_mm[0], 6)],
-                "box_xyxy": _box(m, win[1].start, win[0].start),
-            }
-        )
+        records.append(_lesion_record(les, m, win))
 
     total, skin_path = _skin_path(dist, geom.thickness_mm, geom.skin_mm)
     tissue = np.maximum(total - skin_path, 0.0)
-    mu_bg = cfg.mu_fat + (cfg.mu_gland - cfg.mu_fat) * g
-    # Lesions replace background tissue (13.4): contrast is (mu_lesion - mu_bg) x path, so dense tissue masks them.
-    mass_t = np.minimum(mass_t, 0.9 * tissue)
-    mu_mass = cfg.mu_gland * cfg.mass_density_factor
-    p = 0.1 * (skin_path * cfg.mu_gland + tissue * mu_bg + mass_t * (mu_mass - mu_bg) + calc_t * (cfg.mu_calc - mu_bg))
+    p = 0.1 * (skin_path * cfg.mu_gland + _tissue_path(cfg, g, tissue, layers) + layers.extra_mu * breast)
     sig = blur_mm / s
     if sig >= 0.3:
         p = ndi.gaussian_filter(p, sig)
@@ -802,6 +1324,8 @@ def generate_image(cfg: PhantomConfig, seed: int, split: str, index: int, view: 
 
     masks &= breast[None]
     labels = masks.reshape(2, -1).any(axis=1).astype(np.float32)
+    counts = {kind: sum(st.kind == kind for st in anatomy) for kind in ANATOMY_KINDS}
+    counts["calcified_vessel"] = sum(st.kind == "vessel" and st.params["bac"] is not None for st in anatomy)
     meta: dict[str, Any] = {
         "view": view,
         "laterality": laterality,
@@ -812,5 +1336,53 @@ def generate_image(cfg: PhantomConfig, seed: int, split: str, index: int, view: 
         "phantom_version": PHANTOM_VERSION,
         "pectoral_frac": round(float((pec_w > 0.5).sum() / max(1, breast.sum())), 6),
         "lesions": records,
+        "anatomy": counts,
     }
     return PhantomImage(image=img, masks=masks, breast_mask=breast, labels=labels, meta=meta)
+
+
+def _tissue_path(cfg: PhantomConfig, g: np.ndarray, tissue: np.ndarray, layers: _Layers) -> np.ndarray:
+    """Attenuation path (mm/cm) through the breast's tissue and everything embedded in it (13.3, 13.4).
+
+    Inclusions replace background tissue, so their contrast is what they displace (dense tissue masks them), and
+    together they displace at most 90 % of a ray's tissue. A mass grows inside the fibroglandular tissue (it arises
+    in a terminal duct lobular unit), so it displaces the ray's glandular tissue first and fat only beyond that:
+    iso-attenuating, it is nearly invisible by brightness in dense tissue and shows against fat. Its homogeneous
+    interior also replaces textured tissue, so the texture inside its outline fades by the fraction of the ray it
+    fills: a reader sees a mass in dense tissue by its smooth interior, outline, spicules and distortion.
+    """
+    mass_t = np.minimum(layers.mass_t, 0.9 * tissue)
+    mass_mu = layers.mass_mu * (mass_t / np.maximum(layers.mass_t, 1e-6))
+    if mass_t.any():
+        filled = mass_t / np.maximum(tissue, 1e-6)  # in [0, 0.9]
+        smooth = ndi.gaussian_filter(g, 2.0 / cfg.pixel_spacing_mm)
+        g = smooth + (g - smooth) * (1.0 - filled)
+    mu_bg = cfg.mu_fat + (cfg.mu_gland - cfg.mu_fat) * g
+    gland_displaced = np.minimum(mass_t, g * tissue)
+    masses = mass_mu - gland_displaced * cfg.mu_gland - (mass_t - gland_displaced) * cfg.mu_fat
+    soft_t = np.minimum(layers.soft_t, np.maximum(0.9 * tissue - mass_t, 0.0))
+    soft = (layers.soft_mu * (soft_t / np.maximum(layers.soft_t, 1e-6))) - soft_t * mu_bg
+    calc = layers.calc_t * (cfg.mu_calc - mu_bg)
+    return tissue * mu_bg + masses + soft + calc  # type: ignore[no-any-return]
+
+
+def _lesion_record(les: _Lesion, mask: np.ndarray, win: tuple[slice, slice]) -> dict[str, Any]:
+    """The JSON description of a rendered lesion (``class``, ``type`` and ``diameter_mm`` are read by the reports)."""
+    rec: dict[str, Any] = {
+        "class": CLASSES[les.cls],
+        "type": les.kind,
+        "shape": les.shape,
+        "diameter_mm": round(float(les.diameter_mm), 6),
+        "center_xy_mm": [round(les.center_mm[1], 6), round(les.center_mm[0], 6)],
+        "box_xyxy": _box(mask, win[1].start, win[0].start),
+    }
+    if les.kind == "mass":
+        rec.update(
+            margin=les.detail,
+            density_factor=round(float(les.params["density"]), 6),
+            halo_sign=bool(les.params["halo_sign"] > 0),
+            architectural_distortion=les.params["distortion"] is not None,
+        )
+    else:
+        rec.update(distribution=les.detail, n_calcifications=len(les.params["calcs"]))
+    return rec
