@@ -54,6 +54,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from wsseg.method import MethodConfig, MethodOutput, WSSegMethod, probability_bce
+from wsseg.nn.input_pool import InputPool, pool_input, pooled_channels
 from wsseg.nn.local_resnet import local_resnet
 from wsseg.nn.resnet22 import ResNet22
 from wsseg.nn.roi import (
@@ -79,7 +80,8 @@ class GLAMConfig(MethodConfig):
     """GLAM hyperparameters; the defaults are the released model (``paper``).
 
     Attributes:
-        global_width, global_strides, global_first_pool, global_input_downsample: the global ResNet-22, as GMIC's.
+        global_width, global_strides, global_first_pool, global_input_downsample, global_input_pool: the global
+            ResNet-22 and how it reads the image, as GMIC's.
         scale_weights: weights of (s1, s2, s3), the maps from l3, l4 and the final level, in S_g (0.2/0.6/0.2).
         percent_k: t of the top-t% mean of each global map (0.03).
         num_patches: patches per image (1 released).
@@ -106,6 +108,7 @@ class GLAMConfig(MethodConfig):
     global_strides: tuple[int, ...] = (1, 2, 2, 2, 2)
     global_first_pool: bool = True
     global_input_downsample: int = 1
+    global_input_pool: InputPool = "avg"
     scale_weights: tuple[float, float, float] = (0.2, 0.6, 0.2)
     percent_k: float = 0.03
     num_patches: int = 1
@@ -189,7 +192,12 @@ class GLAM(WSSegMethod):
         if cfg.roi_impl not in ROI_IMPLS:
             raise ValueError(f"glam roi_impl must be one of {list(ROI_IMPLS)}, got {cfg.roi_impl!r}")
         self.global_backbone = ResNet22(
-            in_chans, cfg.global_width, cfg.global_strides, 2, cfg.global_first_pool, init="xavier"
+            pooled_channels(in_chans, cfg.global_input_downsample, cfg.global_input_pool),
+            cfg.global_width,
+            cfg.global_strides,
+            2,
+            cfg.global_first_pool,
+            init="xavier",
         )
         c3, c4, c5 = self.global_backbone.stage_channels[-3:]
         self.head_l3 = nn.Conv2d(c3, num_classes, 1, bias=False)
@@ -207,8 +215,7 @@ class GLAM(WSSegMethod):
 
     def global_maps(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """Images (B, 1, H, W) -> the per-scale maps (3, B, 2, h, w) (s1, s2, s3) and S_g (B, 2, h, w)."""
-        d = self.cfg.global_input_downsample
-        x = F.avg_pool2d(images, d) if d > 1 else images
+        x = pool_input(images, self.cfg.global_input_downsample, self.cfg.global_input_pool)
         l3, l4, final = self.global_backbone.forward_levels(x)[-3:]
         size = (int(l3.shape[-2]), int(l3.shape[-1]))
         logits = (

@@ -36,10 +36,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from wsseg.method import MethodConfig, MethodOutput, WSSegMethod, bce_loss, probability_bce
+from wsseg.nn.input_pool import InputPool, pool_input, pooled_channels
 from wsseg.nn.local_resnet import local_resnet
 from wsseg.nn.resnet22 import ResNet22
 from wsseg.nn.roi import (
@@ -67,8 +67,9 @@ class GMICConfig(MethodConfig):
         global_width: channels of the global ResNet-22's first stage (16 released).
         global_strides: stride of each of its five stages (1, 2, 2, 2, 2 released).
         global_first_pool: keep its 3x3/2 max-pool (released: yes).
-        global_input_downsample: average-pool the image by this factor before the global module (crops are
+        global_input_downsample: reduce the image by this factor before the global module (crops are
             always taken from the full-resolution image).
+        global_input_pool: how (:mod:`wsseg.nn.input_pool`): ``avg`` pooling or ``unshuffle`` (space-to-depth).
         local_channels: stage widths of the local ResNet-18 (torchvision's 64..512 released).
         local_stem_width: its stem width (64 released).
         num_crops: K, crops per image in total (6 released).
@@ -90,6 +91,7 @@ class GMICConfig(MethodConfig):
     global_strides: tuple[int, ...] = (1, 2, 2, 2, 2)
     global_first_pool: bool = True
     global_input_downsample: int = 1
+    global_input_pool: InputPool = "avg"
     local_channels: tuple[int, int, int, int] = (64, 128, 256, 512)
     local_stem_width: int = 64
     num_crops: int = 6
@@ -170,7 +172,8 @@ class GMIC(WSSegMethod):
             raise ValueError("gmic needs num_crops >= 1, 0 < percent_t <= 1 and global_input_downsample >= 1")
         if cfg.roi_impl not in ROI_IMPLS:
             raise ValueError(f"gmic roi_impl must be one of {list(ROI_IMPLS)}, got {cfg.roi_impl!r}")
-        self.global_backbone = ResNet22(in_chans, cfg.global_width, cfg.global_strides, 2, cfg.global_first_pool)
+        chans = pooled_channels(in_chans, cfg.global_input_downsample, cfg.global_input_pool)
+        self.global_backbone = ResNet22(chans, cfg.global_width, cfg.global_strides, 2, cfg.global_first_pool)
         g = self.global_backbone.num_features
         self.saliency_head = nn.Conv2d(g, num_classes, 1, bias=False)
         self.local_backbone = local_resnet(18, cfg.local_channels, cfg.local_stem_width)
@@ -184,8 +187,7 @@ class GMIC(WSSegMethod):
     def forward(self, images: Tensor) -> MethodOutput:
         """Images (B, 1, H, W) -> fusion logits (B, K) and the global saliency map at (B, K, H, W)."""
         size = (int(images.shape[-2]), int(images.shape[-1]))
-        d = self.cfg.global_input_downsample
-        x = F.avg_pool2d(images, d) if d > 1 else images
+        x = pool_input(images, self.cfg.global_input_downsample, self.cfg.global_input_pool)
         h_g = self.global_backbone(x)  # (B, 256, h, w)
         saliency_lowres = torch.sigmoid(self.saliency_head(h_g))  # (B, 2, h, w)
         if self.cfg.tissue_gate:

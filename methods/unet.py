@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from wsseg.method import MethodConfig, MethodOutput, WSSegMethod, bce_loss
+from wsseg.nn.input_pool import InputPool, pool_input, pooled_channels
 from wsseg.nn.upsample import to_input_resolution
 from wsseg.registry import register_method
 
@@ -49,7 +50,8 @@ class UNetConfig(MethodConfig):
             encoder's own architecture (needed for other encoders).
         encoder_depth: encoder stages used (3 to 5); the U-Net's output stride before cropping is ``2**depth``.
         decoder_width: channels of the last (finest) decoder block; each coarser block doubles it.
-        input_downsample: average-pool the input by this factor before the U-Net (1 = full resolution).
+        input_downsample: reduce the input by this factor before the U-Net (1 = full resolution).
+        input_pool: how (:mod:`wsseg.nn.input_pool`): ``avg`` pooling or ``unshuffle`` (space-to-depth).
         pool_sharpness: ``r`` of the log-sum-exp pooling from pixel logits to image logits.
         dice_weight: weight of the soft Dice term.
         image_loss_weight: weight of the image-level BCE term.
@@ -60,6 +62,7 @@ class UNetConfig(MethodConfig):
     encoder_depth: int = 4
     decoder_width: int = 8
     input_downsample: int = 4
+    input_pool: InputPool = "avg"
     pool_sharpness: float = 4.0
     dice_weight: float = 1.0
     image_loss_weight: float = 0.1
@@ -132,7 +135,7 @@ class UNet(WSSegMethod):
             encoder_depth=cfg.encoder_depth,
             encoder_weights=None,  # random initialisation: never download
             decoder_channels=decoder,
-            in_channels=in_chans,
+            in_channels=pooled_channels(in_chans, cfg.input_downsample, cfg.input_pool),
             classes=num_classes,
             **kwargs,
         )
@@ -140,8 +143,7 @@ class UNet(WSSegMethod):
 
     def pixel_logits(self, images: Tensor) -> Tensor:
         """Images (B, C, H, W) -> per-class pixel logits (B, K, H/d, W/d) for ``d = input_downsample``."""
-        d = self.cfg.input_downsample
-        x = F.avg_pool2d(images, d) if d > 1 else images  # (B, C, h, w)
+        x = pool_input(images, self.cfg.input_downsample, self.cfg.input_pool)  # (B, C or C*d*d, h, w)
         h, w = x.shape[-2:]
         pad = (0, -w % self.stride, 0, -h % self.stride)
         if any(pad):

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from wsseg.nn.backbones import create_backbone
+from wsseg.nn.input_pool import InputPool, pool_input, pooled_channels
 from wsseg.nn.upsample import to_input_resolution
 from wsseg.weights import load_strict, read_state_dict, rename_prefixes
 
@@ -98,15 +99,19 @@ class ClassifierConfig(MethodConfig):
         backbone: backbone name (wsseg alias or timm model).
         backbone_weights: optional local weights file; random initialisation when None.
         output_stride: backbone stride; 16 doubles the map resolution of a plain ResNet at little cost.
-        input_downsample: average-pool the input by this factor before the backbone (1 = full resolution).
+        input_downsample: reduce the input by this factor before the backbone (1 = full resolution).
             The quick preset uses 4 (1.6 mm pixels) so that training on 1,280 images fits minutes on a
             2-core CPU; maps are still returned at the input resolution.
+        input_pool: how the input is reduced (:mod:`wsseg.nn.input_pool`): ``avg`` (average pooling) or
+            ``unshuffle`` (space-to-depth: each cell's pixels become channels, so sub-cell details such as
+            calcifications survive).
     """
 
     backbone: str = "resnet18-w16"
     backbone_weights: str | None = None
     output_stride: int = 16
     input_downsample: int = 1
+    input_pool: InputPool = "avg"
 
     @classmethod
     def tiny(cls) -> ClassifierConfig:
@@ -323,12 +328,13 @@ class PostHocCAMMethod(WSSegMethod):
     def __init__(self, cfg: ClassifierConfig, num_classes: int = 2, in_chans: int = 1) -> None:
         super().__init__(cfg, num_classes, in_chans)
         # Built exactly as CAM builds them, so CAM checkpoints load with strict=True.
-        self.backbone = create_backbone(cfg.backbone, in_chans, cfg.backbone_weights, cfg.output_stride)
+        chans = pooled_channels(in_chans, cfg.input_downsample, cfg.input_pool)
+        self.backbone = create_backbone(cfg.backbone, chans, cfg.backbone_weights, cfg.output_stride)
         self.classifier = nn.Conv2d(self.backbone.num_features, num_classes, kernel_size=1)
 
     def _classify(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """Images (B, C_in, H, W) -> logits (B, K) and pixel logits (B, K, h, w), as CAM computes them."""
-        x = F.avg_pool2d(images, self.cfg.input_downsample) if self.cfg.input_downsample > 1 else images
+        x = pool_input(images, self.cfg.input_downsample, self.cfg.input_pool)  # (B, C_in or C_in*d*d, H/d, W/d)
         features = self.backbone(x)  # (B, C, h, w)
         pixel_logits = self.classifier(features)  # (B, K, h, w)
         return pixel_logits.mean(dim=(2, 3)), pixel_logits  # (B, K): equals classifier(GAP(features))

@@ -157,7 +157,7 @@ def find_resumable(out_dir: Path, prefix: str) -> Path | None:
 
 
 # Settings that must agree for a run's classifier to be reused by another method.
-REUSE_KEYS = ("backbone", "backbone_weights", "output_stride", "input_downsample")
+REUSE_KEYS = ("backbone", "backbone_weights", "output_stride", "input_downsample", "input_pool")
 
 
 def reuse_weights(method: WSSegMethod, cfg: RunConfig, source: Path, run_dir: Path) -> TrainResult:

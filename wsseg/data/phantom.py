@@ -17,12 +17,15 @@ in a lesion-free breast was as bright):
 * **Masses are iso-attenuating.** A mass has 1.0-1.1x the attenuation of fibroglandular tissue, as in M-SYNTH
   (Sizikova et al. 2023: density multipliers 1.0, 1.06, 1.1 on VICTRE's glandular material) and in measured
   attenuation (infiltrating ductal carcinoma 0.844 /cm against 0.802 /cm for fibroglandular tissue at 20 keV,
-  Johns and Yaffe 1987). Its contrast is what it displaces (``L * (mu_mass - mu_bg)``): visible in fat, masked in
-  dense tissue. Readers find masses by shape, margin and their effect on the surrounding tissue (BI-RADS
-  mammography lexicon, ACR 2013), so those carry the signal here: circumscribed round/oval and lobulated benign
-  masses, some with the radiolucent "halo sign" (a thin rim of displaced fat); irregular malignant masses with an
-  indistinct margin, or spiculated ones (de Sisternes et al. 2015), both with architectural distortion (the
-  surrounding parenchyma pulled toward the mass and bunched into radiating strands).
+  Johns and Yaffe 1987). Its contrast is what it displaces: carcinomas, fibroadenomas and cysts arise in the
+  terminal duct lobular units, inside the fibroglandular tissue, so a mass is sited where gland is and displaces
+  the ray's glandular layer first (``gland_layer_fraction``), then fat: visible in fat, masked in dense tissue, where
+  only its homogeneous interior, outline and surroundings give it away. Readers find masses by shape, margin and
+  their effect on the surrounding tissue (BI-RADS mammography lexicon, ACR 2013), so those carry the signal here:
+  circumscribed round/oval and lobulated benign masses, some with the radiolucent "halo sign" (a thin rim of
+  displaced fat); irregular malignant masses with an indistinct margin, or spiculated ones (de Sisternes et al.
+  2015), both with architectural distortion (the surrounding parenchyma pulled toward the mass and bunched into
+  radiating strands).
 * **Normal bright structures in every breast**, with or without a lesion, none of them masked: islands of dense
   fibroglandular tissue (oval-to-irregular, ill-defined, with interspersed fat: BI-RADS "focal asymmetry" is the
   reader's name for the ones that look like masses); vessels (tortuous soft-tissue tubes running from the chest
@@ -149,6 +152,7 @@ class PhantomConfig:
     display_gamma: float = 3.0  # 1, display curve exponent (like a film gamma): fat mid-dark, dense near white
     display_white: float = 1.3  # x the full-thickness dense-tissue attenuation, mapped to 4095
     # Masses (13.4). Sizes: see the module docstring for the sources of the size laws.
+    gland_layer_fraction: float = 1.0  # 1, glandular fraction of the fibroglandular layer a mass grows in (0: ray mix)
     mass_density_factor: Range = (1.0, 1.1)  # 1, mass attenuation / glandular (M-SYNTH: 1.0, 1.06, 1.1)
     mass_size_benign: SizeLaw = (11.0, 1.6, 4.0, 35.0)  # benign mass diameter (assumed; see the docstring)
     mass_size_malignant: SizeLaw = (14.0, 1.93, 4.0, 40.0)  # malignant core diameter (Wang et al. 2020)
@@ -1345,9 +1349,12 @@ def _tissue_path(cfg: PhantomConfig, g: np.ndarray, tissue: np.ndarray, layers: 
     """Attenuation path (mm/cm) through the breast's tissue and everything embedded in it (13.3, 13.4).
 
     Inclusions replace background tissue, so their contrast is what they displace (dense tissue masks them), and
-    together they displace at most 90 % of a ray's tissue. A mass grows inside the fibroglandular tissue (it arises
-    in a terminal duct lobular unit), so it displaces the ray's glandular tissue first and fat only beyond that:
-    iso-attenuating, it is nearly invisible by brightness in dense tissue and shows against fat. Its homogeneous
+    together they displace at most 90 % of a ray's tissue. In the compressed breast the fibroglandular tissue lies in
+    a layer between the subcutaneous and the retromammary fat; a ray's projected glandular fraction g is that
+    layer's share of the ray (times ``gland_layer_fraction``, the layer's own glandular fraction, 1 by default). A
+    mass grows inside the layer (it arises in a terminal duct lobular unit), so it displaces the layer first and fat
+    only beyond it: iso-attenuating, it is nearly invisible by brightness in dense tissue and shows against fat
+    (``gland_layer_fraction = 0`` gives the ray-average displacement of datasets.md 13.4 instead). Its homogeneous
     interior also replaces textured tissue, so the texture inside its outline fades by the fraction of the ray it
     fills: a reader sees a mass in dense tissue by its smooth interior, outline, spicules and distortion.
     """
@@ -1358,7 +1365,11 @@ def _tissue_path(cfg: PhantomConfig, g: np.ndarray, tissue: np.ndarray, layers: 
         smooth = ndi.gaussian_filter(g, 2.0 / cfg.pixel_spacing_mm)
         g = smooth + (g - smooth) * (1.0 - filled)
     mu_bg = cfg.mu_fat + (cfg.mu_gland - cfg.mu_fat) * g
-    gland_displaced = np.minimum(mass_t, g * tissue)
+    # The ray's gland sits in a fibroglandular layer (between subcutaneous and retromammary fat) whose own glandular
+    # fraction is f: the mass displaces that layer first, then fat. f = g gives the ray's average mix.
+    f = np.maximum(cfg.gland_layer_fraction, g)
+    layer_displaced = np.minimum(mass_t, g * tissue / np.maximum(f, 1e-6))
+    gland_displaced = f * layer_displaced
     masses = mass_mu - gland_displaced * cfg.mu_gland - (mass_t - gland_displaced) * cfg.mu_fat
     soft_t = np.minimum(layers.soft_t, np.maximum(0.9 * tissue - mass_t, 0.0))
     soft = (layers.soft_mu * (soft_t / np.maximum(layers.soft_t, 1e-6))) - soft_t * mu_bg
