@@ -140,6 +140,20 @@ class UNet(WSSegMethod):
             **kwargs,
         )
         self.stride = 2**cfg.encoder_depth
+        self._epochs: int | None = None  # the run's length, set by on_train_start (a schedule fact, not a result)
+
+    def on_train_start(self, ctx: dict[str, Any]) -> None:
+        """Remember the run's length: only its last epoch provides the evaluated weights."""
+        self._epochs = int(ctx["epochs"])
+
+    def eligible_for_best(self, epoch: int) -> bool:
+        """Only the last epoch: the ceiling is the fully trained segmenter, not the epoch with the best image AUROC.
+
+        The image logit is a log-sum-exp of the pixel logits, a by-product of segmentation; selecting epochs on its
+        validation AUROC picked under-trained networks on phantom 2 (epoch 2 of 8: test Dice 0.107 / 0.122 against
+        0.188 / 0.180 for epoch 8, benchmarks/cpu-2core-2026-12-07-issue17-training.md).
+        """
+        return self._epochs is None or epoch == self._epochs - 1
 
     def pixel_logits(self, images: Tensor) -> Tensor:
         """Images (B, C, H, W) -> per-class pixel logits (B, K, H/d, W/d) for ``d = input_downsample``."""

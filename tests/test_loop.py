@@ -122,3 +122,23 @@ def test_run_config_overrides_are_checked() -> None:
         make_run_config("cam", "tiny", 0, ["train.epochs=two"])
     with pytest.raises(ValueError, match="one of"):
         make_run_config("cam", "tiny", 0, ["train.device=tpu"])
+
+
+def test_the_unet_ceiling_is_evaluated_at_its_last_epoch(tiny_root: Path, tmp_path: Path) -> None:
+    # Its image AUROC is a by-product of segmentation, so validation AUROC must not pick an earlier epoch.
+    torch.manual_seed(0)
+    unet = create_method("unet", profile="tiny")
+    result = train(
+        unet,
+        MammogramDataset(tiny_root, "train", with_masks=True),
+        MammogramDataset(tiny_root, "val", with_masks=True),
+        _cfg(epochs=3),
+        tmp_path,
+        seed=7,
+        run_config={"test": True},
+        progress=False,
+    )
+    assert result.best_epoch == 3 and load_checkpoint(result.best_checkpoint)["epoch"] == 3
+    last = load_checkpoint(result.last_checkpoint)["model"]
+    best = load_checkpoint(result.best_checkpoint)["model"]
+    assert all(torch.equal(last[k], best[k]) for k in last)

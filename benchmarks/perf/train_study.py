@@ -14,6 +14,7 @@ on an otherwise idle machine when other jobs share the cores.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import resource
 import threading
@@ -23,6 +24,7 @@ from typing import Any
 
 import torch
 
+import wsseg.run
 from wsseg.config import make_run_config
 from wsseg.data.phantom import CLASSES
 from wsseg.run import run
@@ -34,7 +36,7 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def row_of(name: str, record: dict[str, Any], overrides: list[str], wall: float, cpu: float) -> dict[str, Any]:
+def row_of(name: str, record: dict[str, Any], overrides: list[str], wall_s: float, cpu_s: float) -> dict[str, Any]:
     """The figures of a finished run's record that the study compares."""
     m = record["metrics"]
     history = record["training"]["history"]
@@ -43,6 +45,7 @@ def row_of(name: str, record: dict[str, Any], overrides: list[str], wall: float,
         "method": record["method"],
         "seed": record["seed"],
         "set": overrides,
+        "phantom": record["dataset_info"]["cache_key"],
         "best_epoch": record["training"]["best_epoch"],
         "val_auroc": [round(h["val_auroc"], 4) for h in history],
         **{f"auroc_{c}": m[c]["auroc"] for c in CLASSES},
@@ -50,8 +53,8 @@ def row_of(name: str, record: dict[str, Any], overrides: list[str], wall: float,
         **{f"dice_oracle_{c}": m[c]["dice_oracle"] for c in CLASSES},
         **{f"hit10_{c}": m[c]["pointing_game_10mm"] for c in CLASSES},
         "train_s": record["timings"]["train"],
-        "wall_s": wall,
-        "cpu_s": cpu,
+        "wall_s": wall_s,
+        "cpu_s": cpu_s,
         "threads": torch.get_num_threads(),
         "run_id": record["run_id"],
     }
@@ -87,6 +90,9 @@ def main() -> None:
     ap.add_argument("--from-run", default=None, help="reuse a finished run's classifier (post-hoc methods)")
     ap.add_argument("--out", type=Path, default=Path("runs-study"))
     ap.add_argument("--log", type=Path, default=Path("runs-study/study.jsonl"))
+    ap.add_argument(
+        "--phantom", action="append", default=[], help="field=value: a PhantomConfig change for this row (a study knob)"
+    )
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, one per core)")
     ap.add_argument("--table", action="store_true", help="print the log as a Markdown table and exit")
     args = ap.parse_args()
@@ -98,6 +104,11 @@ def main() -> None:
         return
     if not args.name:
         ap.error("--name is required")
+    if args.phantom:
+        # The phantom's settings are not run settings; a study row may still vary them (the cache key follows).
+        changes = {k: float(v) for k, v in (item.split("=", 1) for item in args.phantom)}
+        preset = wsseg.run.phantom_config
+        wsseg.run.phantom_config = lambda profile: dataclasses.replace(preset(profile), **changes)  # type: ignore[assignment]
     cfg = make_run_config(args.method, args.profile, args.seed, args.overrides)
     run_id = f"{args.method}-{args.name}-s{args.seed}"
     run_dir = args.out / run_id
@@ -121,7 +132,7 @@ def main() -> None:
     record = run(cfg, args.out, run_id=run_id, resume=resume, from_run=args.from_run, progress=False)
     stop.set()
     total = elapsed()
-    row = row_of(args.name, record, args.overrides, total["wall_s"], total["cpu_s"])
+    row = row_of(args.name, record, args.overrides + [f"phantom.{p}" for p in args.phantom], **total)
     args.log.parent.mkdir(parents=True, exist_ok=True)
     with open(args.log, "a", encoding="utf-8") as f:
         f.write(json.dumps(row) + "\n")
