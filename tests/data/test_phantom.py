@@ -280,6 +280,14 @@ def test_every_normal_structure_is_drawn(tiny_set: list[PhantomImage]) -> None:
     assert np.mean(mlo) > 0.6
 
 
+def test_a_calcified_vessel_span_shorter_than_one_sample_is_skipped() -> None:
+    # Quick-profile test image 568 (seed 0, CC, L) has a calcified vessel span that holds one wall sample: it used to
+    # stop generation with numpy's "Shape of array too small to calculate a numerical gradient".
+    img = generate_image(PhantomConfig.quick(), 0, "test", 568, "CC", "L")
+    assert img.meta["anatomy"]["calcified_vessel"] >= 1
+    assert img.image[img.breast_mask].min() >= 1
+
+
 def test_lesion_free_breasts_hold_bright_structures() -> None:
     # The same lesion-free scene with and without its normal structures: they add bright spots to every breast.
     base = dataclasses.replace(PhantomConfig.quick(), p_normal=1.0)

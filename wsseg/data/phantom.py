@@ -1220,7 +1220,8 @@ def _render_vessel(st: _Structure, cfg: PhantomConfig, layers: _Layers, breast: 
     for a, b in bac["spans"]:
         calcified |= (at >= a) & (at < b)
     at = at[calcified]
-    if at.size == 0:
+    if at.size < 2:
+        # A span shorter than one sample step leaves no wall line to draw (and np.gradient needs two samples).
         return
     pr, pc = np.interp(at, arc, path[:, 0]), np.interp(at, arc, path[:, 1])
     tr, tc = np.gradient(np.interp(at, arc, path[:, 0])), np.gradient(np.interp(at, arc, path[:, 1]))
