@@ -4,7 +4,7 @@ Paper: "Weakly-supervised High-resolution Segmentation of Mammography Images for
 arXiv 2106.07049.
 
 Original code: https://github.com/nyukat/GLAM (inference only, a licence that forbids modification and
-redistribution). This is a clean-room implementation from wsseg's specification (``methods-spec.md``, section 3);
+redistribution). This is a clean-room implementation from wsseg's specification (summarised in docs/methods/glam.md);
 no code was copied and no official weights are shipped.
 
 Forward, shapes at the paper preset (2944x1920 input):
@@ -169,7 +169,7 @@ class GLAM(WSSegMethod):
     """A global saliency network that picks a patch and a stride-free local network that segments it."""
 
     Config = GLAMConfig
-    # Official key prefix -> wsseg module (methods-spec.md section 6: 352 keys).
+    # Official key prefix -> wsseg module (docs/methods/glam.md: 352 keys).
     official_prefixes = {
         "global_network.downsampling_branch.": "global_backbone.",
         "global_network.postprocess_module.gn_conv_1.": "head_l3.",

@@ -1,7 +1,7 @@
 """GMIC: the globally-aware multiple instance classifier (Shen et al., Medical Image Analysis 2021, arXiv 2002.07613).
 
 Original code: https://github.com/nyukat/GMIC (AGPL-3.0; inference only). This is a clean-room implementation
-from wsseg's specification (``methods-spec.md``, section 2); no code was copied.
+from wsseg's specification (summarised in docs/methods/gmic.md); no code was copied.
 
 Forward, shapes at the paper preset (2944x1920 input):
 
@@ -55,7 +55,7 @@ from wsseg.nn.roi import (
 from wsseg.nn.upsample import to_input_resolution
 from wsseg.registry import register_method
 
-# percent_t of the released sample_model_N.p files (GMIC src/constants.py, spec section 2.4).
+# percent_t of the released sample_model_N.p files (GMIC src/constants.py; docs/methods/gmic.md).
 RELEASED_PERCENT_T = {1: 0.02, 2: 0.03, 3: 0.03, 4: 0.05, 5: 0.1}
 
 
@@ -150,7 +150,7 @@ class GMIC(WSSegMethod):
     """Global saliency, greedy ROI crops, a local ResNet-18 with gated attention, and a fusion classifier."""
 
     Config = GMICConfig
-    # Official key prefix -> wsseg module (methods-spec.md section 6: 258 keys).
+    # Official key prefix -> wsseg module (docs/methods/gmic.md: 258 keys).
     official_prefixes = {
         "ds_net.": "global_backbone.",
         "left_postprocess_net.gn_conv_last.": "saliency_head.",

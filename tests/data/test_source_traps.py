@@ -1,4 +1,4 @@
-"""The dataset traps of datasets.md beyond the basics of test_sources.py, each a fixture switch or a small edit."""
+"""The dataset traps of docs/datasets.md beyond the basics of test_sources.py, each a fixture switch or a small edit."""
 
 from __future__ import annotations
 

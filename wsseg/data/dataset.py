@@ -1,6 +1,6 @@
 """Datasets the training loop and the evaluator read, and the on-disk phantom cache behind them.
 
-A sample is a dict with stable keys (design.md, Data model):
+A sample is a dict with stable keys:
 
 - ``image``: float32 (1, H, W), standardised per image, canonical orientation (chest wall at column 0);
 - ``labels``: float32 (K,) in the order of :data:`CLASSES` (benign, malignant);

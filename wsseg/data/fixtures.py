@@ -1,7 +1,7 @@
 """Writers of tiny native-layout fixtures of every data source, from a simple phantom (``wsseg data fixture``).
 
 They let the loaders be tested, and ``wsseg data check``/``prepare``/``run`` be tried, without a download.
-Each known trap of datasets.md is built in (CBIS-DDSM's swapped crop/mask columns and wrong-size mask,
+Each known trap of docs/datasets.md is built in (CBIS-DDSM's swapped crop/mask columns and wrong-size mask,
 VinDr's list-valued categories and overhanging boxes, INbreast's ``ML`` views and off-by-one ROI counts,
 mini-MIAS's bottom-left origin and 4-token lines, the NYU ``horizontal_flip``), some as switches.
 

@@ -43,7 +43,7 @@ def read_image(
 ) -> np.ndarray:
     """Decode a greyscale image to float32 (H, W).
 
-    DICOM (datasets.md 11.1): the modality LUT (rescale slope/intercept) is applied; by default the raw linear
+    DICOM (docs/datasets.md, "DICOM"): the modality LUT (rescale slope/intercept) is applied; by default the raw linear
     values are kept (the model input), and with ``voi_lut`` the header's VOI LUT or window is applied by pydicom
     (LINEAR, LINEAR_EXACT, SIGMOID; the first of multi-valued centres/widths; a no-op without one).
     MONOCHROME1 is inverted within the output range (``2**BitsStored - 1``, or the VOI output range), and Pixel
@@ -187,7 +187,7 @@ def _padding_mask(stored: np.ndarray, ds: object) -> np.ndarray | None:
     return np.asarray((stored >= lo) & (stored <= hi))
 
 
-# Transfer syntaxes whose decoders are not wsseg dependencies (datasets.md 14): JPEG baseline/extended/lossless
+# Transfer syntaxes whose decoders are not wsseg dependencies (docs/datasets.md): JPEG baseline/extended/lossless
 # and JPEG-LS need pylibjpeg-libjpeg (GPLv3, so an opt-in) or python-gdcm.
 _OPT_IN_SYNTAXES = (
     "1.2.840.10008.1.2.4.50",

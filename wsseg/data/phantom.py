@@ -1,6 +1,6 @@
 """The built-in phantom: seeded synthetic mammograms with exact lesion masks.
 
-The generator follows docs/datasets.md section 13. Everything physical is specified in millimetres and converted
+docs/datasets.md, "The phantom", says what it models. Everything physical is specified in millimetres and converted
 with ``PhantomConfig.pixel_spacing_mm``, so the quick (0.4 mm), paper (0.1 mm) and tiny (1.6 mm) profiles show the
 same anatomy at different resolutions. Image formation happens in the log-attenuation domain
 (``P = sum(mu * path length)``), then a fixed display curve maps ``P`` to 12-bit MONOCHROME2 (denser = brighter).

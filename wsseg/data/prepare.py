@@ -193,7 +193,7 @@ def rasterise(
     returned alongside, so per-lesion information survives the union.
 
     Boxes fill the pixels whose centres lie in the half-open box; circles fill pixels within the radius of
-    the centre pixel (both rules recorded in datasets.md section 0 and 11.2). A mask file drawn in a model-input
+    the centre pixel (both rules recorded in docs/datasets.md). A mask file drawn in a model-input
     frame (:class:`~wsseg.data.sources.ModelFrame`) is mapped back to the image first.
 
     Raises:
@@ -284,7 +284,7 @@ class Processed:
 def process_record(rec: SourceRecord, out_hw: tuple[int, int], dataset: str, voi_lut: bool = False) -> Processed:
     """Decode one image and its annotations and run the pipeline of :mod:`wsseg.data.preprocess`.
 
-    ``voi_lut`` applies the DICOM header's VOI LUT or window (datasets.md 11.1; raw linear values otherwise).
+    ``voi_lut`` applies the DICOM header's VOI LUT or window (docs/datasets.md, "DICOM"; raw linear values otherwise).
 
     Raises:
         DataError: unreadable image, missing or wrong-size mask.

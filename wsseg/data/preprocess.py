@@ -1,10 +1,10 @@
-"""The NYU/GMIC input pipeline for real mammograms (methods-spec.md section 1), as one recorded transform.
+"""The NYU/GMIC input pipeline for real mammograms (docs/datasets.md), as one recorded transform.
 
 1. Breast region: pixels above a small fraction of the image maximum, eroded, the largest connected
    component kept, dilated back (``crop_img_from_largest_connected``); the morphology runs on a subsampled
    grid so a 5000 x 3000 film costs milliseconds, with the iteration count scaled from NYU's 100 at full size.
 2. Orientation: flip left-right so the chest wall is at column 0. The side is decided by image content
-   (the heavier half of the breast region, datasets.md 11.3); the dataset's tags are only compared.
+   (the heavier half of the breast region, docs/datasets.md); the dataset's tags are only compared.
 3. Crop to the breast's bounding box, resize (aspect kept, bilinear with antialiasing) to fit the profile's
    window, chest wall against column 0, centred vertically, zero padding on the nipple side.
 4. Standardisation is left to :class:`~wsseg.data.dataset.MammogramDataset` (per image, as in the spec);
@@ -89,7 +89,7 @@ class Transform:
         """Map a continuous ``(xmin, ymin, xmax, ymax)`` box from the original frame into the window."""
         top, _, left, right = self.crop
         xmin, ymin, xmax, ymax = box[0] - left, box[1] - top, box[2] - left, box[3] - top
-        if self.flipped:  # continuous edges mirror as x' = w - x (datasets.md section 0)
+        if self.flipped:  # continuous edges mirror as x' = w - x (docs/datasets.md, "Conventions")
             w = right - left
             xmin, xmax = w - xmax, w - xmin
         s, (r0, c0) = self.scale, self.offset
@@ -131,7 +131,7 @@ def breast_region(image: np.ndarray) -> np.ndarray:
 
 
 def chest_wall_on_right(breast: np.ndarray) -> bool:
-    """Whether the breast region is heavier in the right half of the image (datasets.md 11.3)."""
+    """Whether the breast region is heavier in the right half of the image (docs/datasets.md)."""
     w = breast.shape[1]
     return int(breast[:, w - w // 2 :].sum()) > int(breast[:, : w // 2].sum())
 

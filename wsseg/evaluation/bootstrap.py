@@ -1,7 +1,7 @@
 """Uncertainty: percentile bootstrap over patients, and the paired bootstrap of a difference between runs.
 
 Images of one patient (four views of one exam, two breasts) are correlated, so the resampling unit
-is the patient, never the image (docs/evaluation.md §3, §10.9). A resample draws P patients with
+is the patient, never the image (docs/evaluation.md, "Uncertainty"). A resample draws P patients with
 replacement from the P patients of the split; each image then counts as many times as its patient
 was drawn (a weight), and every metric is recomputed from the per-image statistics with those
 weights (:func:`wsseg.evaluation.summary.reduce_class`). Thresholds stay frozen (calibrated on

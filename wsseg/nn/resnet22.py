@@ -1,4 +1,4 @@
-"""The pre-activation "ResNet-22" global backbone of GMIC and GLAM (methods-spec.md, sections 2.2 and 3.2).
+"""The pre-activation "ResNet-22" global backbone of GMIC and GLAM (docs/methods/gmic.md, docs/methods/glam.md).
 
 Written from the specification. Submodule names reproduce the official state-dict sub-layout
 (``first_conv``, ``layer_list.{stage}.{block}.{bn1,conv1,bn2,conv2,downsample.0}``, ``final_bn``), so the

@@ -1,6 +1,6 @@
 """The steps GMIC and GLAM share between their global and local modules, batched on the device.
 
-Written from methods-spec.md (sections 2.4, 2.5, 3.3, 3.4 and 3.6). Apart from the ``*_reference`` functions at
+Written from the GMIC/GLAM specification (docs/methods/). Apart from the ``*_reference`` functions at
 the end (the official code's host loops, for `wsseg bench --mode reference` and tests), nothing here loops over
 images or crops in Python and nothing copies to the host: the greedy selection loops over the (at most a handful
 of) windows it picks, each step one average-pool and one argmax for the whole batch.

@@ -90,7 +90,7 @@ class ModelFrame:
 
 @dataclass
 class Lesion:
-    """One annotated finding, in the original image frame (x = column, y = row, see datasets.md section 0).
+    """One annotated finding, in the original image frame (x = column, y = row, see docs/datasets.md, "Conventions").
 
     Attributes:
         cls: ``benign`` or ``malignant``.
@@ -172,7 +172,7 @@ class DataSource:
         default_pixel_spacing_mm: the spacing assumed when neither the tables nor the header give one (metrics
             in mm, e.g. FROC distances, need one); the sample's meta says where its spacing came from.
         skip_for_processing: DICOMs whose Presentation Intent Type is ``FOR PROCESSING`` (raw detector data) are
-            skipped and reported, as the dataset's own tools do (VinDr-Mammo, datasets.md 3.3).
+            skipped and reported, as the dataset's own tools do (VinDr-Mammo).
     """
 
     name: ClassVar[str] = ""

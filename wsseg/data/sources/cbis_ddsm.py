@@ -1,7 +1,7 @@
 """``cbis-ddsm``: CBIS-DDSM as downloaded from TCIA (description CSVs + DICOM tree, classic or descriptive).
 
 Reads the four ``*_case_description_*_set.csv`` files (one row per abnormality) and the DICOM tree, in
-either layout (datasets.md 2.3). Pitfalls handled (datasets.md 2.5):
+either layout (docs/datasets.md, "CBIS-DDSM"). Pitfalls handled:
 
 1. CSV paths do not exist on disk: files are found by the **subject folder** (the path's first component,
    shared by both layouts), never by joining the CSV path onto the root.
@@ -59,7 +59,7 @@ class CBISDDSM(DataSource):
     annotation = "mask"
     label_source = "pathology"
     licence = "CC BY 3.0 (TCIA); cite Lee et al. 2017"
-    default_pixel_spacing_mm = 0.05  # films digitised at 42-50 um; the headers do not say (datasets.md 2.2)
+    default_pixel_spacing_mm = 0.05  # films digitised at 42-50 um; the headers do not say
 
     def scan(self, root: Path) -> ScanResult:
         """Read the description CSVs and locate each image and mask by subject folder."""

@@ -2,10 +2,10 @@
 
 Layout: ``AllDICOMs/<FileName>_<patientHash>_MG_<L|R>_<CC|ML>_ANON.dcm``, ``AllXML/<FileName>.xml`` and the
 label sheet: the semicolon-separated ``INbreast.csv`` (verified), else ``INbreast.xls`` read with pandas and
-``xlrd`` (assumed to carry the same ``File Name``/``Bi-Rads`` columns; datasets.md 4.4 marks its columns
-unverified). Pectoral-muscle contours (``PectoralMuscle/``, ``ROIPoints`` plists, or a ROI named like the
-pectoral muscle) are never lesions. ROI names are normalised as datasets.md 4.5 lists (``Espiculated Region``
--> mass...). Pitfalls handled (datasets.md 4.6): ``Point_px`` is ``(x, y)`` =
+``xlrd`` (assumed to carry the same ``File Name``/``Bi-Rads`` columns; not verified on a real
+copy). Pectoral-muscle contours (``PectoralMuscle/``, ``ROIPoints`` plists, or a ROI named like the
+pectoral muscle) are never lesions. ROI names are normalised as docs/datasets.md says (``Espiculated Region``
+-> mass...). Pitfalls handled: ``Point_px`` is ``(x, y)`` =
 (column, row), 0-based; ROIs of one or two points are single calcifications, drawn as discs of 0.25 mm
 (about 4 px at 70 um); ``NumberOfROIs`` / ``NumberOfPoints`` that disagree with the lists are ignored (the
 lists are used); the plist is read with :mod:`plistlib`, not by element position; MLO is written ``ML`` in
@@ -40,7 +40,7 @@ PIXEL_SPACING_MM = 0.07
 POINT_RADIUS_PX = 0.25 / PIXEL_SPACING_MM
 FILE = re.compile(r"^(\d+)_([0-9a-fA-F]+)_MG_([LR])_(CC|ML|MLO)_ANON$")
 _POINT = re.compile(r"[-+0-9.eE]+")
-# ROI names seen across loaders (datasets.md 4.5), lower-cased, to one vocabulary; others are kept as written.
+# ROI names seen across loaders, lower-cased, to one vocabulary; others are kept as written.
 ROI_NAMES = {
     "mass": "mass",
     "spiculated region": "mass",

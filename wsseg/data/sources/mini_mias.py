@@ -5,7 +5,7 @@ Layout: ``mdb001.pgm`` ... ``mdb322.pgm`` anywhere under ``--root`` and the Info
 location, e.g. widely distributed calcifications: labelled, not localised) or 7 (``x y radius``); an image
 may have several lines (union). The centre's origin is the **bottom-left** corner, so row = height - y.
 Even numbers are left breasts, odd numbers right (README); a patient is a left/right pair.
-Labels: severity ``M`` malignant, ``B`` benign, ``NORM`` normal (datasets.md 7 and 11.4).
+Labels: severity ``M`` malignant, ``B`` benign, ``NORM`` normal (docs/datasets.md).
 """
 
 from __future__ import annotations

@@ -7,8 +7,8 @@ image names; labels are the breast-level ``cancer_label`` entries of the view's 
 A listed segmentation that does not exist means no lesion of that class (the GMIC convention).
 
 Segmentations may be in the original image frame (the image's size) or, as GMIC's own sample masks are, in
-its 2944x1920 **model-input frame** (methods-spec.md 1.8): cropped to ``window_location``, flipped by
-``horizontal_flip``, and windowed at ``best_center`` with GMIC's inference-time zero padding (1.6). Those are
+its 2944x1920 **model-input frame** (docs/datasets.md): cropped to ``window_location``, flipped by
+``horizontal_flip``, and windowed at ``best_center`` with GMIC's inference-time zero padding. Those are
 mapped back to the original frame with the exam list written by GMIC's crop and optimal-centre steps
 (``data.pkl``: the same exams plus ``window_location`` and ``best_center`` per view). Under a folder ``--root``
 the exam list carrying that metadata is preferred, then ``exam_list_before_cropping.pkl``; images are read
@@ -43,7 +43,7 @@ GMIC_INPUT_SIZE = (2944, 1920)  # GMIC's model-input window (rows, cols), the fr
 def gmic_window_origin(
     crop_hw: tuple[int, int], best_center: tuple[int, int], view: str, size: tuple[int, int] = GMIC_INPUT_SIZE
 ) -> tuple[int, int]:
-    """(row, col) of GMIC's inference window's top-left corner in the flipped crop (methods-spec.md 1.6).
+    """(row, col) of GMIC's inference window's top-left corner in the flipped crop (docs/datasets.md).
 
     Without crop or size noise: the window is centred at ``best_center``; an axis shorter than the window is
     zero-padded (CC vertically on both sides, ``int(pad / 2)`` in front; MLO at the bottom; every view on the
@@ -221,7 +221,7 @@ def model_frame(exam: dict[str, Any], view: str, j: int, flip: str, where: str) 
         ) from None
     if bottom <= top or right <= left:
         raise DataError(where, f"empty window_location {(top, bottom, left, right)}", "re-run GMIC's crop step")
-    # GMIC flips R views with horizontal_flip 'NO' and L views with 'YES' (methods-spec.md 1.3).
+    # GMIC flips R views with horizontal_flip 'NO' and L views with 'YES' (docs/datasets.md).
     flipped = view.startswith("R") == (flip == "NO")
     origin = gmic_window_origin((bottom - top, right - left), (cy, cx), view)
     return ModelFrame((top, bottom, left, right), flipped, origin, GMIC_INPUT_SIZE)

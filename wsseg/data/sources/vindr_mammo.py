@@ -1,13 +1,13 @@
 """``vindr-mammo``: VinDr-Mammo from PhysioNet (DICOMs + breast- and finding-level CSVs; boxes).
 
 Layout: ``breast-level_annotations.csv``, ``finding_annotations.csv`` and ``images/<study_id>/<image_id>.dicom``
-(extension ``.dicom``). Pitfalls handled (datasets.md 3.5): ``finding_categories`` is a Python list literal
+(extension ``.dicom``). Pitfalls handled (docs/datasets.md): ``finding_categories`` is a Python list literal
 (parsed with :func:`ast.literal_eval`, never split on commas); boxes are floats in the original, unmirrored
 pixel frame and may fall outside the image (clipped to the CSV's width and height, which must match the
 decoded image); one image has as many
 finding rows as findings; MONOCHROME1 images are inverted on decoding; multi-valued window centre/width (with
 ``--voi-lut``) use the first; images whose Presentation Intent Type is ``FOR PROCESSING`` are skipped and
-reported, as the authors' visualiser skips them (datasets.md 3.3).
+reported, as the authors' visualiser skips them.
 
 Labels are **BI-RADS, not pathology** (``label_source = birads``): malignant when the breast or a finding is
 BI-RADS 4-5, benign when BI-RADS 2-3, normal for BI-RADS 1 / ``No Finding``. A box takes its finding's
