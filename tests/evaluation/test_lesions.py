@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from wsseg.evaluation.curves import curves_from_stats
 from wsseg.evaluation.evaluator import SegmentationEvaluator
 from wsseg.evaluation.lesions import (
     equivalent_diameter_mm,
@@ -15,7 +17,14 @@ from wsseg.evaluation.lesions import (
     lesion_type_group,
     size_bin,
 )
-from wsseg.evaluation.stats import POINTING_TOLERANCES_MM, FrocSettings, class_stats, lesion_facts
+from wsseg.evaluation.stats import (
+    OPTIONAL_ARRAYS,
+    POINTING_TOLERANCES_MM,
+    FrocSettings,
+    SplitStats,
+    class_stats,
+    lesion_facts,
+)
 from wsseg.evaluation.summary import chance_levels
 
 
@@ -156,3 +165,23 @@ def test_froc_chance_of_one_lesion_is_the_poisson_formula() -> None:
     for f in (0.25, 1.0, 8.0):
         assert chance[f"sensitivity_at_{f:g}_fppi"] == pytest.approx(1 - math.exp(-cover * f / m))
     assert chance["froc"] == pytest.approx(np.mean([1 - math.exp(-cover * f / m) for f in (0.25, 0.5, 1, 2, 4, 8)]))
+
+
+def test_statistics_saved_before_the_lesion_facts_still_load_and_give_unknown_sizes(tmp_path: Path) -> None:
+
+    images = [_breast_and_lesion(s) for s in range(2)]
+    stats = _uniform_maps(images).stats()
+    stats.save(tmp_path / "new.npz")
+    with np.load(tmp_path / "new.npz") as z:
+        old = {k: z[k] for k in z.files if k.split(".")[-1] not in OPTIONAL_ARRAYS}  # as an older wsseg wrote it
+    np.savez_compressed(tmp_path / "old.npz", **old)
+    loaded = SplitStats.load(tmp_path / "old.npz").reorder(["img1", "img0"])
+    a = loaded.classes["benign"]
+    assert np.isnan(a.lesion_px).all() and np.isnan(a.chance_hit).all() and list(a.lesion_type) == ["", ""]
+    block = curves_from_stats(loaded, {"benign": 0.5, "malignant": 0.5})["benign"]["lesion_size"]
+    assert block["diameter_mm"] == [None, None] and block["type"] == ["", ""] and len(block["dice"]) == 2
+    assert math.isnan(chance_levels(loaded)["benign"]["pointing_game_10mm"])  # unknown, never 0
+    # The new file keeps everything through a save and load.
+    again = SplitStats.load(tmp_path / "new.npz").classes["benign"]
+    np.testing.assert_array_equal(again.chance_hit, stats.classes["benign"].chance_hit)
+    assert list(again.lesion_px) == list(stats.classes["benign"].lesion_px)

@@ -188,3 +188,16 @@ def test_different_training_budgets_get_separate_tables_with_the_reference_rows_
         budget = row_of(text, "cam", "### training budget")[4]
         assert budget in text.splitlines()[0]  # the title names the table's budget
     assert {row_of(p.read_text(), "cam", "### training budget")[4] for p in mains} == {"8 x 1,280", "16 x 1,280"}
+
+
+def test_an_unreadable_per_image_file_is_a_clear_error_naming_it(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from wsseg.cli import app
+
+    runs = tmp_path / "runs"
+    _run(runs, "cam", 0, _base(), "weak")
+    _run(runs, "gmic", 0, _base(), "weak")
+    (runs / "gmic-s0" / "per_image.csv").write_text("image_id,class\nimg000,benign\n")  # truncated columns
+    result = CliRunner().invoke(app, ["leaderboard", str(runs), "--out", str(tmp_path / "lb")])
+    assert result.exit_code == 2 and "gmic-s0/per_image.csv" in result.output and "Traceback" not in result.output
