@@ -213,14 +213,15 @@ def gallery_html(runs: dict[str, list[RunFiles]], order: Sequence[str]) -> str:
 def table_html(table: Table) -> str:
     """One leaderboard table as a sortable HTML table (click a column title; numbers sort numerically)."""
     head = "".join(f'<th data-col="{i}">{html.escape(h)}</th>' for i, h in enumerate(table.header))
-    body = []
+    counts, body = [], []
     kinds = table.row_classes or [""] * len(table.cells)
     for line, kind in zip(table.cells, kinds, strict=True):
         tds = "".join(f"<td>{html.escape(c)}</td>" for c in line)
-        body.append(f'<tr class="{html.escape(kind)}">{tds}</tr>')
+        # A count row (images per bin) belongs to the header: sorting the methods must not move it.
+        (counts if kind == "count" else body).append(f'<tr class="{html.escape(kind)}">{tds}</tr>')
     return (
         f"<h3>{html.escape(table.heading)}</h3>"
-        f'<div class="scroll"><table class="leaderboard sortable"><thead><tr>{head}</tr></thead>'
+        f'<div class="scroll"><table class="leaderboard sortable"><thead><tr>{head}</tr>{"".join(counts)}</thead>'
         f"<tbody>{''.join(body)}</tbody></table></div>"
     )
 
@@ -253,7 +254,7 @@ function sortBy(th){const table=th.closest('table');const col=+th.dataset.col;
     if(x===null&&y===null){return a.children[col].textContent.localeCompare(b.children[col].textContent)*(asc?1:-1);}
     if(x===null)return 1;if(y===null)return -1;return asc?x-y:y-x;});
   rows.forEach(r=>body.appendChild(r));}
-document.querySelectorAll('table.sortable th').forEach(th=>th.addEventListener('click',()=>sortBy(th)));
+document.querySelectorAll('table.sortable th[data-col]').forEach(th=>th.addEventListener('click',()=>sortBy(th)));
 window.addEventListener('load',()=>{const imgs=Array.from(document.images);
   const broken=imgs.filter(i=>!i.complete||i.naturalWidth===0).length;
   document.body.dataset.rendered='rows='+document.querySelector('table.leaderboard tbody').rows.length+
