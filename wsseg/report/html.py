@@ -213,7 +213,8 @@ def gallery_html(runs: dict[str, list[RunFiles]], order: Sequence[str]) -> str:
 def table_html(table: Table) -> str:
     """One leaderboard table as a sortable HTML table (click a column title; numbers sort numerically)."""
     head = "".join(f'<th data-col="{i}">{html.escape(h)}</th>' for i, h in enumerate(table.header))
-    counts, body = [], []
+    counts: list[str] = []
+    body: list[str] = []
     kinds = table.row_classes or [""] * len(table.cells)
     for line, kind in zip(table.cells, kinds, strict=True):
         tds = "".join(f"<td>{html.escape(c)}</td>" for c in line)
