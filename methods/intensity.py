@@ -62,6 +62,7 @@ class Intensity(ParameterFreeMethod):
     """Reference prior: smoothed, per-image min-max normalised brightness inside the breast."""
 
     Config = IntensityConfig
+    supervision = "reference"  # learns nothing: a floor or prior row, never ranked among the weak methods
 
     cfg: IntensityConfig
 

@@ -50,6 +50,7 @@ class RandomMap(ParameterFreeMethod):
     """Reference floor: smooth noise and random logits, seeded by each image's bytes."""
 
     Config = RandomConfig
+    supervision = "reference"  # learns nothing: a floor or prior row, never ranked among the weak methods
 
     cfg: RandomConfig
 

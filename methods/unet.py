@@ -1,9 +1,9 @@
 """U-Net: the fully supervised upper bound (Ronneberger et al., "U-Net", MICCAI 2015).
 
-The only reference row trained on lesion masks (``supervision = "full"``): it shows how much Dice the architecture
+The only method trained on lesion masks (``supervision = "full"``): it shows how much Dice the architecture
 budget of a profile can reach when the masks are known, so the weakly supervised rows are read against both a floor
-(uniform, random, intensity) and a ceiling. Built with segmentation-models-pytorch (``smp.Unet``) on a randomly
-initialised encoder: ``encoder_weights`` is always None, nothing is downloaded.
+(the ``reference`` rows uniform, random, intensity) and a ceiling. Built with segmentation-models-pytorch
+(``smp.Unet``) on a randomly initialised encoder: ``encoder_weights`` is always None, nothing is downloaded.
 
 Forward: the input is average-pooled by ``input_downsample`` (as CAM's), padded at the bottom/right with the
 image's background value to a multiple of the encoder's stride and passed through the U-Net, whose per-class

@@ -64,6 +64,7 @@ class Uniform(ParameterFreeMethod):
     """Reference floor: a constant map over the breast estimated from the image, constant logits."""
 
     Config = UniformConfig
+    supervision = "reference"  # learns nothing: a floor or prior row, never ranked among the weak methods
 
     cfg: UniformConfig
 

@@ -41,6 +41,9 @@ def test_list_methods_shows_cam() -> None:
     result = runner.invoke(app, ["list", "methods"])
     assert result.exit_code == 0
     assert "cam" in result.output and "built-in" in result.output and "weak" in result.output
+    rows = {line.split()[0]: line.split()[1] for line in result.output.splitlines()[2:] if line.strip()}
+    assert rows["cam"] == "weak" and rows["unet"] == "full"
+    assert rows["uniform"] == rows["random"] == rows["intensity"] == "reference"  # floors and priors, not competitors
 
 
 def test_unknown_method_is_a_clear_error(tmp_path: Path) -> None:

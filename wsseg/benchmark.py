@@ -9,7 +9,7 @@ A benchmark file is data (TOML), never code::
     methods = ["all"]                 # or a list of registered names; "all" = every registered method
     seeds = [0, 1, 2]
     out = "runs/phantom-quick"        # run folders, relative to the benchmark file
-    leaderboard = "results"           # tables, HTML report, figures and a copy of the records (runs/)
+    leaderboard = "results"           # tables, HTML report, figures and a copy of the runs' small files (runs/)
     set = ["train.epochs=8"]          # optional --set overrides for every run
     device = "auto"
 
@@ -29,6 +29,7 @@ from typing import Any
 from wsseg._io import atomic_write_bytes
 from wsseg.config import make_run_config
 from wsseg.evaluation.curves import CURVES_JSON
+from wsseg.evaluation.scoring import PER_IMAGE_CSV
 from wsseg.method import PostHocCAMMethod
 from wsseg.registry import get_method_spec, list_methods
 from wsseg.report.gallery import GALLERY_NPZ
@@ -196,15 +197,16 @@ def run_benchmark(
     return folders, write_leaderboards(publish_runs(folders, bench.leaderboard / "runs"), bench.leaderboard)
 
 
-# What a published run keeps: the record, the curves and the gallery (kilobytes), not checkpoints or statistics.
-PUBLISHED_FILES = ("record.json", CURVES_JSON, GALLERY_NPZ)
+# What a published run keeps: the record, the per-image results (the rank groups' paired bootstrap resamples them),
+# the curves and the gallery; tens to a few hundred kilobytes, not checkpoints or the histogram statistics.
+PUBLISHED_FILES = ("record.json", PER_IMAGE_CSV, CURVES_JSON, GALLERY_NPZ)
 
 
 def publish_runs(folders: list[Path], dest: Path) -> list[Path]:
-    """Copy each run's record, curves and gallery to ``dest/<run_id>/`` (atomically) and return the copies.
+    """Copy each run's record, per-image results, curves and gallery to ``dest/<run_id>/`` (atomically).
 
     The leaderboard folder then holds everything its tables, report and figures are made from, so it can be
-    committed or shared on its own and regenerated with ``wsseg leaderboard DEST --out FOLDER``.
+    committed or shared on its own and regenerated with ``wsseg leaderboard DEST --out FOLDER``. Returns the copies.
     """
     copies = []
     for folder in folders:

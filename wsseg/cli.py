@@ -641,7 +641,12 @@ def leaderboard(
         ),
     ] = "md,csv,tex,html",
 ) -> None:
-    """Write comparison tables from run records: one per group of comparable runs, one row per method."""
+    """Write comparison tables from run folders: one per group of comparable runs, one row per method.
+
+    Comparable: the same dataset, version, test split, profile, evaluation protocol and training budget. Per class,
+    each row is tested against the best weakly supervised row by a paired patient bootstrap (from each run's
+    per_image.csv); a second table (<name>-lesions.*) gives Dice and the pointing game by lesion size and type.
+    """
     from wsseg.report.leaderboard import write_leaderboards
 
     formats = [f.strip() for f in format_.split(",") if f.strip()]

@@ -25,7 +25,9 @@ from wsseg.nn.upsample import to_input_resolution
 from wsseg.weights import load_strict, read_state_dict, rename_prefixes
 
 Profile = Literal["tiny", "quick", "paper"]
-Supervision = Literal["weak", "full"]
+# weak: image-level labels only (the competitors); full: trained on the lesion masks (an upper bound, e.g. unet);
+# reference: a map that learns nothing (uniform, random, intensity): a floor or prior, never a competitor.
+Supervision = Literal["weak", "full", "reference"]
 
 
 @dataclass
@@ -128,8 +130,9 @@ class WSSegMethod(nn.Module, ABC):
     """Base class of all methods.
 
     Subclasses set ``Config`` to their config dataclass and implement ``forward`` and ``loss``.
-    The registry sets ``name`` and ``source``; ``supervision`` marks fully supervised reference rows
-    (the only methods whose training batches may carry masks).
+    The registry sets ``name`` and ``source``. ``supervision`` is ``weak`` (image labels only), ``full`` (fully
+    supervised upper bounds: the only methods whose training batches may carry masks) or ``reference`` (maps that
+    learn nothing, such as the uniform floor; leaderboards never rank them among the weakly supervised methods).
     """
 
     name: ClassVar[str] = ""
@@ -216,8 +219,10 @@ class ParameterFreeMethod(WSSegMethod):
     """Base of reference maps with nothing to learn (uniform, random, intensity).
 
     The training loop trains no method without trainable parameters; the zero loss only keeps the
-    method contract whole.
+    method contract whole. Their ``supervision`` is ``reference``: they are floors and priors, not competitors.
     """
+
+    supervision: ClassVar[Supervision] = "reference"
 
     def loss(self, out: MethodOutput, batch: dict[str, Any]) -> dict[str, Tensor]:
         """A zero loss: the method has nothing to learn."""

@@ -48,7 +48,7 @@ class MethodSpec:
 
     @property
     def supervision(self) -> str:
-        """``weak`` (image labels only) or ``full`` (trains on masks: a reference upper bound)."""
+        """``weak`` (image labels only), ``full`` (trains on masks: an upper bound), ``reference`` (learns nothing)."""
         return self.cls.supervision
 
 

@@ -29,6 +29,7 @@ from wsseg.data.prepare import PREPROCESS_VERSION, prepare_source
 from wsseg.data.sources import get_source
 from wsseg.evaluation.evaluator import SegmentationEvaluator
 from wsseg.evaluation.inference import predict_batches
+from wsseg.evaluation.lesions import image_lesion_type
 from wsseg.evaluation.scoring import (
     MAPS_DIR,
     TEST_LABELS,
@@ -38,6 +39,7 @@ from wsseg.evaluation.scoring import (
     score_stats,
     write_test_labels,
 )
+from wsseg.evaluation.summary import chance_levels
 from wsseg.method import WSSegMethod
 from wsseg.registry import get_method_spec
 from wsseg.report.gallery import GALLERY_NPZ, make_gallery
@@ -101,6 +103,8 @@ def evaluate_split(
                 "image_labels": batch["labels"][i],
                 # Box ground truth (VinDr, box manifests): the mask is the union of the boxes; adds MaxBoxAccV2.
                 "boxes": meta.get("annotation") == "box",
+                # For the leaderboard's breakdown by lesion type (the dataset's own names, mapped to groups).
+                "lesion_types": [image_lesion_type(meta.get("lesions", []), c) for c in CLASSES],
             }
             masks, breast = batch["masks"][i], batch["breast_mask"][i]
             ev.add(image_id, out.saliency[i], masks, breast, image_scores=out.logits[i], **common)
@@ -422,13 +426,16 @@ def run(
         val, test = val_all, test_all
     thresholds = val.evaluator.calibrated_thresholds()
     # Metrics, patient-bootstrap intervals and the per-image files behind them (for `wsseg compare`).
-    metrics, intervals, per_image, boot_seconds = score_stats(test.evaluator.stats(), thresholds, cfg.eval, run_dir)
+    test_stats = test.evaluator.stats()
+    metrics, intervals, per_image, boot_seconds = score_stats(test_stats, thresholds, cfg.eval, run_dir)
     if maps_dir is not None:
         write_test_labels(run_dir / TEST_LABELS, test.image_ids, test.patient_ids, test.labels, test.logits)
     references = {
         ref: ev.summary(val.references[ref].calibrated_thresholds(), cfg.eval.fixed_threshold)
         for ref, ev in test.references.items()
     }
+    # Each metric's chance level, exactly from the test masks and breasts: the leaderboard's floor row.
+    references["chance"] = chance_levels(test_stats, cfg.eval.fixed_threshold)
     eval_seconds = val.seconds + test.seconds
     # The same few test images for every method, for the report's side-by-side gallery.
     shown = make_gallery(method, test_set, thresholds, device, bf16)

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from md_tables import row_of
 from typer.testing import CliRunner
 
 from wsseg.benchmark import load_benchmark
@@ -32,18 +33,26 @@ def test_benchmark_runs_what_is_missing_then_writes_the_leaderboard(tmp_path: Pa
     ]
     gradcam = json.loads((runs / "gradcam-phantom-tiny-s0" / "record.json").read_text())
     assert gradcam["training"]["from_run"] == str(runs / "cam-phantom-tiny-s0")  # reused CAM, no training
-    (md,) = (tmp_path / "leaderboards" / "t").glob("*.md")
+    md = next(p for p in (tmp_path / "leaderboards" / "t").glob("*.md") if not p.stem.endswith("-lesions"))
     table = md.read_text()
-    assert all(f"| {m} | weak | 1 |" in table for m in ("cam", "gradcam", "uniform"))
-    # The leaderboard folder is self-contained: the published records, curves and galleries regenerate its tables.
+    assert row_of(table, "cam")[2:4] == row_of(table, "gradcam")[2:4] == ["weak", "1"]
+    assert row_of(table, "uniform")[2:4] == ["reference", "1"]  # a map that learns nothing is not ranked as weak
+    # The leaderboard folder is self-contained: the published records, per-image results (the rank groups'
+    # bootstrap), curves and galleries regenerate its tables, rank groups included.
     published = tmp_path / "leaderboards" / "t" / "runs"
     assert sorted(p.name for p in (published / "cam-phantom-tiny-s0").iterdir()) == [
         "curves.json",
         "gallery.npz",
+        "per_image.csv",
         "record.json",
     ]
     again = runner.invoke(app, ["leaderboard", str(published), "--out", str(tmp_path / "again"), "--format", "md"])
-    assert again.exit_code == 0 and (tmp_path / "again" / md.name).read_bytes() == md.read_bytes()
+    assert again.exit_code == 0
+    for made in sorted((tmp_path / "leaderboards" / "t").glob("*.md")):
+        assert (tmp_path / "again" / made.name).read_bytes() == made.read_bytes()
+    # The best weakly supervised row of a class is a weak row, never the uniform reference (the tiny test split's
+    # lesions are malignant).
+    assert "best" in [row_of(table, m, after="### malignant")[7] for m in ("cam", "gradcam")]
     before = md.read_bytes()
     second = runner.invoke(app, ["benchmark", str(path), "-q"])
     assert second.exit_code == 0 and second.output.count("done, skipped") == 3

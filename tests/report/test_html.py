@@ -61,6 +61,37 @@ def test_curves_agree_with_the_record(runs: list[Path]) -> None:
             assert all(np.diff(froc["fppi"]) >= 0) and all(np.diff(froc["sensitivity"]) >= 0)
 
 
+def test_curves_carry_each_lesion_images_size_type_hits_and_chance(runs: list[Path]) -> None:
+    for folder in runs:
+        record = _record(folder)
+        curves = json.loads((folder / CURVES_JSON).read_text())
+        for c in ("benign", "malignant"):
+            block, m = curves[c]["lesion_size"], record["metrics"][c]
+            n = int(m["n_images"])
+            keys = ("diameter_mm", "n_components", "type", "hit_10mm", "chance_dice", "chance_hit_10mm")
+            assert all(len(block[k]) == n for k in keys)
+            if not n:
+                continue
+            assert all(d > 0 for d in block["diameter_mm"]) and set(block["type"]) <= {"mass", "calcification"}
+            assert np.mean(block["hit_10mm"]) == pytest.approx(m["pointing_game_10mm"])
+            chance = record["references"]["chance"][c]
+            assert np.mean(block["chance_hit_10mm"]) == pytest.approx(chance["pointing_game_10mm"], rel=1e-4)
+            assert np.mean(block["chance_dice"]) == pytest.approx(chance["dice"], rel=1e-4)
+            # The floor row's Dice is the uniform-breast map's, scored by the same evaluator.
+            assert chance["dice"] == pytest.approx(record["references"]["uniform_breast"][c]["dice"])
+
+
+def test_rank_groups_give_the_numbers_of_wsseg_compare(runs: list[Path]) -> None:
+    from wsseg.evaluation.scoring import compare_folders
+    from wsseg.report.significance import compare_with_best, read_per_image
+
+    cam, gradcam = (next(f for f in runs if f.name.startswith(m + "-")) for m in ("cam", "gradcam"))
+    expected = compare_folders(gradcam, cam)["classes"]["malignant"]["dice"]  # gradcam - cam, from the histograms
+    per_image = [read_per_image(f, _record(f)) for f in (cam, gradcam)]
+    got = compare_with_best([per_image[0]["malignant"]], [per_image[1]["malignant"]])
+    assert (got.diff, got.low, got.high) == pytest.approx((expected["diff"], expected["low"], expected["high"]))
+
+
 def test_curves_are_rebuilt_from_the_statistics_when_the_file_is_missing(runs: list[Path], tmp_path: Path) -> None:
     folder = tmp_path / "copy"
     shutil.copytree(runs[0], folder)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from md_tables import row_of
 from typer.testing import CliRunner
 
 from wsseg.cli import app
@@ -61,7 +62,7 @@ def test_rows_aggregate_seeds_rank_by_dice_and_end_with_the_floor() -> None:
     rows = build_rows(
         [_record("cam", 0, (0.02, 0.04)), _record("cam", 1, (0.04, 0.06)), _record("gmic", 0, (0.06, 0.04))]
     )
-    assert [r.method for r in rows] == ["gmic", "cam", "uniform (breast)"]
+    assert [r.method for r in rows] == ["gmic", "cam", "chance level"]
     cam = rows[1]
     assert cam.seeds == [0, 1] and cam.dice["benign"] == [0.02, 0.04]
     assert math.isclose(cam.score(), (0.03 + 0.05) / 2)
@@ -78,7 +79,9 @@ def test_incomparable_runs_get_separate_tables_and_the_difference_is_named(tmp_p
     assert result.exit_code == 0, result.output
     assert "not comparable" in result.output and "profile ('paper' vs 'quick')" in result.output
     assert sorted(p.name for p in (tmp_path / "lb").glob("*.md")) == [
+        "leaderboard-phantom-paper-abc-lesions.md",
         "leaderboard-phantom-paper-abc.md",
+        "leaderboard-phantom-quick-abc-lesions.md",
         "leaderboard-phantom-quick-abc.md",
     ]
 
@@ -91,11 +94,11 @@ def test_two_dataset_versions_on_one_test_split_never_share_a_table(tmp_path: Pa
     result = runner.invoke(app, ["leaderboard", str(tmp_path / "runs"), "--out", str(tmp_path / "lb")])
     assert result.exit_code == 0, result.output
     assert "dataset version ('phantom-1.0' vs 'phantom-2.0')" in result.output
-    tables = sorted((tmp_path / "lb").glob("*.md"))
+    tables = sorted(p for p in (tmp_path / "lb").glob("*.md") if not p.stem.endswith("-lesions"))
     assert len(tables) == 2  # one per version, neither overwritten by the other
     texts = sorted(t.read_text() for t in tables)
-    assert "(phantom-1.0)" in texts[0] and "| 1 | cam | weak | 1 | 0.100 |" in texts[0]
-    assert "(phantom-2.0)" in texts[1] and "| 1 | cam | weak | 1 | 0.300 |" in texts[1]
+    assert "(phantom-1.0)" in texts[0] and row_of(texts[0], "cam")[:5] == ["1", "cam", "weak", "1", "0.100"]
+    assert "(phantom-2.0)" in texts[1] and row_of(texts[1], "cam")[:5] == ["1", "cam", "weak", "1", "0.300"]
 
 
 def test_output_is_byte_stable_and_marks_supervision(tmp_path: Path) -> None:
@@ -108,12 +111,14 @@ def test_output_is_byte_stable_and_marks_supervision(tmp_path: Path) -> None:
     for x, y in zip(first.files, second.files, strict=True):
         assert x.read_bytes() == y.read_bytes()
     md = (tmp_path / "a" / "leaderboard-phantom-quick-abc.md").read_text()
-    assert "| 1 | unet | full | 1 | 0.400 |" in md and "| 2 | cam | weak | 2 | 0.030 | 0.014 | [0.020, 0.040] |" in md
-    assert "uniform (breast)" in md
+    # The ceiling is shown, not ranked: the weakly supervised rows are ranked first.
+    assert row_of(md, "cam")[:7] == ["1", "cam", "weak", "2", "0.030", "0.014", "[0.020, 0.040]"]
+    assert row_of(md, "unet")[:5] == ["", "unet", "full", "1", "0.400"]
+    assert row_of(md, "chance level")[:5] == ["", "chance level", "reference", "n/a", "0.011"]
     csv_text = (tmp_path / "a" / "leaderboard-phantom-quick-abc.csv").read_text()
     assert csv_text.splitlines()[0].startswith("rank,method,supervision,seeds,benign Dice")
     tex = (tmp_path / "a" / "leaderboard-phantom-quick-abc.tex").read_text()
-    assert "\\begin{tabular}" in tex and "uniform (breast)" in tex
+    assert "\\begin{tabular}" in tex and "\\toprule" in tex and "chance level" in tex
 
 
 def test_bad_inputs_are_clear_errors(tmp_path: Path) -> None:
@@ -133,8 +138,8 @@ def test_a_real_tiny_run_makes_a_leaderboard(tmp_path: Path, cache_dir: Path) ->
     assert runner.invoke(app, [*args, "-q"]).exit_code == 0
     result = runner.invoke(app, ["leaderboard", str(tmp_path / "runs"), "--out", str(tmp_path / "lb")])
     assert result.exit_code == 0, result.output
-    (md,) = (tmp_path / "lb").glob("*.md")
+    (md,) = (tmp_path / "lb").glob("*[0-9a-f].md")
     text = md.read_text()
-    assert "| 1 | cam | weak | 1 |" in text and "test-resnet" not in text
+    assert row_of(text, "cam")[:4] == ["1", "cam", "weak", "1"] and "test-resnet" not in text
     record = json.loads(next((tmp_path / "runs").glob("*/record.json")).read_text())
     assert record["n_parameters"] > 0 and f"{record['n_parameters'] / 1e6:.2f}M" in text

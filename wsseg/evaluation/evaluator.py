@@ -114,6 +114,7 @@ class SegmentationEvaluator:
         image_scores: Sequence[float] | Tensor | np.ndarray | None = None,
         image_labels: Sequence[float] | Tensor | np.ndarray | None = None,
         boxes: bool = False,
+        lesion_types: Sequence[str] | None = None,
     ) -> None:
         """Accumulate one image.
 
@@ -129,6 +130,9 @@ class SegmentationEvaluator:
                 None but ``image_labels`` are given, each map's maximum inside the region.
             image_labels: (K,) image-level labels (0/1).
             boxes: the ground truth is boxes (each mask is the union of its boxes): MaxBoxAccV2 is added.
+            lesion_types: (K,) the type group of the image's lesions of each class (``mass``, ``calcification``,
+                ``other``; :func:`wsseg.evaluation.lesions.image_lesion_type`), for the breakdown by type;
+                unknown (``""``) when None.
         """
         k = len(self.classes)
         validate_saliency(saliency, k, image_id, check_range=self.normalization == "none")
@@ -149,8 +153,13 @@ class SegmentationEvaluator:
         breast = None if region is None else region.detach().cpu().numpy().astype(bool, copy=False)  # (H, W)
         scores = _per_class(image_scores, k)
         labels = _per_class(image_labels, k)
+        types = list(lesion_types) if lesion_types is not None else [""] * k
+        if len(types) != k:
+            raise ValueError(f"{image_id}: expected {k} lesion types (one per class), got {len(types)}")
         for c, name in enumerate(self.classes):
-            stats = class_stats(maps[c], target[c], breast, self.n_bins, spacing_mm, self.froc, boxes=boxes)
+            stats = class_stats(
+                maps[c], target[c], breast, self.n_bins, spacing_mm, self.froc, boxes=boxes, lesion_type=types[c]
+            )
             self._per_class[name].append(stats)
             self._scores[name].append(stats.peak if image_scores is None and image_labels is not None else scores[c])
             self._labels[name].append(labels[c])

@@ -47,6 +47,7 @@ from wsseg.data.phantom import CLASSES
 from wsseg.evaluation.bootstrap import bootstrap_intervals
 from wsseg.evaluation.curves import CURVES_JSON, write_curves
 from wsseg.evaluation.evaluator import SegmentationEvaluator
+from wsseg.evaluation.lesions import image_lesion_type
 from wsseg.evaluation.localization import FPPI_POINTS
 from wsseg.evaluation.stats import FrocSettings, SplitStats
 from wsseg.evaluation.summary import POINTING_TOLERANCES_MM, per_image_rows, summarize
@@ -712,6 +713,7 @@ def evaluate_run(
             spacing_mm=float(sample["meta"]["pixel_spacing_mm"]),
             image_scores=row.scores if row is not None else None,
             image_labels=sample["labels"],
+            lesion_types=[image_lesion_type(sample["meta"].get("lesions", []), c) for c in CLASSES],
         )
     out = Path(out) if out is not None else run_dir / "evaluate"
     metrics, intervals, files, boot_seconds = score_stats(ev.stats(), thresholds, cfg.eval, out)

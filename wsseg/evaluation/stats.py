@@ -16,7 +16,15 @@ For one image and one class the evaluator computes, at the evaluated (mask) reso
 - the image-level score and label when known (AUROC, AUPRC);
 - ``box_iou``: for box ground truth only (the mask is the union of the annotated boxes), the best IoU between
   any box of the map thresholded at tau * max and any ground-truth box, for tau = 0, 0.01, ..., 0.99
-  (MaxBoxAccV2); empty otherwise.
+  (MaxBoxAccV2); empty otherwise;
+- map-independent facts about the lesions, for the breakdown by size and type and for the chance levels
+  (:func:`wsseg.evaluation.summary.chance_levels`): ``lesion_px`` and ``n_components`` (the largest 8-connected
+  component of the mask inside the region, in pixels, and the number of components; :mod:`wsseg.evaluation.lesions`),
+  ``lesion_type`` (the type group of the image's lesions of the class, from the sample's meta; ``""`` when unknown),
+  ``chance_hit`` (per pointing tolerance r, the fraction of the region within r of the lesion: the probability that
+  a peak drawn uniformly in the region is a hit, with the pointing game's own distance rule), ``lesion_cover`` (per
+  FROC lesion, the fraction of the region its grown component covers) and ``grown_cover`` (the fraction covered by
+  all of them).
 
 :class:`SplitStats` stacks them over the images of a split (memory O(images x n_bins), about 16 KB
 per image and class at 1,000 bins, independent of the resolution) and saves them to one ``.npz`` file.
@@ -37,10 +45,14 @@ from wsseg.evaluation.localization import (
     best_box_iou_curve,
     detections,
     distance_to_mask_px,
+    grown_lesions,
     match_detections,
     peak_index,
 )
 from wsseg.evaluation.metrics import bin_indices
+
+# Pointing-game tolerances, mm (the keys pointing_game_<r>mm of a record).
+POINTING_TOLERANCES_MM: tuple[float, ...] = (0.0, 5.0, 10.0)
 
 
 @dataclass(frozen=True)
@@ -72,6 +84,12 @@ class ClassStats:
     fp_scores: np.ndarray
     froc_done: bool
     box_iou: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    lesion_px: float = math.nan
+    n_components: int = 0
+    lesion_type: str = ""
+    chance_hit: np.ndarray = field(default_factory=lambda: np.full(len(POINTING_TOLERANCES_MM), np.nan))
+    lesion_cover: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    grown_cover: float = math.nan
 
 
 # The relative thresholds of MaxBoxAccV2 (tau * max of the map).
@@ -85,6 +103,70 @@ def gt_boxes_from_mask(target: np.ndarray) -> np.ndarray:
     return np.asarray(found, dtype=np.int64).reshape(-1, 4)
 
 
+def _crop_around(target: np.ndarray, margin: int) -> tuple[slice, slice]:
+    """The bounding box of ``target``'s pixels grown by ``margin`` pixels, clipped to the image."""
+    rows = np.flatnonzero(target.any(axis=1))
+    cols = np.flatnonzero(target.any(axis=0))
+    r0, r1 = max(int(rows[0]) - margin, 0), min(int(rows[-1]) + margin + 1, target.shape[0])
+    c0, c1 = max(int(cols[0]) - margin, 0), min(int(cols[-1]) + margin + 1, target.shape[1])
+    return slice(r0, r1), slice(c0, c1)
+
+
+@dataclass(frozen=True)
+class LesionFacts:
+    """Map-independent facts about one image's lesions of one class (see the module docstring)."""
+
+    lesion_px: float
+    n_components: int
+    chance_hit: np.ndarray
+    lesion_cover: np.ndarray
+    grown_cover: float
+
+
+def lesion_facts(
+    target: np.ndarray, region: np.ndarray | None, spacing_mm: float | None, froc: FrocSettings
+) -> LesionFacts:
+    """Lesion size, pointing-game chance and FROC lesion covers of one (region-restricted) mask.
+
+    Args:
+        target: (H, W) bool lesion mask, already restricted to the region.
+        region: (H, W) bool evaluated region; the whole image when None.
+        spacing_mm: pixel spacing; the chance at tolerances above 0 and the covers are NaN / empty without it.
+        froc: the FROC settings (their tolerance grows the lesions).
+    """
+    tolerances = POINTING_TOLERANCES_MM
+    area = float(region.sum()) if region is not None else float(target.size)
+    if not target.any() or area <= 0:
+        return LesionFacts(math.nan, 0, np.full(len(tolerances), np.nan), np.zeros(0), math.nan)
+    known = spacing_mm is not None and spacing_mm > 0
+    # Every lesion pixel and everything within the largest tolerance of one lies in this crop, so distances and
+    # components computed on it are exact.
+    margin = int(math.ceil(max(tolerances) / spacing_mm)) + 1 if known else 1  # type: ignore[operator]
+    rs, cs = _crop_around(target, margin)
+    crop = target[rs, cs]  # (h, w)
+    inside = region[rs, cs] if region is not None else np.ones_like(crop)
+    labels, n = ndimage.label(crop, structure=np.ones((3, 3), dtype=bool))
+    sizes = np.bincount(labels.ravel())[1:]
+    chance = np.full(len(tolerances), np.nan)
+    chance[0] = float(crop.sum()) / area  # r = 0: the peak lies on the lesion
+    if known:
+        assert spacing_mm is not None
+        # The pointing game's rule: a hit when (distance in pixels to the nearest lesion pixel) x spacing <= r.
+        dist_mm = ndimage.distance_transform_edt(~crop) * spacing_mm  # (h, w)
+        for j, r in enumerate(tolerances):
+            if r > 0:
+                chance[j] = float(np.count_nonzero((dist_mm <= r) & inside)) / area
+    cover, grown = np.zeros(0), math.nan
+    if known:
+        assert spacing_mm is not None
+        grown_labels, n_lesions, (r0, c0) = grown_lesions(target, froc.tolerance_mm / spacing_mm)
+        h, w = grown_labels.shape
+        in_region = region[r0 : r0 + h, c0 : c0 + w] if region is not None else np.ones((h, w), dtype=bool)
+        counts = np.bincount(grown_labels[in_region].ravel(), minlength=n_lesions + 1)
+        cover, grown = counts[1:] / area, float(counts[1:].sum()) / area
+    return LesionFacts(float(sizes.max()), int(n), chance, cover.astype(np.float64), grown)
+
+
 def class_stats(
     saliency: np.ndarray,
     target: np.ndarray,
@@ -93,6 +175,7 @@ def class_stats(
     spacing_mm: float | None,
     froc: FrocSettings,
     boxes: bool = False,
+    lesion_type: str = "",
 ) -> ClassStats:
     """Statistics of one full-resolution map against its mask.
 
@@ -104,6 +187,7 @@ def class_stats(
         spacing_mm: pixel spacing at this resolution; FROC is skipped when None.
         froc: FROC detection settings.
         boxes: the ground truth is boxes (the mask is their union): also compute the MaxBoxAccV2 curve.
+        lesion_type: the type group of the image's lesions of this class (:mod:`wsseg.evaluation.lesions`).
     """
     box_curve = np.zeros(0)
     if boxes and target.any():
@@ -135,6 +219,7 @@ def class_stats(
         assert spacing_mm is not None
         coords, scores = detections(masked, round(froc.nms_mm / spacing_mm), froc.max_candidates)
         lesion_scores, fp_scores = match_detections(coords, scores, target, froc.tolerance_mm / spacing_mm)
+    facts = lesion_facts(target, region, spacing_mm, froc)
     return ClassStats(
         pos_hist.astype(np.int64),
         neg_hist.astype(np.int64),
@@ -146,6 +231,12 @@ def class_stats(
         fp_scores,
         froc_done,
         box_curve,
+        facts.lesion_px,
+        facts.n_components,
+        lesion_type if len(flat_target) else "",
+        facts.chance_hit,
+        facts.lesion_cover,
+        facts.grown_cover,
     )
 
 
@@ -161,6 +252,14 @@ class ClassArrays:
         image_score, image_label: (N,) float64, NaN where unknown.
         froc_done: whether detections were made (the pixel spacing was known for every image).
         box_iou: (N, 100) MaxBoxAccV2 curves, NaN rows for images without box ground truth of this class.
+        lesion_px, n_components: (N,) the largest lesion component in pixels and the number of components (NaN, 0
+            on lesion-free images).
+        lesion_type: (N,) str, the type group of each image's lesions of the class (``""``: none or unknown).
+        chance_hit: (N, len(POINTING_TOLERANCES_MM)) pointing-game chance per image (NaN on lesion-free images).
+        lesion_cover: (L,) the fraction of its image's region each FROC lesion covers, grown by the tolerance.
+        grown_cover: (N,) the fraction of the region all grown lesions cover (NaN without lesion or spacing).
+
+    Statistics saved before the lesion facts existed load with NaN (and empty types) in their place.
     """
 
     pos_hist: np.ndarray
@@ -176,6 +275,27 @@ class ClassArrays:
     image_label: np.ndarray
     froc_done: bool
     box_iou: np.ndarray = field(default_factory=lambda: np.zeros((0, len(BOX_TAUS))))
+    lesion_px: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    n_components: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    lesion_type: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=str))
+    chance_hit: np.ndarray = field(default_factory=lambda: np.zeros((0, len(POINTING_TOLERANCES_MM))))
+    lesion_cover: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    grown_cover: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+    def __post_init__(self) -> None:
+        # Arrays missing from older files (or left at their defaults) become NaN of the right length.
+        n, n_lesions = len(self.sum_s), len(self.lesion_scores)
+        if self.box_iou.shape[0] != n:
+            self.box_iou = np.full((n, len(BOX_TAUS)), np.nan)
+        for name in ("lesion_px", "n_components", "grown_cover"):
+            if len(getattr(self, name)) != n:
+                setattr(self, name, np.full(n, np.nan))
+        if len(self.lesion_type) != n:
+            self.lesion_type = np.full(n, "", dtype="<U16")
+        if self.chance_hit.shape[0] != n:
+            self.chance_hit = np.full((n, len(POINTING_TOLERANCES_MM)), np.nan)
+        if len(self.lesion_cover) != n_lesions:
+            self.lesion_cover = np.full(n_lesions, np.nan)
 
     @property
     def gt(self) -> np.ndarray:
@@ -207,7 +327,19 @@ class ClassArrays:
             self.image_label[index],
             self.froc_done,
             self.box_iou[index],
+            self.lesion_px[index],
+            self.n_components[index],
+            self.lesion_type[index],
+            self.chance_hit[index],
+            self.lesion_cover[keep_l],
+            self.grown_cover[index],
         )
+
+
+# The arrays a statistics file may lack (written by an older wsseg); see ClassArrays.__post_init__.
+OPTIONAL_ARRAYS = frozenset(
+    {"box_iou", "lesion_px", "n_components", "lesion_type", "chance_hit", "lesion_cover", "grown_cover"}
+)
 
 
 @dataclass
@@ -275,7 +407,8 @@ class SplitStats:
                     **{
                         key: data[f"{name}.{key}"]
                         for key in ClassArrays.__dataclass_fields__
-                        if key != "box_iou" or f"{name}.box_iou" in data  # files written before boxes existed
+                        # Files written before boxes or lesion facts existed lack those arrays: NaN instead.
+                        if key not in OPTIONAL_ARRAYS or f"{name}.{key}" in data
                     }
                 )
                 for name in data["classes"].tolist()
@@ -317,4 +450,12 @@ def stack_class(
         box_iou=np.stack([s.box_iou if len(s.box_iou) else np.full(len(BOX_TAUS), np.nan) for s in per_image]).reshape(
             n, len(BOX_TAUS)
         ),
+        lesion_px=np.array([s.lesion_px for s in per_image], dtype=np.float64),
+        n_components=np.array([s.n_components for s in per_image], dtype=np.float64),
+        lesion_type=np.array([s.lesion_type for s in per_image], dtype="<U16").reshape(n),
+        chance_hit=np.stack([s.chance_hit for s in per_image]).reshape(n, len(POINTING_TOLERANCES_MM))
+        if n
+        else np.zeros((0, len(POINTING_TOLERANCES_MM))),
+        lesion_cover=np.concatenate([s.lesion_cover for s in per_image]) if n else np.zeros(0),
+        grown_cover=np.array([s.grown_cover for s in per_image], dtype=np.float64),
     )

@@ -1,10 +1,13 @@
-"""A self-contained HTML report of one comparable group of runs: sortable table, plots and a saliency gallery.
+"""A self-contained HTML report of one comparable group of runs: sortable tables, plots and a saliency gallery.
 
 Everything is inline (CSS, a few lines of JavaScript, SVG plots, PNG images as data URIs), so the file opens
-offline and can be mailed or put on a web page as is. Inputs are run folders only: ``record.json`` for the table,
-``curves.json`` (or ``per_image_stats.npz``) for the plots and ``gallery.npz`` for the pictures; a run missing
-one of them is listed as such, never guessed. The output is deterministic for the same inputs and library
-versions (no timestamps; matplotlib's SVG ids are salted with a constant).
+offline and can be mailed or put on a web page as is. Inputs are run folders only: ``record.json``,
+``per_image.csv`` and ``curves.json`` for the tables (:mod:`wsseg.report.leaderboard` builds them), ``curves.json``
+(or ``per_image_stats.npz``) for the plots and ``gallery.npz`` for the pictures; a run missing one of them is listed
+as such, never guessed. The leaderboard is one table per class (so the page fits a 1440-pixel-wide screen), then the
+budget and compute table and the lesion size and type breakdown. Every string that comes from a record is escaped.
+The output is deterministic for the same inputs and library versions (no timestamps; matplotlib's SVG ids are
+salted with a constant).
 """
 
 from __future__ import annotations
@@ -22,12 +25,12 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from wsseg._io import atomic_write_text
 from wsseg.data.phantom import CLASSES
 from wsseg.evaluation.curves import curves_for_run
+from wsseg.evaluation.lesions import SIZE_BINS_MM, size_bin
 from wsseg.report.gallery import GALLERY_NPZ, Gallery
-
-# Lesion-area bins (mm^2) for Dice against lesion size; the phantom's and the datasets' lesions span 5-2000 mm^2.
-SIZE_EDGES_MM2 = (0.0, 25.0, 50.0, 100.0, 200.0, math.inf)
+from wsseg.report.tables import Table
 
 
 @dataclass
@@ -107,11 +110,11 @@ def plot_curves(
                     ax.step(x, y, where="post", color=_color(i), label=method)
             else:
                 # Every seed scores the same test images: pool their points, then average Dice per size bin.
-                area = np.concatenate([_floats(s[c]["lesion_size"]["area_mm2"]) for s in seeds])
+                bins = [size_bin(d) for s in seeds for d in _diameters(s[c]["lesion_size"])]
                 dice = np.concatenate([_floats(s[c]["lesion_size"]["dice"]) for s in seeds])
                 means = []
-                for lo, hi in zip(SIZE_EDGES_MM2[:-1], SIZE_EDGES_MM2[1:], strict=True):
-                    inside = (area >= lo) & (area < hi) & np.isfinite(dice)
+                for _, _, label in SIZE_BINS_MM:
+                    inside = np.array([b == label for b in bins], dtype=bool).reshape(len(bins)) & np.isfinite(dice)
                     means.append(float(dice[inside].mean()) if inside.any() else math.nan)
                 ax.plot(range(len(means)), means, marker="o", color=_color(i), label=method)
         if kind == "pr":
@@ -123,9 +126,8 @@ def plot_curves(
             ax.set_xlim(left=0)  # symlog would otherwise show an empty negative half
             ax.set_title(f"{c}: FROC (lowest seed)")
         else:
-            labels = [_bin_label(lo, hi) for lo, hi in zip(SIZE_EDGES_MM2[:-1], SIZE_EDGES_MM2[1:], strict=True)]
-            ax.set_xticks(range(len(labels)), labels)
-            ax.set(xlabel="lesion area (mm²)", ylabel="mean Dice", ylim=(0, None))
+            ax.set_xticks(range(len(SIZE_BINS_MM)), [label for _, _, label in SIZE_BINS_MM])
+            ax.set(xlabel="equivalent diameter of the largest lesion", ylabel="mean Dice", ylim=(0, None))
             ax.set_title(f"{c}: Dice against lesion size (all seeds)")
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
@@ -136,10 +138,11 @@ def plot_curves(
     return f'<div class="plots" id="{name}">{body}</div>', svgs
 
 
-def _bin_label(lo: float, hi: float) -> str:
-    if math.isinf(hi):
-        return f"≥{lo:g}"
-    return f"<{hi:g}" if lo == 0 else f"{lo:g}-{hi:g}"
+def _diameters(block: dict[str, Any]) -> list[float]:
+    """Each lesion image's equivalent diameter (mm); from the whole lesion area in curves.json files that predate it."""
+    if "diameter_mm" in block:
+        return [float(v) for v in _floats(block["diameter_mm"])]
+    return [float(v) for v in 2.0 * np.sqrt(_floats(block["area_mm2"]) / math.pi)]
 
 
 def _png(rgb: np.ndarray) -> str:
@@ -200,36 +203,42 @@ def gallery_html(runs: dict[str, list[RunFiles]], order: Sequence[str]) -> str:
         rows.append(
             f'<tr><th class="rowhead">{html.escape(image_id)}<br><span class="{c}">{c}</span></th>{"".join(cells)}</tr>'
         )
-    note = f"<p>No gallery for: {', '.join(missing)}.</p>" if missing else ""
+    note = f"<p>No gallery for: {html.escape(', '.join(missing))}.</p>" if missing else ""
     return (
         '<div class="scroll"><table class="gallery"><thead><tr><th>image</th><th>ground truth</th>'
         f"{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>{note}"
     )
 
 
-def table_html(header: Sequence[str], cells: Sequence[Sequence[str]], supervision: Sequence[str]) -> str:
-    """The leaderboard as a sortable HTML table (click a column title; numbers sort numerically)."""
-    head = "".join(f'<th data-col="{i}">{html.escape(h)}</th>' for i, h in enumerate(header))
-    body = []
-    for line, sup in zip(cells, supervision, strict=True):
+def table_html(table: Table) -> str:
+    """One leaderboard table as a sortable HTML table (click a column title; numbers sort numerically)."""
+    head = "".join(f'<th data-col="{i}">{html.escape(h)}</th>' for i, h in enumerate(table.header))
+    counts: list[str] = []
+    body: list[str] = []
+    kinds = table.row_classes or [""] * len(table.cells)
+    for line, kind in zip(table.cells, kinds, strict=True):
         tds = "".join(f"<td>{html.escape(c)}</td>" for c in line)
-        body.append(f'<tr class="{html.escape(sup)}">{tds}</tr>')
+        # A count row (images per bin) belongs to the header: sorting the methods must not move it.
+        (counts if kind == "count" else body).append(f'<tr class="{html.escape(kind)}">{tds}</tr>')
     return (
-        f'<div class="scroll"><table class="leaderboard sortable"><thead><tr>{head}</tr></thead>'
+        f"<h3>{html.escape(table.heading)}</h3>"
+        f'<div class="scroll"><table class="leaderboard sortable"><thead><tr>{head}</tr>{"".join(counts)}</thead>'
         f"<tbody>{''.join(body)}</tbody></table></div>"
     )
 
 
 STYLE = """
-body{font-family:system-ui,sans-serif;margin:1.5em;color:#222;max-width:1800px}
-h1{font-size:1.4em}h2{font-size:1.15em;margin-top:1.6em}
+body{font-family:system-ui,sans-serif;margin:1.5em;color:#222;max-width:1380px}
+h1{font-size:1.4em}h2{font-size:1.15em;margin-top:1.6em}h3{font-size:1em;margin:1.2em 0 .4em}
 .scroll{overflow-x:auto}
 table{border-collapse:collapse;font-size:12px}
 th,td{border:1px solid #ccc;padding:3px 6px;text-align:right;white-space:nowrap}
+.leaderboard th{white-space:normal;vertical-align:bottom;max-width:7.5em}
 .leaderboard th{background:#f0f0f0;cursor:pointer;position:sticky;top:0}
 .leaderboard th.asc::after{content:" \\25B2"}.leaderboard th.desc::after{content:" \\25BC"}
 .leaderboard td:nth-child(2){text-align:left;font-weight:600}
 tr.full td{background:#eef6ff}tr.reference td{background:#f6f6f6;color:#666}
+tr.chance td{background:#fff6e6;color:#666}tr.count td{font-style:italic;background:#fafafa}
 .gallery td,.gallery th{padding:2px;text-align:center}.gallery img{display:block;height:192px}
 .rowhead{font-weight:normal;font-size:11px}.benign{color:#2a8a2a}.malignant{color:#c02020}
 .plots{display:flex;flex-wrap:wrap;gap:1em}.plot{margin:0}.plot svg{width:520px;height:auto}
@@ -246,27 +255,20 @@ function sortBy(th){const table=th.closest('table');const col=+th.dataset.col;
     if(x===null&&y===null){return a.children[col].textContent.localeCompare(b.children[col].textContent)*(asc?1:-1);}
     if(x===null)return 1;if(y===null)return -1;return asc?x-y:y-x;});
   rows.forEach(r=>body.appendChild(r));}
-document.querySelectorAll('table.sortable th').forEach(th=>th.addEventListener('click',()=>sortBy(th)));
+document.querySelectorAll('table.sortable th[data-col]').forEach(th=>th.addEventListener('click',()=>sortBy(th)));
 window.addEventListener('load',()=>{const imgs=Array.from(document.images);
   const broken=imgs.filter(i=>!i.complete||i.naturalWidth===0).length;
-  document.body.dataset.rendered='rows='+document.querySelectorAll('table.leaderboard tbody tr').length+
+  document.body.dataset.rendered='rows='+document.querySelector('table.leaderboard tbody').rows.length+
     ' images='+imgs.length+' broken='+broken+' svgs='+document.querySelectorAll('svg').length;});
 """
-
-NOTES = (
-    "Dice: test split, at the threshold calibrated on validation, averaged over the images with a lesion of the "
-    "class; mean and standard deviation over seeds and the mean of the seeds' 95% patient-bootstrap intervals. "
-    "Other columns are means over seeds. Blue rows are fully supervised (an upper bound, trained on masks); the grey "
-    "row is the uniform-breast floor. Dice (oracle) uses the threshold that is best on the test split itself: an "
-    "upper bound, not a result. Click a column title to sort."
-)
 
 
 def render_report(
     title: str,
-    header: Sequence[str],
-    cells: Sequence[Sequence[str]],
-    supervision: Sequence[str],
+    tables: Sequence[Table],
+    paragraphs: Sequence[str],
+    lesion_tables: Sequence[Table],
+    lesion_notes: Sequence[str],
     runs: Sequence[RunFiles],
     order: Sequence[str],
 ) -> tuple[str, dict[str, str]]:
@@ -274,11 +276,12 @@ def render_report(
 
     Args:
         title: the group's title.
-        header: the leaderboard's column titles (:func:`wsseg.report.leaderboard.table`).
-        cells: its rows of string cells.
-        supervision: per row, ``weak``, ``full`` or ``reference`` (a CSS class).
+        tables: the leaderboard's tables (:func:`wsseg.report.leaderboard.main_tables`).
+        paragraphs: the rank-stability line and the notes under them.
+        lesion_tables: the breakdown by lesion size and type, and its notes below.
+        lesion_notes: the notes of the breakdown.
         runs: every run of the group.
-        order: methods in ranked table order.
+        order: methods in table order.
     """
     by_method = _by_method(runs)
     order = [m for m in order if m in by_method]
@@ -301,13 +304,19 @@ def render_report(
         figures.update({f"{name}-{c}.svg": s for c, s in svgs.items()})
         sections.append(f"<h2>{html.escape(heading)}</h2>{block}")
     if no_curves:
-        names = ", ".join(no_curves)
+        names = html.escape(", ".join(no_curves))
         sections.append(f"<p class='note'>No curves (curves.json or per_image_stats.npz) for: {names}.</p>")
+
+    def notes(texts: Sequence[str]) -> str:
+        return "".join(f"<p class='note'>{html.escape(t)}</p>" for t in texts)
+
     page = (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>"
         f"<h1>wsseg leaderboard</h1><p>{html.escape(title)}</p>"
-        f"{table_html(header, cells, supervision)}<p class='note'>{html.escape(NOTES)}</p>"
+        f"{''.join(table_html(t) for t in tables)}{notes(paragraphs)}"
+        f"<h2>By lesion size and type</h2>{''.join(table_html(t) for t in lesion_tables)}{notes(lesion_notes)}"
+        "<p class='note'>Click a column title to sort a table.</p>"
         "<h2>Saliency gallery</h2><p class='note'>The same test images for every method (the first test images "
         "with a lesion of one class only); each method's map of that class as a heat overlay (the lowest seed's "
         "run), the ground truth outlined in cyan.</p>"
@@ -315,3 +324,23 @@ def render_report(
         f"<script>{SCRIPT}</script></body></html>\n"
     )
     return page, figures
+
+
+def write_report(
+    path: Path,
+    title: str,
+    tables: Sequence[Table],
+    paragraphs: Sequence[str],
+    lesion_tables: Sequence[Table],
+    lesion_notes: Sequence[str],
+    runs: Sequence[RunFiles],
+    order: Sequence[str],
+) -> list[Path]:
+    """Write the HTML report of one group to ``path`` and its plots as SVG files under ``figures/`` beside it."""
+    page, figures = render_report(title, tables, paragraphs, lesion_tables, lesion_notes, runs, order)
+    written = [atomic_write_text(path, page)]
+    for name, svg in sorted(figures.items()):
+        target = path.parent / "figures" / f"{path.stem.removeprefix('leaderboard-')}-{name}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        written.append(atomic_write_text(target, svg + "\n"))
+    return written

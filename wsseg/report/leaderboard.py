@@ -1,23 +1,33 @@
-"""Leaderboards generated from run records only: comparable runs grouped, one row per method, byte-stable output.
+"""Leaderboards generated from run folders only: comparable runs grouped, one row per method, byte-stable output.
 
-Runs are comparable when they share the dataset and its version, the test split (its hash), the profile and the
-evaluation protocol (the record's ``evaluation`` block). Incomparable runs are never put in one table: each group
-gets its own table, and :func:`describe_difference` names what separates two groups.
+Runs are comparable when they share the dataset and its version, the test split (its hash), the profile, the
+evaluation protocol (the record's ``evaluation`` block) and the training budget (:func:`training_budget`: epochs x
+training images per epoch). Incomparable runs are never put in one table: each group gets its own table, and
+:func:`describe_difference` names what separates two groups. Maps that learn nothing (budget ``none``) are shown in
+every budget's table of their dataset, as the floor and priors every trained method is read against. Different
+budgets get separate tables rather than a mark, like profiles: a method trained twice as long is another experiment,
+and the "best weakly supervised row" that the rank groups compare against must not be the one that trained longest.
 
-A row aggregates the seeds of one method: per class the headline Dice (mean and standard deviation over seeds,
-and the mean of the seeds' 95% patient-bootstrap intervals), IoU, PxAP, the pointing-game hit rate at 10 mm,
-the FROC score, the false-positive area on lesion-free images and AUROC (means over seeds); then the compute
-columns (parameters, training seconds, evaluation images per second, device). Rows are ranked by the mean over
-classes of the headline Dice. Fully supervised rows are marked and the uniform-breast reference is appended, so a
-table always shows its floor. The oracle Dice (threshold chosen on the test split itself) is the last column of
-each class, titled "(oracle)": an upper bound, never a headline or a ranking key.
+Each group gets two tables. The main one, per class: the headline Dice (mean and standard deviation over seeds, and
+the mean of the seeds' 95% patient-bootstrap intervals); its rank group against the best weakly supervised row of the
+class, with the difference and its 95% paired-bootstrap interval (:mod:`wsseg.report.significance`); IoU, PxAP, the
+pointing-game hit rate at 10 mm, the FROC score, the false-positive area on lesion-free images, AUROC and the oracle
+Dice (threshold chosen on the test split itself: an upper bound, never a headline or a ranking key); then a table of
+the training budget and compute (parameters, training seconds, evaluation images per second, device), and a line on
+the ranking's stability over seeds (Kendall's tau). The second table gives Dice and the pointing game by lesion size
+and type (:mod:`wsseg.report.breakdown`).
+
+Rows: the weakly supervised methods, ranked by the mean over classes of the seed-mean headline Dice; then the fully
+supervised ceiling; then the reference maps (``reference`` supervision: uniform, random, intensity), which learn
+nothing and are never "best weakly supervised"; last the chance-level row, which carries each metric's chance level
+(:func:`wsseg.evaluation.summary.chance_levels`). A row's supervision is the registry's for a registered method (so
+records written before ``reference`` existed, which call the reference maps ``weak``, are shown right) and the
+record's otherwise.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import math
 from collections.abc import Iterable, Sequence
@@ -25,11 +35,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from wsseg._io import atomic_open, atomic_write_text
+from wsseg._io import atomic_open
 from wsseg.data.phantom import CLASSES
-from wsseg.report.html import RunFiles, render_report
+from wsseg.evaluation.curves import curves_for_run
+from wsseg.report.breakdown import BINS, Cell, chance_cells, row_cells
+from wsseg.report.html import RunFiles, write_report
+from wsseg.report.significance import (
+    BEST,
+    UNKNOWN,
+    Comparison,
+    PerImage,
+    compare_with_best,
+    rank_stability,
+    read_per_image,
+    stability_line,
+)
+from wsseg.report.tables import Table, csv_text, latex, markdown
 
-# Per-class columns after the headline Dice: (record key, column title).
+# Per-class columns after the headline Dice and its rank group: (record key, column title).
 CLASS_COLUMNS = (
     ("iou", "IoU"),
     ("pxap", "PxAP"),
@@ -40,12 +63,17 @@ CLASS_COLUMNS = (
     # Marked as such: its threshold is chosen on the test split itself, so it is an upper bound, never a headline.
     ("dice_oracle", "Dice (oracle)"),
 )
+# The chance levels that equal the uniform-breast reference's scores by definition (the whole breast predicted):
+# records written before the chance block get these from it, and n/a for the others.
+CHANCE_FROM_UNIFORM = ("dice", "iou", "pxap", "fp_area_fraction", "auroc", "dice_oracle")
 FORMATS = ("md", "csv", "tex", "html")
+CHANCE = "chance level"
+UNTRAINED = "none"
 
 
 @dataclass
 class Row:
-    """One leaderboard row: a method aggregated over its seeds (or the uniform reference)."""
+    """One leaderboard row: a method aggregated over its seeds, or the chance-level row."""
 
     method: str
     supervision: str
@@ -57,12 +85,22 @@ class Row:
     train_seconds: list[float] = field(default_factory=list)
     eval_images_per_s: list[float] = field(default_factory=list)
     devices: set[str] = field(default_factory=set)
-    reference: bool = False
+    budgets: set[str] = field(default_factory=set)
+    runs: list[RunFiles] = field(default_factory=list)
+    chance: bool = False
+    comparisons: dict[str, Comparison] = field(default_factory=dict)
 
     def score(self) -> float:
-        """The ranking score: the mean over classes of the seed-mean headline Dice (NaN last)."""
-        means = [_mean(self.dice[c]) for c in CLASSES]
-        return sum(means) / len(means) if all(math.isfinite(m) for m in means) else -math.inf
+        """The ranking score: the mean over classes of the seed-mean headline Dice; -inf when it is undefined.
+
+        A class whose Dice is undefined (no test image with a lesion of it, for every method alike) is left out.
+        """
+        means = [m for c in CLASSES if math.isfinite(m := _mean(self.dice[c]))]
+        return sum(means) / len(means) if means else -math.inf
+
+    def seed_scores(self) -> dict[int, float]:
+        """Per seed, the mean over classes of that seed's headline Dice (the ranking score of one seed)."""
+        return {s: _mean([self.dice[c][i] for c in CLASSES]) for i, s in enumerate(self.seeds)}
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -115,11 +153,53 @@ def load_record(path: Path) -> dict[str, Any]:
     return record
 
 
-COMPARABILITY = ("dataset", "dataset version", "test split", "profile", "evaluation protocol")
+def supervision_of(record: dict[str, Any]) -> str:
+    """``weak``, ``full`` or ``reference``: the registry's for a registered method, else the record's."""
+    from wsseg.registry import get_method_spec, list_methods
+
+    method = str(record["method"])
+    if method in list_methods():
+        return get_method_spec(method).supervision
+    return str(record.get("supervision", "weak"))
+
+
+def training_budget(record: dict[str, Any]) -> str:
+    """The run's training budget: ``<epochs> x <training images per epoch>``, ``none`` or ``weights file``.
+
+    Epochs are the epochs trained (the history's length); a post-hoc run reusing another run's classifier
+    (``--from-run``) has that classifier's budget (its config's epochs, the same data); a run evaluating a weights
+    file has an unknown one; a map that learns nothing has none. A staged method whose config names its stages'
+    epochs (GLAM's ``stage_epochs``) shows them in brackets; the stages split the same epochs, so they are shown, not
+    compared.
+    """
+    training = record.get("training") or {}
+    if training.get("weights"):
+        return "weights file"
+    config = record.get("config") or {}
+    if training.get("from_run"):
+        epochs = int((config.get("train") or {}).get("epochs", 0))
+    else:
+        epochs = len(training.get("history") or [])
+    if epochs <= 0:
+        return UNTRAINED
+    images = (record.get("dataset_info") or {}).get("counts", {}).get("train")
+    label = f"{epochs} x {int(images):,}" if images is not None else f"{epochs} x ?"
+    stages = (config.get("method_config") or {}).get("stage_epochs")
+    if isinstance(stages, list) and stages:
+        label += f" ({'+'.join(str(s) for s in stages)})"
+    return label
+
+
+def _budget_key(record: dict[str, Any]) -> str:
+    # Stages in brackets are shown, not compared: they split the same number of epochs.
+    return training_budget(record).split(" (")[0]
+
+
+COMPARABILITY = ("dataset", "dataset version", "test split", "profile", "evaluation protocol", "training budget")
 
 
 def comparability_key(record: dict[str, Any]) -> tuple[str, ...]:
-    """What must be equal for two runs to share a table (see :data:`COMPARABILITY`)."""
+    """What must be equal for two trained runs to share a table (see :data:`COMPARABILITY`)."""
     info = record.get("dataset_info", {})
     return (
         str(record.get("dataset")),
@@ -127,6 +207,7 @@ def comparability_key(record: dict[str, Any]) -> tuple[str, ...]:
         str(info.get("split_hashes", {}).get("test")),
         str(record.get("profile")),
         json.dumps(record.get("evaluation", {}), sort_keys=True),
+        _budget_key(record),
     )
 
 
@@ -140,32 +221,54 @@ def describe_difference(a: tuple[str, ...], b: tuple[str, ...]) -> str:
 
 
 def group_records(records: Sequence[dict[str, Any]]) -> dict[tuple[str, ...], list[dict[str, Any]]]:
-    """Comparable records grouped by :func:`comparability_key`, groups in key order."""
-    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    """Comparable records grouped by :func:`comparability_key`, groups in key order.
+
+    Untrained runs (budget ``none``) join every budget's group of their dataset, version, split, profile and
+    protocol; they form a group of their own only where no run was trained.
+    """
+    by_key: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for record in records:
-        groups.setdefault(comparability_key(record), []).append(record)
+        by_key.setdefault(comparability_key(record), []).append(record)
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for key, members in by_key.items():
+        base = key[:-1]
+        trained = [k for k in by_key if k[:-1] == base and k[-1] != UNTRAINED]
+        if key[-1] == UNTRAINED and trained:
+            for k in trained:
+                groups.setdefault(k, []).extend(members)
+        else:
+            groups.setdefault(key, []).extend(members)
     return dict(sorted(groups.items()))
 
 
-def build_rows(records: Sequence[dict[str, Any]]) -> list[Row]:
-    """Aggregate comparable records into ranked rows (one per method), then the uniform reference row.
+def _new_row(record: dict[str, Any]) -> Row:
+    return Row(
+        str(record["method"]),
+        supervision_of(record),
+        [],
+        {c: [] for c in CLASSES},
+        {c: [] for c in CLASSES},
+        {c: {k: [] for k, _ in CLASS_COLUMNS} for c in CLASSES},
+    )
+
+
+BLOCKS = ("weak", "full", "reference")  # row order: competitors, the ceiling, the maps that learn nothing
+
+
+def build_rows(records: Sequence[dict[str, Any]], folders: Sequence[Path] | None = None) -> list[Row]:
+    """Aggregate comparable records into rows (one per method) in table order, then the chance-level row.
+
+    Args:
+        records: the group's run records.
+        folders: each record's run folder (for the per-image results and curves); none: no rank groups.
 
     Raises:
         ValueError: two records of the same method and seed (a duplicate run).
     """
     rows: dict[str, Row] = {}
-    for r in sorted(records, key=lambda r: (r["method"], r.get("seed", 0), r.get("run_id", ""))):
-        row = rows.setdefault(
-            r["method"],
-            Row(
-                r["method"],
-                r.get("supervision", "weak"),
-                [],
-                {c: [] for c in CLASSES},
-                {c: [] for c in CLASSES},
-                {c: {k: [] for k, _ in CLASS_COLUMNS} for c in CLASSES},
-            ),
-        )
+    paired = list(zip(records, folders if folders is not None else [None] * len(records), strict=True))
+    for r, folder in sorted(paired, key=lambda x: (x[0]["method"], x[0].get("seed", 0), x[0].get("run_id", ""))):
+        row = rows.setdefault(r["method"], _new_row(r))
         seed = int(r.get("seed", 0))
         if seed in row.seeds:
             raise ValueError(
@@ -185,126 +288,261 @@ def build_rows(records: Sequence[dict[str, Any]]) -> list[Row]:
         row.train_seconds.append(float(r.get("timings", {}).get("train", math.nan)))
         row.eval_images_per_s.append(float(r.get("throughput", {}).get("eval_images_per_s", math.nan)))
         row.devices.add(str(r.get("device", "")))
-    ranked = sorted(rows.values(), key=lambda row: (-row.score(), row.method))
-    ref = _reference_row(records)
-    return ranked + ([ref] if ref is not None else [])
+        row.budgets.add(training_budget(r))
+        if folder is not None:
+            row.runs.append(RunFiles(r, folder))
+
+    def order(row: Row) -> tuple[int, float, str]:
+        block = BLOCKS.index(row.supervision) if row.supervision in BLOCKS else len(BLOCKS)
+        return (block, -row.score(), row.method)
+
+    ranked = sorted(rows.values(), key=order)
+    chance = _chance_row(records)
+    return ranked + ([chance] if chance is not None else [])
 
 
-def _reference_row(records: Sequence[dict[str, Any]]) -> Row | None:
-    # The reference map is data-only (no training), so every comparable run scores it identically: take one.
-    for r in sorted(records, key=lambda r: (r["method"], r.get("seed", 0))):
-        ref = r.get("references", {}).get("uniform_breast")
-        if ref:
-            row = Row(
-                "uniform (breast)",
-                "reference",
-                [],
-                {c: [float(ref.get(c, {}).get("dice", math.nan))] for c in CLASSES},
-                {c: [] for c in CLASSES},
-                {c: {k: [float(ref.get(c, {}).get(k, math.nan))] for k, _ in CLASS_COLUMNS} for c in CLASSES},
-                reference=True,
-            )
-            return row
-    return None
+def _chance_row(records: Sequence[dict[str, Any]]) -> Row | None:
+    # Chance levels depend on the test masks only, so every comparable run records the same ones: take the first.
+    ordered = sorted(records, key=lambda r: (r["method"], r.get("seed", 0), r.get("run_id", "")))
+    refs = [r.get("references", {}) for r in ordered]
+    chance = next((x["chance"] for x in refs if x.get("chance")), None)
+    if chance is None:
+        uniform = next((x["uniform_breast"] for x in refs if x.get("uniform_breast")), None)
+        if uniform is None:
+            return None
+        chance = {c: {k: uniform.get(c, {}).get(k, math.nan) for k in CHANCE_FROM_UNIFORM} for c in CLASSES}
+    return Row(
+        CHANCE,
+        "reference",
+        [],
+        {c: [float(chance.get(c, {}).get("dice", math.nan))] for c in CLASSES},
+        {c: [] for c in CLASSES},
+        {c: {k: [float(chance.get(c, {}).get(k, math.nan))] for k, _ in CLASS_COLUMNS} for c in CLASSES},
+        chance=True,
+    )
+
+
+def add_rank_groups(rows: Sequence[Row]) -> None:
+    """Compare every row with the best weakly supervised row of each class (sets ``row.comparisons``).
+
+    Raises:
+        ValueError: a run's ``per_image.csv`` exists but cannot be read.
+    """
+    per_image: dict[str, list[dict[str, PerImage]] | None] = {}
+    for row in rows:
+        if row.chance:
+            continue
+        seeds = [read_per_image(run.folder, run.record) for run in row.runs]
+        complete = bool(seeds) and len(seeds) == len(row.seeds) and all(s is not None for s in seeds)
+        per_image[row.method] = [s for s in seeds if s is not None] if complete else None
+    for c in CLASSES:
+        weak = [r for r in rows if r.supervision == "weak" and not r.chance and math.isfinite(_mean(r.dice[c]))]
+        if not weak:
+            for row in rows:
+                row.comparisons[c] = UNKNOWN
+            continue
+        best = min(weak, key=lambda r: (-_mean(r.dice[c]), r.method))  # ties: the first name
+        best_data = per_image.get(best.method)
+        best_seeds = [s[c] for s in best_data if c in s] if best_data else []
+        for row in rows:
+            if row is best:
+                row.comparisons[c] = BEST
+                continue
+            data = None if row.chance else per_image.get(row.method)
+            other = [s[c] for s in data if c in s] if data else None
+            row.comparisons[c] = compare_with_best(best_seeds, other, chance=row.chance)
 
 
 def _f(value: float, digits: int = 3) -> str:
-    return "-" if not math.isfinite(value) else f"{value:.{digits}f}"
+    return "n/a" if not math.isfinite(value) else f"{value:.{digits}f}"
 
 
-def _dice_cell(row: Row, c: str) -> tuple[str, str, str]:
+def _signed(value: float) -> str:
+    return "n/a" if not math.isfinite(value) else f"{value:+.3f}"
+
+
+def _dice_cells(row: Row, c: str) -> list[str]:
     mean, std = _mean(row.dice[c]), _std(row.dice[c])
     lows, highs = [i[0] for i in row.intervals[c]], [i[1] for i in row.intervals[c]]
-    ci = f"[{_f(_mean(lows))}, {_f(_mean(highs))}]" if lows else "-"
-    return _f(mean), _f(std), ci
+    low, high = _mean(lows), _mean(highs)
+    ci = f"[{_f(low)}, {_f(high)}]" if math.isfinite(low) and math.isfinite(high) else "n/a"
+    return [_f(mean), _f(std), ci]
 
 
-def table(rows: Sequence[Row]) -> tuple[list[str], list[list[str]]]:
-    """Header and string cells of a leaderboard (fixed formatting: the output is byte-stable)."""
+def _group_cells(row: Row, c: str) -> list[str]:
+    cmp = row.comparisons.get(c, UNKNOWN)
+    if cmp.mark == "best":
+        return ["best", "", ""]
+    ci = f"[{_signed(cmp.low)}, {_signed(cmp.high)}]" if math.isfinite(cmp.low) else "n/a"
+    return [cmp.mark, _signed(cmp.diff), ci]
+
+
+def _ranks(rows: Sequence[Row]) -> list[str]:
+    # Only the weakly supervised rows compete; the ceiling, the reference maps and the chance level are not ranked.
+    out, rank = [], 0
+    for row in rows:
+        competes = row.supervision == "weak" and not row.chance
+        rank += competes
+        out.append(str(rank) if competes else "")
+    return out
+
+
+def _ident(row: Row, rank: str) -> list[str]:
+    return [rank, row.method, row.supervision, str(len(row.seeds)) if row.seeds else "n/a"]
+
+
+CLASS_HEADER = ["Dice", "Dice std", "Dice 95% CI", "group", "diff vs best", "diff 95% CI"] + [
+    t for _, t in CLASS_COLUMNS
+]
+COMPUTE_HEADER = ["budget", "parameters", "train s", "eval img/s", "device"]
+
+
+def _class_cells(row: Row, c: str) -> list[str]:
+    return _dice_cells(row, c) + _group_cells(row, c) + [_f(_mean(row.values[c][k])) for k, _ in CLASS_COLUMNS]
+
+
+def _compute_cells(row: Row) -> list[str]:
+    if row.chance:
+        return ["n/a"] * len(COMPUTE_HEADER)
+    params = _mean(row.n_parameters)
+    return [
+        " / ".join(sorted(row.budgets)) or "n/a",
+        f"{params / 1e6:.2f}M" if math.isfinite(params) else "n/a",
+        _f(_mean(row.train_seconds), 0),
+        _f(_mean(row.eval_images_per_s), 1),
+        ", ".join(sorted(d for d in row.devices if d)) or "n/a",
+    ]
+
+
+def _kind(row: Row) -> str:
+    return "chance" if row.chance else row.supervision
+
+
+def main_tables(rows: Sequence[Row]) -> list[Table]:
+    """The main leaderboard as tables: one per class, then the budget and compute of every method."""
+    ranks = _ranks(rows)
+    tables = [
+        Table(
+            f"{c}: Dice, rank group against the best weakly supervised row, localisation",
+            ["rank", "method", "supervision", "seeds", *CLASS_HEADER],
+            [_ident(row, rank) + _class_cells(row, c) for row, rank in zip(rows, ranks, strict=True)],
+            [_kind(row) for row in rows],
+        )
+        for c in CLASSES
+    ]
+    methods = [(row, rank) for row, rank in zip(rows, ranks, strict=True) if not row.chance]
+    tables.append(
+        Table(
+            "training budget and compute",
+            ["rank", "method", "supervision", "seeds", *COMPUTE_HEADER],
+            [_ident(row, rank) + _compute_cells(row) for row, rank in methods],
+            [_kind(row) for row, _ in methods],
+            text_columns=5,
+        )
+    )
+    return tables
+
+
+def main_csv(rows: Sequence[Row]) -> tuple[list[str], list[list[str]]]:
+    """The main leaderboard as one wide table (one line per row, every class's columns, then budget and compute)."""
     header = ["rank", "method", "supervision", "seeds"]
     for c in CLASSES:
-        header += [f"{c} Dice", f"{c} Dice std", f"{c} Dice 95% CI"] + [f"{c} {t}" for _, t in CLASS_COLUMNS]
-    header += ["parameters", "train s", "eval img/s", "device"]
+        header += [f"{c} {t}" for t in CLASS_HEADER]
+    header += COMPUTE_HEADER
     cells = []
-    rank = 0
-    for row in rows:
-        rank += 0 if row.reference else 1
-        line = ["" if row.reference else str(rank), row.method, row.supervision, str(len(row.seeds)) or "-"]
+    for row, rank in zip(rows, _ranks(rows), strict=True):
+        line = _ident(row, rank)
         for c in CLASSES:
-            line += list(_dice_cell(row, c))
-            line += [_f(_mean(row.values[c][k])) for k, _ in CLASS_COLUMNS]
-        params = _mean(row.n_parameters)
-        line += [
-            f"{params / 1e6:.2f}M" if math.isfinite(params) else "-",
-            _f(_mean(row.train_seconds), 0),
-            _f(_mean(row.eval_images_per_s), 1),
-            ", ".join(sorted(d for d in row.devices if d)) or "-",
-        ]
-        cells.append(line)
+            line += _class_cells(row, c)
+        cells.append(line + _compute_cells(row))
     return header, cells
 
 
-def render(rows: Sequence[Row], fmt: str, title: str) -> str:
-    """The leaderboard as Markdown, CSV or LaTeX (booktabs) text."""
-    header, cells = table(rows)
-    if fmt == "csv":
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(header)
-        writer.writerows(cells)
-        return buf.getvalue()
-    if fmt == "md":
-        lines = [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in line) + " |" for line in cells]
-        notes = [
-            "",
-            "Dice: test split, at the threshold calibrated on validation, averaged over images with a lesion of the "
-            "class; mean and standard deviation over seeds, and the mean of the seeds' 95% patient-bootstrap "
-            "intervals. Other columns are means over seeds. `full` rows are trained on masks (an upper bound); "
-            "`uniform (breast)` is the floor. `Dice (oracle)` uses the threshold that is best on the test split "
-            "itself: an upper bound, not a result.",
-        ]
-        return "\n".join(lines + notes) + "\n"
-    if fmt == "tex":
-
-        def esc(s: str) -> str:
-            for a, b in (("\\", "\\textbackslash{}"), ("&", "\\&"), ("%", "\\%"), ("_", "\\_"), ("#", "\\#")):
-                s = s.replace(a, b)
-            return s
-
-        lines = [
-            f"% {esc(title)}",
-            "\\begin{tabular}{" + "l" * len(header) + "}",
-            "\\toprule",
-            " & ".join(esc(h) for h in header) + " \\\\",
-            "\\midrule",
-        ]
-        lines += [" & ".join(esc(c) for c in line) + " \\\\" for line in cells]
-        lines += ["\\bottomrule", "\\end{tabular}"]
-        return "\n".join(lines) + "\n"
-    raise ValueError(f"unknown leaderboard format {fmt!r}; choose from {', '.join(FORMATS)}")
+def _lesion_data(rows: Sequence[Row]) -> tuple[dict[str, dict[str, dict[str, Cell]]], dict[str, dict[str, Cell]]]:
+    """Per row and class, the breakdown cells; and per class the chance cells (from every run's curves)."""
+    curves: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        found = [cv for run in row.runs if (cv := curves_for_run(run.folder, run.record)) is not None]
+        curves[row.method] = found
+    every = [cv for row in rows for cv in curves.get(row.method, [])]
+    cells = {row.method: {c: row_cells(curves.get(row.method, []), c) for c in CLASSES} for row in rows}
+    return cells, {c: chance_cells(every, c) for c in CLASSES}
 
 
-def write_report(path: Path, rows: Sequence[Row], title: str, runs: Sequence[RunFiles]) -> list[Path]:
-    """Write the HTML report of one group to ``path`` and its plots as SVG files under ``figures/`` beside it."""
-    header, cells = table(rows)
-    supervision = ["reference" if row.reference else row.supervision for row in rows]
-    page, figures = render_report(title, header, cells, supervision, runs, [r.method for r in rows if not r.reference])
-    written = [atomic_write_text(path, page)]
-    for name, svg in sorted(figures.items()):
-        target = path.parent / "figures" / f"{path.stem.removeprefix('leaderboard-')}-{name}"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        written.append(atomic_write_text(target, svg + "\n"))
-    return written
+def _n(n: int | None) -> str:
+    return "n/a" if n is None else str(n)
+
+
+def lesion_tables(rows: Sequence[Row]) -> tuple[list[Table], tuple[list[str], list[list[str]]]]:
+    """The breakdown by lesion size and type: one table per class (first row: images per bin), and the CSV."""
+    data, chance = _lesion_data(rows)
+    ranks = _ranks(rows)
+    tables = []
+    for c in CLASSES:
+        header = ["rank", "method", "supervision", "seeds"] + [f"{b} {m}" for b in BINS for m in ("Dice", "hit@10mm")]
+        counts = next((data[r.method][c] for r in rows if any(x.n is not None for x in data[r.method][c].values())), {})
+        first = ["", "lesion images", "", ""] + [v for b in BINS for v in (_n(counts[b].n) if counts else "n/a", "")]
+        cells, kinds = [first], ["count"]
+        for row, rank in zip(rows, ranks, strict=True):
+            source = chance[c] if row.chance else data[row.method][c]
+            values = [v for b in BINS for v in (_f(source[b].dice), _f(source[b].hit))]
+            cells.append(_ident(row, rank) + values)
+            kinds.append(_kind(row))
+        tables.append(Table(f"{c}: Dice and hit@10mm by lesion size and type", header, cells, kinds))
+    csv_header = ["rank", "method", "supervision", "seeds"]
+    for c in CLASSES:
+        csv_header += [f"{c} {b} {m}" for b in BINS for m in ("n", "Dice", "hit@10mm")]
+    csv_cells = []
+    for row, rank in zip(rows, ranks, strict=True):
+        line = _ident(row, rank)
+        for c in CLASSES:
+            source = chance[c] if row.chance else data[row.method][c]
+            line += [v for b in BINS for v in (_n(source[b].n), _f(source[b].dice), _f(source[b].hit))]
+        csv_cells.append(line)
+    return tables, (csv_header, csv_cells)
+
+
+MAIN_NOTES = (
+    "Rows: the weakly supervised methods ranked by the mean over both classes of the headline Dice (seed mean), then "
+    "the fully supervised ceiling (`full`), the `reference` maps that learn nothing (uniform, random, intensity) and "
+    "the chance level. Dice: test split, at the threshold calibrated on validation, averaged over the images with a "
+    "lesion of the class; mean and standard deviation over seeds, and the mean of the seeds' 95% patient-bootstrap "
+    "intervals. Other columns are means over seeds.",
+    "group: each row against the best weakly supervised row of the class (`best`) by the paired patient bootstrap of "
+    "`wsseg compare` on the Dice difference (row - best; each side the mean over its seeds, every resample drawing "
+    "the test patients once for all seeds of both sides; 1,000 resamples): `= best` when the 95% interval of the "
+    "difference contains 0 (the row shares the best row's rank group), `below` or `above` when it excludes 0; `diff "
+    "vs best` and `diff 95% CI` are that difference and interval; n/a where a run's per_image.csv is missing.",
+    "chance level: what a prediction that ignores the image scores. Dice, IoU and Dice (oracle): the whole breast "
+    "predicted (no image-independent mask does better); PxAP: the lesion-pixel prevalence in the breast; hit@10mm: "
+    "the probability that a peak drawn uniformly in the breast lies within 10 mm of a lesion, exact per image, "
+    "averaged over the lesion images; FROC: a detector that places detections uniformly at random in the breast; FP "
+    "area: 1 (the whole breast); AUROC: 0.5. n/a for records written before wsseg recorded them. The `uniform` row "
+    "is the constant map scored as a method: its peak is the breast's first pixel, so it misses the pointing game.",
+    "Dice (oracle) uses the threshold that is best on the test split itself: an upper bound, not a result. budget: "
+    "epochs x training images per epoch (a post-hoc method's is its classifier's; none for maps that learn nothing); "
+    "runs trained with different budgets get separate tables.",
+)
+
+LESION_NOTES = (
+    "Dice and pointing game (hit@10mm) by lesion size and type, per class. A test image with a lesion of the class is "
+    "binned by the equivalent diameter of its largest lesion component (2 sqrt(area / pi), from the mask and the pixel "
+    "spacing; an image with two or more lesions of the class is binned by the largest) and by the type of its lesions "
+    "(mass, calcification, other: the dataset's own names mapped by wsseg.evaluation.lesions.lesion_type_group; an "
+    "image with lesions of several types is other). Cells: the mean over the bin's images, then over seeds. `lesion "
+    "images`: the images per bin. n/a: an empty bin, or runs whose curves.json predates the breakdown (their images "
+    "are binned by the equivalent diameter of the class's whole lesion area; they have no hits or types). chance "
+    "level: the whole-breast Dice and the uniform-peak hit probability of the bin's images.",
+)
 
 
 def group_name(key: tuple[str, ...], keys: Sequence[tuple[str, ...]] = ()) -> str:
     """A file-name stem for a comparable group: dataset, profile and the test split hash.
 
-    When another of ``keys`` shares that stem (another dataset version or evaluation protocol on the same test
-    split), a short hash of the whole key is appended, so that no group's table overwrites another's.
+    When another of ``keys`` shares that stem (another dataset version, evaluation protocol or training budget on
+    the same test split), a short hash of the whole key is appended, so that no group's table overwrites another's.
     """
-    dataset, _version, split, profile, _ = key
+    dataset, split, profile = key[0], key[2], key[3]
     stem = f"leaderboard-{dataset}-{profile}-{split}"
     if any(k != key and (k[0], k[2], k[3]) == (dataset, split, profile) for k in keys):
         stem += "-" + hashlib.sha256(json.dumps(key).encode()).hexdigest()[:8]
@@ -320,6 +558,43 @@ class LeaderboardResult:
     differences: list[str]
 
 
+def _write(path: Path, text: str) -> Path:
+    with atomic_open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def write_group(out: Path, stem: str, title: str, rows: Sequence[Row], formats: Sequence[str]) -> list[Path]:
+    """Write one group's main table (``<stem>.<fmt>``) and lesion breakdown (``<stem>-lesions.<fmt>``)."""
+    add_rank_groups(rows)
+    stability = stability_line(
+        rank_stability(
+            {r.method: r.seed_scores() for r in rows if not r.chance},
+            {r.method for r in rows if r.supervision == "weak"},
+        )
+    )
+    tables = main_tables(rows)
+    lesions, (lesion_csv_header, lesion_csv_cells) = lesion_tables(rows)
+    main_paragraphs = [stability, *MAIN_NOTES]
+    files = []
+    for fmt in formats:
+        path, lesion_path = out / f"{stem}.{fmt}", out / f"{stem}-lesions.{fmt}"
+        if fmt == "md":
+            files.append(_write(path, markdown(title, tables, main_paragraphs)))
+            files.append(_write(lesion_path, markdown(f"{title}: by lesion size and type", lesions, LESION_NOTES)))
+        elif fmt == "tex":
+            files.append(_write(path, latex(title, tables, main_paragraphs)))
+            files.append(_write(lesion_path, latex(f"{title}: by lesion size and type", lesions, LESION_NOTES)))
+        elif fmt == "csv":
+            files.append(_write(path, csv_text(*main_csv(rows))))
+            files.append(_write(lesion_path, csv_text(lesion_csv_header, lesion_csv_cells)))
+        else:
+            runs = [run for row in rows for run in row.runs]
+            order = [r.method for r in rows if not r.chance]
+            files += write_report(path, title, tables, main_paragraphs, lesions, list(LESION_NOTES), runs, order)
+    return files
+
+
 def write_leaderboards(
     paths: Iterable[str | Path], out_dir: str | Path, formats: Sequence[str] = FORMATS
 ) -> LeaderboardResult:
@@ -327,7 +602,8 @@ def write_leaderboards(
 
     Raises:
         FileNotFoundError: a path holds no record.
-        ValueError: an unreadable record, a duplicate (method, seed) in a group, or an unknown format.
+        ValueError: an unreadable record or per-image file, a duplicate (method, seed) in a group, or an unknown
+            format.
     """
     for fmt in formats:
         if fmt not in FORMATS:
@@ -346,14 +622,8 @@ def write_leaderboards(
     out.mkdir(parents=True, exist_ok=True)
     files = []
     for key, members in groups.items():
-        rows = build_rows(members)
-        title = f"{key[0]} ({key[1]}), profile {key[3]}, test split {key[2]}: {len(members)} runs"
-        for fmt in formats:
-            path = out / f"{group_name(key, keys)}.{fmt}"
-            if fmt == "html":
-                files += write_report(path, rows, title, [RunFiles(r, folders[id(r)]) for r in members])
-                continue
-            with atomic_open(path, "w") as f:
-                f.write(render(rows, fmt, title))
-            files.append(path)
+        rows = build_rows(members, [folders[id(r)] for r in members])
+        budget = f", training budget {key[5]}" if key[5] != UNTRAINED else ""
+        title = f"{key[0]} ({key[1]}), profile {key[3]}, test split {key[2]}{budget}: {len(members)} runs"
+        files += write_group(out, group_name(key, keys), title, rows, formats)
     return LeaderboardResult(files, [(group_name(k, keys), len(v)) for k, v in groups.items()], differences)

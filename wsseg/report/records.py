@@ -5,7 +5,8 @@ every key is always present:
 
 - ``schema_version``: int, bumped on changes; ``record_type`` (*v2*): ``run``, ``score`` or ``evaluate``.
 - ``run_id``: folder name of the run; ``created``: UTC ISO timestamp of the record.
-- ``method``: registry name; ``supervision``: ``weak`` or ``full``; ``method_source``: built-in, plugin or file.
+- ``method``: registry name; ``supervision``: ``weak``, ``full`` or ``reference`` (below); ``method_source``: built-in,
+  plugin or file.
 - ``dataset``: dataset name; ``dataset_info``: version, cache key, image size, pixel spacing, per-split image
   counts and id hashes.
 - ``profile``: ``tiny`` | ``quick`` | ``paper``; ``seed``: training seed.
@@ -38,7 +39,13 @@ every key is always present:
   and ``per_image_stats.npz`` (the statistics ``wsseg compare`` resamples).
 - ``maps`` (*v2*): ``maps`` when the test maps were saved (``--save-maps``), else null.
 - ``references``: the same per-class block for reference maps scored by the same evaluator, e.g.
-  ``uniform_breast`` (a constant map inside the breast): the floor a method must beat.
+  ``uniform_breast`` (a constant map inside the breast): the floor a method must beat; and ``chance``: each
+  metric's chance level computed exactly from the test masks and breasts (pointing game: the probability that a
+  peak drawn uniformly in the breast hits; definitions in :mod:`wsseg.evaluation.summary`). Records written before
+  the chance block lack it; leaderboards show its pointing-game and FROC cells as n/a for them.
+- ``method``'s ``supervision``: ``weak`` (image labels), ``full`` (trained on masks: an upper bound) or ``reference``
+  (a map that learns nothing: uniform, random, intensity). Records written before ``reference`` existed call those
+  ``weak``; leaderboards take the supervision of a registered method from the registry.
 
 ``wsseg score`` and ``wsseg evaluate`` write records of type ``score`` / ``evaluate`` with ``schema_version``,
 ``record_type``, ``created``, ``versions``, ``inputs``, ``dataset_info``, ``evaluation``, ``thresholds``,
