@@ -12,13 +12,16 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
 TMP_SUFFIX = ".tmp"
+# The names mkstemp gives in atomic_open: "." + the destination's name + "." + random letters + ".tmp".
+_TMP_NAME = re.compile(r"\.(.+)\.[A-Za-z0-9_]+\.tmp")
 # mkstemp creates files readable by their owner only; results are meant to be shared, so written files get the
 # permissions a plain open() would give them (0666 less the process umask). Read once: os.umask can only be read
 # by setting it.
@@ -104,16 +107,30 @@ def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
     _fsync_dir(path.parent)
 
 
-def remove_stale_temporaries(folder: str | Path) -> int:
-    """Delete the temporary files that writes killed mid-way left in ``folder`` and below; return how many.
+def remove_stale_temporaries(folder: str | Path, names: Iterable[str] = (), suffixes: Iterable[str] = ()) -> int:
+    """Delete the temporary files that writes killed mid-way left for the files a command owns; return how many.
 
-    Only names made by :func:`atomic_open` (``.<name>.<random>.tmp``) are touched. Call it when no other
-    process writes to ``folder``.
+    Only the temporaries :func:`atomic_open` makes (``.<name>.<random>.tmp``) of the files named here are touched:
+    ``folder/<name>`` for each of ``names``, or any file in ``folder`` whose name ends with one of ``suffixes``
+    (e.g. ``.npz``). Nothing below ``folder`` and nothing else is deleted, so a run folder pointed at the wrong
+    place cannot lose another program's ``*.tmp`` files. Call it while holding the folder's lock
+    (:func:`wsseg._lock.folder_lock`), when no other process writes there.
     """
+    folder = Path(folder)
+    exact = set(names)
+    ends = tuple(suffixes)
     n = 0
-    for p in Path(folder).rglob(f".*{TMP_SUFFIX}"):
-        if p.is_file():
-            p.unlink(missing_ok=True)
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return 0  # no folder yet: nothing was left
+    for entry in entries:
+        match = _TMP_NAME.fullmatch(entry.name)
+        if match is None or not entry.is_file(follow_symlinks=False):
+            continue
+        target = match.group(1)
+        if target in exact or (ends and target.endswith(ends)):
+            Path(entry.path).unlink(missing_ok=True)
             n += 1
     return n
 
