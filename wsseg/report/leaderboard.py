@@ -20,6 +20,7 @@ import hashlib
 import io
 import json
 import math
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,26 @@ CLASS_COLUMNS = (
     ("dice_oracle", "Dice (oracle)"),
 )
 FORMATS = ("md", "csv", "tex", "html")
+TEX_ESCAPES = {
+    "\\": "\\textbackslash{}",
+    "&": "\\&",
+    "%": "\\%",
+    "_": "\\_",
+    "#": "\\#",
+    "$": "\\$",
+    "{": "\\{",
+    "}": "\\}",
+    "^": "\\textasciicircum{}",
+    "~": "\\textasciitilde{}",
+}
+
+
+def _md(text: str) -> str:
+    """A table cell or title for Markdown, displayed as written.
+
+    ``|`` ends a cell, and Markdown renders inline HTML, so ``&``, ``<`` and ``>`` are written as entities.
+    """
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")
 
 
 @dataclass
@@ -254,8 +275,8 @@ def render(rows: Sequence[Row], fmt: str, title: str) -> str:
         writer.writerows(cells)
         return buf.getvalue()
     if fmt == "md":
-        lines = [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in line) + " |" for line in cells]
+        lines = [f"## {_md(title)}", "", "| " + " | ".join(map(_md, header)) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(map(_md, line)) + " |" for line in cells]
         notes = [
             "",
             "Dice: test split, at the threshold calibrated on validation, averaged over images with a lesion of the "
@@ -268,9 +289,8 @@ def render(rows: Sequence[Row], fmt: str, title: str) -> str:
     if fmt == "tex":
 
         def esc(s: str) -> str:
-            for a, b in (("\\", "\\textbackslash{}"), ("&", "\\&"), ("%", "\\%"), ("_", "\\_"), ("#", "\\#")):
-                s = s.replace(a, b)
-            return s
+            # One pass over LaTeX's special characters, so a record's text is typeset as written, never run.
+            return re.sub(r"[\\&%_#${}^~]", lambda m: TEX_ESCAPES[m.group()], s)
 
         lines = [
             f"% {esc(title)}",
@@ -298,15 +318,31 @@ def write_report(path: Path, rows: Sequence[Row], title: str, runs: Sequence[Run
     return written
 
 
+def _file_part(text: str, limit: int = 48) -> str:
+    """``text`` as part of a file name: itself when short and made of ``[A-Za-z0-9._-]``, else cleaned and hashed.
+
+    Records are data: a dataset called ``../../x`` must not become a path. The hash of the original keeps two
+    names that clean to the same text apart.
+    """
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", text)
+    if safe == text and len(text) <= limit and not text.startswith("."):
+        return text
+    return f"{safe.lstrip('.')[:limit]}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+
+
 def group_name(key: tuple[str, ...], keys: Sequence[tuple[str, ...]] = ()) -> str:
     """A file-name stem for a comparable group: dataset, profile and the test split hash.
 
     When another of ``keys`` shares that stem (another dataset version or evaluation protocol on the same test
-    split), a short hash of the whole key is appended, so that no group's table overwrites another's.
+    split), a short hash of the whole key is appended, so that no group's table overwrites another's. Characters
+    outside ``[A-Za-z0-9._-]`` never reach the file name (:func:`_file_part`).
     """
-    dataset, _version, split, profile, _ = key
-    stem = f"leaderboard-{dataset}-{profile}-{split}"
-    if any(k != key and (k[0], k[2], k[3]) == (dataset, split, profile) for k in keys):
+
+    def stem_of(k: tuple[str, ...]) -> str:
+        return "leaderboard-" + "-".join(_file_part(x) for x in (k[0], k[3], k[2]))
+
+    stem = stem_of(key)
+    if any(k != key and stem_of(k) == stem for k in keys):
         stem += "-" + hashlib.sha256(json.dumps(key).encode()).hexdigest()[:8]
     return stem
 
