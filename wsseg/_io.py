@@ -40,6 +40,9 @@ _FIXES = {
     errno.ENOTDIR: "a file is in the way of a folder on that path: move it or write elsewhere",
     errno.EEXIST: "a file is in the way of a folder on that path: move it or write elsewhere",
     errno.ENAMETOOLONG: "the path is too long: write to a shorter path",
+    errno.EFBIG: "the file is larger than this process may write (ulimit -f, or the filesystem's limit): raise the "
+    "limit or write elsewhere",
+    errno.EIO: "the disk reported an I/O error: check it, or write elsewhere",
 }
 
 
