@@ -110,6 +110,12 @@ def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
     _fsync_dir(path.parent)
 
 
+def temporary_of(name: str) -> str | None:
+    """The destination's name when ``name`` is a temporary file of :func:`atomic_open` (``.<name>.<random>.tmp``)."""
+    match = _TMP_NAME.fullmatch(name)
+    return match.group(1) if match else None
+
+
 def remove_stale_temporaries(folder: str | Path, names: Iterable[str] = (), suffixes: Iterable[str] = ()) -> int:
     """Delete the temporary files that writes killed mid-way left for the files a command owns; return how many.
 
@@ -128,10 +134,9 @@ def remove_stale_temporaries(folder: str | Path, names: Iterable[str] = (), suff
     except OSError:
         return 0  # no folder yet: nothing was left
     for entry in entries:
-        match = _TMP_NAME.fullmatch(entry.name)
-        if match is None or not entry.is_file(follow_symlinks=False):
+        target = temporary_of(entry.name)
+        if target is None or not entry.is_file(follow_symlinks=False):
             continue
-        target = match.group(1)
         if target in exact or (ends and target.endswith(ends)):
             Path(entry.path).unlink(missing_ok=True)
             n += 1

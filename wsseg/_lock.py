@@ -44,7 +44,12 @@ def _holder(fd: int) -> str:
 
 @contextmanager
 def folder_lock(
-    folder: str | Path, command: str, fix: str, wait: bool = False, log: Callable[[str], None] | None = None
+    folder: str | Path,
+    command: str,
+    fix: str,
+    wait: bool = False,
+    log: Callable[[str], None] | None = None,
+    lock_file: Path | None = None,
 ) -> Iterator[Path]:
     """Hold the lock of ``folder`` (created if needed) for the ``with`` block.
 
@@ -55,17 +60,20 @@ def folder_lock(
         wait: block until the holder is done instead of failing (caches: the second process then finds the work
             done); a line is logged while waiting.
         log: where the waiting line goes.
+        lock_file: the lock file, when it must not be inside the folder (a cache whose files are its content);
+            default ``folder/.wsseg.lock``.
 
     Raises:
         FolderLockedError: (``wait`` False) another process holds the lock.
         OSError: the folder or the lock file cannot be created (the message names it).
     """
     folder = Path(folder)
-    path = folder / LOCK_NAME
+    path = lock_file if lock_file is not None else folder / LOCK_NAME
     if fcntl is None:  # pragma: no cover - Windows
         yield path
         return
     folder.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
     try:
         try:

@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import Subset
 from tqdm.auto import tqdm
 
-from wsseg._io import atomic_write_json, remove_stale_temporaries
+from wsseg._io import atomic_write_json, remove_stale_temporaries, temporary_of
 from wsseg._lock import LOCK_NAME, folder_lock
 from wsseg.config import DataConfig, EvalConfig, RunConfig, phantom_config
 from wsseg.data.dataset import MammogramDataset, phantom_cache_key, prepare_phantom, split_hash
@@ -329,7 +329,11 @@ def check_run_folder(run_dir: Path, resume: bool, restart: bool = False) -> None
     """
     if resume or not run_dir.is_dir():
         return
-    found = sorted(p.name for p in run_dir.iterdir() if p.name != LOCK_NAME)
+    # The record first: it is what says a run finished. Temporaries of the run's own writes count as nothing.
+    found = sorted(
+        (p.name for p in run_dir.iterdir() if p.name != LOCK_NAME and temporary_of(p.name) not in RUN_FILES),
+        key=lambda name: (name != "record.json", name),
+    )
     if not found or (restart and not {LAST, "record.json"} & set(found)):
         return
     if found == ["config.json"]:

@@ -651,8 +651,11 @@ def prepare_source(
     split_hash = hashlib.sha256(split_path.read_bytes()).hexdigest()[:12] if split_path else None
     target = source_cache_dir(dataset, root, out_hw, seed, cache_dir, split_hash, voi_lut)
     # One prepare per cache folder at a time: a second one (another run starting beside it) waits, then finds the
-    # cache complete. The lock also makes the cleanup of temporaries below safe.
-    with folder_lock(target, "wsseg data prepare", "", wait=True, log=lambda line: tqdm.write(line, file=sys.stderr)):
+    # cache complete. The lock also makes the cleanup of temporaries below safe. Its file sits beside the folder,
+    # whose files are the cache's content.
+    lock = target.with_name(f".{target.name}.lock")
+    log = lambda line: tqdm.write(line, file=sys.stderr)  # noqa: E731
+    with folder_lock(target, "wsseg data prepare", "", wait=True, log=log, lock_file=lock):
         args = (dataset, root, out_hw, seed, target, workers, strict, progress, split_path, voi_lut, allow_outside_root)
         return _prepare_locked(*args)
 
