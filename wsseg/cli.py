@@ -576,11 +576,10 @@ def bench(
 
     With --loader, measure the data pipeline's images/s instead.
     """
-    import os
-
     import torch
     from tabulate import tabulate
 
+    from wsseg._threads import available_cpus
     from wsseg.bench import COLUMNS, MODES, append_rows, bench_loader, speedups
     from wsseg.bench import bench as bench_fn
     from wsseg.config import make_run_config
@@ -596,7 +595,7 @@ def bench(
             raise ValueError(
                 "pass --method M to measure a method, or --loader (without --method) for the data pipeline"
             )
-        for n_workers in (workers or [os.cpu_count() or 1]) if loader else []:
+        for n_workers in (workers or [available_cpus()]) if loader else []:
             for n in batch or [8]:
                 for noise in (False, True) if augment else (False,):
                     row = bench_loader(

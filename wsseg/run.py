@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from wsseg._io import atomic_write_json, remove_stale_temporaries, temporary_of
 from wsseg._lock import LOCK_NAME, folder_lock
+from wsseg._threads import available_cpus, configure_threads, loader_workers
 from wsseg.config import DataConfig, EvalConfig, RunConfig, phantom_config
 from wsseg.data.dataset import MammogramDataset, phantom_cache_key, prepare_phantom, split_hash
 from wsseg.data.phantom import CLASSES, PHANTOM_VERSION
@@ -496,7 +497,12 @@ def _run_in_folder(
 
     device = resolve_device(cfg.train.device)
     bf16 = use_bf16(cfg.train.precision, device)
-    workers = cfg.data.num_workers if cfg.data.num_workers is not None else (0 if device.type == "cpu" else 8)
+    # Loader processes and torch threads from the CPUs this process may use (affinity, cgroup quota), never more
+    # busy threads than those CPUs; OMP_NUM_THREADS or an earlier torch.set_num_threads is kept (wsseg._threads).
+    cpus = available_cpus()
+    workers = loader_workers(cfg.data.num_workers, device.type == "cuda", cpus)
+    threads = configure_threads(workers, cpus)
+    log(f"cpu: {threads} torch thread(s), {workers} loader worker(s), {cpus} CPU(s) available")
 
     # 1. Data: generated (phantom) or read from a download and preprocessed once, cached on disk, reused by
     # every later run with the same settings.

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from wsseg._io import atomic_save, atomic_write_json, atomic_write_text, remove_stale_temporaries
 from wsseg._lock import folder_lock
+from wsseg._threads import available_cpus
 from wsseg.data.dataset import MANIFEST_COLUMNS, SPLITS, default_cache_dir
 from wsseg.data.imageio import DICOM_SUFFIXES, dicom_pixel_spacing, read_image
 from wsseg.data.phantom import CLASSES
@@ -492,7 +493,7 @@ def _run(
     report = DataReport(dataset, str(root), problems=list(scan.problems))
     splits = assign_splits(scan.records, seed, read_split_file(split_file) if split_file else None)
     tasks = [(r, out_hw, dataset, splits[r.image_id], str(target) if target else None, voi_lut) for r in scan.records]
-    workers = max(1, min(workers or os.cpu_count() or 1, len(tasks) or 1))
+    workers = max(1, min(workers or available_cpus(), len(tasks) or 1))
     bar = tqdm(total=len(tasks), desc=f"{dataset} {out_hw[0]}x{out_hw[1]}", unit="img", disable=not progress)
     results: list[dict[str, Any]] = []
     mapper: Callable[..., Any]
