@@ -21,7 +21,7 @@ DICOM_SUFFIXES = (".dcm", ".dicom")
 # PIL refuses images above ~179 Mpx by default; raised so that wsseg's own smaller bound below gives the message.
 Image.MAX_IMAGE_PIXELS = 400_000_000
 # Larger headers are refused before any pixel is decoded: a corrupt or hostile header must not allocate gigabytes.
-# The largest mammograms (digitised film at 42-50 um, e.g. DDSM) have about 38 Mpx; full-field digital ones 5-30 Mpx.
+# Full-field digital mammograms have 5-30 Mpx and digitised film (42-50 um, e.g. DDSM) a few tens of Mpx.
 # 100 Mpx bounds one file's decoded pixels to 200 MB at 16 bits (the float pipeline then holds a few such copies).
 MAX_PIXELS = int(os.environ.get("WSSEG_MAX_PIXELS", "100000000"))
 # Bytes one image file may hold or inflate to: its pixels at 16 bits plus 64 MiB of header (overlays, private tags).
