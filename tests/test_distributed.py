@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -42,6 +43,21 @@ from wsseg.training.distributed import GlobalBatchNorm2d
 ARGS = ["--method", "cam", "--profile", "tiny", "--device", "cpu", "-q", "--set", "eval.bootstrap_resamples=0"]
 
 
+def run_group(args: list[str], env: dict[str, str], timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    """Run ``args`` in its own process group; on a timeout kill the whole group (torchrun's ranks too, which would
+    otherwise wait forever for the rendezvous store that torchrun held)."""
+    proc = subprocess.Popen(
+        args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"{args[:6]} ran past {timeout} s:\n{out[-2000:]}{err[-2000:]}")
+    return subprocess.CompletedProcess(args, proc.returncode, out, err)
+
+
 @pytest.mark.parametrize("augment", ["none", "window"])
 def test_two_gloo_processes_train_what_one_process_trains(tmp_path: Path, cache_dir: Path, augment: str) -> None:
     # With window noise each rank must give its images the draws they get in one process.
@@ -52,13 +68,7 @@ def test_two_gloo_processes_train_what_one_process_trains(tmp_path: Path, cache_
 
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    proc = subprocess.run(
-        [*cmd, "-m", "wsseg", "run", *common, "--run-id", "ddp"],
-        env={**env, "OMP_NUM_THREADS": "1"},
-        capture_output=True,
-        text=True,
-        timeout=600,  # minutes on a 2-core machine shared with other work
-    )
+    proc = run_group([*cmd, "-m", "wsseg", "run", *common, "--run-id", "ddp"], {**env, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     # One writer: rank 0 printed the results once.
     assert proc.stdout.count("record: ") == 1
@@ -74,12 +84,9 @@ def test_two_gloo_processes_train_what_one_process_trains(tmp_path: Path, cache_
     # Parameters and BatchNorm running statistics: within 20 times what reordering the sums alone does to this
     # training (the same single-process run with another intra-op thread count; see the module docstring).
     other = 1 if torch.get_num_threads() > 1 else 2  # another thread count than the single run's
-    reorder = subprocess.run(
+    reorder = run_group(
         [sys.executable, "-m", "wsseg", "run", *common, "--run-id", "single-other-threads"],
-        env={**env, "OMP_NUM_THREADS": str(other)},
-        capture_output=True,
-        text=True,
-        timeout=600,
+        {**env, "OMP_NUM_THREADS": str(other)},
     )
     assert reorder.returncode == 0, reorder.stdout[-3000:] + reorder.stderr[-3000:]
     ckpt = load_checkpoint(tmp_path / "single" / "last.pt")

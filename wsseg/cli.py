@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import shlex
 import signal
 import sys
@@ -269,6 +270,8 @@ def run(
         again = ["wsseg", "run", *_given_run_flags(locals(), e.run_dir.name)]
         _interrupted(e.saved, again, e.resumable, e.run_dir)
     except KeyboardInterrupt:
+        if os.environ.get("RANK", "0") != "0":
+            raise typer.Exit(130) from None  # another torchrun rank: rank 0 says what was saved
         _interrupted("nothing was saved yet (stopped before the run folder was made)", None, False, None)
     except USER_ERRORS as e:
         _fail(e)
