@@ -171,30 +171,43 @@ def run_benchmark(
     Returns:
         The run folders of the benchmark and what the leaderboard wrote.
     """
+    from wsseg._lock import folder_lock
     from wsseg.run import run
 
-    # CAM first: post-hoc methods reuse its classifier.
-    order = sorted(bench.methods, key=lambda m: (is_posthoc(m), m != "cam"))
     folders = []
-    for dataset in bench.datasets:
-        for seed in bench.seeds:
-            for method in order:
-                run_id = f"{method}-{dataset}-{bench.profile}-s{seed}"
-                folder = bench.out / run_id
-                folders.append(folder)
-                if (folder / "record.json").is_file():
-                    log(f"{run_id}: done, skipped")
-                    continue
-                overrides = run_overrides(bench.overrides, dataset, bench.device, bench.data_root)
-                cfg = make_run_config(method, bench.profile, seed, overrides)  # type: ignore[arg-type]
-                resume = (folder / "last.pt").is_file()
-                from_run = None
-                if is_posthoc(method) and not resume:
-                    cam = bench.out / f"cam-{dataset}-{bench.profile}-s{seed}"
-                    from_run = cam if (cam / "record.json").is_file() else None
-                log(f"{run_id}: {'resuming' if resume else 'reusing ' + str(from_run) if from_run else 'running'}")
-                run(cfg, bench.out, run_id, resume=resume, from_run=from_run, progress=progress, log=log)
+    # One benchmark process per run folder parent: a second one on the same file fails at once (each run folder is
+    # locked by its run too).
+    with folder_lock(bench.out, "wsseg benchmark", "wait for it to finish, or stop it and pass --resume"):
+        for dataset, seed, method in run_order(bench):
+            run_id = f"{method}-{dataset}-{bench.profile}-s{seed}"
+            folder = bench.out / run_id
+            folders.append(folder)
+            if (folder / "record.json").is_file():
+                log(f"{run_id}: done, skipped")
+                continue
+            overrides = run_overrides(bench.overrides, dataset, bench.device, bench.data_root)
+            cfg = make_run_config(method, bench.profile, seed, overrides)  # type: ignore[arg-type]
+            resume = (folder / "last.pt").is_file()
+            from_run = None
+            if is_posthoc(method) and not resume:
+                cam = bench.out / f"cam-{dataset}-{bench.profile}-s{seed}"
+                from_run = cam if (cam / "record.json").is_file() else None
+            log(f"{run_id}: {'resuming' if resume else 'reusing ' + str(from_run) if from_run else 'running'}")
+            # restart: a run without a checkpoint (reference methods, reused weights) that was stopped before its
+            # record is simply made again.
+            run(cfg, bench.out, run_id, resume=resume, from_run=from_run, progress=progress, log=log, restart=True)
     return folders, write_leaderboards(publish_runs(folders, bench.leaderboard / "runs"), bench.leaderboard)
+
+
+def run_order(bench: Benchmark) -> list[tuple[str, int, str]]:
+    """(dataset, seed, method) in the order the benchmark runs them: CAM before the post-hoc methods that reuse it."""
+    order = sorted(bench.methods, key=lambda m: (is_posthoc(m), m != "cam"))
+    return [(dataset, seed, method) for dataset in bench.datasets for seed in bench.seeds for method in order]
+
+
+def run_folders(bench: Benchmark) -> list[Path]:
+    """The run folders of a benchmark, in run order."""
+    return [bench.out / f"{m}-{d}-{bench.profile}-s{s}" for d, s, m in run_order(bench)]
 
 
 # What a published run keeps: the record, the per-image results (the rank groups' paired bootstrap resamples them),

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import math
+import os
+import shlex
+import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -42,6 +47,60 @@ def _fail(e: BaseException | str) -> NoReturn:
         msg = describe_os_error(e.filename, e, action="access")
     typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
     raise typer.Exit(2)
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM (``kill``, a scheduler's stop) ends a command the way Ctrl-C does."""
+
+    def stop(signum: int, frame: Any) -> None:  # noqa: ARG001
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # not the main thread (an embedding program): leave its handlers alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupted(saved: str, again: list[str] | None, resumable: bool, run_dir: Path | None) -> NoReturn:
+    """Say what an interrupted command saved and how to continue it; exit 130 (the shell's code for Ctrl-C)."""
+    from wsseg._lock import LOCK_NAME
+
+    typer.secho(f"\ninterrupted: {saved}", fg=typer.colors.YELLOW, err=True)
+    if again is not None and resumable:
+        typer.echo(f"continue it with:\n  {shlex.join([*again, '--resume'])}", err=True)
+    elif again is not None:
+        # A new start reuses a folder that holds nothing but config.json (wsseg.run.check_run_folder).
+        stale = run_dir is not None and any(p.name not in (LOCK_NAME, "config.json") for p in run_dir.iterdir())
+        prefix = f"rm -r {shlex.quote(str(run_dir))} && " if stale else ""
+        typer.echo(f"start it again with:\n  {prefix}{shlex.join(again)}", err=True)
+    raise typer.Exit(130)
+
+
+def _given_run_flags(given: dict[str, Any], run_id: str) -> list[str]:
+    """The flags of a `wsseg run` call (its parameters in ``given``) with ``--run-id`` set and without ``--resume``."""
+    flags = ["--method", given["method"]]
+    defaults = {"dataset": "phantom", "profile": "quick", "seed": 0, "device": "auto"}
+    for name, default in defaults.items():
+        if given[name] != default:
+            flags += [f"--{name}", str(given[name])]
+    for name in ("data_root", "epochs", "batch_size", "cache_dir", "from_run", "weights"):
+        if given[name] is not None:
+            flags += [f"--{name.replace('_', '-')}", str(given[name])]
+    flags += ["--out", str(given["out"]), "--run-id", run_id]
+    for item in given["set_"] or []:
+        flags += ["--set", item]
+    for path in given["plugin"] or []:
+        flags += ["--plugin", str(path)]
+    for name in ("allow_outside_root", "save_maps"):
+        if given[name]:
+            flags.append(f"--{name.replace('_', '-')}")
+    return [*flags, "-q"] if given["quiet"] else flags
 
 
 def _fmt(x: Any) -> str:
@@ -183,6 +242,7 @@ def run(
     """
     from wsseg.config import make_run_config
     from wsseg.registry import load_plugin_file
+    from wsseg.run import RunInterrupted
     from wsseg.run import run as run_fn
 
     overrides = list(set_ or [])
@@ -203,7 +263,16 @@ def run(
         for path in plugin or []:
             load_plugin_file(path)
         cfg = make_run_config(method, profile, seed, overrides)  # type: ignore[arg-type]
-        record = run_fn(cfg, out, run_id, resume, from_run, weights=weights, progress=not quiet, log=typer.echo)
+        with _sigterm_as_interrupt():
+            record = run_fn(cfg, out, run_id, resume, from_run, weights=weights, progress=not quiet, log=typer.echo)
+    except RunInterrupted as e:
+        # The same command with the run's folder named, so it continues this run and no other.
+        again = ["wsseg", "run", *_given_run_flags(locals(), e.run_dir.name)]
+        _interrupted(e.saved, again, e.resumable, e.run_dir)
+    except KeyboardInterrupt:
+        if os.environ.get("RANK", "0") != "0":
+            raise typer.Exit(130) from None  # another torchrun rank: rank 0 says what was saved
+        _interrupted("nothing was saved yet (stopped before the run folder was made)", None, False, None)
     except USER_ERRORS as e:
         _fail(e)
     finally:
@@ -510,11 +579,10 @@ def bench(
 
     With --loader, measure the data pipeline's images/s instead.
     """
-    import os
-
     import torch
     from tabulate import tabulate
 
+    from wsseg._threads import available_cpus
     from wsseg.bench import COLUMNS, MODES, append_rows, bench_loader, speedups
     from wsseg.bench import bench as bench_fn
     from wsseg.config import make_run_config
@@ -530,7 +598,7 @@ def bench(
             raise ValueError(
                 "pass --method M to measure a method, or --loader (without --method) for the data pipeline"
             )
-        for n_workers in (workers or [os.cpu_count() or 1]) if loader else []:
+        for n_workers in (workers or [available_cpus()]) if loader else []:
             for n in batch or [8]:
                 for noise in (False, True) if augment else (False,):
                     row = bench_loader(
@@ -611,15 +679,28 @@ def benchmark(
     restarted at any time, with or without --resume; the result equals an uninterrupted benchmark's. Post-hoc
     methods reuse the CAM run of the same seed. The file format is documented in wsseg/benchmark.py.
     """
-    from wsseg.benchmark import load_benchmark, run_benchmark
+    from wsseg.benchmark import load_benchmark, run_benchmark, run_folders
+    from wsseg.run import RunInterrupted
 
+    bench = None
     try:
         bench = load_benchmark(file)
         typer.echo(
             f"{'resuming ' if resume else ''}benchmark {bench.name}: {len(bench.methods)} methods x "
             f"{len(bench.seeds)} seeds x {len(bench.datasets)} datasets, profile {bench.profile}, runs in {bench.out}"
         )
-        _, result = run_benchmark(bench, progress=not quiet, log=typer.echo)
+        with _sigterm_as_interrupt():
+            _, result = run_benchmark(bench, progress=not quiet, log=typer.echo)
+    except KeyboardInterrupt as e:
+        if bench is None:
+            _interrupted("nothing was run yet", None, False, None)
+        folders = run_folders(bench)
+        done = sum((f / "record.json").is_file() for f in folders)
+        saved = f"{done} of {len(folders)} runs are finished"
+        if isinstance(e, RunInterrupted):
+            saved += f"; {e.run_dir.name} was stopped: {e.saved}"
+        again = ["wsseg", "benchmark", str(file), *(["-q"] if quiet else [])]
+        _interrupted(saved, again, True, None)
     except USER_ERRORS as e:
         _fail(e)
     for line in result.differences:

@@ -36,6 +36,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from wsseg._io import atomic_save, atomic_write_json, atomic_write_text
+from wsseg._threads import available_cpus
 from wsseg.data.phantom import CLASSES, PHANTOM_VERSION, PhantomConfig, generate_image
 
 SPLITS = ("train", "val", "test")
@@ -133,7 +134,7 @@ def prepare_phantom(
     tasks = [(cfg, seed, split, i, str(root)) for split in SPLITS for i in range(counts.get(split, 0))]
     for split in counts:
         (root / split).mkdir(parents=True, exist_ok=True)
-    workers = max(1, min(workers or os.cpu_count() or 1, len(tasks)))
+    workers = max(1, min(workers or available_cpus(), len(tasks)))  # the CPUs this process may use
     bar = tqdm(total=len(tasks), desc=f"phantom {cfg.height}x{cfg.width}", unit="img", disable=not progress)
     rows: list[dict[str, Any]] = []
     if workers == 1:

@@ -14,6 +14,7 @@ import io
 import json
 import os
 import re
+import sys
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -25,6 +26,8 @@ from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
 from wsseg._io import atomic_save, atomic_write_json, atomic_write_text, remove_stale_temporaries
+from wsseg._lock import folder_lock
+from wsseg._threads import available_cpus
 from wsseg.data.dataset import MANIFEST_COLUMNS, SPLITS, default_cache_dir
 from wsseg.data.imageio import DICOM_SUFFIXES, dicom_pixel_spacing, read_image
 from wsseg.data.phantom import CLASSES
@@ -33,6 +36,8 @@ from wsseg.data.sources import DataError, Lesion, Problem, SourceRecord, get_sou
 from wsseg.data.sources.nyu import GMIC_INPUT_SIZE
 
 PREPROCESS_VERSION = 1
+# The files a prepared cache holds beside its <split>/<image>.npz files.
+CACHE_INDEX_FILES = ("report.json", "split.csv", "manifest.csv")
 # Seeded patient-level split where a dataset has no official one; validation is carved from an official
 # training split with the same fraction.
 SPLIT_FRACTIONS = {"train": 0.7, "val": 0.15, "test": 0.15}
@@ -480,13 +485,15 @@ def _run(
     if not root.exists():
         raise FileNotFoundError(f"--root {root} does not exist; point it at the downloaded {dataset} folder")
     src = get_source(dataset)
+    if not allow_outside_root:
+        check_links_under_root(root)  # before the scan reads the download's index files
     scan = src.scan(root)
     if not allow_outside_root:
         check_under_root(scan.records, root)
     report = DataReport(dataset, str(root), problems=list(scan.problems))
     splits = assign_splits(scan.records, seed, read_split_file(split_file) if split_file else None)
     tasks = [(r, out_hw, dataset, splits[r.image_id], str(target) if target else None, voi_lut) for r in scan.records]
-    workers = max(1, min(workers or os.cpu_count() or 1, len(tasks) or 1))
+    workers = max(1, min(workers or available_cpus(), len(tasks) or 1))
     bar = tqdm(total=len(tasks), desc=f"{dataset} {out_hw[0]}x{out_hw[1]}", unit="img", disable=not progress)
     results: list[dict[str, Any]] = []
     mapper: Callable[..., Any]
@@ -520,31 +527,64 @@ def _run(
     return report, rows
 
 
+OUTSIDE_ROOT_FIX = (
+    "move them under the root, or pass --allow-outside-root if you trust this download (in a benchmark file: "
+    'set = ["data.allow_outside_root=true"])'
+)
+
+
+def _inside(path: str, base: str) -> bool:
+    return os.path.commonpath([base, path]) == base
+
+
+def _refuse_outside(root: Path, base: str, outside: list[str], what: str) -> None:
+    if outside:
+        shown = "; ".join(outside[:3]) + (f"; and {len(outside) - 3} more" if len(outside) > 3 else "")
+        raise DataError(root, f"{len(outside)} {what} outside the data root {base} ({shown})", OUTSIDE_ROOT_FIX)
+
+
+def check_links_under_root(root: Path) -> None:
+    """Refuse a download folder holding symbolic links (to files or folders) that lead outside it, before any read.
+
+    Index files (CSVs, XML contours, pickles) are found inside the folder and read by the source's scan; a link
+    among them, or a linked folder, would make wsseg open files elsewhere (``/etc/passwd``, another user's data).
+    Links inside the folder that stay inside it are fine. An index-file root (a manifest CSV) is not walked: its
+    folder may be large and unrelated, and the files it lists are checked by :func:`check_under_root`.
+
+    Raises:
+        DataError: naming the links and where they lead, and the opt-in flag.
+    """
+    if not root.is_dir():
+        return
+    base = os.path.realpath(root)
+    outside = []
+    for folder, dirs, files in os.walk(root):  # links to folders are listed in dirs, never entered
+        for name in (*dirs, *files):
+            path = os.path.join(folder, name)
+            if os.path.islink(path) and not _inside(os.path.realpath(path), base):
+                outside.append(f"{path} -> {os.path.realpath(path)}")
+    _refuse_outside(root, base, sorted(outside), "symbolic link(s) lead")
+
+
 def check_under_root(records: list[SourceRecord], root: Path) -> None:
     """Refuse an index that points at files outside the data root (``../../etc/passwd``, ``/home/x/y.png``).
 
     The root is ``root`` itself, or its folder when ``root`` is an index file (a manifest CSV). Paths are compared
-    after ``..`` is resolved but without following symbolic links, so a link inside the root that the user made
-    is followed as usual.
+    after symbolic links are resolved (links to files and links to folders anywhere on the path), so a link inside
+    the root that leads out of it is refused like a ``..`` path.
 
     Raises:
         DataError: some listed image or mask lies outside the root; the message names them and the opt-in flag.
     """
-    base = os.path.abspath(root if root.is_dir() else root.parent)
+    base = os.path.realpath(root if root.is_dir() else root.parent)
     outside = []
     for rec in records:
         files = [rec.image_file, *(les.mask_file for les in rec.lesions if les.mask_file is not None)]
         for f in files:
-            if os.path.commonpath([base, os.path.abspath(f)]) != base:
-                outside.append(f"{rec.image_id}: {f}")
-    if outside:
-        shown = "; ".join(outside[:3]) + (f"; and {len(outside) - 3} more" if len(outside) > 3 else "")
-        raise DataError(
-            root,
-            f"{len(outside)} listed file(s) lie outside the data root {base} ({shown})",
-            "move them under the root, or pass --allow-outside-root if you trust this index (in a benchmark file: "
-            'set = ["data.allow_outside_root=true"])',
-        )
+            real = os.path.realpath(f)
+            if not _inside(real, base):
+                outside.append(f"{rec.image_id}: {f}" + (f" -> {real}" if real != os.path.abspath(f) else ""))
+    _refuse_outside(root, base, outside, "listed file(s) lie")
 
 
 def check_source(
@@ -611,6 +651,30 @@ def prepare_source(
     split_path = Path(split_file) if split_file is not None else default_split_file(dataset)
     split_hash = hashlib.sha256(split_path.read_bytes()).hexdigest()[:12] if split_path else None
     target = source_cache_dir(dataset, root, out_hw, seed, cache_dir, split_hash, voi_lut)
+    # One prepare per cache folder at a time: a second one (another run starting beside it) waits, then finds the
+    # cache complete. The lock also makes the cleanup of temporaries below safe. Its file sits beside the folder,
+    # whose files are the cache's content.
+    lock = target.with_name(f".{target.name}.lock")
+    log = lambda line: tqdm.write(line, file=sys.stderr)  # noqa: E731
+    with folder_lock(target, "wsseg data prepare", "", wait=True, log=log, lock_file=lock):
+        args = (dataset, root, out_hw, seed, target, workers, strict, progress, split_path, voi_lut, allow_outside_root)
+        return _prepare_locked(*args)
+
+
+def _prepare_locked(
+    dataset: str,
+    root: str | Path,
+    out_hw: tuple[int, int],
+    seed: int,
+    target: Path,
+    workers: int | None,
+    strict: bool,
+    progress: bool,
+    split_path: Path | None,
+    voi_lut: bool,
+    allow_outside_root: bool,
+) -> tuple[Path, DataReport]:
+    """:func:`prepare_source` once the cache folder ``target`` is locked."""
     if (target / "manifest.csv").exists() and (target / "report.json").exists():
         saved = json.loads((target / "report.json").read_text(encoding="utf-8"))
         report = DataReport(
@@ -622,8 +686,10 @@ def prepare_source(
             str(target),
         )
         return target, report
-    if target.is_dir():
-        remove_stale_temporaries(target)  # left by writes a killed prepare cut short
+    # Left by writes a killed prepare cut short: the temporaries of the cache's own files only.
+    remove_stale_temporaries(target, CACHE_INDEX_FILES)
+    for split in SPLITS:
+        remove_stale_temporaries(target / split, suffixes=[".npz"])
     report, rows = _run(
         dataset, root, out_hw, seed, target, workers, strict, progress, split_path, voi_lut, allow_outside_root
     )

@@ -28,8 +28,11 @@ labels row without maps) skip the image instead; every skip is listed in the rec
 from __future__ import annotations
 
 import csv
+import dataclasses
+import hashlib
 import io
 import math
+import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -42,7 +45,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from wsseg._io import atomic_save, atomic_write_text
-from wsseg.config import EvalConfig, RunConfig, phantom_config
+from wsseg.config import EvalConfig, RunConfig
 from wsseg.data.phantom import CLASSES
 from wsseg.evaluation.bootstrap import bootstrap_intervals
 from wsseg.evaluation.curves import CURVES_JSON, write_curves
@@ -633,10 +636,25 @@ def _ids_hash(image_ids: list[str]) -> str:
 # wsseg run --save-maps, wsseg evaluate
 
 
+def map_file_stem(image_id: str) -> str:
+    """The ``<image_id>`` part of a saved map's file name: the id itself, unless it could leave the maps folder.
+
+    Ids come from the dataset's files (a manifest CSV may hold ``../../x`` or ``a/b``): an id with a slash, a
+    backslash or NUL, a leading ``.`` (hidden files, ``..``), or over 200 characters becomes a cleaned id and a hash.
+    """
+    if not re.search(r"[/\\\0]", image_id) and not image_id.startswith(".") and 0 < len(image_id) <= 200:
+        return image_id
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", image_id).lstrip(".")[:100]
+    return f"{safe}-{hashlib.sha256(image_id.encode()).hexdigest()[:8]}"
+
+
 def save_map(folder: Path, image_id: str, name: str, saliency: torch.Tensor) -> None:
-    """Store one (H, W) map as ``<image_id>_<class>.npy`` in float16 (2 bytes per pixel), atomically."""
+    """Store one (H, W) map as ``<image_id>_<class>.npy`` in float16 (2 bytes per pixel), atomically.
+
+    ``<image_id>`` is :func:`map_file_stem` of the id, so every map lands inside ``folder``.
+    """
     arr = saliency.detach().float().cpu().numpy().astype(np.float16)
-    atomic_save(folder / f"{image_id}_{name}.npy", lambda f: np.save(f, arr))
+    atomic_save(folder / f"{map_file_stem(image_id)}_{name}.npy", lambda f: np.save(f, arr))
 
 
 def write_test_labels(path: Path, ids: list[str], patients: list[str], labels: np.ndarray, logits: np.ndarray) -> None:
@@ -657,14 +675,17 @@ def evaluate_run(
 ) -> dict[str, Any]:
     """Re-score the test maps a run saved with ``--save-maps``; write ``<out>/record.json`` (default ``DIR/evaluate``).
 
-    The masks and breast regions come from the run's dataset (regenerated from the cache key when the
-    cache is gone), the thresholds and image-level scores from the run. The numbers equal the run's up
-    to the float16 rounding of the stored maps.
+    The masks and breast regions come from the run's own dataset (the phantom, or the data source, root and
+    cache in its ``config.json``; the cache is remade when it is gone, from the phantom generator or from the
+    download), the thresholds and image-level scores from the run. The numbers equal the run's up to the float16
+    rounding of the stored maps.
 
     Raises:
-        InputError: the folder is not a finished run with saved maps, or the maps do not match the test split.
+        InputError: the folder is not a finished run with saved maps, the dataset's test split is not the one the
+            run was scored on, or the maps do not match the test split.
     """
-    from wsseg.data.dataset import MammogramDataset, prepare_phantom
+    from wsseg.data.dataset import MammogramDataset, split_hash
+    from wsseg.run import prepare_data
 
     run_dir = Path(run_dir)
     maps_dir = run_dir / MAPS_DIR
@@ -675,12 +696,19 @@ def evaluate_run(
         raise InputError(f"--run {run_dir} has no {MAPS_DIR}/ folder; re-run it with `wsseg run ... --save-maps`")
     record = read_record(run_dir / "record.json")
     cfg = RunConfig.read(run_dir / "config.json")
-    counts = {"train": cfg.data.n_train, "val": cfg.data.n_val, "test": cfg.data.n_test}
-    cache = cache_dir or cfg.data.cache_dir
-    root = prepare_phantom(phantom_config(cfg.profile), cfg.data.seed, counts, cache, progress=progress)
-    test_set = MammogramDataset(root, "test", with_masks=True)
-    map_index = index_class_files(maps_dir, MAP_SUFFIXES, "--run maps")
-    extra = sorted(set(map_index) - set(test_set.image_ids))
+    if cache_dir is not None:
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, cache_dir=cache_dir))
+    root, _ = prepare_data(cfg, progress, log=lambda _: None)  # the run's dataset, as `wsseg run` prepared it
+    test_set = MammogramDataset(root, "test", with_masks=True, dataset=cfg.data.dataset)
+    scored = ((record.get("dataset_info") or {}).get("split_hashes") or {}).get("test")
+    if scored is not None and split_hash(test_set.image_ids) != scored:
+        raise InputError(
+            f"--run {run_dir}: the test split of {cfg.data.dataset} in {root} is not the one the run was scored on "
+            "(other images); evaluate with the data the run used (its --data-root, --cache-dir)"
+        )
+    map_index = index_class_files(maps_dir, MAP_SUFFIXES, "--run maps")  # keyed by map_file_stem(image id)
+    stems = {map_file_stem(i): i for i in test_set.image_ids}
+    extra = sorted(set(map_index) - set(stems))
     if extra:
         raise InputError(
             f"{maps_dir}: maps of {len(extra)} image(s) outside the test split: {_names(extra)}; move them out"
@@ -694,10 +722,12 @@ def evaluate_run(
     for i in tqdm(range(len(test_set)), desc="evaluate", unit="img", disable=not progress):
         sample = test_set[i]
         image_id = sample["meta"]["image_id"]
-        have = map_index.get(image_id, {})
+        have = map_index.get(map_file_stem(image_id), {})
         lacking = [c for c in CLASSES if c not in have]
         if lacking:
-            raise InputError(f"{maps_dir}: no map {image_id}_{lacking[0]}.npy; the saved maps are incomplete, re-run")
+            raise InputError(
+                f"{maps_dir}: no map {map_file_stem(image_id)}_{lacking[0]}.npy; the saved maps are incomplete, re-run"
+            )
         size = (int(sample["masks"].shape[-2]), int(sample["masks"].shape[-1]))
         arrays = []
         for c in CLASSES:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -536,15 +537,31 @@ LESION_NOTES = (
 )
 
 
+def _file_part(text: str, limit: int = 48) -> str:
+    """``text`` as part of a file name: itself when short and made of ``[A-Za-z0-9._-]``, else cleaned and hashed.
+
+    Records are data: a dataset called ``../../x`` must not become a path. The hash of the original keeps two
+    names that clean to the same text apart.
+    """
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", text)
+    if safe == text and len(text) <= limit and not text.startswith("."):
+        return text
+    return f"{safe.lstrip('.')[:limit]}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+
+
 def group_name(key: tuple[str, ...], keys: Sequence[tuple[str, ...]] = ()) -> str:
     """A file-name stem for a comparable group: dataset, profile and the test split hash.
 
-    When another of ``keys`` shares that stem (another dataset version, evaluation protocol or training budget on
-    the same test split), a short hash of the whole key is appended, so that no group's table overwrites another's.
+    When another of ``keys`` shares that stem (another dataset version, evaluation protocol or training budget on the
+    same test split), a short hash of the whole key is appended, so that no group's table overwrites another's.
+    Characters outside ``[A-Za-z0-9._-]`` never reach the file name (:func:`_file_part`).
     """
-    dataset, split, profile = key[0], key[2], key[3]
-    stem = f"leaderboard-{dataset}-{profile}-{split}"
-    if any(k != key and (k[0], k[2], k[3]) == (dataset, split, profile) for k in keys):
+
+    def stem_of(k: tuple[str, ...]) -> str:
+        return "leaderboard-" + "-".join(_file_part(x) for x in (k[0], k[3], k[2]))
+
+    stem = stem_of(key)
+    if any(k != key and stem_of(k) == stem for k in keys):
         stem += "-" + hashlib.sha256(json.dumps(key).encode()).hexdigest()[:8]
     return stem
 

@@ -38,10 +38,10 @@ CSV_GLOB = "*case_description*.csv"
 
 def dicom_size(path: Path) -> tuple[int, int] | None:
     """(Rows, Columns) from the header only; None when unreadable (the decode reports the file)."""
-    import pydicom
+    from wsseg.data.imageio import open_dicom
 
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        ds = open_dicom(path, stop_before_pixels=True)  # bounded memory, also for a deflated bomb
         return int(ds.Rows), int(ds.Columns)
     except Exception:  # any unreadable header: the image read later names the file and the reason
         return None
