@@ -20,14 +20,16 @@ import hashlib
 import io
 import json
 import math
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from wsseg._io import atomic_open, atomic_write_text
+from wsseg._io import atomic_write_text
 from wsseg.data.phantom import CLASSES
 from wsseg.report.html import RunFiles, render_report
+from wsseg.report.records import read_record
 
 # Per-class columns after the headline Dice: (record key, column title).
 CLASS_COLUMNS = (
@@ -88,10 +90,11 @@ def find_records(paths: Iterable[str | Path]) -> list[Path]:
     for p in map(Path, paths):
         if p.is_file():
             found.add(p)
-        elif (p / "record.json").is_file():
-            found.add(p / "record.json")
+        elif (p / "record.json").exists() or (p / "record.json").is_symlink():
+            found.add(p / "record.json")  # read_record names it if it is no regular file
         elif p.is_dir():
-            below = sorted(p.rglob("record.json"))
+            # os.walk sees every entry named record.json, broken links too (Path.rglob skips those silently).
+            below = sorted(Path(d) / "record.json" for d, dirs, names in os.walk(p) if "record.json" in names + dirs)
             if not below:
                 raise FileNotFoundError(f"{p} holds no record.json; pass run folders made by `wsseg run`")
             found.update(below)
@@ -106,11 +109,8 @@ def load_record(path: Path) -> dict[str, Any]:
     Raises:
         ValueError: unreadable JSON or not a ``wsseg run`` record.
     """
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise ValueError(f"cannot read run record {path}: {e}; re-run the evaluation or remove it") from e
-    if not isinstance(record, dict) or "metrics" not in record or "method" not in record:
+    record = read_record(path)  # checks the types of every key the tables and the report read
+    if "metrics" not in record or "method" not in record:
         raise ValueError(f"{path} is not a wsseg run record (no 'method'/'metrics'); pass `wsseg run` output")
     return record
 
@@ -287,15 +287,19 @@ def render(rows: Sequence[Row], fmt: str, title: str) -> str:
 
 def write_report(path: Path, rows: Sequence[Row], title: str, runs: Sequence[RunFiles]) -> list[Path]:
     """Write the HTML report of one group to ``path`` and its plots as SVG files under ``figures/`` beside it."""
+    pages = report_files(path, rows, title, runs)
+    return [atomic_write_text(p, text) for p, text in pages.items()]
+
+
+def report_files(path: Path, rows: Sequence[Row], title: str, runs: Sequence[RunFiles]) -> dict[Path, str]:
+    """The HTML report of one group (at ``path``) and its SVG plots (under ``figures/`` beside it), not written."""
     header, cells = table(rows)
     supervision = ["reference" if row.reference else row.supervision for row in rows]
     page, figures = render_report(title, header, cells, supervision, runs, [r.method for r in rows if not r.reference])
-    written = [atomic_write_text(path, page)]
+    files = {path: page}
     for name, svg in sorted(figures.items()):
-        target = path.parent / "figures" / f"{path.stem.removeprefix('leaderboard-')}-{name}"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        written.append(atomic_write_text(target, svg + "\n"))
-    return written
+        files[path.parent / "figures" / f"{path.stem.removeprefix('leaderboard-')}-{name}"] = svg + "\n"
+    return files
 
 
 def group_name(key: tuple[str, ...], keys: Sequence[tuple[str, ...]] = ()) -> str:
@@ -343,17 +347,17 @@ def write_leaderboards(
         for b in keys[i + 1 :]
     ]
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    files = []
+    # Everything is rendered before anything is written: a damaged curves or gallery file met while rendering the
+    # report stops the command without leaving half a leaderboard behind.
+    pages: dict[Path, str] = {}
     for key, members in groups.items():
         rows = build_rows(members)
         title = f"{key[0]} ({key[1]}), profile {key[3]}, test split {key[2]}: {len(members)} runs"
         for fmt in formats:
             path = out / f"{group_name(key, keys)}.{fmt}"
             if fmt == "html":
-                files += write_report(path, rows, title, [RunFiles(r, folders[id(r)]) for r in members])
-                continue
-            with atomic_open(path, "w") as f:
-                f.write(render(rows, fmt, title))
-            files.append(path)
+                pages.update(report_files(path, rows, title, [RunFiles(r, folders[id(r)]) for r in members]))
+            else:
+                pages[path] = render(rows, fmt, title)
+    files = [atomic_write_text(path, text) for path, text in pages.items()]
     return LeaderboardResult(files, [(group_name(k, keys), len(v)) for k, v in groups.items()], differences)
