@@ -20,6 +20,7 @@ methods (Grad-CAM and relatives) reuse the CAM run of the same seed instead of t
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from wsseg._io import atomic_write_bytes
-from wsseg.config import make_run_config
+from wsseg.config import MAX_SEED, make_run_config, seed_ok
 from wsseg.evaluation.curves import CURVES_JSON
 from wsseg.evaluation.scoring import PER_IMAGE_CSV
 from wsseg.method import PostHocCAMMethod
@@ -41,6 +42,8 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 KEYS = {"name", "profile", "datasets", "methods", "seeds", "out", "leaderboard", "set", "device", "data_root"}
+# The name names the default run and leaderboard folders: one plain path component.
+NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
 
 
 @dataclass
@@ -69,11 +72,14 @@ def load_benchmark(path: str | Path) -> Benchmark:
     """
     path = Path(path)
     if not path.is_file():
+        if path.exists() or path.is_symlink():  # a FIFO would block the read forever
+            raise ValueError(f"benchmark file {path} is not a regular file; pass a .toml file")
         raise FileNotFoundError(f"benchmark file {path} does not exist")
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        # utf-8-sig: an editor may have saved a byte-order mark, which TOML itself does not allow.
+        data = tomllib.loads(path.read_text(encoding="utf-8-sig"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path} is not valid TOML: {e}") from e
+        raise ValueError(f"{path} is not valid TOML: {e}") from None
     table = data.get("benchmark")
     if not isinstance(table, dict):
         raise ValueError(f"{path} has no [benchmark] table; see `wsseg benchmark --help` for the format")
@@ -102,9 +108,15 @@ def load_benchmark(path: str | Path) -> Benchmark:
         )
     if not methods:
         raise ValueError(f'{path}: [benchmark] methods is empty; list registered names or write ["all"]')
+    if len(set(methods)) < len(methods):
+        raise ValueError(f"{path}: [benchmark] methods lists a method twice: {methods}")
     seeds = get("seeds", list)
-    if not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
-        raise ValueError(f"{path}: [benchmark] seeds must be a non-empty list of integers >= 0, got {seeds!r}")
+    if not seeds or not all(seed_ok(s) for s in seeds):
+        raise ValueError(
+            f"{path}: [benchmark] seeds must be a non-empty list of integers >= 0 and <= {MAX_SEED}, got {seeds!r}"
+        )
+    if len(set(seeds)) < len(seeds):
+        raise ValueError(f"{path}: [benchmark] seeds lists a seed twice: {seeds}")
     profile = get("profile", str, "quick")
     if profile not in ("tiny", "quick", "paper"):
         raise ValueError(f"{path}: [benchmark] profile must be tiny, quick or paper, got {profile!r}")
@@ -114,6 +126,8 @@ def load_benchmark(path: str | Path) -> Benchmark:
         raise ValueError(f"{path}: [benchmark] data_root must be a str (a path), got {data_root!r}")
     _check_datasets(path, datasets, data_root)
     name = get("name", str, path.stem)
+    if not NAME.fullmatch(name):
+        raise ValueError(f"{path}: [benchmark] name {name!r} names folders: use letters, digits, '.', '_' and '-' only")
     device = get("device", str, "auto")
     overrides = [str(s) for s in get("set", list, [])]
     # Check every run's config now: a bad override must stop the benchmark before its first run, not hours in.
@@ -144,9 +158,11 @@ def _check_datasets(path: Path, datasets: list[Any], data_root: str | None) -> N
     known = ["phantom", *list_sources()]
     if not datasets:
         raise ValueError(f'{path}: [benchmark] datasets is empty; write datasets = ["phantom"] or a data source')
+    if len(set(map(str, datasets))) < len(datasets):
+        raise ValueError(f"{path}: [benchmark] datasets lists a dataset twice: {datasets}")
     for d in datasets:
         if d not in known:
-            raise ValueError(f"{path}: [benchmark] unknown dataset {d!r}; available: {', '.join(known)}")
+            raise ValueError(f"{path}: [benchmark] datasets: unknown dataset {d!r}; available: {', '.join(known)}")
         if d != "phantom" and data_root is None:
             raise ValueError(f"{path}: [benchmark] dataset {d!r} needs data_root = PATH (the downloaded dataset)")
 

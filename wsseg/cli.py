@@ -35,13 +35,17 @@ ALLOW_OUTSIDE_ROOT_HELP = (
 )
 
 # Errors a user can fix; anything else is a bug and keeps its traceback.
-USER_ERRORS = (ValueError, KeyError, FileNotFoundError, FileExistsError, ImportError, OSError)
+# EOFError: numpy's reply to an empty file, which click would otherwise turn into a bare "Aborted.".
+USER_ERRORS = (ValueError, KeyError, FileNotFoundError, FileExistsError, ImportError, OSError, EOFError)
 
 
 def _fail(e: BaseException | str) -> NoReturn:
     from wsseg._io import describe_os_error
 
     msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+    if "\nOriginal Traceback" in msg:
+        # Re-raised by a DataLoader from a worker process: the worker's traceback follows; its last line is the error.
+        msg = msg.strip().splitlines()[-1].split(": ", 1)[-1]
     if isinstance(e, OSError) and e.filename is not None and e.strerror:
         # A system error straight from the OS ("[Errno 13] Permission denied: 'x'"): name the path and the fix.
         msg = describe_os_error(e.filename, e, action="access")
@@ -186,7 +190,12 @@ def metrics_table(record: dict[str, Any]) -> str:
 @app.command()
 def run(
     method: Annotated[str, typer.Option("--method", "-m", help="Registered method name (see `wsseg list methods`).")],
-    dataset: Annotated[str, typer.Option(help="phantom or a data source (see `wsseg list datasets`).")] = "phantom",
+    dataset: Annotated[
+        str | None,
+        typer.Option(
+            help="phantom (the default) or a data source (see `wsseg list datasets`); overrides --set data.dataset."
+        ),
+    ] = None,
     data_root: Annotated[
         Path | None, typer.Option(help="The downloaded dataset (folder or index file); prepared on first use.")
     ] = None,
@@ -200,7 +209,9 @@ def run(
     run_id: Annotated[
         str | None, typer.Option(help="Run folder name (default: method-dataset-profile-seed-time).")
     ] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    device: Annotated[
+        str | None, typer.Option(help="auto (the default), cpu or cuda; overrides --set train.device.")
+    ] = None,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue the latest matching run from its last checkpoint.")
     ] = False,
@@ -246,7 +257,11 @@ def run(
     from wsseg.run import run as run_fn
 
     overrides = list(set_ or [])
-    overrides += [f"data.dataset={dataset}", f"train.device={device}"]
+    # Flags override --set items only when given: a default must not silently undo `--set data.dataset=...`.
+    if dataset is not None:
+        overrides.append(f"data.dataset={dataset}")
+    if device is not None:
+        overrides.append(f"train.device={device}")
     if epochs is not None:
         overrides.append(f"train.epochs={epochs}")
     if batch_size is not None:
@@ -355,14 +370,15 @@ def score(
     Maps smaller than the masks (same aspect ratio) are upsampled by the harness. Bad files stop with an error
     naming the file and the fix (or are skipped and counted with --skip-invalid).
     """
-    from wsseg.config import EvalConfig
+    from wsseg.config import EvalConfig, check_seed
     from wsseg.evaluation.scoring import parse_size, parse_thresholds, score_folders
 
     try:
         if upsample not in ("bilinear", "nearest", "bicubic"):
             raise ValueError(f"--upsample {upsample!r}: choose bilinear, nearest or bicubic")
-        if bootstrap < 0:
-            raise ValueError("--bootstrap must be 0 or more")
+        if not 0 <= bootstrap <= 1_000_000:
+            raise ValueError(f"--bootstrap must be in [0, 1000000], got {bootstrap}")
+        check_seed(seed, "--seed")
         cfg = EvalConfig(upsample=upsample, bootstrap_resamples=bootstrap, bootstrap_seed=seed)  # type: ignore[arg-type]
         record = score_folders(
             maps,
@@ -458,12 +474,14 @@ def compare(
     Refuses runs whose test images, patients or ground truth differ.
     """
     from wsseg._io import atomic_write_json
+    from wsseg.config import check_seed
     from wsseg.evaluation.scoring import compare_folders
     from wsseg.evaluation.summary import interval_keys
 
     try:
-        if n_resamples < 1:
-            raise ValueError("--n-resamples must be at least 1")
+        if not 1 <= n_resamples <= 1_000_000:
+            raise ValueError(f"--n-resamples must be in [1, 1000000], got {n_resamples}")
+        check_seed(seed, "--seed")
         result = compare_folders(run_a, run_b, n_resamples, seed)
         known = interval_keys()
         keys = known if metric and "all" in metric else list(metric or COMPARE_DEFAULT)
@@ -585,7 +603,7 @@ def bench(
     from wsseg._threads import available_cpus
     from wsseg.bench import COLUMNS, MODES, append_rows, bench_loader, speedups
     from wsseg.bench import bench as bench_fn
-    from wsseg.config import make_run_config
+    from wsseg.config import MAX_BATCH, MAX_IMAGES, make_run_config
 
     cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     modes = [m.strip() for item in mode or ["wsseg"] for m in item.split(",") if m.strip()]
@@ -598,6 +616,14 @@ def bench(
             raise ValueError(
                 "pass --method M to measure a method, or --loader (without --method) for the data pipeline"
             )
+        if not all(1 <= n <= MAX_BATCH for n in batch or []):
+            raise ValueError(f"--batch must be in [1, {MAX_BATCH}], got {batch}")
+        if not all(0 <= n <= 256 for n in workers or []):
+            raise ValueError(f"--workers must be in [0, 256], got {workers}")
+        if not 4 <= images <= MAX_IMAGES or images % 4:
+            raise ValueError(f"--images must be a multiple of 4 in [4, {MAX_IMAGES}], got {images}")
+        if not 0 < seconds <= 3600:
+            raise ValueError(f"--seconds must be in (0, 3600], got {seconds}")
         for n_workers in (workers or [available_cpus()]) if loader else []:
             for n in batch or [8]:
                 for noise in (False, True) if augment else (False,):
@@ -852,10 +878,14 @@ def data_prepare(
     Every file is written atomically, so the command can be stopped (even killed) and run again, with or without
     --resume: it reuses the images already cached and gives the same cache as an uninterrupted prepare.
     """
-    from wsseg.config import PROFILES, DataConfig, phantom_config
-    from wsseg.data.dataset import prepare_phantom
+    from wsseg.config import PROFILES, DataConfig, check_seed, phantom_config
+    from wsseg.data.dataset import prepare_phantom, repair_phantom_cache
     from wsseg.data.prepare import prepare_source
 
+    try:
+        check_seed(seed, "--seed")
+    except ValueError as e:
+        _fail(e)
     if dataset != "phantom":
         if root is None:
             _fail(f"`wsseg data prepare {dataset}` needs --root PATH (the downloaded dataset)")
@@ -874,18 +904,23 @@ def data_prepare(
                 split_file=split_file,
                 voi_lut=voi_lut,
                 allow_outside_root=allow_outside_root,
+                verify=True,
             )
         except USER_ERRORS as e:
             _fail(e)
         typer.echo(report.summary())
         typer.echo(f"cache: {path} ({hw[0]}x{hw[1]}); patient split in {path / 'split.csv'}")
         return
+    hw = _profile_hw(profile)
     try:
         data = DataConfig(**PROFILES[profile].get("data", {}))
         counts = {"train": data.n_train, "val": data.n_val, "test": data.n_test}
         path = prepare_phantom(phantom_config(profile), data.seed, counts, cache_dir, workers)  # type: ignore[arg-type]
-    except (KeyError, *USER_ERRORS) as e:
-        _fail(e if not isinstance(e, KeyError) else f"unknown profile {profile!r}; choose quick, paper or tiny")
+        repaired = repair_phantom_cache(path, hw)  # every file read whole; damaged ones regenerated
+    except USER_ERRORS as e:
+        _fail(e)
+    for p in repaired:
+        typer.echo(f"regenerated the damaged cache file {p}")
     typer.echo(f"{sum(counts.values())} images ready in {path}")
 
 
@@ -897,9 +932,11 @@ def data_split(
     seed: Annotated[int, typer.Option(help="Seed of the split where the dataset has no official one.")] = 0,
 ) -> None:
     """Write the patient-level split of a download (patient_id,split) without decoding images, for publishing."""
+    from wsseg.config import check_seed
     from wsseg.data.prepare import make_split_file
 
     try:
+        check_seed(seed, "--seed")
         counts = make_split_file(dataset, root, seed, out)
     except USER_ERRORS as e:
         _fail(e)
@@ -936,14 +973,18 @@ def data_preview(
     lesions_only: Annotated[bool, typer.Option("--lesions-only", help="Show only images with a lesion.")] = False,
 ) -> None:
     """Draw a grid of samples with lesion outlines (benign green, malignant red)."""
-    from wsseg.config import phantom_config
+    from wsseg.config import check_seed, phantom_config
     from wsseg.data.dataset import sample_identity
     from wsseg.data.phantom import generate_image
     from wsseg.data.preview import save_preview
 
     _check_dataset(dataset)
-    if n < 1:
-        _fail("--n must be at least 1")
+    if not 1 <= n <= 1000:
+        _fail(f"--n must be in [1, 1000], got {n}")
+    try:
+        check_seed(seed, "--seed")
+    except ValueError as e:
+        _fail(e)
     try:
         pcfg = phantom_config(profile)  # type: ignore[arg-type]
     except KeyError:

@@ -449,9 +449,9 @@ def run(
     if resume:
         run_dir = run_dir if run_dir is not None else find_resumable(out_dir, prefix)
         if run_dir is None or not (run_dir / "last.pt").exists():
+            where = f"in {run_dir}" if run_dir else f"for {prefix}* in {out_dir}"
             raise FileNotFoundError(
-                f"--resume found no checkpoint {'in ' + str(run_dir) if run_dir else f'for {prefix}* in {out_dir}'}; "
-                "run without --resume to start a new run"
+                f"--resume found no checkpoint (last.pt) {where}; run without --resume to start a new run"
             )
         saved = RunConfig.read(run_dir / "config.json")
         if saved.to_dict() != cfg.to_dict():
@@ -523,9 +523,11 @@ def _run_in_folder(
     # On CUDA the loaders ship the cache's uint16 pixels and the GPU standardises them (half the bytes through the
     # workers and pinned memory); on CPU the workers standardise, as the published CPU results were made.
     std = device.type != "cuda"
-    train_set = MammogramDataset(root, "train", with_masks=spec.supervision == "full", dataset=name, standardize=std)
-    val_set = MammogramDataset(root, "val", with_masks=True, dataset=name, standardize=std)
-    test_set = MammogramDataset(root, "test", with_masks=True, dataset=name, standardize=std)
+    hw = (pcfg.height, pcfg.width)
+    full = spec.supervision == "full"
+    train_set = MammogramDataset(root, "train", with_masks=full, dataset=name, standardize=std, image_hw=hw)
+    val_set = MammogramDataset(root, "val", with_masks=True, dataset=name, standardize=std, image_hw=hw)
+    test_set = MammogramDataset(root, "test", with_masks=True, dataset=name, standardize=std, image_hw=hw)
     data_seconds = time.perf_counter() - t0
     sizes = f"{len(train_set)}/{len(val_set)}/{len(test_set)}"
     log(f"data: {sizes} train/val/test images from {root} ({data_seconds:.1f} s)")

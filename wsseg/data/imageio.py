@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, PngImagePlugin
 
-from wsseg.data.sources import DataError
+from wsseg.data.sources import DataError, not_regular
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
 # PIL refuses images above ~179 Mpx by default; raised so that wsseg's own smaller bound below gives the message.
@@ -163,6 +163,9 @@ def read_image(
             values; a compressed DICOM without its decoder; a refused FOR PROCESSING image.
     """
     path = Path(path)
+    kind = not_regular(path)
+    if kind is not None:  # never opened: reading a FIFO would block forever
+        raise DataError(path, f"the file is {kind}", "replace it with the file from the download")
     if not path.is_file():
         raise DataError(path, "file is missing", "check the --root folder is the dataset as downloaded")
     if path.suffix.lower() in DICOM_SUFFIXES:

@@ -9,6 +9,7 @@ the report (lenient, the default) or an error listing every problem (``strict``)
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import io
 import json
@@ -28,7 +29,14 @@ from tqdm.auto import tqdm
 from wsseg._io import atomic_save, atomic_write_json, atomic_write_text, remove_stale_temporaries
 from wsseg._lock import folder_lock
 from wsseg._threads import available_cpus
-from wsseg.data.dataset import MANIFEST_COLUMNS, SPLITS, default_cache_dir
+from wsseg.data.dataset import (
+    MANIFEST_COLUMNS,
+    SPLITS,
+    CacheFileError,
+    damaged_cache_files,
+    default_cache_dir,
+    read_cache_file,
+)
 from wsseg.data.imageio import DICOM_SUFFIXES, dicom_pixel_spacing, read_image
 from wsseg.data.phantom import CLASSES
 from wsseg.data.preprocess import breast_region, plan_transform
@@ -54,6 +62,7 @@ class DataReport:
         problems: skipped items with their reason.
         orientation_disagreements: images whose content-decided flip contradicts the dataset's tags.
         cache: the prepared folder (``prepare`` only).
+        repaired: cache files found damaged by a verifying ``prepare`` and prepared again.
     """
 
     dataset: str
@@ -62,6 +71,7 @@ class DataReport:
     problems: list[Problem] = field(default_factory=list)
     orientation_disagreements: list[str] = field(default_factory=list)
     cache: str | None = None
+    repaired: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (``report.json`` in the cache folder)."""
@@ -85,6 +95,9 @@ class DataReport:
                 f"{len(self.orientation_disagreements)} images flipped against their laterality tag (decided by "
                 f"content): {', '.join(self.orientation_disagreements[:10])}"
             )
+        if self.repaired:
+            lines.append(f"{len(self.repaired)} damaged cache file(s) prepared again:")
+            lines += [f"  {p}" for p in self.repaired]
         return "\n".join(lines)
 
 
@@ -140,9 +153,16 @@ def read_split_file(path: Path) -> dict[str, str]:
     Raises:
         DataError: missing columns or an unknown split value.
     """
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    if rows and not {"patient_id", "split"} <= set(rows[0]):
+    if not path.is_file():  # a FIFO would block the read forever
+        raise DataError(path, "the split file is missing or not a regular file", "pass a patient_id,split CSV")
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            rows = list(reader)
+            header = set(reader.fieldnames or [])
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise DataError(path, f"not a readable CSV ({e})", "save it as UTF-8 text") from None
+    if not {"patient_id", "split"} <= header:
         raise DataError(path, "needs the columns patient_id,split", "rewrite it as written by wsseg data prepare")
     out = {}
     for i, r in enumerate(rows, start=2):
@@ -355,23 +375,18 @@ def process_record(rec: SourceRecord, out_hw: tuple[int, int], dataset: str, voi
     return Processed(out_image, out_masks, out_breast, meta, disagrees)
 
 
-CACHE_ENTRIES = ("image", "masks", "breast_mask", "labels", "meta")
+def read_cached_meta(path: Path, row: dict[str, Any], image_hw: tuple[int, int] | None = None) -> dict[str, Any] | None:
+    """The meta of a complete cache file of manifest ``row``, or None when the file is damaged or incomplete.
 
-
-def read_cached_meta(path: Path) -> dict[str, Any] | None:
-    """The meta of a complete cache file, or None when the file is damaged or incomplete.
-
-    Every entry is read, so the zip checksums of all of them are verified: a file damaged after it was written
-    is never trusted (writes themselves are atomic, so a killed prepare leaves no partial file under this name).
+    The file is verified whole (:func:`~wsseg.data.dataset.read_cache_file`: every checksum, shapes, labels, id):
+    a file damaged after it was written is never trusted (writes themselves are atomic, so a killed prepare
+    leaves no partial file under this name).
     """
     try:
-        with np.load(path, allow_pickle=False) as z:
-            for key in CACHE_ENTRIES:
-                z[key]
-            meta = json.loads(str(z["meta"]))
-    except Exception:  # any failure (bad zip, bad CRC, missing entry, bad JSON) means: process the image again
+        *_, meta = read_cache_file(path, {k: str(v) for k, v in row.items()}, True, True, image_hw)
+    except CacheFileError:
         return None
-    return meta if isinstance(meta, dict) else None
+    return meta
 
 
 def _prepare_one(args: tuple[SourceRecord, tuple[int, int], str, str, str | None, bool]) -> dict[str, Any]:
@@ -383,8 +398,8 @@ def _prepare_one(args: tuple[SourceRecord, tuple[int, int], str, str, str | None
     rec, out_hw, dataset, split, root, voi_lut = args
     rel = f"{split}/{cache_file_name(rec.image_id)}"
     if root is not None and (Path(root) / rel).is_file():  # written by an interrupted prepare: resume
-        meta = read_cached_meta(Path(root) / rel)
-        if meta is not None and meta.get("image_id") == rec.image_id:
+        meta = read_cached_meta(Path(root) / rel, _manifest_row(rec, split, rel), out_hw)
+        if meta is not None:
             disagrees = bool(meta.get("orientation_disagrees_with_tags"))
             return {"row": _manifest_row(rec, split, rel), "disagrees": rec.image_id if disagrees else None}
     try:
@@ -490,7 +505,9 @@ def _run(
     scan = src.scan(root)
     if not allow_outside_root:
         check_under_root(scan.records, root)
-    report = DataReport(dataset, str(root), problems=list(scan.problems))
+    records, duplicates = unique_records(scan.records)
+    scan = dataclasses.replace(scan, records=records)
+    report = DataReport(dataset, str(root), problems=[*scan.problems, *duplicates])
     splits = assign_splits(scan.records, seed, read_split_file(split_file) if split_file else None)
     tasks = [(r, out_hw, dataset, splits[r.image_id], str(target) if target else None, voi_lut) for r in scan.records]
     workers = max(1, min(workers or available_cpus(), len(tasks) or 1))
@@ -566,6 +583,35 @@ def check_links_under_root(root: Path) -> None:
     _refuse_outside(root, base, sorted(outside), "symbolic link(s) lead")
 
 
+def _clear_cache_file(path: Path) -> None:
+    """Remove a damaged cache file (or what stands at its path) so that it is prepared again."""
+    if path.is_dir() and not path.is_symlink():
+        path.rmdir()
+    else:
+        path.unlink(missing_ok=True)
+
+
+def unique_records(records: list[SourceRecord]) -> tuple[list[SourceRecord], list[Problem]]:
+    """The records without repeated image ids (the first is kept) and a problem for each repeat.
+
+    Two records with one id would become two cache rows of one file, or one image under two patients (which could
+    put it in two splits); every source's own check names the line, this one guards the cache whatever the source.
+    """
+    seen: dict[str, SourceRecord] = {}
+    problems = []
+    for rec in records:
+        first = seen.setdefault(rec.image_id, rec)
+        if first is not rec:
+            problems.append(
+                Problem(
+                    str(rec.image_file),
+                    f"duplicate image id {rec.image_id!r} (also {first.image_file}, patient {first.patient_id}); "
+                    "give each image one id",
+                )
+            )
+    return list(seen.values()), problems
+
+
 def check_under_root(records: list[SourceRecord], root: Path) -> None:
     """Refuse an index that points at files outside the data root (``../../etc/passwd``, ``/home/x/y.png``).
 
@@ -632,6 +678,7 @@ def prepare_source(
     split_file: str | Path | None = None,
     voi_lut: bool = False,
     allow_outside_root: bool = False,
+    verify: bool = False,
 ) -> tuple[Path, DataReport]:
     """Build (or reuse) the uint16 cache of ``dataset`` read from ``root``; return its folder and the report.
 
@@ -641,6 +688,8 @@ def prepare_source(
 
     An interrupted prepare is resumed: every image already cached (and intact) is reused, the temporary files
     of writes that were cut short are deleted. ``manifest.csv`` is written last and marks a complete cache.
+    A complete cache is reused as it is, unless ``verify`` (``wsseg data prepare``): then every cached file is read
+    whole and the damaged ones are prepared again from the download (listed in ``report.repaired``).
 
     Raises:
         FileNotFoundError: ``root`` does not exist.
@@ -649,6 +698,8 @@ def prepare_source(
         OSError: a cache file cannot be written (disk full, no permission); the message names it.
     """
     split_path = Path(split_file) if split_file is not None else default_split_file(dataset)
+    if split_path is not None:
+        read_split_file(split_path)  # checked before anything else reads it (a FIFO would block forever)
     split_hash = hashlib.sha256(split_path.read_bytes()).hexdigest()[:12] if split_path else None
     target = source_cache_dir(dataset, root, out_hw, seed, cache_dir, split_hash, voi_lut)
     # One prepare per cache folder at a time: a second one (another run starting beside it) waits, then finds the
@@ -658,7 +709,7 @@ def prepare_source(
     log = lambda line: tqdm.write(line, file=sys.stderr)  # noqa: E731
     with folder_lock(target, "wsseg data prepare", "", wait=True, log=log, lock_file=lock):
         args = (dataset, root, out_hw, seed, target, workers, strict, progress, split_path, voi_lut, allow_outside_root)
-        return _prepare_locked(*args)
+        return _prepare_locked(*args, verify=verify)
 
 
 def _prepare_locked(
@@ -673,9 +724,16 @@ def _prepare_locked(
     split_path: Path | None,
     voi_lut: bool,
     allow_outside_root: bool,
+    verify: bool = False,
 ) -> tuple[Path, DataReport]:
     """:func:`prepare_source` once the cache folder ``target`` is locked."""
-    if (target / "manifest.csv").exists() and (target / "report.json").exists():
+    complete = (target / "manifest.csv").exists() and (target / "report.json").exists()
+    damaged = (
+        [str(target / row["file"]) for row, _ in damaged_cache_files(target, out_hw)] if complete and verify else []
+    )
+    for path in damaged:
+        _clear_cache_file(Path(path))  # re-processed below; the intact files are reused
+    if complete and not damaged:
         saved = json.loads((target / "report.json").read_text(encoding="utf-8"))
         report = DataReport(
             dataset,
@@ -694,6 +752,7 @@ def _prepare_locked(
         dataset, root, out_hw, seed, target, workers, strict, progress, split_path, voi_lut, allow_outside_root
     )
     report.cache = str(target)
+    report.repaired = damaged
     empty = [s for s in SPLITS if report.counts.get(s, 0) == 0]
     if empty:
         raise DataError(

@@ -25,7 +25,6 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from wsseg._io import atomic_write_text
 from wsseg.data.phantom import CLASSES
 from wsseg.evaluation.curves import curves_for_run
 from wsseg.evaluation.lesions import SIZE_BINS_MM, size_bin
@@ -351,7 +350,7 @@ def render_report(
     return page, figures
 
 
-def write_report(
+def report_files(
     path: Path,
     title: str,
     tables: Sequence[Table],
@@ -360,12 +359,14 @@ def write_report(
     lesion_notes: Sequence[str],
     runs: Sequence[RunFiles],
     order: Sequence[str],
-) -> list[Path]:
-    """Write the HTML report of one group to ``path`` and its plots as SVG files under ``figures/`` beside it."""
+) -> dict[Path, str]:
+    """The HTML report of one group (at ``path``) and its SVG plots (under ``figures/`` beside it), not written.
+
+    Rendering everything first means that a damaged curves or gallery file stops the leaderboard before it has
+    written half of its files.
+    """
     page, figures = render_report(title, tables, paragraphs, lesion_tables, lesion_notes, runs, order)
-    written = [atomic_write_text(path, page)]
+    files = {path: page}
     for name, svg in sorted(figures.items()):
-        target = path.parent / "figures" / f"{path.stem.removeprefix('leaderboard-')}-{name}"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        written.append(atomic_write_text(target, svg + "\n"))
-    return written
+        files[path.parent / "figures" / f"{path.stem.removeprefix('leaderboard-')}-{name}"] = svg + "\n"
+    return files

@@ -30,17 +30,19 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from wsseg._io import atomic_open
+from wsseg._io import atomic_write_text
 from wsseg.data.phantom import CLASSES
 from wsseg.evaluation.curves import curves_for_run
 from wsseg.report.breakdown import BINS, Cell, chance_cells, row_cells
-from wsseg.report.html import RunFiles, write_report
+from wsseg.report.html import RunFiles, report_files
+from wsseg.report.records import read_record
 from wsseg.report.significance import (
     BEST,
     UNKNOWN,
@@ -127,10 +129,11 @@ def find_records(paths: Iterable[str | Path]) -> list[Path]:
     for p in map(Path, paths):
         if p.is_file():
             found.add(p)
-        elif (p / "record.json").is_file():
-            found.add(p / "record.json")
+        elif (p / "record.json").exists() or (p / "record.json").is_symlink():
+            found.add(p / "record.json")  # read_record names it if it is no regular file
         elif p.is_dir():
-            below = sorted(p.rglob("record.json"))
+            # os.walk sees every entry named record.json, broken links too (Path.rglob skips those silently).
+            below = sorted(Path(d) / "record.json" for d, dirs, names in os.walk(p) if "record.json" in names + dirs)
             if not below:
                 raise FileNotFoundError(f"{p} holds no record.json; pass run folders made by `wsseg run`")
             found.update(below)
@@ -145,11 +148,8 @@ def load_record(path: Path) -> dict[str, Any]:
     Raises:
         ValueError: unreadable JSON or not a ``wsseg run`` record.
     """
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise ValueError(f"cannot read run record {path}: {e}; re-run the evaluation or remove it") from e
-    if not isinstance(record, dict) or "metrics" not in record or "method" not in record:
+    record = read_record(path)  # checks the types of every key the tables and the report read
+    if "metrics" not in record or "method" not in record:
         raise ValueError(f"{path} is not a wsseg run record (no 'method'/'metrics'); pass `wsseg run` output")
     return record
 
@@ -575,14 +575,8 @@ class LeaderboardResult:
     differences: list[str]
 
 
-def _write(path: Path, text: str) -> Path:
-    with atomic_open(path, "w") as f:
-        f.write(text)
-    return path
-
-
-def write_group(out: Path, stem: str, title: str, rows: Sequence[Row], formats: Sequence[str]) -> list[Path]:
-    """Write one group's main table (``<stem>.<fmt>``) and lesion breakdown (``<stem>-lesions.<fmt>``)."""
+def render_group(out: Path, stem: str, title: str, rows: Sequence[Row], formats: Sequence[str]) -> dict[Path, str]:
+    """One group's main table (``<stem>.<fmt>``) and lesion breakdown (``<stem>-lesions.<fmt>``), not yet written."""
     add_rank_groups(rows)
     stability = stability_line(
         rank_stability(
@@ -593,22 +587,22 @@ def write_group(out: Path, stem: str, title: str, rows: Sequence[Row], formats: 
     tables = main_tables(rows)
     lesions, (lesion_csv_header, lesion_csv_cells) = lesion_tables(rows)
     main_paragraphs = [stability, *MAIN_NOTES]
-    files = []
+    files: dict[Path, str] = {}
     for fmt in formats:
         path, lesion_path = out / f"{stem}.{fmt}", out / f"{stem}-lesions.{fmt}"
         if fmt == "md":
-            files.append(_write(path, markdown(title, tables, main_paragraphs)))
-            files.append(_write(lesion_path, markdown(f"{title}: by lesion size and type", lesions, LESION_NOTES)))
+            files[path] = markdown(title, tables, main_paragraphs)
+            files[lesion_path] = markdown(f"{title}: by lesion size and type", lesions, LESION_NOTES)
         elif fmt == "tex":
-            files.append(_write(path, latex(title, tables, main_paragraphs)))
-            files.append(_write(lesion_path, latex(f"{title}: by lesion size and type", lesions, LESION_NOTES)))
+            files[path] = latex(title, tables, main_paragraphs)
+            files[lesion_path] = latex(f"{title}: by lesion size and type", lesions, LESION_NOTES)
         elif fmt == "csv":
-            files.append(_write(path, csv_text(*main_csv(rows))))
-            files.append(_write(lesion_path, csv_text(lesion_csv_header, lesion_csv_cells)))
+            files[path] = csv_text(*main_csv(rows))
+            files[lesion_path] = csv_text(lesion_csv_header, lesion_csv_cells)
         else:
             runs = [run for row in rows for run in row.runs]
             order = [r.method for r in rows if not r.chance]
-            files += write_report(path, title, tables, main_paragraphs, lesions, list(LESION_NOTES), runs, order)
+            files.update(report_files(path, title, tables, main_paragraphs, lesions, list(LESION_NOTES), runs, order))
     return files
 
 
@@ -636,11 +630,14 @@ def write_leaderboards(
         for b in keys[i + 1 :]
     ]
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    files = []
+    # Everything is rendered before anything is written: a damaged curves or gallery file met while rendering the
+    # report stops the command without leaving half a leaderboard behind.
+    pages: dict[Path, str] = {}
     for key, members in groups.items():
         rows = build_rows(members, [folders[id(r)] for r in members])
         budget = f", training budget {key[5]}" if key[5] != UNTRAINED else ""
         title = f"{key[0]} ({key[1]}), profile {key[3]}, test split {key[2]}{budget}: {len(members)} runs"
-        files += write_group(out, group_name(key, keys), title, rows, formats)
+        pages.update(render_group(out, group_name(key, keys), title, rows, formats))
+    out.mkdir(parents=True, exist_ok=True)
+    files = [atomic_write_text(path, text) for path, text in pages.items()]
     return LeaderboardResult(files, [(group_name(k, keys), len(v)) for k, v in groups.items()], differences)
