@@ -124,7 +124,12 @@ class EvalConfig:
 
 @dataclass
 class RunConfig:
-    """Everything that defines a run."""
+    """Everything that defines a run.
+
+    ``explains`` is set on post-hoc runs that explain another trained method's classifier (``--from-run`` of a
+    GMIC, GLAM, HaS... run): ``{"method": <its name>, "method_config": <its config>}``, from which the explained
+    network is rebuilt. None for every other run, post-hoc runs on their own CAM classifier included.
+    """
 
     method: str
     profile: Profile = "quick"
@@ -133,6 +138,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     method_config: dict[str, Any] = field(default_factory=dict)
+    explains: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, JSON-compatible data."""
@@ -149,6 +155,7 @@ class RunConfig:
             train=TrainConfig(**d["train"]),
             eval=EvalConfig(**d["eval"]),
             method_config=dict(d["method_config"]),
+            explains=d.get("explains"),  # absent from runs made before post-hoc runs could explain other methods
         )
 
     @classmethod

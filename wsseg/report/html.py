@@ -25,6 +25,7 @@ from scipy import ndimage
 from wsseg.data.phantom import CLASSES
 from wsseg.evaluation.curves import curves_for_run
 from wsseg.report.gallery import GALLERY_NPZ, Gallery
+from wsseg.report.records import method_label
 
 # Lesion-area bins (mm^2) for Dice against lesion size; the phantom's and the datasets' lesions span 5-2000 mm^2.
 SIZE_EDGES_MM2 = (0.0, 25.0, 50.0, 100.0, 200.0, math.inf)
@@ -57,8 +58,8 @@ def _pyplot() -> Any:
 
 def _by_method(runs: Sequence[RunFiles]) -> dict[str, list[RunFiles]]:
     out: dict[str, list[RunFiles]] = {}
-    for r in sorted(runs, key=lambda r: (r.record["method"], int(r.record.get("seed", 0)))):
-        out.setdefault(r.record["method"], []).append(r)
+    for r in sorted(runs, key=lambda r: (method_label(r.record), int(r.record.get("seed", 0)))):
+        out.setdefault(method_label(r.record), []).append(r)
     return out
 
 

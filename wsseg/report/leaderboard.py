@@ -28,6 +28,7 @@ from typing import Any
 from wsseg._io import atomic_open, atomic_write_text
 from wsseg.data.phantom import CLASSES
 from wsseg.report.html import RunFiles, render_report
+from wsseg.report.records import method_label
 
 # Per-class columns after the headline Dice: (record key, column title).
 CLASS_COLUMNS = (
@@ -154,11 +155,11 @@ def build_rows(records: Sequence[dict[str, Any]]) -> list[Row]:
         ValueError: two records of the same method and seed (a duplicate run).
     """
     rows: dict[str, Row] = {}
-    for r in sorted(records, key=lambda r: (r["method"], r.get("seed", 0), r.get("run_id", ""))):
+    for r in sorted(records, key=lambda r: (method_label(r), r.get("seed", 0), r.get("run_id", ""))):
         row = rows.setdefault(
-            r["method"],
+            method_label(r),
             Row(
-                r["method"],
+                method_label(r),
                 r.get("supervision", "weak"),
                 [],
                 {c: [] for c in CLASSES},
@@ -169,7 +170,7 @@ def build_rows(records: Sequence[dict[str, Any]]) -> list[Row]:
         seed = int(r.get("seed", 0))
         if seed in row.seeds:
             raise ValueError(
-                f"two runs of {r['method']} with seed {seed} ({r.get('run_id')}); keep one per seed in the inputs"
+                f"two runs of {method_label(r)} with seed {seed} ({r.get('run_id')}); keep one per seed in the inputs"
             )
         row.seeds.append(seed)
         for c in CLASSES:
