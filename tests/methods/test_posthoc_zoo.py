@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from wsseg import create_method
+from wsseg import create_method, list_methods
 from wsseg.method import PostHocCAMMethod, capture_output, check_output, normalize_maps
 from wsseg.nn.projection import principal_projection
 from wsseg.registry import get_method_spec
@@ -255,3 +255,33 @@ def test_a_method_without_an_explained_classifier_names_the_fix() -> None:
     method = on_network("gradcam", "unet")
     with pytest.raises(NotImplementedError, match="explained_layer"):
         method.predict(images(1))
+
+
+# ----- bf16 and chunking -----
+
+POSTHOC = sorted(name for name in list_methods() if get_method_spec(name).cls.reads)
+
+
+@pytest.mark.parametrize("name", POSTHOC)
+def test_maps_under_bf16_autocast_stay_float32_and_close_to_fp32(name: str) -> None:
+    # CPU autocast to bfloat16 exercises the CUDA bf16 path's dtype handling (SVD, ablated activations, noise,
+    # bias gradients): the formulas run in float32 with autocast off, so only the network's bf16 rounding remains.
+    method = make(name)
+    x = images(2)
+    reference = method.predict(x).saliency
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = method.predict(x)
+    check_output(out, 2, 2, SIZE)
+    assert out.saliency.dtype == torch.float32
+    assert float((out.saliency - reference).abs().mean()) < 0.01
+
+
+@pytest.mark.parametrize("name", ["scorecam", "ablationcam"])
+def test_the_batch_size_knob_does_not_change_the_maps(name: str) -> None:
+    method = make(name)
+    x = images(2)
+    whole = method.predict(x).saliency  # the tiny preset: every masked copy of the batch in one or two passes
+    method.cfg.batch_size = 7  # chunks that straddle the two images
+    torch.testing.assert_close(method.predict(x).saliency, whole, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="method.batch_size"):
+        get_method_spec(name).cls(get_method_spec(name).cls.Config(batch_size=0))  # type: ignore[call-arg]
