@@ -305,9 +305,9 @@ def build_method(cfg: RunConfig) -> WSSegMethod:
     if cfg.explains is None:
         return spec.cls(method_cfg, num_classes=len(CLASSES), in_chans=1)
     explained = get_method_spec(cfg.explains["method"])
-    network = explained.cls(explained.cls.Config(**cfg.explains["method_config"]), num_classes=len(CLASSES), in_chans=1)
     if not issubclass(spec.cls, PostHocCAMMethod):
         raise ValueError(f"{cfg.method} is not a post-hoc method and cannot explain a {explained.name} classifier")
+    network = explained.cls(explained.cls.Config(**cfg.explains["method_config"]), num_classes=len(CLASSES), in_chans=1)
     return spec.cls(method_cfg, num_classes=len(CLASSES), in_chans=1, network=network)  # type: ignore[arg-type]
 
 

@@ -251,6 +251,17 @@ def test_every_posthoc_method_runs_on_gmic(name: str) -> None:
     assert set(method.state_dict()) == {f"network.{k}" for k in method.network.state_dict()}  # type: ignore[union-attr]
 
 
+@pytest.mark.parametrize("network", ["has", "acol", "spg", "adl", "cutmix"])
+def test_gradcam_explains_every_wsol_training_method(network: str) -> None:
+    method = on_network("gradcam", network)
+    assert network in method.reads
+    x = images(2)
+    out = method.predict(x)
+    check_output(out, 2, 2, SIZE)
+    # The explained scores are the network's own evaluation logits (ACoL: classifier A's, its prediction).
+    torch.testing.assert_close(out.logits, method.explained().predict(x).logits.detach())
+
+
 def test_a_method_without_an_explained_classifier_names_the_fix() -> None:
     method = on_network("gradcam", "unet")
     with pytest.raises(NotImplementedError, match="explained_layer"):
