@@ -62,6 +62,8 @@ def test_gradcam_explains_the_classifier_of_the_source_run(trained: Path, cache_
     label = "gradcam" if source == "cam" else f"gradcam@{source}"
     assert f"\n{label} on phantom" in output
     cfg = RunConfig.read(run_dir / "config.json")
+    # The training settings are those that made the weights (1 epoch, not the tiny profile's 2): the budget.
+    assert cfg.train == RunConfig.read(trained / source / "config.json").train and cfg.train.epochs == 1
     if source == "cam":  # its own classifier: CAM's weights load into the post-hoc method itself
         assert record["explains"] is None and cfg.explains is None
     else:
@@ -84,10 +86,12 @@ def test_the_leaderboard_labels_rows_with_the_explained_classifier(trained: Path
     runs = [trained / name for name in ("cam", "gmic", "xgradcam-on-cam", "xgradcam-on-gmic")]
     result = runner.invoke(app, ["leaderboard", *map(str, runs), "--out", str(trained / "lb"), "--format", "md"])
     assert result.exit_code == 0, result.output
-    (md,) = (trained / "lb").glob("*.md")
-    table = md.read_text()
+    # One table (the post-hoc runs have their sources' training budget), beside its lesion breakdown.
+    (md,) = (p for p in (trained / "lb").glob("*.md") if not p.name.endswith("-lesions.md"))
+    cells = [[c.strip() for c in line.strip().strip("|").split("|")] for line in md.read_text().splitlines()]
+    rows = {r[1]: r for r in cells if len(r) > 3}
     for row in ("cam", "gmic", "xgradcam", "xgradcam@gmic"):
-        assert f"| {row} | weak | 1 |" in table
+        assert rows[row][2:4] == ["weak", "1"], md.read_text()
 
 
 @pytest.mark.parametrize(
@@ -104,3 +108,28 @@ def test_sources_a_posthoc_method_cannot_read_are_refused(
         assert posthoc(trained, cache_dir, "gradcam", "gmic")[0] == 0
     code, output, _ = posthoc(trained, cache_dir, "gradcam", source)
     assert code == 2 and message in " ".join(output.split()), output
+
+
+def test_a_saved_explains_is_checked_when_the_config_is_read() -> None:
+    from wsseg.config import make_run_config
+    from wsseg.registry import make_config
+
+    saved = make_run_config("gradcam", "tiny").to_dict()
+    gmic = make_config("gmic", "tiny").to_dict()
+    assert RunConfig.from_dict({**saved, "explains": {"method": "gmic", "method_config": gmic}}).explains == {
+        "method": "gmic",
+        "method_config": gmic,
+    }
+    older = {k: v for k, v in saved.items() if k != "explains"}  # configs saved before the field existed
+    assert RunConfig.from_dict(older).explains is None
+    for explains, message in [
+        ("gmic", "explains must be null or an object with the keys method and method_config"),
+        ({"method": "unet", "method_config": {}}, "explains.method is 'unet', which gradcam cannot explain"),
+        ({"method": "gmic", "method_config": {"num_crops": "6"}}, "explains.method_config.num_crops must be int"),
+        ({"method": "gmic", "method_config": {"num_crops": 0}}, "the gmic classifier: method.num_crops must be"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            RunConfig.from_dict({**saved, "explains": explains})
+    cam = make_run_config("cam", "tiny").to_dict()
+    with pytest.raises(ValueError, match="cam cannot explain; it is not a post-hoc method"):
+        RunConfig.from_dict({**cam, "explains": {"method": "gmic", "method_config": gmic}})

@@ -225,7 +225,10 @@ def _explains_from_json(value: Any, cfg: RunConfig) -> dict[str, Any] | None:
         raise ValueError(f"explains.method is {name!r}, which {cfg.method} cannot explain; {can}")
     explained = dataclasses.replace(cfg, method=name, explains=None)
     method_cfg = _section_from_json(value["method_config"], make_config(name, cfg.profile), "explains.method_config")
-    check_method_config(explained, method_cfg, given=sorted(value["method_config"]))
+    try:
+        check_method_config(explained, method_cfg, given=sorted(value["method_config"]))
+    except ValueError as e:
+        raise ValueError(f"explains.method_config, the config of the {name} classifier: {e}") from None
     return {"method": name, "method_config": method_cfg.to_dict()}
 
 
@@ -406,10 +409,10 @@ def check_method_config(cfg: RunConfig, method_cfg: MethodConfig, given: list[st
         value = getattr(method_cfg, name)
         if not ok(value):
             raise ValueError(f"method.{name} must be {must}, got {value!r}")
-    # Weights files are checked (and read) when the run builds the method; the probe needs shapes only.
-    probe = dataclasses.replace(
-        method_cfg, **{f.name: None for f in dataclasses.fields(method_cfg) if f.name.endswith("weights")}
-    )
+    # Weights files are checked (and read) when the run builds the method; the probe needs shapes only. Only paths
+    # are dropped: GLAM's scale_weights are numbers the forward pass uses.
+    files = [f.name for f in dataclasses.fields(method_cfg) if f.name.endswith("weights")]
+    probe = dataclasses.replace(method_cfg, **{k: None for k in files if isinstance(getattr(method_cfg, k), str)})
     spec = get_method_spec(cfg.method)
     try:
         with torch.device("meta"):

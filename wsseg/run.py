@@ -191,7 +191,9 @@ def source_config(cfg: RunConfig, source: Path) -> RunConfig:
 
     A post-hoc method reading a run of another trained method it :attr:`~wsseg.method.WSSegMethod.reads` (GMIC,
     GLAM, HaS, ...) explains that method's classifier: the returned config names it in ``explains``. Otherwise the
-    source's weights load into the method itself and ``cfg`` is returned unchanged.
+    source's weights load into the method itself. Either way the returned config's training settings are the
+    source's (they made the weights, and leaderboards compare training budgets), but for where this run computes
+    (device, precision, deterministic kernels).
 
     Raises:
         FileNotFoundError: ``source`` has no ``best.pt`` or ``config.json``.
@@ -217,20 +219,26 @@ def source_config(cfg: RunConfig, source: Path) -> RunConfig:
             f"--from-run {source} is a {src.method} run on a {src.explains['method']} classifier; "
             f"pass the {src.explains['method']} run itself"
         )
+    # The training that made the weights is the source's (epochs, batch, schedule: the leaderboards' training budget);
+    # where this run computes is its own.
+    train = dataclasses.replace(
+        src.train, device=cfg.train.device, precision=cfg.train.precision, deterministic=cfg.train.deterministic
+    )
     if not _reads_own_classifier(cfg.method, src.method):
         reads = get_method_spec(cfg.method).cls.reads
         if src.method not in reads:
             raise ValueError(
                 f"--from-run {source} is a {src.method} run; {cfg.method} explains runs of {', '.join(reads)}"
             )
-        return dataclasses.replace(cfg, explains={"method": src.method, "method_config": dict(src.method_config)})
+        explains = {"method": src.method, "method_config": dict(src.method_config)}
+        return dataclasses.replace(cfg, train=train, explains=explains)
     for key in REUSE_KEYS:
         if key in cfg.method_config and src.method_config.get(key) != cfg.method_config[key]:
             raise ValueError(
                 f"--from-run {source} used {key}={src.method_config.get(key)!r} but {cfg.method} is configured with "
                 f"{cfg.method_config[key]!r}; pass --set method.{key}=... to match"
             )
-    return cfg
+    return dataclasses.replace(cfg, train=train)
 
 
 def reuse_weights(method: WSSegMethod, cfg: RunConfig, source: Path, run_dir: Path) -> TrainResult:
