@@ -250,6 +250,16 @@ class GLAM(WSSegMethod):
         weights = torch.tensor(self.cfg.scale_weights, device=scales.device).view(3, 1, 1, 1, 1)
         return scales, (weights * scales).sum(dim=0)
 
+    def explained_layer(self) -> nn.Module:
+        """Post-hoc methods explain the global network: its final feature map (after the final BN and ReLU)."""
+        return self.global_backbone.final_act
+
+    def explained_logits(self, images: Tensor) -> Tensor:
+        """The logit of y_global (B, 2), the model's prediction, from the global network alone."""
+        scales, _ = self.global_maps(images)  # (3, B, 2, h, w)
+        y_global = torch.stack([top_t_mean(s, self.cfg.percent_k) for s in scales]).mean(dim=0)  # (B, 2)
+        return torch.logit(y_global, eps=1e-6)
+
     def local_maps(self, crops: Tensor) -> Tensor:
         """Patches (N, 1, p, p) -> local maps (N, 2, p/4, p/4) in [0, 1] (output stride 4 at the released strides)."""
         net = self.local_backbone

@@ -205,9 +205,8 @@ class GMIC(WSSegMethod):
         self.local_classifier = nn.Linear(c, num_classes, bias=False)
         self.fusion = nn.Linear(g + c, num_classes)
 
-    def forward(self, images: Tensor) -> MethodOutput:
-        """Images (B, 1, H, W) -> fusion logits (B, K) and the global saliency map at (B, K, H, W)."""
-        size = (int(images.shape[-2]), int(images.shape[-1]))
+    def global_module(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Images (B, 1, H, W) -> h_g (B, 256, h, w), the saliency map A (B, 2, h, w) and y_global (B, 2)."""
         d = self.cfg.global_input_downsample
         x = F.avg_pool2d(images, d) if d > 1 else images
         h_g = self.global_backbone(x)  # (B, 256, h, w)
@@ -216,7 +215,20 @@ class GMIC(WSSegMethod):
             saliency_lowres = saliency_lowres * tissue_fraction(
                 tissue_mask(images), (int(h_g.shape[-2]), int(h_g.shape[-1]))
             )
-        y_global = top_t_mean(saliency_lowres, self.cfg.percent_t)  # (B, 2)
+        return h_g, saliency_lowres, top_t_mean(saliency_lowres, self.cfg.percent_t)
+
+    def explained_layer(self) -> nn.Module:
+        """Post-hoc methods explain the global module: its backbone's final feature map h_g (after BN and ReLU)."""
+        return self.global_backbone.final_act
+
+    def explained_logits(self, images: Tensor) -> Tensor:
+        """The logit of y_global (B, 2), the global module's prediction (the crops and the fusion are not run)."""
+        return torch.logit(self.global_module(images)[2].float(), eps=1e-6)
+
+    def forward(self, images: Tensor) -> MethodOutput:
+        """Images (B, 1, H, W) -> fusion logits (B, K) and the global saliency map at (B, K, H, W)."""
+        size = (int(images.shape[-2]), int(images.shape[-1]))
+        h_g, saliency_lowres, y_global = self.global_module(images)  # (B, 256, h, w), (B, 2, h, w), (B, 2)
 
         crop = self.cfg.crop_size
         corners = propose_windows(saliency_lowres, self.cfg.num_crops, crop, size)  # (B, K, 2) pixels

@@ -1375,6 +1375,8 @@ def _config_json_cases() -> list[tuple[str, object]]:
     cases += [("method_config.unknown_key", 1), ("method_config", "x")]
     cases += [("seed", -1), ("seed", 2**64), ("seed", "0"), ("profile", "huge"), ("method", "nope"), ("method", 3)]
     cases += [("extra_top_level_key", 1)]
+    # A CAM run explains no other classifier; `explains` is null or {method, method_config} of a method it reads.
+    cases += [("explains", "gmic"), ("explains", [1]), ("explains", {"method": "gmic", "method_config": {}})]
     return cases
 
 

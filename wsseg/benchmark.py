@@ -15,7 +15,8 @@ A benchmark file is data (TOML), never code::
 
 Runs are named ``<method>-<dataset>-<profile>-s<seed>``: a finished run (``record.json``) is skipped, an
 interrupted one (``last.pt``) is resumed, so the command can be killed and started again at any time. Post-hoc
-methods (Grad-CAM and relatives) reuse the CAM run of the same seed instead of training (CAM runs first).
+methods (Grad-CAM and relatives: methods that declare ``reads``) reuse the run of the same seed of the classifier
+they train themselves, the first of their ``reads`` (CAM), instead of training; trained methods run first.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ from wsseg._io import atomic_write_bytes
 from wsseg.config import MAX_SEED, make_run_config, seed_ok
 from wsseg.evaluation.curves import CURVES_JSON
 from wsseg.evaluation.scoring import PER_IMAGE_CSV
-from wsseg.method import PostHocCAMMethod
 from wsseg.registry import get_method_spec, list_methods
 from wsseg.report.gallery import GALLERY_NPZ
 from wsseg.report.leaderboard import LeaderboardResult, write_leaderboards
@@ -174,15 +174,19 @@ def run_overrides(overrides: list[str], dataset: str, device: str, data_root: st
 
 
 def is_posthoc(method: str) -> bool:
-    """Methods that explain CAM's classifier (Grad-CAM and relatives) and reuse a CAM run instead of training."""
-    cls = get_method_spec(method).cls
-    return issubclass(cls, PostHocCAMMethod) and cls.saliency_requires_grad
+    """Methods that explain a trained classifier (Grad-CAM and relatives) and reuse its run instead of training."""
+    return bool(get_method_spec(method).cls.reads)
+
+
+def source_method(method: str) -> str:
+    """The trained method whose run of the same seed a post-hoc ``method`` reuses: the first it reads (CAM)."""
+    return get_method_spec(method).cls.reads[0]
 
 
 def run_benchmark(
     bench: Benchmark, progress: bool = True, log: Callable[[str], None] = print
 ) -> tuple[list[Path], LeaderboardResult]:
-    """Run what is missing, in order (CAM before the post-hoc methods), then write the leaderboard.
+    """Run what is missing, in order (trained methods before the post-hoc methods), then write the leaderboard.
 
     Returns:
         The run folders of the benchmark and what the leaderboard wrote.
@@ -206,8 +210,8 @@ def run_benchmark(
             resume = (folder / "last.pt").is_file()
             from_run = None
             if is_posthoc(method) and not resume:
-                cam = bench.out / f"cam-{dataset}-{bench.profile}-s{seed}"
-                from_run = cam if (cam / "record.json").is_file() else None
+                source = bench.out / f"{source_method(method)}-{dataset}-{bench.profile}-s{seed}"
+                from_run = source if (source / "record.json").is_file() else None
             log(f"{run_id}: {'resuming' if resume else 'reusing ' + str(from_run) if from_run else 'running'}")
             # restart: a run without a checkpoint (reference methods, reused weights) that was stopped before its
             # record is simply made again.
@@ -216,7 +220,7 @@ def run_benchmark(
 
 
 def run_order(bench: Benchmark) -> list[tuple[str, int, str]]:
-    """(dataset, seed, method) in the order the benchmark runs them: CAM before the post-hoc methods that reuse it."""
+    """(dataset, seed, method) in run order: trained methods (CAM first) before the post-hoc methods reusing them."""
     order = sorted(bench.methods, key=lambda m: (is_posthoc(m), m != "cam"))
     return [(dataset, seed, method) for dataset in bench.datasets for seed in bench.seeds for method in order]
 

@@ -254,6 +254,7 @@ def run(
     """
     from wsseg.config import make_run_config
     from wsseg.registry import load_plugin_file
+    from wsseg.report.records import method_label
     from wsseg.run import RunInterrupted
     from wsseg.run import run as run_fn
 
@@ -300,7 +301,7 @@ def run(
         return  # a torchrun rank other than 0: rank 0 prints the results
     t = record["timings"]
     typer.echo(
-        f"\n{record['method']} on {record['dataset']} ({record['profile']}), seed {record['seed']}, "
+        f"\n{method_label(record)} on {record['dataset']} ({record['profile']}), seed {record['seed']}, "
         f"device {record['device']}: best epoch {record['training']['best_epoch']}, "
         f"{t['total']:.0f} s total ({t['data']:.0f} data, {t['train']:.0f} train, {t['eval']:.0f} eval)"
     )

@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from wsseg.data.phantom import PhantomConfig
 from wsseg.method import MethodConfig, Profile
-from wsseg.registry import make_config
+from wsseg.registry import get_method_spec, make_config
 
 Device = Literal["auto", "cpu", "cuda"]
 Precision = Literal["auto", "fp32", "bf16"]
@@ -125,7 +125,12 @@ class EvalConfig:
 
 @dataclass
 class RunConfig:
-    """Everything that defines a run."""
+    """Everything that defines a run.
+
+    ``explains`` is set on post-hoc runs that explain another trained method's classifier (``--from-run`` of a
+    GMIC, GLAM, HaS... run): ``{"method": <its name>, "method_config": <its config>}``, from which the explained
+    network is rebuilt. None for every other run, post-hoc runs on their own CAM classifier included.
+    """
 
     method: str
     profile: Profile = "quick"
@@ -134,6 +139,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     method_config: dict[str, Any] = field(default_factory=dict)
+    explains: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, JSON-compatible data."""
@@ -144,14 +150,15 @@ class RunConfig:
         """Inverse of :meth:`to_dict`, checked as ``--set`` values are.
 
         Every key must be known and every value of its field's type and in its range. A field missing from a
-        section takes the profile preset's value (configs saved by older versions lack newer fields).
+        section takes the profile preset's value, and a missing ``explains`` is null (configs saved by older versions
+        lack newer fields). ``explains`` names a method ``method`` reads, with a config checked as the method's is.
 
         Raises:
             ValueError: naming the key and what it must be.
         """
         if not isinstance(d, dict):
             raise ValueError(f"expected a JSON object with the keys {sorted(_TOP_KEYS)}, got {type(d).__name__}")
-        unknown, missing = sorted(set(d) - _TOP_KEYS), sorted(_TOP_KEYS - set(d))
+        unknown, missing = sorted(set(d) - _TOP_KEYS - _OPTIONAL_KEYS), sorted(_TOP_KEYS - set(d))
         if unknown or missing:
             raise ValueError(f"unknown key(s) {unknown} and missing key(s) {missing}; the keys are {sorted(_TOP_KEYS)}")
         method = check_json_value(d["method"], str, "method")
@@ -167,6 +174,8 @@ class RunConfig:
         cfg = cls(method, profile, seed, sections["data"], sections["train"], sections["eval"], method_cfg.to_dict())
         check_ranges(cfg)
         check_method_config(cfg, method_cfg, given=sorted(d["method_config"]))
+        # Absent from runs made before post-hoc runs could explain other methods: their own classifier.
+        cfg.explains = _explains_from_json(d.get("explains"), cfg)
         return cfg
 
     @classmethod
@@ -196,6 +205,32 @@ class RunConfig:
 
 
 _TOP_KEYS = {"method", "profile", "seed", "data", "train", "eval", "method_config"}
+# Keys older configs lack: read as their default.
+_OPTIONAL_KEYS = {"explains"}
+
+
+def _explains_from_json(value: Any, cfg: RunConfig) -> dict[str, Any] | None:
+    """The ``explains`` of a saved config, checked: null, or a method ``cfg.method`` reads with a valid config.
+
+    Raises:
+        ValueError: naming ``explains`` and what it must be.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) != {"method", "method_config"}:
+        raise ValueError(f"explains must be null or an object with the keys method and method_config, got {value!r}")
+    name = check_json_value(value["method"], str, "explains.method")
+    reads = get_method_spec(cfg.method).cls.reads
+    if name not in reads:
+        can = f"it explains runs of {', '.join(reads)}" if reads else "it is not a post-hoc method"
+        raise ValueError(f"explains.method is {name!r}, which {cfg.method} cannot explain; {can}")
+    explained = dataclasses.replace(cfg, method=name, explains=None)
+    method_cfg = _section_from_json(value["method_config"], make_config(name, cfg.profile), "explains.method_config")
+    try:
+        check_method_config(explained, method_cfg, given=sorted(value["method_config"]))
+    except ValueError as e:
+        raise ValueError(f"explains.method_config, the config of the {name} classifier: {e}") from None
+    return {"method": name, "method_config": method_cfg.to_dict()}
 
 
 def _section_from_json(values: Any, default: Any, section: str) -> Any:
@@ -368,8 +403,6 @@ def check_method_config(cfg: RunConfig, method_cfg: MethodConfig, given: list[st
         ValueError: naming the field, or the ``method.`` fields that were set when the network cannot be built.
     """
     import torch
-
-    from wsseg.registry import get_method_spec
 
     pcfg = phantom_config(cfg.profile)
     hw = (pcfg.height, pcfg.width)

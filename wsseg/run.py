@@ -47,7 +47,7 @@ from wsseg.evaluation.scoring import (
     write_test_labels,
 )
 from wsseg.evaluation.summary import chance_levels
-from wsseg.method import WSSegMethod
+from wsseg.method import PostHocCAMMethod, WSSegMethod
 from wsseg.registry import get_method_spec
 from wsseg.report.gallery import GALLERY_NPZ, make_gallery
 from wsseg.report.records import SCHEMA_VERSION, read_record, record_thresholds, utc_now, versions, write_record
@@ -171,12 +171,34 @@ def find_resumable(out_dir: Path, prefix: str) -> Path | None:
 REUSE_KEYS = ("backbone", "backbone_weights", "output_stride", "input_downsample")
 
 
-def reuse_weights(method: WSSegMethod, cfg: RunConfig, source: Path, run_dir: Path) -> TrainResult:
-    """Load the best weights of the finished run ``source`` into ``method`` (strictly) and copy them to ``run_dir``.
+def _reads_own_classifier(method: str, source: str) -> bool:
+    """Whether ``method`` loads a ``source`` run's weights into its own modules rather than explaining them.
+
+    True for a method reading its own runs, for a post-hoc method reading a run of the classifier it trains itself
+    (the first of its ``reads``: CAM), and for one reading a post-hoc run that trained that classifier.
+    """
+    reads = get_method_spec(method).cls.reads
+    if source == method or not reads or source == reads[0]:
+        return True
+    try:
+        return bool(get_method_spec(source).cls.reads)  # a post-hoc run trained its own CAM classifier
+    except KeyError:
+        return False  # not registered here (a plugin not installed): not a post-hoc method
+
+
+def source_config(cfg: RunConfig, source: Path) -> RunConfig:
+    """``cfg`` for a run that reuses the finished run ``source`` (``--from-run``), after checking that it can.
+
+    A post-hoc method reading a run of another trained method it :attr:`~wsseg.method.WSSegMethod.reads` (GMIC,
+    GLAM, HaS, ...) explains that method's classifier: the returned config names it in ``explains``. Otherwise the
+    source's weights load into the method itself. Either way the returned config's training settings are the
+    source's (they made the weights, and leaderboards compare training budgets), but for where this run computes
+    (device, precision, deterministic kernels).
 
     Raises:
         FileNotFoundError: ``source`` has no ``best.pt`` or ``config.json``.
-        ValueError: the source run used other data or another backbone, or its weights do not fit ``method``.
+        ValueError: the source run used other data, another profile or another backbone, is a post-hoc run on
+            another method's classifier, or is a method this one cannot read.
     """
     for name in ("best.pt", "config.json"):
         if not (source / name).is_file():
@@ -192,18 +214,49 @@ def reuse_weights(method: WSSegMethod, cfg: RunConfig, source: Path, run_dir: Pa
         raise ValueError(
             f"--from-run {source} was trained on other data or another profile; rerun it or drop --from-run"
         )
+    if src.explains is not None:
+        raise ValueError(
+            f"--from-run {source} is a {src.method} run on a {src.explains['method']} classifier; "
+            f"pass the {src.explains['method']} run itself"
+        )
+    # The training that made the weights is the source's (epochs, batch, schedule: the leaderboards' training budget);
+    # where this run computes is its own.
+    train = dataclasses.replace(
+        src.train, device=cfg.train.device, precision=cfg.train.precision, deterministic=cfg.train.deterministic
+    )
+    if not _reads_own_classifier(cfg.method, src.method):
+        reads = get_method_spec(cfg.method).cls.reads
+        if src.method not in reads:
+            raise ValueError(
+                f"--from-run {source} is a {src.method} run; {cfg.method} explains runs of {', '.join(reads)}"
+            )
+        explains = {"method": src.method, "method_config": dict(src.method_config)}
+        return dataclasses.replace(cfg, train=train, explains=explains)
     for key in REUSE_KEYS:
         if key in cfg.method_config and src.method_config.get(key) != cfg.method_config[key]:
             raise ValueError(
                 f"--from-run {source} used {key}={src.method_config.get(key)!r} but {cfg.method} is configured with "
                 f"{cfg.method_config[key]!r}; pass --set method.{key}=... to match"
             )
+    return dataclasses.replace(cfg, train=train)
+
+
+def reuse_weights(method: WSSegMethod, cfg: RunConfig, source: Path, run_dir: Path) -> TrainResult:
+    """Load the best weights of the finished run ``source`` and save them to ``run_dir/best.pt``.
+
+    They load strictly into ``method``, or into the network it explains when ``cfg.explains`` is set
+    (:func:`source_config` checked the source).
+
+    Raises:
+        ValueError: the weights do not fit.
+    """
     ckpt = load_checkpoint(source / "best.pt")
+    target = method.network if isinstance(method, PostHocCAMMethod) and method.network is not None else method
     try:
-        method.load_state_dict(ckpt["model"])
+        target.load_state_dict(ckpt["model"])
     except RuntimeError as e:
-        raise ValueError(f"the weights of {source} ({src.method}) do not fit {cfg.method}: {e}") from e
-    best = save_checkpoint(run_dir / BEST, {**ckpt, "from_run": str(source)})
+        raise ValueError(f"the weights of {source} do not fit {cfg.method}: {e}") from e
+    best = save_checkpoint(run_dir / BEST, {**ckpt, "model": method.state_dict(), "from_run": str(source)})
     epoch = int(ckpt.get("epoch", 0))
     return TrainResult(best_checkpoint=best, last_checkpoint=best, best_epoch=epoch, best_val_auroc=math.nan)
 
@@ -262,9 +315,19 @@ def prepare_data(
 
 
 def build_method(cfg: RunConfig) -> WSSegMethod:
-    """The run's method with freshly initialised weights (seed the RNG first for reproducible ones)."""
+    """The run's method with freshly initialised weights (seed the RNG first for reproducible ones).
+
+    A post-hoc run that explains another method's classifier (``cfg.explains``) gets that network built inside it.
+    """
     spec = get_method_spec(cfg.method)
-    return spec.cls(spec.cls.Config(**cfg.method_config), num_classes=len(CLASSES), in_chans=1)
+    method_cfg = spec.cls.Config(**cfg.method_config)
+    if cfg.explains is None:
+        return spec.cls(method_cfg, num_classes=len(CLASSES), in_chans=1)
+    explained = get_method_spec(cfg.explains["method"])
+    if not issubclass(spec.cls, PostHocCAMMethod):
+        raise ValueError(f"{cfg.method} is not a post-hoc method and cannot explain a {explained.name} classifier")
+    network = explained.cls(explained.cls.Config(**cfg.explains["method_config"]), num_classes=len(CLASSES), in_chans=1)
+    return spec.cls(method_cfg, num_classes=len(CLASSES), in_chans=1, network=network)  # type: ignore[arg-type]
 
 
 def gallery_for_run(run_dir: str | Path, cache_dir: str | None = None, progress: bool = False) -> Path:
@@ -412,7 +475,8 @@ def run(
         resume: continue the run ``run_id`` or, without one, the latest run of the same method,
             dataset, profile and seed that has a checkpoint; its saved config is used.
         from_run: a finished run whose best classifier weights this method reuses instead of training
-            (post-hoc methods share CAM's classifier); its data and backbone settings must match.
+            (post-hoc methods share CAM's classifier, or explain the classifier of another method they read:
+            ``cfg.explains`` is then set, see :func:`source_config`); its data settings must match.
         weights: a weights file to evaluate instead of training (:meth:`WSSegMethod.load_weights`: a wsseg
             checkpoint, a state dict, or an official GMIC/GLAM file).
         progress: show progress bars.
@@ -443,6 +507,10 @@ def run(
         raise ValueError("--from-run, --weights and --resume exclude each other; pass one of them")
     if run_id is not None:
         check_run_id(run_id)
+    if from_run is not None:
+        cfg = source_config(cfg, Path(from_run))
+    elif cfg.explains is not None and not resume:
+        raise ValueError(f"{cfg.method} explains a {cfg.explains['method']} classifier only with --from-run <its run>")
     out_dir = Path(out_dir)
     prefix = f"{cfg.method}-{cfg.data.dataset}-{cfg.profile}-s{cfg.seed}-"
     run_dir: Path | None = out_dir / run_id if run_id else None
@@ -539,7 +607,8 @@ def _run_in_folder(
         return {}  # nothing to train: rank 0 loads the weights and evaluates
     if from_run is not None:
         result = reuse_weights(method, cfg, Path(from_run), run_dir)
-        log(f"reusing the weights of {from_run} (epoch {result.best_epoch}); no training")
+        what = f"explaining the {cfg.explains['method']} classifier of" if cfg.explains else "reusing the weights of"
+        log(f"{what} {from_run} (epoch {result.best_epoch}); no training")
     elif weights is not None:
         method.load_weights(weights)
         best = save_checkpoint(
@@ -602,6 +671,8 @@ def _run_in_folder(
         "run_id": run_dir.name,
         "created": utc_now(),
         "method": cfg.method,
+        # The trained method whose classifier a post-hoc run explains, when not its own (leaderboard: gradcam@gmic).
+        "explains": cfg.explains["method"] if cfg.explains is not None else None,
         "supervision": spec.supervision,
         "method_source": spec.source,
         "dataset": cfg.data.dataset,

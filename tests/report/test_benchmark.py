@@ -9,7 +9,7 @@ import pytest
 from md_tables import row_of
 from typer.testing import CliRunner
 
-from wsseg.benchmark import load_benchmark
+from wsseg.benchmark import is_posthoc, load_benchmark, source_method
 from wsseg.cli import app
 
 runner = CliRunner()
@@ -60,6 +60,30 @@ def test_benchmark_runs_what_is_missing_then_writes_the_leaderboard(tmp_path: Pa
     assert md.read_bytes() == before  # byte-stable when nothing changed
 
 
+def test_post_hoc_methods_reuse_the_run_of_the_classifier_they_read_and_the_others_train(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    assert [is_posthoc(m) for m in ("eigencam", "fullgrad", "cutmix", "cam", "gmic")] == [
+        True,
+        True,
+        False,
+        False,
+        False,
+    ]
+    assert source_method("scorecam") == "cam"  # the first method it reads, not a name written in the pipeline
+    path = _file(tmp_path, cache_dir, 'methods = ["eigencam", "cutmix", "cam"]\nseeds = [0]\n')
+    result = runner.invoke(app, ["benchmark", str(path), "-q"])
+    assert result.exit_code == 0, result.output
+    runs = tmp_path / "runs" / "t"
+    eigencam = json.loads((runs / "eigencam-phantom-tiny-s0" / "record.json").read_text())
+    cutmix = json.loads((runs / "cutmix-phantom-tiny-s0" / "record.json").read_text())
+    assert eigencam["training"]["from_run"] == str(runs / "cam-phantom-tiny-s0") and eigencam["explains"] is None
+    assert cutmix["training"]["from_run"] is None and len(cutmix["training"]["history"]) == 2
+    (md,) = (p for p in (tmp_path / "leaderboards" / "t").glob("*.md") if not p.stem.endswith("-lesions"))
+    table = md.read_text()
+    assert all(row_of(table, m)[2:4] == ["weak", "1"] for m in ("cam", "eigencam", "cutmix"))
+
+
 @pytest.mark.parametrize(
     ("body", "message"),
     [
@@ -83,4 +107,6 @@ def test_the_shipped_benchmark_files_parse() -> None:
     root = Path(__file__).resolve().parents[2] / "benchmarks"
     quick = load_benchmark(root / "phantom-quick.toml")
     assert quick.profile == "quick" and quick.seeds == [0, 1, 2] and "glam" in quick.methods
+    zoo = ("xgradcam", "scorecam", "ablationcam", "eigencam", "eigengradcam", "fullgrad", "smoothgradcampp")
+    assert set(zoo) | {"has", "acol", "spg", "adl", "cutmix"} <= set(quick.methods)
     assert load_benchmark(root / "phantom-paper.toml").profile == "paper"

@@ -459,7 +459,7 @@ def _stats_problem(data: dict[str, np.ndarray]) -> str | None:
             arr = data.get(f"{name}.{key}")
             if arr is None:
                 if key in OPTIONAL_ARRAYS:
-                    continue  # files written before boxes or the lesion facts existed
+                    continue  # files written before these arrays existed: ClassArrays fills them with NaN
                 return f"no {name}.{key}"
             if key in ("pos_hist", "neg_hist"):
                 ok = arr.shape == hist and arr.dtype.kind in "iu" and bool((arr >= 0).all())
@@ -475,13 +475,15 @@ def _stats_problem(data: dict[str, np.ndarray]) -> str | None:
                 ok = arr.shape == () and arr.dtype.kind == "b"
             elif key == "box_iou":
                 ok = arr.shape == (n, len(BOX_TAUS)) and arr.dtype.kind == "f"
-            elif key == "lesion_type":
-                ok = arr.shape == (n,) and arr.dtype.kind == "U"
             elif key == "chance_hit":
                 ok = arr.shape == (n, len(POINTING_TOLERANCES_MM)) and arr.dtype.kind == "f"
-            elif key == "lesion_cover":
+            elif key == "lesion_cover":  # one value per FROC lesion
                 ok = arr.ndim == 1 and arr.dtype.kind == "f" and len(arr) == len(data.get(f"{name}.lesion_image", []))
-            else:  # sum_sg, sum_s, point_px, image_score, image_label, lesion_px, n_components, grown_cover
+            elif key == "lesion_type":
+                ok = arr.shape == (n,) and arr.dtype.kind == "U"
+            elif key == "n_components":
+                ok = arr.shape == (n,) and arr.dtype.kind in "iuf"
+            else:  # sum_sg, sum_s, point_px, image_score, image_label, lesion_px, grown_cover
                 ok = arr.shape == (n,) and arr.dtype.kind == "f"
             if not ok:
                 return f"{name}.{key} has dtype {arr.dtype} and shape {arr.shape}, not what {n} images give"

@@ -97,3 +97,25 @@ def create_backbone(
             "architecture saved with torch.save (.pth/.pt) or safetensors"
         ) from None
     return Backbone(model, name)
+
+
+def resnet_stages(backbone: Backbone, method: str) -> tuple[nn.Sequential, list[nn.Sequential]]:
+    """A timm ResNet backbone's stem (conv1, bn1, act1, maxpool) and its four stages, for methods that act inside it.
+
+    Running the stem, then the stages in order, is the backbone's forward pass (timm's ``forward_features``). The
+    returned containers hold the backbone's own modules; they are not registered anywhere.
+
+    Raises:
+        ValueError: the backbone is not a timm ResNet; the message names ``method`` and the fix.
+    """
+    model = backbone.model
+    stem = [getattr(model, name, None) for name in ("conv1", "bn1", "act1", "maxpool")]
+    stages = [getattr(model, f"layer{i}", None) for i in range(1, 5)]
+    if not all(isinstance(m, nn.Module) for m in stem) or not all(isinstance(m, nn.Sequential) for m in stages):
+        raise ValueError(
+            f"{method} acts inside a timm ResNet's stages (layer1-layer4); backbone {backbone.name!r} has none. "
+            "Set method.backbone to a ResNet (resnet18-w16, resnet18, ...)"
+        )
+    return nn.Sequential(*[m for m in stem if isinstance(m, nn.Module)]), [
+        m for m in stages if isinstance(m, nn.Sequential)
+    ]

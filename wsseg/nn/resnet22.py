@@ -77,6 +77,8 @@ class ResNet22(nn.Module):
             in_ch = out_ch
         self.layer_list = nn.ModuleList(stages)
         self.final_bn = nn.BatchNorm2d(in_ch)
+        # A module (no parameters), so that post-hoc methods can hook the final feature map h_g.
+        self.final_act = nn.ReLU()
         self.num_features = in_ch
         if init == "xavier":
             for m in self.modules():
@@ -95,7 +97,7 @@ class ResNet22(nn.Module):
         for stage in self.layer_list:
             x = stage(x)
             levels.append(x)
-        levels[-1] = torch.relu(self.final_bn(levels[-1]))
+        levels[-1] = self.final_act(self.final_bn(levels[-1]))
         return levels
 
     def forward(self, x: Tensor) -> Tensor:

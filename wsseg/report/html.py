@@ -29,6 +29,7 @@ from wsseg.data.phantom import CLASSES
 from wsseg.evaluation.curves import curves_for_run
 from wsseg.evaluation.lesions import SIZE_BINS_MM, size_bin
 from wsseg.report.gallery import GALLERY_NPZ, Gallery
+from wsseg.report.records import method_label
 from wsseg.report.tables import Table
 
 
@@ -74,8 +75,8 @@ def _label(text: str) -> str:
 
 def _by_method(runs: Sequence[RunFiles]) -> dict[str, list[RunFiles]]:
     out: dict[str, list[RunFiles]] = {}
-    for r in sorted(runs, key=lambda r: (r.record["method"], int(r.record.get("seed", 0)))):
-        out.setdefault(r.record["method"], []).append(r)
+    for r in sorted(runs, key=lambda r: (method_label(r.record), int(r.record.get("seed", 0)))):
+        out.setdefault(method_label(r.record), []).append(r)
     return out
 
 

@@ -42,7 +42,7 @@ from wsseg.data.phantom import CLASSES
 from wsseg.evaluation.curves import curves_for_run
 from wsseg.report.breakdown import BINS, Cell, chance_cells, row_cells
 from wsseg.report.html import RunFiles, report_files
-from wsseg.report.records import read_record
+from wsseg.report.records import method_label, read_record
 from wsseg.report.significance import (
     BEST,
     UNKNOWN,
@@ -244,7 +244,7 @@ def group_records(records: Sequence[dict[str, Any]]) -> dict[tuple[str, ...], li
 
 def _new_row(record: dict[str, Any]) -> Row:
     return Row(
-        str(record["method"]),
+        method_label(record),
         supervision_of(record),
         [],
         {c: [] for c in CLASSES},
@@ -268,12 +268,12 @@ def build_rows(records: Sequence[dict[str, Any]], folders: Sequence[Path] | None
     """
     rows: dict[str, Row] = {}
     paired = list(zip(records, folders if folders is not None else [None] * len(records), strict=True))
-    for r, folder in sorted(paired, key=lambda x: (x[0]["method"], x[0].get("seed", 0), x[0].get("run_id", ""))):
-        row = rows.setdefault(r["method"], _new_row(r))
+    for r, folder in sorted(paired, key=lambda x: (method_label(x[0]), x[0].get("seed", 0), x[0].get("run_id", ""))):
+        row = rows.setdefault(method_label(r), _new_row(r))
         seed = int(r.get("seed", 0))
         if seed in row.seeds:
             raise ValueError(
-                f"two runs of {r['method']} with seed {seed} ({r.get('run_id')}); keep one per seed in the inputs"
+                f"two runs of {method_label(r)} with seed {seed} ({r.get('run_id')}); keep one per seed in the inputs"
             )
         row.seeds.append(seed)
         for c in CLASSES:

@@ -7,10 +7,15 @@ every key is always present:
 - ``run_id``: folder name of the run; ``created``: UTC ISO timestamp of the record.
 - ``method``: registry name; ``supervision``: ``weak``, ``full`` or ``reference`` (below); ``method_source``: built-in,
   plugin or file.
+- ``explains`` (added with the post-hoc method zoo; absent from older records, read as null): the trained method
+  whose classifier a post-hoc run explains when it is not the post-hoc method's own CAM classifier (``gmic``
+  for ``wsseg run --method gradcam --from-run <a gmic run>``), else null. Leaderboards name such rows
+  ``<method>@<explains>`` (:func:`method_label`).
 - ``dataset``: dataset name; ``dataset_info``: version, cache key, image size, pixel spacing, per-split image
   counts and id hashes.
 - ``profile``: ``tiny`` | ``quick`` | ``paper``; ``seed``: training seed.
-- ``config``: the resolved run config (data, train, eval, method_config).
+- ``config``: the resolved run config (data, train, eval, method_config, and ``explains``: the explained method's
+  name and config, or null).
 - ``versions``: wsseg, torch, timm, numpy, python, phantom generator, git sha (null outside a git checkout).
 - ``device``: ``cpu`` or the CUDA device name; ``precision``: ``fp32`` or ``bf16``.
 - ``timings``: seconds for ``data``, ``train``, ``eval``, ``bootstrap`` (*v2*) and ``total``;
@@ -113,6 +118,16 @@ def write_record(path: str | Path, record: dict[str, Any]) -> Path:
     return atomic_write_json(path, record)
 
 
+def method_label(record: dict[str, Any]) -> str:
+    """A record's row name: its method, or ``<method>@<classifier>`` for a post-hoc run on another method's classifier.
+
+    Post-hoc runs on their own CAM classifier (and every record older than the ``explains`` field) keep the plain
+    method name, so existing tables regenerate unchanged.
+    """
+    explains = record.get("explains")
+    return f"{record['method']}@{explains}" if explains else str(record["method"])
+
+
 def record_thresholds(record: dict[str, Any]) -> dict[str, float]:
     """Per class, the threshold the run calibrated on validation (the record's ``thresholds`` less its rule)."""
     return {k: float(v) for k, v in record["thresholds"].items() if k != "rule"}
@@ -186,6 +201,7 @@ def _thresholds(v: Any) -> bool:
 # is absent is not checked here (version 1 records lack some); the reader that needs it says so.
 RECORD_KEYS: dict[str, tuple[Any, str]] = {
     "method": (lambda v: isinstance(v, str) and _file_name(v), "a method name"),
+    "explains": (lambda v: v is None or (isinstance(v, str) and _file_name(v)), "null or a method name"),
     "seed": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "an integer >= 0"),
     "run_id": (_file_name, "a run folder name"),
     "dataset": (lambda v: isinstance(v, str), "a string"),
