@@ -28,7 +28,6 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-import segmentation_models_pytorch as smp
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -124,6 +123,9 @@ class UNet(WSSegMethod):
     cfg: UNetConfig
 
     def __init__(self, cfg: UNetConfig, num_classes: int = 2, in_chans: int = 1) -> None:
+        # Here, not at the top: smp imports timm (seconds), which registering methods (`wsseg list methods`) skips.
+        import segmentation_models_pytorch as smp
+
         super().__init__(cfg, num_classes, in_chans)
         if not 3 <= cfg.encoder_depth <= 5:
             raise ValueError(f"unet encoder_depth must be 3, 4 or 5, got {cfg.encoder_depth}")

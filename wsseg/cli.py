@@ -15,7 +15,9 @@ from typing import Annotated, Any, NoReturn
 import typer
 from tabulate import tabulate
 
-from wsseg.data.phantom import CLASSES
+# Heavy modules (torch, timm, pandas, matplotlib, scipy via the phantom) are imported inside the commands that
+# use them, so that `wsseg --help` and `wsseg --version` start in a fraction of a second (tests/test_cli.py checks
+# that importing this module leaves torch unloaded).
 
 app = typer.Typer(
     name="wsseg",
@@ -29,6 +31,27 @@ data_app = typer.Typer(help="Prepare and look at datasets.", no_args_is_help=Tru
 app.add_typer(list_app, name="list")
 app.add_typer(data_app, name="data")
 
+
+def _print_version(value: bool) -> None:
+    """``--version``: print ``wsseg <version>`` (the installed distribution's) and stop before any command."""
+    if value:
+        from wsseg import __version__
+
+        typer.echo(f"wsseg {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main_options(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print the installed version and exit."),
+    ] = False,
+) -> None:
+    """Benchmark weakly-supervised segmentation of high-resolution mammograms."""
+
+
+QUIET_HELP = "No progress bars (there are none when stderr is not a terminal)."
 ALLOW_OUTSIDE_ROOT_HELP = (
     "Let the dataset's index (a manifest CSV) list files outside the data root; by default such paths "
     "(../.., absolute ones) are refused."
@@ -51,6 +74,15 @@ def _fail(e: BaseException | str) -> NoReturn:
         msg = describe_os_error(e.filename, e, action="access")
     typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
     raise typer.Exit(2)
+
+
+def _progress(quiet: bool) -> bool:
+    """Whether to draw progress bars: not with ``-q``, and only when stderr is a terminal.
+
+    In a log file or a pipe a bar is a stream of carriage-return updates; there the training loop's one summary line
+    per epoch (printed in every case) is the progress report.
+    """
+    return not quiet and sys.stderr.isatty()
 
 
 @contextmanager
@@ -116,6 +148,8 @@ def _fmt(x: Any) -> str:
 
 def results_table(record: dict[str, Any]) -> str:
     """The per-class table printed at the end of a run."""
+    from wsseg.data.phantom import CLASSES
+
     rows = []
     for name in CLASSES:
         m = record["metrics"][name]
@@ -149,6 +183,8 @@ def _with_interval(record: dict[str, Any], name: str, key: str) -> str:
 
 def metrics_table(record: dict[str, Any]) -> str:
     """The full metric suite per class, with 95% patient-bootstrap intervals where computed."""
+    from wsseg.data.phantom import CLASSES
+
     keys = [
         ("Dice", "dice"),
         ("IoU", "iou"),
@@ -246,7 +282,7 @@ def run(
             "and `wsseg score`.",
         ),
     ] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help=QUIET_HELP)] = False,
 ) -> None:
     """Train a method (or load --weights), evaluate it on the test split and write DIR/<run_id>/record.json.
 
@@ -281,7 +317,9 @@ def run(
             load_plugin_file(path)
         cfg = make_run_config(method, profile, seed, overrides)  # type: ignore[arg-type]
         with _sigterm_as_interrupt():
-            record = run_fn(cfg, out, run_id, resume, from_run, weights=weights, progress=not quiet, log=typer.echo)
+            record = run_fn(
+                cfg, out, run_id, resume, from_run, weights=weights, progress=_progress(quiet), log=typer.echo
+            )
     except RunInterrupted as e:
         # The same command with the run's folder named, so it continues this run and no other.
         again = ["wsseg", "run", *_given_run_flags(locals(), e.run_dir.name)]
@@ -365,7 +403,7 @@ def score(
             help="Skip images with a bad or missing file instead of stopping; each skip is listed in the record.",
         ),
     ] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help=QUIET_HELP)] = False,
 ) -> None:
     """Score saliency maps produced by any program against masks; write OUT/record.json (same metric keys as `run`).
 
@@ -394,7 +432,7 @@ def score(
             normalization=normalize,
             cfg=cfg,
             skip_invalid=skip_invalid,
-            progress=not quiet,
+            progress=_progress(quiet),
             log=typer.echo,
         )
     except USER_ERRORS as e:
@@ -410,18 +448,21 @@ def evaluate(
     run_dir: Annotated[Path, typer.Option("--run", help="A run folder made with `wsseg run --save-maps`.")],
     out: Annotated[Path | None, typer.Option(help="Output folder (default: RUN/evaluate).")] = None,
     cache_dir: Annotated[Path | None, typer.Option(help="Dataset cache folder (default: the run's).")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help=QUIET_HELP)] = False,
 ) -> None:
     """Re-score the test maps a run saved (--save-maps) with the current evaluator; the run's record is kept.
 
     Masks and breast regions come from the run's dataset, thresholds and image-level scores from the run.
     The numbers equal the run's up to the float16 rounding of the stored maps.
     """
+    from wsseg.data.phantom import CLASSES
     from wsseg.evaluation.scoring import evaluate_run
     from wsseg.report.records import read_record
 
     try:
-        record = evaluate_run(run_dir, out, str(cache_dir) if cache_dir is not None else None, progress=not quiet)
+        record = evaluate_run(
+            run_dir, out, str(cache_dir) if cache_dir is not None else None, progress=_progress(quiet)
+        )
         original = read_record(run_dir / "record.json")
     except USER_ERRORS as e:
         _fail(e)
@@ -699,7 +740,7 @@ def benchmark(
             "always skipped and interrupted ones resumed from their last checkpoint.",
         ),
     ] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help=QUIET_HELP)] = False,
 ) -> None:
     """Run every (dataset, method, seed) of a benchmark file that is not finished, then write its leaderboard.
 
@@ -718,7 +759,7 @@ def benchmark(
             f"{len(bench.seeds)} seeds x {len(bench.datasets)} datasets, profile {bench.profile}, runs in {bench.out}"
         )
         with _sigterm_as_interrupt():
-            _, result = run_benchmark(bench, progress=not quiet, log=typer.echo)
+            _, result = run_benchmark(bench, progress=_progress(quiet), log=typer.echo)
     except KeyboardInterrupt as e:
         if bench is None:
             _interrupted("nothing was run yet", None, False, None)
@@ -907,6 +948,7 @@ def data_prepare(
                 voi_lut=voi_lut,
                 allow_outside_root=allow_outside_root,
                 verify=True,
+                progress=_progress(False),
             )
         except USER_ERRORS as e:
             _fail(e)
@@ -917,7 +959,14 @@ def data_prepare(
     try:
         data = DataConfig(**PROFILES[profile].get("data", {}))
         counts = {"train": data.n_train, "val": data.n_val, "test": data.n_test}
-        path = prepare_phantom(phantom_config(profile), data.seed, counts, cache_dir, workers)  # type: ignore[arg-type]
+        path = prepare_phantom(
+            phantom_config(profile),  # type: ignore[arg-type]
+            data.seed,
+            counts,
+            cache_dir,
+            workers,
+            progress=_progress(False),
+        )
         repaired = repair_phantom_cache(path, hw)  # every file read whole; damaged ones regenerated
     except USER_ERRORS as e:
         _fail(e)

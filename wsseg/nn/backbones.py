@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import timm
 from torch import Tensor, nn
 
 # wsseg's own names for timm architectures with non-default widths. Any other timm model name is
@@ -67,6 +66,8 @@ def create_backbone(
     Raises:
         ValueError: unknown name (the message lists the aliases) or a weights file that does not exist.
     """
+    import timm  # here, not at the top: registering methods (`wsseg list methods`) need not load timm (seconds)
+
     spec = dict(ALIASES.get(name, {"model_name": name}))
     model_name = spec.pop("model_name")
     if not timm.is_model(model_name):

@@ -10,7 +10,6 @@ third of the cost.
 
 from __future__ import annotations
 
-import timm
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -45,6 +44,8 @@ def local_resnet(
         A timm ResNet; ``forward_features`` maps (B, 1, h, w) crops to (B, channels[-1], h/s, w/s).
         Initialisation is torchvision's: Kaiming-normal (fan_out) convolutions, BN weights 1 and biases 0.
     """
+    import timm  # here, not at the top: registering GMIC and GLAM need not load timm (seconds)
+
     if depth not in (18, 34):
         raise ValueError(f"local_resnet depth must be 18 or 34, got {depth}")
     model = timm.create_model(

@@ -1,15 +1,14 @@
 """``inbreast``: INbreast (DICOMs, OsiriX plist XML contours, ``INbreast.csv``).
 
-Layout: ``AllDICOMs/<FileName>_<patientHash>_MG_<L|R>_<CC|ML>_ANON.dcm``, ``AllXML/<FileName>.xml`` and the
-label sheet: the semicolon-separated ``INbreast.csv`` (verified), else ``INbreast.xls`` read with pandas and
-``xlrd`` (assumed to carry the same ``File Name``/``Bi-Rads`` columns; not verified on a real
-copy). Pectoral-muscle contours (``PectoralMuscle/``, ``ROIPoints`` plists, or a ROI named like the
-pectoral muscle) are never lesions. ROI names are normalised as docs/datasets.md says (``Espiculated Region``
--> mass...). Pitfalls handled: ``Point_px`` is ``(x, y)`` =
-(column, row), 0-based; ROIs of one or two points are single calcifications, drawn as discs of 0.25 mm
-(about 4 px at 70 um); ``NumberOfROIs`` / ``NumberOfPoints`` that disagree with the lists are ignored (the
-lists are used); the plist is read with :mod:`plistlib`, not by element position; MLO is written ``ML`` in
-file names; a blank ACR cell is allowed.
+Layout: ``AllDICOMs/<FileName>_<patientHash>_MG_<L|R>_<CC|ML>_ANON.dcm``, ``AllXML/<FileName>.xml`` and the label
+sheet: the semicolon-separated ``INbreast.csv`` (verified), else ``INbreast.xls`` read with pandas and ``xlrd`` (the
+``xls`` extra, ``pip install 'wsseg[xls]'``; assumed to carry the same ``File Name``/``Bi-Rads`` columns; not
+verified on a real copy). Pectoral-muscle contours (``PectoralMuscle/``, ``ROIPoints`` plists, or a ROI named like
+the pectoral muscle) are never lesions. ROI names are normalised as docs/datasets.md says (``Espiculated Region`` ->
+mass...). Pitfalls handled: ``Point_px`` is ``(x, y)`` = (column, row), 0-based; ROIs of one or two points are
+single calcifications, drawn as discs of 0.25 mm (about 4 px at 70 um); ``NumberOfROIs`` / ``NumberOfPoints`` that
+disagree with the lists are ignored (the lists are used); the plist is read with :mod:`plistlib`, not by element
+position; MLO is written ``ML`` in file names; a blank ACR cell is allowed.
 
 Labels are **BI-RADS** (``label_source = birads``): 4a/4b/4c/5/6 malignant, 2/3 benign, 1 normal. All of an
 image's contours take the image's class; contours on a BI-RADS 1 image are ignored.
@@ -97,7 +96,10 @@ def read_label_sheet(root: Path, problems: list[Problem]) -> tuple[Path, list[tu
     try:
         frame = pd.read_excel(xls, dtype=str)
     except ImportError:
-        raise DataError(xls, "reading .xls needs the xlrd package", "pip install xlrd, or use INbreast.csv") from None
+        # pandas reads .xls with xlrd, an optional reader declared as wsseg's `xls` extra.
+        raise DataError(
+            xls, "reading .xls needs the xlrd package", "pip install 'wsseg[xls]' (or xlrd), or use INbreast.csv"
+        ) from None
     except (ValueError, OSError) as e:
         raise DataError(xls, f"unreadable sheet ({type(e).__name__}: {e})", "use INbreast.csv instead") from None
     missing = [c for c in SHEET_COLUMNS if c not in [str(k).strip() for k in frame.columns]]
