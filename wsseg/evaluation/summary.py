@@ -25,7 +25,9 @@ Keys per class (the record's ``metrics.<class>`` block):
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,7 +42,7 @@ from wsseg.evaluation.metrics import (
     soft_dice,
     threshold_grid,
 )
-from wsseg.evaluation.stats import ClassArrays, SplitStats
+from wsseg.evaluation.stats import ClassArrays, SplitStats, concat_arrays
 
 POINTING_TOLERANCES_MM: tuple[float, ...] = (0.0, 5.0, 10.0)
 NAN = float("nan")
@@ -131,6 +133,13 @@ def class_table(arrays: ClassArrays, spacing_mm: np.ndarray, n_bins: int, thresh
         point_mm=arrays.point_px * spacing_mm,
         point_px=arrays.point_px,
     )
+
+
+def concat_tables(tables: Sequence[ClassTable]) -> ClassTable:
+    """Per-image values of several image sets, each at its own thresholds, as one table (pooled test folds)."""
+    fields = [f.name for f in dataclasses.fields(ClassTable) if f.name != "arrays"]
+    joined = {name: np.concatenate([getattr(t, name) for t in tables]) for name in fields}
+    return ClassTable(arrays=concat_arrays([t.arrays for t in tables]), **joined)
 
 
 def _wmean(values: np.ndarray, w: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -57,7 +57,12 @@ def _pyplot() -> Any:
 
 def _by_method(runs: Sequence[RunFiles]) -> dict[str, list[RunFiles]]:
     out: dict[str, list[RunFiles]] = {}
-    for r in sorted(runs, key=lambda r: (r.record["method"], int(r.record.get("seed", 0)))):
+
+    def order(r: RunFiles) -> tuple[str, int, int]:
+        fold = (r.record.get("dataset_info", {}).get("folds") or {}).get("fold", -1)
+        return r.record["method"], int(r.record.get("seed", 0)), int(fold)
+
+    for r in sorted(runs, key=order):  # the lowest seed (and fold) first: the run the gallery and curves show
         out.setdefault(r.record["method"], []).append(r)
     return out
 
@@ -261,6 +266,16 @@ NOTES = (
     "upper bound, not a result. Click a column title to sort."
 )
 
+FOLDS_NOTES = (
+    "k-fold cross-validation by patient. Dice: each fold's test patients, at the threshold calibrated on that fold's "
+    "validation patients, averaged over the images with a lesion of the class; each fold averaged over seeds, then "
+    "the mean and standard deviation over folds; the 95% interval is a patient bootstrap of all test folds pooled "
+    "(every patient once), averaged over seeds. Other columns are means over folds. Blue rows are fully supervised "
+    "(an upper bound, trained on masks); the grey row is the uniform-breast floor. Dice (oracle) uses the threshold "
+    "that is best on each test fold itself: an upper bound, not a result. The gallery and the precision-recall and "
+    "FROC curves show the lowest seed's first fold. Click a column title to sort."
+)
+
 
 def render_report(
     title: str,
@@ -269,6 +284,7 @@ def render_report(
     supervision: Sequence[str],
     runs: Sequence[RunFiles],
     order: Sequence[str],
+    notes: str = NOTES,
 ) -> tuple[str, dict[str, str]]:
     """The report's HTML and its figures as ``{file name: SVG text}``.
 
@@ -279,6 +295,7 @@ def render_report(
         supervision: per row, ``weak``, ``full`` or ``reference`` (a CSS class).
         runs: every run of the group.
         order: methods in ranked table order.
+        notes: the paragraph under the table (:data:`FOLDS_NOTES` for a cross-validation).
     """
     by_method = _by_method(runs)
     order = [m for m in order if m in by_method]
@@ -307,7 +324,7 @@ def render_report(
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>"
         f"<h1>wsseg leaderboard</h1><p>{html.escape(title)}</p>"
-        f"{table_html(header, cells, supervision)}<p class='note'>{html.escape(NOTES)}</p>"
+        f"{table_html(header, cells, supervision)}<p class='note'>{html.escape(notes)}</p>"
         "<h2>Saliency gallery</h2><p class='note'>The same test images for every method (the first test images "
         "with a lesion of one class only); each method's map of that class as a heat overlay (the lowest seed's "
         "run), the ground truth outlined in cyan.</p>"

@@ -11,6 +11,13 @@ columns (parameters, training seconds, evaluation images per second, device). Ro
 classes of the headline Dice. Fully supervised rows are marked and the uniform-breast reference is appended, so a
 table always shows its floor. The oracle Dice (threshold chosen on the test split itself) is the last column of
 each class, titled "(oracle)": an upper bound, never a headline or a ranking key.
+
+Runs of a k-fold cross-validation (``dataset_info.folds`` in the record) are comparable when they share the whole
+fold assignment, never with single-split runs. Their row aggregates the folds: each value is averaged over seeds
+within a fold, then the mean and the standard deviation are taken over the folds; the Dice interval is the 95%
+patient bootstrap of the test folds pooled (every patient of the dataset, each tested once, each fold's images at
+its own thresholds; :func:`wsseg.evaluation.bootstrap.pooled_intervals`), averaged over seeds. It needs each
+fold's ``per_image_stats.npz`` beside its record; without them the interval is shown as ``-``.
 """
 
 from __future__ import annotations
@@ -27,7 +34,11 @@ from typing import Any
 
 from wsseg._io import atomic_open, atomic_write_text
 from wsseg.data.phantom import CLASSES
-from wsseg.report.html import RunFiles, render_report
+from wsseg.evaluation.bootstrap import pooled_intervals
+from wsseg.evaluation.scoring import PER_IMAGE_STATS
+from wsseg.evaluation.stats import SplitStats
+from wsseg.report.html import FOLDS_NOTES, NOTES, RunFiles, render_report
+from wsseg.report.records import record_thresholds
 
 # Per-class columns after the headline Dice: (record key, column title).
 CLASS_COLUMNS = (
@@ -45,7 +56,11 @@ FORMATS = ("md", "csv", "tex", "html")
 
 @dataclass
 class Row:
-    """One leaderboard row: a method aggregated over its seeds (or the uniform reference)."""
+    """One leaderboard row: a method aggregated over its seeds and folds (or the uniform reference).
+
+    ``dice`` and ``values`` hold one entry per run (per fold for the reference), ``folds`` the fold of each entry
+    (None for single-split runs); ``k`` is the fold count of a cross-validation group.
+    """
 
     method: str
     supervision: str
@@ -58,10 +73,21 @@ class Row:
     eval_images_per_s: list[float] = field(default_factory=list)
     devices: set[str] = field(default_factory=set)
     reference: bool = False
+    folds: list[int | None] = field(default_factory=list)
+    k: int | None = None
+
+    def per_fold(self, values: Sequence[float]) -> list[float]:
+        """One value per fold (the mean over its seeds) for a cross-validation row; the values as they are else."""
+        if self.k is None:
+            return list(values)
+        by_fold: dict[int | None, list[float]] = {}
+        for f, v in zip(self.folds, values, strict=True):
+            by_fold.setdefault(f, []).append(v)
+        return [_mean(v) for _, v in sorted(by_fold.items(), key=lambda kv: (kv[0] is None, kv[0] or 0))]
 
     def score(self) -> float:
-        """The ranking score: the mean over classes of the seed-mean headline Dice (NaN last)."""
-        means = [_mean(self.dice[c]) for c in CLASSES]
+        """The ranking score: the mean over classes of the seed- (and fold-) mean headline Dice (NaN last)."""
+        means = [_mean(self.per_fold(self.dice[c])) for c in CLASSES]
         return sum(means) / len(means) if all(math.isfinite(m) for m in means) else -math.inf
 
 
@@ -115,16 +141,26 @@ def load_record(path: Path) -> dict[str, Any]:
     return record
 
 
+# "test split" is the test split's hash, or "<k>-fold <assignment hash>" for the runs of a cross-validation.
 COMPARABILITY = ("dataset", "dataset version", "test split", "profile", "evaluation protocol")
+
+
+def fold_info(record: dict[str, Any]) -> dict[str, Any] | None:
+    """The record's ``dataset_info.folds`` block (a run of one cross-validation fold), or None."""
+    folds = record.get("dataset_info", {}).get("folds")
+    return folds if isinstance(folds, dict) else None
 
 
 def comparability_key(record: dict[str, Any]) -> tuple[str, ...]:
     """What must be equal for two runs to share a table (see :data:`COMPARABILITY`)."""
     info = record.get("dataset_info", {})
+    folds = fold_info(record)
+    # The folds of a cross-validation test different patients: they share the assignment, not a test split.
+    split = f"{folds['k']}-fold {folds['assignment']}" if folds else str(info.get("split_hashes", {}).get("test"))
     return (
         str(record.get("dataset")),
         str(info.get("version")),
-        str(info.get("split_hashes", {}).get("test")),
+        split,
         str(record.get("profile")),
         json.dumps(record.get("evaluation", {}), sort_keys=True),
     )
@@ -147,14 +183,23 @@ def group_records(records: Sequence[dict[str, Any]]) -> dict[tuple[str, ...], li
     return dict(sorted(groups.items()))
 
 
-def build_rows(records: Sequence[dict[str, Any]]) -> list[Row]:
+def build_rows(
+    records: Sequence[dict[str, Any]], pooled: dict[tuple[str, int], dict[str, tuple[float, float]]] | None = None
+) -> list[Row]:
     """Aggregate comparable records into ranked rows (one per method), then the uniform reference row.
 
+    Args:
+        records: the runs of one comparable group.
+        pooled: for cross-validation groups, per (method, seed) the Dice interval of the pooled test folds per
+            class (:func:`fold_intervals`); it replaces the runs' own intervals.
+
     Raises:
-        ValueError: two records of the same method and seed (a duplicate run).
+        ValueError: two records of the same method, seed (and fold): a duplicate run.
     """
     rows: dict[str, Row] = {}
-    for r in sorted(records, key=lambda r: (r["method"], r.get("seed", 0), r.get("run_id", ""))):
+    seen: set[tuple[str, int, int | None]] = set()
+    for r in sorted(records, key=_record_order):
+        folds = fold_info(r)
         row = rows.setdefault(
             r["method"],
             Row(
@@ -164,19 +209,24 @@ def build_rows(records: Sequence[dict[str, Any]]) -> list[Row]:
                 {c: [] for c in CLASSES},
                 {c: [] for c in CLASSES},
                 {c: {k: [] for k, _ in CLASS_COLUMNS} for c in CLASSES},
+                k=int(folds["k"]) if folds else None,
             ),
         )
-        seed = int(r.get("seed", 0))
-        if seed in row.seeds:
+        seed, fold = int(r.get("seed", 0)), int(folds["fold"]) if folds else None
+        if (r["method"], seed, fold) in seen:
+            where = f"seed {seed}" + (f" and fold {fold}" if fold is not None else "")
             raise ValueError(
-                f"two runs of {r['method']} with seed {seed} ({r.get('run_id')}); keep one per seed in the inputs"
+                f"two runs of {r['method']} with {where} ({r.get('run_id')}); keep one per seed in the inputs"
             )
-        row.seeds.append(seed)
+        seen.add((r["method"], seed, fold))
+        if seed not in row.seeds or fold is None:
+            row.seeds.append(seed)
+        row.folds.append(fold)
         for c in CLASSES:
             m = r["metrics"].get(c, {})
             row.dice[c].append(float(m.get("dice", math.nan)))
             interval = r.get("intervals", {}).get(c, {}).get("dice")
-            if interval:
+            if interval and folds is None:
                 row.intervals[c].append((float(interval[0]), float(interval[1])))
             for key, _ in CLASS_COLUMNS:
                 row.values[c][key].append(float(m.get(key, math.nan)))
@@ -185,27 +235,49 @@ def build_rows(records: Sequence[dict[str, Any]]) -> list[Row]:
         row.train_seconds.append(float(r.get("timings", {}).get("train", math.nan)))
         row.eval_images_per_s.append(float(r.get("throughput", {}).get("eval_images_per_s", math.nan)))
         row.devices.add(str(r.get("device", "")))
+    for (method, _seed), by_class in sorted((pooled or {}).items()):
+        if method in rows:
+            for c, interval in by_class.items():
+                rows[method].intervals[c].append(interval)
     ranked = sorted(rows.values(), key=lambda row: (-row.score(), row.method))
     ref = _reference_row(records)
     return ranked + ([ref] if ref is not None else [])
 
 
+def _record_order(r: dict[str, Any]) -> tuple[str, int, int, str]:
+    folds = fold_info(r)
+    return (r["method"], int(r.get("seed", 0)), int(folds["fold"]) if folds else -1, r.get("run_id", ""))
+
+
 def _reference_row(records: Sequence[dict[str, Any]]) -> Row | None:
-    # The reference map is data-only (no training), so every comparable run scores it identically: take one.
-    for r in sorted(records, key=lambda r: (r["method"], r.get("seed", 0))):
+    # The reference map is data-only (no training), so every comparable run of one test split scores it identically:
+    # take one run per fold (a single split has one "fold").
+    per_fold: dict[int | None, dict[str, Any]] = {}
+    k = None
+    for r in sorted(records, key=_record_order):
         ref = r.get("references", {}).get("uniform_breast")
-        if ref:
-            row = Row(
-                "uniform (breast)",
-                "reference",
-                [],
-                {c: [float(ref.get(c, {}).get("dice", math.nan))] for c in CLASSES},
-                {c: [] for c in CLASSES},
-                {c: {k: [float(ref.get(c, {}).get(k, math.nan))] for k, _ in CLASS_COLUMNS} for c in CLASSES},
-                reference=True,
-            )
-            return row
-    return None
+        folds = fold_info(r)
+        fold = int(folds["fold"]) if folds else None
+        k = int(folds["k"]) if folds else None
+        if ref and fold not in per_fold:
+            per_fold[fold] = ref
+    if not per_fold:
+        return None
+    refs = list(per_fold.values())
+    return Row(
+        "uniform (breast)",
+        "reference",
+        [],
+        {c: [float(ref.get(c, {}).get("dice", math.nan)) for ref in refs] for c in CLASSES},
+        {c: [] for c in CLASSES},
+        {
+            c: {key: [float(ref.get(c, {}).get(key, math.nan)) for ref in refs] for key, _ in CLASS_COLUMNS}
+            for c in CLASSES
+        },
+        reference=True,
+        folds=list(per_fold),
+        k=k,
+    )
 
 
 def _f(value: float, digits: int = 3) -> str:
@@ -213,15 +285,20 @@ def _f(value: float, digits: int = 3) -> str:
 
 
 def _dice_cell(row: Row, c: str) -> tuple[str, str, str]:
-    mean, std = _mean(row.dice[c]), _std(row.dice[c])
+    dice = row.per_fold(row.dice[c])  # per fold for a cross-validation row, per seed else
+    mean, std = _mean(dice), _std(dice)
     lows, highs = [i[0] for i in row.intervals[c]], [i[1] for i in row.intervals[c]]
     ci = f"[{_f(_mean(lows))}, {_f(_mean(highs))}]" if lows else "-"
     return _f(mean), _f(std), ci
 
 
 def table(rows: Sequence[Row]) -> tuple[list[str], list[list[str]]]:
-    """Header and string cells of a leaderboard (fixed formatting: the output is byte-stable)."""
-    header = ["rank", "method", "supervision", "seeds"]
+    """Header and string cells of a leaderboard (fixed formatting: the output is byte-stable).
+
+    A cross-validation table has a ``folds`` column after ``seeds``: the folds present of k (``5/5``).
+    """
+    folded = any(row.k is not None for row in rows)
+    header = ["rank", "method", "supervision", "seeds", *(["folds"] if folded else [])]
     for c in CLASSES:
         header += [f"{c} Dice", f"{c} Dice std", f"{c} Dice 95% CI"] + [f"{c} {t}" for _, t in CLASS_COLUMNS]
     header += ["parameters", "train s", "eval img/s", "device"]
@@ -230,9 +307,11 @@ def table(rows: Sequence[Row]) -> tuple[list[str], list[list[str]]]:
     for row in rows:
         rank += 0 if row.reference else 1
         line = ["" if row.reference else str(rank), row.method, row.supervision, str(len(row.seeds)) or "-"]
+        if folded:
+            line.append(f"{len(set(row.folds))}/{row.k}")
         for c in CLASSES:
             line += list(_dice_cell(row, c))
-            line += [_f(_mean(row.values[c][k])) for k, _ in CLASS_COLUMNS]
+            line += [_f(_mean(row.per_fold(row.values[c][k]))) for k, _ in CLASS_COLUMNS]
         params = _mean(row.n_parameters)
         line += [
             f"{params / 1e6:.2f}M" if math.isfinite(params) else "-",
@@ -242,6 +321,23 @@ def table(rows: Sequence[Row]) -> tuple[list[str], list[list[str]]]:
         ]
         cells.append(line)
     return header, cells
+
+
+NOTE = (
+    "Dice: test split, at the threshold calibrated on validation, averaged over images with a lesion of the "
+    "class; mean and standard deviation over seeds, and the mean of the seeds' 95% patient-bootstrap "
+    "intervals. Other columns are means over seeds. `full` rows are trained on masks (an upper bound); "
+    "`uniform (breast)` is the floor. `Dice (oracle)` uses the threshold that is best on the test split "
+    "itself: an upper bound, not a result."
+)
+FOLDS_NOTE = (
+    "k-fold cross-validation by patient. Dice: each fold's test patients, at the threshold calibrated on that fold's "
+    "validation patients, averaged over images with a lesion of the class; each fold averaged over seeds, then the "
+    "mean and standard deviation over folds; the 95% interval is a patient bootstrap of all test folds pooled "
+    "(every patient once), averaged over seeds. Other columns are means over folds. `full` rows are trained on "
+    "masks (an upper bound); `uniform (breast)` is the floor. `Dice (oracle)` uses the threshold that is best on "
+    "each test fold itself: an upper bound, not a result."
+)
 
 
 def render(rows: Sequence[Row], fmt: str, title: str) -> str:
@@ -256,14 +352,7 @@ def render(rows: Sequence[Row], fmt: str, title: str) -> str:
     if fmt == "md":
         lines = [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(c.replace("|", "\\|") for c in line) + " |" for line in cells]
-        notes = [
-            "",
-            "Dice: test split, at the threshold calibrated on validation, averaged over images with a lesion of the "
-            "class; mean and standard deviation over seeds, and the mean of the seeds' 95% patient-bootstrap "
-            "intervals. Other columns are means over seeds. `full` rows are trained on masks (an upper bound); "
-            "`uniform (breast)` is the floor. `Dice (oracle)` uses the threshold that is best on the test split "
-            "itself: an upper bound, not a result.",
-        ]
+        notes = ["", FOLDS_NOTE if any(row.k is not None for row in rows) else NOTE]
         return "\n".join(lines + notes) + "\n"
     if fmt == "tex":
 
@@ -289,7 +378,9 @@ def write_report(path: Path, rows: Sequence[Row], title: str, runs: Sequence[Run
     """Write the HTML report of one group to ``path`` and its plots as SVG files under ``figures/`` beside it."""
     header, cells = table(rows)
     supervision = ["reference" if row.reference else row.supervision for row in rows]
-    page, figures = render_report(title, header, cells, supervision, runs, [r.method for r in rows if not r.reference])
+    methods = [r.method for r in rows if not r.reference]
+    notes = FOLDS_NOTES if any(row.k is not None for row in rows) else NOTES
+    page, figures = render_report(title, header, cells, supervision, runs, methods, notes)
     written = [atomic_write_text(path, page)]
     for name, svg in sorted(figures.items()):
         target = path.parent / "figures" / f"{path.stem.removeprefix('leaderboard-')}-{name}"
@@ -305,10 +396,43 @@ def group_name(key: tuple[str, ...], keys: Sequence[tuple[str, ...]] = ()) -> st
     split), a short hash of the whole key is appended, so that no group's table overwrites another's.
     """
     dataset, _version, split, profile, _ = key
-    stem = f"leaderboard-{dataset}-{profile}-{split}"
+    stem = f"leaderboard-{dataset}-{profile}-{split.replace('-fold ', 'fold-')}"
     if any(k != key and (k[0], k[2], k[3]) == (dataset, split, profile) for k in keys):
         stem += "-" + hashlib.sha256(json.dumps(key).encode()).hexdigest()[:8]
     return stem
+
+
+def fold_intervals(
+    records: Sequence[dict[str, Any]], folders: Sequence[Path]
+) -> dict[tuple[str, int], dict[str, tuple[float, float]]]:
+    """Per (method, seed) of a cross-validation, the Dice interval of the pooled test folds per class.
+
+    Only complete cross-validations whose every fold has its ``per_image_stats.npz`` beside its record get one;
+    the bootstrap's resamples, seed and level are the runs' own (their ``intervals`` block).
+    """
+    by_run: dict[tuple[str, int], list[tuple[dict[str, Any], Path]]] = {}
+    for r, folder in zip(records, folders, strict=True):
+        if fold_info(r) is not None:
+            by_run.setdefault((r["method"], int(r.get("seed", 0))), []).append((r, folder))
+    out: dict[tuple[str, int], dict[str, tuple[float, float]]] = {}
+    for key, runs in sorted(by_run.items()):
+        first = runs[0][0]
+        k = int(first["dataset_info"]["folds"]["k"])
+        files = [folder / str(r.get("per_image", {}).get("stats") or PER_IMAGE_STATS) for r, folder in runs]
+        if sorted(int(r["dataset_info"]["folds"]["fold"]) for r, _ in runs) != list(range(k)):
+            continue  # an incomplete cross-validation has no pooled interval
+        if not all(f.is_file() for f in files):
+            continue
+        parts = [(SplitStats.load(f), record_thresholds(r)) for (r, _), f in zip(runs, files, strict=True)]
+        boot = first.get("intervals", {})
+        fixed = float(first.get("evaluation", {}).get("fixed_threshold", 0.5))
+        if int(boot.get("n_resamples", 1000)) <= 0:
+            continue
+        pooled = pooled_intervals(
+            parts, fixed, int(boot.get("n_resamples", 1000)), int(boot.get("seed", 0)), float(boot.get("level", 0.95))
+        )
+        out[key] = {c: (float(pooled[c]["dice"][0]), float(pooled[c]["dice"][1])) for c in CLASSES if c in pooled}
+    return out
 
 
 @dataclass
@@ -346,8 +470,12 @@ def write_leaderboards(
     out.mkdir(parents=True, exist_ok=True)
     files = []
     for key, members in groups.items():
-        rows = build_rows(members)
-        title = f"{key[0]} ({key[1]}), profile {key[3]}, test split {key[2]}: {len(members)} runs"
+        rows = build_rows(members, fold_intervals(members, [folders[id(r)] for r in members]))
+        split = f"test split {key[2]}"
+        if "-fold " in key[2]:
+            k, assignment = key[2].split("-fold ")
+            split = f"{k}-fold cross-validation by patient (assignment {assignment})"
+        title = f"{key[0]} ({key[1]}), profile {key[3]}, {split}: {len(members)} runs"
         for fmt in formats:
             path = out / f"{group_name(key, keys)}.{fmt}"
             if fmt == "html":
