@@ -303,7 +303,10 @@ def _check_datasets(path: Path, datasets: list[Any], data_root: str | None) -> N
         if d not in known:
             raise ValueError(f"{path}: [benchmark] unknown dataset {d!r}; available: {', '.join(known)}")
         if d != "phantom" and data_root is None:
-            raise ValueError(f"{path}: [benchmark] dataset {d!r} needs data_root = PATH (the downloaded dataset)")
+            raise ValueError(
+                f"{path}: [benchmark] dataset {d!r} needs data_root = PATH (the downloaded dataset) in the file, or "
+                "`wsseg benchmark FILE --data-root PATH`"
+            )
 
 
 def run_overrides(

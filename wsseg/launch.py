@@ -248,5 +248,9 @@ def fail_line(bench: Benchmark, spec: RunSpec, sub: Submission, folder: Path) ->
         where = f"job {earlier.job_id}; logs: {log_paths(folder, earlier.job_id)}" if earlier else "no job"
         return f"{name}: no record ({where})"
     error = job.exception()
-    reason = str(error).strip().splitlines()[-1] if error is not None and str(error).strip() else "no record"
+    # submitit's message: a header, the job's traceback and the log files, between dashed lines; keep the
+    # traceback's last line (the exception).
+    text = str(error).split("You can check full logs")[0] if error is not None else ""
+    lines = [line.strip() for line in text.splitlines() if line.strip() and set(line.strip()) != {"-"}]
+    reason = lines[-1] if lines else "no record"
     return f"{name}: job {job.job_id} failed: {reason}; logs: {log_paths(folder, str(job.job_id))}"

@@ -138,3 +138,44 @@ def test_a_real_tiny_run_makes_a_leaderboard(tmp_path: Path, cache_dir: Path) ->
     assert "| 1 | cam | weak | 1 |" in text and "test-resnet" not in text
     record = json.loads(next((tmp_path / "runs").glob("*/record.json")).read_text())
     assert record["n_parameters"] > 0 and f"{record['n_parameters'] / 1e6:.2f}M" in text
+
+
+def _fold_record(method: str, seed: int, fold: int, dice: float, k: int = 3) -> dict[str, Any]:
+    record = _record(method, seed, (dice, dice), run_id=f"{method}-s{seed}-fold{fold}of{k}")
+    record["dataset_info"] = {
+        "version": "phantom-1.0",
+        "split_hashes": {"test": f"fold{fold}"},  # each fold tests other patients
+        "folds": {"k": k, "fold": fold, "assignment": "xyz"},
+    }
+    record["references"] = {"uniform_breast": {c: {"dice": 0.01 * (fold + 1)} for c in ("benign", "malignant")}}
+    return record
+
+
+def test_folds_aggregate_into_one_row_and_never_share_a_table_with_a_single_split(tmp_path: Path) -> None:
+    folded = [_fold_record("cam", s, f, 0.1 * (f + 1) + 0.2 * s) for s in (0, 1) for f in range(3)]
+    single = _record("cam", 0, (0.5, 0.5))
+    assert describe_difference(comparability_key(folded[0]), comparability_key(single)) == (
+        "test split ('3-fold xyz' vs 'abc')"
+    )
+    (row, ref) = build_rows(folded)
+    assert row.seeds == [0, 1] and row.folds == [0, 1, 2, 0, 1, 2]
+    # Each fold averaged over the seeds (0.2, 0.3, 0.4), then the mean and sd over the folds.
+    assert row.per_fold(row.dice["benign"]) == pytest.approx([0.2, 0.3, 0.4])
+    assert row.score() == pytest.approx(0.3)
+    assert ref.per_fold(ref.dice["benign"]) == pytest.approx([0.01, 0.02, 0.03])  # one reference value per fold
+    with pytest.raises(ValueError, match="two runs of cam with seed 0 and fold 1"):
+        build_rows([*folded, {**folded[1], "run_id": "again"}])
+    _write(tmp_path / "runs", [*folded, single])
+    result = write_leaderboards([tmp_path / "runs"], tmp_path / "lb", ["md"])
+    assert sorted(p.name for p in result.files) == [
+        "leaderboard-phantom-quick-3fold-xyz.md",
+        "leaderboard-phantom-quick-abc.md",
+    ]
+    md = (tmp_path / "lb" / "leaderboard-phantom-quick-3fold-xyz.md").read_text()
+    assert "3-fold cross-validation by patient (assignment xyz): 6 runs" in md
+    # Without the folds' per-image statistics there is no pooled interval: "-", never a guess.
+    assert "| 1 | cam | weak | 2 | 3/3 | 0.300 | 0.100 | - |" in md
+    assert "| uniform (breast) | reference | 0 | 3/3 | 0.020 | 0.010 | - |" in md
+    assert "k-fold cross-validation by patient" in md
+    plain = (tmp_path / "lb" / "leaderboard-phantom-quick-abc.md").read_text()
+    assert "| folds |" not in plain and "| 1 | cam | weak | 1 | 0.500 |" in plain

@@ -80,7 +80,8 @@ def assign_folds(labels: dict[str, str], k: int, seed: int) -> dict[str, list[st
     """
     check_folds(k)
     n = len(labels)
-    if n - -(-n // k) < 2:  # the largest test fold must leave a validation and a training patient
+    # Every fold needs a test patient, and the largest test fold must leave a validation and a training patient.
+    if n < k or n - -(-n // k) < 2:
         raise ValueError(
             f"{len(labels)} patients cannot make {k} folds (each fold needs a test, a validation and a training "
             "patient); use fewer --folds or a single split"
