@@ -63,7 +63,12 @@ def make_executor(cfg: LauncherConfig, name: str) -> Any:
     """A submitit ``AutoExecutor`` asking for the ``[launcher]`` table's resources (unset keys are left out)."""
     submitit = import_submitit()
     assert cfg.folder is not None  # load_benchmark sets <out>/submitit
-    executor = submitit.AutoExecutor(folder=cfg.folder, cluster=None if cfg.cluster == "auto" else cfg.cluster)
+    try:
+        executor = submitit.AutoExecutor(folder=cfg.folder, cluster=None if cfg.cluster == "auto" else cfg.cluster)
+    except RuntimeError as e:  # e.g. cluster = "slurm" where there is no srun
+        raise ValueError(
+            f'[launcher] cluster = "{cfg.cluster}": {e}; submit from a machine of the cluster, or set cluster = "local"'
+        ) from None
     params = {
         "name": name,
         "timeout_min": cfg.timeout_min,
@@ -187,7 +192,8 @@ def launch(bench: Benchmark, wait: bool, log: Callable[[str], None]) -> Submissi
     executor = make_executor(bench.launcher, f"wsseg-{bench.name}")
     cluster = executor.cluster
     folder = Path(executor.folder)
-    log(f"submitit executor: {cluster}, job files and logs in {folder}")
+    note = " (all jobs start at once on this machine)" if cluster == "local" else ""
+    log(f"submitit executor: {cluster}{note}, job files and logs in {folder}")
     tracked = read_jobs(folder)
     sub = Submission(earlier={r: j for s in todo if (j := tracked.get(r := run_id(bench, s))) and is_active(folder, j)})
     for name, job in sub.earlier.items():
@@ -227,7 +233,8 @@ def launch(bench: Benchmark, wait: bool, log: Callable[[str], None]) -> Submissi
 def wait_for(sub: Submission, folder: Path, cluster: str, log: Callable[[str], None]) -> None:
     """Block until every job of ``sub`` (this invocation's and the earlier ones in flight) has ended."""
     pending = len(sub.jobs) + len(sub.earlier)
-    log(f"waiting for {pending} job(s)")
+    if pending:
+        log(f"waiting for {pending} job(s)")
     while True:
         running = [r for r, j in sub.jobs.items() if not j.done()]
         running += [r for r, j in sub.earlier.items() if is_active(folder, j)]

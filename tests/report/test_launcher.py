@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -85,3 +86,72 @@ def test_without_submitit_the_launcher_says_how_to_install_it(
     assert result.exit_code == 2 and "pip install 'wsseg[slurm]'" in result.output, result.output
     bad = runner.invoke(app, ["benchmark", str(path), "--data-root", str(tmp_path), "--launcher", "pbs"])
     assert bad.exit_code == 2 and "--launcher must be local or submitit" in bad.output
+
+
+FAKE_SBATCH = """#!/bin/sh
+# Stands in for Slurm's sbatch: keeps the submission script, answers with the next job id.
+n=$(( $(cat "$FAKE_SLURM/count" 2>/dev/null || echo 1000) + 1 ))
+echo $n > "$FAKE_SLURM/count"
+cp "$1" "$FAKE_SLURM/script-$n.sh"
+echo "Submitted batch job $n"
+"""
+FAKE_SACCT = """#!/bin/sh
+# Stands in for Slurm's sacct: tasks 0-3 of every array asked about are in the state written to $FAKE_SLURM/state.
+echo "JobID|State|NodeList"
+while [ $# -gt 0 ]; do
+  if [ "$1" = "-j" ]; then for i in 0 1 2 3; do echo "$2_$i|$(cat "$FAKE_SLURM/state")|node1"; done; fi
+  shift
+done
+"""
+
+
+def test_slurm_jobs_ask_for_the_launcher_table_and_post_hoc_runs_depend_on_cam(
+    tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Slurm cannot run here: sbatch, sacct and srun are stand-ins that record what submitit asks of them."""
+    fake = tmp_path / "slurm"
+    (fake / "bin").mkdir(parents=True)
+    for name, text in (("sbatch", FAKE_SBATCH), ("sacct", FAKE_SACCT), ("srun", "#!/bin/sh\n")):
+        (fake / "bin" / name).write_text(text)
+        (fake / "bin" / name).chmod(0o755)
+    (fake / "state").write_text("PENDING\n")
+    monkeypatch.setenv("FAKE_SLURM", str(fake))
+    monkeypatch.setenv("PATH", f"{fake / 'bin'}:{os.environ['PATH']}")
+    path = tmp_path / "b.toml"
+    path.write_text(
+        f'[benchmark]\nname = "s"\nprofile = "tiny"\nmethods = ["cam", "gradcam", "uniform"]\nseeds = [0, 1]\n'
+        f'set = ["data.cache_dir={cache_dir}"]\n'
+        '[launcher]\npartition = "gpu"\naccount = "lab"\nqos = "high"\nconstraint = "a100"\ngpus_per_node = 1\n'
+        "cpus_per_task = 8\nmem_gb = 64\ntimeout_min = 90\nslurm_array_parallelism = 3\n"
+        'setup = ["module load cuda"]\n'
+    )
+    first = runner.invoke(app, ["benchmark", str(path), "--launcher", "submitit", "--no-wait"])
+    assert first.exit_code == 0, first.output
+    assert "submitit executor: slurm" in first.output and first.output.count("submitted as job") == 6
+    scripts = sorted(fake.glob("script-*.sh"))
+    assert len(scripts) == 2  # one array of the trained runs, one of the post-hoc runs
+    trained, posthoc = (s.read_text() for s in scripts)
+    for line in (
+        "--partition=gpu",
+        "--account=lab",
+        "--qos=high",
+        "--constraint=a100",
+        "--gpus-per-node=1",
+        "--cpus-per-task=8",
+        "--mem=64GB",
+        "--time=90",
+        "--array=0-3%3",  # cam and uniform of seeds 0 and 1, 3 at a time
+        "module load cuda",
+    ):
+        assert line in trained, line
+    assert "--dependency" not in trained and "--dependency=afterany:1001" in posthoc and "--array=0-1%" in posthoc
+    # Pending jobs are never submitted twice; a job that failed is.
+    again = runner.invoke(app, ["benchmark", str(path), "--launcher", "submitit", "--no-wait"])
+    assert (
+        again.exit_code == 0
+        and again.output.count("still in flight; not submitted again") == 6
+        and len(list(fake.glob("script-*"))) == 2
+    )
+    (fake / "state").write_text("FAILED\n")
+    third = runner.invoke(app, ["benchmark", str(path), "--launcher", "submitit", "--no-wait"])
+    assert third.exit_code == 0 and third.output.count("submitted as job") == 6, third.output
