@@ -135,12 +135,7 @@ def run(
         str, typer.Option(help="quick (CPU minutes, 736x480), paper (GPU, 2944x1920) or tiny (tests).")
     ] = "quick",
     seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
-    folds: Annotated[
-        int | None,
-        typer.Option(
-            help="k-fold cross-validation by patient: the number of folds (with --fold; see `wsseg data split`)."
-        ),
-    ] = None,
+    folds: Annotated[int | None, typer.Option(help="k of a k-fold cross-validation by patient (with --fold).")] = None,
     fold: Annotated[int | None, typer.Option(help="The fold tested by this run, 0 .. folds-1 (with --folds).")] = None,
     epochs: Annotated[int | None, typer.Option(help="Override the profile's epoch count.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Override the profile's batch size.")] = None,
@@ -192,24 +187,18 @@ def run(
     from wsseg.registry import load_plugin_file
     from wsseg.run import run as run_fn
 
-    overrides = list(set_ or [])
-    overrides += [f"data.dataset={dataset}", f"train.device={device}"]
-    if folds is not None:
-        overrides.append(f"data.folds={folds}")
-    if fold is not None:
-        overrides.append(f"data.fold={fold}")
-    if epochs is not None:
-        overrides.append(f"train.epochs={epochs}")
-    if batch_size is not None:
-        overrides.append(f"train.batch_size={batch_size}")
-    if cache_dir is not None:
-        overrides.append(f"data.cache_dir={cache_dir}")
-    if data_root is not None:
-        overrides.append(f"data.root={data_root}")
-    if save_maps:
-        overrides.append("eval.save_maps=true")
-    if allow_outside_root:
-        overrides.append("data.allow_outside_root=true")
+    flags = {
+        "data.folds": folds,
+        "data.fold": fold,
+        "train.epochs": epochs,
+        "train.batch_size": batch_size,
+        "data.cache_dir": cache_dir,
+        "data.root": data_root,
+        "eval.save_maps": "true" if save_maps else None,
+        "data.allow_outside_root": "true" if allow_outside_root else None,
+    }  # the explicit flags come after --set: they win
+    overrides = [*(set_ or []), f"data.dataset={dataset}", f"train.device={device}"]
+    overrides += [f"{key}={value}" for key, value in flags.items() if value is not None]
     try:
         for path in plugin or []:
             load_plugin_file(path)

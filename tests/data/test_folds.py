@@ -118,7 +118,7 @@ def test_bad_fold_options_are_one_line_errors(tmp_path: Path, cache_dir: Path) -
 
 def test_a_folded_phantom_run_records_its_fold_and_writes_the_assignment(tmp_path: Path, cache_dir: Path) -> None:
     args = ["run", "-m", "uniform", "--profile", "tiny", "--cache-dir", str(cache_dir), "--out", str(tmp_path)]
-    result = runner.invoke(app, [*args, "--folds", "4", "--fold", "1", "-q"])
+    result = runner.invoke(app, [*args, "--folds", "4", "--fold", "1", "--save-maps", "-q"])
     assert result.exit_code == 0, result.output
     (folder,) = tmp_path.iterdir()
     assert folder.name.startswith("uniform-phantom-tiny-s0-fold1of4-")
@@ -131,6 +131,13 @@ def test_a_folded_phantom_run_records_its_fold_and_writes_the_assignment(tmp_pat
     ids = [line.split(",")[0] for line in (folder / "per_image.csv").read_text().splitlines()[1:]]
     assert len(ids) == 2 * record["dataset_info"]["counts"]["test"]  # one row per image and class
     assert info["patients"]["test"] == len(test_patients) == record["dataset_info"]["counts"]["test"] // 4
+    # `wsseg evaluate` re-scores the fold's own test images.
+    evaluated = runner.invoke(app, ["evaluate", "--run", str(folder), "--cache-dir", str(cache_dir), "-q"])
+    assert evaluated.exit_code == 0, evaluated.output
+    again = json.loads((folder / "evaluate" / "record.json").read_text())
+    assert again["metrics"]["benign"]["dice"] == pytest.approx(
+        record["metrics"]["benign"]["dice"], abs=1e-3, nan_ok=True
+    )
 
 
 def test_data_split_folds_writes_what_a_run_uses_and_a_committed_file_pins_it(
