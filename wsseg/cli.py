@@ -616,7 +616,8 @@ def benchmark(
         str,
         typer.Option(
             help="local: run here, one run after the other; submitit: each unfinished run as one cluster job (Slurm, "
-            "or local processes) with the resources of the file's [launcher] table; needs pip install 'wsseg[slurm]'.",
+            "or local processes) with the resources of the file's launcher table; needs the submitit package (the "
+            "slurm extra of wsseg).",
         ),
     ] = "local",
     wait: Annotated[
