@@ -135,6 +135,8 @@ def run(
         str, typer.Option(help="quick (CPU minutes, 736x480), paper (GPU, 2944x1920) or tiny (tests).")
     ] = "quick",
     seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
+    folds: Annotated[int | None, typer.Option(help="k of a k-fold cross-validation by patient (with --fold).")] = None,
+    fold: Annotated[int | None, typer.Option(help="The fold tested by this run, 0 .. folds-1 (with --folds).")] = None,
     epochs: Annotated[int | None, typer.Option(help="Override the profile's epoch count.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Override the profile's batch size.")] = None,
     out: Annotated[Path, typer.Option("--out", help="Parent folder of run folders.")] = Path("runs"),
@@ -185,20 +187,18 @@ def run(
     from wsseg.registry import load_plugin_file
     from wsseg.run import run as run_fn
 
-    overrides = list(set_ or [])
-    overrides += [f"data.dataset={dataset}", f"train.device={device}"]
-    if epochs is not None:
-        overrides.append(f"train.epochs={epochs}")
-    if batch_size is not None:
-        overrides.append(f"train.batch_size={batch_size}")
-    if cache_dir is not None:
-        overrides.append(f"data.cache_dir={cache_dir}")
-    if data_root is not None:
-        overrides.append(f"data.root={data_root}")
-    if save_maps:
-        overrides.append("eval.save_maps=true")
-    if allow_outside_root:
-        overrides.append("data.allow_outside_root=true")
+    flags = {
+        "data.folds": folds,
+        "data.fold": fold,
+        "train.epochs": epochs,
+        "train.batch_size": batch_size,
+        "data.cache_dir": cache_dir,
+        "data.root": data_root,
+        "eval.save_maps": "true" if save_maps else None,
+        "data.allow_outside_root": "true" if allow_outside_root else None,
+    }  # the explicit flags come after --set: they win
+    overrides = [*(set_ or []), f"data.dataset={dataset}", f"train.device={device}"]
+    overrides += [f"{key}={value}" for key, value in flags.items() if value is not None]
     try:
         for path in plugin or []:
             load_plugin_file(path)
@@ -592,9 +592,18 @@ def bench(
         typer.echo(f"appended {len(rows)} rows to {out}")
 
 
+def _csv_ints(text: str | None, flag: str) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        _fail(f"{flag} takes comma-separated integers, e.g. 0,1,2; got {text!r}")
+
+
 @app.command()
 def benchmark(
-    file: Annotated[Path, typer.Argument(help="A benchmark TOML file (see benchmarks/phantom-quick.toml).")],
+    file: Annotated[Path, typer.Argument(help="A benchmark TOML file (see benchmarks/README.md).")],
     resume: Annotated[
         bool,
         typer.Option(
@@ -603,29 +612,107 @@ def benchmark(
             "always skipped and interrupted ones resumed from their last checkpoint.",
         ),
     ] = False,
+    launcher: Annotated[
+        str,
+        typer.Option(
+            help="local: run here, one run after the other; submitit: each unfinished run as one cluster job (Slurm, "
+            "or local processes) with the resources of the file's launcher table; needs the submitit package (the "
+            "slurm extra of wsseg).",
+        ),
+    ] = "local",
+    wait: Annotated[
+        bool,
+        typer.Option(
+            "--wait/--no-wait",
+            help="submitit: wait for the jobs, then write the leaderboard; or return after submitting (run the same "
+            "command again later: it skips finished runs and writes the leaderboard when every record exists).",
+        ),
+    ] = True,
+    data_root: Annotated[
+        str | None, typer.Option(help="The downloaded dataset (replaces the file's data_root).")
+    ] = None,
+    profile: Annotated[str | None, typer.Option(help="Replace the file's profile: tiny, quick or paper.")] = None,
+    methods: Annotated[
+        str | None, typer.Option(help="Replace the file's methods: comma-separated names, or all.")
+    ] = None,
+    seeds: Annotated[str | None, typer.Option(help="Replace the file's seeds: comma-separated integers.")] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Add a config override to every run: section.field=value (repeatable)."),
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Replace the file's run folder (out).")] = None,
+    leaderboard_dir: Annotated[
+        Path | None, typer.Option("--leaderboard", help="Replace the file's leaderboard folder.")
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
-    """Run every (dataset, method, seed) of a benchmark file that is not finished, then write its leaderboard.
+    """Run every (dataset, method, seed[, fold]) of a benchmark file that is not finished, then write its leaderboard.
 
     Finished runs are skipped and interrupted ones resumed, so the command can be stopped (even killed) and
     restarted at any time, with or without --resume; the result equals an uninterrupted benchmark's. Post-hoc
-    methods reuse the CAM run of the same seed. The file format is documented in wsseg/benchmark.py.
+    methods reuse the CAM run of the same seed (and fold). `folds = K` in the file runs a K-fold cross-validation
+    by patient and aggregates the folds in the leaderboard. The file format is documented in wsseg/benchmark.py
+    and benchmarks/README.md; the flags replace the file's values (e.g. --profile tiny for a smoke test).
     """
-    from wsseg.benchmark import load_benchmark, run_benchmark
+    from wsseg.benchmark import BenchmarkOverrides, load_benchmark, run_benchmark
 
+    if launcher not in ("local", "submitit"):
+        _fail(f"--launcher must be local or submitit, got {launcher!r}")
+    overrides = BenchmarkOverrides(
+        data_root=data_root,
+        profile=profile,
+        methods=[m.strip() for m in methods.split(",") if m.strip()] if methods is not None else None,
+        seeds=_csv_ints(seeds, "--seeds"),
+        extra_set=list(set_ or []),
+        out=out,
+        leaderboard=leaderboard_dir,
+    )
     try:
-        bench = load_benchmark(file)
+        bench = load_benchmark(file, overrides)
+        folds = f" x {bench.folds} folds" if bench.folds is not None else ""
         typer.echo(
             f"{'resuming ' if resume else ''}benchmark {bench.name}: {len(bench.methods)} methods x "
-            f"{len(bench.seeds)} seeds x {len(bench.datasets)} datasets, profile {bench.profile}, runs in {bench.out}"
+            f"{len(bench.seeds)} seeds{folds} x {len(bench.datasets)} datasets, profile {bench.profile}, "
+            f"runs in {bench.out}"
         )
-        _, result = run_benchmark(bench, progress=not quiet, log=typer.echo)
+        if launcher == "local":
+            _, result = run_benchmark(bench, progress=not quiet, log=typer.echo)
+        else:
+            result = _submit_benchmark(bench, wait, file)
+            if result is None:
+                return
     except USER_ERRORS as e:
         _fail(e)
     for line in result.differences:
         typer.echo(f"not comparable: {line}")
     for path in result.files:
         typer.echo(f"wrote {path}")
+
+
+def _submit_benchmark(bench: Any, wait: bool, file: Path) -> Any:
+    """``--launcher submitit``: submit, wait or not, and write the leaderboard once every record exists."""
+    from wsseg.benchmark import is_done, plan, write_benchmark_leaderboard
+    from wsseg.launch import JobsFailed, launch
+
+    try:
+        sub = launch(bench, wait, typer.echo)
+    except JobsFailed as e:
+        typer.secho(f"error: {len(e.lines)} run(s) have no record; fix the cause and run the command again:", err=True)
+        for line in e.lines:
+            typer.secho(f"  {line}", err=True)
+        raise typer.Exit(1) from None
+    if all(is_done(bench, spec) for spec in plan(bench)):
+        return write_benchmark_leaderboard(bench)
+    if sub.held:
+        typer.echo(
+            f"{len(sub.held)} post-hoc run(s) wait for their CAM jobs (the local executor has no job dependencies)"
+        )
+    typer.echo(
+        f"{len(sub.jobs)} job(s) submitted, {len(sub.earlier)} still in flight from before. When they have finished, "
+        f"run `wsseg benchmark {file} --launcher submitit` again (with the same flags): it skips finished runs, "
+        "submits what is left and writes the leaderboard once every run has its record."
+    )
+    return None
 
 
 @app.command()
@@ -814,15 +901,32 @@ def data_split(
     root: Annotated[Path, typer.Option(help="The complete downloaded dataset (folder or index file).")],
     out: Annotated[Path, typer.Option("--out", help="CSV to write (commit it as benchmarks/splits/DATASET.csv).")],
     seed: Annotated[int, typer.Option(help="Seed of the split where the dataset has no official one.")] = 0,
+    folds: Annotated[
+        int | None,
+        typer.Option(
+            help="Write a k-fold cross-validation assignment instead (patient_id,fold0,...: train/val/test per "
+            "fold), stratified by patient label; commit it as benchmarks/splits/DATASET-<k>fold.csv."
+        ),
+    ] = None,
 ) -> None:
     """Write the patient-level split of a download (patient_id,split) without decoding images, for publishing."""
+    from wsseg.data.folds import fold_counts, make_folds_file
     from wsseg.data.prepare import make_split_file
 
     try:
-        counts = make_split_file(dataset, root, seed, out)
+        if folds is None:
+            counts = make_split_file(dataset, root, seed, out)
+        else:
+            assignment = make_folds_file(dataset, root, folds, seed, out)
     except USER_ERRORS as e:
         _fail(e)
-    typer.echo(f"{dataset}: {', '.join(f'{n} {s}' for s, n in counts.items())} patients written to {out}")
+    if folds is None:
+        typer.echo(f"{dataset}: {', '.join(f'{n} {s}' for s, n in counts.items())} patients written to {out}")
+        return
+    typer.echo(f"{dataset}: {len(assignment.table)} patients in {folds} folds written to {out}")
+    for f, by_split in enumerate(fold_counts(assignment.table, assignment.labels)):
+        parts = [f"{s} {sum(c.values())} ({', '.join(f'{n} {x}' for x, n in c.items())})" for s, c in by_split.items()]
+        typer.echo(f"  fold {f}: {'; '.join(parts)}")
 
 
 @data_app.command("fixture")

@@ -40,6 +40,8 @@ class DataConfig:
         allow_outside_root: let a data source's index (a manifest CSV) list files outside ``root``; off by
             default, so a downloaded index cannot make wsseg read ``../../etc/passwd`` or another user's files.
         voi_lut: a data source's DICOMs are read through their VOI LUT / window instead of as raw linear values.
+        folds: k of a k-fold cross-validation by patient (:mod:`wsseg.data.folds`); None: one train/val/test split.
+        fold: which fold this run tests on, 0 .. folds - 1 (needs ``folds``).
     """
 
     dataset: str = "phantom"
@@ -52,6 +54,8 @@ class DataConfig:
     num_workers: int | None = None
     allow_outside_root: bool = False
     voi_lut: bool = False
+    folds: int | None = None
+    fold: int | None = None
 
 
 @dataclass
@@ -217,6 +221,7 @@ def make_run_config(
         hint = typing.get_type_hints(type(target))[name]
         setattr(target, name, parse_value(raw.strip(), hint, key))
     check_ranges(cfg)
+    check_folds(cfg.data)
     cfg.method_config = method_cfg.to_dict()
     return cfg
 
@@ -259,6 +264,24 @@ def check_ranges(cfg: RunConfig) -> None:
         if not ok(value):
             flag = "--seed" if key == "seed" else key
             raise ValueError(f"{flag} must be {must}, got {value!r}")
+
+
+def check_folds(data: DataConfig) -> None:
+    """Refuse a fold without a fold count, a fold count without a fold, or either out of range.
+
+    Raises:
+        ValueError: naming the option and the fix.
+    """
+    from wsseg.data.folds import check_folds as check_range
+
+    if data.folds is None and data.fold is None:
+        return
+    if data.folds is None or data.fold is None:
+        raise ValueError(
+            "--folds K and --fold F go together (data.folds and data.fold): a run tests on one fold of a k-fold "
+            "split; `folds = K` in a benchmark file runs every fold"
+        )
+    check_range(data.folds, data.fold)
 
 
 def parse_value(raw: str, hint: Any, key: str) -> Any:

@@ -21,9 +21,10 @@ import torch
 from torch.utils.data import Subset
 from tqdm.auto import tqdm
 
-from wsseg._io import atomic_write_json, remove_stale_temporaries
+from wsseg._io import atomic_write_json, atomic_write_text, remove_stale_temporaries
 from wsseg.config import DataConfig, EvalConfig, RunConfig, phantom_config
 from wsseg.data.dataset import MammogramDataset, phantom_cache_key, prepare_phantom, split_hash
+from wsseg.data.folds import FOLDS_FILE, FoldAssignment, dataset_patient_labels, folds_csv_text, load_assignment
 from wsseg.data.phantom import CLASSES, PHANTOM_VERSION
 from wsseg.data.prepare import PREPROCESS_VERSION, prepare_source
 from wsseg.data.sources import get_source
@@ -254,6 +255,45 @@ def prepare_data(
     return root, dataset_info
 
 
+def fold_tag(cfg: RunConfig) -> str:
+    """``fold<f>of<k>-`` for a run of one fold of a k-fold cross-validation, else empty (part of run ids)."""
+    return f"fold{cfg.data.fold}of{cfg.data.folds}-" if cfg.data.folds is not None else ""
+
+
+def fold_assignment(cfg: RunConfig, root: Path) -> FoldAssignment | None:
+    """The k-fold assignment of a run's dataset (None for a single-split run).
+
+    It is made from the download's index (a data source) or the prepared phantom's manifest (``root``), with the
+    dataset seed ``data.seed``, unless ``benchmarks/splits/<dataset>-<k>fold.csv`` pins it
+    (:func:`wsseg.data.folds.load_assignment`).
+    """
+    if cfg.data.folds is None:
+        return None
+    labels = dataset_patient_labels(cfg.data.dataset, cfg.data.root, root)
+    return load_assignment(cfg.data.dataset, labels, cfg.data.folds, cfg.data.seed)
+
+
+def fold_splits(
+    cfg: RunConfig,
+    root: Path,
+    dataset_info: dict[str, Any],
+    run_dir: Path | None = None,
+    log: Callable[[str], None] = lambda _: None,
+) -> dict[str, str] | None:
+    """patient_id -> split of the run's fold (None for a single-split run); adds ``folds`` to ``dataset_info``.
+
+    With ``run_dir``, the whole assignment is written there as ``folds.csv`` (the ``benchmarks/splits`` format).
+    """
+    folds = fold_assignment(cfg, root)
+    if folds is None or cfg.data.fold is None:
+        return None
+    dataset_info["folds"] = folds.info(cfg.data.fold)
+    if run_dir is not None:
+        atomic_write_text(run_dir / FOLDS_FILE, folds_csv_text(folds.table))
+    log(f"data: fold {cfg.data.fold} of {folds.k}, {folds.source} assignment {dataset_info['folds']['assignment']}")
+    return folds.splits(cfg.data.fold)
+
+
 def build_method(cfg: RunConfig) -> WSSegMethod:
     """The run's method with freshly initialised weights (seed the RNG first for reproducible ones)."""
     spec = get_method_spec(cfg.method)
@@ -274,8 +314,9 @@ def gallery_for_run(run_dir: str | Path, cache_dir: str | None = None, progress:
     if cache_dir is not None:
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, cache_dir=cache_dir))
     record = read_record(run_dir / "record.json")
-    root, _ = prepare_data(cfg, progress, log=lambda _: None)
-    test_set = MammogramDataset(root, "test", with_masks=True, dataset=cfg.data.dataset)
+    root, info = prepare_data(cfg, progress, log=lambda _: None)
+    patient_splits = fold_splits(cfg, root, info)
+    test_set = MammogramDataset(root, "test", with_masks=True, dataset=cfg.data.dataset, patient_splits=patient_splits)
     method = build_method(cfg)
     method.load_state_dict(load_checkpoint(run_dir / BEST)["model"])
     shown = make_gallery(method, test_set, record_thresholds(record), torch.device("cpu"))
@@ -299,7 +340,8 @@ def run(
     Args:
         cfg: the resolved run config.
         out_dir: parent folder of run folders.
-        run_id: the run folder's name; by default ``<method>-<dataset>-<profile>-s<seed>-<UTC time>``.
+        run_id: the run folder's name; by default ``<method>-<dataset>-<profile>-s<seed>-<UTC time>``, with
+            ``fold<f>of<k>-`` before the time for a run of one cross-validation fold.
         resume: continue the run ``run_id`` or, without one, the latest run of the same method,
             dataset, profile and seed that has a checkpoint; its saved config is used.
         from_run: a finished run whose best classifier weights this method reuses instead of training
@@ -322,7 +364,7 @@ def run(
     if sum(x is not None and x is not False for x in (from_run, weights, resume or None)) > 1:
         raise ValueError("--from-run, --weights and --resume exclude each other; pass one of them")
     out_dir = Path(out_dir)
-    prefix = f"{cfg.method}-{cfg.data.dataset}-{cfg.profile}-s{cfg.seed}-"
+    prefix = f"{cfg.method}-{cfg.data.dataset}-{cfg.profile}-s{cfg.seed}-{fold_tag(cfg)}"
     run_dir: Path | None = out_dir / run_id if run_id else None
     if resume:
         run_dir = run_dir if run_dir is not None else find_resumable(out_dir, prefix)
@@ -366,14 +408,19 @@ def run(
     if distributed and rank == 0:
         torch.distributed.barrier()
     spec = get_method_spec(cfg.method)
-    # Only fully supervised reference methods may see training masks.
+    # k-fold cross-validation: the fold's patients replace the cache's split (one cache serves every fold).
+    patient_splits = fold_splits(cfg, root, dataset_info, run_dir if rank == 0 else None, log)
     name = cfg.data.dataset
     # On CUDA the loaders ship the cache's uint16 pixels and the GPU standardises them (half the bytes through the
     # workers and pinned memory); on CPU the workers standardise, as the published CPU results were made.
     std = device.type != "cuda"
-    train_set = MammogramDataset(root, "train", with_masks=spec.supervision == "full", dataset=name, standardize=std)
-    val_set = MammogramDataset(root, "val", with_masks=True, dataset=name, standardize=std)
-    test_set = MammogramDataset(root, "test", with_masks=True, dataset=name, standardize=std)
+
+    def open_split(split: str, with_masks: bool) -> MammogramDataset:
+        return MammogramDataset(root, split, with_masks, name, standardize=std, patient_splits=patient_splits)
+
+    # Only fully supervised reference methods may see training masks.
+    train_set = open_split("train", spec.supervision == "full")
+    val_set, test_set = open_split("val", True), open_split("test", True)
     data_seconds = time.perf_counter() - t0
     sizes = f"{len(train_set)}/{len(val_set)}/{len(test_set)}"
     log(f"data: {sizes} train/val/test images from {root} ({data_seconds:.1f} s)")

@@ -193,10 +193,19 @@ class MammogramDataset(Dataset[dict[str, Any]]):
             :func:`standardize_images` to standardise on the GPU: the loader workers then skip the float work and
             pass half the bytes (``wsseg run`` does this on CUDA; :func:`wsseg.evaluation.inference.to_device`
             standardises a raw batch after the copy).
+        patient_splits: patient_id -> split, replacing the manifest's split column (one fold of a k-fold
+            cross-validation, :mod:`wsseg.data.folds`): every fold reads the same cache.
     """
 
     def __init__(
-        self, root: str | Path, split: str, with_masks: bool, dataset: str = "phantom", *, standardize: bool = True
+        self,
+        root: str | Path,
+        split: str,
+        with_masks: bool,
+        dataset: str = "phantom",
+        *,
+        standardize: bool = True,
+        patient_splits: dict[str, str] | None = None,
     ) -> None:
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
@@ -205,7 +214,17 @@ class MammogramDataset(Dataset[dict[str, Any]]):
         self.with_masks = with_masks
         self.dataset = dataset
         self.standardize = standardize
-        self.rows = [r for r in read_manifest(root) if r["split"] == split]
+        rows = read_manifest(root)
+        if patient_splits is None:
+            self.rows = [r for r in rows if r["split"] == split]
+        else:
+            unknown = sorted({r["patient_id"] for r in rows} - set(patient_splits))
+            if unknown:
+                raise ValueError(
+                    f"{self.root / 'manifest.csv'} has patients the fold assignment lacks ({', '.join(unknown[:5])}); "
+                    "the assignment must come from the same download: regenerate it with `wsseg data split --folds`"
+                )
+            self.rows = [r for r in rows if patient_splits[r["patient_id"]] == split]
         if not self.rows:
             raise ValueError(f"{self.root / 'manifest.csv'} has no images in split {split!r}")
 

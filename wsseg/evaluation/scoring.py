@@ -678,7 +678,10 @@ def evaluate_run(
     counts = {"train": cfg.data.n_train, "val": cfg.data.n_val, "test": cfg.data.n_test}
     cache = cache_dir or cfg.data.cache_dir
     root = prepare_phantom(phantom_config(cfg.profile), cfg.data.seed, counts, cache, progress=progress)
-    test_set = MammogramDataset(root, "test", with_masks=True)
+    from wsseg.run import fold_splits  # here: wsseg.run imports this module
+
+    # A run of one cross-validation fold tests that fold's patients.
+    test_set = MammogramDataset(root, "test", with_masks=True, patient_splits=fold_splits(cfg, root, {}))
     map_index = index_class_files(maps_dir, MAP_SUFFIXES, "--run maps")
     extra = sorted(set(map_index) - set(test_set.image_ids))
     if extra:

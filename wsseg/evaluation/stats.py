@@ -342,6 +342,32 @@ OPTIONAL_ARRAYS = frozenset(
 )
 
 
+def concat_arrays(parts: Sequence[ClassArrays]) -> ClassArrays:
+    """One class's statistics of several image sets, in order (the test folds of a cross-validation, pooled)."""
+    offsets = np.cumsum([0, *(len(a.sum_s) for a in parts[:-1])])
+    return ClassArrays(
+        pos_hist=np.concatenate([a.pos_hist for a in parts]),
+        neg_hist=np.concatenate([a.neg_hist for a in parts]),
+        sum_sg=np.concatenate([a.sum_sg for a in parts]),
+        sum_s=np.concatenate([a.sum_s for a in parts]),
+        point_px=np.concatenate([a.point_px for a in parts]),
+        lesion_scores=np.concatenate([a.lesion_scores for a in parts]),
+        lesion_image=np.concatenate([a.lesion_image + o for a, o in zip(parts, offsets, strict=True)]),
+        fp_scores=np.concatenate([a.fp_scores for a in parts]),
+        fp_image=np.concatenate([a.fp_image + o for a, o in zip(parts, offsets, strict=True)]),
+        image_score=np.concatenate([a.image_score for a in parts]),
+        image_label=np.concatenate([a.image_label for a in parts]),
+        froc_done=all(a.froc_done for a in parts),
+        box_iou=np.concatenate([a.box_iou.reshape(-1, len(BOX_TAUS)) for a in parts]),
+        lesion_px=np.concatenate([a.lesion_px for a in parts]),
+        n_components=np.concatenate([a.n_components for a in parts]),
+        lesion_type=np.concatenate([a.lesion_type.astype("<U16") for a in parts]),
+        chance_hit=np.concatenate([a.chance_hit.reshape(-1, len(POINTING_TOLERANCES_MM)) for a in parts]),
+        lesion_cover=np.concatenate([a.lesion_cover for a in parts]),
+        grown_cover=np.concatenate([a.grown_cover for a in parts]),
+    )
+
+
 @dataclass
 class SplitStats:
     """Per-image statistics of a split, per class, plus what the metrics need to know about each image.

@@ -44,7 +44,9 @@ content scores on each metric, computed exactly from the masks and regions (no m
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -61,7 +63,7 @@ from wsseg.evaluation.metrics import (
     threshold_grid,
 )
 from wsseg.evaluation.stats import POINTING_TOLERANCES_MM as POINTING_TOLERANCES_MM
-from wsseg.evaluation.stats import ClassArrays, SplitStats
+from wsseg.evaluation.stats import ClassArrays, SplitStats, concat_arrays
 
 NAN = float("nan")
 
@@ -151,6 +153,13 @@ def class_table(arrays: ClassArrays, spacing_mm: np.ndarray, n_bins: int, thresh
         point_mm=arrays.point_px * spacing_mm,
         point_px=arrays.point_px,
     )
+
+
+def concat_tables(tables: Sequence[ClassTable]) -> ClassTable:
+    """Per-image values of several image sets, each at its own thresholds, as one table (pooled test folds)."""
+    fields = [f.name for f in dataclasses.fields(ClassTable) if f.name != "arrays"]
+    joined = {name: np.concatenate([getattr(t, name) for t in tables]) for name in fields}
+    return ClassTable(arrays=concat_arrays([t.arrays for t in tables]), **joined)
 
 
 def weighted_mean(values: np.ndarray, w: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -60,7 +60,12 @@ def _pyplot() -> Any:
 
 def _by_method(runs: Sequence[RunFiles]) -> dict[str, list[RunFiles]]:
     out: dict[str, list[RunFiles]] = {}
-    for r in sorted(runs, key=lambda r: (r.record["method"], int(r.record.get("seed", 0)))):
+
+    def order(r: RunFiles) -> tuple[str, int, int]:
+        fold = (r.record.get("dataset_info", {}).get("folds") or {}).get("fold", -1)
+        return r.record["method"], int(r.record.get("seed", 0)), int(fold)
+
+    for r in sorted(runs, key=order):  # the lowest seed (and fold) first: the run the gallery and curves show
         out.setdefault(r.record["method"], []).append(r)
     return out
 

@@ -8,7 +8,9 @@ every key is always present:
 - ``method``: registry name; ``supervision``: ``weak``, ``full`` or ``reference`` (below); ``method_source``: built-in,
   plugin or file.
 - ``dataset``: dataset name; ``dataset_info``: version, cache key, image size, pixel spacing, per-split image
-  counts and id hashes.
+  counts and id hashes; for a run of one k-fold cross-validation fold only, ``folds``: ``k``, ``fold``, ``seed``,
+  ``assignment`` (a hash of the whole assignment, the leaderboards' comparability key), ``source`` (``derived`` or
+  the committed split file), ``file`` (``folds.csv`` in the run folder), ``rule`` and ``patients`` per split.
 - ``profile``: ``tiny`` | ``quick`` | ``paper``; ``seed``: training seed.
 - ``config``: the resolved run config (data, train, eval, method_config).
 - ``versions``: wsseg, torch, timm, numpy, python, phantom generator, git sha (null outside a git checkout).
