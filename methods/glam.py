@@ -53,7 +53,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from wsseg.method import MethodConfig, MethodOutput, WSSegMethod, probability_bce
+from wsseg.method import (
+    Limit,
+    MethodConfig,
+    MethodOutput,
+    WSSegMethod,
+    between,
+    fits_image,
+    in_unit_interval,
+    probability_bce,
+)
 from wsseg.nn.local_resnet import local_resnet
 from wsseg.nn.resnet22 import ResNet22
 from wsseg.nn.roi import (
@@ -122,6 +131,25 @@ class GLAMConfig(MethodConfig):
     l1_local: float = 0.01
     tissue_gate: bool = False
     roi_impl: RoiImpl = "batched"
+
+    def limits(self, image_hw: tuple[int, int]) -> dict[str, Limit]:
+        """Widths and counts a network can have, ResNet depths that exist, fractions in (0, 1], patches in the image."""
+        pooled = max(1, min(image_hw) // 32)
+        return {
+            "global_width": (between(1, 1024), "an integer in [1, 1024]"),
+            "global_input_downsample": (between(1, pooled), f"an integer in [1, {pooled}] at this profile"),
+            "scale_weights": (lambda v: all(0 <= w <= 1000 for w in v), "three weights in [0, 1000]"),
+            "percent_k": (in_unit_interval, "in (0, 1]"),
+            "num_patches": (between(1, 64), "an integer in [1, 64]"),
+            "crop_size": (fits_image(image_hw), f"(rows, cols) within the {image_hw[0]}x{image_hw[1]} image"),
+            "local_depth": (lambda v: v in (18, 34), "18 or 34"),
+            "local_stem_width": (between(1, 1024), "an integer in [1, 1024]"),
+            "local_percent_k": (in_unit_interval, "in (0, 1]"),
+            "stage_epochs": (lambda v: v is None or all(0 <= e <= 100_000 for e in v), "none or three epoch counts"),
+            "stage_lr_scale": (lambda v: all(0 < s <= 100 for s in v), "three factors in (0, 100]"),
+            "l1_global": (between(0, 1000), "in [0, 1000]"),
+            "l1_local": (between(0, 1000), "in [0, 1000]"),
+        }
 
     @classmethod
     def tiny(cls) -> GLAMConfig:

@@ -39,7 +39,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from wsseg.method import MethodConfig, MethodOutput, WSSegMethod, bce_loss, probability_bce
+from wsseg.method import (
+    Limit,
+    MethodConfig,
+    MethodOutput,
+    WSSegMethod,
+    bce_loss,
+    between,
+    fits_image,
+    in_unit_interval,
+    probability_bce,
+)
 from wsseg.nn.local_resnet import local_resnet
 from wsseg.nn.resnet22 import ResNet22
 from wsseg.nn.roi import (
@@ -99,6 +109,20 @@ class GMICConfig(MethodConfig):
     attention_dim: int = 128
     tissue_gate: bool = False
     roi_impl: RoiImpl = "batched"
+
+    def limits(self, image_hw: tuple[int, int]) -> dict[str, Limit]:
+        """Widths and counts a network can have, fractions in (0, 1], crops inside the image."""
+        pooled = max(1, min(image_hw) // 32)
+        return {
+            "global_width": (between(1, 1024), "an integer in [1, 1024]"),
+            "global_input_downsample": (between(1, pooled), f"an integer in [1, {pooled}] at this profile"),
+            "local_stem_width": (between(1, 1024), "an integer in [1, 1024]"),
+            "num_crops": (between(1, 64), "an integer in [1, 64]"),
+            "crop_size": (fits_image(image_hw), f"(rows, cols) within the {image_hw[0]}x{image_hw[1]} image"),
+            "percent_t": (in_unit_interval, "in (0, 1]"),
+            "beta": (between(0, 1000), "in [0, 1000]"),
+            "attention_dim": (between(1, 4096), "an integer in [1, 4096]"),
+        }
 
     @classmethod
     def tiny(cls) -> GMICConfig:

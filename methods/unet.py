@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from wsseg.method import MethodConfig, MethodOutput, WSSegMethod, bce_loss
+from wsseg.method import Limit, MethodConfig, MethodOutput, WSSegMethod, bce_loss, between
 from wsseg.nn.upsample import to_input_resolution
 from wsseg.registry import register_method
 
@@ -63,6 +63,20 @@ class UNetConfig(MethodConfig):
     pool_sharpness: float = 4.0
     dice_weight: float = 1.0
     image_loss_weight: float = 0.1
+
+    def limits(self, image_hw: tuple[int, int]) -> dict[str, Limit]:
+        """Depths smp builds, positive widths, pooling that leaves the U-Net's stride, positive loss weights."""
+        pooled = max(1, min(image_hw) // 2 ** max(3, min(self.encoder_depth, 5)))
+        return {
+            "encoder": (lambda v: bool(v.strip()), "an smp encoder name, e.g. tu-resnet18"),
+            "encoder_width": (lambda v: v is None or 1 <= v <= 1024, "none or an integer in [1, 1024]"),
+            "encoder_depth": (between(3, 5), "3, 4 or 5"),
+            "decoder_width": (between(1, 1024), "an integer in [1, 1024]"),
+            "input_downsample": (between(1, pooled), f"an integer in [1, {pooled}] at this profile"),
+            "pool_sharpness": (lambda v: 0 < v <= 100, "in (0, 100]"),
+            "dice_weight": (between(0, 1000), "in [0, 1000]"),
+            "image_loss_weight": (between(0, 1000), "in [0, 1000]"),
+        }
 
     @classmethod
     def tiny(cls) -> UNetConfig:

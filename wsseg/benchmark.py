@@ -35,6 +35,7 @@ instead of training (CAM runs first). :mod:`wsseg.launch` sends each unfinished 
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from wsseg._io import atomic_write_bytes
-from wsseg.config import make_run_config
+from wsseg.config import MAX_SEED, make_run_config, seed_ok
 from wsseg.data.folds import FOLDS_FILE
 from wsseg.evaluation.curves import CURVES_JSON
 from wsseg.evaluation.scoring import PER_IMAGE_CSV, PER_IMAGE_STATS
@@ -57,6 +58,8 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 KEYS = {"name", "profile", "datasets", "methods", "seeds", "out", "leaderboard", "set", "device", "data_root", "folds"}
+# The name names the default run and leaderboard folders: one plain path component.
+NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
 # [launcher] keys and their TOML types (wsseg.launch maps them to submitit's parameters).
 LAUNCHER_KEYS: dict[str, type | tuple[type, ...]] = {
     "cluster": str,
@@ -157,11 +160,14 @@ class BenchmarkOverrides:
 def _read_tables(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """The ``[benchmark]`` and ``[launcher]`` tables of a file (the second may be empty)."""
     if not path.is_file():
+        if path.exists() or path.is_symlink():  # a FIFO would block the read forever
+            raise ValueError(f"benchmark file {path} is not a regular file; pass a .toml file")
         raise FileNotFoundError(f"benchmark file {path} does not exist")
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        # utf-8-sig: an editor may have saved a byte-order mark, which TOML itself does not allow.
+        data = tomllib.loads(path.read_text(encoding="utf-8-sig"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path} is not valid TOML: {e}") from e
+        raise ValueError(f"{path} is not valid TOML: {e}") from None
     table = data.get("benchmark")
     if not isinstance(table, dict):
         raise ValueError(f"{path} has no [benchmark] table; see `wsseg benchmark --help` for the format")
@@ -245,9 +251,15 @@ def load_benchmark(path: str | Path, overrides: BenchmarkOverrides | None = None
         )
     if not methods:
         raise ValueError(f'{path}: [benchmark] methods is empty; list registered names or write ["all"]')
+    if len(set(methods)) < len(methods):
+        raise ValueError(f"{path}: [benchmark] methods lists a method twice: {methods}")
     seeds = get("seeds", list)
-    if not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
-        raise ValueError(f"{path}: [benchmark] seeds must be a non-empty list of integers >= 0, got {seeds!r}")
+    if not seeds or not all(seed_ok(s) for s in seeds):
+        raise ValueError(
+            f"{path}: [benchmark] seeds must be a non-empty list of integers >= 0 and <= {MAX_SEED}, got {seeds!r}"
+        )
+    if len(set(seeds)) < len(seeds):
+        raise ValueError(f"{path}: [benchmark] seeds lists a seed twice: {seeds}")
     profile = get("profile", str, "quick")
     if profile not in ("tiny", "quick", "paper"):
         raise ValueError(f"{path}: [benchmark] profile must be tiny, quick or paper, got {profile!r}")
@@ -260,6 +272,8 @@ def load_benchmark(path: str | Path, overrides: BenchmarkOverrides | None = None
     if folds is not None and (not isinstance(folds, int) or isinstance(folds, bool) or folds < 2):
         raise ValueError(f"{path}: [benchmark] folds must be an integer >= 2 (k-fold cross-validation), got {folds!r}")
     name = get("name", str, path.stem)
+    if not NAME.fullmatch(name):
+        raise ValueError(f"{path}: [benchmark] name {name!r} names folders: use letters, digits, '.', '_' and '-' only")
     device = get("device", str, "auto")
     overrides_set = [str(s) for s in get("set", list, [])] + list(over.extra_set)
     # Check every run's config now: a bad override must stop the benchmark before its first run, not hours in.
@@ -299,9 +313,11 @@ def _check_datasets(path: Path, datasets: list[Any], data_root: str | None) -> N
     known = ["phantom", *list_sources()]
     if not datasets:
         raise ValueError(f'{path}: [benchmark] datasets is empty; write datasets = ["phantom"] or a data source')
+    if len(set(map(str, datasets))) < len(datasets):
+        raise ValueError(f"{path}: [benchmark] datasets lists a dataset twice: {datasets}")
     for d in datasets:
         if d not in known:
-            raise ValueError(f"{path}: [benchmark] unknown dataset {d!r}; available: {', '.join(known)}")
+            raise ValueError(f"{path}: [benchmark] datasets: unknown dataset {d!r}; available: {', '.join(known)}")
         if d != "phantom" and data_root is None:
             raise ValueError(
                 f"{path}: [benchmark] dataset {d!r} needs data_root = PATH (the downloaded dataset) in the file, or "
@@ -388,7 +404,9 @@ def run_one(bench: Benchmark, spec: RunSpec, progress: bool = False, log: Callab
                 f"{folder.name} reuses the classifier of {cam.name}, which has not finished; run it first"
             )
     log(f"{folder.name}: {'resuming' if resume else 'reusing ' + str(from_run) if from_run else 'running'}")
-    run(cfg, bench.out, folder.name, resume=resume, from_run=from_run, progress=progress, log=log)
+    # restart: a run without a checkpoint (reference methods, reused weights) that was stopped before its record is
+    # simply made again.
+    run(cfg, bench.out, folder.name, resume=resume, from_run=from_run, progress=progress, log=log, restart=True)
     return folder
 
 
@@ -406,8 +424,18 @@ def run_benchmark(
     Returns:
         The run folders of the benchmark and what the leaderboard wrote.
     """
-    folders = [run_one(bench, spec, progress, log) for spec in plan(bench)]
+    from wsseg._lock import folder_lock
+
+    # One benchmark process per run folder parent: a second one on the same file fails at once (each run folder is
+    # locked by its run too).
+    with folder_lock(bench.out, "wsseg benchmark", "wait for it to finish, or stop it and pass --resume"):
+        folders = [run_one(bench, spec, progress, log) for spec in plan(bench)]
     return folders, write_benchmark_leaderboard(bench)
+
+
+def run_folders(bench: Benchmark) -> list[Path]:
+    """The run folders of a benchmark, in run order."""
+    return [run_folder(bench, spec) for spec in plan(bench)]
 
 
 # What a published run keeps: the record, the per-image results (the rank groups' paired bootstrap resamples them),

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import math
+import os
+import shlex
+import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -30,18 +35,91 @@ ALLOW_OUTSIDE_ROOT_HELP = (
 )
 
 # Errors a user can fix; anything else is a bug and keeps its traceback.
-USER_ERRORS = (ValueError, KeyError, FileNotFoundError, FileExistsError, ImportError, OSError)
+# EOFError: numpy's reply to an empty file, which click would otherwise turn into a bare "Aborted.".
+USER_ERRORS = (ValueError, KeyError, FileNotFoundError, FileExistsError, ImportError, OSError, EOFError)
 
 
 def _fail(e: BaseException | str) -> NoReturn:
     from wsseg._io import describe_os_error
 
     msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+    if "\nOriginal Traceback" in msg:
+        # Re-raised by a DataLoader from a worker process: the worker's traceback follows; its last line is the error.
+        msg = msg.strip().splitlines()[-1].split(": ", 1)[-1]
     if isinstance(e, OSError) and e.filename is not None and e.strerror:
         # A system error straight from the OS ("[Errno 13] Permission denied: 'x'"): name the path and the fix.
         msg = describe_os_error(e.filename, e, action="access")
     typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
     raise typer.Exit(2)
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM (``kill``, a scheduler's stop) ends a command the way Ctrl-C does."""
+
+    def stop(signum: int, frame: Any) -> None:  # noqa: ARG001
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # not the main thread (an embedding program): leave its handlers alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupted(saved: str, again: list[str] | None, resumable: bool, run_dir: Path | None) -> NoReturn:
+    """Say what an interrupted command saved and how to continue it; exit 130 (the shell's code for Ctrl-C)."""
+    from wsseg._lock import LOCK_NAME
+
+    typer.secho(f"\ninterrupted: {saved}", fg=typer.colors.YELLOW, err=True)
+    if again is not None and resumable:
+        typer.echo(f"continue it with:\n  {shlex.join([*again, '--resume'])}", err=True)
+    elif again is not None:
+        # A new start reuses a folder that holds nothing but config.json (wsseg.run.check_run_folder).
+        stale = run_dir is not None and any(p.name not in (LOCK_NAME, "config.json") for p in run_dir.iterdir())
+        prefix = f"rm -r {shlex.quote(str(run_dir))} && " if stale else ""
+        typer.echo(f"start it again with:\n  {prefix}{shlex.join(again)}", err=True)
+    raise typer.Exit(130)
+
+
+def _given_run_flags(given: dict[str, Any], run_id: str) -> list[str]:
+    """The flags of a `wsseg run` call (its parameters in ``given``) with ``--run-id`` set and without ``--resume``."""
+    flags = ["--method", given["method"]]
+    defaults = {"dataset": "phantom", "profile": "quick", "seed": 0, "device": "auto"}
+    for name, default in defaults.items():
+        if given[name] is not None and given[name] != default:  # --dataset and --device default to None (not given)
+            flags += [f"--{name}", str(given[name])]
+    for name in ("data_root", "folds", "fold", "epochs", "batch_size", "cache_dir", "from_run", "weights"):
+        if given[name] is not None:
+            flags += [f"--{name.replace('_', '-')}", str(given[name])]
+    flags += ["--out", str(given["out"]), "--run-id", run_id]
+    for item in given["set_"] or []:
+        flags += ["--set", item]
+    for path in given["plugin"] or []:
+        flags += ["--plugin", str(path)]
+    for name in ("allow_outside_root", "save_maps"):
+        if given[name]:
+            flags.append(f"--{name.replace('_', '-')}")
+    return [*flags, "-q"] if given["quiet"] else flags
+
+
+def _benchmark_again(file: Path, given: dict[str, Any]) -> list[str]:
+    """The `wsseg benchmark` command line that continues a run with the same flags (without ``--resume``)."""
+    again = ["wsseg", "benchmark", str(file)]
+    if given["launcher"] != "local":
+        again += ["--launcher", given["launcher"]]
+    names = {"data_root": "--data-root", "profile": "--profile", "methods": "--methods", "seeds": "--seeds"}
+    names |= {"out": "--out", "leaderboard_dir": "--leaderboard"}
+    for name, flag in names.items():
+        if given[name] is not None:
+            again += [flag, str(given[name])]
+    for item in given["set_"] or []:
+        again += ["--set", item]
+    return [*again, "-q"] if given["quiet"] else again
 
 
 def _fmt(x: Any) -> str:
@@ -127,7 +205,12 @@ def metrics_table(record: dict[str, Any]) -> str:
 @app.command()
 def run(
     method: Annotated[str, typer.Option("--method", "-m", help="Registered method name (see `wsseg list methods`).")],
-    dataset: Annotated[str, typer.Option(help="phantom or a data source (see `wsseg list datasets`).")] = "phantom",
+    dataset: Annotated[
+        str | None,
+        typer.Option(
+            help="phantom (the default) or a data source (see `wsseg list datasets`); overrides --set data.dataset."
+        ),
+    ] = None,
     data_root: Annotated[
         Path | None, typer.Option(help="The downloaded dataset (folder or index file); prepared on first use.")
     ] = None,
@@ -143,7 +226,9 @@ def run(
     run_id: Annotated[
         str | None, typer.Option(help="Run folder name (default: method-dataset-profile-seed-time).")
     ] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    device: Annotated[
+        str | None, typer.Option(help="auto (the default), cpu or cuda; overrides --set train.device.")
+    ] = None,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue the latest matching run from its last checkpoint.")
     ] = False,
@@ -185,9 +270,14 @@ def run(
     """
     from wsseg.config import make_run_config
     from wsseg.registry import load_plugin_file
+    from wsseg.run import RunInterrupted
     from wsseg.run import run as run_fn
 
+    # Flags override --set items only when given (they come after it): a default must not silently undo
+    # `--set data.dataset=...`.
     flags = {
+        "data.dataset": dataset,
+        "train.device": device,
         "data.folds": folds,
         "data.fold": fold,
         "train.epochs": epochs,
@@ -196,14 +286,22 @@ def run(
         "data.root": data_root,
         "eval.save_maps": "true" if save_maps else None,
         "data.allow_outside_root": "true" if allow_outside_root else None,
-    }  # the explicit flags come after --set: they win
-    overrides = [*(set_ or []), f"data.dataset={dataset}", f"train.device={device}"]
-    overrides += [f"{key}={value}" for key, value in flags.items() if value is not None]
+    }
+    overrides = [*(set_ or []), *(f"{key}={value}" for key, value in flags.items() if value is not None)]
     try:
         for path in plugin or []:
             load_plugin_file(path)
         cfg = make_run_config(method, profile, seed, overrides)  # type: ignore[arg-type]
-        record = run_fn(cfg, out, run_id, resume, from_run, weights=weights, progress=not quiet, log=typer.echo)
+        with _sigterm_as_interrupt():
+            record = run_fn(cfg, out, run_id, resume, from_run, weights=weights, progress=not quiet, log=typer.echo)
+    except RunInterrupted as e:
+        # The same command with the run's folder named, so it continues this run and no other.
+        again = ["wsseg", "run", *_given_run_flags(locals(), e.run_dir.name)]
+        _interrupted(e.saved, again, e.resumable, e.run_dir)
+    except KeyboardInterrupt:
+        if os.environ.get("RANK", "0") != "0":
+            raise typer.Exit(130) from None  # another torchrun rank: rank 0 says what was saved
+        _interrupted("nothing was saved yet (stopped before the run folder was made)", None, False, None)
     except USER_ERRORS as e:
         _fail(e)
     finally:
@@ -286,14 +384,15 @@ def score(
     Maps smaller than the masks (same aspect ratio) are upsampled by the harness. Bad files stop with an error
     naming the file and the fix (or are skipped and counted with --skip-invalid).
     """
-    from wsseg.config import EvalConfig
+    from wsseg.config import EvalConfig, check_seed
     from wsseg.evaluation.scoring import parse_size, parse_thresholds, score_folders
 
     try:
         if upsample not in ("bilinear", "nearest", "bicubic"):
             raise ValueError(f"--upsample {upsample!r}: choose bilinear, nearest or bicubic")
-        if bootstrap < 0:
-            raise ValueError("--bootstrap must be 0 or more")
+        if not 0 <= bootstrap <= 1_000_000:
+            raise ValueError(f"--bootstrap must be in [0, 1000000], got {bootstrap}")
+        check_seed(seed, "--seed")
         cfg = EvalConfig(upsample=upsample, bootstrap_resamples=bootstrap, bootstrap_seed=seed)  # type: ignore[arg-type]
         record = score_folders(
             maps,
@@ -389,12 +488,14 @@ def compare(
     Refuses runs whose test images, patients or ground truth differ.
     """
     from wsseg._io import atomic_write_json
+    from wsseg.config import check_seed
     from wsseg.evaluation.scoring import compare_folders
     from wsseg.evaluation.summary import interval_keys
 
     try:
-        if n_resamples < 1:
-            raise ValueError("--n-resamples must be at least 1")
+        if not 1 <= n_resamples <= 1_000_000:
+            raise ValueError(f"--n-resamples must be in [1, 1000000], got {n_resamples}")
+        check_seed(seed, "--seed")
         result = compare_folders(run_a, run_b, n_resamples, seed)
         known = interval_keys()
         keys = known if metric and "all" in metric else list(metric or COMPARE_DEFAULT)
@@ -510,14 +611,13 @@ def bench(
 
     With --loader, measure the data pipeline's images/s instead.
     """
-    import os
-
     import torch
     from tabulate import tabulate
 
+    from wsseg._threads import available_cpus
     from wsseg.bench import COLUMNS, MODES, append_rows, bench_loader, speedups
     from wsseg.bench import bench as bench_fn
-    from wsseg.config import make_run_config
+    from wsseg.config import MAX_BATCH, MAX_IMAGES, make_run_config
 
     cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     modes = [m.strip() for item in mode or ["wsseg"] for m in item.split(",") if m.strip()]
@@ -530,7 +630,15 @@ def bench(
             raise ValueError(
                 "pass --method M to measure a method, or --loader (without --method) for the data pipeline"
             )
-        for n_workers in (workers or [os.cpu_count() or 1]) if loader else []:
+        if not all(1 <= n <= MAX_BATCH for n in batch or []):
+            raise ValueError(f"--batch must be in [1, {MAX_BATCH}], got {batch}")
+        if not all(0 <= n <= 256 for n in workers or []):
+            raise ValueError(f"--workers must be in [0, 256], got {workers}")
+        if not 4 <= images <= MAX_IMAGES or images % 4:
+            raise ValueError(f"--images must be a multiple of 4 in [4, {MAX_IMAGES}], got {images}")
+        if not 0 < seconds <= 3600:
+            raise ValueError(f"--seconds must be in (0, 3600], got {seconds}")
+        for n_workers in (workers or [available_cpus()]) if loader else []:
             for n in batch or [8]:
                 for noise in (False, True) if augment else (False,):
                     row = bench_loader(
@@ -654,7 +762,9 @@ def benchmark(
     by patient and aggregates the folds in the leaderboard. The file format is documented in wsseg/benchmark.py
     and benchmarks/README.md; the flags replace the file's values (e.g. --profile tiny for a smoke test).
     """
-    from wsseg.benchmark import BenchmarkOverrides, load_benchmark, run_benchmark
+    given = dict(locals())  # the flags, for the command that continues an interrupted benchmark
+    from wsseg.benchmark import BenchmarkOverrides, load_benchmark, run_benchmark, run_folders
+    from wsseg.run import RunInterrupted
 
     if launcher not in ("local", "submitit"):
         _fail(f"--launcher must be local or submitit, got {launcher!r}")
@@ -667,6 +777,7 @@ def benchmark(
         out=out,
         leaderboard=leaderboard_dir,
     )
+    bench = None
     try:
         bench = load_benchmark(file, overrides)
         folds = f" x {bench.folds} folds" if bench.folds is not None else ""
@@ -676,11 +787,21 @@ def benchmark(
             f"runs in {bench.out}"
         )
         if launcher == "local":
-            _, result = run_benchmark(bench, progress=not quiet, log=typer.echo)
+            with _sigterm_as_interrupt():
+                _, result = run_benchmark(bench, progress=not quiet, log=typer.echo)
         else:
             result = _submit_benchmark(bench, wait, file)
             if result is None:
                 return
+    except KeyboardInterrupt as e:
+        if bench is None:
+            _interrupted("nothing was run yet", None, False, None)
+        folders = run_folders(bench)
+        done = sum((f / "record.json").is_file() for f in folders)
+        saved = f"{done} of {len(folders)} runs are finished"
+        if isinstance(e, RunInterrupted):
+            saved += f"; {e.run_dir.name} was stopped: {e.saved}"
+        _interrupted(saved, _benchmark_again(file, given), True, None)
     except USER_ERRORS as e:
         _fail(e)
     for line in result.differences:
@@ -858,10 +979,14 @@ def data_prepare(
     Every file is written atomically, so the command can be stopped (even killed) and run again, with or without
     --resume: it reuses the images already cached and gives the same cache as an uninterrupted prepare.
     """
-    from wsseg.config import PROFILES, DataConfig, phantom_config
-    from wsseg.data.dataset import prepare_phantom
+    from wsseg.config import PROFILES, DataConfig, check_seed, phantom_config
+    from wsseg.data.dataset import prepare_phantom, repair_phantom_cache
     from wsseg.data.prepare import prepare_source
 
+    try:
+        check_seed(seed, "--seed")
+    except ValueError as e:
+        _fail(e)
     if dataset != "phantom":
         if root is None:
             _fail(f"`wsseg data prepare {dataset}` needs --root PATH (the downloaded dataset)")
@@ -880,18 +1005,23 @@ def data_prepare(
                 split_file=split_file,
                 voi_lut=voi_lut,
                 allow_outside_root=allow_outside_root,
+                verify=True,
             )
         except USER_ERRORS as e:
             _fail(e)
         typer.echo(report.summary())
         typer.echo(f"cache: {path} ({hw[0]}x{hw[1]}); patient split in {path / 'split.csv'}")
         return
+    hw = _profile_hw(profile)
     try:
         data = DataConfig(**PROFILES[profile].get("data", {}))
         counts = {"train": data.n_train, "val": data.n_val, "test": data.n_test}
         path = prepare_phantom(phantom_config(profile), data.seed, counts, cache_dir, workers)  # type: ignore[arg-type]
-    except (KeyError, *USER_ERRORS) as e:
-        _fail(e if not isinstance(e, KeyError) else f"unknown profile {profile!r}; choose quick, paper or tiny")
+        repaired = repair_phantom_cache(path, hw)  # every file read whole; damaged ones regenerated
+    except USER_ERRORS as e:
+        _fail(e)
+    for p in repaired:
+        typer.echo(f"regenerated the damaged cache file {p}")
     typer.echo(f"{sum(counts.values())} images ready in {path}")
 
 
@@ -910,10 +1040,12 @@ def data_split(
     ] = None,
 ) -> None:
     """Write the patient-level split of a download (patient_id,split) without decoding images, for publishing."""
+    from wsseg.config import check_seed
     from wsseg.data.folds import fold_counts, make_folds_file
     from wsseg.data.prepare import make_split_file
 
     try:
+        check_seed(seed, "--seed")
         if folds is None:
             counts = make_split_file(dataset, root, seed, out)
         else:
@@ -959,14 +1091,18 @@ def data_preview(
     lesions_only: Annotated[bool, typer.Option("--lesions-only", help="Show only images with a lesion.")] = False,
 ) -> None:
     """Draw a grid of samples with lesion outlines (benign green, malignant red)."""
-    from wsseg.config import phantom_config
+    from wsseg.config import check_seed, phantom_config
     from wsseg.data.dataset import sample_identity
     from wsseg.data.phantom import generate_image
     from wsseg.data.preview import save_preview
 
     _check_dataset(dataset)
-    if n < 1:
-        _fail("--n must be at least 1")
+    if not 1 <= n <= 1000:
+        _fail(f"--n must be in [1, 1000], got {n}")
+    try:
+        check_seed(seed, "--seed")
+    except ValueError as e:
+        _fail(e)
     try:
         pcfg = phantom_config(profile)  # type: ignore[arg-type]
     except KeyError:

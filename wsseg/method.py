@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,6 +88,69 @@ class MethodConfig:
         """The config as plain JSON-compatible data (for records and checkpoints)."""
         return dataclasses.asdict(self)
 
+    def limits(self, image_hw: tuple[int, int]) -> dict[str, Limit]:
+        """Per field, a test its value must pass and what it must be, checked before a run starts.
+
+        ``image_hw`` is the profile's image size, for limits that depend on it (pooling factors, crop sizes).
+        ``wsseg run`` also builds the network on PyTorch's meta device before reading data
+        (:func:`wsseg.config.check_method_config`), so fields without a limit here cannot crash a run late; a limit
+        gives the clearer message.
+        """
+        return {}
+
+
+# A field's limit: a test of its value and what the value must be, e.g. ``(lambda v: v >= 1, "at least 1")``.
+Limit = tuple[Callable[[Any], bool], str]
+
+
+def between(low: float, high: float) -> Callable[[Any], bool]:
+    """A test that a number lies in [low, high]."""
+    return lambda v: low <= v <= high
+
+
+def in_unit_interval(v: float) -> bool:
+    """0 < v <= 1: a fraction such as a top-t% pooling's t."""
+    return 0 < v <= 1
+
+
+def fits_image(image_hw: tuple[int, int]) -> Callable[[Any], bool]:
+    """A test that a (rows, cols) size is positive and fits inside an image of ``image_hw``."""
+    return lambda v: len(v) == 2 and all(1 <= n <= m for n, m in zip(v, image_hw, strict=True))
+
+
+def weights_file_ok(value: str | None) -> bool:
+    """None, or an existing file that starts like a weights file (a torch.save zip or pickle, or safetensors)."""
+    if value is None:
+        return True
+    from wsseg.weights import weights_file_problem
+
+    return weights_file_problem(value) is None
+
+
+def backbone_limits(image_hw: tuple[int, int], stride: int, pool_field: str, weights: str | None) -> dict[str, Limit]:
+    """Limits shared by the backbone fields of classifier methods (input pooling, stride, weights file)."""
+    side = min(image_hw)
+    largest = max(1, side // stride)
+    out: dict[str, Limit] = {
+        pool_field: (
+            between(1, largest),
+            f"an integer in [1, {largest}] at this profile ({image_hw[0]}x{image_hw[1]} images): the pooled image "
+            f"must keep at least {stride} pixels per side",
+        ),
+        "backbone_weights": (
+            weights_file_ok,
+            "none or the path of a weights file (.pth/.pt saved by torch.save, or .safetensors)"
+            + (f"; {weights}: " + _weights_problem(weights) if weights else ""),
+        ),
+    }
+    return out
+
+
+def _weights_problem(path: str) -> str:
+    from wsseg.weights import weights_file_problem
+
+    return weights_file_problem(path) or "readable"
+
 
 @dataclass
 class ClassifierConfig(MethodConfig):
@@ -109,6 +172,14 @@ class ClassifierConfig(MethodConfig):
     backbone_weights: str | None = None
     output_stride: int = 16
     input_downsample: int = 1
+
+    def limits(self, image_hw: tuple[int, int]) -> dict[str, Limit]:
+        """The output stride timm's ResNets support, input pooling that leaves a map, a readable weights file."""
+        return {
+            "backbone": (lambda v: bool(v.strip()), "a backbone name (see `wsseg list backbones`)"),
+            "output_stride": (lambda v: v in (8, 16, 32), "8, 16 or 32"),
+            **backbone_limits(image_hw, 32, "input_downsample", self.backbone_weights),
+        }
 
     @classmethod
     def tiny(cls) -> ClassifierConfig:

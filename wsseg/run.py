@@ -5,8 +5,10 @@ Kept apart from the CLI so that tests and scripts call the same function the com
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+import re
 import resource
 import sys
 import time
@@ -21,18 +23,23 @@ import torch
 from torch.utils.data import Subset
 from tqdm.auto import tqdm
 
-from wsseg._io import atomic_write_json, atomic_write_text, remove_stale_temporaries
+from wsseg._io import atomic_write_json, atomic_write_text, remove_stale_temporaries, temporary_of
+from wsseg._lock import LOCK_NAME, folder_lock
+from wsseg._threads import available_cpus, configure_threads, loader_workers
 from wsseg.config import DataConfig, EvalConfig, RunConfig, phantom_config
 from wsseg.data.dataset import MammogramDataset, phantom_cache_key, prepare_phantom, split_hash
 from wsseg.data.folds import FOLDS_FILE, FoldAssignment, dataset_patient_labels, folds_csv_text, load_assignment
 from wsseg.data.phantom import CLASSES, PHANTOM_VERSION
 from wsseg.data.prepare import PREPROCESS_VERSION, prepare_source
 from wsseg.data.sources import get_source
+from wsseg.evaluation.curves import CURVES_JSON
 from wsseg.evaluation.evaluator import SegmentationEvaluator
 from wsseg.evaluation.inference import predict_batches
 from wsseg.evaluation.lesions import image_lesion_type
 from wsseg.evaluation.scoring import (
     MAPS_DIR,
+    PER_IMAGE_CSV,
+    PER_IMAGE_STATS,
     TEST_LABELS,
     evaluation_settings,
     make_evaluator,
@@ -47,7 +54,7 @@ from wsseg.report.gallery import GALLERY_NPZ, make_gallery
 from wsseg.report.records import SCHEMA_VERSION, read_record, record_thresholds, utc_now, versions, write_record
 from wsseg.training.checkpoint import load_checkpoint, save_checkpoint
 from wsseg.training.distributed import init_from_env, rank_and_world, shard, unshard
-from wsseg.training.loop import BEST, TrainResult, resolve_device, train, use_bf16
+from wsseg.training.loop import BEST, LAST, TrainResult, resolve_device, train, use_bf16
 
 REFERENCE_MAPS: dict[str, Callable[[dict[str, Any]], torch.Tensor]] = {
     # A constant map inside the breast: predicts the whole breast at any threshold. The floor to beat.
@@ -325,6 +332,107 @@ def gallery_for_run(run_dir: str | Path, cache_dir: str | None = None, progress:
     return shown.save(run_dir / GALLERY_NPZ)
 
 
+# One folder name: letters, digits, '.', '_' and '-', not starting with '.' (no '..', no hidden folder), bounded.
+RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
+# The files a run writes in its folder (beside maps/ with --save-maps and the lock file).
+RUN_FILES = (
+    "config.json",
+    LAST,
+    BEST,
+    "record.json",
+    PER_IMAGE_CSV,
+    PER_IMAGE_STATS,
+    CURVES_JSON,
+    GALLERY_NPZ,
+    TEST_LABELS,
+)
+LOCKED_FIX = "wait for it to finish, or stop it (its checkpoint is kept: then --resume), or choose another --run-id"
+
+
+def check_run_id(run_id: str, what: str = "--run-id") -> str:
+    """Return ``run_id`` when it is one safe folder name; else raise naming the rule.
+
+    Raises:
+        ValueError: empty, ``.``/``..``, a path (``a/b``, ``/abs``, ``../victim``), a leading ``.``, another
+            character than letters, digits, ``.``, ``_``, ``-``, or longer than 128 characters.
+    """
+    if not RUN_ID_PATTERN.fullmatch(run_id):
+        raise ValueError(
+            f"{what} {run_id!r} is not a valid run folder name: use 1 to 128 letters, digits, '.', '_' or '-', not "
+            "starting with '.' (one folder inside --out, never a path)"
+        )
+    return run_id
+
+
+def check_run_folder(run_dir: Path, resume: bool, restart: bool = False) -> None:
+    """Refuse a run folder that already holds a run (or anything else), unless ``resume`` continues it.
+
+    A folder that holds only the lock file and a ``config.json`` (a run stopped before it computed anything) is
+    reused. With ``restart``, a folder without ``last.pt`` and without ``record.json`` is reused too.
+
+    Raises:
+        FileExistsError: naming the folder, what it holds and what to pass.
+    """
+    if resume or not run_dir.is_dir():
+        return
+    # The record first: it is what says a run finished. Temporaries of the run's own writes count as nothing.
+    found = sorted(
+        (p.name for p in run_dir.iterdir() if p.name != LOCK_NAME and temporary_of(p.name) not in RUN_FILES),
+        key=lambda name: (name != "record.json", name),
+    )
+    if not found or (restart and not {LAST, "record.json"} & set(found)):
+        return
+    if found == ["config.json"]:
+        try:
+            RunConfig.read(run_dir / "config.json")
+            return  # a run stopped before its first checkpoint: nothing to lose
+        except (OSError, ValueError, TypeError, KeyError):
+            pass  # not a wsseg config: someone else's file, refused below
+    shown = ", ".join(found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
+    if "record.json" in found:
+        what = "a finished run"
+    else:
+        what = "files of another run" if set(found) & set(RUN_FILES) else "files"
+    if (run_dir / LAST).is_file():
+        fix = "pass --resume to continue it, or choose another --run-id"
+    else:
+        fix = f"choose another --run-id, or delete {run_dir} to run it again"
+    raise FileExistsError(f"{run_dir} already holds {what} ({shown}); {fix}")
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM) stopped a run; ``saved`` says what its folder holds and whether it can be resumed.
+
+    Attributes:
+        run_dir: the run folder.
+        saved: one sentence about what was saved (the last checkpoint's epoch and step, or nothing).
+        resumable: the folder holds a checkpoint that ``--resume`` continues.
+    """
+
+    def __init__(self, run_dir: Path, saved: tuple[str, bool]) -> None:
+        super().__init__(saved[0])
+        self.run_dir = run_dir
+        self.saved, self.resumable = saved
+
+
+def describe_saved(run_dir: Path) -> tuple[str, bool]:
+    """What an interrupted run left in ``run_dir``: a sentence, and whether ``--resume`` can continue it."""
+    last = run_dir / LAST
+    if last.is_file():
+        try:
+            # mmap: the numbers are read without loading the tensors.
+            ckpt = torch.load(last, map_location="cpu", weights_only=True, mmap=True)
+            epoch, micro, step = int(ckpt["epoch"]), int(ckpt["micro"]), int(ckpt["step"])
+        except Exception:  # a damaged checkpoint is reported by --resume itself
+            return f"the last checkpoint is {last}", True
+        epochs = int(ckpt.get("config", {}).get("train", {}).get("epochs", 0)) or "?"
+        where = f"epoch {epoch + 1} of {epochs}, {micro} batches in" if micro else f"{epoch} of {epochs} epochs done"
+        return f"the last checkpoint {last} holds {where} ({step} optimizer steps)", True
+    if (run_dir / BEST).is_file():
+        return f"{run_dir} holds {BEST} but no checkpoint to resume (this run only evaluates weights)", False
+    return "nothing was saved yet (no checkpoint)", False
+
+
 def run(
     cfg: RunConfig,
     out_dir: str | Path = "runs",
@@ -334,6 +442,7 @@ def run(
     weights: str | Path | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    restart: bool = False,
 ) -> dict[str, Any]:
     """Train and evaluate one method; write ``out_dir/<run_id>/record.json`` and return the record.
 
@@ -350,6 +459,17 @@ def run(
             checkpoint, a state dict, or an official GMIC/GLAM file).
         progress: show progress bars.
         log: where one-line status messages go.
+        restart: start again in a folder that holds an unfinished run with nothing to resume (no ``last.pt``
+            and no ``record.json``: an evaluation-only run that was interrupted); ``wsseg benchmark`` uses it.
+
+    The run folder is locked for the run's life (:func:`wsseg._lock.folder_lock`): a second process given the
+    same folder fails at once. A folder that already holds a run is refused unless ``resume`` continues it.
+
+    Raises:
+        ValueError: a bad ``run_id`` (one folder name of letters, digits, ``.``, ``_``, ``-``) or exclusive options.
+        FileExistsError: the folder holds another run (:func:`check_run_folder`).
+        FolderLockedError: another process holds the folder.
+        RunInterrupted: Ctrl-C (SIGINT, or SIGTERM where the CLI maps it): what was saved, for the message.
 
     Started by ``torchrun --nproc-per-node N -m wsseg run ...`` (``WORLD_SIZE`` > 1), the N processes train
     together (:mod:`wsseg.training.distributed`): rank 0 names the run folder and prepares the data first, the
@@ -363,15 +483,17 @@ def run(
         progress, log = False, lambda _: None
     if sum(x is not None and x is not False for x in (from_run, weights, resume or None)) > 1:
         raise ValueError("--from-run, --weights and --resume exclude each other; pass one of them")
+    if run_id is not None:
+        check_run_id(run_id)
     out_dir = Path(out_dir)
     prefix = f"{cfg.method}-{cfg.data.dataset}-{cfg.profile}-s{cfg.seed}-{fold_tag(cfg)}"
     run_dir: Path | None = out_dir / run_id if run_id else None
     if resume:
         run_dir = run_dir if run_dir is not None else find_resumable(out_dir, prefix)
         if run_dir is None or not (run_dir / "last.pt").exists():
+            where = f"in {run_dir}" if run_dir else f"for {prefix}* in {out_dir}"
             raise FileNotFoundError(
-                f"--resume found no checkpoint {'in ' + str(run_dir) if run_dir else f'for {prefix}* in {out_dir}'}; "
-                "run without --resume to start a new run"
+                f"--resume found no checkpoint (last.pt) {where}; run without --resume to start a new run"
             )
         saved = RunConfig.read(run_dir / "config.json")
         if saved.to_dict() != cfg.to_dict():
@@ -379,24 +501,54 @@ def run(
         cfg = saved
         log(f"resuming {run_dir}")
     if run_dir is None:
-        run_dir = out_dir / (prefix + time.strftime("%Y%m%d-%H%M%S", time.gmtime()))
+        run_dir = out_dir / check_run_id(prefix + time.strftime("%Y%m%d-%H%M%S", time.gmtime()), "the run folder name")
     if distributed:
         # The ranks' clocks may name different folders: rank 0's name is the run's.
         names = [run_dir]
         torch.distributed.broadcast_object_list(names, src=0)
         run_dir = Path(names[0])
-    if (run_dir / "last.pt").exists() and not resume:
-        raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it or another --run-id")
-    if distributed:
-        torch.distributed.barrier()  # every rank checked for an earlier run before rank 0 writes anything
+    # Rank 0 owns the folder for the run's life (a second `wsseg run` on it fails at once); the other ranks of a
+    # torchrun group share it.
+    with folder_lock(run_dir, "wsseg run", LOCKED_FIX) if rank == 0 else contextlib.nullcontext():
+        check_run_folder(run_dir, resume, restart)
+        if distributed:
+            torch.distributed.barrier()  # every rank checked for an earlier run before rank 0 writes anything
+        try:
+            return _run_in_folder(cfg, run_dir, resume, from_run, weights, progress, log, t_total)
+        except KeyboardInterrupt as e:
+            if rank != 0:
+                raise
+            raise RunInterrupted(run_dir, describe_saved(run_dir)) from e
+
+
+def _run_in_folder(
+    cfg: RunConfig,
+    run_dir: Path,
+    resume: bool,
+    from_run: str | Path | None,
+    weights: str | Path | None,
+    progress: bool,
+    log: Callable[[str], None],
+    t_total: float,
+) -> dict[str, Any]:
+    """The body of :func:`run` once the run folder is chosen, checked and locked."""
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    rank, world = rank_and_world()
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(run_dir)  # left by a write that a kill of an earlier attempt cut short
+        # Left by writes that a kill of an earlier attempt cut short: only the run's own files' temporaries.
+        remove_stale_temporaries(run_dir, RUN_FILES)
+        remove_stale_temporaries(run_dir / MAPS_DIR, suffixes=[f"_{c}.npy" for c in CLASSES])
         atomic_write_json(run_dir / "config.json", cfg.to_dict())
 
     device = resolve_device(cfg.train.device)
     bf16 = use_bf16(cfg.train.precision, device)
-    workers = cfg.data.num_workers if cfg.data.num_workers is not None else (0 if device.type == "cpu" else 8)
+    # Loader processes and torch threads from the CPUs this process may use (affinity, cgroup quota), never more
+    # busy threads than those CPUs; OMP_NUM_THREADS or an earlier torch.set_num_threads is kept (wsseg._threads).
+    cpus = available_cpus()
+    workers = loader_workers(cfg.data.num_workers, device.type == "cuda", cpus)
+    threads = configure_threads(workers, cpus)
+    log(f"cpu: {threads} torch thread(s), {workers} loader worker(s), {cpus} CPU(s) available")
 
     # 1. Data: generated (phantom) or read from a download and preprocessed once, cached on disk, reused by
     # every later run with the same settings.
@@ -414,9 +566,12 @@ def run(
     # On CUDA the loaders ship the cache's uint16 pixels and the GPU standardises them (half the bytes through the
     # workers and pinned memory); on CPU the workers standardise, as the published CPU results were made.
     std = device.type != "cuda"
+    hw = (pcfg.height, pcfg.width)
 
     def open_split(split: str, with_masks: bool) -> MammogramDataset:
-        return MammogramDataset(root, split, with_masks, name, standardize=std, patient_splits=patient_splits)
+        return MammogramDataset(
+            root, split, with_masks, name, standardize=std, patient_splits=patient_splits, image_hw=hw
+        )
 
     # Only fully supervised reference methods may see training masks.
     train_set = open_split("train", spec.supervision == "full")

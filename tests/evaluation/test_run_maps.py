@@ -182,3 +182,50 @@ def test_evaluate_needs_saved_maps(runs: Path, tmp_path: Path) -> None:
     assert result.exit_code == 2 and "no record.json" in result.output
     record = _record(runs / "gradcam" / "record.json")
     assert record["maps"] is None and not math.isnan(record["metrics"]["malignant"]["dice"])
+
+
+def test_evaluate_scores_a_real_dataset_run_against_its_own_masks(tmp_path: Path) -> None:
+    """A run on Mini-MIAS (a generated fixture): `wsseg evaluate` reads that dataset's cache, not the phantom's."""
+    download, cache = tmp_path / "mias", tmp_path / "cache"
+    assert runner.invoke(app, ["data", "fixture", "mini-mias", "--out", str(download)]).exit_code == 0
+    args = ["run", "-m", "intensity", "--dataset", "mini-mias", "--data-root", str(download), "--profile", "tiny"]
+    args += ["--out", str(tmp_path / "runs"), "--run-id", "mias", "--cache-dir", str(cache), "--save-maps", "-q"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "runs" / "mias"
+    evaluated = runner.invoke(app, ["evaluate", "--run", str(run), "-q"])
+    assert evaluated.exit_code == 0, evaluated.output
+    original, again = _record(run / "record.json"), _record(run / "evaluate" / "record.json")
+    assert again["dataset_info"]["version"].startswith("mini-mias")
+    for name in CLASSES:
+        assert again["metrics"][name]["n_images"] == original["metrics"][name]["n_images"]
+        for key in ("dice", "iou", "dice_at_0.5", "soft_dice", "auroc"):
+            # Equal up to the float16 rounding of the saved maps.
+            assert again["metrics"][name][key] == pytest.approx(original["metrics"][name][key], abs=2e-3, nan_ok=True)
+    assert not list(cache.glob("phantom*"))  # no phantom was generated for it
+    # Another download at the run's --data-root (other images): refused, not scored against the wrong masks.
+    for path in download.rglob("*"):
+        if path.is_file():
+            path.unlink()
+    assert runner.invoke(app, ["data", "fixture", "mini-mias", "--out", str(download)]).exit_code == 0
+    (download / "Info.txt").write_text((download / "Info.txt").read_text().replace("mdb001", "mdb901"))
+    (download / "pgm" / "mdb001.pgm").rename(download / "pgm" / "mdb901.pgm")
+    for folder in cache.glob("mini-mias/*"):  # the cache is gone: remade from the download
+        for path in sorted(folder.rglob("*"), reverse=True):
+            path.unlink() if path.is_file() else path.rmdir()
+    refused = runner.invoke(app, ["evaluate", "--run", str(run), "-q"])
+    assert refused.exit_code == 2 and "is not the one the run was scored on" in refused.output, refused.output
+
+
+def test_saved_map_names_stay_inside_the_maps_folder(tmp_path: Path) -> None:
+    import torch
+
+    from wsseg.evaluation.scoring import map_file_stem, save_map
+
+    folder = tmp_path / "run" / "maps"
+    for image_id in ("../../evil", "a/b", ".hidden", "..", "x" * 300, "ok id 1"):
+        save_map(folder, image_id, "benign", torch.zeros(4, 3))
+        stem = map_file_stem(image_id)
+        assert (folder / f"{stem}_benign.npy").is_file() and "/" not in stem and not stem.startswith(".")
+    assert map_file_stem("ok id 1") == "ok id 1" and map_file_stem("mdb001") == "mdb001"  # plain ids as they are
+    assert sorted(p.parent for p in tmp_path.rglob("*.npy")) == [folder] * 6

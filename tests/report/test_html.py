@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import subprocess
+from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
@@ -173,3 +174,114 @@ def test_gallery_command_remakes_a_runs_gallery_from_its_checkpoint(runs: list[P
     remade = Gallery.load(folder / GALLERY_NPZ)
     assert remade.image_ids == original.image_ids
     assert np.abs(remade.maps.astype(int) - original.maps.astype(int)).max() <= 1  # same weights, same maps
+
+
+# Strings an attacker can put in a record, a config, a file name or a dataset's ids.
+HOSTILE = (
+    "<img src=x onerror=alert(1)>",
+    '"><script>alert(2)</script>',
+    "</style><script>alert(3)</script>",
+    "javascript:alert(4)",
+    "' onmouseover='alert(5)' x='",
+    "&amp; & <b>bold</b> $\\alert{6}$ {~^%#_}",
+)
+
+
+# The CSS classes the report itself uses (a record's value must never become one).
+REPORT_CLASSES = {"scroll", "leaderboard", "sortable", "gallery", "rowhead", "note", "plots", "plot"}
+REPORT_CLASSES |= {"weak", "full", "reference", "other", "benign", "malignant"}
+SVG_TAGS = {"svg", "g", "path", "text", "defs", "clippath", "use", "rect", "metadata", "style"}
+
+
+class _Page(HTMLParser):
+    """Every element and attribute of a page, and the text of its script and style elements."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.tags: list[tuple[str, list[tuple[str, str | None]]]] = []
+        self.scripts: list[str] = []
+        self.styles: list[str] = []
+        self.text: list[str] = []
+        self._open = ""
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, attrs))
+        self._open = tag
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, attrs))
+
+    def handle_endtag(self, tag: str) -> None:
+        self._open = ""
+
+    def handle_data(self, data: str) -> None:
+        {"script": self.scripts, "style": self.styles}.get(self._open, self.text).append(data)
+
+
+def _hostile_copies(runs: list[Path], folder: Path) -> list[Path]:
+    """The runs with a hostile string in every field the report shows (one comparable group, as before)."""
+    copies = []
+    for i, run in enumerate(runs):
+        copy = folder / f"run{i}"
+        shutil.copytree(run, copy)
+        record = _record(copy)
+        record.update(
+            method=f"m{i}{HOSTILE[i % len(HOSTILE)]}",
+            run_id=HOSTILE[(i + 1) % len(HOSTILE)],
+            supervision=HOSTILE[(i + 2) % len(HOSTILE)],
+            device=HOSTILE[(i + 3) % len(HOSTILE)],
+            dataset="../../" + HOSTILE[0],  # the same in every run: they stay one comparable group
+            profile=HOSTILE[2],
+        )
+        record["dataset_info"].update(version=HOSTILE[1], split_hashes={"test": "../" + HOSTILE[3]})
+        (copy / "record.json").write_text(json.dumps(record))
+        gallery = Gallery.load(copy / GALLERY_NPZ)
+        gallery.image_ids = [f"{HOSTILE[k % len(HOSTILE)]}{k}" for k in range(len(gallery.image_ids))]
+        gallery.save(copy / GALLERY_NPZ)
+        copies.append(copy)
+    # A run without curves and one without a gallery: their method names go into the notes.
+    for name in (CURVES_JSON, "per_image_stats.npz"):
+        (copies[1] / name).unlink()
+    (copies[2] / GALLERY_NPZ).unlink()
+    return copies
+
+
+def test_report_shows_hostile_record_values_as_text_never_as_markup(runs: list[Path], tmp_path: Path) -> None:
+    from wsseg.report.html import SCRIPT, STYLE
+
+    out = tmp_path / "board"
+    result = write_leaderboards(_hostile_copies(runs, tmp_path / "in"), out)
+    assert all(p.resolve().is_relative_to(out.resolve()) for p in result.files)  # no file name from the record
+    assert {p.name for p in out.iterdir()} == {"figures", *(p.name for p in result.files if p.parent == out)}
+    (page,) = [p for p in result.files if p.suffix == ".html"]
+    parsed = _Page()
+    parsed.feed(page.read_text())
+    clean = _Page()  # the same runs as they are: what the report's own markup looks like
+    clean.feed(next(p for p in write_leaderboards(runs, tmp_path / "clean", ["html"]).files).read_text())
+    # Markup: the elements and attributes the report itself writes, nothing more; one script, the report's own.
+    assert {tag for tag, _ in parsed.tags} <= {tag for tag, _ in clean.tags}
+    names = {(tag, name) for tag, attrs in parsed.tags for name, _ in attrs}
+    assert names <= {(tag, name) for tag, attrs in clean.tags for name, _ in attrs}, names
+    assert not any(name.startswith("on") for _, name in names)
+    assert [tag for tag, _ in parsed.tags].count("script") == 1 and parsed.scripts == [SCRIPT]
+    assert set(parsed.styles) <= set(clean.styles) and STYLE in parsed.styles
+    for tag, attrs in parsed.tags:
+        for name, value in attrs:
+            if tag == "img" and name == "src":
+                assert (value or "").startswith("data:image/png;base64,")
+            elif name == "class" and tag not in SVG_TAGS:
+                assert set((value or "").split()) <= REPORT_CLASSES, (tag, value)
+            elif name not in ("alt", "id", "d", "transform", "style", "x", "y"):
+                assert not any(h in (value or "") for h in HOSTILE), (tag, name, value)
+    # The values are shown, as text: in the title, the table, the notes, the gallery and the plots' legends.
+    text = "".join(parsed.text)
+    for i in range(len(runs)):
+        assert f"m{i}{HOSTILE[i % len(HOSTILE)]}" in text
+    assert f"No gallery for: m2{HOSTILE[2]}" in text and f"for: m1{HOSTILE[1]}" in text
+    assert f"{HOSTILE[0]}0" in text  # a gallery image id
+    # Markdown renders inline HTML: no raw tag survives there either; LaTeX sees every special character escaped.
+    (md,) = [p for p in result.files if p.suffix == ".md"]
+    assert "<img" not in md.read_text() and "<script" not in md.read_text() and "&lt;img src=x" in md.read_text()
+    (tex,) = [p for p in result.files if p.suffix == ".tex"]
+    escaped = r"\$\textbackslash{}alert\{6\}\$ \{\textasciitilde{}\textasciicircum{}\%\#\_\}"
+    assert escaped in tex.read_text()

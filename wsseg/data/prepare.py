@@ -9,11 +9,13 @@ the report (lenient, the default) or an error listing every problem (``strict``)
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import io
 import json
 import os
 import re
+import sys
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -25,7 +27,16 @@ from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
 from wsseg._io import atomic_save, atomic_write_json, atomic_write_text, remove_stale_temporaries
-from wsseg.data.dataset import MANIFEST_COLUMNS, SPLITS, default_cache_dir
+from wsseg._lock import folder_lock
+from wsseg._threads import available_cpus
+from wsseg.data.dataset import (
+    MANIFEST_COLUMNS,
+    SPLITS,
+    CacheFileError,
+    damaged_cache_files,
+    default_cache_dir,
+    read_cache_file,
+)
 from wsseg.data.imageio import DICOM_SUFFIXES, dicom_pixel_spacing, read_image
 from wsseg.data.phantom import CLASSES
 from wsseg.data.preprocess import breast_region, plan_transform
@@ -33,6 +44,8 @@ from wsseg.data.sources import DataError, Lesion, Problem, SourceRecord, get_sou
 from wsseg.data.sources.nyu import GMIC_INPUT_SIZE
 
 PREPROCESS_VERSION = 1
+# The files a prepared cache holds beside its <split>/<image>.npz files.
+CACHE_INDEX_FILES = ("report.json", "split.csv", "manifest.csv")
 # Seeded patient-level split where a dataset has no official one; validation is carved from an official
 # training split with the same fraction.
 SPLIT_FRACTIONS = {"train": 0.7, "val": 0.15, "test": 0.15}
@@ -49,6 +62,7 @@ class DataReport:
         problems: skipped items with their reason.
         orientation_disagreements: images whose content-decided flip contradicts the dataset's tags.
         cache: the prepared folder (``prepare`` only).
+        repaired: cache files found damaged by a verifying ``prepare`` and prepared again.
     """
 
     dataset: str
@@ -57,6 +71,7 @@ class DataReport:
     problems: list[Problem] = field(default_factory=list)
     orientation_disagreements: list[str] = field(default_factory=list)
     cache: str | None = None
+    repaired: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (``report.json`` in the cache folder)."""
@@ -80,6 +95,9 @@ class DataReport:
                 f"{len(self.orientation_disagreements)} images flipped against their laterality tag (decided by "
                 f"content): {', '.join(self.orientation_disagreements[:10])}"
             )
+        if self.repaired:
+            lines.append(f"{len(self.repaired)} damaged cache file(s) prepared again:")
+            lines += [f"  {p}" for p in self.repaired]
         return "\n".join(lines)
 
 
@@ -135,9 +153,16 @@ def read_split_file(path: Path) -> dict[str, str]:
     Raises:
         DataError: missing columns or an unknown split value.
     """
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    if rows and not {"patient_id", "split"} <= set(rows[0]):
+    if not path.is_file():  # a FIFO would block the read forever
+        raise DataError(path, "the split file is missing or not a regular file", "pass a patient_id,split CSV")
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            rows = list(reader)
+            header = set(reader.fieldnames or [])
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise DataError(path, f"not a readable CSV ({e})", "save it as UTF-8 text") from None
+    if not {"patient_id", "split"} <= header:
         raise DataError(path, "needs the columns patient_id,split", "rewrite it as written by wsseg data prepare")
     out = {}
     for i, r in enumerate(rows, start=2):
@@ -350,23 +375,18 @@ def process_record(rec: SourceRecord, out_hw: tuple[int, int], dataset: str, voi
     return Processed(out_image, out_masks, out_breast, meta, disagrees)
 
 
-CACHE_ENTRIES = ("image", "masks", "breast_mask", "labels", "meta")
+def read_cached_meta(path: Path, row: dict[str, Any], image_hw: tuple[int, int] | None = None) -> dict[str, Any] | None:
+    """The meta of a complete cache file of manifest ``row``, or None when the file is damaged or incomplete.
 
-
-def read_cached_meta(path: Path) -> dict[str, Any] | None:
-    """The meta of a complete cache file, or None when the file is damaged or incomplete.
-
-    Every entry is read, so the zip checksums of all of them are verified: a file damaged after it was written
-    is never trusted (writes themselves are atomic, so a killed prepare leaves no partial file under this name).
+    The file is verified whole (:func:`~wsseg.data.dataset.read_cache_file`: every checksum, shapes, labels, id):
+    a file damaged after it was written is never trusted (writes themselves are atomic, so a killed prepare
+    leaves no partial file under this name).
     """
     try:
-        with np.load(path, allow_pickle=False) as z:
-            for key in CACHE_ENTRIES:
-                z[key]
-            meta = json.loads(str(z["meta"]))
-    except Exception:  # any failure (bad zip, bad CRC, missing entry, bad JSON) means: process the image again
+        *_, meta = read_cache_file(path, {k: str(v) for k, v in row.items()}, True, True, image_hw)
+    except CacheFileError:
         return None
-    return meta if isinstance(meta, dict) else None
+    return meta
 
 
 def _prepare_one(args: tuple[SourceRecord, tuple[int, int], str, str, str | None, bool]) -> dict[str, Any]:
@@ -378,8 +398,8 @@ def _prepare_one(args: tuple[SourceRecord, tuple[int, int], str, str, str | None
     rec, out_hw, dataset, split, root, voi_lut = args
     rel = f"{split}/{cache_file_name(rec.image_id)}"
     if root is not None and (Path(root) / rel).is_file():  # written by an interrupted prepare: resume
-        meta = read_cached_meta(Path(root) / rel)
-        if meta is not None and meta.get("image_id") == rec.image_id:
+        meta = read_cached_meta(Path(root) / rel, _manifest_row(rec, split, rel), out_hw)
+        if meta is not None:
             disagrees = bool(meta.get("orientation_disagrees_with_tags"))
             return {"row": _manifest_row(rec, split, rel), "disagrees": rec.image_id if disagrees else None}
     try:
@@ -480,13 +500,17 @@ def _run(
     if not root.exists():
         raise FileNotFoundError(f"--root {root} does not exist; point it at the downloaded {dataset} folder")
     src = get_source(dataset)
+    if not allow_outside_root:
+        check_links_under_root(root)  # before the scan reads the download's index files
     scan = src.scan(root)
     if not allow_outside_root:
         check_under_root(scan.records, root)
-    report = DataReport(dataset, str(root), problems=list(scan.problems))
+    records, duplicates = unique_records(scan.records)
+    scan = dataclasses.replace(scan, records=records)
+    report = DataReport(dataset, str(root), problems=[*scan.problems, *duplicates])
     splits = assign_splits(scan.records, seed, read_split_file(split_file) if split_file else None)
     tasks = [(r, out_hw, dataset, splits[r.image_id], str(target) if target else None, voi_lut) for r in scan.records]
-    workers = max(1, min(workers or os.cpu_count() or 1, len(tasks) or 1))
+    workers = max(1, min(workers or available_cpus(), len(tasks) or 1))
     bar = tqdm(total=len(tasks), desc=f"{dataset} {out_hw[0]}x{out_hw[1]}", unit="img", disable=not progress)
     results: list[dict[str, Any]] = []
     mapper: Callable[..., Any]
@@ -520,31 +544,93 @@ def _run(
     return report, rows
 
 
+OUTSIDE_ROOT_FIX = (
+    "move them under the root, or pass --allow-outside-root if you trust this download (in a benchmark file: "
+    'set = ["data.allow_outside_root=true"])'
+)
+
+
+def _inside(path: str, base: str) -> bool:
+    return os.path.commonpath([base, path]) == base
+
+
+def _refuse_outside(root: Path, base: str, outside: list[str], what: str) -> None:
+    if outside:
+        shown = "; ".join(outside[:3]) + (f"; and {len(outside) - 3} more" if len(outside) > 3 else "")
+        raise DataError(root, f"{len(outside)} {what} outside the data root {base} ({shown})", OUTSIDE_ROOT_FIX)
+
+
+def check_links_under_root(root: Path) -> None:
+    """Refuse a download folder holding symbolic links (to files or folders) that lead outside it, before any read.
+
+    Index files (CSVs, XML contours, pickles) are found inside the folder and read by the source's scan; a link
+    among them, or a linked folder, would make wsseg open files elsewhere (``/etc/passwd``, another user's data).
+    Links inside the folder that stay inside it are fine. An index-file root (a manifest CSV) is not walked: its
+    folder may be large and unrelated, and the files it lists are checked by :func:`check_under_root`.
+
+    Raises:
+        DataError: naming the links and where they lead, and the opt-in flag.
+    """
+    if not root.is_dir():
+        return
+    base = os.path.realpath(root)
+    outside = []
+    for folder, dirs, files in os.walk(root):  # links to folders are listed in dirs, never entered
+        for name in (*dirs, *files):
+            path = os.path.join(folder, name)
+            if os.path.islink(path) and not _inside(os.path.realpath(path), base):
+                outside.append(f"{path} -> {os.path.realpath(path)}")
+    _refuse_outside(root, base, sorted(outside), "symbolic link(s) lead")
+
+
+def _clear_cache_file(path: Path) -> None:
+    """Remove a damaged cache file (or what stands at its path) so that it is prepared again."""
+    if path.is_dir() and not path.is_symlink():
+        path.rmdir()
+    else:
+        path.unlink(missing_ok=True)
+
+
+def unique_records(records: list[SourceRecord]) -> tuple[list[SourceRecord], list[Problem]]:
+    """The records without repeated image ids (the first is kept) and a problem for each repeat.
+
+    Two records with one id would become two cache rows of one file, or one image under two patients (which could
+    put it in two splits); every source's own check names the line, this one guards the cache whatever the source.
+    """
+    seen: dict[str, SourceRecord] = {}
+    problems = []
+    for rec in records:
+        first = seen.setdefault(rec.image_id, rec)
+        if first is not rec:
+            problems.append(
+                Problem(
+                    str(rec.image_file),
+                    f"duplicate image id {rec.image_id!r} (also {first.image_file}, patient {first.patient_id}); "
+                    "give each image one id",
+                )
+            )
+    return list(seen.values()), problems
+
+
 def check_under_root(records: list[SourceRecord], root: Path) -> None:
     """Refuse an index that points at files outside the data root (``../../etc/passwd``, ``/home/x/y.png``).
 
     The root is ``root`` itself, or its folder when ``root`` is an index file (a manifest CSV). Paths are compared
-    after ``..`` is resolved but without following symbolic links, so a link inside the root that the user made
-    is followed as usual.
+    after symbolic links are resolved (links to files and links to folders anywhere on the path), so a link inside
+    the root that leads out of it is refused like a ``..`` path.
 
     Raises:
         DataError: some listed image or mask lies outside the root; the message names them and the opt-in flag.
     """
-    base = os.path.abspath(root if root.is_dir() else root.parent)
+    base = os.path.realpath(root if root.is_dir() else root.parent)
     outside = []
     for rec in records:
         files = [rec.image_file, *(les.mask_file for les in rec.lesions if les.mask_file is not None)]
         for f in files:
-            if os.path.commonpath([base, os.path.abspath(f)]) != base:
-                outside.append(f"{rec.image_id}: {f}")
-    if outside:
-        shown = "; ".join(outside[:3]) + (f"; and {len(outside) - 3} more" if len(outside) > 3 else "")
-        raise DataError(
-            root,
-            f"{len(outside)} listed file(s) lie outside the data root {base} ({shown})",
-            "move them under the root, or pass --allow-outside-root if you trust this index (in a benchmark file: "
-            'set = ["data.allow_outside_root=true"])',
-        )
+            real = os.path.realpath(f)
+            if not _inside(real, base):
+                outside.append(f"{rec.image_id}: {f}" + (f" -> {real}" if real != os.path.abspath(f) else ""))
+    _refuse_outside(root, base, outside, "listed file(s) lie")
 
 
 def check_source(
@@ -592,6 +678,7 @@ def prepare_source(
     split_file: str | Path | None = None,
     voi_lut: bool = False,
     allow_outside_root: bool = False,
+    verify: bool = False,
 ) -> tuple[Path, DataReport]:
     """Build (or reuse) the uint16 cache of ``dataset`` read from ``root``; return its folder and the report.
 
@@ -601,6 +688,8 @@ def prepare_source(
 
     An interrupted prepare is resumed: every image already cached (and intact) is reused, the temporary files
     of writes that were cut short are deleted. ``manifest.csv`` is written last and marks a complete cache.
+    A complete cache is reused as it is, unless ``verify`` (``wsseg data prepare``): then every cached file is read
+    whole and the damaged ones are prepared again from the download (listed in ``report.repaired``).
 
     Raises:
         FileNotFoundError: ``root`` does not exist.
@@ -609,9 +698,42 @@ def prepare_source(
         OSError: a cache file cannot be written (disk full, no permission); the message names it.
     """
     split_path = Path(split_file) if split_file is not None else default_split_file(dataset)
+    if split_path is not None:
+        read_split_file(split_path)  # checked before anything else reads it (a FIFO would block forever)
     split_hash = hashlib.sha256(split_path.read_bytes()).hexdigest()[:12] if split_path else None
     target = source_cache_dir(dataset, root, out_hw, seed, cache_dir, split_hash, voi_lut)
-    if (target / "manifest.csv").exists() and (target / "report.json").exists():
+    # One prepare per cache folder at a time: a second one (another run starting beside it) waits, then finds the
+    # cache complete. The lock also makes the cleanup of temporaries below safe. Its file sits beside the folder,
+    # whose files are the cache's content.
+    lock = target.with_name(f".{target.name}.lock")
+    log = lambda line: tqdm.write(line, file=sys.stderr)  # noqa: E731
+    with folder_lock(target, "wsseg data prepare", "", wait=True, log=log, lock_file=lock):
+        args = (dataset, root, out_hw, seed, target, workers, strict, progress, split_path, voi_lut, allow_outside_root)
+        return _prepare_locked(*args, verify=verify)
+
+
+def _prepare_locked(
+    dataset: str,
+    root: str | Path,
+    out_hw: tuple[int, int],
+    seed: int,
+    target: Path,
+    workers: int | None,
+    strict: bool,
+    progress: bool,
+    split_path: Path | None,
+    voi_lut: bool,
+    allow_outside_root: bool,
+    verify: bool = False,
+) -> tuple[Path, DataReport]:
+    """:func:`prepare_source` once the cache folder ``target`` is locked."""
+    complete = (target / "manifest.csv").exists() and (target / "report.json").exists()
+    damaged = (
+        [str(target / row["file"]) for row, _ in damaged_cache_files(target, out_hw)] if complete and verify else []
+    )
+    for path in damaged:
+        _clear_cache_file(Path(path))  # re-processed below; the intact files are reused
+    if complete and not damaged:
         saved = json.loads((target / "report.json").read_text(encoding="utf-8"))
         report = DataReport(
             dataset,
@@ -622,12 +744,15 @@ def prepare_source(
             str(target),
         )
         return target, report
-    if target.is_dir():
-        remove_stale_temporaries(target)  # left by writes a killed prepare cut short
+    # Left by writes a killed prepare cut short: the temporaries of the cache's own files only.
+    remove_stale_temporaries(target, CACHE_INDEX_FILES)
+    for split in SPLITS:
+        remove_stale_temporaries(target / split, suffixes=[".npz"])
     report, rows = _run(
         dataset, root, out_hw, seed, target, workers, strict, progress, split_path, voi_lut, allow_outside_root
     )
     report.cache = str(target)
+    report.repaired = damaged
     empty = [s for s in SPLITS if report.counts.get(s, 0) == 0]
     if empty:
         raise DataError(

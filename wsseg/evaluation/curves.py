@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from wsseg._io import atomic_write_text
+from wsseg.data.phantom import CLASSES
 from wsseg.evaluation.lesions import equivalent_diameter_mm
 from wsseg.evaluation.localization import froc_curves
 from wsseg.evaluation.metrics import reverse_cumsum, threshold_grid
@@ -133,12 +134,47 @@ def curves_for_run(run_dir: str | Path, record: dict[str, Any]) -> dict[str, Any
     """
     run_dir = Path(run_dir)
     path = run_dir / CURVES_JSON
-    if path.is_file():
+    fix = "delete it to rebuild it from per_image_stats.npz"
+    if path.exists() or path.is_symlink():
+        if not path.is_file():  # a FIFO would block the read forever; a folder or a dangling link is no file
+            raise ValueError(f"{path} is not a regular file; {fix}")
         try:
-            return dict(json.loads(path.read_text(encoding="utf-8")))
-        except ValueError as e:
-            raise ValueError(f"cannot read {path}: {e}; delete it to rebuild it from per_image_stats.npz") from e
+            curves = json.loads(path.read_text(encoding="utf-8-sig"))
+        except (OSError, ValueError) as e:
+            raise ValueError(f"cannot read {path}: {e}; {fix}") from None
+        problem = curves_problem(curves)
+        if problem is not None:
+            raise ValueError(f"{path} is damaged: {problem}; {fix}")
+        return dict(curves)
     stats_file = run_dir / str(record.get("per_image", {}).get("stats", "per_image_stats.npz"))
-    if not stats_file.is_file():
+    if not (stats_file.exists() or stats_file.is_symlink()):
         return None
     return curves_from_stats(SplitStats.load(stats_file), record_thresholds(record))
+
+
+# Each curve's paired lists, as curves_from_stats writes them.
+CURVE_KEYS = {
+    "pr": ("threshold", "recall", "precision"),
+    "froc": ("fppi", "sensitivity"),
+    "lesion_size": ("area_mm2", "dice"),
+}
+
+
+def curves_problem(curves: Any) -> str | None:
+    """What is wrong with the content of a ``curves.json`` (see the module docstring), or None."""
+    if not isinstance(curves, dict):
+        return f"expected an object of classes, got {type(curves).__name__}"
+    for name in CLASSES:
+        per_class = curves.get(name)
+        if not isinstance(per_class, dict):
+            return f"no curves of class {name!r}"
+        for kind, keys in CURVE_KEYS.items():
+            curve = per_class.get(kind)
+            if not isinstance(curve, dict) or any(not isinstance(curve.get(k), list) for k in keys):
+                return f"{name}.{kind} must be an object of the lists {list(keys)}"
+            if len({len(curve[k]) for k in keys}) > 1:
+                return f"{name}.{kind}: the lists {list(keys)} differ in length"
+            for k in keys:
+                if not all(v is None or (isinstance(v, int | float) and not isinstance(v, bool)) for v in curve[k]):
+                    return f"{name}.{kind}.{k} holds values that are not numbers"
+    return None

@@ -28,8 +28,11 @@ labels row without maps) skip the image instead; every skip is listed in the rec
 from __future__ import annotations
 
 import csv
+import dataclasses
+import hashlib
 import io
 import math
+import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -42,7 +45,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from wsseg._io import atomic_save, atomic_write_text
-from wsseg.config import EvalConfig, RunConfig, phantom_config
+from wsseg.config import EvalConfig, RunConfig
 from wsseg.data.phantom import CLASSES
 from wsseg.evaluation.bootstrap import bootstrap_intervals
 from wsseg.evaluation.curves import CURVES_JSON, write_curves
@@ -60,12 +63,20 @@ PER_IMAGE_STATS = "per_image_stats.npz"
 MAPS_DIR = "maps"
 TEST_LABELS = "test_labels.csv"
 ASPECT_TOLERANCE = 0.02
+# A sane pixel spacing: 1 um to 10 cm. FROC windows are a number of mm over the spacing; 1e-300 would overflow.
+MIN_SPACING_MM, MAX_SPACING_MM = 0.001, 100.0
+# --image-size: a full-field mammogram is about 30 Mpx; maps are upsampled to this size, two classes at a time.
+MAX_IMAGE_PIXELS = 100_000_000
 POLICY = (
     "Per-class Dice/IoU/soft Dice/pointing game average over the images with a lesion of that class (an empty "
     "prediction scores 0); lesion-free images enter pooled Dice/IoU, PxAP, FROC and the false-positive burden; "
     "undefined values are NaN, never 0 (wsseg.evaluation.metrics)."
 )
 ORACLE_NOTE = "keys ending in _oracle use the best threshold of the scored split itself: upper bounds, never headlines"
+
+
+# What PIL raises on a truncated, empty or hostile image file (DecompressionBombError: a header above its limit).
+PIL_ERRORS = (OSError, ValueError, EOFError, SyntaxError, Image.DecompressionBombError)
 
 
 class InputError(ValueError):
@@ -153,10 +164,27 @@ def parse_map_name(name: str) -> tuple[str, str] | None:
     return (image_id, cls) if sep and image_id and cls in CLASSES else None
 
 
-def _listing(folder: Path, flag: str) -> list[Path]:
+def _listing(folder: Path, flag: str, suffixes: tuple[str, ...]) -> list[Path]:
+    """The files of ``folder``, hidden ones left out; sub-folders are ignored unless named like a file.
+
+    Raises:
+        InputError: an entry named like a map or mask that is a folder, or any dangling link, FIFO, socket or
+            device: read as "no file", it would silently count as "no lesion" (and opening a FIFO blocks forever).
+    """
     if not folder.is_dir():
         raise InputError(f"{flag} {folder} is not a folder; pass the folder that holds the files")
-    return sorted(p for p in folder.iterdir() if not p.name.startswith(".") and p.is_file())
+    out = []
+    for p in sorted(folder.iterdir()):
+        if p.name.startswith("."):
+            continue
+        if p.is_file():
+            out.append(p)
+            continue
+        if p.is_dir() and not p.name.lower().endswith(suffixes):
+            continue
+        kind = "a folder" if p.is_dir() else "a link to nothing" if p.is_symlink() and not p.exists() else "not a file"
+        raise InputError(f"{p}: {kind}, in {flag}; replace it with the file it should be or move it out of {folder}")
+    return out
 
 
 def _names(paths: Iterable[str], limit: int = 5) -> str:
@@ -173,7 +201,7 @@ def index_class_files(folder: Path, suffixes: tuple[str, ...], flag: str) -> dic
     """
     out: dict[str, dict[str, Path]] = {}
     bad, twice = [], []
-    for p in _listing(folder, flag):
+    for p in _listing(folder, flag, suffixes):
         parsed = parse_map_name(p.name) if p.suffix.lower() in suffixes else None
         if parsed is None:
             bad.append(p.name)
@@ -197,7 +225,7 @@ def index_region_files(folder: Path) -> dict[str, Path]:
     """``{image_id: path}`` of the ``<image_id>.png`` files of a region folder."""
     out = {}
     bad = []
-    for p in _listing(folder, "--region"):
+    for p in _listing(folder, "--region", (".png",)):
         if p.suffix.lower() == ".png":
             out[p.stem] = p
         else:
@@ -214,12 +242,18 @@ def read_map(path: Path, check_range: bool = True) -> np.ndarray:
         InputError: unreadable, not 2-D, an integer .npy, a PNG that is not 16-bit, NaN/inf, or (with
             ``check_range``) values outside [0, 1].
     """
+    if not path.is_file():  # a FIFO would block the read forever
+        raise InputError(f"{path}: not a regular file; save the map there with numpy.save")
     if path.suffix.lower() == ".npy":
         try:
             arr = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as e:
-            raise InputError(f"{path}: cannot read it as .npy ({e}); save maps with numpy.save") from e
-        if arr.dtype not in (np.float16, np.float32, np.float64):
+        except (OSError, ValueError, EOFError) as e:  # EOFError: an empty file
+            raise InputError(
+                f"{path}: cannot read it as .npy ({e or 'empty file'}); save maps with numpy.save"
+            ) from None
+        if not isinstance(arr, np.ndarray):  # an .npz archive under a .npy name
+            raise InputError(f"{path}: an .npz archive, not one array; save each map with numpy.save")
+        if arr.dtype.kind != "f" or arr.dtype.itemsize not in (2, 4, 8):  # any byte order
             raise InputError(
                 f"{path}: dtype {arr.dtype}; save maps as float32 or float16 arrays with values in [0, 1] "
                 "(or as 16-bit PNGs)"
@@ -229,7 +263,7 @@ def read_map(path: Path, check_range: bool = True) -> np.ndarray:
             with Image.open(path) as im:
                 mode = im.mode
                 arr = np.array(im)
-        except (OSError, Image.DecompressionBombError) as e:
+        except PIL_ERRORS as e:
             raise InputError(f"{path}: cannot read it as PNG ({e}); save maps as 16-bit PNG or .npy") from e
         if mode not in ("I;16", "I;16B", "I;16L", "I") or arr.ndim != 2 or arr.min() < 0 or arr.max() > 65535:
             raise InputError(
@@ -260,7 +294,7 @@ def read_binary_png(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as im:
             arr = np.array(im)
-    except (OSError, Image.DecompressionBombError) as e:
+    except PIL_ERRORS as e:
         raise InputError(f"{path}: cannot read it as PNG ({e}); save masks as single-channel PNGs") from e
     if arr.ndim != 2:
         raise InputError(f"{path}: shape {arr.shape}; masks must be single-channel (grayscale) PNGs, non-zero = lesion")
@@ -269,14 +303,16 @@ def read_binary_png(path: Path) -> np.ndarray:
 
 def map_size(path: Path) -> tuple[int, int]:
     """(H, W) of a map file from its header only."""
+    if not path.is_file():
+        raise InputError(f"{path}: not a regular file; save the map there with numpy.save")
     try:
         if path.suffix.lower() == ".npy":
             shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
             return (int(shape[0]), int(shape[1])) if len(shape) == 2 else (-1, -1)
         with Image.open(path) as im:
             return (im.height, im.width)
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise InputError(f"{path}: cannot read its header ({e}); re-save the map") from e
+    except (OSError, ValueError, EOFError, AttributeError, Image.DecompressionBombError) as e:
+        raise InputError(f"{path}: cannot read its header ({e or 'empty file'}); re-save the map") from None
 
 
 def png_size(path: Path) -> tuple[int, int]:
@@ -284,12 +320,15 @@ def png_size(path: Path) -> tuple[int, int]:
     try:
         with Image.open(path) as im:
             return (im.height, im.width)
-    except (OSError, Image.DecompressionBombError) as e:
+    except PIL_ERRORS as e:
         raise InputError(f"{path}: cannot read it as PNG ({e}); re-save it as a single-channel PNG") from e
 
 
-def check_map_size(path: Path, size: tuple[int, int], image: tuple[int, int]) -> None:
-    """Raise :class:`InputError` unless a map of ``size`` can be brought to the image's size by upsampling."""
+def check_map_size(path: Path, size: tuple[int, int], image: tuple[int, int], source: str = "the mask size") -> None:
+    """Raise :class:`InputError` unless a map of ``size`` can be brought to the image's size by upsampling.
+
+    ``source`` says where the image size comes from (a mask file, ``--image-size``), for the message.
+    """
     (h, w), (big_h, big_w) = size, image
     if (h, w) == (big_h, big_w):
         return
@@ -299,13 +338,13 @@ def check_map_size(path: Path, size: tuple[int, int], image: tuple[int, int]) ->
         raise InputError(f"{path}: is {h}x{w} but the image is {big_h}x{big_w}; it looks transposed, save it as (H, W)")
     if h > big_h or w > big_w:
         raise InputError(
-            f"{path}: is {h}x{w}, larger than the image ({big_h}x{big_w}, the mask size); save it at the image "
+            f"{path}: is {h}x{w}, larger than the image ({big_h}x{big_w}, {source}); save it at the image "
             "resolution or downscaled"
         )
     if abs(h / w - big_h / big_w) > ASPECT_TOLERANCE * big_h / big_w:
         raise InputError(
-            f"{path}: is {h}x{w}, another aspect ratio than the image ({big_h}x{big_w}); save it at {big_h}x{big_w} "
-            "or downscaled by the same factor in both directions"
+            f"{path}: is {h}x{w}, another aspect ratio than the image ({big_h}x{big_w}, {source}); save it at "
+            f"{big_h}x{big_w} or downscaled by the same factor in both directions"
         )
 
 
@@ -324,10 +363,14 @@ def read_labels(path: Path) -> dict[str, LabelRow]:
     Raises:
         InputError: missing columns, duplicate ids, labels other than 0/1, or unparsable scores (naming the line).
     """
+    if (path.exists() or path.is_symlink()) and not path.is_file():  # a FIFO would block the read forever
+        raise InputError(f"--labels {path} is not a regular file; pass the labels CSV")
     try:
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-            columns = set(rows[0]) if rows else set()
+        # utf-8-sig: a byte-order mark (Excel writes one) is not part of the first column's name.
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            rows = list(reader)
+            columns = set(reader.fieldnames or [])
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise InputError(f"--labels {path}: cannot read it ({e}); save it as UTF-8 comma-separated text") from e
     missing = {"image_id", *CLASSES} - columns
@@ -351,6 +394,8 @@ def read_labels(path: Path) -> dict[str, LabelRow]:
             raise InputError(f"--labels {path} line {line}: scores must be finite numbers")
         patient = (row.get("patient_id") or "").strip() or None
         out[image_id] = LabelRow(labels, scores, patient)
+    if not out:
+        raise InputError(f"--labels {path} lists no image; add one row per image to score")
     return out
 
 
@@ -389,6 +434,10 @@ def parse_size(text: str | None) -> tuple[int, int] | None:
     h, sep, w = text.lower().partition("x")
     if not sep or not h.isdigit() or not w.isdigit() or int(h) == 0 or int(w) == 0:
         raise ValueError(f"--image-size {text!r}: write HEIGHTxWIDTH in pixels, e.g. 2944x1920")
+    if int(h) * int(w) > MAX_IMAGE_PIXELS:
+        raise ValueError(
+            f"--image-size {text!r}: more than {MAX_IMAGE_PIXELS:,} pixels; a mammogram is about 30 million"
+        )
     return int(h), int(w)
 
 
@@ -443,6 +492,19 @@ def _plan(
             expected = ", ".join(str(maps_dir / f"{image_id}_{c}.npy") for c in lacking)
             skip(image_id, expected, f"no map for class {', '.join(lacking)} (expected {expected} or .png)")
             continue
+        row = labels.get(image_id) if labels is not None else None
+        unmasked = [
+            c for k, c in enumerate(CLASSES) if row is not None and row.labels[k] and c not in masks.get(image_id, {})
+        ]
+        if unmasked:
+            c = unmasked[0]
+            skip(
+                image_id,
+                f"{image_id}_{c}.png",
+                f"{image_id} is labelled {c}=1 in --labels but --masks has no {image_id}_{c}.png: without the mask it "
+                "would count as lesion-free; add the mask or fix the label",
+            )
+            continue
         sizes = mask_sizes.get(image_id, {})
         region = regions.get(image_id) if regions is not None else None
         if regions is not None and region is None:
@@ -455,13 +517,17 @@ def _plan(
             first = next(iter(masks.get(image_id, {}).values()), region)
             skip(image_id, str(first), f"masks of different sizes ({detail})")
             continue
+        source = "the masks' common size"
         if sizes:
             size = next(iter(sizes.values()))
+            first_file = next(iter(masks.get(image_id, {}).values()), region)
+            source = f"the size of {first_file}"
         elif image_size is not None:
-            size = image_size
+            size, source = image_size, "--image-size"
         elif len(folder_sizes) == 1:
             size = next(iter(folder_sizes))
         elif not folder_sizes:
+            source = "the size of its other map"
             map_sizes = {map_size(p) for p in have.values()}
             if len(map_sizes) != 1:
                 raise InputError(
@@ -469,18 +535,38 @@ def _plan(
                 )
             size = next(iter(map_sizes))
         else:
+            examples = {s: f"{i}_{c}.png" for i, per in mask_sizes.items() for c, s in per.items()}
+            shown = "; ".join(f"{h}x{w}: {name}" for (h, w), name in sorted(examples.items()))
             raise InputError(
-                f"{image_id}: has no mask, and the masks in --masks have several sizes, so its size is unknown; "
-                "pass --image-size HxW or add an all-zero mask for it"
+                f"{image_id}: has no mask, and the masks in --masks have several sizes ({shown}), so its size is "
+                "unknown; pass --image-size HxW, give every mask the image size, or add an all-zero mask for it"
             )
         try:
             for p in have.values():
-                check_map_size(p, map_size(p), size)
+                check_map_size(p, map_size(p), size, source)
         except InputError as e:
             skip(image_id, str(e).split(":")[0], str(e))
             continue
         plans.append(_Plan(image_id, have, masks.get(image_id, {}), region, size))
     return plans
+
+
+def _label_mask_mismatch(plan: _Plan, row: LabelRow | None, target: np.ndarray) -> tuple[str, str] | None:
+    """(file, reason) when an image's labels contradict its masks: a lesion labelled 0, or a 1 with an empty mask."""
+    if row is None:
+        return None
+    for k, c in enumerate(CLASSES):
+        lesion = bool(target[k].any())
+        if lesion != bool(row.labels[k]):
+            mask = plan.masks.get(c)
+            what = (
+                f"its {c} mask {mask} marks {int(target[k].sum())} lesion pixels"
+                if lesion
+                else f"its {c} mask {mask} is empty"
+            )
+            label = f"{c}={int(row.labels[k])}"
+            return str(mask), f"{plan.image_id} is labelled {label} in --labels but {what}; fix the label or the mask"
+    return None
 
 
 def score_folders(
@@ -525,8 +611,11 @@ def score_folders(
     cfg = cfg or EvalConfig()
     if normalization not in ("none", "minmax"):
         raise InputError(f"--normalize {normalization!r}: choose none or minmax")
-    if spacing_mm is not None and not spacing_mm > 0:
-        raise InputError(f"--spacing-mm {spacing_mm}: the pixel spacing must be positive (mm per pixel)")
+    if spacing_mm is not None and not MIN_SPACING_MM <= spacing_mm <= MAX_SPACING_MM:
+        raise InputError(
+            f"--spacing-mm {spacing_mm}: the pixel spacing must be a number of mm per pixel in "
+            f"[{MIN_SPACING_MM}, {MAX_SPACING_MM}] (mammograms: 0.05-0.2 mm, less when downscaled)"
+        )
     t_start = time.perf_counter()
     map_index = index_class_files(Path(maps), MAP_SUFFIXES, "--maps")
     if not map_index:
@@ -556,6 +645,11 @@ def score_folders(
         except InputError as e:
             skip(plan.image_id, str(e).split(":")[0], str(e))
             continue
+        row = label_rows.get(plan.image_id) if label_rows is not None else None
+        mismatch = _label_mask_mismatch(plan, row, target)
+        if mismatch is not None:
+            skip(plan.image_id, *mismatch)
+            continue
         # Maps of different sizes per class are brought to the image size one by one; same-size maps go together.
         if len({a.shape for a in arrays}) == 1:
             saliency = torch.from_numpy(np.stack(arrays))  # (K, h, w)
@@ -563,7 +657,6 @@ def score_folders(
             from wsseg.nn.upsample import to_input_resolution
 
             saliency = torch.cat([to_input_resolution(torch.from_numpy(a)[None, None], plan.size)[0] for a in arrays])
-        row = label_rows.get(plan.image_id) if label_rows is not None else None
         ev.add(
             plan.image_id,
             saliency,
@@ -633,10 +726,25 @@ def _ids_hash(image_ids: list[str]) -> str:
 # wsseg run --save-maps, wsseg evaluate
 
 
+def map_file_stem(image_id: str) -> str:
+    """The ``<image_id>`` part of a saved map's file name: the id itself, unless it could leave the maps folder.
+
+    Ids come from the dataset's files (a manifest CSV may hold ``../../x`` or ``a/b``): an id with a slash, a
+    backslash or NUL, a leading ``.`` (hidden files, ``..``), or over 200 characters becomes a cleaned id and a hash.
+    """
+    if not re.search(r"[/\\\0]", image_id) and not image_id.startswith(".") and 0 < len(image_id) <= 200:
+        return image_id
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", image_id).lstrip(".")[:100]
+    return f"{safe}-{hashlib.sha256(image_id.encode()).hexdigest()[:8]}"
+
+
 def save_map(folder: Path, image_id: str, name: str, saliency: torch.Tensor) -> None:
-    """Store one (H, W) map as ``<image_id>_<class>.npy`` in float16 (2 bytes per pixel), atomically."""
+    """Store one (H, W) map as ``<image_id>_<class>.npy`` in float16 (2 bytes per pixel), atomically.
+
+    ``<image_id>`` is :func:`map_file_stem` of the id, so every map lands inside ``folder``.
+    """
     arr = saliency.detach().float().cpu().numpy().astype(np.float16)
-    atomic_save(folder / f"{image_id}_{name}.npy", lambda f: np.save(f, arr))
+    atomic_save(folder / f"{map_file_stem(image_id)}_{name}.npy", lambda f: np.save(f, arr))
 
 
 def write_test_labels(path: Path, ids: list[str], patients: list[str], labels: np.ndarray, logits: np.ndarray) -> None:
@@ -657,14 +765,17 @@ def evaluate_run(
 ) -> dict[str, Any]:
     """Re-score the test maps a run saved with ``--save-maps``; write ``<out>/record.json`` (default ``DIR/evaluate``).
 
-    The masks and breast regions come from the run's dataset (regenerated from the cache key when the
-    cache is gone), the thresholds and image-level scores from the run. The numbers equal the run's up
-    to the float16 rounding of the stored maps.
+    The masks and breast regions come from the run's own dataset (the phantom, or the data source, root and
+    cache in its ``config.json``; the cache is remade when it is gone, from the phantom generator or from the
+    download), the thresholds and image-level scores from the run. The numbers equal the run's up to the float16
+    rounding of the stored maps.
 
     Raises:
-        InputError: the folder is not a finished run with saved maps, or the maps do not match the test split.
+        InputError: the folder is not a finished run with saved maps, the dataset's test split is not the one the
+            run was scored on, or the maps do not match the test split.
     """
-    from wsseg.data.dataset import MammogramDataset, prepare_phantom
+    from wsseg.data.dataset import MammogramDataset, split_hash
+    from wsseg.run import fold_splits, prepare_data  # here: wsseg.run imports this module
 
     run_dir = Path(run_dir)
     maps_dir = run_dir / MAPS_DIR
@@ -675,15 +786,21 @@ def evaluate_run(
         raise InputError(f"--run {run_dir} has no {MAPS_DIR}/ folder; re-run it with `wsseg run ... --save-maps`")
     record = read_record(run_dir / "record.json")
     cfg = RunConfig.read(run_dir / "config.json")
-    counts = {"train": cfg.data.n_train, "val": cfg.data.n_val, "test": cfg.data.n_test}
-    cache = cache_dir or cfg.data.cache_dir
-    root = prepare_phantom(phantom_config(cfg.profile), cfg.data.seed, counts, cache, progress=progress)
-    from wsseg.run import fold_splits  # here: wsseg.run imports this module
-
+    if cache_dir is not None:
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, cache_dir=cache_dir))
+    root, _ = prepare_data(cfg, progress, log=lambda _: None)  # the run's dataset, as `wsseg run` prepared it
     # A run of one cross-validation fold tests that fold's patients.
-    test_set = MammogramDataset(root, "test", with_masks=True, patient_splits=fold_splits(cfg, root, {}))
-    map_index = index_class_files(maps_dir, MAP_SUFFIXES, "--run maps")
-    extra = sorted(set(map_index) - set(test_set.image_ids))
+    splits = fold_splits(cfg, root, {})
+    test_set = MammogramDataset(root, "test", with_masks=True, dataset=cfg.data.dataset, patient_splits=splits)
+    scored = ((record.get("dataset_info") or {}).get("split_hashes") or {}).get("test")
+    if scored is not None and split_hash(test_set.image_ids) != scored:
+        raise InputError(
+            f"--run {run_dir}: the test split of {cfg.data.dataset} in {root} is not the one the run was scored on "
+            "(other images); evaluate with the data the run used (its --data-root, --cache-dir)"
+        )
+    map_index = index_class_files(maps_dir, MAP_SUFFIXES, "--run maps")  # keyed by map_file_stem(image id)
+    stems = {map_file_stem(i): i for i in test_set.image_ids}
+    extra = sorted(set(map_index) - set(stems))
     if extra:
         raise InputError(
             f"{maps_dir}: maps of {len(extra)} image(s) outside the test split: {_names(extra)}; move them out"
@@ -697,10 +814,12 @@ def evaluate_run(
     for i in tqdm(range(len(test_set)), desc="evaluate", unit="img", disable=not progress):
         sample = test_set[i]
         image_id = sample["meta"]["image_id"]
-        have = map_index.get(image_id, {})
+        have = map_index.get(map_file_stem(image_id), {})
         lacking = [c for c in CLASSES if c not in have]
         if lacking:
-            raise InputError(f"{maps_dir}: no map {image_id}_{lacking[0]}.npy; the saved maps are incomplete, re-run")
+            raise InputError(
+                f"{maps_dir}: no map {map_file_stem(image_id)}_{lacking[0]}.npy; the saved maps are incomplete, re-run"
+            )
         size = (int(sample["masks"].shape[-2]), int(sample["masks"].shape[-1]))
         arrays = []
         for c in CLASSES:
@@ -797,6 +916,17 @@ def check_comparable(a: tuple[dict[str, Any], SplitStats], b: tuple[dict[str, An
         raise InputError(f"the runs used other fixed thresholds ({fa} vs {fb}); re-score one with the other's")
 
 
+def _metric_thresholds(record: dict[str, Any], stats: SplitStats, folder: Path) -> dict[str, float]:
+    """Per class of ``stats``, the threshold of the record's metrics (read_record checked its type and range)."""
+    metrics = record.get("metrics")
+    missing = [c for c in stats.classes if not isinstance(metrics, dict) or "threshold" not in metrics.get(c, {})]
+    if missing:
+        raise InputError(
+            f"{Path(folder) / 'record.json'} has no metrics.<class>.threshold for {missing}; re-run the evaluation"
+        )
+    return {c: float(metrics[c]["threshold"]) for c in stats.classes}  # type: ignore[index]
+
+
 def compare_folders(a: Path, b: Path, n_resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
     """Paired patient bootstrap of the difference between two scored folders (``wsseg compare``)."""
     from wsseg.evaluation.bootstrap import paired_bootstrap
@@ -805,8 +935,7 @@ def compare_folders(a: Path, b: Path, n_resamples: int = 1000, seed: int = 0) ->
     rb, sb = load_scored(b)
     check_comparable((ra, sa), (rb, sb))
     fixed = float(ra.get("evaluation", {}).get("fixed_threshold", 0.5))
-    ta = {c: float(ra["metrics"][c]["threshold"]) for c in sa.classes}
-    tb = {c: float(rb["metrics"][c]["threshold"]) for c in sb.classes}
+    ta, tb = _metric_thresholds(ra, sa, a), _metric_thresholds(rb, sb, b)
     result = paired_bootstrap(sa, ta, sb, tb, fixed, n_resamples, seed)
     return {
         "a": str(a),

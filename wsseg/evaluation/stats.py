@@ -33,6 +33,8 @@ per image and class at 1,000 bins, independent of the resolution) and saves them
 from __future__ import annotations
 
 import math
+import zipfile
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -422,11 +424,19 @@ class SplitStats:
             ValueError: the file is missing, unreadable or not a wsseg statistics file.
         """
         path = Path(path)
+        if not path.is_file():  # a FIFO would block the read forever
+            what = "missing" if not (path.exists() or path.is_symlink()) else "not a regular file"
+            raise ValueError(f"the per-image statistics {path} are {what}; re-run the evaluation")
         try:
             with np.load(path, allow_pickle=False) as z:
                 data = {k: z[k] for k in z.files}
-        except (OSError, ValueError) as e:
-            raise ValueError(f"cannot read per-image statistics {path}: {e}; re-run the evaluation") from e
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as e:
+            raise ValueError(f"cannot read per-image statistics {path}: {e}; re-run the evaluation") from None
+        if not isinstance(data, dict):  # np.load gives an array for a plain .npy
+            raise ValueError(f"{path} is not a wsseg per-image statistics file (.npz); re-run the evaluation")
+        problem = _stats_problem(data)
+        if problem is not None:
+            raise ValueError(f"{path} is not a valid wsseg per-image statistics file: {problem}; re-run the evaluation")
         try:
             classes = {
                 name: ClassArrays(
@@ -450,6 +460,52 @@ class SplitStats:
             )
         except KeyError as e:
             raise ValueError(f"{path} is not a wsseg per-image statistics file (no {e}); re-run the evaluation") from e
+
+
+def _stats_problem(data: dict[str, np.ndarray]) -> str | None:
+    """What is wrong with the arrays of a statistics file (shapes, dtypes, counts, indices), or None."""
+    for key in ("image_ids", "patient_ids", "spacing_mm", "n_bins", "classes"):
+        if key not in data:
+            return f"no {key}"
+    ids, n_bins = data["image_ids"], data["n_bins"]
+    if ids.ndim != 1 or ids.dtype.kind != "U" or data["patient_ids"].shape != ids.shape:
+        return "image_ids and patient_ids must be two lists of strings of one length"
+    n = len(ids)
+    if data["spacing_mm"].shape != (n,) or data["spacing_mm"].dtype.kind != "f":
+        return "spacing_mm must hold one number per image"
+    if n_bins.shape != () or n_bins.dtype.kind not in "iu" or not 1 <= int(n_bins) <= 100_000:
+        return "n_bins must be an integer in [1, 100000]"
+    if data["classes"].ndim != 1 or data["classes"].dtype.kind != "U":
+        return "classes must be a list of names"
+    hist = (n, int(n_bins) + 1)
+    for name in data["classes"].tolist():
+        if name not in ("benign", "malignant"):
+            return f"unknown class {name!r}"
+        for key in ClassArrays.__dataclass_fields__:
+            arr = data.get(f"{name}.{key}")
+            if arr is None:
+                if key == "box_iou":
+                    continue  # files written before boxes existed
+                return f"no {name}.{key}"
+            if key in ("pos_hist", "neg_hist"):
+                ok = arr.shape == hist and arr.dtype.kind in "iu" and bool((arr >= 0).all())
+            elif key in ("lesion_image", "fp_image"):
+                ok = arr.ndim == 1 and arr.dtype.kind in "iu" and bool(((arr >= 0) & (arr < n)).all())
+            elif key in ("lesion_scores", "fp_scores"):
+                ok = (
+                    arr.ndim == 1
+                    and arr.dtype.kind == "f"
+                    and len(arr) == len(data.get(f"{name}.{key[:-7]}_image", []))
+                )
+            elif key == "froc_done":
+                ok = arr.shape == () and arr.dtype.kind == "b"
+            elif key == "box_iou":
+                ok = arr.shape == (n, len(BOX_TAUS)) and arr.dtype.kind == "f"
+            else:  # sum_sg, sum_s, point_px, image_score, image_label
+                ok = arr.shape == (n,) and arr.dtype.kind == "f"
+            if not ok:
+                return f"{name}.{key} has dtype {arr.dtype} and shape {arr.shape}, not what {n} images give"
+    return None
 
 
 def stack_class(

@@ -84,7 +84,16 @@ def create_backbone(
         # A file overlay makes timm read the weights from disk and never from the network.
         spec["pretrained_cfg_overlay"] = {"file": str(path), "url": "", "hf_hub_id": ""}
         pretrained = True
-    model = timm.create_model(
-        model_name, pretrained=pretrained, in_chans=in_chans, num_classes=0, global_pool="", **spec
-    )
+    try:
+        model = timm.create_model(
+            model_name, pretrained=pretrained, in_chans=in_chans, num_classes=0, global_pool="", **spec
+        )
+    except Exception as e:  # timm's loader raises whatever torch.load or the state dict's keys give
+        if not pretrained:
+            raise
+        detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(
+            f"cannot load the backbone weights file {weights} into {name}: {detail}; pass a state dict of this "
+            "architecture saved with torch.save (.pth/.pt) or safetensors"
+        ) from None
     return Backbone(model, name)

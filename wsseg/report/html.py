@@ -25,7 +25,6 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from wsseg._io import atomic_write_text
 from wsseg.data.phantom import CLASSES
 from wsseg.evaluation.curves import curves_for_run
 from wsseg.evaluation.lesions import SIZE_BINS_MM, size_bin
@@ -56,6 +55,21 @@ def _pyplot() -> Any:
 
     plt.rcParams.update({"svg.hashsalt": "wsseg", "svg.fonttype": "none", "font.size": 9})
     return plt
+
+
+def _esc(value: Any) -> str:
+    """Text from a record, config, file name or dataset, escaped for HTML text and quoted attributes."""
+    return html.escape(str(value), quote=True)
+
+
+def _label(text: str) -> str:
+    """A method name as matplotlib text, shown as written.
+
+    ``$`` would start mathtext (a parse error, or TeX markup) and a leading ``_`` hides a legend entry; matplotlib's
+    SVG writer escapes ``<``, ``>``, ``&`` and quotes itself.
+    """
+    text = text.replace("$", r"\$")
+    return "\u200b" + text if text.startswith("_") else text
 
 
 def _by_method(runs: Sequence[RunFiles]) -> dict[str, list[RunFiles]]:
@@ -107,12 +121,12 @@ def plot_curves(
                 pr = seeds[0][c]["pr"]
                 if pr["recall"]:
                     x, y = _floats(pr["recall"]), _floats(pr["precision"])
-                    ax.step(x, y, where="post", color=_color(i), label=method)
+                    ax.step(x, y, where="post", color=_color(i), label=_label(method))
             elif kind == "froc":
                 fr = seeds[0][c]["froc"]
                 if fr["fppi"]:
                     x, y = _floats(fr["fppi"]), _floats(fr["sensitivity"])
-                    ax.step(x, y, where="post", color=_color(i), label=method)
+                    ax.step(x, y, where="post", color=_color(i), label=_label(method))
             else:
                 # Every seed scores the same test images: pool their points, then average Dice per size bin.
                 bins = [size_bin(d) for s in seeds for d in _diameters(s[c]["lesion_size"])]
@@ -121,7 +135,7 @@ def plot_curves(
                 for _, _, label in SIZE_BINS_MM:
                     inside = np.array([b == label for b in bins], dtype=bool).reshape(len(bins)) & np.isfinite(dice)
                     means.append(float(dice[inside].mean()) if inside.any() else math.nan)
-                ax.plot(range(len(means)), means, marker="o", color=_color(i), label=method)
+                ax.plot(range(len(means)), means, marker="o", color=_color(i), label=_label(method))
         if kind == "pr":
             ax.set(xlabel="recall (pixels)", ylabel="precision (pixels)", xlim=(0, 1), ylim=(0, 1))
             ax.set_title(f"{c}: precision-recall behind PxAP (lowest seed)")
@@ -181,9 +195,17 @@ def gallery_html(runs: dict[str, list[RunFiles]], order: Sequence[str]) -> str:
     missing = []
     for method in order:
         first = runs[method][0]
-        path = first.folder / str(first.record.get("gallery") or GALLERY_NPZ)
+        # The record names its gallery file: only a plain name inside the run folder is followed.
+        name = Path(str(first.record.get("gallery") or GALLERY_NPZ)).name
+        path = first.folder / name
         if path.is_file():
             galleries[method] = Gallery.load(path)
+            odd = [c for c in galleries[method].lesion_class if c not in CLASSES]
+            if odd:
+                raise ValueError(
+                    f"{path}: lesion class {odd[0]!r} is not one of {', '.join(CLASSES)}; re-make it with "
+                    "`wsseg gallery --run RUN`"
+                )
         else:
             missing.append(method)
     if not galleries:
@@ -196,19 +218,19 @@ def gallery_html(runs: dict[str, list[RunFiles]], order: Sequence[str]) -> str:
                 "re-make it with `wsseg gallery --run RUN`"
             )
     shown = [m for m in order if m in galleries]
-    head = "".join(f"<th>{html.escape(m)}</th>" for m in shown)
+    head = "".join(f"<th>{_esc(m)}</th>" for m in shown)
     rows = []
     for i, (image_id, c) in enumerate(zip(ref.image_ids, ref.lesion_class, strict=True)):
         k = CLASSES.index(c)
         mask = ref.masks[i, k]
-        cells = [f'<td><img alt="{html.escape(image_id)}" src="{_png(overlay(ref.images[i], None, mask))}"></td>']
+        cells = [f'<td><img alt="{_esc(image_id)}" src="{_png(overlay(ref.images[i], None, mask))}"></td>']
         for m in shown:
             src = _png(overlay(ref.images[i], galleries[m].maps[i, k], mask))
-            cells.append(f'<td><img alt="{html.escape(m)} {html.escape(image_id)}" src="{src}"></td>')
+            cells.append(f'<td><img alt="{_esc(m)} {_esc(image_id)}" src="{src}"></td>')
         rows.append(
-            f'<tr><th class="rowhead">{html.escape(image_id)}<br><span class="{c}">{c}</span></th>{"".join(cells)}</tr>'
+            f'<tr><th class="rowhead">{_esc(image_id)}<br><span class="{c}">{c}</span></th>{"".join(cells)}</tr>'
         )
-    note = f"<p>No gallery for: {html.escape(', '.join(missing))}.</p>" if missing else ""
+    note = f"<p>No gallery for: {_esc(', '.join(missing))}.</p>" if missing else ""
     return (
         '<div class="scroll"><table class="gallery"><thead><tr><th>image</th><th>ground truth</th>'
         f"{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>{note}"
@@ -217,16 +239,18 @@ def gallery_html(runs: dict[str, list[RunFiles]], order: Sequence[str]) -> str:
 
 def table_html(table: Table) -> str:
     """One leaderboard table as a sortable HTML table (click a column title; numbers sort numerically)."""
-    head = "".join(f'<th data-col="{i}">{html.escape(h)}</th>' for i, h in enumerate(table.header))
+    head = "".join(f'<th data-col="{i}">{_esc(h)}</th>' for i, h in enumerate(table.header))
     counts: list[str] = []
     body: list[str] = []
     kinds = table.row_classes or [""] * len(table.cells)
     for line, kind in zip(table.cells, kinds, strict=True):
-        tds = "".join(f"<td>{html.escape(c)}</td>" for c in line)
+        tds = "".join(f"<td>{_esc(c)}</td>" for c in line)
         # A count row (images per bin) belongs to the header: sorting the methods must not move it.
-        (counts if kind == "count" else body).append(f'<tr class="{html.escape(kind)}">{tds}</tr>')
+        # A CSS class from the record: only the known kinds are kept as classes.
+        css = kind if kind in ("weak", "full", "reference", "chance", "count") else "other"
+        (counts if kind == "count" else body).append(f'<tr class="{css}">{tds}</tr>')
     return (
-        f"<h3>{html.escape(table.heading)}</h3>"
+        f"<h3>{_esc(table.heading)}</h3>"
         f'<div class="scroll"><table class="leaderboard sortable"><thead><tr>{head}</tr>{"".join(counts)}</thead>'
         f"<tbody>{''.join(body)}</tbody></table></div>"
     )
@@ -307,18 +331,18 @@ def render_report(
     ):
         block, svgs = plot_curves(curves, order, kind, name)
         figures.update({f"{name}-{c}.svg": s for c, s in svgs.items()})
-        sections.append(f"<h2>{html.escape(heading)}</h2>{block}")
+        sections.append(f"<h2>{_esc(heading)}</h2>{block}")
     if no_curves:
-        names = html.escape(", ".join(no_curves))
+        names = _esc(", ".join(no_curves))
         sections.append(f"<p class='note'>No curves (curves.json or per_image_stats.npz) for: {names}.</p>")
 
     def notes(texts: Sequence[str]) -> str:
-        return "".join(f"<p class='note'>{html.escape(t)}</p>" for t in texts)
+        return "".join(f"<p class='note'>{_esc(t)}</p>" for t in texts)
 
     page = (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>"
-        f"<h1>wsseg leaderboard</h1><p>{html.escape(title)}</p>"
+        f"<title>{_esc(title)}</title><style>{STYLE}</style></head><body>"
+        f"<h1>wsseg leaderboard</h1><p>{_esc(title)}</p>"
         f"{''.join(table_html(t) for t in tables)}{notes(paragraphs)}"
         f"<h2>By lesion size and type</h2>{''.join(table_html(t) for t in lesion_tables)}{notes(lesion_notes)}"
         "<p class='note'>Click a column title to sort a table.</p>"
@@ -331,7 +355,7 @@ def render_report(
     return page, figures
 
 
-def write_report(
+def report_files(
     path: Path,
     title: str,
     tables: Sequence[Table],
@@ -340,12 +364,14 @@ def write_report(
     lesion_notes: Sequence[str],
     runs: Sequence[RunFiles],
     order: Sequence[str],
-) -> list[Path]:
-    """Write the HTML report of one group to ``path`` and its plots as SVG files under ``figures/`` beside it."""
+) -> dict[Path, str]:
+    """The HTML report of one group (at ``path``) and its SVG plots (under ``figures/`` beside it), not written.
+
+    Rendering everything first means that a damaged curves or gallery file stops the leaderboard before it has
+    written half of its files.
+    """
     page, figures = render_report(title, tables, paragraphs, lesion_tables, lesion_notes, runs, order)
-    written = [atomic_write_text(path, page)]
+    files = {path: page}
     for name, svg in sorted(figures.items()):
-        target = path.parent / "figures" / f"{path.stem.removeprefix('leaderboard-')}-{name}"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        written.append(atomic_write_text(target, svg + "\n"))
-    return written
+        files[path.parent / "figures" / f"{path.stem.removeprefix('leaderboard-')}-{name}"] = svg + "\n"
+    return files

@@ -42,21 +42,22 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from wsseg._io import atomic_open
+from wsseg._io import atomic_write_text
 from wsseg.data.phantom import CLASSES
 from wsseg.evaluation.bootstrap import pooled_intervals
 from wsseg.evaluation.curves import curves_for_run
 from wsseg.evaluation.scoring import PER_IMAGE_STATS
 from wsseg.evaluation.stats import SplitStats
 from wsseg.report.breakdown import BINS, Cell, chance_cells, pool_curves, row_cells
-from wsseg.report.html import RunFiles, write_report
-from wsseg.report.records import record_thresholds
+from wsseg.report.html import RunFiles, report_files
+from wsseg.report.records import read_record, record_thresholds
 from wsseg.report.significance import (
     BEST,
     UNKNOWN,
@@ -170,10 +171,11 @@ def find_records(paths: Iterable[str | Path]) -> list[Path]:
     for p in map(Path, paths):
         if p.is_file():
             found.add(p)
-        elif (p / "record.json").is_file():
-            found.add(p / "record.json")
+        elif (p / "record.json").exists() or (p / "record.json").is_symlink():
+            found.add(p / "record.json")  # read_record names it if it is no regular file
         elif p.is_dir():
-            below = sorted(p.rglob("record.json"))
+            # os.walk sees every entry named record.json, broken links too (Path.rglob skips those silently).
+            below = sorted(Path(d) / "record.json" for d, dirs, names in os.walk(p) if "record.json" in names + dirs)
             if not below:
                 raise FileNotFoundError(f"{p} holds no record.json; pass run folders made by `wsseg run`")
             found.update(below)
@@ -188,11 +190,8 @@ def load_record(path: Path) -> dict[str, Any]:
     Raises:
         ValueError: unreadable JSON or not a ``wsseg run`` record.
     """
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise ValueError(f"cannot read run record {path}: {e}; re-run the evaluation or remove it") from e
-    if not isinstance(record, dict) or "metrics" not in record or "method" not in record:
+    record = read_record(path)  # checks the types of every key the tables and the report read
+    if "metrics" not in record or "method" not in record:
         raise ValueError(f"{path} is not a wsseg run record (no 'method'/'metrics'); pass `wsseg run` output")
     return record
 
@@ -762,15 +761,32 @@ FOLD_LESION_NOTES = (
 )
 
 
+def _file_part(text: str, limit: int = 48) -> str:
+    """``text`` as part of a file name: itself when short and made of ``[A-Za-z0-9._-]``, else cleaned and hashed.
+
+    Records are data: a dataset called ``../../x`` must not become a path. The hash of the original keeps two
+    names that clean to the same text apart.
+    """
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", text)
+    if safe == text and len(text) <= limit and not text.startswith("."):
+        return text
+    return f"{safe.lstrip('.')[:limit]}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+
+
 def group_name(key: tuple[str, ...], keys: Sequence[tuple[str, ...]] = ()) -> str:
     """A file-name stem for a comparable group: dataset, profile and the test split hash (``<k>fold-<assignment>``).
 
-    When another of ``keys`` shares that stem (another dataset version, evaluation protocol or training budget on
-    the same test split), a short hash of the whole key is appended, so that no group's table overwrites another's.
+    When another of ``keys`` shares that stem (another dataset version, evaluation protocol or training budget on the
+    same test split), a short hash of the whole key is appended, so that no group's table overwrites another's.
+    Characters outside ``[A-Za-z0-9._-]`` never reach the file name (:func:`_file_part`).
     """
-    dataset, split, profile = key[0], key[2], key[3]
-    stem = f"leaderboard-{dataset}-{profile}-{split.replace('-fold ', 'fold-')}"
-    if any(k != key and (k[0], k[2], k[3]) == (dataset, split, profile) for k in keys):
+
+    def stem_of(k: tuple[str, ...]) -> str:
+        # A cross-validation's "test split" is "<k>-fold <assignment>": "<k>fold-<assignment>" in the name.
+        return "leaderboard-" + "-".join(_file_part(x) for x in (k[0], k[3], k[2].replace("-fold ", "fold-")))
+
+    stem = stem_of(key)
+    if any(k != key and stem_of(k) == stem for k in keys):
         stem += "-" + hashlib.sha256(json.dumps(key).encode()).hexdigest()[:8]
     return stem
 
@@ -784,14 +800,8 @@ class LeaderboardResult:
     differences: list[str]
 
 
-def _write(path: Path, text: str) -> Path:
-    with atomic_open(path, "w") as f:
-        f.write(text)
-    return path
-
-
-def write_group(out: Path, stem: str, title: str, rows: Sequence[Row], formats: Sequence[str]) -> list[Path]:
-    """Write one group's main table (``<stem>.<fmt>``) and lesion breakdown (``<stem>-lesions.<fmt>``)."""
+def render_group(out: Path, stem: str, title: str, rows: Sequence[Row], formats: Sequence[str]) -> dict[Path, str]:
+    """One group's main table (``<stem>.<fmt>``) and lesion breakdown (``<stem>-lesions.<fmt>``), not yet written."""
     add_rank_groups(rows)
     stability = stability_line(
         rank_stability(
@@ -804,23 +814,23 @@ def write_group(out: Path, stem: str, title: str, rows: Sequence[Row], formats: 
     folded = _folded(rows)
     main_paragraphs = [stability, *(FOLD_MAIN_NOTES if folded else MAIN_NOTES)]
     lesion_notes = list(FOLD_LESION_NOTES if folded else LESION_NOTES)
-    files = []
+    files: dict[Path, str] = {}
     for fmt in formats:
         path, lesion_path = out / f"{stem}.{fmt}", out / f"{stem}-lesions.{fmt}"
         if fmt == "md":
-            files.append(_write(path, markdown(title, tables, main_paragraphs)))
-            files.append(_write(lesion_path, markdown(f"{title}: by lesion size and type", lesions, lesion_notes)))
+            files[path] = markdown(title, tables, main_paragraphs)
+            files[lesion_path] = markdown(f"{title}: by lesion size and type", lesions, lesion_notes)
         elif fmt == "tex":
-            files.append(_write(path, latex(title, tables, main_paragraphs)))
-            files.append(_write(lesion_path, latex(f"{title}: by lesion size and type", lesions, lesion_notes)))
+            files[path] = latex(title, tables, main_paragraphs)
+            files[lesion_path] = latex(f"{title}: by lesion size and type", lesions, lesion_notes)
         elif fmt == "csv":
-            files.append(_write(path, csv_text(*main_csv(rows))))
-            files.append(_write(lesion_path, csv_text(lesion_csv_header, lesion_csv_cells)))
+            files[path] = csv_text(*main_csv(rows))
+            files[lesion_path] = csv_text(lesion_csv_header, lesion_csv_cells)
         else:
             runs = [run for row in rows for run in row.runs]
             order = [r.method for r in rows if not r.chance]
             paragraphs = main_paragraphs + ([FOLD_HTML_NOTE] if folded else [])
-            files += write_report(path, title, tables, paragraphs, lesions, lesion_notes, runs, order)
+            files.update(report_files(path, title, tables, paragraphs, lesions, lesion_notes, runs, order))
     return files
 
 
@@ -848,8 +858,9 @@ def write_leaderboards(
         for b in keys[i + 1 :]
     ]
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    files = []
+    # Everything is rendered before anything is written: a damaged curves or gallery file met while rendering the
+    # report stops the command without leaving half a leaderboard behind.
+    pages: dict[Path, str] = {}
     for key, members in groups.items():
         rows = build_rows(members, [folders[id(r)] for r in members])
         budget = f", training budget {key[5]}" if key[5] != UNTRAINED else ""
@@ -858,5 +869,7 @@ def write_leaderboards(
             k, assignment = key[2].split("-fold ")
             split = f"{k}-fold cross-validation by patient (assignment {assignment})"
         title = f"{key[0]} ({key[1]}), profile {key[3]}, {split}{budget}: {len(members)} runs"
-        files += write_group(out, group_name(key, keys), title, rows, formats)
+        pages.update(render_group(out, group_name(key, keys), title, rows, formats))
+    out.mkdir(parents=True, exist_ok=True)
+    files = [atomic_write_text(path, text) for path, text in pages.items()]
     return LeaderboardResult(files, [(group_name(k, keys), len(v)) for k, v in groups.items()], differences)

@@ -70,7 +70,7 @@ import torch
 
 import wsseg
 from wsseg._io import atomic_write_json
-from wsseg.data.phantom import PHANTOM_VERSION
+from wsseg.data.phantom import CLASSES, PHANTOM_VERSION
 
 SCHEMA_VERSION = 2
 READABLE_SCHEMAS = (1, 2)
@@ -121,16 +121,132 @@ def record_thresholds(record: dict[str, Any]) -> dict[str, float]:
 
 
 def read_record(path: str | Path) -> dict[str, Any]:
-    """Read a record.
+    """Read a record and check the types of the keys wsseg's commands read (:func:`record_problem`).
 
     Raises:
-        ValueError: not JSON, or not a wsseg record of a known schema version.
+        ValueError: unreadable, not JSON, not a wsseg record of a known schema version, or a key of the wrong type
+            (the message names the file and the key).
     """
     path = Path(path)
+    if (path.exists() or path.is_symlink()) and not path.is_file():  # a FIFO would block the read forever
+        raise ValueError(f"{path} is not a regular file; pass a record.json written by wsseg")
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"cannot read run record {path}: {e}") from e
+        # utf-8-sig: a record re-saved by an editor may start with a byte-order mark.
+        record = json.loads(path.read_text(encoding="utf-8-sig"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"cannot read run record {path}: {e}; re-run the evaluation or remove it") from None
     if not isinstance(record, dict) or record.get("schema_version") not in READABLE_SCHEMAS:
         raise ValueError(f"{path} is not a wsseg record of schema version {' or '.join(map(str, READABLE_SCHEMAS))}")
+    problem = record_problem(record)
+    if problem is not None:
+        raise ValueError(f"{path} is damaged: {problem}; re-run the evaluation that wrote it, or remove it")
     return record
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _numbers(v: Any) -> bool:
+    """A dict of numbers (metrics of one class: NaN is written as NaN, so every value is a number)."""
+    return isinstance(v, dict) and all(_number(x) for x in v.values())
+
+
+def _per_class(v: Any) -> bool:
+    return isinstance(v, dict) and all(isinstance(x, dict) and _numbers(x) for x in v.values())
+
+
+def _metrics(v: Any) -> bool:
+    """Every class's block of numbers, with its threshold on the [0, 1] grid."""
+    return _per_class(v) and all(c in v and 0 <= v[c].get("threshold", -1) <= 1 for c in CLASSES)
+
+
+def _intervals(v: Any) -> bool:
+    """``{rule, level, n_resamples, seed, n_patients, <class>: {metric: [low, high]}}``."""
+    if not isinstance(v, dict):
+        return False
+    for x in v.values():
+        if isinstance(x, dict) and not all(
+            isinstance(p, list) and len(p) == 2 and all(_number(e) for e in p) for p in x.values()
+        ):
+            return False
+    return True
+
+
+def _file_name(v: Any) -> bool:
+    """A file name inside the run folder: one plain path component (a record must not point elsewhere)."""
+    return isinstance(v, str) and v not in ("", ".", "..") and "/" not in v and "\\" not in v and "\x00" not in v
+
+
+def _thresholds(v: Any) -> bool:
+    return isinstance(v, dict) and all(
+        isinstance(x, str) if k == "rule" else _number(x) and 0 <= x <= 1 for k, x in v.items()
+    )
+
+
+def _folds(v: Any) -> bool:
+    """``dataset_info.folds`` of a cross-validation fold's run: the keys the leaderboards group and pool by."""
+
+    def integer(x: Any) -> bool:
+        return isinstance(x, int) and not isinstance(x, bool)
+
+    return (
+        isinstance(v, dict)
+        and integer(v.get("k"))
+        and v["k"] >= 2
+        and integer(v.get("fold"))
+        and 0 <= v["fold"] < v["k"]
+        and isinstance(v.get("assignment"), str)
+        and v["assignment"] != ""
+    )
+
+
+# key -> (test, what it must be), for the keys that leaderboards, compare, evaluate and the report read. A key that
+# is absent is not checked here (version 1 records lack some); the reader that needs it says so.
+RECORD_KEYS: dict[str, tuple[Any, str]] = {
+    "method": (lambda v: isinstance(v, str) and _file_name(v), "a method name"),
+    "seed": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "an integer >= 0"),
+    "run_id": (_file_name, "a run folder name"),
+    "dataset": (lambda v: isinstance(v, str), "a string"),
+    "profile": (lambda v: isinstance(v, str), "a string"),
+    "device": (lambda v: isinstance(v, str), "a string"),
+    "supervision": (lambda v: isinstance(v, str), "a string"),
+    "record_type": (lambda v: v in ("run", "score", "evaluate"), "run, score or evaluate"),
+    "metrics": (_metrics, f"an object of per-class objects of numbers ({', '.join(CLASSES)}; thresholds in [0, 1])"),
+    "references": (lambda v: isinstance(v, dict) and all(_per_class(x) for x in v.values()), "per-class numbers"),
+    "intervals": (_intervals, "an object of per-class [low, high] pairs"),
+    "thresholds": (_thresholds, "an object of per-class thresholds in [0, 1] and a rule"),
+    "dataset_info": (
+        lambda v: (
+            isinstance(v, dict)
+            and isinstance(v.get("split_hashes", {}), dict)
+            and all(isinstance(x, str) for x in v.get("split_hashes", {}).values())
+            and ("folds" not in v or _folds(v["folds"]))
+        ),
+        "an object (split_hashes: an object of strings; folds, for a cross-validation fold: k >= 2, fold in "
+        "[0, k), assignment a string)",
+    ),
+    "timings": (_numbers, "an object of seconds"),
+    "throughput": (_numbers, "an object of numbers"),
+    "n_parameters": (lambda v: v is None or _number(v), "a number"),
+    "evaluation": (
+        lambda v: (
+            isinstance(v, dict) and (_number(v.get("fixed_threshold", 0.5)) and 0 <= v.get("fixed_threshold", 0.5) <= 1)
+        ),
+        "an object with fixed_threshold in [0, 1]",
+    ),
+    "per_image": (lambda v: isinstance(v, dict) and all(_file_name(x) for x in v.values()), "file names in the folder"),
+    "gallery": (lambda v: v is None or _file_name(v), "none or a file name in the folder"),
+    "maps": (lambda v: v is None or _file_name(v), "none or a folder name in the run folder"),
+    "training": (lambda v: isinstance(v, dict), "an object"),
+    "config": (lambda v: isinstance(v, dict), "an object"),
+}
+
+
+def record_problem(record: dict[str, Any]) -> str | None:
+    """The first key of ``record`` whose value has the wrong type (with what it must be), or None."""
+    for key, (ok, must) in RECORD_KEYS.items():
+        if key in record and not ok(record[key]):
+            shown = repr(record[key])
+            return f"{key} must be {must}, got {shown[:80]}{'...' if len(shown) > 80 else ''}"
+    return None

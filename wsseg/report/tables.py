@@ -44,14 +44,24 @@ def _latex_comment(text: str) -> str:
     return "% " + " ".join(text.split())
 
 
+def _md(text: str) -> str:
+    """A table cell or title for Markdown, displayed as written.
+
+    ``|`` ends a cell, and Markdown renders inline HTML, so ``&``, ``<`` and ``>`` are written as entities; a line
+    break would end the row or heading.
+    """
+    text = " ".join(text.splitlines())
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")
+
+
 def markdown(title: str, tables: Sequence[Table], paragraphs: Sequence[str]) -> str:
     """A Markdown document: the title, each table under its heading, then the paragraphs."""
-    parts = [f"## {title}", ""]
+    parts = [f"## {_md(title)}", ""]
     for t in tables:
-        cells = [[c.replace("|", "\\|") for c in row] for row in t.cells]
-        header = [h.replace("|", "\\|") for h in t.header]
+        cells = [[_md(c) for c in row] for row in t.cells]
+        header = [_md(h) for h in t.header]
         body = tabulate(cells, headers=header, tablefmt="pipe", disable_numparse=True, colalign=_align(t))
-        parts += [f"### {t.heading}", "", body, ""]
+        parts += [f"### {_md(t.heading)}", "", body, ""]
     for p in paragraphs:
         parts += [p, ""]
     return "\n".join(parts).rstrip("\n") + "\n"

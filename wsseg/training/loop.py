@@ -37,6 +37,25 @@ from wsseg.training.distributed import (
 LAST, BEST = "last.pt", "best.pt"
 
 
+class TrainingDiverged(ValueError):
+    """The loss or the weights became NaN or infinite: a setting to change, reported as one line by the CLI."""
+
+
+def _finite_weights(method: WSSegMethod) -> bool:
+    """Whether every floating-point parameter and buffer is finite (checked before a checkpoint is written)."""
+    return all(bool(torch.isfinite(t).all()) for t in method.state_dict().values() if t.is_floating_point())
+
+
+def _diverged(cfg: TrainConfig, what: str, epoch: int, step: int, kept: Path) -> TrainingDiverged:
+    clip = f"train.clip_grad={cfg.clip_grad}" if cfg.clip_grad is not None else "no gradient clipping"
+    saved = f"the last good checkpoint {kept} is kept" if kept.exists() else "no checkpoint had been written yet"
+    return TrainingDiverged(
+        f"training diverged: {what} at epoch {epoch + 1}, optimizer step {step} (train.lr={cfg.lr:g}, {clip}). "
+        f"Start a new run with a lower train.lr (e.g. {min(cfg.lr, 1e-3) / 10:g}) or with train.clip_grad=5; "
+        f"{saved}"
+    )
+
+
 @dataclass
 class TrainResult:
     """What training returns (nothing is kept on the method).
@@ -181,6 +200,8 @@ def train(
     def checkpoint() -> None:
         if not main:
             return
+        if not _finite_weights(method):  # never replace the last good state with NaN weights
+            raise _diverged(cfg, "the weights are NaN or infinite", state["epoch"], state["step"], last_path)
         rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else []}
         save_checkpoint(
             last_path,
@@ -250,9 +271,7 @@ def train(
                 loss_terms = method.loss(out, batch)
             loss = loss_terms["loss"]
             if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"non-finite loss at epoch {epoch + 1}, step {state['step']}; lower train.lr or set train.clip_grad"
-                )
+                raise _diverged(cfg, f"the loss is {float(loss)}", epoch, state["step"], last_path)
             # Dividing by grad_accum makes the accumulated gradient the mean over the larger effective batch; with
             # several ranks, weighting by this rank's share makes the averaged gradient the global batch's.
             share = images.shape[0] * world / len(global_batch)
@@ -303,6 +322,8 @@ def train(
         stale = state["best_epoch"] == 0 or not method.eligible_for_best(state["best_epoch"] - 1)
         improved = not math.isnan(val_auroc) and val_auroc > state["best_val_auroc"]
         if main and method.eligible_for_best(epoch) and (stale or improved):
+            if not _finite_weights(method):
+                raise _diverged(cfg, "the weights are NaN or infinite", epoch, state["step"], last_path)
             state["best_val_auroc"], state["best_epoch"] = val_auroc, epoch + 1
             save_checkpoint(best_path, {"model": method.state_dict(), "epoch": epoch + 1, "config": run_config})
         state["epoch"], state["micro"] = epoch + 1, 0

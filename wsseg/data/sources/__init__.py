@@ -12,9 +12,10 @@ entry-point group, the same way methods do (:mod:`wsseg.registry`).
 
 from __future__ import annotations
 
+import csv
 import fnmatch
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -49,6 +50,78 @@ class Problem:
 
     def __str__(self) -> str:
         return f"{self.file}: {self.reason}"
+
+
+def not_regular(path: Path) -> str | None:
+    """What ``path`` is when it exists but is no regular file (reading a FIFO would block forever), else None."""
+    if path.is_file() or not (path.exists() or path.is_symlink()):
+        return None
+    if path.is_symlink() and not path.exists():
+        return "a symbolic link to nothing"
+    return "a folder" if path.is_dir() else "not a regular file (a FIFO, socket or device)"
+
+
+def require_file(path: Path, what: str = "file") -> None:
+    """Raise a :class:`DataError` naming ``path`` unless it is a regular file.
+
+    Raises:
+        DataError: missing, or a folder, FIFO, socket, device or dangling link.
+    """
+    kind = not_regular(path)
+    if kind is not None:
+        raise DataError(path, f"the {what} is {kind}", "replace it with the file from the download")
+    if not path.is_file():
+        raise DataError(path, f"the {what} is missing", "restore it from the download")
+
+
+def regular_files(root: Path, pattern: str, problems: list[Problem]) -> list[Path]:
+    """``root.rglob(pattern)``, sorted, without the entries that are no regular files (reported in ``problems``)."""
+    out = []
+    for p in sorted(root.rglob(pattern)):
+        kind = not_regular(p)
+        if kind is None:
+            out.append(p)
+        else:  # left out and said: a folder named like an index must not make the index vanish silently
+            problems.append(Problem(str(p), f"{kind}, not a data file; replace it with the file from the download"))
+    return out
+
+
+def read_csv_table(
+    path: Path, required: Sequence[str], delimiter: str = ","
+) -> tuple[list[tuple[str, dict[str, str]]], list[Problem]]:
+    """The rows of a downloaded CSV index as ``(path:line, row)``; rows cut short or too long become problems.
+
+    A row with fewer fields than the header is what a download cut short leaves; one with more is a row whose
+    fields moved (an unquoted comma). Either would silently shift values, so it is reported instead of read. Keys
+    and values are stripped; a byte-order mark is skipped.
+
+    Raises:
+        DataError: not a regular file, not UTF-8 text, or a header without the ``required`` columns (an empty file).
+    """
+    require_file(path, "index CSV")
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            # strict: a file cut inside a quoted field (CBIS-DDSM's paths are quoted) is an error, not a short value.
+            reader = csv.DictReader(f, delimiter=delimiter, strict=True)
+            header = [h.strip() for h in (reader.fieldnames or [])]
+            raw = list(reader)
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise DataError(path, f"not a readable CSV ({e})", "restore the file from the download (UTF-8 text)") from None
+    missing = [c for c in required if c not in header]
+    if missing:
+        what = "the file is empty" if not header else f"its header is {header[:8]}"
+        raise DataError(path, f"missing column(s) {missing} ({what})", "restore the CSV from the download")
+    rows, problems = [], []
+    for i, row in enumerate(raw, start=2):
+        where = f"{path}:{i}"
+        short = [k.strip() for k, v in row.items() if k is not None and v is None]
+        if short:
+            problems.append(Problem(where, f"the row ends before column(s) {short}: the file is cut short or broken"))
+        elif row.get(None):
+            problems.append(Problem(where, f"the row has {len(row[None])} more field(s) than the header"))
+        else:
+            rows.append((where, {k.strip(): (v or "").strip() for k, v in row.items() if k is not None}))
+    return rows, problems
 
 
 @dataclass(frozen=True)

@@ -25,11 +25,20 @@ Labels: ``MALIGNANT`` malignant; ``BENIGN`` and ``BENIGN_WITHOUT_CALLBACK`` beni
 
 from __future__ import annotations
 
-import csv
 import re
 from pathlib import Path
 
-from wsseg.data.sources import DataError, DataSource, Lesion, Problem, ScanResult, SourceRecord, register_source
+from wsseg.data.sources import (
+    DataError,
+    DataSource,
+    Lesion,
+    Problem,
+    ScanResult,
+    SourceRecord,
+    read_csv_table,
+    register_source,
+    regular_files,
+)
 
 PATHOLOGY = {"MALIGNANT": "malignant", "BENIGN": "benign", "BENIGN_WITHOUT_CALLBACK": "benign"}
 SUBJECT = re.compile(r"^(Mass|Calc)-(Training|Test)_(P_\d+)_(LEFT|RIGHT)_(CC|MLO)(?:_(\d+))?$")
@@ -38,10 +47,10 @@ CSV_GLOB = "*case_description*.csv"
 
 def dicom_size(path: Path) -> tuple[int, int] | None:
     """(Rows, Columns) from the header only; None when unreadable (the decode reports the file)."""
-    import pydicom
+    from wsseg.data.imageio import open_dicom
 
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        ds = open_dicom(path, stop_before_pixels=True)  # bounded memory, also for a deflated bomb
         return int(ds.Rows), int(ds.Columns)
     except Exception:  # any unreadable header: the image read later names the file and the reason
         return None
@@ -63,27 +72,29 @@ class CBISDDSM(DataSource):
 
     def scan(self, root: Path) -> ScanResult:
         """Read the description CSVs and locate each image and mask by subject folder."""
-        csvs = sorted(root.rglob(CSV_GLOB))
+        problems: list[Problem] = []
+        csvs = regular_files(root, CSV_GLOB, problems)
         if not csvs:
             raise DataError(root, "no *_case_description_*_set.csv found", "download the four description CSVs")
         subjects: dict[str, list[Path]] = {}
-        for dcm in root.rglob("*.dcm"):
+        for dcm in regular_files(root, "*.dcm", problems):
             for part in dcm.relative_to(root).parts[:-1]:
                 if SUBJECT.match(part):
                     subjects.setdefault(part, []).append(dcm)
                     break
-        problems: list[Problem] = []
         images: dict[str, SourceRecord] = {}
         broken: set[str] = set()  # images with an unusable abnormality row: dropped whole
         for path in csvs:
-            with open(path, newline="", encoding="utf-8-sig") as f:
-                for i, row in enumerate(csv.DictReader(f), start=2):
-                    row = {k.strip(): (v or "").strip() for k, v in row.items() if k}
-                    try:
-                        self._add(row, f"{path}:{i}", subjects, images)
-                    except DataError as e:
-                        broken.add(subject_of(row.get("image file path", "")))
-                        problems.append(Problem(e.file, e.reason + (f"; {e.fix}" if e.fix else "")))
+            # A description CSV that is empty or lacks these columns stops the scan: a quarter of the dataset would
+            # otherwise vanish without a word.
+            rows, bad_rows = read_csv_table(path, ("patient_id", "pathology", "image file path", "ROI mask file path"))
+            problems += bad_rows
+            for where, row in rows:
+                try:
+                    self._add(row, where, subjects, images)
+                except DataError as e:
+                    broken.add(subject_of(row.get("image file path", "")))
+                    problems.append(Problem(e.file, e.reason + (f"; {e.fix}" if e.fix else "")))
         kept = [r for r in images.values() if r.image_id not in broken]
         return ScanResult(sorted(kept, key=lambda r: r.image_id), problems)
 

@@ -17,13 +17,24 @@ image's contours take the image's class; contours on a BI-RADS 1 image are ignor
 
 from __future__ import annotations
 
-import csv
+import math
 import plistlib
 import re
 from pathlib import Path
 from xml.parsers.expat import ExpatError
 
-from wsseg.data.sources import DataError, DataSource, Lesion, Problem, ScanResult, SourceRecord, register_source
+from wsseg.data.sources import (
+    DataError,
+    DataSource,
+    Lesion,
+    Problem,
+    ScanResult,
+    SourceRecord,
+    read_csv_table,
+    register_source,
+    regular_files,
+    require_file,
+)
 
 BIRADS = {
     "1": None,
@@ -62,18 +73,22 @@ def is_pectoral(text: str) -> bool:
     return "pectoral" in text.lower() or "muscle" in text.lower()
 
 
-def read_label_sheet(root: Path) -> tuple[Path, list[dict[str, str]]]:
-    """Rows of ``INbreast.csv`` (semicolon-separated), else of ``INbreast.xls``, as stripped strings.
+SHEET_COLUMNS = ("File Name", "Bi-Rads")
+
+
+def read_label_sheet(root: Path, problems: list[Problem]) -> tuple[Path, list[tuple[str, dict[str, str]]]]:
+    """Rows of ``INbreast.csv`` (semicolon-separated), else of ``INbreast.xls``, as ``(file:line, row)``.
+
+    Values are stripped strings; rows cut short or too long go to ``problems``.
 
     Raises:
-        DataError: no sheet, or the ``.xls`` without its reader installed.
+        DataError: no sheet, a sheet without the File Name and Bi-Rads columns, or the ``.xls`` without its reader.
     """
     table = next(iter(sorted(root.rglob("INbreast.csv"))), None)
     if table is not None:
-        with open(table, newline="", encoding="utf-8-sig") as f:
-            return table, [
-                {k.strip(): (v or "").strip() for k, v in row.items() if k} for row in csv.DictReader(f, delimiter=";")
-            ]
+        rows, bad = read_csv_table(table, SHEET_COLUMNS, delimiter=";")
+        problems += bad
+        return table, rows
     xls = next(iter(sorted(root.rglob("INbreast.xls"))), None)
     if xls is None:
         raise DataError(root, "no INbreast.csv or INbreast.xls", "copy the label sheet from the download")
@@ -85,13 +100,16 @@ def read_label_sheet(root: Path) -> tuple[Path, list[dict[str, str]]]:
         raise DataError(xls, "reading .xls needs the xlrd package", "pip install xlrd, or use INbreast.csv") from None
     except (ValueError, OSError) as e:
         raise DataError(xls, f"unreadable sheet ({type(e).__name__}: {e})", "use INbreast.csv instead") from None
+    missing = [c for c in SHEET_COLUMNS if c not in [str(k).strip() for k in frame.columns]]
+    if missing:
+        raise DataError(xls, f"missing column(s) {missing}", "use the sheet as downloaded, or INbreast.csv")
     rows = []
-    for rec in frame.fillna("").to_dict("records"):
+    for i, rec in enumerate(frame.fillna("").to_dict("records"), start=2):
         row = {str(k).strip(): str(v).strip() for k, v in rec.items()}
-        for key in ("File Name", "Bi-Rads"):  # Excel keeps numbers: 20586908.0, 2.0
+        for key in SHEET_COLUMNS:  # Excel keeps numbers: 20586908.0, 2.0
             if row.get(key, "").endswith(".0"):
                 row[key] = row[key][:-2]
-        rows.append(row)
+        rows.append((f"{xls}:{i}", row))
     return xls, rows
 
 
@@ -101,21 +119,31 @@ def read_rois(path: Path) -> list[tuple[str, list[tuple[float, float]]]]:
     Raises:
         DataError: not a readable plist of the expected shape.
     """
+    require_file(path, "ROI XML")
     try:
         with open(path, "rb") as f:
             doc = plistlib.load(f)
-        rois = doc["Images"][0].get("ROIs", [])
-    except (plistlib.InvalidFileException, ExpatError, KeyError, IndexError, TypeError, ValueError) as e:
+        out = []
+        for roi in doc["Images"][0].get("ROIs", []):
+            points = []
+            for p in roi.get("Point_px", []):
+                nums = [float(v) for v in _POINT.findall(str(p))]
+                if len(nums) >= 2:
+                    if not all(math.isfinite(v) for v in nums[:2]):
+                        raise ValueError(f"a point is {p!r}")
+                    points.append((nums[0], nums[1]))
+            if points:
+                out.append((str(roi.get("Name", "")), points))
+    except (
+        plistlib.InvalidFileException,
+        ExpatError,
+        KeyError,
+        IndexError,
+        TypeError,
+        ValueError,
+        AttributeError,
+    ) as e:
         raise DataError(path, f"not an OsiriX ROI plist ({type(e).__name__}: {e})", "restore the XML") from None
-    out = []
-    for roi in rois:
-        points = []
-        for p in roi.get("Point_px", []):
-            nums = [float(v) for v in _POINT.findall(str(p))]
-            if len(nums) >= 2:
-                points.append((nums[0], nums[1]))
-        if points:
-            out.append((str(roi.get("Name", "")), points))
     return out
 
 
@@ -129,21 +157,23 @@ class INbreast(DataSource):
 
     def scan(self, root: Path) -> ScanResult:
         """Read ``INbreast.csv`` and pair each row with its DICOM and XML."""
-        table, rows = read_label_sheet(root)
+        problems: list[Problem] = []
+        table, rows = read_label_sheet(root, problems)
         dicoms: dict[str, tuple[Path, re.Match[str]]] = {}
-        for p in root.rglob("*.dcm"):
+        for p in regular_files(root, "*.dcm", problems):
             m = FILE.match(p.stem)
             if m:
                 dicoms[m.group(1)] = (p, m)
-        # Lesion XMLs are named by the image id; pectoral-muscle contours live apart and are never lesions.
+        # Lesion XMLs are named by the image id; pectoral-muscle contours live apart and are never lesions. An XML
+        # that is no regular file is kept here, so that its image is reported rather than read without findings.
         xmls: dict[str, Path] = {}
         for p in sorted(root.rglob("*.xml"), key=lambda p: (p.parent.name != "AllXML", str(p))):
             if p.stem.isdigit() and not is_pectoral(str(p.relative_to(root))):
                 xmls.setdefault(p.stem, p)
-        records, problems = [], []
-        for i, row in enumerate(rows, start=2):
+        records = []
+        for where, row in rows:
             try:
-                records.append(self._record(row, f"{table}:{i}", dicoms, xmls))
+                records.append(self._record(row, where, dicoms, xmls))
             except DataError as e:
                 problems.append(Problem(e.file, e.reason + (f"; {e.fix}" if e.fix else "")))
         return ScanResult(records, problems)

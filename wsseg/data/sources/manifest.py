@@ -102,6 +102,13 @@ class ManifestSource(DataSource):
             if short:
                 problems.append(Problem(where, f"the row ends before column(s) {short}; give every row all the fields"))
                 continue
+            cut = [c for c, v in row.items() if c is not None and v is None]
+            if cut:  # a file cut short: the optional columns of the last row are missing
+                problems.append(Problem(where, f"the row ends before column(s) {cut}; the file is cut short or broken"))
+                continue
+            if row.get(None):
+                problems.append(Problem(where, "the row has more fields than the header (an unquoted comma?)"))
+                continue
             try:
                 records.append(self._record(row, base, where, seen))
             except DataError as e:
@@ -119,6 +126,8 @@ class ManifestSource(DataSource):
         if image_id in seen:
             raise DataError(where, f"duplicate image_id {image_id!r}", "give each row a unique image_id")
         seen.add(image_id)
+        if not row["patient_id"].strip():
+            raise DataError(where, "empty patient_id", "give every row its patient (the unit of the split)")
         labels = (parse_flag(row["benign"], "benign", where), parse_flag(row["malignant"], "malignant", where))
         split = (row.get("split") or "").strip() or None
         if split is not None and split not in SPLIT_VALUES:
@@ -136,6 +145,8 @@ class ManifestSource(DataSource):
                     if item["class"] not in ("benign", "malignant"):
                         raise DataError(where, f"unknown box class {item['class']!r}", "use benign or malignant")
                     xmin, ymin, xmax, ymax = (float(v) for v in item["box"])
+                    if not all(math.isfinite(v) for v in (xmin, ymin, xmax, ymax)) or xmax <= xmin or ymax <= ymin:
+                        raise ValueError(f"box {item['box']} is empty or not finite")
                     lesions.append(Lesion(item["class"], "box", box=(xmin, ymin, xmax, ymax)))
             except (ValueError, KeyError, TypeError) as e:
                 if isinstance(e, DataError):

@@ -10,12 +10,23 @@ Labels: severity ``M`` malignant, ``B`` benign, ``NORM`` normal (docs/datasets.m
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
 from PIL import Image
 
-from wsseg.data.sources import DataError, DataSource, Lesion, Problem, ScanResult, SourceRecord, register_source
+from wsseg.data.sources import (
+    DataError,
+    DataSource,
+    Lesion,
+    Problem,
+    ScanResult,
+    SourceRecord,
+    not_regular,
+    register_source,
+    regular_files,
+)
 
 CLASSES_ABNORMAL = ("CALC", "CIRC", "SPIC", "MISC", "ARCH", "ASYM")
 SEVERITY = {"B": "benign", "M": "malignant"}
@@ -31,10 +42,24 @@ def find_info(root: Path) -> Path:
         DataError: none found.
     """
     for p in sorted(root.rglob("*.txt"), key=lambda p: (p.name.lower() != "info.txt", str(p))):
+        kind = not_regular(p)
+        if kind is not None:  # never opened: reading a FIFO would block forever
+            if p.name.lower() == "info.txt":
+                raise DataError(p, f"the Info table is {kind}", "copy Info.txt from the download")
+            continue
         with open(p, encoding="latin-1") as f:
             if any(line.strip().lower().startswith("mdb") for line in f):
                 return p
     raise DataError(root, "no Info table (Info.txt with mdbNNN lines) found", "copy Info.txt from the download")
+
+
+def _looks_like_record(tokens: list[str]) -> bool:
+    """Whether a line that is not a valid ``mdbNNN`` record was meant to be one (a damaged or misspelt record)."""
+    if not tokens:
+        return False
+    first = tokens[0].lower()
+    known = {"NORM", *CLASSES_ABNORMAL}
+    return first.startswith("mdb") or (len(tokens) >= 3 and tokens[2].upper() in known and first != "refnum")
 
 
 def image_height(path: Path) -> int:
@@ -57,15 +82,17 @@ class MiniMIAS(DataSource):
     def scan(self, root: Path) -> ScanResult:
         """Parse the Info table and pair each line with its PGM."""
         info = find_info(root)
-        images = {p.stem.lower(): p for p in root.rglob("*.pgm")}
-        lines: dict[str, list[list[str]]] = {}
         problems: list[Problem] = []
+        images = {p.stem.lower(): p for p in regular_files(root, "*.pgm", problems)}
+        lines: dict[str, list[list[str]]] = {}
         with open(info, encoding="latin-1") as f:
             for i, line in enumerate(f, start=1):
                 tokens = line.split()
-                if not tokens or not _REF.match(tokens[0].lower()):
-                    continue  # header line (REFNUM BG CLASS ...) or free text of the README
-                lines.setdefault(tokens[0].lower(), []).append([*tokens, f"{info}:{i}"])
+                if tokens and _REF.match(tokens[0].lower()):
+                    lines.setdefault(tokens[0].lower(), []).append([*tokens, f"{info}:{i}"])
+                elif _looks_like_record(tokens):  # a damaged line must not vanish with its lesion
+                    problems.append(Problem(f"{info}:{i}", f"unreadable Info line {line.strip()!r}; fix the line"))
+                # else: the header line (REFNUM BG CLASS ...) or free text of the README
         records = []
         for ref, entries in sorted(lines.items()):
             try:
@@ -99,6 +126,12 @@ class MiniMIAS(DataSource):
                 x, y, r = float(tokens[4]), float(tokens[5]), float(tokens[6])
             except ValueError:
                 raise DataError(where, f"non-numeric centre/radius {tokens[4:7]}", "fix the Info line") from None
+            if (
+                not all(math.isfinite(v) for v in (x, y, r))
+                or r <= 0
+                or not (0 <= x <= NATIVE_SIZE and 0 <= y <= height)
+            ):
+                raise DataError(where, f"centre/radius {tokens[4:7]} outside the image", "fix the Info line")
             # Bottom-left origin: row counted from the top is height - y.
             lesions.append(Lesion(cls, "circle", circle=(x, height - y, r), name=cls_name))
         number = int(_REF.match(ref).group(1))  # type: ignore[union-attr]

@@ -33,7 +33,10 @@ from wsseg.data.sources import (
     Problem,
     ScanResult,
     SourceRecord,
+    not_regular,
     register_source,
+    regular_files,
+    require_file,
 )
 
 VIEWS = ("L-CC", "R-CC", "L-MLO", "R-MLO")
@@ -74,6 +77,7 @@ def load_exam_list(path: Path) -> list[dict[str, Any]]:
     Raises:
         DataError: the pickle names a global (could run code), is corrupt, or is not a list of dicts.
     """
+    require_file(path, "exam list")
     try:
         data = _PlainUnpickler(io.BytesIO(path.read_bytes())).load()
     except pickle.UnpicklingError as e:
@@ -104,7 +108,10 @@ def find_exam_list(root: Path) -> Path:
     """
     if root.is_file():
         return root
-    found = sorted(root.rglob("*.pkl"))
+    problems: list[Problem] = []
+    found = regular_files(root, "*.pkl", problems)
+    if not found and problems:
+        raise DataError(problems[0].file, problems[0].reason, "")
     if len(found) == 1:
         return found[0]
     with_meta = []
@@ -122,7 +129,7 @@ def find_exam_list(root: Path) -> Path:
         root,
         f"expected one exam-list pickle, found {len(found)}"
         + (f" ({', '.join(str(p.relative_to(root)) for p in found[:5])})" if found else ""),
-        "pass --root FILE.pkl",
+        "pass --root FILE.pkl" if found else "restore exam_list_before_cropping.pkl (or GMIC's data.pkl) there",
     )
 
 
@@ -148,11 +155,28 @@ class NYUExamList(DataSource):
         pkl = find_exam_list(root)
         images, segs = find_folder(root, pkl, "images"), find_folder(root, pkl, "segmentation")
         records, problems = [], []
+        first_seen: dict[str, str] = {}  # image name -> where it was first listed
         for i, exam in enumerate(load_exam_list(pkl)):
             for view in VIEWS:
-                for j, name in enumerate(exam.get(view, []) or []):
+                names = exam.get(view, []) or []
+                if not isinstance(names, list | tuple) or not all(isinstance(n, str) for n in names):
+                    where = f"{pkl} exam {i} {view}"
+                    problems.append(
+                        Problem(where, f"{view} must be a list of image names, got {names!r}; fix the exam")
+                    )
+                    continue
+                for j, name in enumerate(names):
+                    where = f"{pkl} exam {i} {view}"
+                    if name in first_seen:  # one image in two exams (or of two patients): the first listing is kept
+                        problems.append(
+                            Problem(
+                                where, f"duplicate image {name!r}, already listed in {first_seen[name]}; list it once"
+                            )
+                        )
+                        continue
+                    first_seen[name] = where
                     try:
-                        records.append(self._record(exam, i, view, j, str(name), images, segs, pkl))
+                        records.append(self._record(exam, i, view, j, name, images, segs, pkl))
                     except DataError as e:
                         problems.append(Problem(e.file, e.reason + (f"; {e.fix}" if e.fix else "")))
         return ScanResult(records, problems)
@@ -183,8 +207,13 @@ class NYUExamList(DataSource):
         lesions = []
         for cls in ("benign", "malignant"):
             seg_names = exam.get(f"{view}_{cls}_seg") or [f"{name}_{cls}"]
+            if not isinstance(seg_names, list | tuple) or not all(isinstance(s, str) for s in seg_names):
+                raise DataError(where, f"{view}_{cls}_seg must be a list of names, got {seg_names!r}", "fix the exam")
             for seg in seg_names:
                 seg_file = segs / f"{seg}.png"
+                kind = not_regular(seg_file)
+                if kind is not None:  # a folder or a broken link must not read as "no lesion"
+                    raise DataError(seg_file, f"the segmentation is {kind}", "replace it with the PNG or remove it")
                 if seg_file.is_file():
                     if not labels[("benign", "malignant").index(cls)]:
                         raise DataError(seg_file, f"a {cls} mask on a view labelled {side}_{cls}=0", "fix the label")

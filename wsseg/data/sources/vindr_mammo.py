@@ -20,9 +20,17 @@ import ast
 import csv
 import math
 from pathlib import Path
-from typing import TextIO
 
-from wsseg.data.sources import DataError, DataSource, Lesion, Problem, ScanResult, SourceRecord, register_source
+from wsseg.data.sources import (
+    DataError,
+    DataSource,
+    Lesion,
+    Problem,
+    ScanResult,
+    SourceRecord,
+    read_csv_table,
+    register_source,
+)
 
 SPLITS = {"training": "train", "test": "test"}
 
@@ -47,13 +55,14 @@ BREAST_COLUMNS = ("study_id", "image_id", "laterality", "view_position", "height
 FINDING_COLUMNS = ("image_id", "finding_categories", "finding_birads", "xmin", "ymin", "xmax", "ymax")
 
 
-def _reader(f: TextIO, path: Path, columns: tuple[str, ...]) -> csv.DictReader[str]:
-    """A DictReader over ``f`` after checking its header has ``columns``."""
-    reader = csv.DictReader(f)
-    missing = [c for c in columns if c not in (reader.fieldnames or [])]
-    if missing:
-        raise DataError(path, f"missing column(s) {missing}", "restore the CSV from the download")
-    return reader
+def _short_rows(path: Path, problems: list[Problem]) -> list[tuple[str, dict[str, str]]]:
+    """The image ids of the rows of ``path`` that :func:`read_csv_table` reported as broken, as far as readable."""
+    lines = {p.file for p in problems if p.file.startswith(f"{path}:")}
+    if not lines:
+        return []
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        rows = [(f"{path}:{i}", r) for i, r in enumerate(csv.DictReader(f), start=2)]
+    return [(w, {"image_id": (r.get("image_id") or "").strip()}) for w, r in rows if w in lines]
 
 
 def _number(row: dict[str, str], key: str, where: str) -> float:
@@ -80,21 +89,24 @@ class VinDrMammo(DataSource):
         """Read both CSVs and pair each image row with its findings."""
         breast_csv, finding_csv = root / "breast-level_annotations.csv", root / "finding_annotations.csv"
         for p in (breast_csv, finding_csv):
-            if not p.is_file():
+            if not (p.exists() or p.is_symlink()):
                 raise DataError(p, "missing", "download the annotation CSVs with the images")
+        finding_rows, problems = read_csv_table(finding_csv, FINDING_COLUMNS)
+        # An image with a broken finding row is skipped whole: read without it, a lesion would silently vanish.
+        broken = {row.get("image_id", "") for where, row in _short_rows(finding_csv, problems)}
         findings: dict[str, list[tuple[dict[str, str], str]]] = {}
-        with open(finding_csv, newline="", encoding="utf-8-sig") as f:
-            for i, row in enumerate(_reader(f, finding_csv, FINDING_COLUMNS), start=2):
-                findings.setdefault(row["image_id"].strip(), []).append((row, f"{finding_csv}:{i}"))
-        records, problems = [], []
-        with open(breast_csv, newline="", encoding="utf-8-sig") as f:
-            for i, row in enumerate(_reader(f, breast_csv, BREAST_COLUMNS), start=2):
-                try:
-                    records.append(
-                        self._record(row, f"{breast_csv}:{i}", findings.get(row["image_id"].strip(), []), root)
-                    )
-                except DataError as e:
-                    problems.append(Problem(e.file, e.reason + (f"; {e.fix}" if e.fix else "")))
+        for where, row in finding_rows:
+            findings.setdefault(row["image_id"], []).append((row, where))
+        breast_rows, bad_rows = read_csv_table(breast_csv, BREAST_COLUMNS)
+        problems += bad_rows
+        records = []
+        for where, row in breast_rows:
+            try:
+                if row["image_id"] in broken:
+                    raise DataError(where, "a finding row of this image is broken (listed above)", "restore the CSV")
+                records.append(self._record(row, where, findings.get(row["image_id"], []), root))
+            except DataError as e:
+                problems.append(Problem(e.file, e.reason + (f"; {e.fix}" if e.fix else "")))
         return ScanResult(records, problems)
 
     @staticmethod
