@@ -71,6 +71,9 @@ def test_loader_workers_leave_a_cpu_to_the_main_process() -> None:
 @pytest.fixture
 def restore_threads() -> Iterator[None]:
     before = torch.get_num_threads()
+    # Start from torch's own default, as a fresh process does (an earlier test may have set another count).
+    torch.set_num_threads(_threads._TORCH_DEFAULT)
+    _threads._set_here.clear()
     yield
     torch.set_num_threads(before)
     _threads._set_here.clear()

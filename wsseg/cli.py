@@ -89,9 +89,10 @@ def _interrupted(saved: str, again: list[str] | None, resumable: bool, run_dir: 
 def _given_run_flags(given: dict[str, Any], run_id: str) -> list[str]:
     """The flags of a `wsseg run` call (its parameters in ``given``) with ``--run-id`` set and without ``--resume``."""
     flags = ["--method", given["method"]]
-    defaults = {"dataset": "phantom", "profile": "quick", "seed": 0, "device": "auto"}
+    # --dataset and --device default to None (not given: --set decides), the others to their value.
+    defaults = {"dataset": None, "profile": "quick", "seed": 0, "device": None}
     for name, default in defaults.items():
-        if given[name] is not None and given[name] != default:  # --dataset and --device default to None (not given)
+        if given[name] is not None and given[name] != default:
             flags += [f"--{name}", str(given[name])]
     for name in ("data_root", "folds", "fold", "epochs", "batch_size", "cache_dir", "from_run", "weights"):
         if given[name] is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import types
 import typing
 from collections.abc import Callable
@@ -382,10 +383,14 @@ def check_method_config(cfg: RunConfig, method_cfg: MethodConfig, given: list[st
         value = getattr(method_cfg, name)
         if not ok(value):
             raise ValueError(f"method.{name} must be {must}, got {value!r}")
-    # Weights files are checked (and read) when the run builds the method; the probe needs shapes only.
-    probe = dataclasses.replace(
-        method_cfg, **{f.name: None for f in dataclasses.fields(method_cfg) if f.name.endswith("weights")}
-    )
+    # Weights files are checked (and read) when the run builds the method; the probe needs shapes only. Only file
+    # fields are cleared (a path or a name): GLAM's scale_weights are numbers the forward pass uses.
+    files = [
+        f.name
+        for f in dataclasses.fields(method_cfg)
+        if f.name.endswith("weights") and isinstance(getattr(method_cfg, f.name), str | os.PathLike)
+    ]
+    probe = dataclasses.replace(method_cfg, **dict.fromkeys(files))
     spec = get_method_spec(cfg.method)
     try:
         with torch.device("meta"):

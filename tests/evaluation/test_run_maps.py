@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 from sklearn.metrics import roc_auc_score
@@ -169,8 +170,13 @@ def test_compare_refuses_same_ids_with_other_ground_truth(runs: Path, tmp_path: 
         "--out",
         str(tmp_path / "o"),
     ]
-    args += ["--labels", str(runs / "cam" / "test_labels.csv"), "-q"]
-    assert runner.invoke(app, args).exit_code == 0
+    # Labels that agree with the empty masks (score refuses a lesion label without a lesion mask).
+    labels = pd.read_csv(runs / "cam" / "test_labels.csv")
+    labels[["benign", "malignant"]] = 0
+    labels.to_csv(tmp_path / "labels.csv", index=False)
+    args += ["--labels", str(tmp_path / "labels.csv"), "-q"]
+    scored = runner.invoke(app, args)
+    assert scored.exit_code == 0, scored.output
     result = runner.invoke(app, ["compare", str(runs / "cam"), str(tmp_path / "o")])
     assert result.exit_code == 2 and "test sets differ" in result.output and "masks" in result.output, result.output
 

@@ -266,7 +266,7 @@ def test_bad_labels_are_errors_naming_the_line_or_image(case: str, tmp_path: Pat
         (["--threshold", "benign=0.3"], "no value for ['malignant']"),
         (["--threshold", "cancer=0.3"], "unknown class"),
         (["--normalize", "softmax"], "choose none or minmax"),
-        (["--spacing-mm", "-1"], "must be positive"),
+        (["--spacing-mm", "-1"], "in [0.001, 100.0]"),
         (["--image-size", "big"], "HEIGHTxWIDTH"),
     ],
 )

@@ -31,10 +31,12 @@ def _record(method: str, seed: int, dice: tuple[float, float], **kw: Any) -> dic
             "froc": 0.3,
             "fp_area_fraction": 0.01,
             "auroc": 0.7,
+            "threshold": 0.5,
         }
         for c, d in zip(("benign", "malignant"), dice, strict=True)
     }
     record = {
+        "schema_version": 2,
         "method": method,
         "seed": seed,
         "run_id": f"{method}-s{seed}",

@@ -107,9 +107,13 @@ def _run(root: Path, method: str, seed: int, dice: np.ndarray, supervision: str,
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    metrics = {"benign": {"dice": float(np.mean(dice))}, "malignant": {"dice": math.nan}}
+    metrics = {
+        "benign": {"dice": float(np.mean(dice)), "threshold": 0.5},
+        "malignant": {"dice": math.nan, "threshold": 0.5},
+    }
     history = [{"epoch": e + 1} for e in range(epochs)] if supervision != "reference" else []
     record: dict[str, Any] = {
+        "schema_version": 2,
         "method": method,
         "seed": seed,
         "run_id": folder.name,

@@ -484,8 +484,8 @@ def _stats_problem(data: dict[str, np.ndarray]) -> str | None:
         for key in ClassArrays.__dataclass_fields__:
             arr = data.get(f"{name}.{key}")
             if arr is None:
-                if key == "box_iou":
-                    continue  # files written before boxes existed
+                if key in OPTIONAL_ARRAYS:
+                    continue  # files written before boxes or the lesion facts existed
                 return f"no {name}.{key}"
             if key in ("pos_hist", "neg_hist"):
                 ok = arr.shape == hist and arr.dtype.kind in "iu" and bool((arr >= 0).all())
@@ -501,7 +501,13 @@ def _stats_problem(data: dict[str, np.ndarray]) -> str | None:
                 ok = arr.shape == () and arr.dtype.kind == "b"
             elif key == "box_iou":
                 ok = arr.shape == (n, len(BOX_TAUS)) and arr.dtype.kind == "f"
-            else:  # sum_sg, sum_s, point_px, image_score, image_label
+            elif key == "lesion_type":
+                ok = arr.shape == (n,) and arr.dtype.kind == "U"
+            elif key == "chance_hit":
+                ok = arr.shape == (n, len(POINTING_TOLERANCES_MM)) and arr.dtype.kind == "f"
+            elif key == "lesion_cover":
+                ok = arr.ndim == 1 and arr.dtype.kind == "f" and len(arr) == len(data.get(f"{name}.lesion_image", []))
+            else:  # sum_sg, sum_s, point_px, image_score, image_label, lesion_px, n_components, grown_cover
                 ok = arr.shape == (n,) and arr.dtype.kind == "f"
             if not ok:
                 return f"{name}.{key} has dtype {arr.dtype} and shape {arr.shape}, not what {n} images give"
