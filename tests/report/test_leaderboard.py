@@ -219,17 +219,21 @@ def _fold_run(root: Path, method: str, seed: int, fold: int, dice: dict[str, flo
         lines.append(f"{image_id},{patient},malignant,0,5000,nan")
     (folder / "per_image.csv").write_text("\n".join(lines) + "\n")
     values = [dice[i] for i, _ in images]
+    diameters = [3.0 if int(i[-1]) == 0 else 12.0 for i, _ in images]  # view 0: <5 mm, view 1: 10-20 mm
     points = {
+        "area_mm2": [math.pi * (d / 2) ** 2 for d in diameters],
         "dice": values,
-        "diameter_mm": [3.0 if int(i[-1]) == 0 else 12.0 for i, _ in images],  # view 0: <5 mm, view 1: 10-20 mm
+        "diameter_mm": diameters,
         "type": ["mass"] * len(images),
         "hit_10mm": [1.0] * len(images),
         "chance_dice": [2 * 50 / 5050] * len(images),
         "chance_hit_10mm": [0.04] * len(images),
     }
     empty = {key: [] for key in points}
+    # curves.json is read checked: every class has its (here empty) PR and FROC curves beside the lesion points.
+    curves = {"pr": {"threshold": [], "recall": [], "precision": []}, "froc": {"fppi": [], "sensitivity": []}}
     (folder / "curves.json").write_text(
-        json.dumps({"benign": {"lesion_size": points}, "malignant": {"lesion_size": empty}})
+        json.dumps({"benign": {**curves, "lesion_size": points}, "malignant": {**curves, "lesion_size": empty}})
     )
     record = _record(method, seed, (sum(values) / len(values), math.nan), run_id=folder.name)
     record["dataset_info"] = {
