@@ -1576,6 +1576,11 @@ RECORD_EDITS: list[tuple[str, object]] = [
     ("intervals.benign.dice", "x"),
     ("dataset_info", [1]),
     ("dataset_info.split_hashes", [1]),
+    # A cross-validation fold's block: the leaderboards group by k and the assignment and pool by fold.
+    ("dataset_info.folds", 3),
+    ("dataset_info.folds", {"k": 1, "fold": 0, "assignment": "a"}),
+    ("dataset_info.folds", {"k": 5, "fold": 5, "assignment": "a"}),
+    ("dataset_info.folds", {"k": 5, "fold": 0}),
     ("timings", "x"),
     ("timings.train", "x"),
     ("throughput", [1]),
