@@ -101,6 +101,8 @@ def evaluate_split(
                 "image_labels": batch["labels"][i],
                 # Box ground truth (VinDr, box manifests): the mask is the union of the boxes; adds MaxBoxAccV2.
                 "boxes": meta.get("annotation") == "box",
+                # Per class, False for a label-only image (labelled, lesion not located): AUROC only, no localisation.
+                "located": meta.get("localized"),
             }
             masks, breast = batch["masks"][i], batch["breast_mask"][i]
             ev.add(image_id, out.saliency[i], masks, breast, image_scores=out.logits[i], **common)

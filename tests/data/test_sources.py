@@ -282,6 +282,8 @@ def test_missing_decoder_names_the_package(tmp_path: Path) -> None:
 
 
 def test_mini_mias(tmp_path: Path) -> None:
+    from wsseg.data.fixtures import MIAS_OUTSIDE_BREAST, MIAS_OUTSIDE_RC, MIAS_UNLOCATED_LINES
+
     truth = write_mias(tmp_path / "dl", n_pairs=6)
     root, report = prepare_source(
         "mini-mias", tmp_path / "dl", OUT_HW, cache_dir=tmp_path / "c", workers=1, progress=False
@@ -294,14 +296,62 @@ def test_mini_mias(tmp_path: Path) -> None:
         assert s["meta"]["laterality"] == ("R" if n % 2 else "L")
         assert s["meta"]["patient_id"] == f"mias-p{(n + 1) // 2:03d}"
         assert_canonical(s)
+        if n in MIAS_UNLOCATED_LINES:  # labelled, no location (4 tokens or *NOTE 3*): label-only, empty mask
+            sev = MIAS_UNLOCATED_LINES[n].split()[3]
+            assert s["labels"].tolist() == ([0.0, 1.0] if sev == "M" else [1.0, 0.0]) and not s["masks"].any()
+            assert s["meta"]["localized"] == ([True, False] if sev == "M" else [False, True])
+            continue
+        if n == MIAS_OUTSIDE_BREAST:  # a benign circle in the air beside the breast: kept, region grown around it
+            assert s["labels"].tolist() == [1.0, 0.0] and s["meta"]["localized"] == [True, True]
+            assert s["meta"]["region_grown"] and s["meta"]["lesions"][0]["outside_breast"] == 1.0
+            mask = s["masks"][0].numpy()
+            assert mask.any() and (mask <= s["breast_mask"].numpy()).all()  # inside the evaluated region
+            tf = Transform.from_dict(s["meta"]["transform"])
+            back = tf.to_original(mask, is_mask=True)
+            rows, cols = np.nonzero(back)
+            assert abs(rows.mean() - MIAS_OUTSIDE_RC[0]) < 3 and abs(cols.mean() - MIAS_OUTSIDE_RC[1]) < 3
+            continue
+        assert not s["meta"]["region_grown"]
         if n % 3 == 0:
             assert s["labels"].tolist() == [0.0, 0.0] and not s["masks"].any()
+            assert s["meta"]["localized"] == [True, True]  # normal: lesion-free for both classes
             continue
         expected = [1.0, 1.0] if n == 1 else ([0.0, 1.0] if n % 2 else [1.0, 0.0])
         assert s["labels"].tolist() == expected
+        # mdb001's second line (CALC B, 4 tokens) has no location: benign label-only, malignant located.
+        assert s["meta"]["localized"] == ([False, True] if n == 1 else [True, True])
         assert_aligned(s, truth[ref])  # the bottom-left origin was turned into a row from the top
     kinds = [les["kind"] for les in got["mdb001"]["meta"]["lesions"]]
     assert sorted(kinds) == ["circle", "none"]  # the 4-token CALC line: labelled, not localised
+    assert sorted(report.label_only) == ["mdb001 (benign)", "mdb059 (benign)", "mdb233 (malignant)"]
+    assert report.outside_breast == ["mdb212 (benign circle, 100% outside)"] and report.region_grown == 1
+    # Labelled images with a located lesion: mdb001 (its malignant circle), the CIRC images and mdb212.
+    located = [
+        i for i, s in got.items() if any(f and ok for f, ok in zip(s["labels"], s["meta"]["localized"], strict=True))
+    ]
+    assert report.n_located == len(located)
+    for split in ("train", "val", "test"):
+        in_split = [s for s in got.values() if s["split"] == split]
+        assert report.labels[split] == {
+            "benign": sum(int(s["labels"][0]) for s in in_split),
+            "malignant": sum(int(s["labels"][1]) for s in in_split),
+            "normal": sum(not s["labels"].any() for s in in_split),
+        }
+
+
+def test_mini_mias_full_table_keeps_all_322_images(tmp_path: Path) -> None:
+    """The 322-image fixture has the real table's lines without a location; check reports and names them."""
+    write_mias(tmp_path / "dl", n_pairs=161)
+    result = runner.invoke(app, ["data", "check", "mini-mias", "--root", str(tmp_path / "dl"), "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].startswith("mini-mias: 322 usable images"), result.output
+    assert "322 images," in lines[1] and "5 labelled without location" in lines[1], result.output
+    label_only = next(line for line in lines if line.startswith("label-only"))
+    # The real ids (mdb059's 4-token line, the three *NOTE 3* lines) and the fixture's own mdb001 trap.
+    names = ("mdb001 (benign)", "mdb059 (benign)", "mdb216 (malignant)", "mdb233 (malignant)", "mdb245 (malignant)")
+    assert all(name in label_only for name in names), label_only
+    assert "mdb212 (benign circle, 100% outside)" in result.output and "skipped" not in result.output
 
 
 def test_nyu_exam_list(tmp_path: Path) -> None:
@@ -462,6 +512,9 @@ def test_vindr_mammo(tmp_path: Path) -> None:
             assert_aligned(s, truth[image_id])
         elif lat == "R" and image_id[9:12] == "MLO" and study % 2 == 1:
             assert s["labels"].tolist() == [1.0, 0.0]
+        elif lat == "L" and image_id[9:12] == "MLO" and study == 1:  # a BI-RADS 4 finding without a box
+            assert s["labels"].tolist() == [0.0, 1.0] and not s["masks"].any()
+            assert s["meta"]["localized"] == [True, False] and s["meta"]["lesions"][0]["kind"] == "none"
         else:
             assert s["labels"].tolist() == [0.0, 0.0] and not s["masks"].any()
 
@@ -498,6 +551,8 @@ def test_inbreast(tmp_path: Path) -> None:
         assert_canonical(s)
         if meta["birads"] == "1" or name == PECTORAL_IMAGE:
             assert not s["masks"].any()  # contours on a BI-RADS 1 image carry no class; a pectoral XML is no lesion
+            # BI-RADS 2 without a lesion contour: benign, but nowhere (label-only); BI-RADS 1: lesion-free.
+            assert meta["localized"] == ([False, True] if name == PECTORAL_IMAGE else [True, True])
         else:
             assert_aligned(s, truth[name])  # 12-vertex polygon + the 1-point calcification disc inside it
             assert sorted(les["kind"] for les in meta["lesions"]) == ["circle", "polygon"]

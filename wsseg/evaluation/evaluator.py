@@ -114,6 +114,7 @@ class SegmentationEvaluator:
         image_scores: Sequence[float] | Tensor | np.ndarray | None = None,
         image_labels: Sequence[float] | Tensor | np.ndarray | None = None,
         boxes: bool = False,
+        located: Sequence[bool] | None = None,
     ) -> None:
         """Accumulate one image.
 
@@ -129,6 +130,9 @@ class SegmentationEvaluator:
                 None but ``image_labels`` are given, each map's maximum inside the region.
             image_labels: (K,) image-level labels (0/1).
             boxes: the ground truth is boxes (each mask is the union of its boxes): MaxBoxAccV2 is added.
+            located: (K,) per class, False where the image is labelled with a lesion of the class that the dataset
+                does not locate (a label-only image): its empty mask is not "lesion-free", so the image enters no
+                localisation metric of that class, only AUROC/AUPRC. All True when None.
         """
         k = len(self.classes)
         validate_saliency(saliency, k, image_id, check_range=self.normalization == "none")
@@ -149,8 +153,13 @@ class SegmentationEvaluator:
         breast = None if region is None else region.detach().cpu().numpy().astype(bool, copy=False)  # (H, W)
         scores = _per_class(image_scores, k)
         labels = _per_class(image_labels, k)
+        where = [True] * k if located is None else [bool(x) for x in located]
+        if len(where) != k:
+            raise ValueError(f"{image_id}: located needs one flag per class ({k}), got {len(where)}")
         for c, name in enumerate(self.classes):
-            stats = class_stats(maps[c], target[c], breast, self.n_bins, spacing_mm, self.froc, boxes=boxes)
+            stats = class_stats(
+                maps[c], target[c], breast, self.n_bins, spacing_mm, self.froc, boxes=boxes, located=where[c]
+            )
             self._per_class[name].append(stats)
             self._scores[name].append(stats.peak if image_scores is None and image_labels is not None else scores[c])
             self._labels[name].append(labels[c])

@@ -16,7 +16,12 @@ For one image and one class the evaluator computes, at the evaluated (mask) reso
 - the image-level score and label when known (AUROC, AUPRC);
 - ``box_iou``: for box ground truth only (the mask is the union of the annotated boxes), the best IoU between
   any box of the map thresholded at tau * max and any ground-truth box, for tau = 0, 0.01, ..., 0.99
-  (MaxBoxAccV2); empty otherwise.
+  (MaxBoxAccV2); empty otherwise;
+- ``located``: False for a *label-only* image of the class: labelled with a lesion of the class whose location
+  the dataset does not give (mini-MIAS's widely spread calcifications, a BI-RADS-only finding). Its empty mask
+  does not mean "lesion-free", so every localisation statistic of the class is empty for it (zero histograms and
+  sums, no detections) and it is left out of the FROC's image count: it enters no localisation metric, only the
+  image-level ones (AUROC, AUPRC).
 
 :class:`SplitStats` stacks them over the images of a split (memory O(images x n_bins), about 16 KB
 per image and class at 1,000 bins, independent of the resolution) and saves them to one ``.npz`` file.
@@ -72,6 +77,7 @@ class ClassStats:
     fp_scores: np.ndarray
     froc_done: bool
     box_iou: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    located: bool = True
 
 
 # The relative thresholds of MaxBoxAccV2 (tau * max of the map).
@@ -93,6 +99,7 @@ def class_stats(
     spacing_mm: float | None,
     froc: FrocSettings,
     boxes: bool = False,
+    located: bool = True,
 ) -> ClassStats:
     """Statistics of one full-resolution map against its mask.
 
@@ -104,7 +111,11 @@ def class_stats(
         spacing_mm: pixel spacing at this resolution; FROC is skipped when None.
         froc: FROC detection settings.
         boxes: the ground truth is boxes (the mask is their union): also compute the MaxBoxAccV2 curve.
+        located: False for a label-only image of this class (labelled, lesion not located): only the map's peak
+            is kept (the image-level score when no logit is given); every localisation statistic is empty.
     """
+    if not located:
+        return _label_only_stats(saliency, region, n_bins, spacing_mm)
     box_curve = np.zeros(0)
     if boxes and target.any():
         # Boxes from the whole map, as MaxBoxAccV2 defines them (not restricted to the region).
@@ -149,6 +160,28 @@ def class_stats(
     )
 
 
+def _label_only_stats(
+    saliency: np.ndarray, region: np.ndarray | None, n_bins: int, spacing_mm: float | None
+) -> ClassStats:
+    """The statistics of a label-only image: its map's peak in the region and nothing a localisation metric reads."""
+    masked = saliency if region is None else np.where(region, saliency, np.float32(-1.0))  # (H, W)
+    peak_at = peak_index(masked)
+    empty = np.zeros(n_bins + 1, dtype=np.int64)
+    return ClassStats(
+        pos_hist=empty,
+        neg_hist=empty.copy(),
+        sum_sg=0.0,
+        sum_s=0.0,
+        point_px=math.nan,
+        peak=float(masked.flat[peak_at]) if peak_at >= 0 else 0.0,
+        lesion_scores=np.zeros(0),
+        fp_scores=np.zeros(0),
+        # Detections were not needed, not impossible: the class's FROC stays defined for the other images.
+        froc_done=spacing_mm is not None and spacing_mm > 0,
+        located=False,
+    )
+
+
 @dataclass
 class ClassArrays:
     """One class's statistics stacked over the N images of a split.
@@ -161,6 +194,8 @@ class ClassArrays:
         image_score, image_label: (N,) float64, NaN where unknown.
         froc_done: whether detections were made (the pixel spacing was known for every image).
         box_iou: (N, 100) MaxBoxAccV2 curves, NaN rows for images without box ground truth of this class.
+        located: (N,) bool, False for the label-only images of this class (see the module docstring); all True
+            when read from a file written before label-only images existed.
     """
 
     pos_hist: np.ndarray
@@ -176,6 +211,7 @@ class ClassArrays:
     image_label: np.ndarray
     froc_done: bool
     box_iou: np.ndarray = field(default_factory=lambda: np.zeros((0, len(BOX_TAUS))))
+    located: np.ndarray = field(default_factory=lambda: np.ones(0, dtype=bool))
 
     @property
     def gt(self) -> np.ndarray:
@@ -207,6 +243,7 @@ class ClassArrays:
             self.image_label[index],
             self.froc_done,
             self.box_iou[index],
+            self.located[index],
         )
 
 
@@ -275,13 +312,17 @@ class SplitStats:
                     **{
                         key: data[f"{name}.{key}"]
                         for key in ClassArrays.__dataclass_fields__
-                        if key != "box_iou" or f"{name}.box_iou" in data  # files written before boxes existed
+                        # Files written before boxes or label-only images existed lack these two.
+                        if key not in ("box_iou", "located") or f"{name}.{key}" in data
                     }
                 )
                 for name in data["classes"].tolist()
             }
             for a in classes.values():
                 a.froc_done = bool(a.froc_done)
+                if len(a.located) != len(a.sum_s):
+                    a.located = np.ones(len(a.sum_s), dtype=bool)
+                a.located = np.asarray(a.located, dtype=bool)
             return cls(
                 data["image_ids"].tolist(),
                 data["patient_ids"].tolist(),
@@ -317,4 +358,5 @@ def stack_class(
         box_iou=np.stack([s.box_iou if len(s.box_iou) else np.full(len(BOX_TAUS), np.nan) for s in per_image]).reshape(
             n, len(BOX_TAUS)
         ),
+        located=np.array([s.located for s in per_image], dtype=bool),
     )
