@@ -159,7 +159,7 @@ def find_resumable(out_dir: Path, prefix: str) -> Path | None:
 
 
 # Settings that must agree for a run's classifier to be reused by another method.
-REUSE_KEYS = ("backbone", "backbone_weights", "output_stride", "input_downsample")
+REUSE_KEYS = ("backbone", "backbone_weights", "pretrained", "output_stride", "input_downsample")
 
 
 def reuse_weights(method: WSSegMethod, cfg: RunConfig, source: Path, run_dir: Path) -> TrainResult:
@@ -379,6 +379,7 @@ def run(
     # 2. Train, or reuse the classifier of a finished run.
     torch.manual_seed(cfg.seed)  # the initial weights are part of what the seed decides
     method = build_method(cfg)
+    initialisation = method.initialisation()  # before training: random, imagenet:<timm tag> or file:<sha256>
     if rank != 0 and (from_run is not None or weights is not None):
         return {}  # nothing to train: rank 0 loads the weights and evaluates
     if from_run is not None:
@@ -473,6 +474,7 @@ def run(
         },
         "peak_memory_mb": peak_memory_mb(device),
         "n_parameters": sum(p.numel() for p in method.parameters()),
+        "initialisation": initialisation,
         "training": {
             "best_epoch": result.best_epoch,
             "best_val_auroc": result.best_val_auroc,

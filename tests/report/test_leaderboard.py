@@ -83,6 +83,30 @@ def test_incomparable_runs_get_separate_tables_and_the_difference_is_named(tmp_p
     ]
 
 
+def test_pretrained_and_random_runs_never_share_a_table_and_the_pretrained_one_is_marked(tmp_path: Path) -> None:
+    random = _record("cam", 0, (0.1, 0.1), initialisation={"backbone": "random", "classifier": "random"})
+    old = _record("gradcam", 0, (0.2, 0.2))  # a record made before the initialisation key: random
+    pre = _record(
+        "cam",
+        0,
+        (0.4, 0.4),
+        run_id="cam-imagenet",
+        initialisation={"backbone": "imagenet:resnet18.a1_in1k", "classifier": "random"},
+    )
+    assert comparability_key(random) == comparability_key(old)
+    a, b = comparability_key(random), comparability_key(pre)
+    assert describe_difference(a, b) == "initialisation ('random' vs 'imagenet:resnet18.a1_in1k')"
+    _write(tmp_path / "runs", [random, old, pre])
+    result = runner.invoke(app, ["leaderboard", str(tmp_path / "runs"), "--out", str(tmp_path / "lb")])
+    assert result.exit_code == 0, result.output
+    texts = sorted(t.read_text() for t in (tmp_path / "lb").glob("*.md"))
+    assert len(texts) == 2
+    marked = [t for t in texts if "initialised imagenet:resnet18.a1_in1k" in t]
+    assert len(marked) == 1 and "| 1 | cam | weak | 1 | 0.400 |" in marked[0] and "gradcam" not in marked[0]
+    plain = next(t for t in texts if t not in marked)
+    assert "initialised" not in plain and "| gradcam |" in plain and "0.400" not in plain
+
+
 def test_two_dataset_versions_on_one_test_split_never_share_a_table(tmp_path: Path) -> None:
     old = _record("cam", 0, (0.1, 0.1))
     new = _record("cam", 0, (0.3, 0.3), run_id="cam-new")

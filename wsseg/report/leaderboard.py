@@ -115,7 +115,20 @@ def load_record(path: Path) -> dict[str, Any]:
     return record
 
 
-COMPARABILITY = ("dataset", "dataset version", "test split", "profile", "evaluation protocol")
+COMPARABILITY = ("dataset", "dataset version", "test split", "profile", "evaluation protocol", "initialisation")
+
+
+def initialisation_label(record: dict[str, Any]) -> str:
+    """How a run's networks started: ``random``, or its non-random initialisations joined.
+
+    ``imagenet:<timm tag>`` or ``file:<sha256>`` from the record's ``initialisation``; a record made before that
+    key is ``random``, or ``file:<path>`` when its config names a backbone weights file.
+    """
+    if "initialisation" not in record:
+        weights = (record.get("config", {}).get("method_config") or {}).get("backbone_weights")
+        return f"file:{weights}" if weights else "random"
+    used = sorted({str(v) for v in (record.get("initialisation") or {}).values() if v != "random"})
+    return "+".join(used) if used else "random"
 
 
 def comparability_key(record: dict[str, Any]) -> tuple[str, ...]:
@@ -127,6 +140,8 @@ def comparability_key(record: dict[str, Any]) -> tuple[str, ...]:
         str(info.get("split_hashes", {}).get("test")),
         str(record.get("profile")),
         json.dumps(record.get("evaluation", {}), sort_keys=True),
+        # Pretrained and randomly initialised runs answer different questions: never ranked in one table.
+        initialisation_label(record),
     )
 
 
@@ -304,7 +319,7 @@ def group_name(key: tuple[str, ...], keys: Sequence[tuple[str, ...]] = ()) -> st
     When another of ``keys`` shares that stem (another dataset version or evaluation protocol on the same test
     split), a short hash of the whole key is appended, so that no group's table overwrites another's.
     """
-    dataset, _version, split, profile, _ = key
+    dataset, _version, split, profile = key[:4]
     stem = f"leaderboard-{dataset}-{profile}-{split}"
     if any(k != key and (k[0], k[2], k[3]) == (dataset, split, profile) for k in keys):
         stem += "-" + hashlib.sha256(json.dumps(key).encode()).hexdigest()[:8]
@@ -348,6 +363,8 @@ def write_leaderboards(
     for key, members in groups.items():
         rows = build_rows(members)
         title = f"{key[0]} ({key[1]}), profile {key[3]}, test split {key[2]}: {len(members)} runs"
+        if key[5] != "random":
+            title += f", initialised {key[5]}"
         for fmt in formats:
             path = out / f"{group_name(key, keys)}.{fmt}"
             if fmt == "html":

@@ -14,7 +14,10 @@ every key is always present:
 - ``device``: ``cpu`` or the CUDA device name; ``precision``: ``fp32`` or ``bf16``.
 - ``timings``: seconds for ``data``, ``train``, ``eval``, ``bootstrap`` (*v2*) and ``total``;
   ``throughput``: ``train_images_per_s`` and ``eval_images_per_s``; ``peak_memory_mb``: host RSS or CUDA peak;
-  ``n_parameters``: the method's parameter count (added in schema 2; absent from older records).
+  ``n_parameters``: the method's parameter count (added in schema 2; absent from older records);
+  ``initialisation``: how each network started before training, ``{network: "random" | "imagenet:<timm tag>" |
+  "file:<sha256>"}`` (``method.pretrained``, ``method.backbone_weights``; absent from older records, which were
+  random unless their config names a weights file); leaderboards keep differently initialised runs apart.
 - ``training``: best epoch, best validation AUROC and the per-epoch history.
 - ``thresholds``: per class, the Dice-maximising threshold chosen on the validation split, and the rule used.
 - ``evaluation`` (*v2*): how maps became numbers: ``n_bins``, ``fixed_threshold``, ``upsampling`` (bilinear by
