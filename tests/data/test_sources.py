@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from wsseg.cli import app
@@ -609,3 +610,104 @@ def test_cli_check_and_run_every_source(tmp_path: Path, dataset: str) -> None:
         assert boxed and all(0.0 <= record["metrics"][c]["max_box_acc_v2"] <= 1.0 for c in boxed)
     else:
         assert not boxed
+    # Label-only test images (labelled, lesion not located) are counted apart and enter no localisation metric.
+    (manifest,) = (tmp_path / "cache" / dataset).glob("*/manifest.csv")
+    test = MammogramDataset(manifest.parent, "test", with_masks=True, dataset=dataset)
+    unlocated = {
+        c: {test[i]["meta"]["image_id"] for i in range(len(test)) if not test[i]["meta"]["localized"][k]}
+        for k, c in enumerate(("benign", "malignant"))
+    }
+    with open(record_path.parent / "per_image.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    for c, ids in unlocated.items():
+        assert record["metrics"][c]["n_label_only"] == len(ids)
+        assert {r["image_id"] for r in rows if r["class"] == c and r["located"] == "0"} == ids
+        assert all(
+            r["dice"] == "nan" and r["region_pixels"] == "0" for r in rows if r["image_id"] in ids and r["class"] == c
+        )
+    if dataset == "mini-mias":  # mdb001 (benign) and mdb233 (malignant, *NOTE 3*) are test images of the fixture
+        assert unlocated == {"benign": {"mdb001"}, "malignant": {"mdb233"}}
+    # The preview draws the same images through the same pipeline, label-only ones framed.
+    out = tmp_path / "preview.png"
+    preview = ["data", "preview", dataset, "--root", str(tmp_path / "dl"), "--profile", "tiny", "--out", str(out)]
+    result = runner.invoke(app, [*preview, "--split", "test", "--n", "4"])
+    assert result.exit_code == 0 and "wrote" in result.output, result.output
+    from PIL import Image
+
+    with Image.open(out) as im:
+        assert im.mode == "RGB" and im.height == 368 and im.width >= 4 * 100
+
+
+def test_preview_draws_what_the_evaluator_scores(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from wsseg.data.prepare import preview_source
+    from wsseg.data.preview import save_preview
+
+    write_mias(tmp_path / "dl", n_pairs=6)
+    items, problems = preview_source("mini-mias", tmp_path / "dl", OUT_HW, ids=["mdb059", "mdb212", "mdb002"])
+    assert problems == [] and [i.caption.split()[0] for i in items] == ["mdb059", "mdb212", "mdb002"]
+    label_only, outside, plain = items
+    assert label_only.label_only == [0] and not label_only.masks.any()  # benign, no location: framed, no outline
+    assert outside.label_only == [] and "outside the breast" in outside.caption and len(outside.circles) == 1
+    # The tiles hold the masks and evaluated regions the cache (and so the evaluator) holds, byte for byte.
+    root, _ = prepare_source("mini-mias", tmp_path / "dl", OUT_HW, cache_dir=tmp_path / "c", workers=1, progress=False)
+    got = samples(root, "mini-mias")
+    for item in (outside, plain):
+        cached = got[item.caption.split()[0]]
+        assert np.array_equal(item.masks, cached["masks"].numpy())
+        assert np.array_equal(item.region, cached["breast_mask"].numpy())
+    path = save_preview(items, tmp_path / "p.png", ncols=3, tile_height=OUT_HW[0])
+    rgb = np.asarray(Image.open(path))
+    cell = rgb.shape[1] // 3
+    green, red, blue = (40, 220, 60), (235, 40, 40), (70, 140, 255)
+    edge = [rgb[OUT_HW[0] // 2, i * cell] for i in range(3)]  # each tile's left edge, half-way down
+    assert tuple(edge[0]) == green and tuple(edge[2]) != green  # only the label-only tile is framed
+    tile2 = rgb[:, 2 * cell : 3 * cell]
+    assert (tile2 == green).all(axis=-1).any() and (tile2 == blue).all(axis=-1).any()  # mask and region outlines
+    assert not (rgb == red).all(axis=-1).any()  # no malignant annotation in these three
+
+
+def test_tiny_lesions_survive_the_resize_and_only_stray_lesions_grow_the_region(tmp_path: Path) -> None:
+    """A sub-pixel lesion keeps a pixel; a box over the skin line is clipped; a box in the air grows the region."""
+    from wsseg.data.fixtures import MANIFEST_HEADER, save_png16, scaled_phantom, write_csv
+
+    ph = scaled_phantom(False, 8)  # 512 x 384 native: the tiny profile's window shrinks it about 2.8x
+    h, w = ph.image.shape
+    dot = np.zeros((h, w), dtype=bool)
+    dot[ph.center] = True  # one native pixel: a third of a window pixel
+    save_png16(tmp_path / "img.png", ph.image)
+    save_mask(tmp_path / "dot.png", dot)
+    breast = breast_region(ph.image)
+    edge_col = int(np.flatnonzero(breast[h // 2])[-1])  # the skin line on the middle row
+    spill = [edge_col - 30, h // 2 - 10, edge_col + 10, h // 2 + 10]  # 25% of it in the air
+    air = [w - 40, 4, w - 20, 24]  # wholly outside the breast (as mdb212's circle)
+    rows = []
+    for i, (cls, mask, boxes) in enumerate(
+        [("benign", "dot.png", []), ("malignant", "", [spill]), ("benign", "", [air]), ("benign", "", [])]
+    ):
+        row: dict[str, object] = {k: "" for k in MANIFEST_HEADER}
+        row.update(image="img.png", image_id=f"i{i}", patient_id=f"P{i}", benign=int(cls == "benign"))
+        row.update(malignant=int(cls == "malignant"), split="test" if i else "train", laterality="L", view="CC")
+        row[f"{cls}_mask"] = mask
+        row["boxes"] = json.dumps([{"class": cls, "box": b} for b in boxes]) if boxes else ""
+        rows.append(row)
+    rows[3]["split"] = "val"
+    write_csv(tmp_path / "manifest.csv", MANIFEST_HEADER, rows)
+    root, report = prepare_source("manifest", tmp_path, OUT_HW, cache_dir=tmp_path / "c", workers=1, progress=False)
+    assert report.problems == []
+    got = samples(root, "manifest")
+    tiny = got["i0"]
+    assert tiny["masks"][0].sum() >= 1 and tiny["meta"]["localized"] == [True, True]  # not taken for lesion-free
+    spilled = got["i1"]
+    assert spilled["meta"]["lesions"][0]["outside_breast"] == pytest.approx(0.25, abs=0.05)
+    normal = got["i3"]  # the same image without annotation: the breast alone decides its crop and region
+    assert not spilled["meta"]["region_grown"]  # the air part of the box is not scored as lesion
+    assert spilled["meta"]["transform"] == normal["meta"]["transform"]
+    assert torch.equal(spilled["breast_mask"], normal["breast_mask"])
+    assert (spilled["masks"][1] & spilled["breast_mask"]).any()
+    stray = got["i2"]
+    assert stray["meta"]["region_grown"] and stray["meta"]["localized"] == [True, True]
+    assert stray["meta"]["transform"]["crop"] != normal["meta"]["transform"]["crop"]  # the crop keeps the lesion
+    assert (stray["masks"][0].numpy() <= stray["breast_mask"].numpy()).all()  # kept whole inside the region
+    assert report.outside_breast == ["i2 (benign box, 100% outside)"] and report.label_only == ["i3 (benign)"]
