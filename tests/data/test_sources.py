@@ -711,3 +711,17 @@ def test_tiny_lesions_survive_the_resize_and_only_stray_lesions_grow_the_region(
     assert stray["meta"]["transform"]["crop"] != normal["meta"]["transform"]["crop"]  # the crop keeps the lesion
     assert (stray["masks"][0].numpy() <= stray["breast_mask"].numpy()).all()  # kept whole inside the region
     assert report.outside_breast == ["i2 (benign box, 100% outside)"] and report.label_only == ["i3 (benign)"]
+
+
+def test_cli_preview_of_a_source_needs_a_root_and_known_ids(tmp_path: Path) -> None:
+    write_mias(tmp_path / "dl", n_pairs=6)
+    out = str(tmp_path / "p.png")
+    result = runner.invoke(app, ["data", "preview", "mini-mias", "--out", out])
+    assert result.exit_code == 2 and "needs --root" in result.output, result.output
+    base = ["data", "preview", "mini-mias", "--root", str(tmp_path / "dl"), "--out", out, "--profile", "tiny"]
+    result = runner.invoke(app, [*base, "--ids", "mdb059,mdb999"])
+    assert result.exit_code == 2 and "no image mdb999" in result.output, result.output
+    result = runner.invoke(app, [*base, "--split", "everything"])
+    assert result.exit_code == 2 and "choose train, val, test or all" in result.output, result.output
+    result = runner.invoke(app, [*base, "--ids", "mdb059,mdb233"])
+    assert result.exit_code == 0 and "(2 images, 2 label-only)" in result.output, result.output
