@@ -425,9 +425,11 @@ def run(
         val, test = val_all, test_all
     thresholds = val.evaluator.calibrated_thresholds()
     # Metrics, patient-bootstrap intervals and the per-image files behind them (for `wsseg compare`).
-    metrics, intervals, per_image, boot_seconds = score_stats(test.evaluator.stats(), thresholds, cfg.eval, run_dir)
+    test_stats = test.evaluator.stats()
+    metrics, intervals, per_image, boot_seconds = score_stats(test_stats, thresholds, cfg.eval, run_dir)
     if maps_dir is not None:
-        write_test_labels(run_dir / TEST_LABELS, test.image_ids, test.patient_ids, test.labels, test.logits)
+        located = np.stack([test_stats.classes[c].located for c in CLASSES], axis=1)  # (N, K)
+        write_test_labels(run_dir / TEST_LABELS, test.image_ids, test.patient_ids, test.labels, test.logits, located)
     references = {
         ref: ev.summary(val.references[ref].calibrated_thresholds(), cfg.eval.fixed_threshold)
         for ref, ev in test.references.items()

@@ -598,6 +598,7 @@ def test_cli_check_and_run_every_source(tmp_path: Path, dataset: str) -> None:
         "-q",
         "--epochs",
         "1",
+        "--save-maps",
     ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
@@ -627,6 +628,11 @@ def test_cli_check_and_run_every_source(tmp_path: Path, dataset: str) -> None:
         )
     if dataset == "mini-mias":  # mdb001 (benign) and mdb233 (malignant, *NOTE 3*) are test images of the fixture
         assert unlocated == {"benign": {"mdb001"}, "malignant": {"mdb233"}}
+        # test_labels.csv (for `wsseg score` on the saved maps) carries the flags too.
+        with open(record_path.parent / "test_labels.csv", newline="") as f:
+            labels = {r["image_id"]: r for r in csv.DictReader(f)}
+        assert labels["mdb001"]["benign_located"] == "0" and labels["mdb233"]["malignant_located"] == "0"
+        assert labels["mdb001"]["malignant_located"] == "1"
     # The preview draws the same images through the same pipeline, label-only ones framed.
     out = tmp_path / "preview.png"
     preview = ["data", "preview", dataset, "--root", str(tmp_path / "dl"), "--profile", "tiny", "--out", str(out)]
