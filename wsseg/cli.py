@@ -675,10 +675,14 @@ def list_methods_cmd() -> None:
 
 @list_app.command("backbones")
 def list_backbones_cmd() -> None:
-    """List wsseg's backbone aliases (any timm model name works too)."""
-    from wsseg.nn.backbones import ALIASES
+    """List wsseg's backbone aliases and the weights method.pretrained=imagenet loads (any timm name works too)."""
+    from wsseg.nn.backbones import ALIASES, pretrained_tag
 
-    typer.echo(tabulate([[k, v] for k, v in ALIASES.items()], headers=["backbone", "timm spec"]))
+    rows = [
+        [k, v, "none (narrow)" if "channels" in v else pretrained_tag(v["model_name"]) or "none"]
+        for k, v in ALIASES.items()
+    ]
+    typer.echo(tabulate(rows, headers=["backbone", "timm spec", "imagenet weights"]))
 
 
 @list_app.command("datasets")

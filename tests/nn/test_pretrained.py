@@ -179,3 +179,14 @@ def test_a_local_weights_file_is_recorded_by_its_sha256(tmp_path: Path) -> None:
     assert method.initialisation() == {"backbone": f"file:{digest}", "classifier": "random"}
     assert create_method("gmic", profile="tiny").initialisation()["local_backbone"] == "random"
     assert create_method("uniform", profile="tiny").initialisation() == {}
+
+
+def test_list_backbones_names_the_weights_imagenet_loads() -> None:
+    from typer.testing import CliRunner
+
+    from wsseg.cli import app
+
+    result = CliRunner().invoke(app, ["list", "backbones"])
+    assert result.exit_code == 0, result.output
+    lines = {line.split()[0]: line for line in result.output.splitlines()[2:]}
+    assert lines["resnet18-w16"].endswith("none (narrow)") and lines["test-resnet"].endswith("test_resnet.r160_in1k")

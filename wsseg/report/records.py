@@ -31,8 +31,9 @@ every key is always present:
   ``iou_pooled_at_0.5``, the oracle upper bounds ``dice_oracle``, ``iou_oracle``, ``threshold_oracle``,
   ``dice_pooled_oracle``, ``iou_pooled_oracle``, ``threshold_pooled_oracle``, ``soft_dice``, ``pxap``,
   ``pointing_game_0mm``/``5mm``/``10mm``, ``froc`` and ``sensitivity_at_<f>_fppi`` (f = 0.25 ... 8),
-  ``fp_area_fraction``, ``fp_image_rate``, ``auprc``, ``n_lesion_free`` and ``n_lesions``; for box ground
-  truth also ``max_box_acc_v2``, ``box_acc_iou_0.3``/``0.5``/``0.7`` and ``n_box_images``
+  ``fp_area_fraction``, ``fp_image_rate``, ``auprc``, ``n_lesion_free``, ``n_lesions`` and ``n_label_only``
+  (label-only test images: labelled with the class, lesion not located; no localisation metric uses them); for box
+  ground truth also ``max_box_acc_v2``, ``box_acc_iou_0.3``/``0.5``/``0.7`` and ``n_box_images``
   (definitions in :mod:`wsseg.evaluation.summary`).
 - ``intervals`` (*v2*): 95% percentile intervals from 1,000 patient-bootstrap resamples: ``rule``, ``level``,
   ``n_resamples``, ``seed``, ``n_patients`` and per class ``{metric: [low, high]}`` for every metric above

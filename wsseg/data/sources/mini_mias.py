@@ -57,7 +57,7 @@ def image_height(path: Path) -> int:
 
 def is_note_reference(tokens: list[str]) -> bool:
     """Whether the fields after the severity refer to a README note (``*NOTE 3*``) instead of giving coordinates."""
-    return 0 < len(tokens) <= 3 and "NOTE" in tokens[0].upper()
+    return 0 < len(tokens) <= 4 and any("NOTE" in t.upper() for t in tokens)
 
 
 @register_source("mini-mias")
