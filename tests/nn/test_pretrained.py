@@ -54,7 +54,7 @@ def offline(tmp_path: Path, code: str, *args: str) -> subprocess.CompletedProces
     }
     env.pop("TIMM_USE_OLD_CACHE", None)
     return subprocess.run(
-        [sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, timeout=600, check=False
+        [sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, timeout=1800, check=False
     )
 
 

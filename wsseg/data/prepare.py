@@ -359,7 +359,7 @@ class Processed:
 
     image: np.ndarray  # (H, W) uint16
     masks: np.ndarray  # (K, H, W) bool
-    breast: np.ndarray  # (H, W) bool: the evaluated region (the breast grown by the lesion masks)
+    breast: np.ndarray  # (H, W) bool: the evaluated region (the breast, grown by any lesion lying outside it)
     meta: dict[str, Any]
     disagrees: bool
 
