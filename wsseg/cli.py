@@ -889,10 +889,14 @@ def list_methods_cmd() -> None:
 
 @list_app.command("backbones")
 def list_backbones_cmd() -> None:
-    """List wsseg's backbone aliases (any timm model name works too)."""
-    from wsseg.nn.backbones import ALIASES
+    """List wsseg's backbone aliases and the weights method.pretrained=imagenet loads (any timm name works too)."""
+    from wsseg.nn.backbones import ALIASES, pretrained_tag
 
-    typer.echo(tabulate([[k, v] for k, v in ALIASES.items()], headers=["backbone", "timm spec"]))
+    rows = [
+        [k, v, "none (narrow)" if "channels" in v else pretrained_tag(v["model_name"]) or "none"]
+        for k, v in ALIASES.items()
+    ]
+    typer.echo(tabulate(rows, headers=["backbone", "timm spec", "imagenet weights"]))
 
 
 @list_app.command("datasets")
@@ -907,11 +911,6 @@ def list_datasets_cmd() -> None:
     typer.echo(tabulate(rows, headers=["dataset", "annotation", "labels", "licence", "description"]))
 
 
-def _check_dataset(name: str) -> None:
-    if name != "phantom":
-        _fail(f"`wsseg data preview` draws the phantom only; prepare {name!r} and read its cache instead")
-
-
 def _profile_hw(profile: str) -> tuple[int, int]:
     from wsseg.config import phantom_config
 
@@ -923,6 +922,7 @@ def _profile_hw(profile: str) -> tuple[int, int]:
 
 
 VOI_HELP = "Apply each DICOM's VOI LUT or window (first of several) instead of keeping raw linear values."
+SPLIT_FILE_HELP = "A patient_id,split CSV (default: benchmarks/splits/DATASET.csv if present)."
 
 
 @data_app.command("check")
@@ -933,8 +933,15 @@ def data_check(
     strict: Annotated[bool, typer.Option("--strict", help="Exit with an error on any bad file.")] = False,
     allow_outside_root: Annotated[bool, typer.Option("--allow-outside-root", help=ALLOW_OUTSIDE_ROOT_HELP)] = False,
     voi_lut: Annotated[bool, typer.Option("--voi-lut", help=VOI_HELP)] = False,
+    split_file: Annotated[Path | None, typer.Option(help=SPLIT_FILE_HELP)] = None,
 ) -> None:
-    """Validate a download without writing: counts, and every missing or unreadable file with its reason."""
+    """Validate a download without writing: counts, labels per split, label-only images, every bad file.
+
+    Reports "N images, M with located lesions, K labelled without location", the benign/malignant/normal counts
+    per split (the split prepare would use), the label-only images by name (labelled, no lesion location: they
+    train and count for AUROC, never for localisation), annotations lying mostly outside the detected breast
+    (kept; the evaluated region is grown to include them), then every skipped file with its reason.
+    """
     from wsseg.data.prepare import check_source
 
     try:
@@ -946,6 +953,7 @@ def data_check(
             progress=False,
             voi_lut=voi_lut,
             allow_outside_root=allow_outside_root,
+            split_file=split_file,
         )
     except USER_ERRORS as e:
         _fail(e)
@@ -1083,27 +1091,80 @@ def data_fixture(
 
 @data_app.command("preview")
 def data_preview(
-    dataset: Annotated[str, typer.Argument(help="Dataset name.")] = "phantom",
+    dataset: Annotated[str, typer.Argument(help="Dataset name: phantom or a data source.")] = "phantom",
+    root: Annotated[Path | None, typer.Option(help="The downloaded dataset (data sources only).")] = None,
     n: Annotated[int, typer.Option("--n", help="Number of images.")] = 8,
     out: Annotated[Path, typer.Option("--out", help="PNG file to write.")] = Path("preview.png"),
     profile: Annotated[str, typer.Option(help="quick, paper or tiny.")] = "quick",
-    split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
+    split: Annotated[str, typer.Option(help="train, val or test (or all, for a data source).")] = "test",
     seed: Annotated[int, typer.Option(help="Dataset seed.")] = 0,
     lesions_only: Annotated[bool, typer.Option("--lesions-only", help="Show only images with a lesion.")] = False,
+    ids: Annotated[
+        str | None, typer.Option(help="Comma-separated image ids to draw (data sources), e.g. mdb212,mdb059.")
+    ] = None,
+    split_file: Annotated[Path | None, typer.Option(help=SPLIT_FILE_HELP)] = None,
+    voi_lut: Annotated[bool, typer.Option("--voi-lut", help=VOI_HELP)] = False,
+    allow_outside_root: Annotated[bool, typer.Option("--allow-outside-root", help=ALLOW_OUTSIDE_ROOT_HELP)] = False,
 ) -> None:
-    """Draw a grid of samples with lesion outlines (benign green, malignant red)."""
-    from wsseg.config import check_seed, phantom_config
-    from wsseg.data.dataset import sample_identity
-    from wsseg.data.phantom import generate_image
-    from wsseg.data.preview import save_preview
+    """Draw a grid of images with their annotations as they will be scored.
 
-    _check_dataset(dataset)
+    Benign green, malignant red: each class's mask after the pipeline (crop, flip, resize), the lesions' boxes and
+    circles; the evaluated region in blue (the breast, grown by a lesion outside it); a frame in the class colour
+    and "label only" for an image labelled with a class whose lesion has no location. A data source is read from
+    --root through the prepare pipeline at the profile's size (nothing is written but the PNG).
+    """
+    from wsseg.config import check_seed
+    from wsseg.data.preview import PreviewItem, save_preview
+
     if not 1 <= n <= 1000:
         _fail(f"--n must be in [1, 1000], got {n}")
     try:
         check_seed(seed, "--seed")
     except ValueError as e:
         _fail(e)
+    if dataset != "phantom":
+        from wsseg.data.prepare import preview_source
+
+        if root is None:
+            _fail(f"`wsseg data preview {dataset}` needs --root PATH (the downloaded dataset)")
+        try:
+            items, problems = preview_source(
+                dataset,
+                root,
+                _profile_hw(profile),
+                n,
+                split,
+                seed,
+                [i.strip() for i in ids.split(",") if i.strip()] if ids else None,
+                lesions_only,
+                voi_lut,
+                allow_outside_root,
+                split_file,
+            )
+        except USER_ERRORS as e:
+            _fail(e)
+        for p in problems:
+            typer.echo(f"skipped {p}")
+        if not items:
+            _fail(f"no {dataset} image to draw in split {split!r}; try --split all")
+    else:
+        items = _phantom_preview(n, profile, split, seed, lesions_only)
+    try:
+        path = save_preview(items, out)
+    except OSError as e:
+        _fail(e)
+    label_only = sum(bool(i.label_only) for i in items if isinstance(i, PreviewItem))
+    typer.echo(f"wrote {path} ({len(items)} images" + (f", {label_only} label-only" if label_only else "") + ")")
+
+
+def _phantom_preview(n: int, profile: str, split: str, seed: int, lesions_only: bool) -> list[Any]:
+    """Preview tiles of generated phantom images."""
+    from wsseg.config import phantom_config
+    from wsseg.data.dataset import sample_identity
+    from wsseg.data.phantom import generate_image
+
+    if split not in ("train", "val", "test"):
+        _fail(f"--split {split!r}: choose train, val or test")
     try:
         pcfg = phantom_config(profile)  # type: ignore[arg-type]
     except KeyError:
@@ -1120,11 +1181,7 @@ def data_preview(
         items.append(
             (img.image, img.masks, f"{ident['image_id']} {m['laterality']}-{m['view']} {m['density']}: {kinds}")
         )
-    try:
-        path = save_preview(items, out)
-    except OSError as e:
-        _fail(e)
-    typer.echo(f"wrote {path} ({len(items)} images)")
+    return items
 
 
 def main() -> None:

@@ -390,7 +390,12 @@ def check_method_config(cfg: RunConfig, method_cfg: MethodConfig, given: list[st
         for f in dataclasses.fields(method_cfg)
         if f.name.endswith("weights") and isinstance(getattr(method_cfg, f.name), str | os.PathLike)
     ]
-    probe = dataclasses.replace(method_cfg, **dict.fromkeys(files))
+    changes: dict[str, Any] = dict.fromkeys(files)
+    if "pretrained" in {f.name for f in dataclasses.fields(method_cfg)}:
+        # method.pretrained=imagenet would make timm fetch the weights (network or cache) just to check shapes: the
+        # run loads them when it builds the method; a random network has the same shapes.
+        changes["pretrained"] = "none"
+    probe = dataclasses.replace(method_cfg, **changes)
     spec = get_method_spec(cfg.method)
     try:
         with torch.device("meta"):

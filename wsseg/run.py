@@ -113,6 +113,8 @@ def evaluate_split(
                 "boxes": meta.get("annotation") == "box",
                 # For the leaderboard's breakdown by lesion type (the dataset's own names, mapped to groups).
                 "lesion_types": [image_lesion_type(meta.get("lesions", []), c) for c in CLASSES],
+                # Per class, False for a label-only image (labelled, lesion not located): AUROC only, no localisation.
+                "located": meta.get("localized"),
             }
             masks, breast = batch["masks"][i], batch["breast_mask"][i]
             ev.add(image_id, out.saliency[i], masks, breast, image_scores=out.logits[i], **common)
@@ -169,7 +171,7 @@ def find_resumable(out_dir: Path, prefix: str) -> Path | None:
 
 
 # Settings that must agree for a run's classifier to be reused by another method.
-REUSE_KEYS = ("backbone", "backbone_weights", "output_stride", "input_downsample")
+REUSE_KEYS = ("backbone", "backbone_weights", "pretrained", "output_stride", "input_downsample")
 
 
 def reuse_weights(method: WSSegMethod, cfg: RunConfig, source: Path, run_dir: Path) -> TrainResult:
@@ -583,6 +585,7 @@ def _run_in_folder(
     # 2. Train, or reuse the classifier of a finished run.
     torch.manual_seed(cfg.seed)  # the initial weights are part of what the seed decides
     method = build_method(cfg)
+    initialisation = method.initialisation()  # before training: random, imagenet:<timm tag> or file:<sha256>
     if rank != 0 and (from_run is not None or weights is not None):
         return {}  # nothing to train: rank 0 loads the weights and evaluates
     if from_run is not None:
@@ -631,7 +634,8 @@ def _run_in_folder(
     test_stats = test.evaluator.stats()
     metrics, intervals, per_image, boot_seconds = score_stats(test_stats, thresholds, cfg.eval, run_dir)
     if maps_dir is not None:
-        write_test_labels(run_dir / TEST_LABELS, test.image_ids, test.patient_ids, test.labels, test.logits)
+        located = np.stack([test_stats.classes[c].located for c in CLASSES], axis=1)  # (N, K)
+        write_test_labels(run_dir / TEST_LABELS, test.image_ids, test.patient_ids, test.labels, test.logits, located)
     references = {
         ref: ev.summary(val.references[ref].calibrated_thresholds(), cfg.eval.fixed_threshold)
         for ref, ev in test.references.items()
@@ -680,6 +684,7 @@ def _run_in_folder(
         },
         "peak_memory_mb": peak_memory_mb(device),
         "n_parameters": sum(p.numel() for p in method.parameters()),
+        "initialisation": initialisation,
         "training": {
             "best_epoch": result.best_epoch,
             "best_val_auroc": result.best_val_auroc,

@@ -91,6 +91,45 @@ def test_incomparable_runs_get_separate_tables_and_the_difference_is_named(tmp_p
     ]
 
 
+def test_pretrained_and_random_runs_never_share_a_table_and_the_pretrained_one_is_marked(tmp_path: Path) -> None:
+    random = _record("cam", 0, (0.1, 0.1), initialisation={"backbone": "random", "classifier": "random"})
+    old = _record("gradcam", 0, (0.2, 0.2))  # a record made before the initialisation key: random
+    pre = _record(
+        "cam",
+        0,
+        (0.4, 0.4),
+        run_id="cam-imagenet",
+        initialisation={"backbone": "imagenet:resnet18.a1_in1k", "classifier": "random"},
+    )
+    assert comparability_key(random) == comparability_key(old)
+    a, b = comparability_key(random), comparability_key(pre)
+    assert describe_difference(a, b) == "initialisation ('random' vs 'imagenet:resnet18.a1_in1k')"
+    _write(tmp_path / "runs", [random, old, pre])
+    result = runner.invoke(app, ["leaderboard", str(tmp_path / "runs"), "--out", str(tmp_path / "lb")])
+    assert result.exit_code == 0, result.output
+    texts = sorted(t.read_text() for t in (tmp_path / "lb").glob("*.md") if not t.stem.endswith("-lesions"))
+    assert len(texts) == 2
+    marked = [t for t in texts if "initialised imagenet:resnet18.a1_in1k" in t]
+    assert len(marked) == 1 and row_of(marked[0], "cam")[:5] == ["1", "cam", "weak", "1", "0.400"]
+    assert "gradcam" not in marked[0]
+    plain = next(t for t in texts if t not in marked)
+    assert "initialised" not in plain and row_of(plain, "gradcam")[1] == "gradcam" and "0.400" not in plain
+
+
+def test_maps_that_learn_nothing_join_the_random_and_the_pretrained_tables(tmp_path: Path) -> None:
+    trained = {"training": {"history": [{"epoch": 0}, {"epoch": 1}]}}
+    random = _record("cam", 0, (0.1, 0.1), initialisation={"backbone": "random"}, **trained)
+    pre = _record("cam", 0, (0.4, 0.4), run_id="cam-pre", initialisation={"backbone": "imagenet:resnet18.a1_in1k"})
+    pre.update(trained)
+    uniform = _record("uniform", 0, (0.02, 0.02), initialisation={})  # no network: nothing to initialise
+    _write(tmp_path / "runs", [random, pre, uniform])
+    result = write_leaderboards([tmp_path / "runs"], tmp_path / "lb", ["md"])
+    mains = [p.read_text() for p in sorted(result.files) if not p.stem.endswith("-lesions")]
+    assert len(mains) == 2 and sum("initialised imagenet:resnet18.a1_in1k" in t for t in mains) == 1
+    for text in mains:  # the floor is shown beside each initialisation's cam, never as its own table
+        assert row_of(text, "uniform")[:3] == ["", "uniform", "reference"] and row_of(text, "cam")[0] == "1"
+
+
 def test_two_dataset_versions_on_one_test_split_never_share_a_table(tmp_path: Path) -> None:
     old = _record("cam", 0, (0.1, 0.1))
     new = _record("cam", 0, (0.3, 0.3), run_id="cam-new")

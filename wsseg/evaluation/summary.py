@@ -20,7 +20,9 @@ Keys per class (the record's ``metrics.<class>`` block):
 - ``fp_area_fraction``: mean fraction of the region at or above the calibrated threshold on the images
   without a lesion of the class; ``fp_image_rate``: the fraction of those images with any such pixel;
 - ``auroc``, ``auprc``: image-level predictions against image labels (scikit-learn);
-- ``n_images`` (lesion-positive images), ``n_lesion_free``, ``n_lesions``.
+- ``n_images`` (lesion-positive images), ``n_lesion_free``, ``n_lesions``, ``n_label_only`` (images labelled
+  with the class whose lesion has no location: they count for AUROC/AUPRC only and enter no localisation metric,
+  as lesion-positive or as lesion-free; see :mod:`wsseg.evaluation.stats`).
 
 Chance levels (:func:`chance_levels`, the record's ``references.chance``): what a prediction that ignores the image
 content scores on each metric, computed exactly from the masks and regions (no map is involved):
@@ -264,7 +266,9 @@ def reduce_batch(table: ClassTable, fixed: float, weights: np.ndarray) -> dict[s
             rate = np.full(len(w), np.nan)
         out[f"pointing_game_{r:g}mm"] = rate
     if a.froc_done and len(a.lesion_scores):
-        fppi, sens = froc_curves(a.lesion_scores, a.fp_scores, w.sum(axis=1), w[:, a.lesion_image], w[:, a.fp_image])
+        # False positives per image over the located images: a label-only image had no detections to count.
+        n_located = w @ a.located.astype(np.float64)  # (B,)
+        fppi, sens = froc_curves(a.lesion_scores, a.fp_scores, n_located, w[:, a.lesion_image], w[:, a.fp_image])
         at = sensitivity_at(fppi, sens)  # (B, len(FPPI_POINTS))
         out["froc"] = at.mean(axis=1)
         for j, f in enumerate(FPPI_POINTS):
@@ -351,6 +355,7 @@ def summarize(stats: SplitStats, thresholds: dict[str, float], fixed: float = 0.
         metrics["n_images"] = float(table.positive.sum())
         metrics["n_lesion_free"] = float(table.negative.sum())
         metrics["n_lesions"] = float(len(arrays.lesion_scores)) if arrays.froc_done else NAN
+        metrics["n_label_only"] = float(np.count_nonzero(~arrays.located))
         metrics.update(box_metrics(arrays))
         out[name] = metrics
     return out
@@ -448,6 +453,7 @@ def per_image_rows(stats: SplitStats, thresholds: dict[str, float], fixed: float
                     "patient_id": patient_id,
                     "class": name,
                     "has_lesion": int(t.positive[i]),
+                    "located": int(a.located[i]),
                     "lesion_pixels": int(t.gt[i]),
                     "region_pixels": int(t.area[i]),
                     "dice": t.dice[i],

@@ -1,12 +1,14 @@
 """Leaderboards generated from run folders only: comparable runs grouped, one row per method, byte-stable output.
 
 Runs are comparable when they share the dataset and its version, the test split (its hash), the profile, the
-evaluation protocol (the record's ``evaluation`` block) and the training budget (:func:`training_budget`: epochs x
-training images per epoch). Incomparable runs are never put in one table: each group gets its own table, and
-:func:`describe_difference` names what separates two groups. Maps that learn nothing (budget ``none``) are shown in
-every budget's table of their dataset, as the floor and priors every trained method is read against. Different
-budgets get separate tables rather than a mark, like profiles: a method trained twice as long is another experiment,
-and the "best weakly supervised row" that the rank groups compare against must not be the one that trained longest.
+evaluation protocol (the record's ``evaluation`` block), the training budget (:func:`training_budget`: epochs x
+training images per epoch) and the initialisation (:func:`initialisation_label`: random, ImageNet weights or a
+weights file; a pretrained run answers another question than a randomly initialised one). Incomparable runs are
+never put in one table: each group gets its own table, and :func:`describe_difference` names what separates two
+groups. Maps that learn nothing (budget ``none``) are shown in every budget's and initialisation's table of their
+dataset, as the floor and priors every trained method is read against. Different budgets get separate tables rather
+than a mark, like profiles: a method trained twice as long is another experiment, and the "best weakly supervised
+row" that the rank groups compare against must not be the one that trained longest.
 
 Each group gets two tables. The main one, per class: the headline Dice (mean and standard deviation over seeds, and
 the mean of the seeds' 95% patient-bootstrap intervals); its rank group against the best weakly supervised row of the
@@ -247,13 +249,35 @@ def _budget_key(record: dict[str, Any]) -> str:
 
 
 # "test split" is the test split's hash, or "<k>-fold <assignment hash>" for the runs of a cross-validation.
-COMPARABILITY = ("dataset", "dataset version", "test split", "profile", "evaluation protocol", "training budget")
+COMPARABILITY = (
+    "dataset",
+    "dataset version",
+    "test split",
+    "profile",
+    "evaluation protocol",
+    "training budget",
+    "initialisation",
+)
+BUDGET, INITIALISATION = 5, 6  # their places in the key
 
 
 def fold_info(record: dict[str, Any]) -> dict[str, Any] | None:
     """The record's ``dataset_info.folds`` block (a run of one cross-validation fold), or None."""
     folds = record.get("dataset_info", {}).get("folds")
     return folds if isinstance(folds, dict) else None
+
+
+def initialisation_label(record: dict[str, Any]) -> str:
+    """How a run's networks started: ``random``, or its non-random initialisations joined.
+
+    ``imagenet:<timm tag>`` or ``file:<sha256>`` from the record's ``initialisation``; a record made before that
+    key is ``random``, or ``file:<path>`` when its config names a backbone weights file.
+    """
+    if "initialisation" not in record:
+        weights = (record.get("config", {}).get("method_config") or {}).get("backbone_weights")
+        return f"file:{weights}" if weights else "random"
+    used = sorted({str(v) for v in (record.get("initialisation") or {}).values() if v != "random"})
+    return "+".join(used) if used else "random"
 
 
 def comparability_key(record: dict[str, Any]) -> tuple[str, ...]:
@@ -269,6 +293,8 @@ def comparability_key(record: dict[str, Any]) -> tuple[str, ...]:
         str(record.get("profile")),
         json.dumps(record.get("evaluation", {}), sort_keys=True),
         _budget_key(record),
+        # Pretrained and randomly initialised runs answer different questions: never ranked in one table.
+        initialisation_label(record),
     )
 
 
@@ -284,17 +310,18 @@ def describe_difference(a: tuple[str, ...], b: tuple[str, ...]) -> str:
 def group_records(records: Sequence[dict[str, Any]]) -> dict[tuple[str, ...], list[dict[str, Any]]]:
     """Comparable records grouped by :func:`comparability_key`, groups in key order.
 
-    Untrained runs (budget ``none``) join every budget's group of their dataset, version, split, profile and
-    protocol; they form a group of their own only where no run was trained.
+    Untrained runs (budget ``none``) join every budget's and initialisation's group of their dataset, version,
+    split, profile and protocol (they have no weights to initialise); they form a group of their own only where no
+    run was trained.
     """
     by_key: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for record in records:
         by_key.setdefault(comparability_key(record), []).append(record)
     groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for key, members in by_key.items():
-        base = key[:-1]
-        trained = [k for k in by_key if k[:-1] == base and k[-1] != UNTRAINED]
-        if key[-1] == UNTRAINED and trained:
+        base = key[:BUDGET]
+        trained = [k for k in by_key if k[:BUDGET] == base and k[BUDGET] != UNTRAINED]
+        if key[BUDGET] == UNTRAINED and trained:
             for k in trained:
                 groups.setdefault(k, []).extend(members)
         else:
@@ -863,12 +890,14 @@ def write_leaderboards(
     pages: dict[Path, str] = {}
     for key, members in groups.items():
         rows = build_rows(members, [folders[id(r)] for r in members])
-        budget = f", training budget {key[5]}" if key[5] != UNTRAINED else ""
+        budget = f", training budget {key[BUDGET]}" if key[BUDGET] != UNTRAINED else ""
         split = f"test split {key[2]}"
         if "-fold " in key[2]:
             k, assignment = key[2].split("-fold ")
             split = f"{k}-fold cross-validation by patient (assignment {assignment})"
         title = f"{key[0]} ({key[1]}), profile {key[3]}, {split}{budget}: {len(members)} runs"
+        if key[INITIALISATION] != "random":
+            title += f", initialised {key[INITIALISATION]}"
         pages.update(render_group(out, group_name(key, keys), title, rows, formats))
     out.mkdir(parents=True, exist_ok=True)
     files = [atomic_write_text(path, text) for path, text in pages.items()]
