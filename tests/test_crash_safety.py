@@ -50,7 +50,15 @@ def start(args: list[str], log: Path) -> subprocess.Popen[bytes]:
             stderr=subprocess.STDOUT,
             env=wsseg_env(),
             start_new_session=True,
+            # Ctrl-C as a terminal delivers it: a shell starts background jobs (pytest itself, in CI scripts) with
+            # SIGINT ignored, which the child would inherit; Python installs its KeyboardInterrupt handler only over
+            # the default disposition.
+            preexec_fn=_default_sigint,
         )
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def kill_when(proc: subprocess.Popen[bytes], ready: Callable[[], bool], log: Path, timeout: float = 120) -> None:
