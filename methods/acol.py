@@ -96,7 +96,9 @@ class ACoL(WSSegMethod):
                 f"acol needs 0 < threshold <= 1 and head_width >= 1 or none, got {cfg.threshold} and "
                 f"{cfg.head_width}; set method.threshold / method.head_width"
             )
-        self.backbone = create_backbone(cfg.backbone, in_chans, cfg.backbone_weights, cfg.output_stride)
+        self.backbone = create_backbone(
+            cfg.backbone, in_chans, cfg.backbone_weights, cfg.output_stride, pretrained=cfg.pretrained
+        )
         c = self.backbone.num_features
         width = cfg.head_width if cfg.head_width is not None else max(1, c // 2)
         self.classifier_a = classifier_head(c, width, num_classes)

@@ -894,9 +894,10 @@ def leaderboard(
 ) -> None:
     """Write comparison tables from run folders: one per group of comparable runs, one row per method.
 
-    Comparable: the same dataset, version, test split, profile, evaluation protocol and training budget. Per class,
-    each row is tested against the best weakly supervised row by a paired patient bootstrap (from each run's
-    per_image.csv); a second table (<name>-lesions.*) gives Dice and the pointing game by lesion size and type.
+    Comparable: the same dataset, version, test split (or k-fold assignment: the folds are aggregated), profile,
+    evaluation protocol, training budget and initialisation (random or pretrained). Per class, each row is tested
+    against the best weakly supervised row by a paired patient bootstrap (from each run's per_image.csv); a second
+    table (<name>-lesions.*) gives Dice and the pointing game by lesion size and type.
     """
     from wsseg.report.leaderboard import write_leaderboards
 

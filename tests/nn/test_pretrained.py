@@ -94,6 +94,24 @@ def test_cam_backbone_gets_timms_weights_with_the_stem_summed_to_one_channel(tmp
     torch.testing.assert_close(encoder["layer2.0.conv2.weight"], state["layer2.0.conv2.weight"])
 
 
+def test_acol_backbone_gets_timms_weights_and_its_two_heads_stay_random(tmp_path: Path) -> None:
+    # ACoL builds its own backbone (two classifier heads instead of CAM's one); it must honour method.pretrained too.
+    state = hub_state("test_resnet", seed=4)
+    hub_cache(tmp_path / "hub", "timm/test_resnet.r160_in1k", state)
+    out = tmp_path / "acol.pt"
+    proc = offline(tmp_path, BUILD, "acol", "tiny", "{}", str(out))
+    assert proc.returncode == 0, proc.stderr
+    got = torch.load(out, weights_only=True)
+    assert got["init"] == {
+        "backbone": "imagenet:test_resnet.r160_in1k",
+        "classifier_a": "random",
+        "classifier_b": "random",
+    }
+    loaded = {k.removeprefix("backbone.model."): v for k, v in got["state"].items() if k.startswith("backbone.")}
+    torch.testing.assert_close(loaded["conv1.0.weight"], state["conv1.0.weight"].sum(dim=1, keepdim=True))
+    torch.testing.assert_close(loaded["layer2.0.conv2.weight"], state["layer2.0.conv2.weight"])
+
+
 def test_gmic_and_glam_local_resnets_load_torchvision_imagenet_weights_and_the_global_network_stays_random(
     tmp_path: Path,
 ) -> None:
