@@ -36,6 +36,7 @@ trained methods run first. :mod:`wsseg.launch` sends each unfinished run to a cl
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from collections.abc import Callable
@@ -44,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from wsseg._io import atomic_write_bytes
-from wsseg.config import MAX_SEED, make_run_config, seed_ok
+from wsseg.config import MAX_SEED, RunConfig, make_run_config, seed_ok
 from wsseg.data.folds import FOLDS_FILE
 from wsseg.evaluation.curves import CURVES_JSON
 from wsseg.evaluation.scoring import PER_IMAGE_CSV, PER_IMAGE_STATS
@@ -392,11 +393,14 @@ def run_one(bench: Benchmark, spec: RunSpec, progress: bool = False, log: Callab
     from wsseg.run import run
 
     folder = run_folder(bench, spec)
-    if (folder / "record.json").is_file():
-        log(f"{folder.name}: done, skipped")
-        return folder
     overrides = run_overrides(bench.overrides, spec.dataset, bench.device, bench.data_root, bench.folds, spec.fold)
     cfg = make_run_config(spec.method, bench.profile, spec.seed, overrides)  # type: ignore[arg-type]
+    if (folder / "record.json").is_file():
+        check_finished_run(
+            folder, cfg, is_posthoc(spec.method) or get_method_spec(spec.method).supervision == "reference"
+        )
+        log(f"{folder.name}: done, skipped")
+        return folder
     resume = (folder / "last.pt").is_file()
     from_run = None
     if is_posthoc(spec.method) and not resume:
@@ -412,6 +416,44 @@ def run_one(bench: Benchmark, spec: RunSpec, progress: bool = False, log: Callab
     # simply made again.
     run(cfg, bench.out, folder.name, resume=resume, from_run=from_run, progress=progress, log=log, restart=True)
     return folder
+
+
+def check_finished_run(folder: Path, cfg: RunConfig, untrained: bool) -> None:
+    """Refuse to reuse a finished run made with other settings than the benchmark's now.
+
+    Run ids name the method, dataset, profile, seed and fold, not the settings: a benchmark re-run into the same
+    folder with, say, ``--set method.pretrained=imagenet`` or another ``train.epochs`` would otherwise skip the old
+    runs and publish them as the new setting's. Compared: the method's config and (for trained methods; post-hoc runs
+    take their classifier's, reference maps learn nothing) the training length and learning rate.
+
+    Raises:
+        ValueError: naming the run, the settings that differ and the fix.
+    """
+    from wsseg.report.records import read_record
+
+    saved = read_record(folder / "record.json").get("config")
+    if not isinstance(saved, dict):
+        return  # a record without its config (written by hand or by an old wsseg): nothing to compare
+    now = json.loads(json.dumps(cfg.to_dict()))  # tuples as lists, as the record stores them
+    keys = [("method_config",)] + ([] if untrained else [("train", "epochs"), ("train", "lr")])
+    differ = []
+    for key in keys:
+        a: Any = saved
+        b: Any = now
+        for k in key:
+            a = a.get(k) if isinstance(a, dict) else None
+            b = b.get(k) if isinstance(b, dict) else None
+        if key == ("method_config",) and isinstance(a, dict) and isinstance(b, dict):
+            differ += [
+                f"method.{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)
+            ]
+        elif a is not None and a != b:
+            differ.append(f"{'.'.join(key)}: {a!r} -> {b!r}")
+    if differ:
+        raise ValueError(
+            f"{folder} was made with other settings than this benchmark's ({'; '.join(differ)}); give the benchmark "
+            "another out folder (--out) and leaderboard (--leaderboard), or remove that run to make it again"
+        )
 
 
 def write_benchmark_leaderboard(bench: Benchmark) -> LeaderboardResult:

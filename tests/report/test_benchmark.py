@@ -58,6 +58,15 @@ def test_benchmark_runs_what_is_missing_then_writes_the_leaderboard(tmp_path: Pa
     second = runner.invoke(app, ["benchmark", str(path), "-q"])
     assert second.exit_code == 0 and second.output.count("done, skipped") == 3
     assert md.read_bytes() == before  # byte-stable when nothing changed
+    # Other settings into the same folders: the finished runs are not passed off as the new setting's.
+    epochs = json.loads((runs / "cam-phantom-tiny-s0" / "record.json").read_text())["config"]["train"]["epochs"]
+    for flag, named in (
+        (f"train.epochs={epochs + 1}", "cam-phantom-tiny-s0 was made with other settings than this benchmark's"),
+        ("train.lr=0.5", f"train.lr: {gradcam['config']['train']['lr']!r} -> 0.5"),
+    ):
+        third = runner.invoke(app, ["benchmark", str(path), "-q", "--set", flag])
+        assert third.exit_code == 2 and named in third.output and "--out" in third.output, third.output
+    assert md.read_bytes() == before
 
 
 def test_post_hoc_methods_reuse_the_run_of_the_classifier_they_read_and_the_others_train(

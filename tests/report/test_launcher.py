@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from wsseg.cli import app
@@ -31,7 +32,21 @@ def jobs(out: Path) -> dict[str, str]:
     return {run: entry["job_id"] for run, entry in data.items()}
 
 
-def test_submitit_jobs_give_the_records_of_local_runs(tmp_path: Path, cache_dir: Path) -> None:
+def test_submitit_jobs_give_the_records_of_local_runs(
+    tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Bit-equal records need the same float summation order: one torch thread here and in the jobs' fresh processes
+    # (earlier tests of this session may have left this process at another thread count).
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _jobs_equal_local_runs(tmp_path, cache_dir)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _jobs_equal_local_runs(tmp_path: Path, cache_dir: Path) -> None:
     write_mias(tmp_path / "dl")
     path = bench_file(tmp_path, cache_dir, 'methods = ["cam", "gradcam", "uniform"]\nfolds = 2\n')
     common = [str(path), "--data-root", str(tmp_path / "dl"), "-q"]
