@@ -236,7 +236,8 @@ class WSSegMethod(nn.Module, ABC):
 
     def predict(self, images: Tensor) -> MethodOutput:
         """The output used for evaluation. Post-hoc methods override this to compute maps with autograd."""
-        return self(images)
+        out: MethodOutput = self(images)  # through __call__, so that forward hooks run
+        return out
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
         """Optimizer parameter groups; by default no weight decay on norms and biases (1-D tensors)."""

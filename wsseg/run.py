@@ -503,7 +503,7 @@ def run(
     rank, world = rank_and_world()
     if rank != 0:
         progress, log = False, lambda _: None
-    if sum(x is not None and x is not False for x in (from_run, weights, resume or None)) > 1:
+    if sum((from_run is not None, weights is not None, bool(resume))) > 1:
         raise ValueError("--from-run, --weights and --resume exclude each other; pass one of them")
     if run_id is not None:
         check_run_id(run_id)

@@ -32,7 +32,8 @@ def _outline(mask: np.ndarray, scale: float) -> np.ndarray:
     """Outline of a full-resolution mask, thickened so it is still about 2 px wide after downscaling by ``scale``."""
     edge = mask & ~ndi.binary_erosion(mask)
     width = max(1, int(math.ceil(scale)))
-    return ndi.binary_dilation(edge, iterations=width) if width > 1 else edge
+    thick: np.ndarray = ndi.binary_dilation(edge, iterations=width) if width > 1 else edge
+    return thick
 
 
 def _tile(image: np.ndarray, masks: np.ndarray, caption: str, tile_height: int) -> Image.Image:

@@ -8,7 +8,7 @@ weights file (``.pth``, ``.pt`` or ``.safetensors``, a timm/torchvision state di
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, cast
 
 from torch import Tensor, nn
 
@@ -23,6 +23,20 @@ ALIASES: dict[str, dict[str, Any]] = {
 }
 
 
+class TimmModel(Protocol):
+    """The members of a timm model wsseg uses besides ``nn.Module``'s own.
+
+    ``timm.create_model`` is typed as returning a bare ``nn.Module``, whose unknown attributes torch types as
+    ``Tensor | Module``; every timm model has these two, so code that holds one casts it to this protocol.
+    """
+
+    num_features: int  # channels of forward_features' output
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """(B, C_in, H, W) -> the last feature map (B, num_features, h, w)."""
+        ...
+
+
 class Backbone(nn.Module):
     """A timm network without pooling or classifier: (B, C_in, H, W) -> (B, C, H/s, W/s).
 
@@ -35,11 +49,11 @@ class Backbone(nn.Module):
         super().__init__()
         self.model = model
         self.name = name
-        self.num_features: int = int(model.num_features)
+        self.num_features: int = int(cast(TimmModel, model).num_features)
 
     def forward(self, images: Tensor) -> Tensor:
         """Return the last feature map, (B, C, h, w)."""
-        return self.model.forward_features(images)  # type: ignore[no-any-return]
+        return cast(TimmModel, self.model).forward_features(images)
 
 
 def list_backbones() -> list[str]:
