@@ -63,6 +63,7 @@ from wsseg.method import (
     in_unit_interval,
     probability_bce,
 )
+from wsseg.nn.backbones import Pretrained
 from wsseg.nn.local_resnet import local_resnet
 from wsseg.nn.resnet22 import ResNet22
 from wsseg.nn.roi import (
@@ -98,6 +99,9 @@ class GLAMConfig(MethodConfig):
         local_strides: per-stage strides of the local ResNet (all 1 released: output stride 4).
         local_percent_k: t of the top-t% mean over the local maps, y_local (0.3).
         checkpoint_local: recompute the local network's activations in the backward pass (saves memory).
+        pretrained: ``none`` (random) or ``imagenet``: the local ResNet starts from torchvision's ImageNet weights
+            (timm's ``resnet34.tv_in1k``, or ``resnet18.tv_in1k`` for ``local_depth=18``); needs torchvision's local
+            widths (``--profile paper``). The global ResNet-22 has no pretrained weights and stays random.
         stage_epochs: epochs of the global, local and joint stages; None splits ``train.epochs`` 2:1:1.
         stage_lr_scale: factor on the learning rate in each stage.
         l1_global: weight of the mean of S_g in the global loss.
@@ -125,6 +129,7 @@ class GLAMConfig(MethodConfig):
     local_strides: tuple[int, int, int, int] = (1, 1, 1, 1)
     local_percent_k: float = 0.3
     checkpoint_local: bool = False
+    pretrained: Pretrained = "none"
     stage_epochs: tuple[int, int, int] | None = None
     stage_lr_scale: tuple[float, float, float] = (1.0, 1.0, 0.1)
     l1_global: float = 0.01
@@ -225,7 +230,16 @@ class GLAM(WSSegMethod):
         self.head_final = nn.Conv2d(c5, num_classes, 1, bias=False)
         # Built by the official head and never used: kept (frozen) so official files load strictly.
         self.head_combine = nn.Conv2d(3 * num_classes, num_classes, 1, bias=False).requires_grad_(False)
-        self.local_backbone = local_resnet(cfg.local_depth, cfg.local_channels, cfg.local_stem_width, cfg.local_strides)
+        # method.pretrained=imagenet: the local ResNet starts from torchvision's ImageNet weights (the stride-free
+        # stages change no weight shape); the global ResNet-22 has no published weights and stays random.
+        self.local_backbone = local_resnet(
+            cfg.local_depth,
+            cfg.local_channels,
+            cfg.local_stem_width,
+            cfg.local_strides,
+            pretrained=cfg.pretrained == "imagenet",
+            name="glam local_backbone",
+        )
         self.local_head = nn.Conv2d(cfg.local_channels[-1], num_classes, 1, bias=False)
         # The training stage (a mode like ``training``, set by on_epoch_start); "joint" outside the loop.
         self.stage: Stage = "joint"

@@ -50,7 +50,7 @@ from wsseg.method import (
     in_unit_interval,
     probability_bce,
 )
-from wsseg.nn.backbones import TimmModel
+from wsseg.nn.backbones import Pretrained, TimmModel
 from wsseg.nn.local_resnet import local_resnet
 from wsseg.nn.resnet22 import ResNet22
 from wsseg.nn.roi import (
@@ -87,6 +87,9 @@ class GMICConfig(MethodConfig):
         percent_t: the top-t% aggregation's t (0.02 for released model 1).
         beta: weight of the L1 norm of the saliency map in the loss (model 1: 3.259e-6).
         attention_dim: hidden size of the gated attention (128 released).
+        pretrained: ``none`` (random) or ``imagenet``: the local ResNet-18 starts from torchvision's ImageNet weights
+            (timm's ``resnet18.tv_in1k``), as in the paper; needs the released local widths (``--profile paper``).
+            The global ResNet-22 has no pretrained weights and stays random.
         tissue_gate: multiply the saliency map by the fraction of each cell covered by tissue (pixels above the
             image's background value), so cells of air can neither carry the prediction nor be selected. Not in
             the released model (off at the paper preset); wsseg's aid for training from scratch on few images,
@@ -108,6 +111,7 @@ class GMICConfig(MethodConfig):
     percent_t: float = 0.02
     beta: float = 3.259e-6
     attention_dim: int = 128
+    pretrained: Pretrained = "none"
     tissue_gate: bool = False
     roi_impl: RoiImpl = "batched"
 
@@ -198,7 +202,15 @@ class GMIC(WSSegMethod):
         self.global_backbone = ResNet22(in_chans, cfg.global_width, cfg.global_strides, 2, cfg.global_first_pool)
         g = self.global_backbone.num_features
         self.saliency_head = nn.Conv2d(g, num_classes, 1, bias=False)
-        self.local_backbone = local_resnet(18, cfg.local_channels, cfg.local_stem_width)
+        # method.pretrained=imagenet starts the local ResNet-18 from torchvision's ImageNet weights, as the paper does;
+        # the global ResNet-22 has no published weights and stays random (initialisation() records both).
+        self.local_backbone = local_resnet(
+            18,
+            cfg.local_channels,
+            cfg.local_stem_width,
+            pretrained=cfg.pretrained == "imagenet",
+            name="gmic local_backbone",
+        )
         c = cfg.local_channels[-1]
         self.attention_v = nn.Linear(c, cfg.attention_dim, bias=False)
         self.attention_u = nn.Linear(c, cfg.attention_dim, bias=False)

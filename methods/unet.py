@@ -3,7 +3,9 @@
 The only method trained on lesion masks (``supervision = "full"``): it shows how much Dice the architecture
 budget of a profile can reach when the masks are known, so the weakly supervised rows are read against both a floor
 (the ``reference`` rows uniform, random, intensity) and a ceiling. Built with segmentation-models-pytorch
-(``smp.Unet``) on a randomly initialised encoder: ``encoder_weights`` is always None, nothing is downloaded.
+(``smp.Unet``) on a randomly initialised encoder, or with ``pretrained=imagenet`` on a ``tu-`` timm encoder that
+starts from timm's pretrained weights (smp's timm encoder calls ``timm.create_model(pretrained=True, in_chans=1)``);
+the decoder stays random.
 
 Forward: the input is average-pooled by ``input_downsample`` (as CAM's), padded at the bottom/right with the
 image's background value to a multiple of the encoder's stride and passed through the U-Net, whose per-class
@@ -33,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from wsseg.method import Limit, MethodConfig, MethodOutput, WSSegMethod, bce_loss, between
+from wsseg.nn.backbones import Pretrained, with_pretrained
 from wsseg.nn.upsample import to_input_resolution
 from wsseg.registry import register_method
 
@@ -47,6 +50,8 @@ class UNetConfig(MethodConfig):
             (timm's ``channels``) and its stem is timm's deep stem of width ``w/2 -> w``; None keeps the
             encoder's own architecture (needed for other encoders).
         encoder_depth: encoder stages used (3 to 5); the U-Net's output stride before cropping is ``2**depth``.
+        pretrained: ``none`` (random) or ``imagenet``: a ``tu-`` encoder of timm's own widths (``encoder_width``
+            None, e.g. the paper preset's ResNet-34) starts from timm's pretrained weights; the decoder is random.
         decoder_width: channels of the last (finest) decoder block; each coarser block doubles it.
         input_downsample: average-pool the input by this factor before the U-Net (1 = full resolution).
         pool_sharpness: ``r`` of the log-sum-exp pooling from pixel logits to image logits.
@@ -57,6 +62,7 @@ class UNetConfig(MethodConfig):
     encoder: str = "tu-resnet18"
     encoder_width: int | None = 16
     encoder_depth: int = 4
+    pretrained: Pretrained = "none"
     decoder_width: int = 8
     input_downsample: int = 4
     pool_sharpness: float = 4.0
@@ -143,15 +149,29 @@ class UNet(WSSegMethod):
             # 64-channel one: at stride 2 that stem and its decoder skip would cost more than the narrow stages.
             kwargs.update(channels=(w, 2 * w, 4 * w, 8 * w), stem_type="deep", stem_width=max(1, w // 2))
         decoder = tuple(cfg.decoder_width * 2 ** (cfg.encoder_depth - 1 - i) for i in range(cfg.encoder_depth))
-        self.net = smp.Unet(
-            encoder_name=cfg.encoder,
-            encoder_depth=cfg.encoder_depth,
-            encoder_weights=None,  # random initialisation: never download
-            decoder_channels=decoder,
-            in_channels=in_chans,
-            classes=num_classes,
-            **kwargs,
-        )
+
+        def build(weights: bool | None) -> smp.Unet:
+            return smp.Unet(
+                encoder_name=cfg.encoder,
+                encoder_depth=cfg.encoder_depth,
+                encoder_weights=weights,  # True: timm's pretrained weights of the tu- encoder; None: random
+                decoder_channels=decoder,
+                in_channels=in_chans,
+                classes=num_classes,
+                **kwargs,
+            )
+
+        if cfg.pretrained == "imagenet":
+            if not cfg.encoder.startswith("tu-") or cfg.encoder_width is not None:
+                raise ValueError(
+                    f"unet encoder {cfg.encoder!r} (encoder_width={cfg.encoder_width}) has no pretrained weights: "
+                    "pretrained=imagenet needs a timm encoder of timm's own widths, e.g. --profile paper "
+                    "(tu-resnet34) or --set method.encoder_width=none; or keep method.pretrained=none"
+                )
+            self.net, init = with_pretrained(cfg.encoder[3:], f"unet encoder {cfg.encoder}", lambda: build(True))
+            self.net.encoder.wsseg_init = init
+        else:
+            self.net = build(None)
         self.stride = 2**cfg.encoder_depth
 
     def pixel_logits(self, images: Tensor) -> Tensor:

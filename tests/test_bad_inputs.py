@@ -590,6 +590,17 @@ BENCHMARK_CASES: dict[str, tuple[bytes | None, str]] = {
     "device unknown": (toml_with(device='"tpu"'), "train.device must be one of"),
     "out a number": (toml_with(out="3"), "out must be a str"),
     "name a list": (toml_with(name='["t"]'), "name must be a str"),
+    "folds one": (toml_with(folds="1"), "folds must be an integer >= 2"),
+    "folds a string": (toml_with(folds='"5"'), "folds must be an integer >= 2"),
+    "unknown table": (VALID_TOML.encode() + b"[runs]\nx = 1\n", "unknown tables ['runs']"),
+    "launcher not a table": (b"launcher = 3\n" + VALID_TOML.encode(), "[launcher] must be a table"),
+    "launcher unknown key": (VALID_TOML.encode() + b"[launcher]\ngpus = 1\n", "unknown keys ['gpus'] in [launcher]"),
+    "launcher cluster unknown": (VALID_TOML.encode() + b'[launcher]\ncluster = "pbs"\n', "cluster must be one of"),
+    "launcher memory negative": (VALID_TOML.encode() + b"[launcher]\nmem_gb = -4\n", "mem_gb must be a positive"),
+    "launcher setup a string": (
+        VALID_TOML.encode() + b'[launcher]\nsetup = "module load cuda"\n',
+        "setup must be a list of shell lines",
+    ),
 }
 
 
@@ -1567,6 +1578,11 @@ RECORD_EDITS: list[tuple[str, object]] = [
     ("intervals.benign.dice", "x"),
     ("dataset_info", [1]),
     ("dataset_info.split_hashes", [1]),
+    # A cross-validation fold's block: the leaderboards group by k and the assignment and pool by fold.
+    ("dataset_info.folds", 3),
+    ("dataset_info.folds", {"k": 1, "fold": 0, "assignment": "a"}),
+    ("dataset_info.folds", {"k": 5, "fold": 5, "assignment": "a"}),
+    ("dataset_info.folds", {"k": 5, "fold": 0}),
     ("timings", "x"),
     ("timings.train", "x"),
     ("throughput", [1]),

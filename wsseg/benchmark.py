@@ -12,11 +12,26 @@ A benchmark file is data (TOML), never code::
     leaderboard = "results"           # tables, HTML report, figures and a copy of the runs' small files (runs/)
     set = ["train.epochs=8"]          # optional --set overrides for every run
     device = "auto"
+    data_root = "/data/mini-MIAS"     # a data source's download (or --data-root)
+    folds = 5                         # optional: k-fold cross-validation by patient, every fold is run
 
-Runs are named ``<method>-<dataset>-<profile>-s<seed>``: a finished run (``record.json``) is skipped, an
-interrupted one (``last.pt``) is resumed, so the command can be killed and started again at any time. Post-hoc
-methods (Grad-CAM and relatives: methods that declare ``reads``) reuse the run of the same seed of the classifier
-they train themselves, the first of their ``reads`` (CAM), instead of training; trained methods run first.
+    [launcher]                        # optional: resources of each job with --launcher submitit
+    cluster = "auto"                  # auto (Slurm when found, else local processes), slurm or local
+    partition = "gpu"
+    gpus_per_node = 1
+    cpus_per_task = 8
+    mem_gb = 64
+    timeout_min = 1440                # per run; submitit's own default (5 minutes on Slurm) would kill every run
+    slurm_array_parallelism = 16      # jobs of one array running at once
+    account = "..."                   # account, qos and constraint are passed to sbatch as they are
+    setup = ["source .venv/bin/activate"]   # shell lines run before each job
+    folder = "runs/submitit"          # submitit's logs and job files (default: <out>/submitit)
+
+Runs are named ``<method>-<dataset>-<profile>-s<seed>`` (``-fold<f>of<k>`` added for cross-validation): a finished
+run (``record.json``) is skipped, an interrupted one (``last.pt``) is resumed, so the command can be killed and
+started again at any time. Post-hoc methods (Grad-CAM and relatives: methods that declare ``reads``) reuse the run
+of the same seed (and fold) of the classifier they explain, the first of their ``reads`` (CAM), instead of training;
+trained methods run first. :mod:`wsseg.launch` sends each unfinished run to a cluster as one job.
 """
 
 from __future__ import annotations
@@ -30,8 +45,9 @@ from typing import Any
 
 from wsseg._io import atomic_write_bytes
 from wsseg.config import MAX_SEED, make_run_config, seed_ok
+from wsseg.data.folds import FOLDS_FILE
 from wsseg.evaluation.curves import CURVES_JSON
-from wsseg.evaluation.scoring import PER_IMAGE_CSV
+from wsseg.evaluation.scoring import PER_IMAGE_CSV, PER_IMAGE_STATS
 from wsseg.registry import get_method_spec, list_methods
 from wsseg.report.gallery import GALLERY_NPZ
 from wsseg.report.leaderboard import LeaderboardResult, write_leaderboards
@@ -41,9 +57,54 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-KEYS = {"name", "profile", "datasets", "methods", "seeds", "out", "leaderboard", "set", "device", "data_root"}
+KEYS = {"name", "profile", "datasets", "methods", "seeds", "out", "leaderboard", "set", "device", "data_root", "folds"}
 # The name names the default run and leaderboard folders: one plain path component.
 NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
+# [launcher] keys and their TOML types (wsseg.launch maps them to submitit's parameters).
+LAUNCHER_KEYS: dict[str, type | tuple[type, ...]] = {
+    "cluster": str,
+    "partition": str,
+    "gpus_per_node": int,
+    "cpus_per_task": int,
+    "mem_gb": (int, float),
+    "timeout_min": int,
+    "slurm_array_parallelism": int,
+    "account": str,
+    "qos": str,
+    "constraint": str,
+    "setup": list,
+    "folder": str,
+}
+CLUSTERS = ("auto", "slurm", "local")
+
+
+@dataclass
+class LauncherConfig:
+    """The ``[launcher]`` table: what each job of ``--launcher submitit`` asks for (None: the cluster's default).
+
+    Attributes:
+        cluster: ``auto`` (Slurm when submitit finds it, else local processes), ``slurm`` or ``local`` (one
+            process per job on this machine, all at once).
+        partition, account, qos, constraint: passed to sbatch as they are.
+        gpus_per_node, cpus_per_task, mem_gb: resources of one job (one run).
+        timeout_min: the time limit of one run, in minutes.
+        slurm_array_parallelism: jobs of one array that run at once.
+        setup: shell lines run before each job (``module load ...``, activating an environment).
+        folder: submitit's job files and logs (absolute, or relative to the benchmark file); None: ``<out>/submitit``.
+    """
+
+    cluster: str = "auto"
+    partition: str | None = None
+    gpus_per_node: int | None = None
+    cpus_per_task: int | None = None
+    mem_gb: float | None = None
+    timeout_min: int = 1440
+    slurm_array_parallelism: int | None = None
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    setup: list[str] = field(default_factory=list)
+    folder: Path | None = None
 
 
 @dataclass
@@ -60,17 +121,44 @@ class Benchmark:
     overrides: list[str] = field(default_factory=list)
     device: str = "auto"
     data_root: str | None = None
+    folds: int | None = None
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)
 
 
-def load_benchmark(path: str | Path) -> Benchmark:
-    """Parse and check a benchmark file.
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of a benchmark: a method on a dataset with a training seed, on one fold (or the single split)."""
 
-    Raises:
-        FileNotFoundError: no file at ``path``.
-        ValueError: not TOML, no ``[benchmark]`` table, an unknown key, a value of the wrong type, or an
-            unknown method; the message names the file and the fix.
+    method: str
+    dataset: str
+    seed: int
+    fold: int | None = None
+
+
+def run_id(bench: Benchmark, spec: RunSpec) -> str:
+    """``<method>-<dataset>-<profile>-s<seed>``, plus ``-fold<f>of<k>`` for a cross-validation fold."""
+    base = f"{spec.method}-{spec.dataset}-{bench.profile}-s{spec.seed}"
+    return base if spec.fold is None else f"{base}-fold{spec.fold}of{bench.folds}"
+
+
+@dataclass
+class BenchmarkOverrides:
+    """Command-line replacements for a benchmark file's values (``wsseg benchmark --data-root ... --profile ...``).
+
+    None leaves the file's value; ``extra_set`` is appended to the file's ``set``.
     """
-    path = Path(path)
+
+    data_root: str | None = None
+    profile: str | None = None
+    methods: list[str] | None = None
+    seeds: list[int] | None = None
+    extra_set: list[str] = field(default_factory=list)
+    out: Path | None = None
+    leaderboard: Path | None = None
+
+
+def _read_tables(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The ``[benchmark]`` and ``[launcher]`` tables of a file (the second may be empty)."""
     if not path.is_file():
         if path.exists() or path.is_symlink():  # a FIFO would block the read forever
             raise ValueError(f"benchmark file {path} is not a regular file; pass a .toml file")
@@ -83,9 +171,64 @@ def load_benchmark(path: str | Path) -> Benchmark:
     table = data.get("benchmark")
     if not isinstance(table, dict):
         raise ValueError(f"{path} has no [benchmark] table; see `wsseg benchmark --help` for the format")
+    unknown_tables = sorted(set(data) - {"benchmark", "launcher"})
+    if unknown_tables:
+        raise ValueError(f"{path}: unknown tables {unknown_tables}; a benchmark file has [benchmark] and [launcher]")
+    launcher = data.get("launcher", {})
+    if not isinstance(launcher, dict):
+        raise ValueError(f"{path}: [launcher] must be a table of job resources; see `wsseg benchmark --help`")
     unknown = sorted(set(table) - KEYS)
     if unknown:
         raise ValueError(f"{path}: unknown keys {unknown} in [benchmark]; valid keys: {', '.join(sorted(KEYS))}")
+    return table, launcher
+
+
+def load_launcher(path: Path, table: dict[str, Any]) -> LauncherConfig:
+    """Check and parse the ``[launcher]`` table.
+
+    Raises:
+        ValueError: an unknown key, a value of the wrong type or range; the message names the file.
+    """
+    unknown = sorted(set(table) - set(LAUNCHER_KEYS))
+    if unknown:
+        raise ValueError(
+            f"{path}: unknown keys {unknown} in [launcher]; valid keys: {', '.join(sorted(LAUNCHER_KEYS))}"
+        )
+    for key, value in table.items():
+        kind = LAUNCHER_KEYS[key]
+        ok = isinstance(value, kind) and not isinstance(value, bool)
+        if key == "setup":
+            ok = ok and all(isinstance(v, str) for v in value)
+        elif ok and not isinstance(value, str) and value <= 0:
+            ok = False
+        if not ok:
+            what = "a list of shell lines" if key == "setup" else "a str" if kind is str else "a positive number"
+            raise ValueError(f"{path}: [launcher] {key} must be {what}, got {value!r}")
+    if table.get("cluster", "auto") not in CLUSTERS:
+        raise ValueError(f"{path}: [launcher] cluster must be one of {', '.join(CLUSTERS)}, got {table['cluster']!r}")
+    values = {k: v for k, v in table.items() if k != "folder"}
+    folder = path.parent / table["folder"] if "folder" in table else None
+    return LauncherConfig(**values, folder=folder)
+
+
+def load_benchmark(path: str | Path, overrides: BenchmarkOverrides | None = None) -> Benchmark:
+    """Parse and check a benchmark file, with command-line ``overrides`` applied.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: not TOML, no ``[benchmark]`` table, an unknown key, a value of the wrong type, or an
+            unknown method; the message names the file and the fix.
+    """
+    path = Path(path)
+    table, launcher_table = _read_tables(path)
+    over = overrides or BenchmarkOverrides()
+    given = {
+        "data_root": over.data_root,
+        "profile": over.profile,
+        "methods": over.methods,
+        "seeds": over.seeds,
+    }
+    table = {**table, **{k: v for k, v in given.items() if v is not None}}
 
     def get(key: str, kind: type, default: Any = None) -> Any:
         value = table.get(key, default)
@@ -125,30 +268,42 @@ def load_benchmark(path: str | Path) -> Benchmark:
     if data_root is not None and not isinstance(data_root, str):
         raise ValueError(f"{path}: [benchmark] data_root must be a str (a path), got {data_root!r}")
     _check_datasets(path, datasets, data_root)
+    folds = table.get("folds")
+    if folds is not None and (not isinstance(folds, int) or isinstance(folds, bool) or folds < 2):
+        raise ValueError(f"{path}: [benchmark] folds must be an integer >= 2 (k-fold cross-validation), got {folds!r}")
     name = get("name", str, path.stem)
     if not NAME.fullmatch(name):
         raise ValueError(f"{path}: [benchmark] name {name!r} names folders: use letters, digits, '.', '_' and '-' only")
     device = get("device", str, "auto")
-    overrides = [str(s) for s in get("set", list, [])]
+    overrides_set = [str(s) for s in get("set", list, [])] + list(over.extra_set)
     # Check every run's config now: a bad override must stop the benchmark before its first run, not hours in.
+    probe = None if folds is None else 0
     for method in methods:
         for dataset in datasets:
             try:
-                make_run_config(method, profile, seeds[0], run_overrides(overrides, dataset, device, data_root))
+                items = run_overrides(overrides_set, dataset, device, data_root, folds, probe)
+                make_run_config(method, profile, seeds[0], items)
             except ValueError as e:
                 raise ValueError(f"{path}: [benchmark] set/device for {method} on {dataset}: {e}") from None
     base = path.parent
+    out = over.out if over.out is not None else base / get("out", str, f"runs/{name}")
+    board = over.leaderboard if over.leaderboard is not None else base / get("leaderboard", str, f"leaderboards/{name}")
+    launcher = load_launcher(path, launcher_table)
+    if launcher.folder is None:
+        launcher.folder = out / "submitit"
     return Benchmark(
         name=name,
         profile=profile,
         datasets=[str(d) for d in datasets],
         methods=methods,
         seeds=[int(s) for s in seeds],
-        out=base / get("out", str, f"runs/{name}"),
-        leaderboard=base / get("leaderboard", str, f"leaderboards/{name}"),
-        overrides=overrides,
+        out=out,
+        leaderboard=board,
+        overrides=overrides_set,
         device=device,
         data_root=data_root,
+        folds=folds,
+        launcher=launcher,
     )
 
 
@@ -164,13 +319,27 @@ def _check_datasets(path: Path, datasets: list[Any], data_root: str | None) -> N
         if d not in known:
             raise ValueError(f"{path}: [benchmark] datasets: unknown dataset {d!r}; available: {', '.join(known)}")
         if d != "phantom" and data_root is None:
-            raise ValueError(f"{path}: [benchmark] dataset {d!r} needs data_root = PATH (the downloaded dataset)")
+            raise ValueError(
+                f"{path}: [benchmark] dataset {d!r} needs data_root = PATH (the downloaded dataset) in the file, or "
+                "`wsseg benchmark FILE --data-root PATH`"
+            )
 
 
-def run_overrides(overrides: list[str], dataset: str, device: str, data_root: str | None) -> list[str]:
-    """The ``--set`` items of one run of a benchmark: the file's own, then its dataset, device and data root."""
+def run_overrides(
+    overrides: list[str],
+    dataset: str,
+    device: str,
+    data_root: str | None,
+    folds: int | None = None,
+    fold: int | None = None,
+) -> list[str]:
+    """The ``--set`` items of one run of a benchmark: the file's own, then its dataset, device, data root and fold."""
     out = [*overrides, f"data.dataset={dataset}", f"train.device={device}"]
-    return out if data_root is None else [*out, f"data.root={data_root}"]
+    if data_root is not None:
+        out.append(f"data.root={data_root}")
+    if folds is not None:
+        out += [f"data.folds={folds}", f"data.fold={fold}"]
+    return out
 
 
 def is_posthoc(method: str) -> bool:
@@ -183,51 +352,94 @@ def source_method(method: str) -> str:
     return get_method_spec(method).cls.reads[0]
 
 
+def plan(bench: Benchmark) -> list[RunSpec]:
+    """Every run of the benchmark in the order they run: by dataset, seed and fold, CAM before post-hoc methods."""
+    order = sorted(bench.methods, key=lambda m: (is_posthoc(m), m != "cam"))
+    folds: list[int | None] = list(range(bench.folds)) if bench.folds is not None else [None]
+    return [
+        RunSpec(method, dataset, seed, fold)
+        for dataset in bench.datasets
+        for seed in bench.seeds
+        for fold in folds
+        for method in order
+    ]
+
+
+def run_folder(bench: Benchmark, spec: RunSpec) -> Path:
+    """Where a run of the benchmark lives."""
+    return bench.out / run_id(bench, spec)
+
+
+def is_done(bench: Benchmark, spec: RunSpec) -> bool:
+    """Whether the run has its record (a finished run)."""
+    return (run_folder(bench, spec) / "record.json").is_file()
+
+
+def cam_spec(spec: RunSpec) -> RunSpec:
+    """The trained run whose classifier a post-hoc run reuses: its source method (CAM), same dataset, seed and fold."""
+    return RunSpec(source_method(spec.method), spec.dataset, spec.seed, spec.fold)
+
+
+def run_one(bench: Benchmark, spec: RunSpec, progress: bool = False, log: Callable[[str], None] = print) -> Path:
+    """Run one run of the benchmark unless it is finished: resume it from its checkpoint, or start it.
+
+    A post-hoc method reuses the finished CAM run of its seed and fold. This is the whole of a cluster job
+    (:mod:`wsseg.launch`), so a run made by a job equals one made by ``--launcher local``.
+
+    Raises:
+        FileNotFoundError: a post-hoc run whose CAM run (listed in the benchmark) has not finished.
+    """
+    from wsseg.run import run
+
+    folder = run_folder(bench, spec)
+    if (folder / "record.json").is_file():
+        log(f"{folder.name}: done, skipped")
+        return folder
+    overrides = run_overrides(bench.overrides, spec.dataset, bench.device, bench.data_root, bench.folds, spec.fold)
+    cfg = make_run_config(spec.method, bench.profile, spec.seed, overrides)  # type: ignore[arg-type]
+    resume = (folder / "last.pt").is_file()
+    from_run = None
+    if is_posthoc(spec.method) and not resume:
+        cam = run_folder(bench, cam_spec(spec))
+        if (cam / "record.json").is_file():
+            from_run = cam
+        elif cam_spec(spec).method in bench.methods:
+            raise FileNotFoundError(
+                f"{folder.name} reuses the classifier of {cam.name}, which has not finished; run it first"
+            )
+    log(f"{folder.name}: {'resuming' if resume else 'reusing ' + str(from_run) if from_run else 'running'}")
+    # restart: a run without a checkpoint (reference methods, reused weights) that was stopped before its record is
+    # simply made again.
+    run(cfg, bench.out, folder.name, resume=resume, from_run=from_run, progress=progress, log=log, restart=True)
+    return folder
+
+
+def write_benchmark_leaderboard(bench: Benchmark) -> LeaderboardResult:
+    """Publish every run's files under the leaderboard folder and write its tables (all runs must be finished)."""
+    folders = [run_folder(bench, spec) for spec in plan(bench)]
+    return write_leaderboards(publish_runs(folders, bench.leaderboard / "runs"), bench.leaderboard)
+
+
 def run_benchmark(
     bench: Benchmark, progress: bool = True, log: Callable[[str], None] = print
 ) -> tuple[list[Path], LeaderboardResult]:
-    """Run what is missing, in order (trained methods before the post-hoc methods), then write the leaderboard.
+    """Run what is missing in this process (trained methods before post-hoc ones), then write the leaderboard.
 
     Returns:
         The run folders of the benchmark and what the leaderboard wrote.
     """
     from wsseg._lock import folder_lock
-    from wsseg.run import run
 
-    folders = []
     # One benchmark process per run folder parent: a second one on the same file fails at once (each run folder is
     # locked by its run too).
     with folder_lock(bench.out, "wsseg benchmark", "wait for it to finish, or stop it and pass --resume"):
-        for dataset, seed, method in run_order(bench):
-            run_id = f"{method}-{dataset}-{bench.profile}-s{seed}"
-            folder = bench.out / run_id
-            folders.append(folder)
-            if (folder / "record.json").is_file():
-                log(f"{run_id}: done, skipped")
-                continue
-            overrides = run_overrides(bench.overrides, dataset, bench.device, bench.data_root)
-            cfg = make_run_config(method, bench.profile, seed, overrides)  # type: ignore[arg-type]
-            resume = (folder / "last.pt").is_file()
-            from_run = None
-            if is_posthoc(method) and not resume:
-                source = bench.out / f"{source_method(method)}-{dataset}-{bench.profile}-s{seed}"
-                from_run = source if (source / "record.json").is_file() else None
-            log(f"{run_id}: {'resuming' if resume else 'reusing ' + str(from_run) if from_run else 'running'}")
-            # restart: a run without a checkpoint (reference methods, reused weights) that was stopped before its
-            # record is simply made again.
-            run(cfg, bench.out, run_id, resume=resume, from_run=from_run, progress=progress, log=log, restart=True)
-    return folders, write_leaderboards(publish_runs(folders, bench.leaderboard / "runs"), bench.leaderboard)
-
-
-def run_order(bench: Benchmark) -> list[tuple[str, int, str]]:
-    """(dataset, seed, method) in run order: trained methods (CAM first) before the post-hoc methods reusing them."""
-    order = sorted(bench.methods, key=lambda m: (is_posthoc(m), m != "cam"))
-    return [(dataset, seed, method) for dataset in bench.datasets for seed in bench.seeds for method in order]
+        folders = [run_one(bench, spec, progress, log) for spec in plan(bench)]
+    return folders, write_benchmark_leaderboard(bench)
 
 
 def run_folders(bench: Benchmark) -> list[Path]:
     """The run folders of a benchmark, in run order."""
-    return [bench.out / f"{m}-{d}-{bench.profile}-s{s}" for d, s, m in run_order(bench)]
+    return [run_folder(bench, spec) for spec in plan(bench)]
 
 
 # What a published run keeps: the record, the per-image results (the rank groups' paired bootstrap resamples them),
@@ -239,12 +451,15 @@ def publish_runs(folders: list[Path], dest: Path) -> list[Path]:
     """Copy each run's record, per-image results, curves and gallery to ``dest/<run_id>/`` (atomically).
 
     The leaderboard folder then holds everything its tables, report and figures are made from, so it can be
-    committed or shared on its own and regenerated with ``wsseg leaderboard DEST --out FOLDER``. Returns the copies.
+    committed or shared on its own and regenerated with ``wsseg leaderboard DEST --out FOLDER``. Runs of a
+    cross-validation fold also keep ``per_image_stats.npz``: the leaderboard's interval resamples the patients of
+    all folds pooled from them. Returns the copies.
     """
     copies = []
     for folder in folders:
         target = dest / folder.name
-        for name in PUBLISHED_FILES:
+        names = PUBLISHED_FILES + ((PER_IMAGE_STATS,) if (folder / FOLDS_FILE).is_file() else ())
+        for name in names:
             if (folder / name).is_file():
                 atomic_write_bytes(target / name, (folder / name).read_bytes())
         copies.append(target)

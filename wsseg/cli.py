@@ -129,7 +129,7 @@ def _given_run_flags(given: dict[str, Any], run_id: str) -> list[str]:
     for name, default in defaults.items():
         if given[name] is not None and given[name] != default:
             flags += [f"--{name}", str(given[name])]
-    for name in ("data_root", "epochs", "batch_size", "cache_dir", "from_run", "weights"):
+    for name in ("data_root", "folds", "fold", "epochs", "batch_size", "cache_dir", "from_run", "weights"):
         if given[name] is not None:
             flags += [f"--{name.replace('_', '-')}", str(given[name])]
     flags += ["--out", str(given["out"]), "--run-id", run_id]
@@ -141,6 +141,21 @@ def _given_run_flags(given: dict[str, Any], run_id: str) -> list[str]:
         if given[name]:
             flags.append(f"--{name.replace('_', '-')}")
     return [*flags, "-q"] if given["quiet"] else flags
+
+
+def _benchmark_again(file: Path, given: dict[str, Any]) -> list[str]:
+    """The `wsseg benchmark` command line that continues a run with the same flags (without ``--resume``)."""
+    again = ["wsseg", "benchmark", str(file)]
+    if given["launcher"] != "local":
+        again += ["--launcher", given["launcher"]]
+    names = {"data_root": "--data-root", "profile": "--profile", "methods": "--methods", "seeds": "--seeds"}
+    names |= {"out": "--out", "leaderboard_dir": "--leaderboard"}
+    for name, flag in names.items():
+        if given[name] is not None:
+            again += [flag, str(given[name])]
+    for item in given["set_"] or []:
+        again += ["--set", item]
+    return [*again, "-q"] if given["quiet"] else again
 
 
 def _fmt(x: Any) -> str:
@@ -244,6 +259,8 @@ def run(
         str, typer.Option(help="quick (CPU minutes, 736x480), paper (GPU, 2944x1920) or tiny (tests).")
     ] = "quick",
     seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
+    folds: Annotated[int | None, typer.Option(help="k of a k-fold cross-validation by patient (with --fold).")] = None,
+    fold: Annotated[int | None, typer.Option(help="The fold tested by this run, 0 .. folds-1 (with --folds).")] = None,
     epochs: Annotated[int | None, typer.Option(help="Override the profile's epoch count.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Override the profile's batch size.")] = None,
     out: Annotated[Path, typer.Option("--out", help="Parent folder of run folders.")] = Path("runs"),
@@ -298,24 +315,21 @@ def run(
     from wsseg.run import RunInterrupted
     from wsseg.run import run as run_fn
 
-    overrides = list(set_ or [])
-    # Flags override --set items only when given: a default must not silently undo `--set data.dataset=...`.
-    if dataset is not None:
-        overrides.append(f"data.dataset={dataset}")
-    if device is not None:
-        overrides.append(f"train.device={device}")
-    if epochs is not None:
-        overrides.append(f"train.epochs={epochs}")
-    if batch_size is not None:
-        overrides.append(f"train.batch_size={batch_size}")
-    if cache_dir is not None:
-        overrides.append(f"data.cache_dir={cache_dir}")
-    if data_root is not None:
-        overrides.append(f"data.root={data_root}")
-    if save_maps:
-        overrides.append("eval.save_maps=true")
-    if allow_outside_root:
-        overrides.append("data.allow_outside_root=true")
+    # Flags override --set items only when given (they come after it): a default must not silently undo
+    # `--set data.dataset=...`.
+    flags = {
+        "data.dataset": dataset,
+        "train.device": device,
+        "data.folds": folds,
+        "data.fold": fold,
+        "train.epochs": epochs,
+        "train.batch_size": batch_size,
+        "data.cache_dir": cache_dir,
+        "data.root": data_root,
+        "eval.save_maps": "true" if save_maps else None,
+        "data.allow_outside_root": "true" if allow_outside_root else None,
+    }
+    overrides = [*(set_ or []), *(f"{key}={value}" for key, value in flags.items() if value is not None)]
     try:
         for path in plugin or []:
             load_plugin_file(path)
@@ -733,9 +747,18 @@ def bench(
         typer.echo(f"appended {len(rows)} rows to {out}")
 
 
+def _csv_ints(text: str | None, flag: str) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        _fail(f"{flag} takes comma-separated integers, e.g. 0,1,2; got {text!r}")
+
+
 @app.command()
 def benchmark(
-    file: Annotated[Path, typer.Argument(help="A benchmark TOML file (see benchmarks/phantom-quick.toml).")],
+    file: Annotated[Path, typer.Argument(help="A benchmark TOML file (see benchmarks/README.md).")],
     resume: Annotated[
         bool,
         typer.Option(
@@ -744,26 +767,79 @@ def benchmark(
             "always skipped and interrupted ones resumed from their last checkpoint.",
         ),
     ] = False,
+    launcher: Annotated[
+        str,
+        typer.Option(
+            help="local: run here, one run after the other; submitit: each unfinished run as one cluster job (Slurm, "
+            "or local processes) with the resources of the file's launcher table; needs the submitit package (the "
+            "slurm extra of wsseg).",
+        ),
+    ] = "local",
+    wait: Annotated[
+        bool,
+        typer.Option(
+            "--wait/--no-wait",
+            help="submitit: wait for the jobs, then write the leaderboard; or return after submitting (run the same "
+            "command again later: it skips finished runs and writes the leaderboard when every record exists).",
+        ),
+    ] = True,
+    data_root: Annotated[
+        str | None, typer.Option(help="The downloaded dataset (replaces the file's data_root).")
+    ] = None,
+    profile: Annotated[str | None, typer.Option(help="Replace the file's profile: tiny, quick or paper.")] = None,
+    methods: Annotated[
+        str | None, typer.Option(help="Replace the file's methods: comma-separated names, or all.")
+    ] = None,
+    seeds: Annotated[str | None, typer.Option(help="Replace the file's seeds: comma-separated integers.")] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Add a config override to every run: section.field=value (repeatable)."),
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Replace the file's run folder (out).")] = None,
+    leaderboard_dir: Annotated[
+        Path | None, typer.Option("--leaderboard", help="Replace the file's leaderboard folder.")
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help=QUIET_HELP)] = False,
 ) -> None:
-    """Run every (dataset, method, seed) of a benchmark file that is not finished, then write its leaderboard.
+    """Run every (dataset, method, seed[, fold]) of a benchmark file that is not finished, then write its leaderboard.
 
     Finished runs are skipped and interrupted ones resumed, so the command can be stopped (even killed) and
     restarted at any time, with or without --resume; the result equals an uninterrupted benchmark's. Post-hoc
-    methods reuse the CAM run of the same seed. The file format is documented in wsseg/benchmark.py.
+    methods reuse the CAM run of the same seed (and fold). `folds = K` in the file runs a K-fold cross-validation
+    by patient and aggregates the folds in the leaderboard. The file format is documented in wsseg/benchmark.py
+    and benchmarks/README.md; the flags replace the file's values (e.g. --profile tiny for a smoke test).
     """
-    from wsseg.benchmark import load_benchmark, run_benchmark, run_folders
+    given = dict(locals())  # the flags, for the command that continues an interrupted benchmark
+    from wsseg.benchmark import BenchmarkOverrides, load_benchmark, run_benchmark, run_folders
     from wsseg.run import RunInterrupted
 
+    if launcher not in ("local", "submitit"):
+        _fail(f"--launcher must be local or submitit, got {launcher!r}")
+    overrides = BenchmarkOverrides(
+        data_root=data_root,
+        profile=profile,
+        methods=[m.strip() for m in methods.split(",") if m.strip()] if methods is not None else None,
+        seeds=_csv_ints(seeds, "--seeds"),
+        extra_set=list(set_ or []),
+        out=out,
+        leaderboard=leaderboard_dir,
+    )
     bench = None
     try:
-        bench = load_benchmark(file)
+        bench = load_benchmark(file, overrides)
+        folds = f" x {bench.folds} folds" if bench.folds is not None else ""
         typer.echo(
             f"{'resuming ' if resume else ''}benchmark {bench.name}: {len(bench.methods)} methods x "
-            f"{len(bench.seeds)} seeds x {len(bench.datasets)} datasets, profile {bench.profile}, runs in {bench.out}"
+            f"{len(bench.seeds)} seeds{folds} x {len(bench.datasets)} datasets, profile {bench.profile}, "
+            f"runs in {bench.out}"
         )
-        with _sigterm_as_interrupt():
-            _, result = run_benchmark(bench, progress=_progress(quiet), log=typer.echo)
+        if launcher == "local":
+            with _sigterm_as_interrupt():
+                _, result = run_benchmark(bench, progress=_progress(quiet), log=typer.echo)
+        else:
+            result = _submit_benchmark(bench, wait, file)
+            if result is None:
+                return
     except KeyboardInterrupt as e:
         if bench is None:
             _interrupted("nothing was run yet", None, False, None)
@@ -772,14 +848,39 @@ def benchmark(
         saved = f"{done} of {len(folders)} runs are finished"
         if isinstance(e, RunInterrupted):
             saved += f"; {e.run_dir.name} was stopped: {e.saved}"
-        again = ["wsseg", "benchmark", str(file), *(["-q"] if quiet else [])]
-        _interrupted(saved, again, True, None)
+        _interrupted(saved, _benchmark_again(file, given), True, None)
     except USER_ERRORS as e:
         _fail(e)
     for line in result.differences:
         typer.echo(f"not comparable: {line}")
     for path in result.files:
         typer.echo(f"wrote {path}")
+
+
+def _submit_benchmark(bench: Any, wait: bool, file: Path) -> Any:
+    """``--launcher submitit``: submit, wait or not, and write the leaderboard once every record exists."""
+    from wsseg.benchmark import is_done, plan, write_benchmark_leaderboard
+    from wsseg.launch import JobsFailed, launch
+
+    try:
+        sub = launch(bench, wait, typer.echo)
+    except JobsFailed as e:
+        typer.secho(f"error: {len(e.lines)} run(s) have no record; fix the cause and run the command again:", err=True)
+        for line in e.lines:
+            typer.secho(f"  {line}", err=True)
+        raise typer.Exit(1) from None
+    if all(is_done(bench, spec) for spec in plan(bench)):
+        return write_benchmark_leaderboard(bench)
+    if sub.held:
+        typer.echo(
+            f"{len(sub.held)} post-hoc run(s) wait for their CAM jobs (the local executor has no job dependencies)"
+        )
+    typer.echo(
+        f"{len(sub.jobs)} job(s) submitted, {len(sub.earlier)} still in flight from before. When they have finished, "
+        f"run `wsseg benchmark {file} --launcher submitit` again (with the same flags): it skips finished runs, "
+        "submits what is left and writes the leaderboard once every run has its record."
+    )
+    return None
 
 
 @app.command()
@@ -834,10 +935,14 @@ def list_methods_cmd() -> None:
 
 @list_app.command("backbones")
 def list_backbones_cmd() -> None:
-    """List wsseg's backbone aliases (any timm model name works too)."""
-    from wsseg.nn.backbones import ALIASES
+    """List wsseg's backbone aliases and the weights method.pretrained=imagenet loads (any timm name works too)."""
+    from wsseg.nn.backbones import ALIASES, pretrained_tag
 
-    typer.echo(tabulate([[k, v] for k, v in ALIASES.items()], headers=["backbone", "timm spec"]))
+    rows = [
+        [k, v, "none (narrow)" if "channels" in v else pretrained_tag(v["model_name"]) or "none"]
+        for k, v in ALIASES.items()
+    ]
+    typer.echo(tabulate(rows, headers=["backbone", "timm spec", "imagenet weights"]))
 
 
 @list_app.command("datasets")
@@ -852,11 +957,6 @@ def list_datasets_cmd() -> None:
     typer.echo(tabulate(rows, headers=["dataset", "annotation", "labels", "licence", "description"]))
 
 
-def _check_dataset(name: str) -> None:
-    if name != "phantom":
-        _fail(f"`wsseg data preview` draws the phantom only; prepare {name!r} and read its cache instead")
-
-
 def _profile_hw(profile: str) -> tuple[int, int]:
     from wsseg.config import phantom_config
 
@@ -868,6 +968,7 @@ def _profile_hw(profile: str) -> tuple[int, int]:
 
 
 VOI_HELP = "Apply each DICOM's VOI LUT or window (first of several) instead of keeping raw linear values."
+SPLIT_FILE_HELP = "A patient_id,split CSV (default: benchmarks/splits/DATASET.csv if present)."
 
 
 @data_app.command("check")
@@ -878,8 +979,15 @@ def data_check(
     strict: Annotated[bool, typer.Option("--strict", help="Exit with an error on any bad file.")] = False,
     allow_outside_root: Annotated[bool, typer.Option("--allow-outside-root", help=ALLOW_OUTSIDE_ROOT_HELP)] = False,
     voi_lut: Annotated[bool, typer.Option("--voi-lut", help=VOI_HELP)] = False,
+    split_file: Annotated[Path | None, typer.Option(help=SPLIT_FILE_HELP)] = None,
 ) -> None:
-    """Validate a download without writing: counts, and every missing or unreadable file with its reason."""
+    """Validate a download without writing: counts, labels per split, label-only images, every bad file.
+
+    Reports "N images, M with located lesions, K labelled without location", the benign/malignant/normal counts
+    per split (the split prepare would use), the label-only images by name (labelled, no lesion location: they
+    train and count for AUROC, never for localisation), annotations lying mostly outside the detected breast
+    (kept; the evaluated region is grown to include them), then every skipped file with its reason.
+    """
     from wsseg.data.prepare import check_source
 
     try:
@@ -891,6 +999,7 @@ def data_check(
             progress=False,
             voi_lut=voi_lut,
             allow_outside_root=allow_outside_root,
+            split_file=split_file,
         )
     except USER_ERRORS as e:
         _fail(e)
@@ -985,17 +1094,34 @@ def data_split(
     root: Annotated[Path, typer.Option(help="The complete downloaded dataset (folder or index file).")],
     out: Annotated[Path, typer.Option("--out", help="CSV to write (commit it as benchmarks/splits/DATASET.csv).")],
     seed: Annotated[int, typer.Option(help="Seed of the split where the dataset has no official one.")] = 0,
+    folds: Annotated[
+        int | None,
+        typer.Option(
+            help="Write a k-fold cross-validation assignment instead (patient_id,fold0,...: train/val/test per "
+            "fold), stratified by patient label; commit it as benchmarks/splits/DATASET-<k>fold.csv."
+        ),
+    ] = None,
 ) -> None:
     """Write the patient-level split of a download (patient_id,split) without decoding images, for publishing."""
     from wsseg.config import check_seed
+    from wsseg.data.folds import fold_counts, make_folds_file
     from wsseg.data.prepare import make_split_file
 
     try:
         check_seed(seed, "--seed")
-        counts = make_split_file(dataset, root, seed, out)
+        if folds is None:
+            counts = make_split_file(dataset, root, seed, out)
+        else:
+            assignment = make_folds_file(dataset, root, folds, seed, out)
     except USER_ERRORS as e:
         _fail(e)
-    typer.echo(f"{dataset}: {', '.join(f'{n} {s}' for s, n in counts.items())} patients written to {out}")
+    if folds is None:
+        typer.echo(f"{dataset}: {', '.join(f'{n} {s}' for s, n in counts.items())} patients written to {out}")
+        return
+    typer.echo(f"{dataset}: {len(assignment.table)} patients in {folds} folds written to {out}")
+    for f, by_split in enumerate(fold_counts(assignment.table, assignment.labels)):
+        parts = [f"{s} {sum(c.values())} ({', '.join(f'{n} {x}' for x, n in c.items())})" for s, c in by_split.items()]
+        typer.echo(f"  fold {f}: {'; '.join(parts)}")
 
 
 @data_app.command("fixture")
@@ -1019,27 +1145,80 @@ def data_fixture(
 
 @data_app.command("preview")
 def data_preview(
-    dataset: Annotated[str, typer.Argument(help="Dataset name.")] = "phantom",
+    dataset: Annotated[str, typer.Argument(help="Dataset name: phantom or a data source.")] = "phantom",
+    root: Annotated[Path | None, typer.Option(help="The downloaded dataset (data sources only).")] = None,
     n: Annotated[int, typer.Option("--n", help="Number of images.")] = 8,
     out: Annotated[Path, typer.Option("--out", help="PNG file to write.")] = Path("preview.png"),
     profile: Annotated[str, typer.Option(help="quick, paper or tiny.")] = "quick",
-    split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
+    split: Annotated[str, typer.Option(help="train, val or test (or all, for a data source).")] = "test",
     seed: Annotated[int, typer.Option(help="Dataset seed.")] = 0,
     lesions_only: Annotated[bool, typer.Option("--lesions-only", help="Show only images with a lesion.")] = False,
+    ids: Annotated[
+        str | None, typer.Option(help="Comma-separated image ids to draw (data sources), e.g. mdb212,mdb059.")
+    ] = None,
+    split_file: Annotated[Path | None, typer.Option(help=SPLIT_FILE_HELP)] = None,
+    voi_lut: Annotated[bool, typer.Option("--voi-lut", help=VOI_HELP)] = False,
+    allow_outside_root: Annotated[bool, typer.Option("--allow-outside-root", help=ALLOW_OUTSIDE_ROOT_HELP)] = False,
 ) -> None:
-    """Draw a grid of samples with lesion outlines (benign green, malignant red)."""
-    from wsseg.config import check_seed, phantom_config
-    from wsseg.data.dataset import sample_identity
-    from wsseg.data.phantom import generate_image
-    from wsseg.data.preview import save_preview
+    """Draw a grid of images with their annotations as they will be scored.
 
-    _check_dataset(dataset)
+    Benign green, malignant red: each class's mask after the pipeline (crop, flip, resize), the lesions' boxes and
+    circles; the evaluated region in blue (the breast, grown by a lesion outside it); a frame in the class colour
+    and "label only" for an image labelled with a class whose lesion has no location. A data source is read from
+    --root through the prepare pipeline at the profile's size (nothing is written but the PNG).
+    """
+    from wsseg.config import check_seed
+    from wsseg.data.preview import PreviewItem, save_preview
+
     if not 1 <= n <= 1000:
         _fail(f"--n must be in [1, 1000], got {n}")
     try:
         check_seed(seed, "--seed")
     except ValueError as e:
         _fail(e)
+    if dataset != "phantom":
+        from wsseg.data.prepare import preview_source
+
+        if root is None:
+            _fail(f"`wsseg data preview {dataset}` needs --root PATH (the downloaded dataset)")
+        try:
+            items, problems = preview_source(
+                dataset,
+                root,
+                _profile_hw(profile),
+                n,
+                split,
+                seed,
+                [i.strip() for i in ids.split(",") if i.strip()] if ids else None,
+                lesions_only,
+                voi_lut,
+                allow_outside_root,
+                split_file,
+            )
+        except USER_ERRORS as e:
+            _fail(e)
+        for p in problems:
+            typer.echo(f"skipped {p}")
+        if not items:
+            _fail(f"no {dataset} image to draw in split {split!r}; try --split all")
+    else:
+        items = _phantom_preview(n, profile, split, seed, lesions_only)
+    try:
+        path = save_preview(items, out)
+    except OSError as e:
+        _fail(e)
+    label_only = sum(bool(i.label_only) for i in items if isinstance(i, PreviewItem))
+    typer.echo(f"wrote {path} ({len(items)} images" + (f", {label_only} label-only" if label_only else "") + ")")
+
+
+def _phantom_preview(n: int, profile: str, split: str, seed: int, lesions_only: bool) -> list[Any]:
+    """Preview tiles of generated phantom images."""
+    from wsseg.config import phantom_config
+    from wsseg.data.dataset import sample_identity
+    from wsseg.data.phantom import generate_image
+
+    if split not in ("train", "val", "test"):
+        _fail(f"--split {split!r}: choose train, val or test")
     try:
         pcfg = phantom_config(profile)  # type: ignore[arg-type]
     except KeyError:
@@ -1057,11 +1236,7 @@ def data_preview(
         items.append(
             (img.image, img.masks, f"{ident['image_id']} {m['laterality']}-{m['view']} {m['density']}: {kinds}")
         )
-    try:
-        path = save_preview(items, out)
-    except OSError as e:
-        _fail(e)
-    typer.echo(f"wrote {path} ({len(items)} images)")
+    return items
 
 
 def main() -> None:

@@ -41,6 +41,8 @@ class DataConfig:
         allow_outside_root: let a data source's index (a manifest CSV) list files outside ``root``; off by
             default, so a downloaded index cannot make wsseg read ``../../etc/passwd`` or another user's files.
         voi_lut: a data source's DICOMs are read through their VOI LUT / window instead of as raw linear values.
+        folds: k of a k-fold cross-validation by patient (:mod:`wsseg.data.folds`); None: one train/val/test split.
+        fold: which fold this run tests on, 0 .. folds - 1 (needs ``folds``).
     """
 
     dataset: str = "phantom"
@@ -53,6 +55,8 @@ class DataConfig:
     num_workers: int | None = None
     allow_outside_root: bool = False
     voi_lut: bool = False
+    folds: int | None = None
+    fold: int | None = None
 
 
 @dataclass
@@ -173,6 +177,7 @@ class RunConfig:
         method_cfg = _section_from_json(d["method_config"], method_cfg, "method_config")
         cfg = cls(method, profile, seed, sections["data"], sections["train"], sections["eval"], method_cfg.to_dict())
         check_ranges(cfg)
+        check_folds(cfg.data)
         check_method_config(cfg, method_cfg, given=sorted(d["method_config"]))
         # Absent from runs made before post-hoc runs could explain other methods: their own classifier.
         cfg.explains = _explains_from_json(d.get("explains"), cfg)
@@ -359,6 +364,7 @@ def make_run_config(
         if section == "method":
             given.append(name)
     check_ranges(cfg)
+    check_folds(cfg.data)
     cfg.method_config = method_cfg.to_dict()
     check_method_config(cfg, method_cfg, given)
     return cfg
@@ -417,7 +423,12 @@ def check_method_config(cfg: RunConfig, method_cfg: MethodConfig, given: list[st
         for f in dataclasses.fields(method_cfg)
         if f.name.endswith("weights") and isinstance(getattr(method_cfg, f.name), str | os.PathLike)
     ]
-    probe = dataclasses.replace(method_cfg, **dict.fromkeys(files))
+    changes: dict[str, Any] = dict.fromkeys(files)
+    if "pretrained" in {f.name for f in dataclasses.fields(method_cfg)}:
+        # method.pretrained=imagenet would make timm fetch the weights (network or cache) just to check shapes: the
+        # run loads them when it builds the method; a random network has the same shapes.
+        changes["pretrained"] = "none"
+    probe = dataclasses.replace(method_cfg, **changes)
     spec = get_method_spec(cfg.method)
     try:
         with torch.device("meta"):
@@ -455,6 +466,9 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.n_val": (_between(1, MAX_IMAGES), f"at least 1 and at most {MAX_IMAGES}"),
     "data.n_test": (_between(1, MAX_IMAGES), f"at least 1 and at most {MAX_IMAGES}"),
     "data.num_workers": (lambda v: v is None or 0 <= v <= 256, "none or an integer >= 0 and <= 256"),
+    # k of a cross-validation: the patients bound it (wsseg.data.folds says so); this refuses a typo at once. The
+    # lower bound and data.fold are check_folds's.
+    "data.folds": (lambda v: v is None or v <= MAX_IMAGES, f"none or an integer <= {MAX_IMAGES}"),
     "train.epochs": (_between(1, 100_000), "at least 1 and at most 100000"),
     "train.batch_size": (_between(1, MAX_BATCH), f"at least 1 and at most {MAX_BATCH}"),
     "train.grad_accum": (_between(1, MAX_BATCH), f"at least 1 and at most {MAX_BATCH}"),
@@ -506,6 +520,24 @@ def check_ranges(cfg: RunConfig) -> None:
                     f"data.n_{split} must be a multiple of 4 for the phantom (one exam of four views per patient), "
                     f"got {n}"
                 )
+
+
+def check_folds(data: DataConfig) -> None:
+    """Refuse a fold without a fold count, a fold count without a fold, or either out of range.
+
+    Raises:
+        ValueError: naming the option and the fix.
+    """
+    from wsseg.data.folds import check_folds as check_range
+
+    if data.folds is None and data.fold is None:
+        return
+    if data.folds is None or data.fold is None:
+        raise ValueError(
+            "--folds K and --fold F go together (data.folds and data.fold): a run tests on one fold of a k-fold "
+            "split; `folds = K` in a benchmark file runs every fold"
+        )
+    check_range(data.folds, data.fold)
 
 
 def parse_value(raw: str, hint: Any, key: str) -> Any:

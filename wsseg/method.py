@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from wsseg.nn.backbones import create_backbone
+from wsseg.nn.backbones import Pretrained, check_pretrained, create_backbone
 from wsseg.nn.upsample import to_input_resolution
 from wsseg.weights import load_strict, read_state_dict, rename_prefixes
 
@@ -162,6 +162,8 @@ class ClassifierConfig(MethodConfig):
     Attributes:
         backbone: backbone name (wsseg alias or timm model).
         backbone_weights: optional local weights file; random initialisation when None.
+        pretrained: ``none`` (random) or ``imagenet``: timm's pretrained weights of ``backbone`` (full-width timm
+            models only; see :mod:`wsseg.nn.backbones`); excludes ``backbone_weights``.
         output_stride: backbone stride; 16 doubles the map resolution of a plain ResNet at little cost.
         input_downsample: average-pool the input by this factor before the backbone (1 = full resolution).
             The quick preset uses 4 (1.6 mm pixels) so that training on 1,280 images fits minutes on a
@@ -170,6 +172,7 @@ class ClassifierConfig(MethodConfig):
 
     backbone: str = "resnet18-w16"
     backbone_weights: str | None = None
+    pretrained: Pretrained = "none"
     output_stride: int = 16
     input_downsample: int = 1
 
@@ -225,6 +228,8 @@ class WSSegMethod(nn.Module, ABC):
         self.cfg = cfg
         self.num_classes = num_classes
         self.in_chans = in_chans
+        if hasattr(cfg, "pretrained"):
+            check_pretrained(str(cfg.pretrained), getattr(cfg, "backbone_weights", None))
 
     @abstractmethod
     def forward(self, images: Tensor) -> MethodOutput:
@@ -288,6 +293,31 @@ class WSSegMethod(nn.Module, ABC):
             f"{self.name or type(self).__name__} has no classifier for post-hoc methods to explain; "
             "implement explained_layer() and explained_logits(images)"
         )
+
+    def initialisation(self) -> dict[str, str]:
+        """How each network of the method was initialised before training (the run record's ``initialisation``).
+
+        A submodule that carries a ``wsseg_init`` string (a :class:`~wsseg.nn.backbones.Backbone`, a local ResNet or
+        an encoder built from timm's pretrained weights) reports it: ``random``, ``imagenet:<timm tag>`` or
+        ``file:<sha256>``; any other top-level submodule with parameters is ``random``, and so are the parameters of
+        a submodule outside its marked parts (``<name> (rest)``). Methods without parameters return ``{}``.
+        """
+        marked = {
+            n: str(m.wsseg_init)
+            for n, m in self.named_modules()
+            if n and isinstance(getattr(m, "wsseg_init", None), str)
+        }
+        out: dict[str, str] = {}
+        for name, child in self.named_children():
+            inside = {n: v for n, v in marked.items() if n == name or n.startswith(name + ".")}
+            if name in inside:
+                out[name] = inside[name]
+                continue
+            out.update(inside)
+            covered = {id(p) for n in inside for p in self.get_submodule(n).parameters()}
+            if any(id(p) not in covered for p in child.parameters()):
+                out[f"{name} (rest)" if inside else name] = "random"
+        return out
 
     def load_weights(self, path: str | Path) -> None:
         """Load a weights file strictly: a wsseg checkpoint, a flat state dict, or the official layout.
@@ -478,7 +508,9 @@ class PostHocCAMMethod(WSSegMethod):
         self.network = network
         if network is None:
             # Built exactly as CAM builds them, so CAM checkpoints load with strict=True.
-            self.backbone = create_backbone(cfg.backbone, in_chans, cfg.backbone_weights, cfg.output_stride)
+            self.backbone = create_backbone(
+                cfg.backbone, in_chans, cfg.backbone_weights, cfg.output_stride, pretrained=cfg.pretrained
+            )
             self.classifier = nn.Conv2d(self.backbone.num_features, num_classes, kernel_size=1)
         elif network.num_classes != num_classes:
             raise ValueError(f"the explained {network.name} has {network.num_classes} classes, not {num_classes}")

@@ -23,11 +23,12 @@ import torch
 from torch.utils.data import Subset
 from tqdm.auto import tqdm
 
-from wsseg._io import atomic_write_json, remove_stale_temporaries, temporary_of
+from wsseg._io import atomic_write_json, atomic_write_text, remove_stale_temporaries, temporary_of
 from wsseg._lock import LOCK_NAME, folder_lock
 from wsseg._threads import available_cpus, configure_threads, loader_workers
 from wsseg.config import DataConfig, EvalConfig, RunConfig, phantom_config
 from wsseg.data.dataset import MammogramDataset, phantom_cache_key, prepare_phantom, split_hash
+from wsseg.data.folds import FOLDS_FILE, FoldAssignment, dataset_patient_labels, folds_csv_text, load_assignment
 from wsseg.data.phantom import CLASSES, PHANTOM_VERSION
 from wsseg.data.prepare import PREPROCESS_VERSION, prepare_source
 from wsseg.data.sources import get_source
@@ -112,6 +113,8 @@ def evaluate_split(
                 "boxes": meta.get("annotation") == "box",
                 # For the leaderboard's breakdown by lesion type (the dataset's own names, mapped to groups).
                 "lesion_types": [image_lesion_type(meta.get("lesions", []), c) for c in CLASSES],
+                # Per class, False for a label-only image (labelled, lesion not located): AUROC only, no localisation.
+                "located": meta.get("localized"),
             }
             masks, breast = batch["masks"][i], batch["breast_mask"][i]
             ev.add(image_id, out.saliency[i], masks, breast, image_scores=out.logits[i], **common)
@@ -168,7 +171,7 @@ def find_resumable(out_dir: Path, prefix: str) -> Path | None:
 
 
 # Settings that must agree for a run's classifier to be reused by another method.
-REUSE_KEYS = ("backbone", "backbone_weights", "output_stride", "input_downsample")
+REUSE_KEYS = ("backbone", "backbone_weights", "pretrained", "output_stride", "input_downsample")
 
 
 def _reads_own_classifier(method: str, source: str) -> bool:
@@ -314,6 +317,45 @@ def prepare_data(
     return root, dataset_info
 
 
+def fold_tag(cfg: RunConfig) -> str:
+    """``fold<f>of<k>-`` for a run of one fold of a k-fold cross-validation, else empty (part of run ids)."""
+    return f"fold{cfg.data.fold}of{cfg.data.folds}-" if cfg.data.folds is not None else ""
+
+
+def fold_assignment(cfg: RunConfig, root: Path) -> FoldAssignment | None:
+    """The k-fold assignment of a run's dataset (None for a single-split run).
+
+    It is made from the download's index (a data source) or the prepared phantom's manifest (``root``), with the
+    dataset seed ``data.seed``, unless ``benchmarks/splits/<dataset>-<k>fold.csv`` pins it
+    (:func:`wsseg.data.folds.load_assignment`).
+    """
+    if cfg.data.folds is None:
+        return None
+    labels = dataset_patient_labels(cfg.data.dataset, cfg.data.root, root)
+    return load_assignment(cfg.data.dataset, labels, cfg.data.folds, cfg.data.seed)
+
+
+def fold_splits(
+    cfg: RunConfig,
+    root: Path,
+    dataset_info: dict[str, Any],
+    run_dir: Path | None = None,
+    log: Callable[[str], None] = lambda _: None,
+) -> dict[str, str] | None:
+    """patient_id -> split of the run's fold (None for a single-split run); adds ``folds`` to ``dataset_info``.
+
+    With ``run_dir``, the whole assignment is written there as ``folds.csv`` (the ``benchmarks/splits`` format).
+    """
+    folds = fold_assignment(cfg, root)
+    if folds is None or cfg.data.fold is None:
+        return None
+    dataset_info["folds"] = folds.info(cfg.data.fold)
+    if run_dir is not None:
+        atomic_write_text(run_dir / FOLDS_FILE, folds_csv_text(folds.table))
+    log(f"data: fold {cfg.data.fold} of {folds.k}, {folds.source} assignment {dataset_info['folds']['assignment']}")
+    return folds.splits(cfg.data.fold)
+
+
 def build_method(cfg: RunConfig) -> WSSegMethod:
     """The run's method with freshly initialised weights (seed the RNG first for reproducible ones).
 
@@ -344,8 +386,9 @@ def gallery_for_run(run_dir: str | Path, cache_dir: str | None = None, progress:
     if cache_dir is not None:
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, cache_dir=cache_dir))
     record = read_record(run_dir / "record.json")
-    root, _ = prepare_data(cfg, progress, log=lambda _: None)
-    test_set = MammogramDataset(root, "test", with_masks=True, dataset=cfg.data.dataset)
+    root, info = prepare_data(cfg, progress, log=lambda _: None)
+    patient_splits = fold_splits(cfg, root, info)
+    test_set = MammogramDataset(root, "test", with_masks=True, dataset=cfg.data.dataset, patient_splits=patient_splits)
     method = build_method(cfg)
     method.load_state_dict(load_checkpoint(run_dir / BEST)["model"])
     shown = make_gallery(method, test_set, record_thresholds(record), torch.device("cpu"))
@@ -471,7 +514,8 @@ def run(
     Args:
         cfg: the resolved run config.
         out_dir: parent folder of run folders.
-        run_id: the run folder's name; by default ``<method>-<dataset>-<profile>-s<seed>-<UTC time>``.
+        run_id: the run folder's name; by default ``<method>-<dataset>-<profile>-s<seed>-<UTC time>``, with
+            ``fold<f>of<k>-`` before the time for a run of one cross-validation fold.
         resume: continue the run ``run_id`` or, without one, the latest run of the same method,
             dataset, profile and seed that has a checkpoint; its saved config is used.
         from_run: a finished run whose best classifier weights this method reuses instead of training
@@ -512,7 +556,7 @@ def run(
     elif cfg.explains is not None and not resume:
         raise ValueError(f"{cfg.method} explains a {cfg.explains['method']} classifier only with --from-run <its run>")
     out_dir = Path(out_dir)
-    prefix = f"{cfg.method}-{cfg.data.dataset}-{cfg.profile}-s{cfg.seed}-"
+    prefix = f"{cfg.method}-{cfg.data.dataset}-{cfg.profile}-s{cfg.seed}-{fold_tag(cfg)}"
     run_dir: Path | None = out_dir / run_id if run_id else None
     if resume:
         run_dir = run_dir if run_dir is not None else find_resumable(out_dir, prefix)
@@ -586,16 +630,22 @@ def _run_in_folder(
     if distributed and rank == 0:
         torch.distributed.barrier()
     spec = get_method_spec(cfg.method)
-    # Only fully supervised reference methods may see training masks.
+    # k-fold cross-validation: the fold's patients replace the cache's split (one cache serves every fold).
+    patient_splits = fold_splits(cfg, root, dataset_info, run_dir if rank == 0 else None, log)
     name = cfg.data.dataset
     # On CUDA the loaders ship the cache's uint16 pixels and the GPU standardises them (half the bytes through the
     # workers and pinned memory); on CPU the workers standardise, as the published CPU results were made.
     std = device.type != "cuda"
     hw = (pcfg.height, pcfg.width)
-    full = spec.supervision == "full"
-    train_set = MammogramDataset(root, "train", with_masks=full, dataset=name, standardize=std, image_hw=hw)
-    val_set = MammogramDataset(root, "val", with_masks=True, dataset=name, standardize=std, image_hw=hw)
-    test_set = MammogramDataset(root, "test", with_masks=True, dataset=name, standardize=std, image_hw=hw)
+
+    def open_split(split: str, with_masks: bool) -> MammogramDataset:
+        return MammogramDataset(
+            root, split, with_masks, name, standardize=std, patient_splits=patient_splits, image_hw=hw
+        )
+
+    # Only fully supervised reference methods may see training masks.
+    train_set = open_split("train", spec.supervision == "full")
+    val_set, test_set = open_split("val", True), open_split("test", True)
     data_seconds = time.perf_counter() - t0
     sizes = f"{len(train_set)}/{len(val_set)}/{len(test_set)}"
     log(f"data: {sizes} train/val/test images from {root} ({data_seconds:.1f} s)")
@@ -603,6 +653,7 @@ def _run_in_folder(
     # 2. Train, or reuse the classifier of a finished run.
     torch.manual_seed(cfg.seed)  # the initial weights are part of what the seed decides
     method = build_method(cfg)
+    initialisation = method.initialisation()  # before training: random, imagenet:<timm tag> or file:<sha256>
     if rank != 0 and (from_run is not None or weights is not None):
         return {}  # nothing to train: rank 0 loads the weights and evaluates
     if from_run is not None:
@@ -652,7 +703,8 @@ def _run_in_folder(
     test_stats = test.evaluator.stats()
     metrics, intervals, per_image, boot_seconds = score_stats(test_stats, thresholds, cfg.eval, run_dir)
     if maps_dir is not None:
-        write_test_labels(run_dir / TEST_LABELS, test.image_ids, test.patient_ids, test.labels, test.logits)
+        located = np.stack([test_stats.classes[c].located for c in CLASSES], axis=1)  # (N, K)
+        write_test_labels(run_dir / TEST_LABELS, test.image_ids, test.patient_ids, test.labels, test.logits, located)
     references = {
         ref: ev.summary(val.references[ref].calibrated_thresholds(), cfg.eval.fixed_threshold)
         for ref, ev in test.references.items()
@@ -703,6 +755,7 @@ def _run_in_folder(
         },
         "peak_memory_mb": peak_memory_mb(device),
         "n_parameters": sum(p.numel() for p in method.parameters()),
+        "initialisation": initialisation,
         "training": {
             "best_epoch": result.best_epoch,
             "best_val_auroc": result.best_val_auroc,

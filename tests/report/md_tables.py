@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import html
+
 
 def md_rows(text: str) -> list[list[str]]:
-    """The cells of every Markdown table row (header and separator lines included), stripped."""
+    """The cells of every Markdown table row (header and separator lines included), stripped, as a reader sees them.
+
+    The leaderboards escape ``<``, ``>`` and ``&`` as HTML entities (``&lt;5 mm Dice``), which Markdown renders as
+    the characters; the cells are returned unescaped, so tests name the columns as the tables show them.
+    """
     return [
-        [c.strip() for c in line.strip().strip("|").split("|")] for line in text.splitlines() if line.startswith("|")
+        [html.unescape(c.strip()) for c in line.strip().strip("|").split("|")]
+        for line in text.splitlines()
+        if line.startswith("|")
     ]
 
 

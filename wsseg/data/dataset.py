@@ -224,6 +224,8 @@ class MammogramDataset(Dataset[dict[str, Any]]):
             :func:`standardize_images` to standardise on the GPU: the loader workers then skip the float work and
             pass half the bytes (``wsseg run`` does this on CUDA; :func:`wsseg.evaluation.inference.to_device`
             standardises a raw batch after the copy).
+        patient_splits: patient_id -> split, replacing the manifest's split column (one fold of a k-fold
+            cross-validation, :mod:`wsseg.data.folds`): every fold reads the same cache.
         image_hw: the (rows, cols) every cached image must have; unchecked when None.
 
     The first read of each file in any process checks it whole (:func:`read_cache_file`); which files were checked
@@ -238,6 +240,7 @@ class MammogramDataset(Dataset[dict[str, Any]]):
         dataset: str = "phantom",
         *,
         standardize: bool = True,
+        patient_splits: dict[str, str] | None = None,
         image_hw: tuple[int, int] | None = None,
     ) -> None:
         if split not in SPLITS:
@@ -248,7 +251,17 @@ class MammogramDataset(Dataset[dict[str, Any]]):
         self.dataset = dataset
         self.standardize = standardize
         self.image_hw = image_hw
-        self.rows = [r for r in read_manifest(root) if r["split"] == split]
+        rows = read_manifest(root)
+        if patient_splits is None:
+            self.rows = [r for r in rows if r["split"] == split]
+        else:
+            unknown = sorted({r["patient_id"] for r in rows} - set(patient_splits))
+            if unknown:
+                raise ValueError(
+                    f"{self.root / 'manifest.csv'} has patients the fold assignment lacks ({', '.join(unknown[:5])}); "
+                    "the assignment must come from the same download: regenerate it with `wsseg data split --folds`"
+                )
+            self.rows = [r for r in rows if patient_splits[r["patient_id"]] == split]
         if not self.rows:
             raise ValueError(f"{self.root / 'manifest.csv'} has no images in split {split!r}")
         # Shared with the loader's worker processes (fork or spawn), so a file is verified once per run.

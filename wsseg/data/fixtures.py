@@ -2,8 +2,9 @@
 
 They let the loaders be tested, and ``wsseg data check``/``prepare``/``run`` be tried, without a download.
 Each known trap of docs/datasets.md is built in (CBIS-DDSM's swapped crop/mask columns and wrong-size mask,
-VinDr's list-valued categories and overhanging boxes, INbreast's ``ML`` views and off-by-one ROI counts,
-mini-MIAS's bottom-left origin and 4-token lines, the NYU ``horizontal_flip``), some as switches.
+VinDr's list-valued categories, overhanging boxes and BI-RADS-only findings, INbreast's ``ML`` views and off-by-one
+ROI counts, mini-MIAS's bottom-left origin, lines without a location and a circle outside the breast, the NYU
+``horizontal_flip``), some as switches.
 
 The phantom is a half-ellipse breast against the chest wall with one bright disc lesion at a known place,
 plus a small bright "film label" in the far corner (a second component the breast crop must drop). Right
@@ -184,33 +185,70 @@ MIAS = 96  # mini-MIAS fixture side (the real one is 1024)
 
 
 MIAS_PAIRS = 161  # mdb001 ... mdb322
+# Lines of the real Info table that the fixture reproduces for the same ids: findings without a location, written
+# with 4 tokens or with a reference to the README's note on calcifications spread over the breast instead of
+# ``x y radius`` (both label-only: labelled, not located).
+MIAS_UNLOCATED_LINES = {
+    59: "mdb059 F CIRC B ",
+    216: "mdb216 D CALC M *NOTE 3* ",
+    233: "mdb233 G CALC M *NOTE 3* ",
+    245: "mdb245 F CALC M *NOTE 3* ",
+}
+# mdb212: a small benign calcification circle that lies outside the detected breast, as in the real table.
+MIAS_OUTSIDE_BREAST = 212
+MIAS_OUTSIDE_RC = (8, 84)  # (row, col) of its centre in the fixture: air beside a left breast
+# Pairs every fixture holds, whatever its size: mdb059 (4-token line), mdb212 (outside the breast), mdb233 (*NOTE 3*).
+MIAS_SPECIAL_PAIRS = (30, 106, 117)
 
 
 def mias_pairs(n_pairs: int) -> list[int]:
     """Pair numbers (patient ``mias-pNNN`` = images ``mdb{2N-1}``, ``mdb{2N}``) for a fixture of ``n_pairs``.
 
     Pair 1 (with the doubled Info line) always; then, when the committed ``benchmarks/splits/mini-mias.csv``
-    exists, the first pairs of its test and validation splits and of its training split, so a small fixture read
-    with the published split still has every split.
+    exists, the first pairs of its test and validation splits, the pairs of :data:`MIAS_SPECIAL_PAIRS` (the real
+    table's label-only and outside-breast lines) and the first pairs of its training split, so a small fixture
+    read with the published split still has every split and every trap.
     """
     from wsseg.data.prepare import default_split_file, read_split_file
 
     path = default_split_file("mini-mias")
     if path is None or n_pairs >= MIAS_PAIRS:
-        return list(range(1, n_pairs + 1))
+        return list(range(1, min(n_pairs, MIAS_PAIRS) + 1))
     split = read_split_file(path)
     order = {s: sorted(int(p.removeprefix("mias-p")) for p, v in split.items() if v == s) for s in SPLITS}
     pairs = [1]
     for s in ("test", "val"):
         pairs.append(next(p for p in order[s] if p not in pairs))
+    pairs += [p for p in MIAS_SPECIAL_PAIRS if p not in pairs]
     rest = [p for s in ("train", "test", "val") for p in order[s] if p not in pairs]
-    return sorted(pairs + rest[: max(0, n_pairs - len(pairs))])
+    return sorted((pairs + rest)[: max(n_pairs, 1)])
 
 
-def write_mias(root: Path, n_pairs: int = 6, kaggle_header: bool = True) -> dict[str, Phantom]:
-    """``mdbNNN.pgm`` + ``Info.txt`` with the traps: NORM lines, a 4-token line, a doubled image, bottom-left y.
+def mias_line(n: int, ph: Phantom) -> list[str]:
+    """The Info lines of image ``mdb{n}`` in the fixture (y counted from the bottom, as in the real table)."""
+    ref = f"mdb{n:03d}"
+    if n in MIAS_UNLOCATED_LINES:
+        return [MIAS_UNLOCATED_LINES[n]]
+    if n == MIAS_OUTSIDE_BREAST:
+        r, c = MIAS_OUTSIDE_RC
+        return [f"{ref} G CALC B {c} {MIAS - r} 3 "]
+    if n % 3 == 0:
+        return [f"{ref} F NORM "]
+    sev = "M" if n % 2 else "B"
+    r, c = ph.center
+    lines = [f"{ref} G CIRC {sev} {c} {MIAS - r} {ph.radius} "]
+    if n == 1:
+        lines.append(f"{ref} G CALC B")  # a finding without a location on an image with a located one
+    return lines
 
-    The pairs are the real ids' (:func:`mias_pairs`), so the committed split applies to the fixture as to the data.
+
+def write_mias(root: Path, n_pairs: int = 9, kaggle_header: bool = True) -> dict[str, Phantom]:
+    """``mdbNNN.pgm`` + ``Info.txt`` with the traps of the real table.
+
+    NORM lines, a doubled image (mdb001, whose second line has no location), bottom-left y, the real ids' findings
+    without a location (:data:`MIAS_UNLOCATED_LINES`: 4 tokens, ``*NOTE 3*``) and mdb212's circle outside the
+    breast. The pairs are the real ids' (:func:`mias_pairs`), so the committed split applies to the fixture as to
+    the data; with ``n_pairs=161`` the fixture has the release's 322 images.
     """
     lines, truth = [], {}
     if kaggle_header:
@@ -223,14 +261,7 @@ def write_mias(root: Path, n_pairs: int = 6, kaggle_header: bool = True) -> dict
         img = np.round(ph.image * 200 + 8).astype(np.uint8)  # film: a non-zero background
         (root / "pgm").mkdir(parents=True, exist_ok=True)
         Image.fromarray(img).save(root / "pgm" / f"{ref}.pgm")
-        if n % 3 == 0:
-            lines.append(f"{ref} F NORM ")
-            continue
-        sev = "M" if n % 2 else "B"
-        r, c = ph.center
-        lines.append(f"{ref} G CIRC {sev} {c} {MIAS - r} {ph.radius} ")  # y from the bottom
-        if n == 1:
-            lines.append(f"{ref} G CALC B")  # a finding without a location on the same image
+        lines += mias_line(n, ph)
     (root / "Info.txt").write_text("\n".join(lines) + "\n", encoding="latin-1")
     return truth
 
@@ -441,7 +472,8 @@ def write_vindr(
 
     Four views per study, ``.dicom`` files (one MONOCHROME1 with a multi-valued window), both CSVs with a
     multi-category row, ``No Finding`` rows, an empty ``finding_birads``, boxes in the unmirrored frame on right
-    breasts (one exactly around the lesion, one overhanging the image with a negative ``xmin``). With
+    breasts (one exactly around the lesion, one overhanging the image with a negative ``xmin``), and a BI-RADS-only
+    finding without a box (study 1's L-MLO, BI-RADS 4: label-only). With
     ``for_processing`` study 1's L-CC is a ``FOR PROCESSING`` image (to be skipped). ``scale`` multiplies the
     image size (55 gives 3520 x 2640, about VinDr's typical 3518 x 2800) for throughput measurements; ``syntax``
     compresses every DICOM with that transfer syntax (e.g. JPEG 2000 lossless, reported for VinDr).
@@ -513,6 +545,21 @@ def write_vindr(
                             "finding_categories": "['Focal Asymmetry']",
                             **box,
                             "xmin": -6.25,
+                        }
+                    )
+                elif lat == "L" and view == "MLO" and s == 1:
+                    breast = "BI-RADS 4"
+                    # A BI-RADS-only finding: categorised and graded, but no box (label-only for malignant).
+                    finding_rows.append(
+                        {
+                            **base,
+                            "breast_birads": breast,
+                            "finding_birads": "BI-RADS 4",
+                            "finding_categories": "['Suspicious Calcification']",
+                            "xmin": "",
+                            "ymin": "",
+                            "xmax": "",
+                            "ymax": "",
                         }
                     )
                 elif lat == "R" and view == "CC" and s % 2 == 0:

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
+from tabulate import tabulate
 from tqdm.auto import tqdm
 
 from wsseg._io import atomic_save, atomic_write_json, atomic_write_text, remove_stale_temporaries
@@ -39,16 +40,23 @@ from wsseg.data.dataset import (
 )
 from wsseg.data.imageio import DICOM_SUFFIXES, dicom_pixel_spacing, read_image
 from wsseg.data.phantom import CLASSES
-from wsseg.data.preprocess import breast_region, plan_transform
+from wsseg.data.preprocess import Transform, breast_region, plan_transform
+from wsseg.data.preview import PreviewItem
 from wsseg.data.sources import DataError, Lesion, Problem, SourceRecord, get_source
 from wsseg.data.sources.nyu import GMIC_INPUT_SIZE
 
-PREPROCESS_VERSION = 1
+# 2: label-only flags in the meta, the evaluated region grown by lesions outside the breast, no vanishing lesion.
+PREPROCESS_VERSION = 2
 # The files a prepared cache holds beside its <split>/<image>.npz files.
 CACHE_INDEX_FILES = ("report.json", "split.csv", "manifest.csv")
 # Seeded patient-level split where a dataset has no official one; validation is carved from an official
 # training split with the same fraction.
 SPLIT_FRACTIONS = {"train": 0.7, "val": 0.15, "test": 0.15}
+
+
+# A lesion with more than this fraction of its pixels outside the detected breast is reported: its annotation or the
+# breast detection is suspect (mini-MIAS's mdb212 circle lies in the air beside the breast).
+OUTSIDE_WARN_FRACTION = 0.5
 
 
 @dataclass
@@ -63,6 +71,13 @@ class DataReport:
         orientation_disagreements: images whose content-decided flip contradicts the dataset's tags.
         cache: the prepared folder (``prepare`` only).
         repaired: cache files found damaged by a verifying ``prepare`` and prepared again.
+        labels: per split, images labelled ``benign``, ``malignant`` (an image may be both) and ``normal``.
+        n_located: images with at least one located lesion.
+        label_only: images labelled with a class none of whose lesions is located, as ``id (class)``: they train and
+            count for AUROC but enter no localisation metric of that class.
+        outside_breast: lesions lying mostly outside the detected breast (kept whole; the evaluated region is grown
+            by them), as ``id (class kind, NN% outside)``.
+        region_grown: images whose evaluated region was grown by such a lesion.
     """
 
     dataset: str
@@ -72,6 +87,11 @@ class DataReport:
     orientation_disagreements: list[str] = field(default_factory=list)
     cache: str | None = None
     repaired: list[str] = field(default_factory=list)
+    labels: dict[str, dict[str, int]] = field(default_factory=dict)
+    n_located: int = 0
+    label_only: list[str] = field(default_factory=list)
+    outside_breast: list[str] = field(default_factory=list)
+    region_grown: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (``report.json`` in the cache folder)."""
@@ -82,11 +102,53 @@ class DataReport:
             "skipped": [{"file": p.file, "reason": p.reason} for p in self.problems],
             "orientation_disagreements": self.orientation_disagreements,
             "cache": self.cache,
+            "labels": self.labels,
+            "n_located": self.n_located,
+            "label_only": self.label_only,
+            "outside_breast": self.outside_breast,
+            "region_grown": self.region_grown,
         }
 
+    @classmethod
+    def from_dict(cls, saved: dict[str, Any], cache: str | None = None) -> DataReport:
+        """Inverse of :meth:`to_dict` (``report.json`` of caches made before the label counts have none)."""
+        return cls(
+            saved["dataset"],
+            saved["root"],
+            saved["counts"],
+            [Problem(**p) for p in saved["skipped"]],
+            saved["orientation_disagreements"],
+            cache,
+            labels=saved.get("labels", {}),
+            n_located=int(saved.get("n_located", 0)),
+            label_only=list(saved.get("label_only", [])),
+            outside_breast=list(saved.get("outside_breast", [])),
+            region_grown=int(saved.get("region_grown", 0)),
+        )
+
     def summary(self) -> str:
-        """A few human lines: counts, then every problem."""
-        lines = [f"{self.dataset}: {sum(self.counts.values())} usable images ({_fmt_counts(self.counts)})"]
+        """A few human lines: counts, labels per split, label-only images, suspect annotations, then every problem."""
+        n = sum(self.counts.values())
+        lines = [f"{self.dataset}: {n} usable images ({_fmt_counts(self.counts)})"]
+        n_label_only = len({entry.split(" (")[0] for entry in self.label_only})
+        lines.append(f"{n} images, {self.n_located} with located lesions, {n_label_only} labelled without location")
+        if self.labels:
+            rows = [[s, *(self.labels[s].get(c, 0) for c in (*CLASSES, "normal"))] for s in self.labels]
+            table = tabulate(rows, headers=["split", *CLASSES, "normal"], disable_numparse=True)
+            lines += [
+                "labels per split (images; one image may carry both classes):",
+                *("  " + t for t in table.split("\n")),
+            ]
+        if self.label_only:
+            lines.append(
+                "label-only (labelled, lesion not located: they train and count for AUROC, never for localisation): "
+                + ", ".join(self.label_only)
+            )
+        if self.outside_breast:
+            lines.append(
+                f"warning: {len(self.outside_breast)} annotation(s) lie mostly outside the detected breast region; "
+                "kept, and the evaluated region grown to include them: " + "; ".join(self.outside_breast)
+            )
         if self.problems:
             lines.append(f"{len(self.problems)} skipped:")
             lines += [f"  {p}" for p in self.problems]
@@ -209,13 +271,27 @@ def default_split_file(dataset: str) -> Path | None:
     return path if path.is_file() else None
 
 
-def rasterise(
-    lesions: list[Lesion], shape: tuple[int, int], image_file: Path
-) -> tuple[np.ndarray, list[tuple[float, float, float, float] | None]]:
-    """(K, H, W) bool class masks in the original frame (the union of each class's lesions) and per-lesion boxes.
+@dataclass
+class Rasterised:
+    """The annotations of one image drawn in its original frame.
 
-    Each lesion's own bounding box ``(xmin, ymin, xmax, ymax)`` in that frame (None when it covers no pixel) is
-    returned alongside, so per-lesion information survives the union.
+    Attributes:
+        masks: (K, H, W) bool class masks, the union of each class's lesions.
+        boxes: per lesion, its own bounding box ``(xmin, ymin, xmax, ymax)`` (None when it covers no pixel), so
+            per-lesion information survives the union.
+        outside: per lesion, the fraction of its pixels outside the detected breast (None without pixels).
+        stray: (H, W) bool, the pixels of the lesions lying mostly outside the breast (more than
+            :data:`OUTSIDE_WARN_FRACTION` of them): the evaluated region is grown by these.
+    """
+
+    masks: np.ndarray
+    boxes: list[tuple[float, float, float, float] | None]
+    outside: list[float | None]
+    stray: np.ndarray
+
+
+def rasterise(lesions: list[Lesion], shape: tuple[int, int], image_file: Path, breast: np.ndarray) -> Rasterised:
+    """Draw an image's lesions in its original frame and measure how far each lies outside ``breast`` ((H, W) bool).
 
     Boxes fill the pixels whose centres lie in the half-open box; circles fill pixels within the radius of
     the centre pixel (both rules recorded in docs/datasets.md). A mask file drawn in a model-input
@@ -225,7 +301,9 @@ def rasterise(
         DataError: a mask file is missing, unreadable, not binary, or of another size than the image.
     """
     masks = np.zeros((len(CLASSES), *shape), dtype=bool)
+    stray = np.zeros(shape, dtype=bool)
     boxes: list[tuple[float, float, float, float] | None] = []
+    outside: list[float | None] = []
     rows, cols = np.arange(shape[0])[:, None], np.arange(shape[1])[None, :]
     for les in lesions:
         k = CLASSES.index(les.cls)
@@ -245,11 +323,16 @@ def rasterise(
             m = (cols - cx) ** 2 + (rows - cy) ** 2 <= rad**2
         if m is None or not m.any():
             boxes.append(None)
+            outside.append(None)
             continue
         masks[k] |= m
         r, c = np.flatnonzero(m.any(axis=1)), np.flatnonzero(m.any(axis=0))
         boxes.append((float(c[0]), float(r[0]), float(c[-1] + 1), float(r[-1] + 1)))
-    return masks, boxes
+        fraction = float(np.count_nonzero(m & ~breast)) / float(np.count_nonzero(m))
+        outside.append(fraction)
+        if fraction > OUTSIDE_WARN_FRACTION:
+            stray |= m
+    return Rasterised(masks, boxes, outside, stray)
 
 
 # A mask file is binary: background 0 and one lesion value. More than this fraction of pixels at other values
@@ -301,7 +384,7 @@ class Processed:
 
     image: np.ndarray  # (H, W) uint16
     masks: np.ndarray  # (K, H, W) bool
-    breast: np.ndarray  # (H, W) bool
+    breast: np.ndarray  # (H, W) bool: the evaluated region (the breast, grown by any lesion lying outside it)
     meta: dict[str, Any]
     disagrees: bool
 
@@ -324,19 +407,29 @@ def process_record(rec: SourceRecord, out_hw: tuple[int, int], dataset: str, voi
             f"{rec.expected_hw[0]}x{rec.expected_hw[1]}",
             "the file does not match its annotations; download it again",
         )
-    masks, lesion_boxes = rasterise(rec.lesions, (raw.shape[0], raw.shape[1]), rec.image_file)
     breast = breast_region(raw)
     if not breast.any():
         raise DataError(rec.image_file, "the image is blank (no breast found)", "check the file is a mammogram")
-    tf = plan_transform(raw, breast, out_hw)
+    drawn = rasterise(rec.lesions, (raw.shape[0], raw.shape[1]), rec.image_file, breast)
+    # A lesion lying mostly outside the detected breast (mini-MIAS's mdb212 circle) is kept whole: the crop keeps it
+    # and the evaluated region is the breast grown by it, so it is scored and its image is never taken for
+    # lesion-free. The part of a lesion that only spills over the skin line into air stays outside the region (it
+    # is not lesion). The breast alone decides the flip.
+    tf = plan_transform(raw, breast, out_hw, include=drawn.stray)
     peak = float(raw.max())
     image = tf.apply(raw / peak, is_mask=False)
     out_image = np.round(np.clip(image, 0.0, 1.0) * 65535).astype(np.uint16)
-    # Most images have no lesion of a class: skip resampling an all-zero full-size mask.
-    out_masks = np.stack([tf.apply(m, is_mask=True) if m.any() else np.zeros(out_hw, bool) for m in masks])
-    out_breast = tf.apply(breast, is_mask=True)
+    out_masks = np.stack([window_mask(tf, m, out_hw) for m in drawn.masks])  # (K, H, W)
+    out_region = tf.apply(breast | drawn.stray, is_mask=True)
+    # Each class keeps at least one pixel in the region (a lesion never vanishes, see window_mask).
+    for k in range(len(CLASSES)):
+        if out_masks[k].any() and not (out_masks[k] & out_region).any():
+            out_region |= out_masks[k]
+    unlocated = {les.cls for les in rec.lesions if les.kind == "none"}
+    # Labelled with a class but without a located lesion of it (no location given, or only part of them).
+    localized = [not rec.labels[k] or (bool(out_masks[k].any()) and c not in unlocated) for k, c in enumerate(CLASSES)]
     lesions = []
-    for les, box in zip(rec.lesions, lesion_boxes, strict=True):
+    for les, box, out in zip(rec.lesions, drawn.boxes, drawn.outside, strict=True):
         # Each lesion's own window-frame box: the class masks are unions, so overlapping lesions merge there.
         entry: dict[str, Any] = {"class": les.cls, "kind": les.kind, "type": les.name}
         if les.box is not None:
@@ -347,7 +440,10 @@ def process_record(rec: SourceRecord, out_hw: tuple[int, int], dataset: str, voi
             cx, cy, rad = les.circle
             x0, y0, x1, y1 = tf.box_to_window((cx - rad, cy - rad, cx + rad + 1, cy + rad + 1))
             entry["circle"] = [(x0 + x1) / 2, (y0 + y1) / 2, rad * tf.scale]
+        if out is not None:
+            entry["outside_breast"] = round(out, 4)  # fraction of its pixels outside the detected breast
         lesions.append(entry)
+    kinds = {les.kind for les in rec.lesions if les.kind != "none"}
     disagrees = rec.chest_wall is not None and (rec.chest_wall == "right") != tf.flipped
     native, spacing_source = rec.pixel_spacing_mm, "dataset"
     if native is None and rec.image_file.suffix.lower() in DICOM_SUFFIXES:
@@ -362,17 +458,40 @@ def process_record(rec: SourceRecord, out_hw: tuple[int, int], dataset: str, voi
         "view": rec.view,
         "pixel_spacing_mm": native / tf.scale,  # of the window; always set, the evaluator measures in mm
         "pixel_spacing_source": spacing_source,
-        # The record's own kind where it has lesions (a manifest may mix masks and boxes), else the dataset's.
-        "annotation": rec.lesions[0].kind if len({les.kind for les in rec.lesions}) == 1 else src.annotation,
+        # The record's own kind where it has located lesions (a manifest may mix masks and boxes), else the dataset's.
+        "annotation": kinds.pop() if len(kinds) == 1 else src.annotation,
         "label_source": src.label_source,
         "source_file": str(rec.image_file),
         "voi_lut": voi_lut,
         "transform": tf.to_dict(),
         "lesions": lesions,
+        # Per class (benign, malignant): False when the image is labelled with the class but no lesion of it is
+        # located (a label-only image); the evaluator then leaves it out of that class's localisation metrics.
+        "localized": localized,
+        # The breast_mask entry is the evaluated region: the detected breast grown by the lesions lying mostly
+        # outside it (region_grown tells whether there was one).
+        "region": "breast+stray lesions",
+        "region_grown": bool((drawn.stray & ~breast).any()),
         "orientation_disagrees_with_tags": disagrees,
         **rec.extra,
     }
-    return Processed(out_image, out_masks, out_breast, meta, disagrees)
+    return Processed(out_image, out_masks, out_region, meta, disagrees)
+
+
+def window_mask(tf: Transform, mask: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
+    """An original-frame (H, W) class mask in the window; a lesion never vanishes in the resize.
+
+    Masks are resampled as area fractions cut at 0.5, so a lesion smaller than half a window pixel (a single
+    calcification at the quick profile) would leave a labelled image with an empty mask; it keeps instead the
+    window pixel it covers most.
+    """
+    if not mask.any():
+        return np.zeros(out_hw, dtype=bool)
+    out = tf.apply(mask, is_mask=True)
+    if not out.any():
+        fraction = tf.apply(mask.astype(np.float32), is_mask=False)  # (H, W) area covered by the lesion
+        out = fraction >= fraction.max() if fraction.max() > 0 else out
+    return out
 
 
 def read_cached_meta(path: Path, row: dict[str, Any], image_hw: tuple[int, int] | None = None) -> dict[str, Any] | None:
@@ -401,7 +520,11 @@ def _prepare_one(args: tuple[SourceRecord, tuple[int, int], str, str, str | None
         meta = read_cached_meta(Path(root) / rel, _manifest_row(rec, split, rel), out_hw)
         if meta is not None:
             disagrees = bool(meta.get("orientation_disagrees_with_tags"))
-            return {"row": _manifest_row(rec, split, rel), "disagrees": rec.image_id if disagrees else None}
+            return {
+                "row": _manifest_row(rec, split, rel),
+                "disagrees": rec.image_id if disagrees else None,
+                "info": image_info(meta),
+            }
     try:
         p = process_record(rec, out_hw, dataset, voi_lut)
         if root is not None:
@@ -425,7 +548,25 @@ def _prepare_one(args: tuple[SourceRecord, tuple[int, int], str, str, str | None
         return {"problem": (e.file, e.reason + (f"; {e.fix}" if e.fix else ""))}
     except Exception as e:  # an unforeseen failure on one file must be reported, not abort a long prepare
         return {"problem": (str(rec.image_file), f"{type(e).__name__}: {e}")}
-    return {"row": _manifest_row(rec, split, rel), "disagrees": rec.image_id if p.disagrees else None}
+    return {
+        "row": _manifest_row(rec, split, rel),
+        "disagrees": rec.image_id if p.disagrees else None,
+        "info": image_info(p.meta),
+    }
+
+
+def image_info(meta: dict[str, Any]) -> dict[str, Any]:
+    """What the report counts about one prepared image, from its meta: located classes and suspect annotations."""
+    lesions = meta.get("lesions", [])
+    return {
+        "localized": list(meta.get("localized", [True] * len(CLASSES))),
+        "outside": [
+            f"{meta['image_id']} ({les['class']} {les['kind']}, {les['outside_breast']:.0%} outside)"
+            for les in lesions
+            if les.get("outside_breast", 0.0) > OUTSIDE_WARN_FRACTION
+        ],
+        "region_grown": bool(meta.get("region_grown")),
+    }
 
 
 def _manifest_row(rec: SourceRecord, split: str, rel: str) -> dict[str, Any]:
@@ -535,6 +676,7 @@ def _run(
     report.problems += [Problem(*r["problem"]) for r in results if "problem" in r]
     report.orientation_disagreements = [r["disagrees"] for r in results if r.get("disagrees")]
     report.counts = {s: sum(r["split"] == s for r in rows) for s in SPLITS}
+    count_labels(report, [(r["row"], r["info"]) for r in results if "row" in r])
     if strict and report.problems:
         raise DataError(
             root,
@@ -612,6 +754,24 @@ def unique_records(records: list[SourceRecord]) -> tuple[list[SourceRecord], lis
     return list(seen.values()), problems
 
 
+def count_labels(report: DataReport, images: list[tuple[dict[str, Any], dict[str, Any]]]) -> None:
+    """Fill the report's label counts per split, located and label-only images and suspect annotations."""
+    report.labels = {s: {c: 0 for c in (*CLASSES, "normal")} for s in SPLITS}
+    for row, info in sorted(images, key=lambda x: str(x[0]["image_id"])):
+        counts = report.labels[row["split"]]
+        flags = [int(row[c]) for c in CLASSES]
+        for c, flag in zip(CLASSES, flags, strict=True):
+            counts[c] += flag
+        counts["normal"] += not any(flags)
+        # Located: a labelled class whose lesions all have a place in the window (so its mask is not empty).
+        report.n_located += any(flag and ok for flag, ok in zip(flags, info["localized"], strict=True))
+        report.label_only += [
+            f"{row['image_id']} ({c})" for c, ok in zip(CLASSES, info["localized"], strict=True) if not ok
+        ]
+        report.outside_breast += info["outside"]
+        report.region_grown += bool(info["region_grown"])
+
+
 def check_under_root(records: list[SourceRecord], root: Path) -> None:
     """Refuse an index that points at files outside the data root (``../../etc/passwd``, ``/home/x/y.png``).
 
@@ -643,14 +803,19 @@ def check_source(
     progress: bool = False,
     voi_lut: bool = False,
     allow_outside_root: bool = False,
+    split_file: str | Path | None = None,
 ) -> DataReport:
     """Validate a download without writing anything: every image and mask is decoded and preprocessed.
+
+    The label counts per split use the split ``prepare`` would: ``split_file``, else the committed
+    ``benchmarks/splits/<dataset>.csv``, else the official or seeded split.
 
     Raises:
         FileNotFoundError: ``root`` does not exist.
         DataError: the index is unusable or points outside ``root`` (unless ``allow_outside_root``), or
             (``strict``) any file is bad.
     """
+    split_path = Path(split_file) if split_file is not None else default_split_file(dataset)
     report, _ = _run(
         dataset,
         root,
@@ -660,6 +825,7 @@ def check_source(
         workers,
         strict,
         progress,
+        split_path,
         voi_lut=voi_lut,
         allow_outside_root=allow_outside_root,
     )
@@ -735,15 +901,7 @@ def _prepare_locked(
         _clear_cache_file(Path(path))  # re-processed below; the intact files are reused
     if complete and not damaged:
         saved = json.loads((target / "report.json").read_text(encoding="utf-8"))
-        report = DataReport(
-            dataset,
-            saved["root"],
-            saved["counts"],
-            [Problem(**p) for p in saved["skipped"]],
-            saved["orientation_disagreements"],
-            str(target),
-        )
-        return target, report
+        return target, DataReport.from_dict(saved, str(target))
     # Left by writes a killed prepare cut short: the temporaries of the cache's own files only.
     remove_stale_temporaries(target, CACHE_INDEX_FILES)
     for split in SPLITS:
@@ -768,3 +926,89 @@ def _prepare_locked(
     writer.writerows(sorted(rows, key=lambda r: (SPLITS.index(r["split"]), r["image_id"])))
     atomic_write_text(target / "manifest.csv", buf.getvalue())  # last: its presence marks a complete cache
     return target, report
+
+
+def preview_source(
+    dataset: str,
+    root: str | Path,
+    out_hw: tuple[int, int],
+    n: int = 8,
+    split: str = "test",
+    seed: int = 0,
+    ids: list[str] | None = None,
+    lesions_only: bool = False,
+    voi_lut: bool = False,
+    allow_outside_root: bool = False,
+    split_file: str | Path | None = None,
+) -> tuple[list[PreviewItem], list[Problem]]:
+    """Preview tiles of a download's images as they will be scored; nothing is written.
+
+    Each image goes through :func:`process_record` (the pipeline of ``prepare``) and becomes a tile with its masks,
+    its evaluated region, its lesions' boxes and circles and its label-only classes. The images are ``ids`` when
+    given, else the first ``n`` of ``split`` (``train``, ``val``, ``test`` or ``all``) in id order, under the split
+    ``prepare`` uses (``split_file``, else the committed one, else the official or seeded split).
+
+    Returns:
+        The tiles and the images that could not be read, with their reason.
+
+    Raises:
+        FileNotFoundError: ``root`` does not exist.
+        DataError: the index is unusable or points outside ``root``; an id of ``ids`` is not in the download.
+        ValueError: an unknown split.
+    """
+    if split not in (*SPLITS, "all"):
+        raise ValueError(f"--split {split!r}: choose train, val, test or all")
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise FileNotFoundError(f"--root {root} does not exist; point it at the downloaded {dataset} folder")
+    scan = get_source(dataset).scan(root)
+    if not allow_outside_root:
+        check_under_root(scan.records, root)
+    split_path = Path(split_file) if split_file is not None else default_split_file(dataset)
+    splits = assign_splits(scan.records, seed, read_split_file(split_path) if split_path else None)
+    by_id = {r.image_id: r for r in scan.records}
+    if ids:
+        unknown = [i for i in ids if i not in by_id]
+        if unknown:
+            raise DataError(
+                root, f"no image {', '.join(unknown)} in the {dataset} download", "pass ids the index lists"
+            )
+        records = [by_id[i] for i in ids]
+    else:
+        records = sorted((r for r in scan.records if split in ("all", splits[r.image_id])), key=lambda r: r.image_id)
+    items: list[PreviewItem] = []
+    problems = [p for p in scan.problems if not ids]
+    for rec in records:
+        if len(items) >= n and not ids:
+            break
+        if lesions_only and not any(rec.labels):
+            continue
+        try:
+            p = process_record(rec, out_hw, dataset, voi_lut)
+        except DataError as e:
+            problems.append(Problem(e.file, e.reason))
+            continue
+        items.append(preview_item(p, splits[rec.image_id], rec.labels))
+    return items, problems
+
+
+def preview_item(p: Processed, split: str, labels: tuple[int, int]) -> PreviewItem:
+    """A preview tile of one processed image: its masks, region, lesion boxes and circles, label-only classes."""
+    meta = p.meta
+    boxes = [(CLASSES.index(les["class"]), tuple(les["box"])) for les in meta["lesions"] if les["kind"] == "box"]
+    circles = [(CLASSES.index(les["class"]), tuple(les["circle"])) for les in meta["lesions"] if "circle" in les]
+    label_only = [k for k, ok in enumerate(meta.get("localized", [True] * len(CLASSES))) if not ok]
+    named = sorted({f"{les['class']} {les['type'] or les['kind']}" for les in meta["lesions"]})
+    kinds = named or [c for c, flag in zip(CLASSES, labels, strict=True) if flag] or ["normal"]
+    caption = f"{meta['image_id']} {split} {meta['laterality']}-{meta['view']}: {', '.join(kinds)}"
+    if meta.get("region_grown"):
+        caption += " [lesion outside the breast]"
+    return PreviewItem(
+        p.image.astype(np.float32),
+        p.masks,
+        caption,
+        region=p.breast,
+        boxes=boxes,
+        circles=circles,
+        label_only=label_only,
+    )

@@ -136,11 +136,18 @@ def chest_wall_on_right(breast: np.ndarray) -> bool:
     return int(breast[:, w - w // 2 :].sum()) > int(breast[:, : w // 2].sum())
 
 
-def plan_transform(image: np.ndarray, breast: np.ndarray, out_hw: tuple[int, int]) -> Transform:
-    """The crop/flip/resize that fits the breast into an ``out_hw`` window, chest wall at column 0."""
+def plan_transform(
+    image: np.ndarray, breast: np.ndarray, out_hw: tuple[int, int], include: np.ndarray | None = None
+) -> Transform:
+    """The crop/flip/resize that fits the breast into an ``out_hw`` window, chest wall at column 0.
+
+    ``include`` ((H, W) bool, e.g. the annotated lesions) is kept inside the crop as well, so an annotation that
+    lies outside the detected breast is not cut away; the flip is decided by the breast alone.
+    """
     h0, w0 = image.shape
-    if breast.any():
-        rows, cols = np.flatnonzero(breast.any(axis=1)), np.flatnonzero(breast.any(axis=0))
+    keep = breast if include is None else breast | include
+    if keep.any():
+        rows, cols = np.flatnonzero(keep.any(axis=1)), np.flatnonzero(keep.any(axis=0))
         crop = (int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1)
     else:
         crop = (0, h0, 0, w0)

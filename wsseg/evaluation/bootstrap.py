@@ -33,6 +33,7 @@ from wsseg.evaluation.stats import SplitStats
 from wsseg.evaluation.summary import (
     ClassTable,
     class_table,
+    concat_tables,
     interval_keys,
     reduce_batch,
     reduce_class,
@@ -109,6 +110,72 @@ def bootstrap_intervals(
         if weights is None:
             out[name] = {k: [math.nan, math.nan] for k in keys}
             continue
+        samples = _reduce_chunked(table, fixed, weights)  # {metric: (B,)}
+        out[name] = {k: _percentiles(samples[k], level) for k in keys}
+    return out
+
+
+def pooled_patients(folds: Sequence[Sequence[str]]) -> list[str]:
+    """The patient of every image of several test folds, in fold order: the resampling units of a pooled bootstrap.
+
+    Both the pooled intervals (:func:`pooled_intervals`) and the leaderboards' rank groups over a cross-validation
+    (:func:`wsseg.report.significance.pool_folds`) resample the union of the test folds with :func:`patient_weights`;
+    that is one draw per patient of the dataset only when every patient is tested in exactly one fold.
+
+    Raises:
+        ValueError: a patient is in the test images of two folds (the runs do not share one fold assignment).
+    """
+    owner: dict[str, int] = {}
+    for i, patients in enumerate(folds):
+        for p in set(patients):
+            if owner.setdefault(p, i) != i:
+                raise ValueError(
+                    f"patient {p} is tested in two folds ({owner[p]} and {i}); the folds of one cross-validation "
+                    "must not share patients: pool only the runs of one fold assignment"
+                )
+    return [p for patients in folds for p in patients]
+
+
+def pooled_intervals(
+    parts: Sequence[tuple[SplitStats, dict[str, float]]],
+    fixed: float = 0.5,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, Any]:
+    """Percentile intervals over the pooled test folds of a cross-validation (one patient bootstrap).
+
+    Each fold's images keep the thresholds that fold calibrated on its own validation patients; the per-image
+    values of all folds are pooled and the union of their test patients (each tested in exactly one fold) is
+    resampled at once, so the interval reflects every patient of the dataset rather than one fold's few.
+
+    Args:
+        parts: per fold, its test split's statistics and its frozen per-class thresholds.
+        fixed: the fixed threshold (names the ``*_at_<fixed>`` keys).
+        n_resamples: bootstrap resamples (0: NaN intervals).
+        seed: the resampling generator's seed.
+        level: the interval's coverage.
+
+    Returns:
+        The same block as :func:`bootstrap_intervals`, plus ``n_folds``.
+    """
+    patients = pooled_patients([stats.patient_ids for stats, _ in parts])
+    out: dict[str, Any] = {
+        "rule": BOOTSTRAP_RULE + "; test folds pooled, each at its own thresholds",
+        "level": level,
+        "n_resamples": n_resamples,
+        "seed": seed,
+        "n_patients": len(set(patients)),
+        "n_folds": len(parts),
+    }
+    keys = interval_keys(fixed)
+    weights = patient_weights(patients, n_resamples, seed) if n_resamples > 0 and patients else None
+    tables = [_tables(stats, thresholds, fixed) for stats, thresholds in parts]
+    for name in tables[0] if tables else {}:
+        if weights is None:
+            out[name] = {k: [math.nan, math.nan] for k in keys}
+            continue
+        table = concat_tables([t[name] for t in tables])
         samples = _reduce_chunked(table, fixed, weights)  # {metric: (B,)}
         out[name] = {k: _percentiles(samples[k], level) for k in keys}
     return out

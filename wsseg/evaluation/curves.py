@@ -113,7 +113,7 @@ def curves_from_stats(stats: SplitStats, thresholds: dict[str, float]) -> dict[s
     return {
         name: {
             "pr": pr_curve(a, stats.n_bins),
-            "froc": froc_curve(a, len(stats)),
+            "froc": froc_curve(a, int(a.located.sum())),  # label-only images are no FROC images
             "lesion_size": lesion_size_points(a, stats.spacing_mm, stats.n_bins, thresholds[name]),
         }
         for name, a in stats.classes.items()

@@ -115,6 +115,7 @@ class SegmentationEvaluator:
         image_labels: Sequence[float] | Tensor | np.ndarray | None = None,
         boxes: bool = False,
         lesion_types: Sequence[str] | None = None,
+        located: Sequence[bool] | None = None,
     ) -> None:
         """Accumulate one image.
 
@@ -133,6 +134,9 @@ class SegmentationEvaluator:
             lesion_types: (K,) the type group of the image's lesions of each class (``mass``, ``calcification``,
                 ``other``; :func:`wsseg.evaluation.lesions.image_lesion_type`), for the breakdown by type;
                 unknown (``""``) when None.
+            located: (K,) per class, False where the image is labelled with a lesion of the class that the dataset
+                does not locate (a label-only image): its empty mask is not "lesion-free", so the image enters no
+                localisation metric of that class, only AUROC/AUPRC. All True when None.
         """
         k = len(self.classes)
         validate_saliency(saliency, k, image_id, check_range=self.normalization == "none")
@@ -156,9 +160,20 @@ class SegmentationEvaluator:
         types = list(lesion_types) if lesion_types is not None else [""] * k
         if len(types) != k:
             raise ValueError(f"{image_id}: expected {k} lesion types (one per class), got {len(types)}")
+        where = [True] * k if located is None else [bool(x) for x in located]
+        if len(where) != k:
+            raise ValueError(f"{image_id}: located needs one flag per class ({k}), got {len(where)}")
         for c, name in enumerate(self.classes):
             stats = class_stats(
-                maps[c], target[c], breast, self.n_bins, spacing_mm, self.froc, boxes=boxes, lesion_type=types[c]
+                maps[c],
+                target[c],
+                breast,
+                self.n_bins,
+                spacing_mm,
+                self.froc,
+                boxes=boxes,
+                lesion_type=types[c],
+                located=where[c],
             )
             self._per_class[name].append(stats)
             self._scores[name].append(stats.peak if image_scores is None and image_labels is not None else scores[c])

@@ -12,9 +12,11 @@ File conventions (``wsseg score``; README "Scoring maps made elsewhere"):
 - region (optional): ``<image_id>.png``, non-zero = evaluated pixels (e.g. the breast); the whole image
   without it.
 - labels (optional CSV): columns ``image_id``, ``benign``, ``malignant`` (0/1) and optionally
-  ``patient_id`` (the bootstrap unit; each image is its own patient without it) and
+  ``patient_id`` (the bootstrap unit; each image is its own patient without it),
   ``benign_score``, ``malignant_score`` (image-level predictions for AUROC/AUPRC; without them the
-  map's maximum inside the region is the image's score). With labels, the scored images are the
+  map's maximum inside the region is the image's score) and ``benign_located``, ``malignant_located`` (0/1,
+  default 1: 0 marks a label-only image of that class, labelled but with no lesion location, which then enters
+  no localisation metric of the class). With labels, the scored images are the
   labels' rows (masks of other images are ignored); without, the images that have maps.
 
 Hidden files (names starting with a dot) and folders are ignored. Anything else that breaks the
@@ -355,6 +357,7 @@ class LabelRow:
     labels: tuple[float, ...]
     scores: tuple[float, ...] | None
     patient_id: str | None
+    located: tuple[bool, ...] | None = None
 
 
 def read_labels(path: Path) -> dict[str, LabelRow]:
@@ -378,6 +381,8 @@ def read_labels(path: Path) -> dict[str, LabelRow]:
         raise InputError(f"--labels {path}: no column(s) {sorted(missing)}; the header needs image_id,benign,malignant")
     score_cols = [f"{c}_score" for c in CLASSES]
     has_scores = all(c in columns for c in score_cols)
+    located_cols = [f"{c}_located" for c in CLASSES]
+    has_located = all(c in columns for c in located_cols)
     out: dict[str, LabelRow] = {}
     for line, row in enumerate(rows, start=2):
         image_id = (row["image_id"] or "").strip()
@@ -392,8 +397,14 @@ def read_labels(path: Path) -> dict[str, LabelRow]:
             raise InputError(f"--labels {path} line {line}: labels must be 0 or 1, got {labels}")
         if scores is not None and not all(math.isfinite(s) for s in scores):
             raise InputError(f"--labels {path} line {line}: scores must be finite numbers")
+        located = None
+        if has_located:
+            flags = [(row[c] or "").strip() for c in located_cols]
+            if any(f not in ("0", "1") for f in flags):
+                raise InputError(f"--labels {path} line {line}: <class>_located must be 0 or 1, got {flags}")
+            located = tuple(f == "1" for f in flags)
         patient = (row.get("patient_id") or "").strip() or None
-        out[image_id] = LabelRow(labels, scores, patient)
+        out[image_id] = LabelRow(labels, scores, patient, located)
     if not out:
         raise InputError(f"--labels {path} lists no image; add one row per image to score")
     return out
@@ -493,8 +504,11 @@ def _plan(
             skip(image_id, expected, f"no map for class {', '.join(lacking)} (expected {expected} or .png)")
             continue
         row = labels.get(image_id) if labels is not None else None
+        # A label-only class (<class>_located 0) is labelled without a location: no mask is expected.
         unmasked = [
-            c for k, c in enumerate(CLASSES) if row is not None and row.labels[k] and c not in masks.get(image_id, {})
+            c
+            for k, c in enumerate(CLASSES)
+            if row is not None and row.labels[k] and _located(row, k) and c not in masks.get(image_id, {})
         ]
         if unmasked:
             c = unmasked[0]
@@ -551,12 +565,19 @@ def _plan(
     return plans
 
 
+def _located(row: LabelRow, k: int) -> bool:
+    """Whether class ``k`` of a labels row has a location (False: a label-only image of it)."""
+    return row.located is None or row.located[k]
+
+
 def _label_mask_mismatch(plan: _Plan, row: LabelRow | None, target: np.ndarray) -> tuple[str, str] | None:
     """(file, reason) when an image's labels contradict its masks: a lesion labelled 0, or a 1 with an empty mask."""
     if row is None:
         return None
     for k, c in enumerate(CLASSES):
         lesion = bool(target[k].any())
+        if not lesion and row.labels[k] and not _located(row, k):
+            continue  # label-only: labelled, with no location, so its mask is empty
         if lesion != bool(row.labels[k]):
             mask = plan.masks.get(c)
             what = (
@@ -666,6 +687,7 @@ def score_folders(
             spacing_mm=spacing_mm,
             image_scores=row.scores if row is not None else None,  # None: the map's maximum in the region
             image_labels=row.labels if row is not None else None,
+            located=row.located if row is not None else None,
         )
     stats = ev.stats()
     if not len(stats):
@@ -747,13 +769,30 @@ def save_map(folder: Path, image_id: str, name: str, saliency: torch.Tensor) -> 
     atomic_save(folder / f"{map_file_stem(image_id)}_{name}.npy", lambda f: np.save(f, arr))
 
 
-def write_test_labels(path: Path, ids: list[str], patients: list[str], labels: np.ndarray, logits: np.ndarray) -> None:
-    """The test split's labels, patients and image-level logits in the ``--labels`` format of ``wsseg score``."""
+def write_test_labels(
+    path: Path,
+    ids: list[str],
+    patients: list[str],
+    labels: np.ndarray,
+    logits: np.ndarray,
+    located: np.ndarray | None = None,
+) -> None:
+    """The test split's labels, patients and image-level logits in the ``--labels`` format of ``wsseg score``.
+
+    ``located`` ((N, K) bool) adds the ``<class>_located`` columns when some image is label-only, so that scoring
+    the saved maps leaves those images out of the localisation metrics as the run did.
+    """
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["image_id", "patient_id", *CLASSES, *(f"{c}_score" for c in CLASSES)])
+    flags = located is not None and not bool(np.all(located))
+    extra = [f"{c}_located" for c in CLASSES] if flags else []
+    writer.writerow(["image_id", "patient_id", *CLASSES, *(f"{c}_score" for c in CLASSES), *extra])
     for i, image_id in enumerate(ids):
-        writer.writerow([image_id, patients[i], *(int(v) for v in labels[i]), *(repr(float(v)) for v in logits[i])])
+        row = [image_id, patients[i], *(int(v) for v in labels[i]), *(repr(float(v)) for v in logits[i])]
+        if flags:
+            assert located is not None
+            row += [int(v) for v in located[i]]
+        writer.writerow(row)
     atomic_write_text(path, buf.getvalue())
 
 
@@ -775,7 +814,7 @@ def evaluate_run(
             run was scored on, or the maps do not match the test split.
     """
     from wsseg.data.dataset import MammogramDataset, split_hash
-    from wsseg.run import prepare_data
+    from wsseg.run import fold_splits, prepare_data  # here: wsseg.run imports this module
 
     run_dir = Path(run_dir)
     maps_dir = run_dir / MAPS_DIR
@@ -789,7 +828,9 @@ def evaluate_run(
     if cache_dir is not None:
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, cache_dir=cache_dir))
     root, _ = prepare_data(cfg, progress, log=lambda _: None)  # the run's dataset, as `wsseg run` prepared it
-    test_set = MammogramDataset(root, "test", with_masks=True, dataset=cfg.data.dataset)
+    # A run of one cross-validation fold tests that fold's patients.
+    splits = fold_splits(cfg, root, {})
+    test_set = MammogramDataset(root, "test", with_masks=True, dataset=cfg.data.dataset, patient_splits=splits)
     scored = ((record.get("dataset_info") or {}).get("split_hashes") or {}).get("test")
     if scored is not None and split_hash(test_set.image_ids) != scored:
         raise InputError(
@@ -834,6 +875,7 @@ def evaluate_run(
             image_scores=row.scores if row is not None else None,
             image_labels=sample["labels"],
             lesion_types=[image_lesion_type(sample["meta"].get("lesions", []), c) for c in CLASSES],
+            located=sample["meta"].get("localized"),
         )
     out = Path(out) if out is not None else run_dir / "evaluate"
     metrics, intervals, files, boot_seconds = score_stats(ev.stats(), thresholds, cfg.eval, out)

@@ -25,6 +25,11 @@ For one image and one class the evaluator computes, at the evaluated (mask) reso
   a peak drawn uniformly in the region is a hit, with the pointing game's own distance rule), ``lesion_cover`` (per
   FROC lesion, the fraction of the region its grown component covers) and ``grown_cover`` (the fraction covered by
   all of them).
+- ``located``: False for a *label-only* image of the class: labelled with a lesion of the class whose location
+  the dataset does not give (mini-MIAS's widely spread calcifications, a BI-RADS-only finding). Its empty mask
+  does not mean "lesion-free", so every localisation statistic of the class is empty for it (zero histograms and
+  sums, no detections) and it is left out of the FROC's image count: it enters no localisation metric, only the
+  image-level ones (AUROC, AUPRC).
 
 :class:`SplitStats` stacks them over the images of a split (memory O(images x n_bins), about 16 KB
 per image and class at 1,000 bins, independent of the resolution) and saves them to one ``.npz`` file.
@@ -92,6 +97,7 @@ class ClassStats:
     chance_hit: np.ndarray = field(default_factory=lambda: np.full(len(POINTING_TOLERANCES_MM), np.nan))
     lesion_cover: np.ndarray = field(default_factory=lambda: np.zeros(0))
     grown_cover: float = math.nan
+    located: bool = True
 
 
 # The relative thresholds of MaxBoxAccV2 (tau * max of the map).
@@ -178,6 +184,7 @@ def class_stats(
     froc: FrocSettings,
     boxes: bool = False,
     lesion_type: str = "",
+    located: bool = True,
 ) -> ClassStats:
     """Statistics of one full-resolution map against its mask.
 
@@ -190,7 +197,11 @@ def class_stats(
         froc: FROC detection settings.
         boxes: the ground truth is boxes (the mask is their union): also compute the MaxBoxAccV2 curve.
         lesion_type: the type group of the image's lesions of this class (:mod:`wsseg.evaluation.lesions`).
+        located: False for a label-only image of this class (labelled, lesion not located): only the map's peak
+            is kept (the image-level score when no logit is given); every localisation statistic is empty.
     """
+    if not located:
+        return _label_only_stats(saliency, region, n_bins, spacing_mm)
     box_curve = np.zeros(0)
     if boxes and target.any():
         # Boxes from the whole map, as MaxBoxAccV2 defines them (not restricted to the region).
@@ -242,6 +253,28 @@ def class_stats(
     )
 
 
+def _label_only_stats(
+    saliency: np.ndarray, region: np.ndarray | None, n_bins: int, spacing_mm: float | None
+) -> ClassStats:
+    """The statistics of a label-only image: its map's peak in the region and nothing a localisation metric reads."""
+    masked = saliency if region is None else np.where(region, saliency, np.float32(-1.0))  # (H, W)
+    peak_at = peak_index(masked)
+    empty = np.zeros(n_bins + 1, dtype=np.int64)
+    return ClassStats(
+        pos_hist=empty,
+        neg_hist=empty.copy(),
+        sum_sg=0.0,
+        sum_s=0.0,
+        point_px=math.nan,
+        peak=float(masked.flat[peak_at]) if peak_at >= 0 else 0.0,
+        lesion_scores=np.zeros(0),
+        fp_scores=np.zeros(0),
+        # Detections were not needed, not impossible: the class's FROC stays defined for the other images.
+        froc_done=spacing_mm is not None and spacing_mm > 0,
+        located=False,
+    )
+
+
 @dataclass
 class ClassArrays:
     """One class's statistics stacked over the N images of a split.
@@ -260,6 +293,8 @@ class ClassArrays:
         chance_hit: (N, len(POINTING_TOLERANCES_MM)) pointing-game chance per image (NaN on lesion-free images).
         lesion_cover: (L,) the fraction of its image's region each FROC lesion covers, grown by the tolerance.
         grown_cover: (N,) the fraction of the region all grown lesions cover (NaN without lesion or spacing).
+        located: (N,) bool, False for the label-only images of this class (see the module docstring); all True
+            when read from a file written before label-only images existed.
 
     Statistics saved before the lesion facts existed load with NaN (and empty types) in their place.
     """
@@ -283,6 +318,7 @@ class ClassArrays:
     chance_hit: np.ndarray = field(default_factory=lambda: np.zeros((0, len(POINTING_TOLERANCES_MM))))
     lesion_cover: np.ndarray = field(default_factory=lambda: np.zeros(0))
     grown_cover: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    located: np.ndarray = field(default_factory=lambda: np.ones(0, dtype=bool))
 
     def __post_init__(self) -> None:
         # Arrays missing from older files (or left at their defaults) become NaN of the right length.
@@ -298,6 +334,10 @@ class ClassArrays:
             self.chance_hit = np.full((n, len(POINTING_TOLERANCES_MM)), np.nan)
         if len(self.lesion_cover) != n_lesions:
             self.lesion_cover = np.full(n_lesions, np.nan)
+        # Files written before label-only images existed: every image located.
+        if len(self.located) != n:
+            self.located = np.ones(n, dtype=bool)
+        self.located = np.asarray(self.located, dtype=bool)
 
     @property
     def gt(self) -> np.ndarray:
@@ -335,13 +375,41 @@ class ClassArrays:
             self.chance_hit[index],
             self.lesion_cover[keep_l],
             self.grown_cover[index],
+            self.located[index],
         )
 
 
 # The arrays a statistics file may lack (written by an older wsseg); see ClassArrays.__post_init__.
 OPTIONAL_ARRAYS = frozenset(
-    {"box_iou", "lesion_px", "n_components", "lesion_type", "chance_hit", "lesion_cover", "grown_cover"}
+    {"box_iou", "lesion_px", "n_components", "lesion_type", "chance_hit", "lesion_cover", "grown_cover", "located"}
 )
+
+
+def concat_arrays(parts: Sequence[ClassArrays]) -> ClassArrays:
+    """One class's statistics of several image sets, in order (the test folds of a cross-validation, pooled)."""
+    offsets = np.cumsum([0, *(len(a.sum_s) for a in parts[:-1])])
+    return ClassArrays(
+        pos_hist=np.concatenate([a.pos_hist for a in parts]),
+        neg_hist=np.concatenate([a.neg_hist for a in parts]),
+        sum_sg=np.concatenate([a.sum_sg for a in parts]),
+        sum_s=np.concatenate([a.sum_s for a in parts]),
+        point_px=np.concatenate([a.point_px for a in parts]),
+        lesion_scores=np.concatenate([a.lesion_scores for a in parts]),
+        lesion_image=np.concatenate([a.lesion_image + o for a, o in zip(parts, offsets, strict=True)]),
+        fp_scores=np.concatenate([a.fp_scores for a in parts]),
+        fp_image=np.concatenate([a.fp_image + o for a, o in zip(parts, offsets, strict=True)]),
+        image_score=np.concatenate([a.image_score for a in parts]),
+        image_label=np.concatenate([a.image_label for a in parts]),
+        froc_done=all(a.froc_done for a in parts),
+        box_iou=np.concatenate([a.box_iou.reshape(-1, len(BOX_TAUS)) for a in parts]),
+        lesion_px=np.concatenate([a.lesion_px for a in parts]),
+        n_components=np.concatenate([a.n_components for a in parts]),
+        lesion_type=np.concatenate([a.lesion_type.astype("<U16") for a in parts]),
+        chance_hit=np.concatenate([a.chance_hit.reshape(-1, len(POINTING_TOLERANCES_MM)) for a in parts]),
+        lesion_cover=np.concatenate([a.lesion_cover for a in parts]),
+        grown_cover=np.concatenate([a.grown_cover for a in parts]),
+        located=np.concatenate([a.located for a in parts]),
+    )
 
 
 @dataclass
@@ -417,14 +485,14 @@ class SplitStats:
                     **{
                         key: data[f"{name}.{key}"]
                         for key in ClassArrays.__dataclass_fields__
-                        # Files written before boxes or lesion facts existed lack those arrays: NaN instead.
+                        # Files written before boxes, lesion facts or label-only images existed lack those arrays.
                         if key not in OPTIONAL_ARRAYS or f"{name}.{key}" in data
                     }
                 )
                 for name in data["classes"].tolist()
             }
             for a in classes.values():
-                a.froc_done = bool(a.froc_done)
+                a.froc_done = bool(a.froc_done)  # files without label-only flags: __post_init__ locates every image
             return cls(
                 data["image_ids"].tolist(),
                 data["patient_ids"].tolist(),
@@ -475,6 +543,8 @@ def _stats_problem(data: dict[str, np.ndarray]) -> str | None:
                 ok = arr.shape == () and arr.dtype.kind == "b"
             elif key == "box_iou":
                 ok = arr.shape == (n, len(BOX_TAUS)) and arr.dtype.kind == "f"
+            elif key == "located":
+                ok = arr.shape == (n,) and arr.dtype.kind == "b"
             elif key == "chance_hit":
                 ok = arr.shape == (n, len(POINTING_TOLERANCES_MM)) and arr.dtype.kind == "f"
             elif key == "lesion_cover":  # one value per FROC lesion
@@ -522,4 +592,5 @@ def stack_class(
         else np.zeros((0, len(POINTING_TOLERANCES_MM))),
         lesion_cover=np.concatenate([s.lesion_cover for s in per_image]) if n else np.zeros(0),
         grown_cover=np.array([s.grown_cover for s in per_image], dtype=np.float64),
+        located=np.array([s.located for s in per_image], dtype=bool),
     )

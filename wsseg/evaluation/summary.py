@@ -20,7 +20,9 @@ Keys per class (the record's ``metrics.<class>`` block):
 - ``fp_area_fraction``: mean fraction of the region at or above the calibrated threshold on the images
   without a lesion of the class; ``fp_image_rate``: the fraction of those images with any such pixel;
 - ``auroc``, ``auprc``: image-level predictions against image labels (scikit-learn);
-- ``n_images`` (lesion-positive images), ``n_lesion_free``, ``n_lesions``.
+- ``n_images`` (lesion-positive images), ``n_lesion_free``, ``n_lesions``, ``n_label_only`` (images labelled
+  with the class whose lesion has no location: they count for AUROC/AUPRC only and enter no localisation metric,
+  as lesion-positive or as lesion-free; see :mod:`wsseg.evaluation.stats`).
 
 Chance levels (:func:`chance_levels`, the record's ``references.chance``): what a prediction that ignores the image
 content scores on each metric, computed exactly from the masks and regions (no map is involved):
@@ -44,7 +46,9 @@ content scores on each metric, computed exactly from the masks and regions (no m
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -61,7 +65,7 @@ from wsseg.evaluation.metrics import (
     threshold_grid,
 )
 from wsseg.evaluation.stats import POINTING_TOLERANCES_MM as POINTING_TOLERANCES_MM
-from wsseg.evaluation.stats import ClassArrays, SplitStats
+from wsseg.evaluation.stats import ClassArrays, SplitStats, concat_arrays
 
 NAN = float("nan")
 
@@ -151,6 +155,13 @@ def class_table(arrays: ClassArrays, spacing_mm: np.ndarray, n_bins: int, thresh
         point_mm=arrays.point_px * spacing_mm,
         point_px=arrays.point_px,
     )
+
+
+def concat_tables(tables: Sequence[ClassTable]) -> ClassTable:
+    """Per-image values of several image sets, each at its own thresholds, as one table (pooled test folds)."""
+    fields = [f.name for f in dataclasses.fields(ClassTable) if f.name != "arrays"]
+    joined = {name: np.concatenate([getattr(t, name) for t in tables]) for name in fields}
+    return ClassTable(arrays=concat_arrays([t.arrays for t in tables]), **joined)
 
 
 def weighted_mean(values: np.ndarray, w: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -255,7 +266,9 @@ def reduce_batch(table: ClassTable, fixed: float, weights: np.ndarray) -> dict[s
             rate = np.full(len(w), np.nan)
         out[f"pointing_game_{r:g}mm"] = rate
     if a.froc_done and len(a.lesion_scores):
-        fppi, sens = froc_curves(a.lesion_scores, a.fp_scores, w.sum(axis=1), w[:, a.lesion_image], w[:, a.fp_image])
+        # False positives per image over the located images: a label-only image had no detections to count.
+        n_located = w @ a.located.astype(np.float64)  # (B,)
+        fppi, sens = froc_curves(a.lesion_scores, a.fp_scores, n_located, w[:, a.lesion_image], w[:, a.fp_image])
         at = sensitivity_at(fppi, sens)  # (B, len(FPPI_POINTS))
         out["froc"] = at.mean(axis=1)
         for j, f in enumerate(FPPI_POINTS):
@@ -342,6 +355,7 @@ def summarize(stats: SplitStats, thresholds: dict[str, float], fixed: float = 0.
         metrics["n_images"] = float(table.positive.sum())
         metrics["n_lesion_free"] = float(table.negative.sum())
         metrics["n_lesions"] = float(len(arrays.lesion_scores)) if arrays.froc_done else NAN
+        metrics["n_label_only"] = float(np.count_nonzero(~arrays.located))
         metrics.update(box_metrics(arrays))
         out[name] = metrics
     return out
@@ -439,6 +453,7 @@ def per_image_rows(stats: SplitStats, thresholds: dict[str, float], fixed: float
                     "patient_id": patient_id,
                     "class": name,
                     "has_lesion": int(t.positive[i]),
+                    "located": int(a.located[i]),
                     "lesion_pixels": int(t.gt[i]),
                     "region_pixels": int(t.area[i]),
                     "dice": t.dice[i],

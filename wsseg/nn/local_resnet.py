@@ -10,10 +10,12 @@ third of the cost.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from wsseg.nn.backbones import with_pretrained
 
 if TYPE_CHECKING:
     from timm.models.resnet import BasicBlock
@@ -30,11 +32,16 @@ class GrayInputConv(nn.Conv2d):
         return super().forward(x)
 
 
+TORCHVISION_CHANNELS = (64, 128, 256, 512)
+
+
 def local_resnet(
     depth: int = 18,
-    channels: tuple[int, int, int, int] = (64, 128, 256, 512),
+    channels: tuple[int, int, int, int] = TORCHVISION_CHANNELS,
     stem_width: int = 64,
     stage_strides: tuple[int, int, int, int] = (1, 2, 2, 2),
+    pretrained: bool = False,
+    name: str = "local network",
 ) -> nn.Module:
     """A torchvision-topology ResNet-18/34 without pooling and classifier, reading one-channel crops.
 
@@ -44,25 +51,48 @@ def local_resnet(
         stem_width: channels of the 7x7/2 stem; torchvision's is 64.
         stage_strides: per-stage strides; torchvision's are (1, 2, 2, 2) and GLAM's local network uses
             (1, 1, 1, 1) (output stride 4, the max-pool is kept).
+        pretrained: start from torchvision's ImageNet weights, as timm publishes them (``resnet18.tv_in1k``,
+            ``resnet34.tv_in1k``), through timm's hub mechanism; the network's ``wsseg_init`` then says so. The
+            three-channel stem is kept (so official files still load) and :class:`GrayInputConv` sums its RGB
+            filters for the one channel, which is timm's ``in_chans=1`` adaptation. Needs torchvision's widths.
+        name: what to call the network in errors.
 
     Returns:
         A timm ResNet; ``forward_features`` maps (B, 1, h, w) crops to (B, channels[-1], h/s, w/s).
-        Initialisation is torchvision's: Kaiming-normal (fan_out) convolutions, BN weights 1 and biases 0.
+        Random initialisation is torchvision's: Kaiming-normal (fan_out) convolutions, BN weights 1 and biases 0.
+
+    Raises:
+        ValueError: another depth; ``pretrained`` with widths that have no published weights, or weights that
+            cannot be loaded.
     """
     import timm  # here, not at the top: registering GMIC and GLAM need not load timm (seconds)
 
     if depth not in (18, 34):
         raise ValueError(f"local_resnet depth must be 18 or 34, got {depth}")
-    model = timm.create_model(
-        f"resnet{depth}",
-        pretrained=False,
-        in_chans=3,
-        num_classes=0,
-        global_pool="",
-        channels=channels,
-        stem_width=stem_width,
-        zero_init_last=False,  # torchvision initialises every BN weight to 1
-    )
+    options: dict[str, Any] = {
+        "in_chans": 3,
+        "num_classes": 0,
+        "global_pool": "",
+        "channels": channels,
+        "stem_width": stem_width,
+    }
+    if pretrained:
+        if tuple(channels) != TORCHVISION_CHANNELS or stem_width != 64:
+            raise ValueError(
+                f"the {name} is a narrow ResNet-{depth} (stage widths {tuple(channels)}, stem {stem_width}) without "
+                "pretrained weights; ImageNet weights exist for torchvision's widths (64, 128, 256, 512) with a "
+                "64-wide stem, which --profile paper uses; or keep method.pretrained=none"
+            )
+        tag = f"resnet{depth}.tv_in1k"
+        model, init = with_pretrained(tag, name, lambda: timm.create_model(tag, pretrained=True, **options))
+        setattr(model, "wsseg_init", init)  # noqa: B010 (a plain attribute read by WSSegMethod.initialisation)
+    else:
+        model = timm.create_model(
+            f"resnet{depth}",
+            pretrained=False,
+            zero_init_last=False,  # torchvision initialises every BN weight to 1
+            **options,
+        )
     if stem_width != 64:
         # timm's plain stem is always 64 wide: narrow it and rewire the first block (CPU presets only).
         first = _first_block(model, "layer1")
@@ -79,7 +109,7 @@ def local_resnet(
         model.conv1 = stem
         nn.init.kaiming_normal_(stem.weight, mode="fan_out", nonlinearity="relu")
     gray = GrayInputConv(3, stem_width, 7, stride=2, padding=3, bias=False)
-    gray.weight.data.copy_(_conv(model, "conv1").weight.data)
+    gray.weight.data.copy_(_conv(model, "conv1").weight.data)  # the pretrained RGB filters too, summed at forward time
     model.conv1 = gray
     for layer, stride in zip(("layer1", "layer2", "layer3", "layer4"), stage_strides, strict=True):
         first = _first_block(model, layer)

@@ -7,6 +7,9 @@ headline Dice, or of the pointing-game hit at 10 mm, then the mean over the row'
 images (the same in every seed: one test split). Files written before the diameters, types and hits existed still
 give a size breakdown of Dice: their images are binned by the equivalent diameter of the class's whole lesion area on
 the image (``area_mm2``), and their hits and types are unknown (n/a).
+
+A k-fold cross-validation is broken down over the union of its test folds: a seed's ``lesion_size`` points are those
+of its k runs joined (:func:`pool_curves`), so a bin holds every lesion image of the dataset that falls in it.
 """
 
 from __future__ import annotations
@@ -96,6 +99,20 @@ def row_cells(seed_curves: Sequence[Mapping[str, Any]], cls: str) -> dict[str, C
             float(np.mean(dice)) if all(math.isfinite(d) for d in dice) else math.nan,
             float(np.mean(hits)) if all(math.isfinite(h) for h in hits) else math.nan,
         )
+    return out
+
+
+def pool_curves(folds: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """One seed's test folds as one run's curves, for the breakdown: per class, the ``lesion_size`` points joined.
+
+    A key is kept only where every fold has it (files written before a key existed leave it out, so the cells it
+    feeds are n/a, never the mean of the other folds).
+    """
+    out: dict[str, Any] = {}
+    for c in [c for c in folds[0] if all(c in f for f in folds)] if folds else []:
+        blocks = [f[c].get("lesion_size", {}) for f in folds]
+        keys = [k for k in blocks[0] if all(k in b for b in blocks)]
+        out[c] = {"lesion_size": {k: [v for b in blocks for v in b[k]] for k in keys}}
     return out
 
 

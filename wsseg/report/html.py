@@ -75,7 +75,12 @@ def _label(text: str) -> str:
 
 def _by_method(runs: Sequence[RunFiles]) -> dict[str, list[RunFiles]]:
     out: dict[str, list[RunFiles]] = {}
-    for r in sorted(runs, key=lambda r: (method_label(r.record), int(r.record.get("seed", 0)))):
+
+    def order(r: RunFiles) -> tuple[str, int, int]:
+        fold = (r.record.get("dataset_info", {}).get("folds") or {}).get("fold", -1)
+        return method_label(r.record), int(r.record.get("seed", 0)), int(fold)
+
+    for r in sorted(runs, key=order):  # the lowest seed (and fold) first: the run the gallery and curves show
         out.setdefault(method_label(r.record), []).append(r)
     return out
 

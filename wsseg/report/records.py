@@ -12,7 +12,9 @@ every key is always present:
   for ``wsseg run --method gradcam --from-run <a gmic run>``), else null. Leaderboards name such rows
   ``<method>@<explains>`` (:func:`method_label`).
 - ``dataset``: dataset name; ``dataset_info``: version, cache key, image size, pixel spacing, per-split image
-  counts and id hashes.
+  counts and id hashes; for a run of one k-fold cross-validation fold only, ``folds``: ``k``, ``fold``, ``seed``,
+  ``assignment`` (a hash of the whole assignment, the leaderboards' comparability key), ``source`` (``derived`` or
+  the committed split file), ``file`` (``folds.csv`` in the run folder), ``rule`` and ``patients`` per split.
 - ``profile``: ``tiny`` | ``quick`` | ``paper``; ``seed``: training seed.
 - ``config``: the resolved run config (data, train, eval, method_config, and ``explains``: the explained method's
   name and config, or null).
@@ -20,7 +22,10 @@ every key is always present:
 - ``device``: ``cpu`` or the CUDA device name; ``precision``: ``fp32`` or ``bf16``.
 - ``timings``: seconds for ``data``, ``train``, ``eval``, ``bootstrap`` (*v2*) and ``total``;
   ``throughput``: ``train_images_per_s`` and ``eval_images_per_s``; ``peak_memory_mb``: host RSS or CUDA peak;
-  ``n_parameters``: the method's parameter count (added in schema 2; absent from older records).
+  ``n_parameters``: the method's parameter count (added in schema 2; absent from older records);
+  ``initialisation``: how each network started before training, ``{network: "random" | "imagenet:<timm tag>" |
+  "file:<sha256>"}`` (``method.pretrained``, ``method.backbone_weights``; absent from older records, which were
+  random unless their config names a weights file); leaderboards keep differently initialised runs apart.
 - ``training``: best epoch, best validation AUROC and the per-epoch history.
 - ``thresholds``: per class, the Dice-maximising threshold chosen on the validation split, and the rule used.
 - ``evaluation`` (*v2*): how maps became numbers: ``n_bins``, ``fixed_threshold``, ``upsampling`` (bilinear by
@@ -34,8 +39,9 @@ every key is always present:
   ``iou_pooled_at_0.5``, the oracle upper bounds ``dice_oracle``, ``iou_oracle``, ``threshold_oracle``,
   ``dice_pooled_oracle``, ``iou_pooled_oracle``, ``threshold_pooled_oracle``, ``soft_dice``, ``pxap``,
   ``pointing_game_0mm``/``5mm``/``10mm``, ``froc`` and ``sensitivity_at_<f>_fppi`` (f = 0.25 ... 8),
-  ``fp_area_fraction``, ``fp_image_rate``, ``auprc``, ``n_lesion_free`` and ``n_lesions``; for box ground
-  truth also ``max_box_acc_v2``, ``box_acc_iou_0.3``/``0.5``/``0.7`` and ``n_box_images``
+  ``fp_area_fraction``, ``fp_image_rate``, ``auprc``, ``n_lesion_free``, ``n_lesions`` and ``n_label_only``
+  (label-only test images: labelled with the class, lesion not located; no localisation metric uses them); for box
+  ground truth also ``max_box_acc_v2``, ``box_acc_iou_0.3``/``0.5``/``0.7`` and ``n_box_images``
   (definitions in :mod:`wsseg.evaluation.summary`).
 - ``intervals`` (*v2*): 95% percentile intervals from 1,000 patient-bootstrap resamples: ``rule``, ``level``,
   ``n_resamples``, ``seed``, ``n_patients`` and per class ``{metric: [low, high]}`` for every metric above
@@ -197,6 +203,23 @@ def _thresholds(v: Any) -> bool:
     )
 
 
+def _folds(v: Any) -> bool:
+    """``dataset_info.folds`` of a cross-validation fold's run: the keys the leaderboards group and pool by."""
+
+    def integer(x: Any) -> bool:
+        return isinstance(x, int) and not isinstance(x, bool)
+
+    return (
+        isinstance(v, dict)
+        and integer(v.get("k"))
+        and v["k"] >= 2
+        and integer(v.get("fold"))
+        and 0 <= v["fold"] < v["k"]
+        and isinstance(v.get("assignment"), str)
+        and v["assignment"] != ""
+    )
+
+
 # key -> (test, what it must be), for the keys that leaderboards, compare, evaluate and the report read. A key that
 # is absent is not checked here (version 1 records lack some); the reader that needs it says so.
 RECORD_KEYS: dict[str, tuple[Any, str]] = {
@@ -218,8 +241,10 @@ RECORD_KEYS: dict[str, tuple[Any, str]] = {
             isinstance(v, dict)
             and isinstance(v.get("split_hashes", {}), dict)
             and all(isinstance(x, str) for x in v.get("split_hashes", {}).values())
+            and ("folds" not in v or _folds(v["folds"]))
         ),
-        "an object (split_hashes: an object of strings)",
+        "an object (split_hashes: an object of strings; folds, for a cross-validation fold: k >= 2, fold in "
+        "[0, k), assignment a string)",
     ),
     "timings": (_numbers, "an object of seconds"),
     "throughput": (_numbers, "an object of numbers"),
@@ -234,6 +259,10 @@ RECORD_KEYS: dict[str, tuple[Any, str]] = {
     "gallery": (lambda v: v is None or _file_name(v), "none or a file name in the folder"),
     "maps": (lambda v: v is None or _file_name(v), "none or a folder name in the run folder"),
     "training": (lambda v: isinstance(v, dict), "an object"),
+    "initialisation": (
+        lambda v: isinstance(v, dict) and all(isinstance(x, str) for x in v.values()),
+        "an object of strings (per network: random, imagenet:<tag> or file:<sha256>)",
+    ),
     "config": (lambda v: isinstance(v, dict), "an object"),
 }
 

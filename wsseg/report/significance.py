@@ -10,6 +10,13 @@ per-image Dice comes from each run's ``per_image.csv`` (at the run's validation-
 a row with a seed lacking it is ``n/a``. The chance row's per-image Dice is the whole-breast Dice ``2|G| / (|R| +
 |G|)`` of the same images.
 
+A k-fold cross-validation is compared on the union of its test folds (:func:`pool_folds`): a seed of a method is
+its k runs' per-image values joined (every patient is tested in exactly one fold, at that fold's own threshold), so
+the images pair one to one across methods and the same bootstrap resamples every patient of the dataset once (the
+draws of :func:`wsseg.evaluation.bootstrap.pooled_intervals`, which gives the rows' Dice intervals). The difference
+is then the image-averaged Dice over the union, which weighs each fold by its lesion images, whereas the table's
+Dice is the mean over folds.
+
 Rank stability. Each seed ranks the methods present in every seed by the mean over classes of that seed's headline
 Dice; Kendall's tau (``scipy.stats.kendalltau``, tau-b, which handles ties) between the rankings of every pair of
 seeds gives the mean and the minimum over pairs, for all those methods and for the weakly supervised ones alone.
@@ -28,7 +35,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import kendalltau
 
-from wsseg.evaluation.bootstrap import paired_seed_bootstrap
+from wsseg.evaluation.bootstrap import paired_seed_bootstrap, pooled_patients
 
 PER_IMAGE_CSV = "per_image.csv"
 N_RESAMPLES = 1000
@@ -100,6 +107,32 @@ def read_per_image(folder: Path, record: Mapping[str, Any]) -> dict[str, PerImag
         )
         for name, c in columns.items()
     }
+
+
+def pool_folds(folds: Sequence[Mapping[str, PerImage]]) -> dict[str, PerImage]:
+    """The per-image values of one seed's test folds joined, per class, in fold order (see the module docstring).
+
+    Args:
+        folds: per fold (in fold order), :func:`read_per_image` of its run.
+
+    Returns:
+        Per class present in every fold, its values over the union of the test folds.
+
+    Raises:
+        ValueError: a patient is tested in two folds (the runs do not share one fold assignment).
+    """
+    names = [c for c in folds[0] if all(c in f for f in folds)] if folds else []
+    out = {}
+    for c in names:
+        parts = [f[c] for f in folds]
+        out[c] = PerImage(
+            tuple(i for p in parts for i in p.image_ids),
+            tuple(pooled_patients([p.patient_ids for p in parts])),
+            np.concatenate([p.dice for p in parts]),
+            np.concatenate([p.gt for p in parts]),
+            np.concatenate([p.area for p in parts]),
+        )
+    return out
 
 
 @dataclass(frozen=True)

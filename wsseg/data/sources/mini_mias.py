@@ -1,11 +1,20 @@
 """``mini-mias``: the MIAS MiniMammographic Database (PGM images and the Info table; circles).
 
 Layout: ``mdb001.pgm`` ... ``mdb322.pgm`` anywhere under ``--root`` and the Info table (``Info.txt``, or any
-``.txt`` whose lines start with ``mdb``). Info lines have 3 tokens (``NORM``), 4 (a finding without a
-location, e.g. widely distributed calcifications: labelled, not localised) or 7 (``x y radius``); an image
-may have several lines (union). The centre's origin is the **bottom-left** corner, so row = height - y.
-Even numbers are left breasts, odd numbers right (README); a patient is a left/right pair.
-Labels: severity ``M`` malignant, ``B`` benign, ``NORM`` normal (docs/datasets.md).
+``.txt`` whose lines start with ``mdb``). Info lines are ``REF BG CLASS [SEVERITY [x y radius]]``; an image may
+have several lines (union). The shapes found in the table:
+
+- 3 tokens: ``mdb003 D NORM``, a normal image;
+- 7 tokens: ``mdb001 G CIRC B 535 425 197``, a finding with a centre and radius;
+- a finding **without a location**: 4 tokens (``mdb059 F CIRC B``), or the severity followed by a reference to
+  the README's note on calcifications spread over the breast instead of coordinates (``mdb233 G CALC M *NOTE 3*``,
+  6 tokens). Such a line labels the image (it trains and counts for AUROC) but locates nothing: the image is
+  *label-only* for that class and enters no localisation metric of it (its empty mask is not "lesion-free").
+
+Anything else (a partial or non-numeric ``x y radius``, extra fields) is a malformed line, reported with its line
+number. The centre's origin is the **bottom-left** corner, so row = height - y. Even numbers are left breasts,
+odd numbers right (README); a patient is a left/right pair. Labels: severity ``M`` malignant, ``B`` benign,
+``NORM`` normal (docs/datasets.md).
 """
 
 from __future__ import annotations
@@ -71,6 +80,11 @@ def image_height(path: Path) -> int:
         return NATIVE_SIZE
 
 
+def is_note_reference(tokens: list[str]) -> bool:
+    """Whether the fields after the severity refer to a README note (``*NOTE 3*``) instead of giving coordinates."""
+    return 0 < len(tokens) <= 4 and any("NOTE" in t.upper() for t in tokens)
+
+
 @register_source("mini-mias")
 class MiniMIAS(DataSource):
     """mini-MIAS: 322 8-bit PGM films (1024x1024, 200 um) with circle annotations; pathology B/M labels."""
@@ -78,6 +92,7 @@ class MiniMIAS(DataSource):
     annotation = "circle"
     label_source = "pathology"
     licence = "research use only (MIAS licence); cite Suckling et al. 1994; do not redistribute"
+    version = 2  # 2: *NOTE 3* lines are label-only findings (they were refused as malformed)
 
     def scan(self, root: Path) -> ScanResult:
         """Parse the Info table and pair each line with its PGM."""
@@ -93,6 +108,12 @@ class MiniMIAS(DataSource):
                 elif _looks_like_record(tokens):  # a damaged line must not vanish with its lesion
                     problems.append(Problem(f"{info}:{i}", f"unreadable Info line {line.strip()!r}; fix the line"))
                 # else: the header line (REFNUM BG CLASS ...) or free text of the README
+        # A film without a line would vanish silently: the table may be cut short (a truncated copy), or the file is
+        # not a mini-MIAS film.
+        for ref, path in sorted(images.items()):
+            if _REF.match(ref) and ref not in lines:
+                reason = f"has no line in the Info table {info}; restore the full table from the download"
+                problems.append(Problem(str(path), reason))
         records = []
         for ref, entries in sorted(lines.items()):
             try:
@@ -110,8 +131,13 @@ class MiniMIAS(DataSource):
         labels = [0, 0]
         lesions = []
         for *tokens, where in entries:
-            if len(tokens) not in (3, 4, 7):
-                raise DataError(where, f"expected 3, 4 or 7 fields, got {len(tokens)}", "fix the Info line")
+            note = is_note_reference(tokens[4:])
+            if len(tokens) not in (3, 4, 7) and not note:
+                raise DataError(
+                    where,
+                    f"expected 3, 4 or 7 fields (or a *NOTE n* reference instead of x y radius), got {len(tokens)}",
+                    "fix the Info line",
+                )
             cls_name = tokens[2].upper()
             if cls_name == "NORM":
                 continue
@@ -119,7 +145,8 @@ class MiniMIAS(DataSource):
                 raise DataError(where, f"unknown label {' '.join(tokens[2:4])!r}", "severity must be B or M")
             cls = SEVERITY[tokens[3].upper()]
             labels[("benign", "malignant").index(cls)] = 1
-            if len(tokens) == 4:
+            if len(tokens) == 4 or note:
+                # No centre and radius (README: calcifications spread over the breast): labelled, not located.
                 lesions.append(Lesion(cls, "none", name=cls_name))
                 continue
             try:

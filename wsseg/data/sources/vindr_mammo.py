@@ -11,7 +11,9 @@ reported, as the authors' visualiser skips them.
 
 Labels are **BI-RADS, not pathology** (``label_source = birads``): malignant when the breast or a finding is
 BI-RADS 4-5, benign when BI-RADS 2-3, normal for BI-RADS 1 / ``No Finding``. A box takes its finding's
-BI-RADS class; findings without a BI-RADS (e.g. skin thickening) give no box.
+BI-RADS class; findings without a BI-RADS (e.g. skin thickening) give no box. A finding with a BI-RADS but no
+box, or a breast BI-RADS with no boxed finding of its class, labels the image without locating the lesion: the
+image is label-only for that class (it trains and counts for AUROC, and enters no localisation metric of it).
 """
 
 from __future__ import annotations
@@ -84,6 +86,7 @@ class VinDrMammo(DataSource):
     label_source = "birads"
     licence = "PhysioNet credentialed access + data use agreement; do not redistribute"
     skip_for_processing = True
+    version = 2  # 2: BI-RADS-only findings (no box) label the image instead of being dropped
 
     def scan(self, root: Path) -> ScanResult:
         """Read both CSVs and pair each image row with its findings."""
@@ -128,12 +131,16 @@ class VinDrMammo(DataSource):
                     f"bad finding_categories {frow['finding_categories']!r}",
                     "expected a list literal such as ['Mass']",
                 ) from None
-            if categories == ["No Finding"] or not frow.get("xmin", "").strip():
+            if categories == ["No Finding"]:
                 continue
             cls = birads_class(frow.get("finding_birads", ""), fwhere)
             if cls is None:
                 continue  # e.g. skin thickening: no BI-RADS, not a lesion of either class
             labels[("benign", "malignant").index(cls)] = 1
+            if not any(frow.get(k, "").strip() for k in ("xmin", "ymin", "xmax", "ymax")):
+                # A BI-RADS-only finding: it labels the image but locates nothing (label-only for its class).
+                lesions.append(Lesion(cls, "none", name="|".join(map(str, categories))))
+                continue
             x0, y0, x1, y1 = (_number(frow, k, fwhere) for k in ("xmin", "ymin", "xmax", "ymax"))
             box = (
                 min(max(x0, 0.0), width),
