@@ -360,7 +360,8 @@ class GLAM(WSSegMethod):
                 f"glam stage_epochs {tuple(self.cfg.stage_epochs)} must be >= 0 and sum to train.epochs = {epochs}; "
                 f"set --set train.epochs={sum(self.cfg.stage_epochs)} or change method.stage_epochs"
             )
-        return tuple(self.cfg.stage_epochs)  # type: ignore[return-value]
+        g, loc, joint = self.cfg.stage_epochs  # a list when read from a JSON config
+        return g, loc, joint
 
     def stage_of(self, epoch: int, epochs: int) -> Stage:
         """The stage of 0-based ``epoch`` in a run of ``epochs`` epochs."""

@@ -530,7 +530,8 @@ class PostHocCAMMethod(WSSegMethod):
         forward pass.
         """
         if self.network is not None:
-            return self.network(images)  # type: ignore[no-any-return]
+            out: MethodOutput = self.network(images)
+            return out
         logits, pixel_logits = self._classify(images)
         saliency = to_input_resolution(
             torch.sigmoid(pixel_logits.detach().float()), (images.shape[-2], images.shape[-1])
@@ -643,4 +644,5 @@ class CAMMethod(PostHocCAMMethod):
 
     def predict(self, images: Tensor) -> MethodOutput:
         """Images (B, 1, H, W) -> logits (B, K) and sigmoid CAMs (B, K, H, W): the forward pass's own map."""
-        return self(images)  # type: ignore[no-any-return]
+        out: MethodOutput = self(images)
+        return out
