@@ -107,7 +107,8 @@ class ACoL(WSSegMethod):
     def features(self, images: Tensor) -> Tensor:
         """Images (B, C_in, H, W) -> backbone features (B, C, h, w) (after ``input_downsample``)."""
         d = self.cfg.input_downsample
-        return self.backbone(F.avg_pool2d(images, d) if d > 1 else images)  # type: ignore[no-any-return]
+        features: Tensor = self.backbone(F.avg_pool2d(images, d) if d > 1 else images)
+        return features
 
     def forward(self, images: Tensor) -> MethodOutput:
         """Images (B, 1, H, W) -> A's logits (B, K) and max(sigmoid(M_A), sigmoid(M_B)) at (B, K, H, W)."""
@@ -135,4 +136,5 @@ class ACoL(WSSegMethod):
 
     def explained_logits(self, images: Tensor) -> Tensor:
         """Classifier A's logits (B, K), the model's prediction."""
-        return self.classifier_a(self.features(images)).mean(dim=(2, 3))  # type: ignore[no-any-return]
+        maps: Tensor = self.classifier_a(self.features(images))  # (B, K, h, w)
+        return maps.mean(dim=(2, 3))

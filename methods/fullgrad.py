@@ -88,7 +88,7 @@ def bias_gradient_maps(layers: list[nn.Module], size: tuple[int, int], total: li
                         term = (grad.to(dtype) * bias.to(dtype)[None, :, None, None]).abs()  # (B, C, h, w)
                         total[0] = total[0] + channel_sum_map(term, size)
 
-                output.register_hook(add_term)  # type: ignore[no-untyped-call]
+                output.register_hook(add_term)  # type: ignore[no-untyped-call]  # torch: Tensor.register_hook is untyped
 
         return hook
 

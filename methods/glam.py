@@ -276,9 +276,12 @@ class GLAM(WSSegMethod):
 
     def local_maps(self, crops: Tensor) -> Tensor:
         """Patches (N, 1, p, p) -> local maps (N, 2, p/4, p/4) in [0, 1] (output stride 4 at the released strides)."""
-        net = self.local_backbone
-        x = net.maxpool(net.act1(net.bn1(net.conv1(crops))))
-        for layer in (net.layer1, net.layer2, net.layer3, net.layer4):
+        net = self.local_backbone  # a timm ResNet: the stem, then four stages
+        x = crops  # (N, 1, p, p)
+        for name in ("conv1", "bn1", "act1", "maxpool"):
+            x = net.get_submodule(name)(x)
+        for name in ("layer1", "layer2", "layer3", "layer4"):
+            layer = net.get_submodule(name)
             use_ckpt = self.cfg.checkpoint_local and self.training and torch.is_grad_enabled()
             x = checkpoint(layer, x, use_reentrant=False) if use_ckpt else layer(x)
         return torch.sigmoid(self.local_head(x).float())
@@ -357,7 +360,8 @@ class GLAM(WSSegMethod):
                 f"glam stage_epochs {tuple(self.cfg.stage_epochs)} must be >= 0 and sum to train.epochs = {epochs}; "
                 f"set --set train.epochs={sum(self.cfg.stage_epochs)} or change method.stage_epochs"
             )
-        return tuple(self.cfg.stage_epochs)  # type: ignore[return-value]
+        g, loc, joint = self.cfg.stage_epochs  # a list when read from a JSON config
+        return g, loc, joint
 
     def stage_of(self, epoch: int, epochs: int) -> Stage:
         """The stage of 0-based ``epoch`` in a run of ``epochs`` epochs."""

@@ -33,7 +33,7 @@ import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -50,7 +50,7 @@ from wsseg.method import (
     in_unit_interval,
     probability_bce,
 )
-from wsseg.nn.backbones import Pretrained
+from wsseg.nn.backbones import Pretrained, TimmModel
 from wsseg.nn.local_resnet import local_resnet
 from wsseg.nn.resnet22 import ResNet22
 from wsseg.nn.roi import (
@@ -248,7 +248,8 @@ class GMIC(WSSegMethod):
         cut = extract_crops if self.cfg.roi_impl == "batched" else extract_crops_reference
         crops = cut(images, corners, crop)  # (B, K, 1, crop_h, crop_w)
         b, k = crops.shape[:2]
-        features = self.local_backbone.forward_features(crops.flatten(0, 1))  # (B*K, 512, s, s)
+        local = cast(TimmModel, self.local_backbone)  # a timm ResNet
+        features = local.forward_features(crops.flatten(0, 1))  # (B*K, 512, s, s)
         h_k = features.mean(dim=(2, 3)).view(b, k, -1)  # (B, K, 512)
 
         z, attention = self.attention_pool(h_k)  # (B, 512), (B, K)

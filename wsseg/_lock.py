@@ -23,8 +23,10 @@ from pathlib import Path
 
 try:
     import fcntl
+
+    _HAVE_FCNTL = True
 except ImportError:  # pragma: no cover - Windows
-    fcntl = None  # type: ignore[assignment]
+    _HAVE_FCNTL = False
 
 LOCK_NAME = ".wsseg.lock"
 
@@ -69,7 +71,7 @@ def folder_lock(
     """
     folder = Path(folder)
     path = lock_file if lock_file is not None else folder / LOCK_NAME
-    if fcntl is None:  # pragma: no cover - Windows
+    if not _HAVE_FCNTL:  # pragma: no cover - Windows
         yield path
         return
     folder.mkdir(parents=True, exist_ok=True)

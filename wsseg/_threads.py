@@ -51,7 +51,7 @@ def _quota_v1(folder: Path) -> float | None:
     """CPUs allowed by ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us`` in ``folder`` (a quota of -1: none)."""
     quota, period = _read(folder / "cpu.cfs_quota_us"), _read(folder / "cpu.cfs_period_us")
     try:
-        return int(quota) / int(period) if quota and period and int(quota) > 0 else None  # type: ignore[arg-type]
+        return int(quota) / int(period) if quota and period and int(quota) > 0 else None
     except (ValueError, ZeroDivisionError):
         return None
 

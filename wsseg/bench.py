@@ -65,12 +65,13 @@ def gflop_per_image(method: WSSegMethod, size: tuple[int, int], phase: Phase, de
     method.train(phase == "train")
     with FlopCounterMode(display=False) as counter:
         if phase == "train":
-            method.loss(method(images), {"labels": labels})["loss"].backward()
+            loss = method.loss(method(images), {"labels": labels})["loss"]
+            loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
         else:
             with torch.no_grad():
                 method.predict(images)
     method.zero_grad(set_to_none=True)
-    return counter.get_total_flops() / 1e9
+    return float(counter.get_total_flops()) / 1e9
 
 
 def bench(
@@ -129,7 +130,8 @@ def bench(
     torch.manual_seed(0)
     method = create_method(name, profile=profile, **overrides)
     memory_format = torch.channels_last if dev.type == "cuda" else torch.contiguous_format
-    method.to(device=dev, memory_format=memory_format)
+    method.to(dev)
+    method.to(memory_format=memory_format)  # torch's stubs have no overload taking a device and a memory format
     gflop = gflop_per_image(method, size, phase, dev)
     if compile:
         method.compile(mode=compile_mode, backend=compile_backend, dynamic=False)
@@ -146,7 +148,7 @@ def bench(
             return
         with autocast(dev, bf16):
             loss = method.loss(method(images), {"labels": labels})["loss"]
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 

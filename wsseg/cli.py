@@ -10,10 +10,13 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from tabulate import tabulate
+
+if TYPE_CHECKING:
+    import numpy as np
 
 # Heavy modules (torch, timm, pandas, matplotlib, scipy via the phantom) are imported inside the commands that
 # use them, so that `wsseg --help` and `wsseg --version` start in a fraction of a second (tests/test_cli.py checks
@@ -183,7 +186,8 @@ def results_table(record: dict[str, Any]) -> str:
             ]
         )
     headers = ["class", "Dice", "IoU", "threshold", "Dice@0.5", "IoU@0.5", "AUROC", "test lesions", "uniform Dice"]
-    return tabulate([[_fmt(v) for v in r] for r in rows], headers=headers, disable_numparse=True)
+    table: str = tabulate([[_fmt(v) for v in r] for r in rows], headers=headers, disable_numparse=True)
+    return table
 
 
 def _with_interval(record: dict[str, Any], name: str, key: str) -> str:
@@ -1220,7 +1224,8 @@ def _phantom_preview(n: int, profile: str, split: str, seed: int, lesions_only: 
         pcfg = phantom_config(profile)  # type: ignore[arg-type]
     except KeyError:
         _fail(f"unknown profile {profile!r}; choose quick, paper or tiny")
-    items, index = [], 0
+    items: list[tuple[np.ndarray, np.ndarray, str]] = []  # (image, masks, caption)
+    index = 0
     while len(items) < n and index < 100 * n:
         ident = sample_identity(split, index)
         img = generate_image(pcfg, seed, split, index, view=ident["view"], laterality=ident["laterality"])
@@ -1241,4 +1246,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

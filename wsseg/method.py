@@ -241,7 +241,8 @@ class WSSegMethod(nn.Module, ABC):
 
     def predict(self, images: Tensor) -> MethodOutput:
         """The output used for evaluation. Post-hoc methods override this to compute maps with autograd."""
-        return self(images)
+        out: MethodOutput = self(images)  # through __call__, so that forward hooks run
+        return out
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
         """Optimizer parameter groups; by default no weight decay on norms and biases (1-D tensors)."""
@@ -529,7 +530,8 @@ class PostHocCAMMethod(WSSegMethod):
         forward pass.
         """
         if self.network is not None:
-            return self.network(images)  # type: ignore[no-any-return]
+            out: MethodOutput = self.network(images)
+            return out
         logits, pixel_logits = self._classify(images)
         saliency = to_input_resolution(
             torch.sigmoid(pixel_logits.detach().float()), (images.shape[-2], images.shape[-1])
@@ -642,4 +644,5 @@ class CAMMethod(PostHocCAMMethod):
 
     def predict(self, images: Tensor) -> MethodOutput:
         """Images (B, 1, H, W) -> logits (B, K) and sigmoid CAMs (B, K, H, W): the forward pass's own map."""
-        return self(images)  # type: ignore[no-any-return]
+        out: MethodOutput = self(images)
+        return out

@@ -48,7 +48,7 @@ from wsseg.evaluation.scoring import (
     write_test_labels,
 )
 from wsseg.evaluation.summary import chance_levels
-from wsseg.method import PostHocCAMMethod, WSSegMethod
+from wsseg.method import ClassifierConfig, PostHocCAMMethod, WSSegMethod
 from wsseg.registry import get_method_spec
 from wsseg.report.gallery import GALLERY_NPZ, make_gallery
 from wsseg.report.records import SCHEMA_VERSION, read_record, record_thresholds, utc_now, versions, write_record
@@ -366,10 +366,11 @@ def build_method(cfg: RunConfig) -> WSSegMethod:
     if cfg.explains is None:
         return spec.cls(method_cfg, num_classes=len(CLASSES), in_chans=1)
     explained = get_method_spec(cfg.explains["method"])
-    if not issubclass(spec.cls, PostHocCAMMethod):
+    # A post-hoc method's Config is a ClassifierConfig (PostHocCAMMethod.Config); the isinstance only narrows the type.
+    if not issubclass(spec.cls, PostHocCAMMethod) or not isinstance(method_cfg, ClassifierConfig):
         raise ValueError(f"{cfg.method} is not a post-hoc method and cannot explain a {explained.name} classifier")
     network = explained.cls(explained.cls.Config(**cfg.explains["method_config"]), num_classes=len(CLASSES), in_chans=1)
-    return spec.cls(method_cfg, num_classes=len(CLASSES), in_chans=1, network=network)  # type: ignore[arg-type]
+    return spec.cls(method_cfg, num_classes=len(CLASSES), in_chans=1, network=network)
 
 
 def gallery_for_run(run_dir: str | Path, cache_dir: str | None = None, progress: bool = False) -> Path:
@@ -547,7 +548,7 @@ def run(
     rank, world = rank_and_world()
     if rank != 0:
         progress, log = False, lambda _: None
-    if sum(x is not None and x is not False for x in (from_run, weights, resume or None)) > 1:
+    if sum((from_run is not None, weights is not None, bool(resume))) > 1:
         raise ValueError("--from-run, --weights and --resume exclude each other; pass one of them")
     if run_id is not None:
         check_run_id(run_id)

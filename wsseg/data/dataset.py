@@ -34,7 +34,7 @@ import zlib
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import platformdirs
@@ -87,7 +87,7 @@ def _write_phantom_image(cfg: PhantomConfig, seed: int, split: str, index: int, 
     img = generate_image(cfg, seed, split, index, view=ident["view"], laterality=ident["laterality"])
     meta = {**img.meta, **ident}
 
-    def write(f: io.BufferedIOBase) -> None:
+    def write(f: IO[bytes]) -> None:
         np.savez(
             f,
             image=img.image,
@@ -98,7 +98,7 @@ def _write_phantom_image(cfg: PhantomConfig, seed: int, split: str, index: int, 
             meta=np.array(json.dumps(meta)),
         )
 
-    atomic_save(path, write)  # type: ignore[arg-type]
+    atomic_save(path, write)
     return img.labels
 
 
@@ -264,7 +264,8 @@ class MammogramDataset(Dataset[dict[str, Any]]):
             self.rows = [r for r in rows if patient_splits[r["patient_id"]] == split]
         if not self.rows:
             raise ValueError(f"{self.root / 'manifest.csv'} has no images in split {split!r}")
-        # Shared with the loader's worker processes (fork or spawn), so a file is verified once per run.
+        # Shared with the loader's worker processes (fork or spawn), so a file is verified once per run. (torch leaves
+        # Tensor.share_memory_ unannotated.)
         self.verified: Tensor = torch.zeros(len(self.rows), dtype=torch.bool).share_memory_()  # type: ignore[no-untyped-call]
 
     def __len__(self) -> int:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import json
 import pickle
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,7 +85,7 @@ def save_dicom(
     ``tags`` sets further attributes by keyword (``WindowCenter``, ``PresentationIntentType``...).
     """
     from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import DigitalMammographyXRayImageStorageForPresentation, ExplicitVRLittleEndian, generate_uid
 
     peak = 2**bits - 1
     values = np.round(img * peak).astype(np.uint16)
@@ -93,7 +94,7 @@ def save_dicom(
     if padding is not None:
         values[img == 0] = padding
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.2"
+    meta.MediaStorageSOPClassUID = DigitalMammographyXRayImageStorageForPresentation  # 1.2.840.10008.5.1.4.1.1.1.2
     meta.MediaStorageSOPInstanceUID = generate_uid()
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = Dataset()
@@ -171,7 +172,7 @@ def write_manifest(root: Path, n_patients: int = 6, dicom_monochrome1: bool = Tr
     return truth
 
 
-def write_csv(path: Path, header: list[str], rows: list[dict[str, object]]) -> None:
+def write_csv(path: Path, header: list[str], rows: Sequence[Mapping[str, object]]) -> None:
     """A comma-separated file with ``header``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="", encoding="utf-8") as f:
@@ -477,7 +478,9 @@ def write_vindr(
     image size (55 gives 3520 x 2640, about VinDr's typical 3518 x 2800) for throughput measurements; ``syntax``
     compresses every DICOM with that transfer syntax (e.g. JPEG 2000 lossless, reported for VinDr).
     """
-    breast_rows, finding_rows, truth = [], [], {}
+    breast_rows: list[dict[str, object]] = []
+    finding_rows: list[dict[str, object]] = []  # box coordinates are numbers, or "" when there is no finding
+    truth: dict[str, Phantom] = {}
     for s in range(n_studies):
         study = f"{s:032x}"
         for lat in ("L", "R"):
@@ -676,7 +679,8 @@ def write_inbreast(root: Path, n_patients: int = 6, espiculated: bool = False) -
     return truth
 
 
-WRITERS = {
+# Each writer takes the folder to write into and returns image id -> the phantom drawn there.
+WRITERS: dict[str, Callable[[Path], dict[str, Phantom]]] = {
     "manifest": write_manifest,
     "mini-mias": write_mias,
     "nyu": write_nyu,
@@ -701,7 +705,7 @@ def write_phantom_manifest(root: Path, n_images: int = 16, seed: int = 0) -> dic
         img = generate_image(cfg, seed, "fixture", i, view=view, laterality=lat)
         image_id = f"ph{i:03d}-{lat}-{view}"
         truth[image_id] = img
-        mirror = (lambda a: a[..., ::-1]) if lat == "R" else (lambda a: a)
+        mirror: Callable[[np.ndarray], np.ndarray] = (lambda a: a[..., ::-1]) if lat == "R" else (lambda a: a)
         save_png16(root / "images" / f"{image_id}.png", mirror(img.image) / 4095.0)
         row = {
             "image": f"images/{image_id}.png",

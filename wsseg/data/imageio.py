@@ -212,7 +212,7 @@ def _read_pil(path: Path, binary_ok: bool) -> np.ndarray:
 
 
 def _read_dicom(path: Path, voi_lut: bool = False, skip_for_processing: bool = False) -> np.ndarray:
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut  # type: ignore[attr-defined]
+    from pydicom.pixels.processing import apply_modality_lut, apply_voi_lut  # pydicom.pixels re-exports them
 
     ds = open_dicom(path)
     if skip_for_processing and str(ds.get("PresentationIntentType", "")).strip().upper().endswith("PROCESSING"):
@@ -271,8 +271,9 @@ def voi_output_range(ds: object) -> tuple[float, float]:
     if seq:
         return 0.0, float(2 ** int(seq[0].LUTDescriptor[2]) - 1)
     bits = int(getattr(ds, "BitsStored", 16))
-    if getattr(ds, "ModalityLUTSequence", None):
-        lo, hi = 0.0, float(2 ** int(ds.ModalityLUTSequence[0].LUTDescriptor[2]) - 1)  # type: ignore[attr-defined]
+    modality_seq = getattr(ds, "ModalityLUTSequence", None)
+    if modality_seq:
+        lo, hi = 0.0, float(2 ** int(modality_seq[0].LUTDescriptor[2]) - 1)
     elif int(getattr(ds, "PixelRepresentation", 0)) == 0:
         lo, hi = 0.0, float(2**bits - 1)
     else:

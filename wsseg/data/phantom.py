@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import zlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import scipy.fft as sfft
@@ -29,6 +29,9 @@ _VIEWS = ("CC", "MLO")
 _LATERALITIES = ("L", "R")
 _DENSITIES = ("A", "B", "C", "D")
 Range = tuple[float, float]
+# The pectoral muscle of a _Geometry: ("tri", w_top, h, bow) for MLO, ("ell", depth, half-height, centre row) for CC,
+# () for none (all in mm).
+Pectoral = tuple[Literal["tri", "ell"], float, float, float] | tuple[()]
 
 
 @dataclass(frozen=True)
@@ -200,8 +203,7 @@ class _Geometry:
     nipple_row_mm: float
     # CC: centre row, upper/lower half-heights, exponent. MLO: tail width, fold row, upper/lower exponents.
     shape: tuple[float, ...]
-    # Pectoral: ("tri", w_top, h, bow) for MLO, ("ell", depth, half-height, centre row) for CC, () for none.
-    pectoral: tuple[Any, ...]
+    pectoral: Pectoral
 
     def edge_col(self, rows: np.ndarray) -> np.ndarray:
         """Column (mm) of the breast outline for each row (mm); 0 where the row has no breast."""
@@ -227,11 +229,13 @@ class _Geometry:
             _, w_top, h, bow = self.pectoral
             x = np.clip(rows / h, 0.0, 1.0)
             edge = np.where(rows < h, w_top * (1.0 - x) + bow * np.sin(np.pi * x), -1e3)
-            return (edge - cols).astype(np.float32)
+            depth_mm: np.ndarray = edge - cols
+            return depth_mm.astype(np.float32)
         _, depth, half, rc = self.pectoral
         x = np.clip(np.abs(rows - rc) / half, 0.0, 1.0)
         edge = np.where(np.abs(rows - rc) < half, depth * np.sqrt(1.0 - x**2), -1e3)
-        return (edge - cols).astype(np.float32)
+        depth_mm = edge - cols
+        return depth_mm.astype(np.float32)
 
 
 def _sample_geometry(cfg: PhantomConfig, rng: np.random.Generator, view: str) -> _Geometry:
@@ -247,7 +251,7 @@ def _sample_geometry(cfg: PhantomConfig, rng: np.random.Generator, view: str) ->
         a_up = min(a * _u(rng, cfg.cc_half_scale), 0.97 * r0)
         a_lo = min(a * _u(rng, cfg.cc_half_scale), 0.97 * (h_mm - r0))
         n = _u(rng, cfg.cc_exponent)
-        pect: tuple[Any, ...] = ()
+        pect: Pectoral = ()
         if rng.random() < cfg.cc_pectoral_prob:
             depth, height = _u(rng, cfg.cc_pectoral_depth_mm), _u(rng, cfg.cc_pectoral_height_mm)
             pect = ("ell", depth, 0.5 * min(height, a_up + a_lo), r0 + rng.uniform(-0.2, 0.2) * a)
@@ -322,7 +326,8 @@ def _power_law_field(
     f = np.sqrt((fx * stretch) ** 2 + fy**2)
     amp = np.maximum(f, cfg.texture_f_lo) ** (-beta / 2.0) * np.exp(-((f / cfg.texture_f_mtf) ** 2))
     spec *= amp.astype(np.float32)
-    return sfft.irfft2(spec, s=shape).astype(np.float32)
+    field: np.ndarray = sfft.irfft2(spec, s=shape)
+    return field.astype(np.float32)
 
 
 def _glandular_fraction(
@@ -456,7 +461,10 @@ def _draw_cluster(cfg: PhantomConfig, rng: np.random.Generator, cls: int) -> _Le
         shape = "round" if rng.random() < 0.5 else "punctate"
         sizes = cfg.calc_size_benign_mm if shape == "round" else (cfg.calc_size_benign_mm[0], 0.6)
         sd = extent / 4.0
-        centres = [p for p in rng.normal(0.0, sd, (4 * count, 2)) if np.hypot(*p) <= extent / 2.0]
+        # (row, col) points in mm: a list of (2,) arrays here, an (N, 2) array from _duct_points.
+        centres: list[np.ndarray] | np.ndarray = [
+            p for p in rng.normal(0.0, sd, (4 * count, 2)) if np.hypot(*p) <= extent / 2.0
+        ]
     else:
         shape = "fine-linear" if rng.random() < 0.5 else "pleomorphic"
         sizes = cfg.calc_size_malignant_mm
@@ -533,8 +541,8 @@ def _place(
             return False
         # A lesion image must have its lesion: fall back to the most interior spot.
         score = np.minimum(d_out - geom.skin_mm, d_pec)
-        rr, cc = np.unravel_index(np.argmax(score), score.shape)
-        rr, cc = np.atleast_1d(rr), np.atleast_1d(cc)
+        r_best, c_best = np.unravel_index(np.argmax(score), score.shape)
+        rr, cc = np.atleast_1d(r_best), np.atleast_1d(c_best)
     i = int(rng.integers(0, rr.size))
     lesion.center_mm = (float(rr[i] + rng.uniform(0.0, 1.0)), float(cc[i] + rng.uniform(0.0, 1.0)))
     return True
@@ -557,7 +565,8 @@ def _window(
 def _min_disk(mask: np.ndarray, dr: np.ndarray, dc: np.ndarray, cfg: PhantomConfig) -> np.ndarray:
     """Guarantee the mask is at least ``min_lesion_px`` across (at coarse spacings a 5 mm lesion is ~3 px)."""
     rad = 0.5 * cfg.min_lesion_px * cfg.pixel_spacing_mm
-    return mask | (dr**2 + dc**2 <= rad * rad)
+    grown: np.ndarray = mask | (dr**2 + dc**2 <= rad * rad)
+    return grown
 
 
 def _render_mass(les: _Lesion, cfg: PhantomConfig, thick: np.ndarray) -> tuple[tuple[slice, slice], np.ndarray]:
@@ -614,8 +623,8 @@ def _render_spicules(
         np.add.at(layer, (ir[ok], ic[ok]), (w[ok] / base) * (0.5 * s) / s)
         widths.append(base)
     sigma = max(0.5, 0.4 * float(np.mean(widths)) / s)
-    layer = ndi.gaussian_filter(layer, sigma)
-    return layer * (peak * math.sqrt(2.0 * math.pi) * sigma)
+    blurred: np.ndarray = ndi.gaussian_filter(layer, sigma)
+    return blurred * (peak * math.sqrt(2.0 * math.pi) * sigma)
 
 
 def _render_cluster(les: _Lesion, cfg: PhantomConfig, calc_thick: np.ndarray) -> tuple[tuple[slice, slice], np.ndarray]:
@@ -801,7 +810,7 @@ def generate_image(cfg: PhantomConfig, seed: int, split: str, index: int, view: 
     img = np.where(breast, np.clip(np.rint(4095.0 * u**cfg.display_gamma), 1, 4095), 0).astype(np.uint16)
 
     masks &= breast[None]
-    labels = masks.reshape(2, -1).any(axis=1).astype(np.float32)
+    labels = np.asarray(masks.reshape(2, -1).any(axis=1), dtype=np.float32)  # (2,)
     meta: dict[str, Any] = {
         "view": view,
         "laterality": laterality,

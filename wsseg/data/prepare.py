@@ -20,7 +20,7 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -530,7 +530,7 @@ def _prepare_one(args: tuple[SourceRecord, tuple[int, int], str, str, str | None
         if root is not None:
             labels = np.asarray(rec.labels, dtype=np.float32)
 
-            def write(f: io.BufferedIOBase) -> None:
+            def write(f: IO[bytes]) -> None:
                 np.savez(
                     f,
                     image=p.image,
@@ -541,7 +541,7 @@ def _prepare_one(args: tuple[SourceRecord, tuple[int, int], str, str, str | None
                 )
 
             try:
-                atomic_save(Path(root) / rel, write)  # type: ignore[arg-type]
+                atomic_save(Path(root) / rel, write)
             except OSError as e:
                 return {"fatal": str(e)}
     except DataError as e:
@@ -1008,7 +1008,7 @@ def preview_item(p: Processed, split: str, labels: tuple[int, int]) -> PreviewIt
         p.masks,
         caption,
         region=p.breast,
-        boxes=boxes,  # type: ignore[arg-type]
-        circles=circles,  # type: ignore[arg-type]
+        boxes=boxes,
+        circles=circles,
         label_only=label_only,
     )

@@ -59,7 +59,8 @@ class Transform:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Transform:
         """Inverse of :meth:`to_dict`."""
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})  # type: ignore[arg-type]
+        fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}  # JSON lists
+        return cls(**fields)
 
     def apply(self, arr: np.ndarray, is_mask: bool) -> np.ndarray:
         """Map an original-frame (H, W) image or mask into the window."""
@@ -155,4 +156,4 @@ def plan_transform(
     scale = min(out_hw[0] / h, out_hw[1] / w)
     resized = (min(out_hw[0], max(1, round(h * scale))), min(out_hw[1], max(1, round(w * scale))))
     offset = ((out_hw[0] - resized[0]) // 2, 0)
-    return Transform((h0, w0), crop, chest_wall_on_right(breast), scale, resized, offset, tuple(out_hw))  # type: ignore[arg-type]
+    return Transform((h0, w0), crop, chest_wall_on_right(breast), scale, resized, offset, (out_hw[0], out_hw[1]))

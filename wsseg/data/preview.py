@@ -63,7 +63,8 @@ def _outline(mask: np.ndarray, scale: float) -> np.ndarray:
     """Outline of a full-resolution mask, thickened so it is still about 2 px wide after downscaling by ``scale``."""
     edge = mask & ~ndi.binary_erosion(mask)
     width = max(1, int(math.ceil(scale)))
-    return ndi.binary_dilation(edge, iterations=width) if width > 1 else edge
+    thick: np.ndarray = ndi.binary_dilation(edge, iterations=width) if width > 1 else edge
+    return thick
 
 
 def _draw_outline(rgb: np.ndarray, mask: np.ndarray, scale: float, colour: tuple[int, int, int]) -> None:
@@ -101,7 +102,7 @@ def _tile(item: PreviewItem, tile_height: int) -> Image.Image:
             (inset, inset, tile.width - 1 - inset, tile.height - 1 - inset), outline=_COLOURS[k % 2], width=3
         )
     lines = [item.caption] + [f"{('benign', 'malignant')[k]}: label only" for k in item.label_only]
-    y = 2
+    y: float = 2  # top of the next caption line (PIL's text boxes are typed as floats)
     for text in lines:
         x0, y0, x1, y1 = draw.textbbox((3, y), text)
         draw.rectangle((x0 - 2, y0 - 1, x1 + 2, y1 + 1), fill=(0, 0, 0))

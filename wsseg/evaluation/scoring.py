@@ -51,7 +51,7 @@ from wsseg.config import EvalConfig, RunConfig
 from wsseg.data.phantom import CLASSES
 from wsseg.evaluation.bootstrap import bootstrap_intervals
 from wsseg.evaluation.curves import CURVES_JSON, write_curves
-from wsseg.evaluation.evaluator import SegmentationEvaluator
+from wsseg.evaluation.evaluator import Normalization, SegmentationEvaluator
 from wsseg.evaluation.lesions import image_lesion_type
 from wsseg.evaluation.localization import FPPI_POINTS
 from wsseg.evaluation.stats import FrocSettings, SplitStats
@@ -99,9 +99,9 @@ def froc_settings(cfg: EvalConfig) -> FrocSettings:
     return FrocSettings(cfg.froc_nms_mm, cfg.froc_tolerance_mm, cfg.froc_max_candidates)
 
 
-def make_evaluator(cfg: EvalConfig, normalization: str = "none") -> SegmentationEvaluator:
+def make_evaluator(cfg: EvalConfig, normalization: Normalization = "none") -> SegmentationEvaluator:
     """An evaluator with an eval config's settings."""
-    return SegmentationEvaluator(CLASSES, cfg.n_bins, cfg.upsample, normalization, froc_settings(cfg))  # type: ignore[arg-type]
+    return SegmentationEvaluator(CLASSES, cfg.n_bins, cfg.upsample, normalization, froc_settings(cfg))
 
 
 def evaluation_settings(cfg: EvalConfig, region: str, normalization: str = "none") -> dict[str, Any]:
@@ -632,6 +632,7 @@ def score_folders(
     cfg = cfg or EvalConfig()
     if normalization not in ("none", "minmax"):
         raise InputError(f"--normalize {normalization!r}: choose none or minmax")
+    norm: Normalization = "minmax" if normalization == "minmax" else "none"  # the same value, typed
     if spacing_mm is not None and not MIN_SPACING_MM <= spacing_mm <= MAX_SPACING_MM:
         raise InputError(
             f"--spacing-mm {spacing_mm}: the pixel spacing must be a number of mm per pixel in "
@@ -654,7 +655,7 @@ def score_folders(
     plans = _plan(Path(maps), map_index, mask_index, region_index, label_rows, image_size, skip)
     if not plans:
         raise InputError("no image left to score; check the file names (see `wsseg score --help`)")
-    ev = make_evaluator(cfg, normalization)
+    ev = make_evaluator(cfg, norm)
     for plan in tqdm(plans, desc="score", unit="img", disable=not progress):
         try:
             arrays = [read_map(plan.maps[c], check_range=normalization == "none") for c in CLASSES]
@@ -959,12 +960,14 @@ def check_comparable(a: tuple[dict[str, Any], SplitStats], b: tuple[dict[str, An
 def _metric_thresholds(record: dict[str, Any], stats: SplitStats, folder: Path) -> dict[str, float]:
     """Per class of ``stats``, the threshold of the record's metrics (read_record checked its type and range)."""
     metrics = record.get("metrics")
-    missing = [c for c in stats.classes if not isinstance(metrics, dict) or "threshold" not in metrics.get(c, {})]
+    if not isinstance(metrics, dict):
+        metrics = {}  # every class is missing
+    missing = [c for c in stats.classes if "threshold" not in metrics.get(c, {})]
     if missing:
         raise InputError(
             f"{Path(folder) / 'record.json'} has no metrics.<class>.threshold for {missing}; re-run the evaluation"
         )
-    return {c: float(metrics[c]["threshold"]) for c in stats.classes}  # type: ignore[index]
+    return {c: float(metrics[c]["threshold"]) for c in stats.classes}
 
 
 def compare_folders(a: Path, b: Path, n_resamples: int = 1000, seed: int = 0) -> dict[str, Any]:

@@ -146,10 +146,10 @@ def lesion_facts(
     area = float(region.sum()) if region is not None else float(target.size)
     if not target.any() or area <= 0:
         return LesionFacts(math.nan, 0, np.full(len(tolerances), np.nan), np.zeros(0), math.nan)
-    known = spacing_mm is not None and spacing_mm > 0
+    spacing = spacing_mm if spacing_mm is not None and spacing_mm > 0 else None  # None: unknown
     # Every lesion pixel and everything within the largest tolerance of one lies in this crop, so distances and
     # components computed on it are exact.
-    margin = int(math.ceil(max(tolerances) / spacing_mm)) + 1 if known else 1  # type: ignore[operator]
+    margin = int(math.ceil(max(tolerances) / spacing)) + 1 if spacing is not None else 1
     rs, cs = _crop_around(target, margin)
     crop = target[rs, cs]  # (h, w)
     inside = region[rs, cs] if region is not None else np.ones_like(crop)
@@ -157,17 +157,15 @@ def lesion_facts(
     sizes = np.bincount(labels.ravel())[1:]
     chance = np.full(len(tolerances), np.nan)
     chance[0] = float(crop.sum()) / area  # r = 0: the peak lies on the lesion
-    if known:
-        assert spacing_mm is not None
+    if spacing is not None:
         # The pointing game's rule: a hit when (distance in pixels to the nearest lesion pixel) x spacing <= r.
-        dist_mm = ndimage.distance_transform_edt(~crop) * spacing_mm  # (h, w)
+        dist_mm = ndimage.distance_transform_edt(~crop) * spacing  # (h, w)
         for j, r in enumerate(tolerances):
             if r > 0:
                 chance[j] = float(np.count_nonzero((dist_mm <= r) & inside)) / area
     cover, grown = np.zeros(0), math.nan
-    if known:
-        assert spacing_mm is not None
-        grown_labels, n_lesions, (r0, c0) = grown_lesions(target, froc.tolerance_mm / spacing_mm)
+    if spacing is not None:
+        grown_labels, n_lesions, (r0, c0) = grown_lesions(target, froc.tolerance_mm / spacing)
         h, w = grown_labels.shape
         in_region = region[r0 : r0 + h, c0 : c0 + w] if region is not None else np.ones((h, w), dtype=bool)
         counts = np.bincount(grown_labels[in_region].ravel(), minlength=n_lesions + 1)
@@ -456,6 +454,7 @@ class SplitStats:
         for name, a in self.classes.items():
             for key in ClassArrays.__dataclass_fields__:
                 arrays[f"{name}.{key}"] = np.asarray(getattr(a, key))
+        # numpy's stubs match **arrays against savez_compressed's allow_pickle (numpy >= 2.1) too.
         return atomic_save(path, lambda f: np.savez_compressed(f, **arrays))  # type: ignore[arg-type]
 
     @classmethod

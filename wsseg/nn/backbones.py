@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Protocol, TypeVar, cast
 
 from torch import Tensor, nn
 
@@ -39,6 +39,20 @@ ALIASES: dict[str, dict[str, Any]] = {
 }
 
 
+class TimmModel(Protocol):
+    """The members of a timm model wsseg uses besides ``nn.Module``'s own.
+
+    ``timm.create_model`` is typed as returning a bare ``nn.Module``, whose unknown attributes torch types as
+    ``Tensor | Module``; every timm model has these two, so code that holds one casts it to this protocol.
+    """
+
+    num_features: int  # channels of forward_features' output
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """(B, C_in, H, W) -> the last feature map (B, num_features, h, w)."""
+        ...
+
+
 class Backbone(nn.Module):
     """A timm network without pooling or classifier: (B, C_in, H, W) -> (B, C, H/s, W/s).
 
@@ -54,11 +68,11 @@ class Backbone(nn.Module):
         self.model = model
         self.name = name
         self.wsseg_init = init
-        self.num_features: int = int(model.num_features)
+        self.num_features: int = int(cast(TimmModel, model).num_features)
 
     def forward(self, images: Tensor) -> Tensor:
         """Return the last feature map, (B, C, h, w)."""
-        return self.model.forward_features(images)  # type: ignore[no-any-return]
+        return cast(TimmModel, self.model).forward_features(images)
 
 
 def list_backbones() -> list[str]:

@@ -10,12 +10,15 @@ third of the cost.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from wsseg.nn.backbones import with_pretrained
+
+if TYPE_CHECKING:
+    from timm.models.resnet import BasicBlock
 
 
 class GrayInputConv(nn.Conv2d):
@@ -92,28 +95,45 @@ def local_resnet(
         )
     if stem_width != 64:
         # timm's plain stem is always 64 wide: narrow it and rewire the first block (CPU presets only).
-        first = model.layer1[0]
+        first = _first_block(model, "layer1")
         model.bn1 = nn.BatchNorm2d(stem_width)
         first.conv1 = nn.Conv2d(stem_width, channels[0], 3, stride=1, padding=1, bias=False)
-        if stem_width == channels[0]:
-            first.downsample = None
-        else:
-            first.downsample = nn.Sequential(
-                nn.Conv2d(stem_width, channels[0], 1, bias=False), nn.BatchNorm2d(channels[0])
-            )
-        for m in (first.conv1, *(first.downsample or ())):
+        downsample = None
+        if stem_width != channels[0]:
+            downsample = nn.Sequential(nn.Conv2d(stem_width, channels[0], 1, bias=False), nn.BatchNorm2d(channels[0]))
+        first.downsample = downsample
+        for m in (first.conv1, *(downsample or ())):
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        model.conv1 = nn.Conv2d(3, stem_width, 7, stride=2, padding=3, bias=False)
-        nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
+        stem = nn.Conv2d(3, stem_width, 7, stride=2, padding=3, bias=False)
+        model.conv1 = stem
+        nn.init.kaiming_normal_(stem.weight, mode="fan_out", nonlinearity="relu")
     gray = GrayInputConv(3, stem_width, 7, stride=2, padding=3, bias=False)
-    gray.weight.data.copy_(model.conv1.weight.data)  # the pretrained RGB filters too, summed at forward time
+    gray.weight.data.copy_(_conv(model, "conv1").weight.data)  # the pretrained RGB filters too, summed at forward time
     model.conv1 = gray
-    for layer, stride in zip((model.layer1, model.layer2, model.layer3, model.layer4), stage_strides, strict=True):
-        first = layer[0]
+    for layer, stride in zip(("layer1", "layer2", "layer3", "layer4"), stage_strides, strict=True):
+        first = _first_block(model, layer)
         first.conv1.stride = (stride, stride)
         if first.downsample is not None:
-            first.downsample[0].stride = (stride, stride)
+            _conv(first.downsample, "0").stride = (stride, stride)
         elif stride != 1:
             raise ValueError("a strided stage needs a projection shortcut; change the stage widths")
     return model
+
+
+def _first_block(model: nn.Module, layer: str) -> BasicBlock:
+    """The first block of the timm ResNet stage ``layer`` (``"layer1"`` .. ``"layer4"``)."""
+    from timm.models.resnet import BasicBlock  # here, not at the top: timm loads in seconds
+
+    block = model.get_submodule(f"{layer}.0")
+    if not isinstance(block, BasicBlock):  # timm's resnet18/34 are made of basic blocks
+        raise TypeError(f"{layer}.0 of timm's ResNet is a {type(block).__name__}, not a BasicBlock")
+    return block
+
+
+def _conv(module: nn.Module, name: str) -> nn.Conv2d:
+    """The convolution ``name`` (a dotted path) of ``module``."""
+    conv = module.get_submodule(name)
+    if not isinstance(conv, nn.Conv2d):
+        raise TypeError(f"{name} of {type(module).__name__} is a {type(conv).__name__}, not a Conv2d")
+    return conv

@@ -37,7 +37,7 @@ class PreActBlock(nn.Module):
         """(B, C_in, h, w) -> (B, C_out, h/s, w/s)."""
         a = torch.relu(self.bn1(x))
         shortcut = self.downsample(a) if self.downsample is not None else x
-        out = self.conv1(a)
+        out: Tensor = self.conv1(a)
         out = self.conv2(torch.relu(self.bn2(out)))
         return out + shortcut
 

@@ -48,9 +48,8 @@ def tissue_fraction(tissue: Tensor, size: tuple[int, int]) -> Tensor:
 
 def window_cells(crop: tuple[int, int], image: tuple[int, int], cam: tuple[int, int]) -> tuple[int, int]:
     """A crop's size in saliency-map cells, ``round(crop * cam / image)`` per axis, within [1, cam]."""
-    return tuple(  # type: ignore[return-value]
-        min(c, max(1, round(k * c / i))) for k, i, c in zip(crop, image, cam, strict=True)
-    )
+    rows, cols = (min(c, max(1, round(k * c / i))) for k, i, c in zip(crop, image, cam, strict=True))
+    return rows, cols
 
 
 def greedy_windows(maps: Tensor, num: int, window: tuple[int, int], eps: float = 1e-12) -> Tensor:

@@ -59,6 +59,7 @@ class Gallery:
             "maps": self.maps,
             "thresholds": self.thresholds,
         }
+        # numpy's stubs match **arrays against savez_compressed's allow_pickle (numpy >= 2.1) too.
         return atomic_save(path, lambda f: np.savez_compressed(f, **arrays))  # type: ignore[arg-type]
 
     @classmethod

@@ -141,7 +141,8 @@ class _AllReduceSum(torch.autograd.Function):
 
 
 def _sum_over_ranks(x: Tensor) -> Tensor:
-    return _AllReduceSum.apply(x)  # type: ignore[no-any-return]
+    total: Tensor = _AllReduceSum.apply(x)  # autograd.Function.apply is typed as returning Any
+    return total
 
 
 class GlobalBatchNorm2d(nn.BatchNorm2d):
@@ -199,6 +200,7 @@ def sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
     if device.type == "cuda":
         from timm.layers.norm_act import convert_sync_batchnorm
 
+        # timm leaves convert_sync_batchnorm unannotated.
         converted: nn.Module = convert_sync_batchnorm(module)  # type: ignore[no-untyped-call]
         return converted
     _to_global_bn(module)

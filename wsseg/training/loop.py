@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sized
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -127,8 +128,9 @@ def train(
 
     Args:
         method: the method to train (modified in place: its weights are the last epoch's on return).
-        train_set: training split; for weakly supervised methods its samples must carry no masks.
-        val_set: validation split, used for the per-epoch AUROC.
+        train_set: training split, a map-style dataset with a length; for weakly supervised methods its samples must
+            carry no masks.
+        val_set: validation split (map-style, with a length), used for the per-epoch AUROC.
         cfg: loop settings.
         run_dir: where ``last.pt`` (full state) and ``best.pt`` (best weights) are written.
         seed: the training seed (initialisation, sample order, dropout).
@@ -142,7 +144,13 @@ def train(
     arguments: ``cfg.batch_size`` is the global batch, each rank trains on its share with BatchNorm synchronised
     and gradients averaged; the ranks share the validation, and only rank 0 writes checkpoints (the other ranks'
     result has ``best_val_auroc`` NaN). N ranks compute what one process computes with the same settings.
+
+    Raises:
+        TypeError: a dataset without a length (an iterable-style dataset): the epoch schedule needs its size.
     """
+    if not isinstance(train_set, Sized) or not isinstance(val_set, Sized):
+        bad = val_set if isinstance(train_set, Sized) else train_set
+        raise TypeError(f"train needs map-style datasets with a length; got a {type(bad).__name__}")
     run_dir = Path(run_dir)
     rank, world = rank_and_world()
     main = rank == 0
@@ -155,7 +163,8 @@ def train(
 
     # channels_last lets cuDNN pick its fastest convolution kernels; on CPU it only costs conversions.
     memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
-    method.to(device=device, memory_format=memory_format)
+    method.to(device)
+    method.to(memory_format=memory_format)  # torch's stubs have no overload taking a device and a memory format
     if not any(p.requires_grad for p in method.parameters()):
         # Reference maps (uniform, random, intensity) have nothing to learn: one weights file, no epochs.
         if main:

@@ -161,7 +161,7 @@ class MiniMIAS(DataSource):
                 raise DataError(where, f"centre/radius {tokens[4:7]} outside the image", "fix the Info line")
             # Bottom-left origin: row counted from the top is height - y.
             lesions.append(Lesion(cls, "circle", circle=(x, height - y, r), name=cls_name))
-        number = int(_REF.match(ref).group(1))  # type: ignore[union-attr]
+        number = int(ref.removeprefix("mdb"))  # scan() keeps only references that match _REF (mdb + 3 digits)
         lat = "L" if number % 2 == 0 else "R"
         patient = f"mias-p{(number + 1) // 2:03d}"
         return SourceRecord(
