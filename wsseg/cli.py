@@ -155,6 +155,8 @@ def _benchmark_again(file: Path, given: dict[str, Any]) -> list[str]:
             again += [flag, str(given[name])]
     for item in given["set_"] or []:
         again += ["--set", item]
+    for line in given["setup"] or []:
+        again += ["--setup", line]
     return [*again, "-q"] if given["quiet"] else again
 
 
@@ -799,6 +801,14 @@ def benchmark(
     leaderboard_dir: Annotated[
         Path | None, typer.Option("--leaderboard", help="Replace the file's leaderboard folder.")
     ] = None,
+    setup: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--setup",
+            help="submitit on Slurm: a shell line run before each job, e.g. 'source ~/wsseg/.venv/bin/activate' "
+            "(repeatable). Only from the command line: a benchmark file never runs commands.",
+        ),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help=QUIET_HELP)] = False,
 ) -> None:
     """Run every (dataset, method, seed[, fold]) of a benchmark file that is not finished, then write its leaderboard.
@@ -837,6 +847,7 @@ def benchmark(
             with _sigterm_as_interrupt():
                 _, result = run_benchmark(bench, progress=_progress(quiet), log=typer.echo)
         else:
+            bench.launcher.setup = list(setup or [])
             result = _submit_benchmark(bench, wait, file)
             if result is None:
                 return

@@ -138,9 +138,9 @@ def test_slurm_jobs_ask_for_the_launcher_table_and_post_hoc_runs_depend_on_cam(
         f'set = ["data.cache_dir={cache_dir}"]\n'
         '[launcher]\npartition = "gpu"\naccount = "lab"\nqos = "high"\nconstraint = "a100"\ngpus_per_node = 1\n'
         "cpus_per_task = 8\nmem_gb = 64\ntimeout_min = 90\nslurm_array_parallelism = 3\n"
-        'setup = ["module load cuda"]\n'
     )
-    first = runner.invoke(app, ["benchmark", str(path), "--launcher", "submitit", "--no-wait"])
+    cmd = ["benchmark", str(path), "--launcher", "submitit", "--no-wait", "--setup", "module load cuda"]
+    first = runner.invoke(app, cmd)
     assert first.exit_code == 0, first.output
     assert "submitit executor: slurm" in first.output and first.output.count("submitted as job") == 6
     scripts = sorted(fake.glob("script-*.sh"))
@@ -170,3 +170,14 @@ def test_slurm_jobs_ask_for_the_launcher_table_and_post_hoc_runs_depend_on_cam(
     (fake / "state").write_text("FAILED\n")
     third = runner.invoke(app, ["benchmark", str(path), "--launcher", "submitit", "--no-wait"])
     assert third.exit_code == 0 and third.output.count("submitted as job") == 6, third.output
+
+
+def test_a_benchmark_file_cannot_carry_shell_lines(tmp_path: Path) -> None:
+    # A benchmark file is data: a [launcher] setup (shell lines run in every Slurm job) is refused with the fix.
+    path = tmp_path / "b.toml"
+    path.write_text(
+        '[benchmark]\nname = "s"\nprofile = "tiny"\nmethods = ["cam"]\nseeds = [0]\n[launcher]\nsetup = ["id"]\n'
+    )
+    result = runner.invoke(app, ["benchmark", str(path), "--launcher", "submitit", "--no-wait"])
+    assert result.exit_code == 2 and "--setup" in result.output and "b.toml" in result.output, result.output
+    assert not (tmp_path / "runs").exists()
