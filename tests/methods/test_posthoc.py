@@ -7,10 +7,9 @@ Methods whose map pytorch-grad-cam computes through ``BaseCAM.compute_cam_per_la
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
+from posthoc_kit import SIZE, images, make, one_thread  # noqa: F401 (one_thread: a fixture)
 from torch import nn
 
 from wsseg import create_method, list_methods
@@ -29,27 +28,8 @@ REFERENCE = {
 }
 # Every registered post-hoc method (those that read trained runs), for the template's behaviour.
 POSTHOC = sorted(name for name in list_methods() if get_method_spec(name).cls.reads)
-SIZE = (128, 96)  # (H, W): 8x6 feature maps at the tiny preset's stride 16
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """The models are tiny: one intra-op thread is several times faster than two on a busy 2-core CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def make(name: str, seed: int = 0) -> PostHocCAMMethod:
-    torch.manual_seed(seed)
-    method = create_method(name, profile="tiny").eval()
-    assert isinstance(method, PostHocCAMMethod)
-    return method
-
-
-def images(batch: int = 3, seed: int = 1) -> torch.Tensor:
-    return torch.randn(batch, 1, *SIZE, generator=torch.Generator().manual_seed(seed))
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def no_hooks(module: nn.Module) -> bool:

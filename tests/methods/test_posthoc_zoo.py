@@ -7,11 +7,12 @@ Grad-CAM and friends built on GMIC's and GLAM's global network against pytorch-g
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import numpy as np
 import pytest
 import torch
+from posthoc_kit import SIZE, images, make, one_thread  # noqa: F401 (one_thread: a fixture)
 from torch import Tensor, nn
 
 from wsseg import create_method, list_methods
@@ -19,27 +20,7 @@ from wsseg.method import PostHocCAMMethod, capture_output, check_output, normali
 from wsseg.nn.projection import principal_projection
 from wsseg.registry import get_method_spec
 
-SIZE = (128, 96)  # (H, W): 8x6 feature maps at the tiny preset's stride 16
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """The models are tiny: one intra-op thread is several times faster than two on a busy 2-core CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def make(name: str, seed: int = 0) -> PostHocCAMMethod:
-    torch.manual_seed(seed)
-    method = create_method(name, profile="tiny").eval()
-    assert isinstance(method, PostHocCAMMethod)
-    return method
-
-
-def images(batch: int = 3, seed: int = 1) -> Tensor:
-    return torch.randn(batch, 1, *SIZE, generator=torch.Generator().manual_seed(seed))
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Scores(nn.Module):

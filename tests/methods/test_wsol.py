@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
+import posthoc_kit
 import pytest
 import torch
+from posthoc_kit import one_thread  # noqa: F401 (a fixture)
 from torch import Tensor
 from typer.testing import CliRunner
 from wsseg_methods.acol import erase, normalize_per_map
@@ -26,16 +27,11 @@ from wsseg.method import bce_loss
 SIZE = (96, 64)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def images(batch: int = 4, seed: int = 1) -> Tensor:
-    return torch.randn(batch, 1, *SIZE, generator=torch.Generator().manual_seed(seed))
+    return posthoc_kit.images(batch, seed, SIZE)
 
 
 def binomial_ok(hits: int, n: int, p: float, sigmas: float = 5.0) -> bool:
