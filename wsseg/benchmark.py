@@ -438,20 +438,15 @@ def check_finished_run(folder: Path, cfg: RunConfig, untrained: bool) -> None:
     if not isinstance(saved, dict):
         return  # a record without its config (written by hand or by an old wsseg): nothing to compare
     now = json.loads(json.dumps(cfg.to_dict()))  # tuples as lists, as the record stores them
-    keys = [("method_config",)] + ([] if untrained else [("train", "epochs"), ("train", "lr")])
     differ = []
-    for key in keys:
-        a: Any = saved
-        b: Any = now
-        for k in key:
-            a = a.get(k) if isinstance(a, dict) else None
-            b = b.get(k) if isinstance(b, dict) else None
-        if key == ("method_config",) and isinstance(a, dict) and isinstance(b, dict):
-            differ += [
-                f"method.{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)
-            ]
-        elif a is not None and a != b:
-            differ.append(f"{'.'.join(key)}: {a!r} -> {b!r}")
+    was, wants = saved.get("method_config"), now["method_config"]
+    if isinstance(was, dict):
+        changed = sorted(k for k in set(was) | set(wants) if was.get(k) != wants.get(k))
+        differ += [f"method.{k}: {was.get(k)!r} -> {wants.get(k)!r}" for k in changed]
+    trained = saved.get("train") if not untrained else None
+    if isinstance(trained, dict):
+        changed = [k for k in ("epochs", "lr") if trained.get(k) is not None and trained[k] != now["train"][k]]
+        differ += [f"train.{k}: {trained[k]!r} -> {now['train'][k]!r}" for k in changed]
     if differ:
         raise ValueError(
             f"{folder} was made with other settings than this benchmark's ({'; '.join(differ)}); give the benchmark "
