@@ -8,6 +8,7 @@ cell is printed exactly as the leaderboard formatted it; tabulate's LaTeX format
 from __future__ import annotations
 
 import csv
+import html
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -50,8 +51,7 @@ def _md(text: str) -> str:
     ``|`` ends a cell, and Markdown renders inline HTML, so ``&``, ``<`` and ``>`` are written as entities; a line
     break would end the row or heading.
     """
-    text = " ".join(text.splitlines())
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")
+    return html.escape(" ".join(text.splitlines()), quote=False).replace("|", "\\|")
 
 
 def markdown(title: str, tables: Sequence[Table], paragraphs: Sequence[str]) -> str:
