@@ -356,7 +356,7 @@ def test_a_run_id_is_one_safe_folder_name(run_id: str, tmp_path: Path, tiny_root
 
 def test_stale_temporaries_are_removed_only_for_the_files_the_run_names(tmp_path: Path) -> None:
     from wsseg._io import remove_stale_temporaries
-    from wsseg.run import RUN_FILES
+    from wsseg.pipelines.run import RUN_FILES
 
     run = tmp_path / "run"
     mine = [run / ".last.pt.k2j4x9zz.tmp", run / ".record.json.x1y2.tmp", run / "maps" / ".im01_benign.npy.ab_1.tmp"]
@@ -574,7 +574,7 @@ def test_sigterm_stops_a_benchmark_with_its_resume_command(tmp_path: Path, tiny_
 
 
 def test_what_an_interrupted_run_saved(tmp_path: Path) -> None:
-    from wsseg.run import describe_saved
+    from wsseg.pipelines.run import describe_saved
     from wsseg.training.checkpoint import save_checkpoint
 
     assert describe_saved(tmp_path) == ("nothing was saved yet (no checkpoint)", False)

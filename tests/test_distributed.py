@@ -34,8 +34,8 @@ import torch
 from typer.testing import CliRunner
 
 from wsseg.cli import app
+from wsseg.runtime.distributed import GlobalBatchNorm2d
 from wsseg.training.checkpoint import load_checkpoint
-from wsseg.training.distributed import GlobalBatchNorm2d
 
 # CAM: a ResNet with BatchNorm and no discrete step. GMIC's and GLAM's argmax window selection can turn float
 # rounding (summation order differs between 1 and 2 processes) into another crop after a few steps, and from there
@@ -137,7 +137,7 @@ def _gather_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
     import numpy as np
     import torch.distributed as dist
 
-    from wsseg.training.distributed import gather_rows
+    from wsseg.runtime.distributed import gather_rows
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:

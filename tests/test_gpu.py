@@ -10,9 +10,10 @@ import torch
 
 from wsseg import create_method
 from wsseg.config import TrainConfig
-from wsseg.data.dataset import MammogramDataset, collate
-from wsseg.evaluation.inference import predict_batches, to_device
+from wsseg.data.dataset import MammogramDataset
 from wsseg.method import check_output
+from wsseg.runtime.device import collate, to_device
+from wsseg.runtime.inference import predict_batches
 from wsseg.training.loop import train
 
 

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from wsseg.cli import app
 from wsseg.config import RunConfig
-from wsseg.run import build_method, gallery_for_run
+from wsseg.pipelines.run import build_method, gallery_for_run
 
 runner = CliRunner()
 SOURCES = ("cam", "gmic", "glam", "has")

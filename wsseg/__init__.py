@@ -8,18 +8,13 @@ timm, which take seconds to load.
 from __future__ import annotations
 
 import importlib
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from wsseg.method import MethodConfig, MethodOutput, WSSegMethod
     from wsseg.registry import create_method, is_method, list_methods, register_method
 
-try:
-    # One version, declared in pyproject.toml; the installed distribution's metadata carries it.
-    __version__ = version("wsseg")
-except PackageNotFoundError:  # imported from a source tree that was never installed (pip install -e .)
-    __version__ = "0+unknown"
+from wsseg.core import VERSION as __version__
 
 # Public name -> the module that defines it.
 _EXPORTS = {

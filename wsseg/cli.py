@@ -114,7 +114,7 @@ def _interrupted(saved: str, again: list[str] | None, resumable: bool, run_dir: 
     if again is not None and resumable:
         typer.echo(f"continue it with:\n  {shlex.join([*again, '--resume'])}", err=True)
     elif again is not None:
-        # A new start reuses a folder that holds nothing but config.json (wsseg.run.check_run_folder).
+        # A new start reuses a folder that holds nothing but config.json (wsseg.pipelines.run.check_run_folder).
         stale = run_dir is not None and any(p.name not in (LOCK_NAME, "config.json") for p in run_dir.iterdir())
         prefix = f"rm -r {shlex.quote(str(run_dir))} && " if stale else ""
         typer.echo(f"start it again with:\n  {prefix}{shlex.join(again)}", err=True)
@@ -168,7 +168,7 @@ def _fmt(x: Any) -> str:
 
 def results_table(record: dict[str, Any]) -> str:
     """The per-class table printed at the end of a run."""
-    from wsseg.data.phantom import CLASSES
+    from wsseg.core import CLASSES
 
     rows = []
     for name in CLASSES:
@@ -204,7 +204,7 @@ def _with_interval(record: dict[str, Any], name: str, key: str) -> str:
 
 def metrics_table(record: dict[str, Any]) -> str:
     """The full metric suite per class, with 95% patient-bootstrap intervals where computed."""
-    from wsseg.data.phantom import CLASSES
+    from wsseg.core import CLASSES
 
     keys = [
         ("Dice", "dice"),
@@ -312,10 +312,10 @@ def run(
     Beside the record: per_image.csv and per_image_stats.npz (what `wsseg compare` resamples).
     """
     from wsseg.config import make_run_config
+    from wsseg.pipelines.run import RunInterrupted
+    from wsseg.pipelines.run import run as run_fn
     from wsseg.registry import load_plugin_file
     from wsseg.report.records import method_label
-    from wsseg.run import RunInterrupted
-    from wsseg.run import run as run_fn
 
     # Flags override --set items only when given (they come after it): a default must not silently undo
     # `--set data.dataset=...`.
@@ -431,7 +431,7 @@ def score(
     naming the file and the fix (or are skipped and counted with --skip-invalid).
     """
     from wsseg.config import EvalConfig, check_seed
-    from wsseg.evaluation.scoring import parse_size, parse_thresholds, score_folders
+    from wsseg.pipelines.score import parse_size, parse_thresholds, score_folders
 
     try:
         if upsample not in ("bilinear", "nearest", "bicubic"):
@@ -475,8 +475,8 @@ def evaluate(
     Masks and breast regions come from the run's dataset, thresholds and image-level scores from the run.
     The numbers equal the run's up to the float16 rounding of the stored maps.
     """
-    from wsseg.data.phantom import CLASSES
-    from wsseg.evaluation.scoring import evaluate_run
+    from wsseg.core import CLASSES
+    from wsseg.pipelines.evaluate import evaluate_run
     from wsseg.report.records import read_record
 
     try:
@@ -507,7 +507,7 @@ def gallery(
 
     Runs write it themselves; this is for runs made before galleries existed, so the HTML report can show them.
     """
-    from wsseg.run import gallery_for_run
+    from wsseg.pipelines.run import gallery_for_run
 
     for folder in run_dir:
         try:
@@ -538,8 +538,8 @@ def compare(
     """
     from wsseg._io import atomic_write_json
     from wsseg.config import check_seed
-    from wsseg.evaluation.scoring import compare_folders
     from wsseg.evaluation.summary import interval_keys
+    from wsseg.pipelines.compare import compare_folders
 
     try:
         if not 1 <= n_resamples <= 1_000_000:
@@ -664,9 +664,9 @@ def bench(
     from tabulate import tabulate
 
     from wsseg._threads import available_cpus
-    from wsseg.bench import COLUMNS, MODES, append_rows, bench_loader, speedups
-    from wsseg.bench import bench as bench_fn
     from wsseg.config import MAX_BATCH, MAX_IMAGES, make_run_config
+    from wsseg.pipelines.bench import COLUMNS, MODES, append_rows, bench_loader, speedups
+    from wsseg.pipelines.bench import bench as bench_fn
 
     cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     modes = [m.strip() for item in mode or ["wsseg"] for m in item.split(",") if m.strip()]
@@ -816,12 +816,12 @@ def benchmark(
     Finished runs are skipped and interrupted ones resumed, so the command can be stopped (even killed) and
     restarted at any time, with or without --resume; the result equals an uninterrupted benchmark's. Post-hoc
     methods reuse the CAM run of the same seed (and fold). `folds = K` in the file runs a K-fold cross-validation
-    by patient and aggregates the folds in the leaderboard. The file format is documented in wsseg/benchmark.py
+    by patient and aggregates the folds in the leaderboard. The file format is documented in wsseg/pipelines/benchmark.py
     and benchmarks/README.md; the flags replace the file's values (e.g. --profile tiny for a smoke test).
     """
     given = dict(locals())  # the flags, for the command that continues an interrupted benchmark
-    from wsseg.benchmark import BenchmarkOverrides, load_benchmark, run_benchmark, run_folders
-    from wsseg.run import RunInterrupted
+    from wsseg.pipelines.benchmark import BenchmarkOverrides, load_benchmark, run_benchmark, run_folders
+    from wsseg.pipelines.run import RunInterrupted
 
     if launcher not in ("local", "submitit"):
         _fail(f"--launcher must be local or submitit, got {launcher!r}")
@@ -870,8 +870,8 @@ def benchmark(
 
 def _submit_benchmark(bench: Any, wait: bool, file: Path) -> Any:
     """``--launcher submitit``: submit, wait or not, and write the leaderboard once every record exists."""
-    from wsseg.benchmark import is_done, plan, write_benchmark_leaderboard
-    from wsseg.launch import JobsFailed, launch
+    from wsseg.pipelines.benchmark import is_done, plan, write_benchmark_leaderboard
+    from wsseg.pipelines.launch import JobsFailed, launch
 
     try:
         sub = launch(bench, wait, typer.echo)

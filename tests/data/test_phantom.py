@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from wsseg.data.phantom import CLASSES, PHANTOM_VERSION, PhantomConfig, PhantomImage, generate_image
+from wsseg.core import CLASSES
+from wsseg.data.phantom import PHANTOM_VERSION, PhantomConfig, PhantomImage, generate_image
 from wsseg.data.preview import save_preview
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -226,7 +226,7 @@ def test_evaluate_scores_a_real_dataset_run_against_its_own_masks(tmp_path: Path
 def test_saved_map_names_stay_inside_the_maps_folder(tmp_path: Path) -> None:
     import torch
 
-    from wsseg.evaluation.scoring import map_file_stem, save_map
+    from wsseg.pipelines.scored import map_file_stem, save_map
 
     folder = tmp_path / "run" / "maps"
     for image_id in ("../../evil", "a/b", ".hidden", "..", "x" * 300, "ok id 1"):

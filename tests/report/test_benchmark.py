@@ -9,8 +9,8 @@ import pytest
 from md_tables import row_of
 from typer.testing import CliRunner
 
-from wsseg.benchmark import is_posthoc, load_benchmark, source_method
 from wsseg.cli import app
+from wsseg.pipelines.benchmark import is_posthoc, load_benchmark, source_method
 
 runner = CliRunner()
 

@@ -18,10 +18,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from wsseg.benchmark import load_benchmark, run_benchmark
-from wsseg.evaluation.curves import CURVES_JSON, curves_for_run
+from wsseg.evaluation.curves import CURVES_JSON
+from wsseg.pipelines.benchmark import load_benchmark, run_benchmark
 from wsseg.report.gallery import GALLERY_NPZ, Gallery
 from wsseg.report.leaderboard import write_leaderboards
+from wsseg.report.records import curves_for_run
 
 METHODS = ("cam", "gradcam", "uniform")
 
@@ -83,7 +84,7 @@ def test_curves_carry_each_lesion_images_size_type_hits_and_chance(runs: list[Pa
 
 
 def test_rank_groups_give_the_numbers_of_wsseg_compare(runs: list[Path]) -> None:
-    from wsseg.evaluation.scoring import compare_folders
+    from wsseg.pipelines.compare import compare_folders
     from wsseg.report.significance import compare_with_best, read_per_image
 
     cam, gradcam = (next(f for f in runs if f.name.startswith(m + "-")) for m in ("cam", "gradcam"))

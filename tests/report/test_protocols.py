@@ -13,10 +13,10 @@ import pytest
 from md_tables import header_of, row_of
 from typer.testing import CliRunner
 
-from wsseg.benchmark import BenchmarkOverrides, load_benchmark
 from wsseg.cli import app
 from wsseg.data import fixtures
 from wsseg.evaluation.lesions import SIZE_BINS_MM
+from wsseg.pipelines.benchmark import BenchmarkOverrides, load_benchmark
 
 runner = CliRunner()
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"

@@ -45,7 +45,8 @@ from tqdm.auto import tqdm
 
 from wsseg._io import atomic_save, atomic_write_json, atomic_write_text
 from wsseg._threads import available_cpus
-from wsseg.data.phantom import CLASSES, PHANTOM_VERSION, PhantomConfig, generate_image
+from wsseg.core import CLASSES, PROFILE_GEOMETRY
+from wsseg.data.phantom import PHANTOM_VERSION, PhantomConfig, generate_image
 
 SPLITS = ("train", "val", "test")
 # Each phantom patient has one exam of four views; splits are ranges of patients, so they never share one.
@@ -222,7 +223,7 @@ class MammogramDataset(Dataset[dict[str, Any]]):
         dataset: the dataset's registered name, copied into each sample's meta.
         standardize: return the image standardised (float32); False returns the cache's raw pixels (uint16) for
             :func:`standardize_images` to standardise on the GPU: the loader workers then skip the float work and
-            pass half the bytes (``wsseg run`` does this on CUDA; :func:`wsseg.evaluation.inference.to_device`
+            pass half the bytes (``wsseg run`` does this on CUDA; :func:`wsseg.runtime.inference.to_device`
             standardises a raw batch after the copy).
         patient_splits: patient_id -> split, replacing the manifest's split column (one fold of a k-fold
             cross-validation, :mod:`wsseg.data.folds`): every fold reads the same cache.
@@ -476,32 +477,16 @@ def _phantom_settings(root: Path) -> tuple[PhantomConfig, int] | None:
 
 def _reprepare_hint(root: Path, dataset: str, image_hw: tuple[int, int] | None) -> str:
     """How to re-prepare a real dataset's cache: the `wsseg data prepare` command with its download and profile."""
-    from wsseg.config import phantom_config
-
     try:
         download = json.loads((root / "report.json").read_text(encoding="utf-8"))["root"]
     except (OSError, ValueError, KeyError, TypeError):
         download = "PATH"
-    sizes = {p: (phantom_config(p).height, phantom_config(p).width) for p in ("tiny", "quick", "paper")}
+    sizes = {p: (g.height, g.width) for p, g in PROFILE_GEOMETRY.items()}
     profile = next((p for p, hw in sizes.items() if image_hw is not None and hw == tuple(image_hw)), "PROFILE")
     return (
         f"The cached copy is damaged: run `wsseg data prepare {dataset} --root {download} --profile {profile}`, "
         "which checks every cached file and re-prepares the damaged ones (the others are reused)"
     )
-
-
-def standardize_images(images: Tensor) -> Tensor:
-    """(B, 1, H, W) raw pixels of any dtype -> float32 standardised per image, as :class:`MammogramDataset` does.
-
-    Runs where ``images`` are (on the GPU for a raw CUDA batch); the mean and variance are accumulated in
-    float64, so the result matches the loader's numpy standardisation to float32 rounding.
-    """
-    x = images.float()
-    dims = (1, 2, 3)
-    mean = x.mean(dim=dims, keepdim=True, dtype=torch.float64)  # (B, 1, 1, 1)
-    centred = x - mean.float()
-    std = centred.square().mean(dim=dims, keepdim=True, dtype=torch.float64).sqrt()  # population std, as numpy
-    return centred / std.clamp_min(1e-6).float()
 
 
 def npz_memmap(path: str | Path, member: str, archive: zipfile.ZipFile | None = None) -> np.ndarray | None:
@@ -544,12 +529,3 @@ def npz_memmap(path: str | Path, member: str, archive: zipfile.ZipFile | None = 
     if dtype.hasobject:
         raise ValueError(f"{path}: {member} holds Python objects; refusing to map it")
     return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C")
-
-
-def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack tensors along a new batch axis; ``meta`` becomes a list of dicts."""
-    batch: dict[str, Any] = {"meta": [s["meta"] for s in samples]}
-    for key in samples[0]:
-        if key != "meta":
-            batch[key] = torch.stack([s[key] for s in samples])
-    return batch

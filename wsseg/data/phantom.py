@@ -22,8 +22,9 @@ import scipy.fft as sfft
 from scipy import ndimage as ndi
 from scipy.spatial import ConvexHull, QhullError
 
+from wsseg.core import CLASSES, PROFILE_GEOMETRY
+
 PHANTOM_VERSION: str = "1.0"
-CLASSES: tuple[str, str] = ("benign", "malignant")
 
 _VIEWS = ("CC", "MLO")
 _LATERALITIES = ("L", "R")
@@ -133,17 +134,20 @@ class PhantomConfig:
     @classmethod
     def quick(cls) -> PhantomConfig:
         """736 x 480 at 0.4 mm: the CPU profile."""
-        return cls(height=736, width=480, pixel_spacing_mm=0.4)
+        g = PROFILE_GEOMETRY["quick"]
+        return cls(height=g.height, width=g.width, pixel_spacing_mm=g.pixel_spacing_mm)
 
     @classmethod
     def paper(cls) -> PhantomConfig:
         """2944 x 1920 at 0.1 mm: the published-architecture profile."""
-        return cls(height=2944, width=1920, pixel_spacing_mm=0.1)
+        g = PROFILE_GEOMETRY["paper"]
+        return cls(height=g.height, width=g.width, pixel_spacing_mm=g.pixel_spacing_mm)
 
     @classmethod
     def tiny(cls) -> PhantomConfig:
         """184 x 120 at 1.6 mm: unit-test fixtures (masks are kept >= ``min_lesion_px`` across)."""
-        return cls(height=184, width=120, pixel_spacing_mm=1.6)
+        g = PROFILE_GEOMETRY["tiny"]
+        return cls(height=g.height, width=g.width, pixel_spacing_mm=g.pixel_spacing_mm)
 
 
 @dataclass

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from wsseg._io import atomic_save, atomic_write_json, atomic_write_text, remove_stale_temporaries
 from wsseg._lock import folder_lock
 from wsseg._threads import available_cpus
+from wsseg.core import CLASSES
 from wsseg.data.dataset import (
     MANIFEST_COLUMNS,
     SPLITS,
@@ -39,7 +40,6 @@ from wsseg.data.dataset import (
     read_cache_file,
 )
 from wsseg.data.imageio import DICOM_SUFFIXES, dicom_pixel_spacing, read_image
-from wsseg.data.phantom import CLASSES
 from wsseg.data.preprocess import Transform, breast_region, plan_transform
 from wsseg.data.preview import PreviewItem
 from wsseg.data.sources import DataError, Lesion, Problem, SourceRecord, get_source

@@ -1,7 +1,8 @@
 """The curves behind a run's metrics, small enough to commit: precision-recall (PxAP), FROC, Dice against lesion size.
 
 A run writes them to ``curves.json`` beside its record; the HTML report plots them. They are a pure function of
-the per-image statistics (``per_image_stats.npz``), so :func:`curves_for_run` can rebuild them for older runs.
+the per-image statistics (``per_image_stats.npz``), so :func:`wsseg.report.records.curves_for_run` can rebuild
+them for older runs.
 
 Per class::
 
@@ -34,13 +35,12 @@ from typing import Any
 import numpy as np
 
 from wsseg._io import atomic_write_text
-from wsseg.data.phantom import CLASSES
+from wsseg.core import CLASSES
 from wsseg.evaluation.lesions import equivalent_diameter_mm
 from wsseg.evaluation.localization import froc_curves
 from wsseg.evaluation.metrics import reverse_cumsum, threshold_grid
 from wsseg.evaluation.stats import POINTING_TOLERANCES_MM, ClassArrays, SplitStats
 from wsseg.evaluation.summary import class_table, pointing_hits
-from wsseg.report.records import record_thresholds
 
 CURVES_JSON = "curves.json"
 MAX_POINTS = 101
@@ -124,32 +124,6 @@ def write_curves(path: str | Path, stats: SplitStats, thresholds: dict[str, floa
     """Write :func:`curves_from_stats` as key-sorted JSON, atomically."""
     text = json.dumps(curves_from_stats(stats, thresholds), sort_keys=True, separators=(",", ":"))
     return atomic_write_text(path, text + "\n")
-
-
-def curves_for_run(run_dir: str | Path, record: dict[str, Any]) -> dict[str, Any] | None:
-    """A run's curves: ``curves.json`` when present, else rebuilt from ``per_image_stats.npz``; None when neither.
-
-    Raises:
-        ValueError: ``curves.json`` exists but is not valid JSON (names the file).
-    """
-    run_dir = Path(run_dir)
-    path = run_dir / CURVES_JSON
-    fix = "delete it to rebuild it from per_image_stats.npz"
-    if path.exists() or path.is_symlink():
-        if not path.is_file():  # a FIFO would block the read forever; a folder or a dangling link is no file
-            raise ValueError(f"{path} is not a regular file; {fix}")
-        try:
-            curves = json.loads(path.read_text(encoding="utf-8-sig"))
-        except (OSError, ValueError) as e:
-            raise ValueError(f"cannot read {path}: {e}; {fix}") from None
-        problem = curves_problem(curves)
-        if problem is not None:
-            raise ValueError(f"{path} is damaged: {problem}; {fix}")
-        return dict(curves)
-    stats_file = run_dir / str(record.get("per_image", {}).get("stats", "per_image_stats.npz"))
-    if not (stats_file.exists() or stats_file.is_symlink()):
-        return None
-    return curves_from_stats(SplitStats.load(stats_file), record_thresholds(record))
 
 
 # Each curve's paired lists, as curves_from_stats writes them.

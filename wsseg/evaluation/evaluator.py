@@ -24,12 +24,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from wsseg.data.phantom import CLASSES
+from wsseg.core import CLASSES
 from wsseg.evaluation.metrics import dice_from_counts, iou_from_counts, reverse_cumsum, threshold_grid
 from wsseg.evaluation.stats import ClassStats, FrocSettings, SplitStats, class_stats, stack_class
 from wsseg.evaluation.summary import calibrated_thresholds, summarize
 from wsseg.nn.upsample import UpsampleMode, to_input_resolution
-from wsseg.training.distributed import unshard
+from wsseg.runtime.distributed import unshard
 
 Normalization = Literal["none", "minmax"]
 

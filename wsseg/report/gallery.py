@@ -18,10 +18,10 @@ import torch.nn.functional as F
 from torch.utils.data import Subset
 
 from wsseg._io import atomic_save
+from wsseg.core import CLASSES
 from wsseg.data.dataset import MammogramDataset
-from wsseg.data.phantom import CLASSES
-from wsseg.evaluation.inference import predict_batches
 from wsseg.method import WSSegMethod
+from wsseg.runtime.inference import predict_batches
 
 GALLERY_NPZ = "gallery.npz"
 DISPLAY_HEIGHT = 192

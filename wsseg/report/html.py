@@ -25,11 +25,10 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from wsseg.data.phantom import CLASSES
-from wsseg.evaluation.curves import curves_for_run
+from wsseg.core import CLASSES
 from wsseg.evaluation.lesions import SIZE_BINS_MM, size_bin
 from wsseg.report.gallery import GALLERY_NPZ, Gallery
-from wsseg.report.records import method_label
+from wsseg.report.records import curves_for_run, method_label
 from wsseg.report.tables import Table
 
 

@@ -52,14 +52,12 @@ from pathlib import Path
 from typing import Any
 
 from wsseg._io import atomic_write_text
-from wsseg.data.phantom import CLASSES
+from wsseg.core import CLASSES, PER_IMAGE_STATS
 from wsseg.evaluation.bootstrap import pooled_intervals
-from wsseg.evaluation.curves import curves_for_run
-from wsseg.evaluation.scoring import PER_IMAGE_STATS
 from wsseg.evaluation.stats import SplitStats
 from wsseg.report.breakdown import BINS, Cell, chance_cells, pool_curves, row_cells
 from wsseg.report.html import RunFiles, report_files
-from wsseg.report.records import method_label, read_record, record_thresholds
+from wsseg.report.records import curves_for_run, method_label, read_record, record_thresholds
 from wsseg.report.significance import (
     BEST,
     UNKNOWN,

@@ -77,9 +77,11 @@ import numpy as np
 import timm
 import torch
 
-import wsseg
 from wsseg._io import atomic_write_json
-from wsseg.data.phantom import CLASSES, PHANTOM_VERSION
+from wsseg.core import CLASSES, VERSION
+from wsseg.data.phantom import PHANTOM_VERSION
+from wsseg.evaluation.curves import CURVES_JSON, curves_from_stats, curves_problem
+from wsseg.evaluation.stats import SplitStats
 
 SCHEMA_VERSION = 2
 READABLE_SCHEMAS = (1, 2)
@@ -90,7 +92,7 @@ def git_sha() -> str | None:
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"],
-            cwd=Path(wsseg.__file__).parent,
+            cwd=Path(__file__).parent,
             capture_output=True,
             text=True,
             timeout=5,
@@ -104,7 +106,7 @@ def git_sha() -> str | None:
 def versions() -> dict[str, str | None]:
     """Versions of everything that decides a run's numbers."""
     return {
-        "wsseg": wsseg.__version__,
+        "wsseg": VERSION,
         "torch": torch.__version__,
         "timm": timm.__version__,
         "numpy": np.__version__,
@@ -274,3 +276,29 @@ def record_problem(record: dict[str, Any]) -> str | None:
             shown = repr(record[key])
             return f"{key} must be {must}, got {shown[:80]}{'...' if len(shown) > 80 else ''}"
     return None
+
+
+def curves_for_run(run_dir: str | Path, record: dict[str, Any]) -> dict[str, Any] | None:
+    """A run's curves: ``curves.json`` when present, else rebuilt from ``per_image_stats.npz``; None when neither.
+
+    Raises:
+        ValueError: ``curves.json`` exists but is not valid JSON (names the file).
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / CURVES_JSON
+    fix = "delete it to rebuild it from per_image_stats.npz"
+    if path.exists() or path.is_symlink():
+        if not path.is_file():  # a FIFO would block the read forever; a folder or a dangling link is no file
+            raise ValueError(f"{path} is not a regular file; {fix}")
+        try:
+            curves = json.loads(path.read_text(encoding="utf-8-sig"))
+        except (OSError, ValueError) as e:
+            raise ValueError(f"cannot read {path}: {e}; {fix}") from None
+        problem = curves_problem(curves)
+        if problem is not None:
+            raise ValueError(f"{path} is damaged: {problem}; {fix}")
+        return dict(curves)
+    stats_file = run_dir / str(record.get("per_image", {}).get("stats", "per_image_stats.npz"))
+    if not (stats_file.exists() or stats_file.is_symlink()):
+        return None
+    return curves_from_stats(SplitStats.load(stats_file), record_thresholds(record))

@@ -19,13 +19,10 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from wsseg.config import TrainConfig
-from wsseg.data.dataset import collate
 from wsseg.evaluation.classification import mean_auroc
-from wsseg.evaluation.inference import autocast, predict_logits, to_device
 from wsseg.method import WSSegMethod
-from wsseg.training.augment import augment_batch
-from wsseg.training.checkpoint import load_checkpoint, save_checkpoint
-from wsseg.training.distributed import (
+from wsseg.runtime.device import collate, resolve_device, to_device
+from wsseg.runtime.distributed import (
     all_reduce_gradients,
     all_reduce_sum,
     broadcast_module,
@@ -34,6 +31,10 @@ from wsseg.training.distributed import (
     shard,
     sync_batchnorm,
 )
+from wsseg.runtime.inference import predict_logits
+from wsseg.runtime.precision import autocast, use_bf16
+from wsseg.training.augment import augment_batch
+from wsseg.training.checkpoint import load_checkpoint, save_checkpoint
 
 LAST, BEST = "last.pt", "best.pt"
 
@@ -80,22 +81,6 @@ class TrainResult:
     images_per_second: float = 0.0
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is an error that names the fix."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
-    return torch.device(name)
-
-
-def use_bf16(precision: str, device: torch.device) -> bool:
-    """bf16 autocast on CUDA unless fp32 is asked for; CPU always runs fp32."""
-    if precision == "bf16" and device.type != "cuda":
-        raise ValueError("precision bf16 needs a CUDA device; use precision fp32 on CPU")
-    return device.type == "cuda" and precision in ("auto", "bf16")
-
-
 def epoch_order(seed: int, epoch: int, n: int) -> list[int]:
     """The sample order of one epoch, a function of (seed, epoch) alone so a resumed run replays it exactly."""
     rng = np.random.default_rng(np.random.SeedSequence([seed, epoch, 0x5EED]))
@@ -140,7 +125,7 @@ def train(
         eval_batch_size: batch size of the per-epoch validation.
         progress: show a progress bar.
 
-    In a process group (``torchrun``, see :mod:`wsseg.training.distributed`) every rank calls this with the same
+    In a process group (``torchrun``, see :mod:`wsseg.runtime.distributed`) every rank calls this with the same
     arguments: ``cfg.batch_size`` is the global batch, each rank trains on its share with BatchNorm synchronised
     and gradients averaged; the ranks share the validation, and only rank 0 writes checkpoints (the other ranks'
     result has ``best_val_auroc`` NaN). N ranks compute what one process computes with the same settings.

@@ -20,7 +20,8 @@ The design makes N processes compute what one process computes with the same set
   would train a different model from one process with the same batch size.
 - Validation after each epoch is shared: rank r predicts validation images r, r + N, ... and the logits are
   gathered back into dataset order (:func:`gather_rows`), so every rank computes the same AUROC. The final
-  evaluation is shared the same way (``wsseg.run.gather_split`` puts the per-image statistics together on rank 0).
+  evaluation is shared the same way (``wsseg.pipelines.run.gather_split`` puts the per-image statistics together
+  on rank 0).
 - Only rank 0 writes checkpoints, records and logs (with ``--save-maps`` each rank writes its images' maps).
 """
 

@@ -30,13 +30,9 @@ labels row without maps) skip the image instead; every skip is listed in the rec
 from __future__ import annotations
 
 import csv
-import dataclasses
-import hashlib
-import io
 import math
-import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,116 +42,26 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from wsseg._io import atomic_save, atomic_write_text
-from wsseg.config import EvalConfig, RunConfig
-from wsseg.data.phantom import CLASSES
-from wsseg.evaluation.bootstrap import bootstrap_intervals
-from wsseg.evaluation.curves import CURVES_JSON, write_curves
-from wsseg.evaluation.evaluator import Normalization, SegmentationEvaluator
-from wsseg.evaluation.lesions import image_lesion_type
-from wsseg.evaluation.localization import FPPI_POINTS
-from wsseg.evaluation.stats import FrocSettings, SplitStats
-from wsseg.evaluation.summary import POINTING_TOLERANCES_MM, per_image_rows, summarize
-from wsseg.nn.upsample import UPSAMPLE_RULE
-from wsseg.report.records import SCHEMA_VERSION, read_record, record_thresholds, utc_now, versions, write_record
-
-MAP_SUFFIXES = (".npy", ".png")
-PER_IMAGE_CSV = "per_image.csv"
-PER_IMAGE_STATS = "per_image_stats.npz"
-MAPS_DIR = "maps"
-TEST_LABELS = "test_labels.csv"
-ASPECT_TOLERANCE = 0.02
-# A sane pixel spacing: 1 um to 10 cm. FROC windows are a number of mm over the spacing; 1e-300 would overflow.
-MIN_SPACING_MM, MAX_SPACING_MM = 0.001, 100.0
-# --image-size: a full-field mammogram is about 30 Mpx; maps are upsampled to this size, two classes at a time.
-MAX_IMAGE_PIXELS = 100_000_000
-POLICY = (
-    "Per-class Dice/IoU/soft Dice/pointing game average over the images with a lesion of that class (an empty "
-    "prediction scores 0); lesion-free images enter pooled Dice/IoU, PxAP, FROC and the false-positive burden; "
-    "undefined values are NaN, never 0 (wsseg.evaluation.metrics)."
+from wsseg.config import EvalConfig
+from wsseg.core import CLASSES
+from wsseg.evaluation.evaluator import Normalization
+from wsseg.pipelines.scored import (
+    ASPECT_TOLERANCE,
+    MAP_SUFFIXES,
+    MAX_IMAGE_PIXELS,
+    MAX_SPACING_MM,
+    MIN_SPACING_MM,
+    PIL_ERRORS,
+    InputError,
+    Skipped,
+    evaluation_settings,
+    ids_hash,
+    make_evaluator,
+    score_stats,
+    short_list,
 )
-ORACLE_NOTE = "keys ending in _oracle use the best threshold of the scored split itself: upper bounds, never headlines"
+from wsseg.report.records import SCHEMA_VERSION, utc_now, versions, write_record
 
-
-# What PIL raises on a truncated, empty or hostile image file (DecompressionBombError: a header above its limit).
-PIL_ERRORS = (OSError, ValueError, EOFError, SyntaxError, Image.DecompressionBombError)
-
-
-class InputError(ValueError):
-    """Bad input for ``wsseg score`` or ``wsseg evaluate``; the message names the file and the fix."""
-
-
-@dataclass(frozen=True)
-class Skipped:
-    """An image left out (``--skip-invalid``): which, the file at fault and why."""
-
-    image_id: str
-    file: str
-    reason: str
-
-
-def froc_settings(cfg: EvalConfig) -> FrocSettings:
-    """The FROC settings of an eval config."""
-    return FrocSettings(cfg.froc_nms_mm, cfg.froc_tolerance_mm, cfg.froc_max_candidates)
-
-
-def make_evaluator(cfg: EvalConfig, normalization: Normalization = "none") -> SegmentationEvaluator:
-    """An evaluator with an eval config's settings."""
-    return SegmentationEvaluator(CLASSES, cfg.n_bins, cfg.upsample, normalization, froc_settings(cfg))
-
-
-def evaluation_settings(cfg: EvalConfig, region: str, normalization: str = "none") -> dict[str, Any]:
-    """The record's ``evaluation`` block: how maps were turned into numbers."""
-    return {
-        "n_bins": cfg.n_bins,
-        "fixed_threshold": cfg.fixed_threshold,
-        "upsampling": UPSAMPLE_RULE.format(mode=cfg.upsample),
-        "normalization": normalization,
-        "region": region,
-        "pointing_tolerances_mm": list(POINTING_TOLERANCES_MM),
-        "froc": {
-            "nms_mm": cfg.froc_nms_mm,
-            "tolerance_mm": cfg.froc_tolerance_mm,
-            "max_candidates": cfg.froc_max_candidates,
-            "fppi": list(FPPI_POINTS),
-        },
-        "policy": POLICY,
-        "oracle": ORACLE_NOTE,
-    }
-
-
-def write_per_image(out_dir: Path, stats: SplitStats, thresholds: dict[str, float], fixed: float) -> dict[str, str]:
-    """Write ``per_image.csv`` (people) and ``per_image_stats.npz`` (``wsseg compare``) atomically."""
-    rows = per_image_rows(stats, thresholds, fixed)
-    buf = io.StringIO()
-    if rows:
-        writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-    atomic_write_text(out_dir / PER_IMAGE_CSV, buf.getvalue())
-    stats.save(out_dir / PER_IMAGE_STATS)
-    return {"csv": PER_IMAGE_CSV, "stats": PER_IMAGE_STATS}
-
-
-def score_stats(
-    stats: SplitStats, thresholds: dict[str, float], cfg: EvalConfig, out_dir: Path
-) -> tuple[dict[str, dict[str, float]], dict[str, Any], dict[str, str], float]:
-    """Metrics, bootstrap intervals and per-image files of a scored split.
-
-    Returns:
-        metrics, intervals, the per-image file names, and the seconds the bootstrap took.
-    """
-    metrics = summarize(stats, thresholds, cfg.fixed_threshold)
-    t0 = time.perf_counter()
-    intervals = bootstrap_intervals(stats, thresholds, cfg.fixed_threshold, cfg.bootstrap_resamples, cfg.bootstrap_seed)
-    seconds = time.perf_counter() - t0
-    files = write_per_image(out_dir, stats, thresholds, cfg.fixed_threshold)
-    # The curves behind PxAP, FROC and Dice-by-size, a few kB, for the HTML report.
-    write_curves(out_dir / CURVES_JSON, stats, thresholds)
-    return metrics, intervals, {**files, "curves": CURVES_JSON}, seconds
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # Reading files
 
 
@@ -189,12 +95,6 @@ def _listing(folder: Path, flag: str, suffixes: tuple[str, ...]) -> list[Path]:
     return out
 
 
-def _names(paths: Iterable[str], limit: int = 5) -> str:
-    items = list(paths)
-    shown = ", ".join(items[:limit])
-    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
-
-
 def index_class_files(folder: Path, suffixes: tuple[str, ...], flag: str) -> dict[str, dict[str, Path]]:
     """``{image_id: {class: path}}`` of the ``<image_id>_<class>.<suffix>`` files of a folder.
 
@@ -216,10 +116,10 @@ def index_class_files(folder: Path, suffixes: tuple[str, ...], flag: str) -> dic
     if bad:
         raise InputError(
             f"{flag} {folder}: {len(bad)} file(s) not named <image_id>_<class>{ext} with class "
-            f"{' or '.join(CLASSES)}: {_names(bad)}; rename them or move them out of the folder"
+            f"{' or '.join(CLASSES)}: {short_list(bad)}; rename them or move them out of the folder"
         )
     if twice:
-        raise InputError(f"{flag} {folder}: two files for {_names(twice)}; keep one file per image and class")
+        raise InputError(f"{flag} {folder}: two files for {short_list(twice)}; keep one file per image and class")
     return out
 
 
@@ -233,7 +133,9 @@ def index_region_files(folder: Path) -> dict[str, Path]:
         else:
             bad.append(p.name)
     if bad:
-        raise InputError(f"--region {folder}: {len(bad)} file(s) are not <image_id>.png: {_names(bad)}; move them out")
+        raise InputError(
+            f"--region {folder}: {len(bad)} file(s) are not <image_id>.png: {short_list(bad)}; move them out"
+        )
     return out
 
 
@@ -482,7 +384,7 @@ def _plan(
         extra = sorted(set(maps) - set(labels))
         if extra:
             raise InputError(
-                f"--maps holds maps of {len(extra)} image(s) that --labels does not list: {_names(extra)}; "
+                f"--maps holds maps of {len(extra)} image(s) that --labels does not list: {short_list(extra)}; "
                 "add them to the labels or move their maps out"
             )
     else:
@@ -508,7 +410,7 @@ def _plan(
         unmasked = [
             c
             for k, c in enumerate(CLASSES)
-            if row is not None and row.labels[k] and _located(row, k) and c not in masks.get(image_id, {})
+            if row is not None and row.labels[k] and is_located(row, k) and c not in masks.get(image_id, {})
         ]
         if unmasked:
             c = unmasked[0]
@@ -565,7 +467,7 @@ def _plan(
     return plans
 
 
-def _located(row: LabelRow, k: int) -> bool:
+def is_located(row: LabelRow, k: int) -> bool:
     """Whether class ``k`` of a labels row has a location (False: a label-only image of it)."""
     return row.located is None or row.located[k]
 
@@ -576,7 +478,7 @@ def _label_mask_mismatch(plan: _Plan, row: LabelRow | None, target: np.ndarray) 
         return None
     for k, c in enumerate(CLASSES):
         lesion = bool(target[k].any())
-        if not lesion and row.labels[k] and not _located(row, k):
+        if not lesion and row.labels[k] and not is_located(row, k):
             continue  # label-only: labelled, with no location, so its mask is empty
         if lesion != bool(row.labels[k]):
             mask = plan.masks.get(c)
@@ -716,7 +618,7 @@ def score_folders(
         "dataset_info": {
             "n_images": len(stats),
             "n_patients": len(set(stats.patient_ids)),
-            "image_ids_hash": _ids_hash(stats.image_ids),
+            "image_ids_hash": ids_hash(stats.image_ids),
             "pixel_spacing_mm": spacing_mm,
         },
         "evaluation": evaluation_settings(cfg, "region files" if region is not None else "whole image", normalization),
@@ -733,260 +635,7 @@ def score_folders(
     }
     write_record(out / "record.json", record)
     if skipped:
-        log(f"skipped {len(skipped)} image(s) (listed in the record): " + _names([s.image_id for s in skipped]))
+        log(f"skipped {len(skipped)} image(s) (listed in the record): " + short_list([s.image_id for s in skipped]))
     if spacing_mm is None:
         log("no --spacing-mm: the pointing game beyond 0 mm and FROC are n/a")
     return record
-
-
-def _ids_hash(image_ids: list[str]) -> str:
-    from wsseg.data.dataset import split_hash
-
-    return split_hash(image_ids)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# wsseg run --save-maps, wsseg evaluate
-
-
-def map_file_stem(image_id: str) -> str:
-    """The ``<image_id>`` part of a saved map's file name: the id itself, unless it could leave the maps folder.
-
-    Ids come from the dataset's files (a manifest CSV may hold ``../../x`` or ``a/b``): an id with a slash, a
-    backslash or NUL, a leading ``.`` (hidden files, ``..``), or over 200 characters becomes a cleaned id and a hash.
-    """
-    if not re.search(r"[/\\\0]", image_id) and not image_id.startswith(".") and 0 < len(image_id) <= 200:
-        return image_id
-    safe = re.sub(r"[^A-Za-z0-9._-]", "_", image_id).lstrip(".")[:100]
-    return f"{safe}-{hashlib.sha256(image_id.encode()).hexdigest()[:8]}"
-
-
-def save_map(folder: Path, image_id: str, name: str, saliency: torch.Tensor) -> None:
-    """Store one (H, W) map as ``<image_id>_<class>.npy`` in float16 (2 bytes per pixel), atomically.
-
-    ``<image_id>`` is :func:`map_file_stem` of the id, so every map lands inside ``folder``.
-    """
-    arr = saliency.detach().float().cpu().numpy().astype(np.float16)
-    atomic_save(folder / f"{map_file_stem(image_id)}_{name}.npy", lambda f: np.save(f, arr))
-
-
-def write_test_labels(
-    path: Path,
-    ids: list[str],
-    patients: list[str],
-    labels: np.ndarray,
-    logits: np.ndarray,
-    located: np.ndarray | None = None,
-) -> None:
-    """The test split's labels, patients and image-level logits in the ``--labels`` format of ``wsseg score``.
-
-    ``located`` ((N, K) bool) adds the ``<class>_located`` columns when some image is label-only, so that scoring
-    the saved maps leaves those images out of the localisation metrics as the run did.
-    """
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    flags = located is not None and not bool(np.all(located))
-    extra = [f"{c}_located" for c in CLASSES] if flags else []
-    writer.writerow(["image_id", "patient_id", *CLASSES, *(f"{c}_score" for c in CLASSES), *extra])
-    for i, image_id in enumerate(ids):
-        row = [image_id, patients[i], *(int(v) for v in labels[i]), *(repr(float(v)) for v in logits[i])]
-        if flags:
-            assert located is not None
-            row += [int(v) for v in located[i]]
-        writer.writerow(row)
-    atomic_write_text(path, buf.getvalue())
-
-
-def evaluate_run(
-    run_dir: Path,
-    out: Path | None = None,
-    cache_dir: str | None = None,
-    progress: bool = False,
-) -> dict[str, Any]:
-    """Re-score the test maps a run saved with ``--save-maps``; write ``<out>/record.json`` (default ``DIR/evaluate``).
-
-    The masks and breast regions come from the run's own dataset (the phantom, or the data source, root and
-    cache in its ``config.json``; the cache is remade when it is gone, from the phantom generator or from the
-    download), the thresholds and image-level scores from the run. The numbers equal the run's up to the float16
-    rounding of the stored maps.
-
-    Raises:
-        InputError: the folder is not a finished run with saved maps, the dataset's test split is not the one the
-            run was scored on, or the maps do not match the test split.
-    """
-    from wsseg.data.dataset import MammogramDataset, split_hash
-    from wsseg.run import fold_splits, prepare_data  # here: wsseg.run imports this module
-
-    run_dir = Path(run_dir)
-    maps_dir = run_dir / MAPS_DIR
-    for name in ("record.json", "config.json"):
-        if not (run_dir / name).is_file():
-            raise InputError(f"--run {run_dir} has no {name}; point it at a finished wsseg run folder")
-    if not maps_dir.is_dir():
-        raise InputError(f"--run {run_dir} has no {MAPS_DIR}/ folder; re-run it with `wsseg run ... --save-maps`")
-    record = read_record(run_dir / "record.json")
-    cfg = RunConfig.read(run_dir / "config.json")
-    if cache_dir is not None:
-        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, cache_dir=cache_dir))
-    root, _ = prepare_data(cfg, progress, log=lambda _: None)  # the run's dataset, as `wsseg run` prepared it
-    # A run of one cross-validation fold tests that fold's patients.
-    splits = fold_splits(cfg, root, {})
-    test_set = MammogramDataset(root, "test", with_masks=True, dataset=cfg.data.dataset, patient_splits=splits)
-    scored = ((record.get("dataset_info") or {}).get("split_hashes") or {}).get("test")
-    if scored is not None and split_hash(test_set.image_ids) != scored:
-        raise InputError(
-            f"--run {run_dir}: the test split of {cfg.data.dataset} in {root} is not the one the run was scored on "
-            "(other images); evaluate with the data the run used (its --data-root, --cache-dir)"
-        )
-    map_index = index_class_files(maps_dir, MAP_SUFFIXES, "--run maps")  # keyed by map_file_stem(image id)
-    stems = {map_file_stem(i): i for i in test_set.image_ids}
-    extra = sorted(set(map_index) - set(stems))
-    if extra:
-        raise InputError(
-            f"{maps_dir}: maps of {len(extra)} image(s) outside the test split: {_names(extra)}; move them out"
-        )
-    if not (run_dir / TEST_LABELS).is_file():
-        raise InputError(f"--run {run_dir} has no {TEST_LABELS}; re-run it with `wsseg run ... --save-maps`")
-    rows = read_labels(run_dir / TEST_LABELS)
-    thresholds = record_thresholds(record)
-    ev = make_evaluator(cfg.eval)
-    t_start = time.perf_counter()
-    for i in tqdm(range(len(test_set)), desc="evaluate", unit="img", disable=not progress):
-        sample = test_set[i]
-        image_id = sample["meta"]["image_id"]
-        have = map_index.get(map_file_stem(image_id), {})
-        lacking = [c for c in CLASSES if c not in have]
-        if lacking:
-            raise InputError(
-                f"{maps_dir}: no map {map_file_stem(image_id)}_{lacking[0]}.npy; the saved maps are incomplete, re-run"
-            )
-        size = (int(sample["masks"].shape[-2]), int(sample["masks"].shape[-1]))
-        arrays = []
-        for c in CLASSES:
-            check_map_size(have[c], map_size(have[c]), size)
-            arrays.append(read_map(have[c]))
-        row = rows.get(image_id)
-        ev.add(
-            image_id,
-            torch.from_numpy(np.stack(arrays)),
-            sample["masks"],
-            sample["breast_mask"],
-            patient_id=sample["meta"]["patient_id"],
-            spacing_mm=float(sample["meta"]["pixel_spacing_mm"]),
-            image_scores=row.scores if row is not None else None,
-            image_labels=sample["labels"],
-            lesion_types=[image_lesion_type(sample["meta"].get("lesions", []), c) for c in CLASSES],
-            located=sample["meta"].get("localized"),
-        )
-    out = Path(out) if out is not None else run_dir / "evaluate"
-    metrics, intervals, files, boot_seconds = score_stats(ev.stats(), thresholds, cfg.eval, out)
-    new: dict[str, Any] = {
-        "schema_version": SCHEMA_VERSION,
-        "record_type": "evaluate",
-        "created": utc_now(),
-        "versions": versions(),
-        "run_id": record.get("run_id"),
-        "method": record.get("method"),
-        "inputs": {"run": str(run_dir), "maps": str(maps_dir), "labels": str(run_dir / TEST_LABELS)},
-        "dataset_info": record.get("dataset_info"),
-        "evaluation": evaluation_settings(cfg.eval, "breast mask"),
-        "thresholds": {"rule": "the run's thresholds (calibrated on its validation split)", **thresholds},
-        "metrics": metrics,
-        "intervals": intervals,
-        "per_image": files,
-        "skipped": [],
-        "n_skipped": 0,
-        "timings": {"total": time.perf_counter() - t_start, "bootstrap": boot_seconds},
-    }
-    write_record(out / "record.json", new)
-    return new
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# wsseg compare
-
-
-def load_scored(folder: Path) -> tuple[dict[str, Any], SplitStats]:
-    """The record and per-image statistics of a run, score or evaluate folder.
-
-    Raises:
-        InputError: the folder lacks either file.
-    """
-    folder = Path(folder)
-    if not (folder / "record.json").is_file():
-        raise InputError(f"{folder} has no record.json; pass a wsseg run folder or a `wsseg score --out` folder")
-    record = read_record(folder / "record.json")
-    name = (record.get("per_image") or {}).get("stats", PER_IMAGE_STATS)
-    if not (folder / name).is_file():
-        raise InputError(
-            f"{folder} has no {name} (per-image statistics); it was made by an older wsseg: re-run it, or re-score "
-            "its maps with `wsseg evaluate` or `wsseg score`"
-        )
-    return record, SplitStats.load(folder / name)
-
-
-def check_comparable(a: tuple[dict[str, Any], SplitStats], b: tuple[dict[str, Any], SplitStats]) -> None:
-    """Raise InputError unless two scored folders share their test images, patients, ground truth and grid settings."""
-    from wsseg.evaluation.bootstrap import check_same_images
-
-    (ra, sa), (rb, sb) = a, b
-    try:
-        check_same_images(sa, sb)
-    except ValueError as e:
-        raise InputError(str(e)) from e
-    key_a = (ra.get("dataset_info") or {}).get("cache_key")
-    key_b = (rb.get("dataset_info") or {}).get("cache_key")
-    if key_a and key_b and key_a != key_b:
-        raise InputError(
-            f"the test sets differ: dataset cache keys {key_a} vs {key_b} (another profile, seed or generator "
-            "version); compare runs made on the same data"
-        )
-    sb = sb.reorder(sa.image_ids)
-    for name in sa.classes:
-        if name in sb.classes and not (
-            np.array_equal(sa.classes[name].gt, sb.classes[name].gt)
-            and np.array_equal(sa.classes[name].area, sb.classes[name].area)
-        ):
-            raise InputError(
-                f"the test sets differ: the same image ids but other {name} masks or evaluated regions (or another "
-                "resolution); compare runs scored against the same ground truth"
-            )
-    fa = ra.get("evaluation", {}).get("fixed_threshold")
-    fb = rb.get("evaluation", {}).get("fixed_threshold")
-    if fa != fb:
-        raise InputError(f"the runs used other fixed thresholds ({fa} vs {fb}); re-score one with the other's")
-
-
-def _metric_thresholds(record: dict[str, Any], stats: SplitStats, folder: Path) -> dict[str, float]:
-    """Per class of ``stats``, the threshold of the record's metrics (read_record checked its type and range)."""
-    metrics = record.get("metrics")
-    if not isinstance(metrics, dict):
-        metrics = {}  # every class is missing
-    missing = [c for c in stats.classes if "threshold" not in metrics.get(c, {})]
-    if missing:
-        raise InputError(
-            f"{Path(folder) / 'record.json'} has no metrics.<class>.threshold for {missing}; re-run the evaluation"
-        )
-    return {c: float(metrics[c]["threshold"]) for c in stats.classes}
-
-
-def compare_folders(a: Path, b: Path, n_resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
-    """Paired patient bootstrap of the difference between two scored folders (``wsseg compare``)."""
-    from wsseg.evaluation.bootstrap import paired_bootstrap
-
-    ra, sa = load_scored(a)
-    rb, sb = load_scored(b)
-    check_comparable((ra, sa), (rb, sb))
-    fixed = float(ra.get("evaluation", {}).get("fixed_threshold", 0.5))
-    ta, tb = _metric_thresholds(ra, sa, a), _metric_thresholds(rb, sb, b)
-    result = paired_bootstrap(sa, ta, sb, tb, fixed, n_resamples, seed)
-    return {
-        "a": str(a),
-        "b": str(b),
-        "rule": "paired percentile bootstrap over patients (the same resamples for both), thresholds frozen",
-        "n_resamples": n_resamples,
-        "seed": seed,
-        "n_images": len(sa),
-        "n_patients": len(set(sa.patient_ids)),
-        "classes": result,
-    }

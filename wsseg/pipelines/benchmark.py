@@ -30,7 +30,7 @@ Runs are named ``<method>-<dataset>-<profile>-s<seed>`` (``-fold<f>of<k>`` added
 run (``record.json``) is skipped, an interrupted one (``last.pt``) is resumed, so the command can be killed and
 started again at any time. Post-hoc methods (Grad-CAM and relatives: methods that declare ``reads``) reuse the run
 of the same seed (and fold) of the classifier they explain, the first of their ``reads`` (CAM), instead of training;
-trained methods run first. :mod:`wsseg.launch` sends each unfinished run to a cluster as one job.
+trained methods run first. :mod:`wsseg.pipelines.launch` sends each unfinished run to a cluster as one job.
 """
 
 from __future__ import annotations
@@ -45,9 +45,9 @@ from typing import Any
 
 from wsseg._io import atomic_write_bytes
 from wsseg.config import MAX_SEED, RunConfig, make_run_config, seed_ok
+from wsseg.core import PER_IMAGE_CSV, PER_IMAGE_STATS
 from wsseg.data.folds import FOLDS_FILE
 from wsseg.evaluation.curves import CURVES_JSON
-from wsseg.evaluation.scoring import PER_IMAGE_CSV, PER_IMAGE_STATS
 from wsseg.registry import get_method_spec, list_methods
 from wsseg.report.gallery import GALLERY_NPZ
 from wsseg.report.leaderboard import LeaderboardResult, write_leaderboards
@@ -60,7 +60,7 @@ else:  # pragma: no cover - Python 3.10
 KEYS = {"name", "profile", "datasets", "methods", "seeds", "out", "leaderboard", "set", "device", "data_root", "folds"}
 # The name names the default run and leaderboard folders: one plain path component.
 NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
-# [launcher] keys and their TOML types (wsseg.launch maps them to submitit's parameters).
+# [launcher] keys and their TOML types (wsseg.pipelines.launch maps them to submitit's parameters).
 LAUNCHER_KEYS: dict[str, type | tuple[type, ...]] = {
     "cluster": str,
     "partition": str,
@@ -388,12 +388,12 @@ def run_one(bench: Benchmark, spec: RunSpec, progress: bool = False, log: Callab
     """Run one run of the benchmark unless it is finished: resume it from its checkpoint, or start it.
 
     A post-hoc method reuses the finished CAM run of its seed and fold. This is the whole of a cluster job
-    (:mod:`wsseg.launch`), so a run made by a job equals one made by ``--launcher local``.
+    (:mod:`wsseg.pipelines.launch`), so a run made by a job equals one made by ``--launcher local``.
 
     Raises:
         FileNotFoundError: a post-hoc run whose CAM run (listed in the benchmark) has not finished.
     """
-    from wsseg.run import run
+    from wsseg.pipelines.run import run
 
     folder = run_folder(bench, spec)
     overrides = run_overrides(bench.overrides, spec.dataset, bench.device, bench.data_root, bench.folds, spec.fold)

@@ -27,19 +27,19 @@ from wsseg._io import atomic_write_json, atomic_write_text, remove_stale_tempora
 from wsseg._lock import LOCK_NAME, folder_lock
 from wsseg._threads import available_cpus, configure_threads, loader_workers
 from wsseg.config import DataConfig, EvalConfig, RunConfig, phantom_config
+from wsseg.core import CLASSES, PER_IMAGE_CSV, PER_IMAGE_STATS
 from wsseg.data.dataset import MammogramDataset, phantom_cache_key, prepare_phantom, split_hash
 from wsseg.data.folds import FOLDS_FILE, FoldAssignment, dataset_patient_labels, folds_csv_text, load_assignment
-from wsseg.data.phantom import CLASSES, PHANTOM_VERSION
+from wsseg.data.phantom import PHANTOM_VERSION
 from wsseg.data.prepare import PREPROCESS_VERSION, prepare_source
 from wsseg.data.sources import get_source
 from wsseg.evaluation.curves import CURVES_JSON
 from wsseg.evaluation.evaluator import SegmentationEvaluator
-from wsseg.evaluation.inference import predict_batches
 from wsseg.evaluation.lesions import image_lesion_type
-from wsseg.evaluation.scoring import (
+from wsseg.evaluation.summary import chance_levels
+from wsseg.method import ClassifierConfig, PostHocCAMMethod, WSSegMethod
+from wsseg.pipelines.scored import (
     MAPS_DIR,
-    PER_IMAGE_CSV,
-    PER_IMAGE_STATS,
     TEST_LABELS,
     evaluation_settings,
     make_evaluator,
@@ -47,14 +47,15 @@ from wsseg.evaluation.scoring import (
     score_stats,
     write_test_labels,
 )
-from wsseg.evaluation.summary import chance_levels
-from wsseg.method import ClassifierConfig, PostHocCAMMethod, WSSegMethod
 from wsseg.registry import get_method_spec
 from wsseg.report.gallery import GALLERY_NPZ, make_gallery
 from wsseg.report.records import SCHEMA_VERSION, read_record, record_thresholds, utc_now, versions, write_record
+from wsseg.runtime.device import resolve_device
+from wsseg.runtime.distributed import init_from_env, rank_and_world, shard, unshard
+from wsseg.runtime.inference import predict_batches
+from wsseg.runtime.precision import use_bf16
 from wsseg.training.checkpoint import load_checkpoint, save_checkpoint
-from wsseg.training.distributed import init_from_env, rank_and_world, shard, unshard
-from wsseg.training.loop import BEST, LAST, TrainResult, resolve_device, train, use_bf16
+from wsseg.training.loop import BEST, LAST, TrainResult, train
 
 REFERENCE_MAPS: dict[str, Callable[[dict[str, Any]], torch.Tensor]] = {
     # A constant map inside the breast: predicts the whole breast at any threshold. The floor to beat.
@@ -539,7 +540,7 @@ def run(
         RunInterrupted: Ctrl-C (SIGINT, or SIGTERM where the CLI maps it): what was saved, for the message.
 
     Started by ``torchrun --nproc-per-node N -m wsseg run ...`` (``WORLD_SIZE`` > 1), the N processes train
-    together (:mod:`wsseg.training.distributed`): rank 0 names the run folder and prepares the data first, the
+    together (:mod:`wsseg.runtime.distributed`): rank 0 names the run folder and prepares the data first, the
     ranks share the evaluation, and only rank 0 logs, writes checkpoints and writes the record; the other ranks
     return an empty dict. With ``--from-run`` or ``--weights`` rank 0 evaluates alone.
     """

@@ -2,8 +2,8 @@
 
 A 5-fold x methods x seeds benchmark is hundreds of GPU runs; research clusters schedule them with Slurm, and
 submitit (Meta's Slurm client, `pip install "wsseg[slurm]"`) is the usual way to send Python functions there. Each
-unfinished (method, seed, fold) becomes one job that calls :func:`wsseg.benchmark.run_one`, the very function the
-local launcher calls, so a job's record equals a local run's. The jobs ask for the resources of the benchmark file's
+unfinished (method, seed, fold) becomes one job that calls :func:`wsseg.pipelines.benchmark.run_one`, the very function
+the local launcher calls, so a job's record equals a local run's. The jobs ask for the resources of the benchmark file's
 ``[launcher]`` table.
 
 Order: post-hoc methods reuse their CAM run's classifier. On Slurm the post-hoc jobs are submitted at once with a
@@ -28,7 +28,17 @@ from pathlib import Path
 from typing import Any
 
 from wsseg._io import atomic_write_json
-from wsseg.benchmark import Benchmark, LauncherConfig, RunSpec, cam_spec, is_done, is_posthoc, plan, run_id, run_one
+from wsseg.pipelines.benchmark import (
+    Benchmark,
+    LauncherConfig,
+    RunSpec,
+    cam_spec,
+    is_done,
+    is_posthoc,
+    plan,
+    run_id,
+    run_one,
+)
 from wsseg.report.records import utc_now
 
 JOBS_FILE = "wsseg-jobs.json"

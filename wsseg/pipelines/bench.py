@@ -27,12 +27,12 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from wsseg._io import atomic_write_text
 from wsseg.config import TrainConfig, phantom_config
-from wsseg.data.dataset import MammogramDataset, collate, prepare_phantom
-from wsseg.evaluation.inference import autocast, to_device
+from wsseg.data.dataset import MammogramDataset, prepare_phantom
 from wsseg.method import Profile, WSSegMethod
 from wsseg.registry import create_method, get_method_spec
+from wsseg.runtime.device import collate, resolve_device, to_device
+from wsseg.runtime.precision import autocast
 from wsseg.training.augment import augment_batch
-from wsseg.training.loop import resolve_device
 
 Phase = Literal["inference", "train"]
 Mode = Literal["wsseg", "reference"]

@@ -1,0 +1,101 @@
+"""``wsseg compare``: paired bootstrap of two scored folders over their shared test images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wsseg.core import PER_IMAGE_STATS
+from wsseg.evaluation.stats import SplitStats
+from wsseg.pipelines.scored import InputError
+from wsseg.report.records import read_record
+
+# wsseg compare
+
+
+def load_scored(folder: Path) -> tuple[dict[str, Any], SplitStats]:
+    """The record and per-image statistics of a run, score or evaluate folder.
+
+    Raises:
+        InputError: the folder lacks either file.
+    """
+    folder = Path(folder)
+    if not (folder / "record.json").is_file():
+        raise InputError(f"{folder} has no record.json; pass a wsseg run folder or a `wsseg score --out` folder")
+    record = read_record(folder / "record.json")
+    name = (record.get("per_image") or {}).get("stats", PER_IMAGE_STATS)
+    if not (folder / name).is_file():
+        raise InputError(
+            f"{folder} has no {name} (per-image statistics); it was made by an older wsseg: re-run it, or re-score "
+            "its maps with `wsseg evaluate` or `wsseg score`"
+        )
+    return record, SplitStats.load(folder / name)
+
+
+def check_comparable(a: tuple[dict[str, Any], SplitStats], b: tuple[dict[str, Any], SplitStats]) -> None:
+    """Raise InputError unless two scored folders share their test images, patients, ground truth and grid settings."""
+    from wsseg.evaluation.bootstrap import check_same_images
+
+    (ra, sa), (rb, sb) = a, b
+    try:
+        check_same_images(sa, sb)
+    except ValueError as e:
+        raise InputError(str(e)) from e
+    key_a = (ra.get("dataset_info") or {}).get("cache_key")
+    key_b = (rb.get("dataset_info") or {}).get("cache_key")
+    if key_a and key_b and key_a != key_b:
+        raise InputError(
+            f"the test sets differ: dataset cache keys {key_a} vs {key_b} (another profile, seed or generator "
+            "version); compare runs made on the same data"
+        )
+    sb = sb.reorder(sa.image_ids)
+    for name in sa.classes:
+        if name in sb.classes and not (
+            np.array_equal(sa.classes[name].gt, sb.classes[name].gt)
+            and np.array_equal(sa.classes[name].area, sb.classes[name].area)
+        ):
+            raise InputError(
+                f"the test sets differ: the same image ids but other {name} masks or evaluated regions (or another "
+                "resolution); compare runs scored against the same ground truth"
+            )
+    fa = ra.get("evaluation", {}).get("fixed_threshold")
+    fb = rb.get("evaluation", {}).get("fixed_threshold")
+    if fa != fb:
+        raise InputError(f"the runs used other fixed thresholds ({fa} vs {fb}); re-score one with the other's")
+
+
+def _metric_thresholds(record: dict[str, Any], stats: SplitStats, folder: Path) -> dict[str, float]:
+    """Per class of ``stats``, the threshold of the record's metrics (read_record checked its type and range)."""
+    metrics = record.get("metrics")
+    if not isinstance(metrics, dict):
+        metrics = {}  # every class is missing
+    missing = [c for c in stats.classes if "threshold" not in metrics.get(c, {})]
+    if missing:
+        raise InputError(
+            f"{Path(folder) / 'record.json'} has no metrics.<class>.threshold for {missing}; re-run the evaluation"
+        )
+    return {c: float(metrics[c]["threshold"]) for c in stats.classes}
+
+
+def compare_folders(a: Path, b: Path, n_resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """Paired patient bootstrap of the difference between two scored folders (``wsseg compare``)."""
+    from wsseg.evaluation.bootstrap import paired_bootstrap
+
+    ra, sa = load_scored(a)
+    rb, sb = load_scored(b)
+    check_comparable((ra, sa), (rb, sb))
+    fixed = float(ra.get("evaluation", {}).get("fixed_threshold", 0.5))
+    ta, tb = _metric_thresholds(ra, sa, a), _metric_thresholds(rb, sb, b)
+    result = paired_bootstrap(sa, ta, sb, tb, fixed, n_resamples, seed)
+    return {
+        "a": str(a),
+        "b": str(b),
+        "rule": "paired percentile bootstrap over patients (the same resamples for both), thresholds frozen",
+        "n_resamples": n_resamples,
+        "seed": seed,
+        "n_images": len(sa),
+        "n_patients": len(set(sa.patient_ids)),
+        "classes": result,
+    }
