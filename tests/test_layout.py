@@ -148,3 +148,14 @@ def test_the_checker_sees_an_upward_import(tmp_path: Path) -> None:
         ("wsseg.pipelines.run", False),
     ]
     assert floor_of("wsseg.pipelines.run") > floor_of("wsseg.evaluation.metrics")
+
+
+def test_every_package_is_declared_and_has_an_init() -> None:
+    """A folder of modules missing from pyproject's package list would be left out of a wheel (pip install wsseg)."""
+    import tomllib
+
+    declared = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    folders = {module_name(p.parent / "__init__.py") for p in MODULES if p.name != "__init__.py"}
+    assert folders <= declared, f"add {sorted(folders - declared)} to [tool.setuptools] packages in pyproject.toml"
+    missing = sorted(str(p.relative_to(ROOT)) for p in {m.parent for m in MODULES} if not (p / "__init__.py").is_file())
+    assert not missing, f"{missing} have no __init__.py"
