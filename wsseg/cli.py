@@ -816,8 +816,9 @@ def benchmark(
     Finished runs are skipped and interrupted ones resumed, so the command can be stopped (even killed) and
     restarted at any time, with or without --resume; the result equals an uninterrupted benchmark's. Post-hoc
     methods reuse the CAM run of the same seed (and fold). `folds = K` in the file runs a K-fold cross-validation
-    by patient and aggregates the folds in the leaderboard. The file format is documented in wsseg/pipelines/benchmark.py
-    and benchmarks/README.md; the flags replace the file's values (e.g. --profile tiny for a smoke test).
+    by patient and aggregates the folds in the leaderboard. The file format is documented in
+    wsseg/pipelines/benchmark.py and benchmarks/README.md; the flags replace the file's values (e.g. --profile
+    tiny for a smoke test).
     """
     given = dict(locals())  # the flags, for the command that continues an interrupted benchmark
     from wsseg.pipelines.benchmark import BenchmarkOverrides, load_benchmark, run_benchmark, run_folders
