@@ -57,6 +57,7 @@ from wsseg.method import (
     Limit,
     MethodConfig,
     MethodOutput,
+    TrainContext,
     WSSegMethod,
     between,
     fits_image,
@@ -368,14 +369,14 @@ class GLAM(WSSegMethod):
         g, loc, _ = self.stage_bounds(epochs)
         return "global" if epoch < g else "local" if epoch < g + loc else "joint"
 
-    def on_train_start(self, ctx: dict[str, Any]) -> None:
+    def on_train_start(self, ctx: TrainContext) -> None:
         """Check the stage schedule against the run's epochs before any step is taken."""
-        self._epochs = int(ctx["epochs"])
+        self._epochs = ctx.epochs
         self.stage_bounds(self._epochs)
 
-    def on_epoch_start(self, ctx: dict[str, Any], epoch: int) -> None:
+    def on_epoch_start(self, ctx: TrainContext, epoch: int) -> None:
         """Enter the epoch's stage: freeze the global network in the local stage (eval-mode BN, no gradients)."""
-        self._epochs = int(ctx["epochs"])
+        self._epochs = ctx.epochs
         self.stage = self.stage_of(epoch, self._epochs)
         global_parts = (self.global_backbone, self.head_l3, self.head_l4, self.head_final)
         for part in global_parts:

@@ -477,13 +477,13 @@ def evaluate(
     """
     from wsseg.core import CLASSES
     from wsseg.pipelines.evaluate import evaluate_run
-    from wsseg.report.records import read_record
+    from wsseg.report.records import read_record_json
 
     try:
         record = evaluate_run(
             run_dir, out, str(cache_dir) if cache_dir is not None else None, progress=_progress(quiet)
         )
-        original = read_record(run_dir / "record.json")
+        original = read_record_json(run_dir / "record.json")
     except USER_ERRORS as e:
         _fail(e)
     typer.echo(metrics_table(record))
@@ -576,6 +576,8 @@ def compare(
         f"{n_resamples} paired resamples (seed {seed})\n"
     )
     typer.echo(tabulate(rows, headers=["class", "metric", "A", "B", "A - B", "95% CI", "p"], disable_numparse=True))
+    for note in result["notes"]:
+        typer.echo(f"\nnote: {note}")
     if out is not None:
         typer.echo(f"\nwritten: {out}")
 

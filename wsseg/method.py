@@ -9,6 +9,7 @@ wsseg does not).
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -200,6 +201,34 @@ class ClassifierConfig(MethodConfig):
         return cls(backbone="resnet18", output_stride=16)
 
 
+@dataclass(frozen=True)
+class TrainContext:
+    """What the training loop tells a method's hooks about the run (``on_train_start``, ``on_epoch_start``, ...).
+
+    Attributes:
+        device: where the method trains.
+        total_steps: optimizer steps of the whole run.
+        epochs: epochs of the whole run (staged schedules split them).
+        run_dir: the run folder (checkpoints live there).
+    """
+
+    device: torch.device
+    total_steps: int
+    epochs: int
+    run_dir: Path
+
+    def __getitem__(self, key: str) -> Any:
+        """``ctx["epochs"]``, as hooks written when the context was a dict read it; deprecated: use ``ctx.epochs``."""
+        if key not in {f.name for f in dataclasses.fields(self)}:
+            raise KeyError(key)
+        warnings.warn(
+            f"ctx[{key!r}] is deprecated: the training context is a TrainContext, read ctx.{key}",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return getattr(self, key)
+
+
 class WSSegMethod(nn.Module, ABC):
     """Base class of all methods.
 
@@ -253,10 +282,10 @@ class WSSegMethod(nn.Module, ABC):
             {"params": no_decay, "lr": lr, "weight_decay": 0.0},
         ]
 
-    def on_train_start(self, ctx: dict[str, Any]) -> None:
+    def on_train_start(self, ctx: TrainContext) -> None:
         """Hook called once before the first training step (staged schedules start here)."""
 
-    def on_epoch_start(self, ctx: dict[str, Any], epoch: int) -> None:
+    def on_epoch_start(self, ctx: TrainContext, epoch: int) -> None:
         """Hook called at the start of every epoch (0-based ``epoch``), after ``train()``; also on resume.
 
         Staged schedules freeze and unfreeze submodules here; ``ctx`` holds ``epochs`` (the total).
@@ -266,7 +295,7 @@ class WSSegMethod(nn.Module, ABC):
         """Factor on the loop's learning rate for optimizer ``group`` during 0-based ``epoch`` (1 by default)."""
         return 1.0
 
-    def on_epoch_end(self, ctx: dict[str, Any], epoch: int, metrics: dict[str, float]) -> None:
+    def on_epoch_end(self, ctx: TrainContext, epoch: int, metrics: dict[str, float]) -> None:
         """Hook called after each epoch's validation."""
 
     def eligible_for_best(self, epoch: int) -> bool:

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from wsseg.cli import app
 from wsseg.data.dataset import MammogramDataset
+from wsseg.report.records import RunRecord, read_record
 
 runner = CliRunner()
 CLASSES = ("benign", "malignant")
@@ -42,7 +43,10 @@ def _record(path: Path) -> dict:  # type: ignore[type-arg]
 def test_run_writes_the_full_suite_per_image_files_and_float16_maps(runs: Path) -> None:
     run = runs / "cam"
     record = _record(run / "record.json")
-    assert record["schema_version"] == 2 and record["record_type"] == "run" and record["maps"] == "maps"
+    assert record["schema_version"] == 3 and record["record_type"] == "run" and record["maps"] == "maps"
+    assert record["evaluation"]["precision"] == "fp32" and record["precision"] == "fp32"  # a CPU run
+    typed = read_record(run / "record.json")
+    assert isinstance(typed, RunRecord) and typed.to_json() == record
     n_test = record["dataset_info"]["counts"]["test"]
     for name in CLASSES:
         m = record["metrics"][name]
@@ -70,6 +74,7 @@ def test_evaluate_reproduces_the_run_up_to_float16(runs: Path) -> None:
     assert result.exit_code == 0, result.output
     original, again = _record(run / "record.json"), _record(run / "evaluate" / "record.json")
     assert again["record_type"] == "evaluate"
+    assert again["evaluation"]["precision"] == original["evaluation"]["precision"] == "fp32"  # the run's maps
     for name in CLASSES:
         a, b = original["metrics"][name], again["metrics"][name]
         assert a["threshold"] == b["threshold"] and a["n_images"] == b["n_images"]

@@ -432,9 +432,9 @@ def check_finished_run(folder: Path, cfg: RunConfig, untrained: bool) -> None:
     Raises:
         ValueError: naming the run, the settings that differ and the fix.
     """
-    from wsseg.report.records import read_record
+    from wsseg.report.records import read_record_json
 
-    saved = read_record(folder / "record.json").get("config")
+    saved = read_record_json(folder / "record.json").get("config")
     if not isinstance(saved, dict):
         return  # a record without its config (written by hand or by an old wsseg): nothing to compare
     now = json.loads(json.dumps(cfg.to_dict()))  # tuples as lists, as the record stores them

@@ -10,7 +10,7 @@ import numpy as np
 from wsseg.core import PER_IMAGE_STATS
 from wsseg.evaluation.stats import SplitStats
 from wsseg.pipelines.scored import InputError
-from wsseg.report.records import read_record
+from wsseg.report.records import evaluation_precision, read_record_json
 
 # wsseg compare
 
@@ -24,7 +24,7 @@ def load_scored(folder: Path) -> tuple[dict[str, Any], SplitStats]:
     folder = Path(folder)
     if not (folder / "record.json").is_file():
         raise InputError(f"{folder} has no record.json; pass a wsseg run folder or a `wsseg score --out` folder")
-    record = read_record(folder / "record.json")
+    record = read_record_json(folder / "record.json")
     name = (record.get("per_image") or {}).get("stats", PER_IMAGE_STATS)
     if not (folder / name).is_file():
         raise InputError(
@@ -66,8 +66,23 @@ def check_comparable(a: tuple[dict[str, Any], SplitStats], b: tuple[dict[str, An
         raise InputError(f"the runs used other fixed thresholds ({fa} vs {fb}); re-score one with the other's")
 
 
+def comparability_notes(ra: dict[str, Any], rb: dict[str, Any]) -> list[str]:
+    """What differs between two comparable records without making them incomparable: the evaluation precision.
+
+    A run evaluated in bf16 beside one in fp32 is a fair paired comparison of their maps, but part of a small
+    difference may be numerical; records without a precision read as fp32, a ``wsseg score`` record's is unknown.
+    """
+    pa, pb = evaluation_precision(ra), evaluation_precision(rb)
+    if pa is None or pb is None or pa == pb:
+        return []
+    return [
+        f"precision mismatch: A's maps were computed in {pa}, B's in {pb}; part of a small difference may be "
+        "numerical (evaluate both in the same precision: --set train.precision=fp32)"
+    ]
+
+
 def _metric_thresholds(record: dict[str, Any], stats: SplitStats, folder: Path) -> dict[str, float]:
-    """Per class of ``stats``, the threshold of the record's metrics (read_record checked its type and range)."""
+    """Per class of ``stats``, the threshold of the record's metrics (read_record_json checked its type and range)."""
     metrics = record.get("metrics")
     if not isinstance(metrics, dict):
         metrics = {}  # every class is missing
@@ -97,5 +112,6 @@ def compare_folders(a: Path, b: Path, n_resamples: int = 1000, seed: int = 0) ->
         "seed": seed,
         "n_images": len(sa),
         "n_patients": len(set(sa.patient_ids)),
+        "notes": comparability_notes(ra, rb),
         "classes": result,
     }

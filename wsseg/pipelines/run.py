@@ -49,7 +49,7 @@ from wsseg.pipelines.scored import (
 )
 from wsseg.registry import get_method_spec
 from wsseg.report.gallery import GALLERY_NPZ, make_gallery
-from wsseg.report.records import SCHEMA_VERSION, read_record, record_thresholds, utc_now, versions, write_record
+from wsseg.report.records import RunRecord, read_record, record_thresholds, write_record
 from wsseg.runtime.device import resolve_device
 from wsseg.runtime.distributed import init_from_env, rank_and_world, shard, unshard
 from wsseg.runtime.inference import predict_batches
@@ -593,38 +593,29 @@ def run(
             raise RunInterrupted(run_dir, describe_saved(run_dir)) from e
 
 
-def _run_in_folder(
-    cfg: RunConfig,
-    run_dir: Path,
-    resume: bool,
-    from_run: str | Path | None,
-    weights: str | Path | None,
-    progress: bool,
-    log: Callable[[str], None],
-    t_total: float,
-) -> dict[str, Any]:
-    """The body of :func:`run` once the run folder is chosen, checked and locked."""
-    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-    rank, world = rank_and_world()
-    if rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        # Left by writes that a kill of an earlier attempt cut short: only the run's own files' temporaries.
-        remove_stale_temporaries(run_dir, RUN_FILES)
-        remove_stale_temporaries(run_dir / MAPS_DIR, suffixes=[f"_{c}.npy" for c in CLASSES])
-        atomic_write_json(run_dir / "config.json", cfg.to_dict())
+@dataclass
+class RunData:
+    """A run's prepared dataset: its folder, the record's ``dataset_info`` and the three splits."""
 
-    device = resolve_device(cfg.train.device)
-    bf16 = use_bf16(cfg.train.precision, device)
-    # Loader processes and torch threads from the CPUs this process may use (affinity, cgroup quota), never more
-    # busy threads than those CPUs; OMP_NUM_THREADS or an earlier torch.set_num_threads is kept (wsseg._threads).
-    cpus = available_cpus()
-    workers = loader_workers(cfg.data.num_workers, device.type == "cuda", cpus)
-    threads = configure_threads(workers, cpus)
-    log(f"cpu: {threads} torch thread(s), {workers} loader worker(s), {cpus} CPU(s) available")
+    root: Path
+    dataset_info: dict[str, Any]
+    train_set: MammogramDataset
+    val_set: MammogramDataset
+    test_set: MammogramDataset
+    seconds: float
 
-    # 1. Data: generated (phantom) or read from a download and preprocessed once, cached on disk, reused by
-    # every later run with the same settings.
+
+def open_run_data(
+    cfg: RunConfig, run_dir: Path, device: torch.device, progress: bool, log: Callable[[str], None]
+) -> RunData:
+    """Prepare (or find in the cache) the run's data and open its splits; in a process group rank 0 prepares first.
+
+    The phantom is generated, a real dataset read from a download and preprocessed once; the cache serves every
+    later run with the same settings.
+    """
     t0 = time.perf_counter()
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    rank, _ = rank_and_world()
     pcfg = phantom_config(cfg.profile)
     if distributed and rank != 0:
         torch.distributed.barrier()  # rank 0 prepares (or finds) the cache first; the others then open it
@@ -648,57 +639,108 @@ def _run_in_folder(
     # Only fully supervised reference methods may see training masks.
     train_set = open_split("train", spec.supervision == "full")
     val_set, test_set = open_split("val", True), open_split("test", True)
-    data_seconds = time.perf_counter() - t0
+    data = RunData(root, dataset_info, train_set, val_set, test_set, time.perf_counter() - t0)
     sizes = f"{len(train_set)}/{len(val_set)}/{len(test_set)}"
-    log(f"data: {sizes} train/val/test images from {root} ({data_seconds:.1f} s)")
+    log(f"data: {sizes} train/val/test images from {root} ({data.seconds:.1f} s)")
+    return data
 
-    # 2. Train, or reuse the classifier of a finished run.
-    torch.manual_seed(cfg.seed)  # the initial weights are part of what the seed decides
-    method = build_method(cfg)
-    initialisation = method.initialisation()  # before training: random, imagenet:<timm tag> or file:<sha256>
-    if rank != 0 and (from_run is not None or weights is not None):
-        return {}  # nothing to train: rank 0 loads the weights and evaluates
+
+def obtain_weights(
+    method: WSSegMethod,
+    cfg: RunConfig,
+    run_dir: Path,
+    data: RunData,
+    *,
+    resume: bool,
+    from_run: str | Path | None,
+    weights: str | Path | None,
+    workers: int,
+    progress: bool,
+    log: Callable[[str], None],
+) -> TrainResult:
+    """Train ``method``, or load the classifier of a finished run (``from_run``) or a weights file (``weights``)."""
     if from_run is not None:
         result = reuse_weights(method, cfg, Path(from_run), run_dir)
         what = f"explaining the {cfg.explains['method']} classifier of" if cfg.explains else "reusing the weights of"
         log(f"{what} {from_run} (epoch {result.best_epoch}); no training")
-    elif weights is not None:
+        return result
+    if weights is not None:
         method.load_weights(weights)
         best = save_checkpoint(
             run_dir / BEST, {"model": method.state_dict(), "epoch": 0, "config": cfg.to_dict(), "weights": str(weights)}
         )
-        result = TrainResult(best_checkpoint=best, last_checkpoint=best, best_epoch=0, best_val_auroc=math.nan)
         log(f"evaluating the weights in {weights}; no training")
-    else:
-        result = train(
-            method,
-            train_set,
-            val_set,
-            cfg.train,
-            run_dir,
-            seed=cfg.seed,
-            run_config=cfg.to_dict(),
-            resume=resume,
-            num_workers=workers,
-            eval_batch_size=cfg.eval.batch_size,
-            progress=progress,
-        )
+        return TrainResult(best_checkpoint=best, last_checkpoint=best, best_epoch=0, best_val_auroc=math.nan)
+    return train(
+        method,
+        data.train_set,
+        data.val_set,
+        cfg.train,
+        run_dir,
+        seed=cfg.seed,
+        run_config=cfg.to_dict(),
+        resume=resume,
+        num_workers=workers,
+        eval_batch_size=cfg.eval.batch_size,
+        progress=progress,
+    )
 
-    # 3. Evaluate the best epoch: thresholds are calibrated on validation and frozen for test. Ranks that trained
-    # together share the evaluation (each takes every world-th image; rank 0 gathers the statistics and writes).
-    shared = distributed and from_run is None and weights is None  # else the other ranks have returned
-    if shared:
-        torch.distributed.barrier()  # rank 0 has written best.pt
+
+def evaluation_bf16(cfg: RunConfig, device: torch.device, weights: str | Path | None) -> bool:
+    """Whether the evaluation computes its maps under bf16 autocast.
+
+    The training's precision, except that a weights file (``--weights``: the released GMIC and GLAM weights, made and
+    published in fp32) is evaluated in fp32 under ``train.precision=auto`` even on CUDA, so that its numbers can be
+    set beside the published ones; ``train.precision=bf16`` still asks for bf16. CPU runs are always fp32.
+    """
+    if weights is not None and cfg.train.precision == "auto":
+        return False
+    return use_bf16(cfg.train.precision, device)
+
+
+@dataclass
+class RunScores:
+    """What the evaluation of a run's best weights measured (rank 0's, the whole split's)."""
+
+    val: SplitEvaluation
+    test: SplitEvaluation
+    thresholds: dict[str, float]
+    metrics: dict[str, dict[str, float]]
+    intervals: dict[str, Any]
+    per_image: dict[str, str]
+    references: dict[str, Any]
+    bootstrap_seconds: float
+    maps_saved: bool
+    gallery_saved: bool
+
+
+def score_run(
+    method: WSSegMethod,
+    cfg: RunConfig,
+    run_dir: Path,
+    data: RunData,
+    device: torch.device,
+    bf16: bool,
+    *,
+    shared: bool,
+    workers: int,
+    progress: bool,
+) -> RunScores | None:
+    """Evaluate the loaded weights: thresholds calibrated on validation and frozen for test, metrics, intervals, files.
+
+    With ``shared``, the ranks that trained together share the evaluation (each takes every world-th image; rank 0
+    gathers the statistics and writes the files); the other ranks return None.
+    """
+    rank, world = rank_and_world()
     part = (rank, world) if shared else (0, 1)
-    method.load_state_dict(load_checkpoint(result.best_checkpoint, map_location=device)["model"])
     args = (cfg.eval.batch_size, device, bf16, cfg.eval, workers, progress)
     maps_dir = run_dir / MAPS_DIR if cfg.eval.save_maps else None
-    val = evaluate_split(method, val_set, *args, part=part)
-    test = evaluate_split(method, test_set, *args, maps_dir=maps_dir, part=part)
+    val = evaluate_split(method, data.val_set, *args, part=part)
+    test = evaluate_split(method, data.test_set, *args, maps_dir=maps_dir, part=part)
     if shared:
         val_all, test_all = gather_split(val, world), gather_split(test, world)
         if val_all is None or test_all is None:
-            return {}  # rank 0 writes the record
+            return None  # rank 0 writes the record
         val, test = val_all, test_all
     thresholds = val.evaluator.calibrated_thresholds()
     # Metrics, patient-bootstrap intervals and the per-image files behind them (for `wsseg compare`).
@@ -713,66 +755,172 @@ def _run_in_folder(
     }
     # Each metric's chance level, exactly from the test masks and breasts: the leaderboard's floor row.
     references["chance"] = chance_levels(test_stats, cfg.eval.fixed_threshold)
-    eval_seconds = val.seconds + test.seconds
     # The same few test images for every method, for the report's side-by-side gallery.
-    shown = make_gallery(method, test_set, thresholds, device, bf16)
+    shown = make_gallery(method, data.test_set, thresholds, device, bf16)
     if shown is not None:
         shown.save(run_dir / GALLERY_NPZ)
+    return RunScores(
+        val,
+        test,
+        thresholds,
+        metrics,
+        intervals,
+        per_image,
+        references,
+        boot_seconds,
+        maps_dir is not None,
+        shown is not None,
+    )
 
-    record: dict[str, Any] = {
-        "schema_version": SCHEMA_VERSION,
-        "record_type": "run",
-        "run_id": run_dir.name,
-        "created": utc_now(),
-        "method": cfg.method,
+
+def build_run_record(
+    cfg: RunConfig,
+    run_dir: Path,
+    data: RunData,
+    method: WSSegMethod,
+    initialisation: dict[str, str],
+    result: TrainResult,
+    scores: RunScores,
+    device: torch.device,
+    precision: tuple[bool, bool],
+    sources: tuple[str | Path | None, str | Path | None],
+    t_total: float,
+) -> RunRecord:
+    """The run's record, from what the run computed: the one place a run record is made.
+
+    ``precision`` says whether training and evaluation ran under bf16 autocast; ``sources`` are the run's
+    ``from_run`` and ``weights`` (None when it trained).
+    """
+    spec = get_method_spec(cfg.method)
+    pcfg = phantom_config(cfg.profile)
+    splits = (("train", data.train_set), ("val", data.val_set), ("test", data.test_set))
+    eval_seconds = scores.val.seconds + scores.test.seconds
+    n_eval = len(data.val_set) + len(data.test_set)
+    (train_bf16, eval_bf16), (from_run, weights) = precision, sources
+    return RunRecord(
+        run_id=run_dir.name,
+        method=cfg.method,
         # The trained method whose classifier a post-hoc run explains, when not its own (leaderboard: gradcam@gmic).
-        "explains": cfg.explains["method"] if cfg.explains is not None else None,
-        "supervision": spec.supervision,
-        "method_source": spec.source,
-        "dataset": cfg.data.dataset,
-        "dataset_info": {
-            **dataset_info,
+        explains=cfg.explains["method"] if cfg.explains is not None else None,
+        supervision=spec.supervision,
+        method_source=spec.source,
+        dataset=cfg.data.dataset,
+        dataset_info={
+            **data.dataset_info,
             "image_size": [pcfg.height, pcfg.width],
-            "counts": {s: len(d) for s, d in (("train", train_set), ("val", val_set), ("test", test_set))},
-            "split_hashes": {
-                s: split_hash(d.image_ids) for s, d in (("train", train_set), ("val", val_set), ("test", test_set))
-            },
+            "counts": {s: len(d) for s, d in splits},
+            "split_hashes": {s: split_hash(d.image_ids) for s, d in splits},
         },
-        "profile": cfg.profile,
-        "seed": cfg.seed,
-        "config": cfg.to_dict(),
-        "versions": versions(),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "precision": "bf16" if bf16 else "fp32",
-        "timings": {
-            "data": data_seconds,
+        profile=cfg.profile,
+        seed=cfg.seed,
+        config=cfg.to_dict(),
+        device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        precision="bf16" if train_bf16 else "fp32",
+        timings={
+            "data": data.seconds,
             "train": result.train_seconds,
             "eval": eval_seconds,
-            "bootstrap": boot_seconds,
+            "bootstrap": scores.bootstrap_seconds,
             "total": time.perf_counter() - t_total,
         },
-        "throughput": {
+        throughput={
             "train_images_per_s": result.images_per_second,
-            "eval_images_per_s": (len(val_set) + len(test_set)) / eval_seconds if eval_seconds > 0 else math.nan,
+            "eval_images_per_s": n_eval / eval_seconds if eval_seconds > 0 else math.nan,
         },
-        "peak_memory_mb": peak_memory_mb(device),
-        "n_parameters": sum(p.numel() for p in method.parameters()),
-        "initialisation": initialisation,
-        "training": {
+        peak_memory_mb=peak_memory_mb(device),
+        n_parameters=sum(p.numel() for p in method.parameters()),
+        initialisation=initialisation,
+        training={
             "best_epoch": result.best_epoch,
             "best_val_auroc": result.best_val_auroc,
             "history": result.history,
             "from_run": str(from_run) if from_run is not None else None,
             "weights": str(weights) if weights is not None else None,
         },
-        "thresholds": {"rule": "argmax of image-averaged validation Dice on the grid k/n_bins", **thresholds},
-        "evaluation": evaluation_settings(cfg.eval, "breast mask"),
-        "metrics": metrics,
-        "intervals": intervals,
-        "per_image": per_image,
-        "maps": MAPS_DIR if maps_dir is not None else None,
-        "gallery": GALLERY_NPZ if shown is not None else None,
-        "references": references,
-    }
+        thresholds={"rule": "argmax of image-averaged validation Dice on the grid k/n_bins", **scores.thresholds},
+        evaluation=evaluation_settings(cfg.eval, "breast mask", precision="bf16" if eval_bf16 else "fp32"),
+        metrics=scores.metrics,
+        intervals=scores.intervals,
+        per_image=scores.per_image,
+        maps=MAPS_DIR if scores.maps_saved else None,
+        gallery=GALLERY_NPZ if scores.gallery_saved else None,
+        references=scores.references,
+    )
+
+
+def _run_in_folder(
+    cfg: RunConfig,
+    run_dir: Path,
+    resume: bool,
+    from_run: str | Path | None,
+    weights: str | Path | None,
+    progress: bool,
+    log: Callable[[str], None],
+    t_total: float,
+) -> dict[str, Any]:
+    """The body of :func:`run` once the run folder is chosen, checked and locked."""
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    rank, _ = rank_and_world()
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        # Left by writes that a kill of an earlier attempt cut short: only the run's own files' temporaries.
+        remove_stale_temporaries(run_dir, RUN_FILES)
+        remove_stale_temporaries(run_dir / MAPS_DIR, suffixes=[f"_{c}.npy" for c in CLASSES])
+        atomic_write_json(run_dir / "config.json", cfg.to_dict())
+
+    device = resolve_device(cfg.train.device)
+    train_bf16, eval_bf16 = use_bf16(cfg.train.precision, device), evaluation_bf16(cfg, device, weights)
+    # Loader processes and torch threads from the CPUs this process may use (affinity, cgroup quota), never more
+    # busy threads than those CPUs; OMP_NUM_THREADS or an earlier torch.set_num_threads is kept (wsseg._threads).
+    cpus = available_cpus()
+    workers = loader_workers(cfg.data.num_workers, device.type == "cuda", cpus)
+    threads = configure_threads(workers, cpus)
+    log(f"cpu: {threads} torch thread(s), {workers} loader worker(s), {cpus} CPU(s) available")
+
+    # 1. Data: generated (phantom) or read from a download and preprocessed once, cached on disk.
+    data = open_run_data(cfg, run_dir, device, progress, log)
+
+    # 2. Train, or reuse the classifier of a finished run or a weights file.
+    torch.manual_seed(cfg.seed)  # the initial weights are part of what the seed decides
+    method = build_method(cfg)
+    initialisation = method.initialisation()  # before training: random, imagenet:<timm tag> or file:<sha256>
+    if rank != 0 and (from_run is not None or weights is not None):
+        return {}  # nothing to train: rank 0 loads the weights and evaluates
+    result = obtain_weights(
+        method,
+        cfg,
+        run_dir,
+        data,
+        resume=resume,
+        from_run=from_run,
+        weights=weights,
+        workers=workers,
+        progress=progress,
+        log=log,
+    )
+
+    # 3. Evaluate the best epoch. Ranks that trained together share the evaluation.
+    shared = distributed and from_run is None and weights is None  # else the other ranks have returned
+    if shared:
+        torch.distributed.barrier()  # rank 0 has written best.pt
+    method.load_state_dict(load_checkpoint(result.best_checkpoint, map_location=device)["model"])
+    scores = score_run(method, cfg, run_dir, data, device, eval_bf16, shared=shared, workers=workers, progress=progress)
+    if scores is None:
+        return {}  # rank 0 writes the record
+
+    # 4. The record: what was run, with what, and every number the leaderboards read.
+    record = build_run_record(
+        cfg,
+        run_dir,
+        data,
+        method,
+        initialisation,
+        result,
+        scores,
+        device,
+        (train_bf16, eval_bf16),
+        (from_run, weights),
+        t_total,
+    )
     write_record(run_dir / "record.json", record)
-    return record
+    return record.to_json()

@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 
 from wsseg.config import EvalConfig
 from wsseg.core import CLASSES
-from wsseg.evaluation.evaluator import Normalization
+from wsseg.evaluation.evaluator import Normalization, SegmentationEvaluator
 from wsseg.pipelines.scored import (
     ASPECT_TOLERANCE,
     MAP_SUFFIXES,
@@ -60,7 +60,7 @@ from wsseg.pipelines.scored import (
     score_stats,
     short_list,
 )
-from wsseg.report.records import SCHEMA_VERSION, utc_now, versions, write_record
+from wsseg.report.records import ScoreRecord, write_record
 
 # Reading files
 
@@ -492,6 +492,86 @@ def _label_mask_mismatch(plan: _Plan, row: LabelRow | None, target: np.ndarray) 
     return None
 
 
+def _check_options(normalization: str, spacing_mm: float | None) -> Normalization:
+    """``normalization`` typed, after checking it and ``spacing_mm``.
+
+    Raises:
+        InputError: an unknown normalisation, or a pixel spacing outside the plausible range.
+    """
+    if normalization not in ("none", "minmax"):
+        raise InputError(f"--normalize {normalization!r}: choose none or minmax")
+    if spacing_mm is not None and not MIN_SPACING_MM <= spacing_mm <= MAX_SPACING_MM:
+        raise InputError(
+            f"--spacing-mm {spacing_mm}: the pixel spacing must be a number of mm per pixel in "
+            f"[{MIN_SPACING_MM}, {MAX_SPACING_MM}] (mammograms: 0.05-0.2 mm, less when downscaled)"
+        )
+    return "minmax" if normalization == "minmax" else "none"  # the same value, typed
+
+
+def _read_image(plan: _Plan, check_range: bool) -> tuple[torch.Tensor, np.ndarray, np.ndarray | None]:
+    """One planned image's maps brought to its size (K, H, W), its masks (K, H, W) bool and its region (H, W).
+
+    Raises:
+        InputError: a file that cannot be read or breaks the conventions (naming it).
+    """
+    arrays = [read_map(plan.maps[c], check_range=check_range) for c in CLASSES]
+    target = np.zeros((len(CLASSES), *plan.size), dtype=bool)  # (K, H, W)
+    for k, c in enumerate(CLASSES):
+        if c in plan.masks:
+            target[k] = read_binary_png(plan.masks[c])
+    breast = read_binary_png(plan.region) if plan.region is not None else None
+    # Maps of different sizes per class are brought to the image size one by one; same-size maps go together.
+    if len({a.shape for a in arrays}) == 1:
+        saliency = torch.from_numpy(np.stack(arrays))  # (K, h, w)
+    else:
+        from wsseg.nn.upsample import to_input_resolution
+
+        saliency = torch.cat([to_input_resolution(torch.from_numpy(a)[None, None], plan.size)[0] for a in arrays])
+    return saliency, target, breast
+
+
+def _score_plans(
+    plans: list[_Plan],
+    label_rows: dict[str, LabelRow] | None,
+    ev: SegmentationEvaluator,
+    check_range: bool,
+    skip: Callable[[str, str, str], None],
+    spacing_mm: float | None,
+    progress: bool,
+) -> None:
+    """Add every planned image to ``ev``; an image whose files are bad or contradict its labels goes to ``skip``."""
+    for plan in tqdm(plans, desc="score", unit="img", disable=not progress):
+        try:
+            saliency, target, breast = _read_image(plan, check_range)
+        except InputError as e:
+            skip(plan.image_id, str(e).split(":")[0], str(e))
+            continue
+        row = label_rows.get(plan.image_id) if label_rows is not None else None
+        mismatch = _label_mask_mismatch(plan, row, target)
+        if mismatch is not None:
+            skip(plan.image_id, *mismatch)
+            continue
+        ev.add(
+            plan.image_id,
+            saliency,
+            torch.from_numpy(target),
+            None if breast is None else torch.from_numpy(breast),
+            patient_id=row.patient_id if row is not None else None,
+            spacing_mm=spacing_mm,
+            image_scores=row.scores if row is not None else None,  # None: the map's maximum in the region
+            image_labels=row.labels if row is not None else None,
+            located=row.located if row is not None else None,
+        )
+
+
+def _score_source(label_rows: dict[str, LabelRow] | None) -> str | None:
+    """Where the image-level scores came from, for the record (None without a labels CSV)."""
+    if label_rows is None:
+        return None
+    any_scores = next(iter(label_rows.values())).scores is not None
+    return "labels CSV columns <class>_score" if any_scores else "maximum of the map inside the region"
+
+
 def score_folders(
     maps: Path,
     masks: Path,
@@ -507,7 +587,7 @@ def score_folders(
     progress: bool = False,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Score maps produced by any program and write ``out/record.json`` (see the module docstring).
+    """Score maps produced by any program, write ``out/record.json`` and return it (see the module docstring).
 
     Args:
         maps: folder of ``<image_id>_<class>.npy|.png`` maps.
@@ -525,21 +605,11 @@ def score_folders(
         progress: show a progress bar.
         log: where one-line messages go.
 
-    Returns:
-        The record written.
-
     Raises:
         InputError: bad input (the message names the file and the fix).
     """
     cfg = cfg or EvalConfig()
-    if normalization not in ("none", "minmax"):
-        raise InputError(f"--normalize {normalization!r}: choose none or minmax")
-    norm: Normalization = "minmax" if normalization == "minmax" else "none"  # the same value, typed
-    if spacing_mm is not None and not MIN_SPACING_MM <= spacing_mm <= MAX_SPACING_MM:
-        raise InputError(
-            f"--spacing-mm {spacing_mm}: the pixel spacing must be a number of mm per pixel in "
-            f"[{MIN_SPACING_MM}, {MAX_SPACING_MM}] (mammograms: 0.05-0.2 mm, less when downscaled)"
-        )
+    norm = _check_options(normalization, spacing_mm)
     t_start = time.perf_counter()
     map_index = index_class_files(Path(maps), MAP_SUFFIXES, "--maps")
     if not map_index:
@@ -558,40 +628,7 @@ def score_folders(
     if not plans:
         raise InputError("no image left to score; check the file names (see `wsseg score --help`)")
     ev = make_evaluator(cfg, norm)
-    for plan in tqdm(plans, desc="score", unit="img", disable=not progress):
-        try:
-            arrays = [read_map(plan.maps[c], check_range=normalization == "none") for c in CLASSES]
-            target = np.zeros((len(CLASSES), *plan.size), dtype=bool)  # (K, H, W)
-            for k, c in enumerate(CLASSES):
-                if c in plan.masks:
-                    target[k] = read_binary_png(plan.masks[c])
-            breast = read_binary_png(plan.region) if plan.region is not None else None
-        except InputError as e:
-            skip(plan.image_id, str(e).split(":")[0], str(e))
-            continue
-        row = label_rows.get(plan.image_id) if label_rows is not None else None
-        mismatch = _label_mask_mismatch(plan, row, target)
-        if mismatch is not None:
-            skip(plan.image_id, *mismatch)
-            continue
-        # Maps of different sizes per class are brought to the image size one by one; same-size maps go together.
-        if len({a.shape for a in arrays}) == 1:
-            saliency = torch.from_numpy(np.stack(arrays))  # (K, h, w)
-        else:
-            from wsseg.nn.upsample import to_input_resolution
-
-            saliency = torch.cat([to_input_resolution(torch.from_numpy(a)[None, None], plan.size)[0] for a in arrays])
-        ev.add(
-            plan.image_id,
-            saliency,
-            torch.from_numpy(target),
-            None if breast is None else torch.from_numpy(breast),
-            patient_id=row.patient_id if row is not None else None,
-            spacing_mm=spacing_mm,
-            image_scores=row.scores if row is not None else None,  # None: the map's maximum in the region
-            image_labels=row.labels if row is not None else None,
-            located=row.located if row is not None else None,
-        )
+    _score_plans(plans, label_rows, ev, normalization == "none", skip, spacing_mm, progress)
     stats = ev.stats()
     if not len(stats):
         raise InputError("every image was skipped; see the reasons above and fix the files")
@@ -599,43 +636,38 @@ def score_folders(
     thresholds = thresholds or {c: cfg.fixed_threshold for c in CLASSES}
     out = Path(out)
     metrics, intervals, files, boot_seconds = score_stats(stats, thresholds, cfg, out)
-    score_source = None
-    if label_rows is not None:
-        any_scores = next(iter(label_rows.values())).scores is not None
-        score_source = "labels CSV columns <class>_score" if any_scores else "maximum of the map inside the region"
-    record: dict[str, Any] = {
-        "schema_version": SCHEMA_VERSION,
-        "record_type": "score",
-        "created": utc_now(),
-        "versions": versions(),
-        "inputs": {
+    record = ScoreRecord(
+        record_type="score",
+        inputs={
             "maps": str(maps),
             "masks": str(masks),
             "labels": str(labels) if labels is not None else None,
             "region": str(region) if region is not None else None,
-            "image_score_source": score_source,
+            "image_score_source": _score_source(label_rows),
         },
-        "dataset_info": {
+        dataset_info={
             "n_images": len(stats),
             "n_patients": len(set(stats.patient_ids)),
             "image_ids_hash": ids_hash(stats.image_ids),
             "pixel_spacing_mm": spacing_mm,
         },
-        "evaluation": evaluation_settings(cfg, "region files" if region is not None else "whole image", normalization),
-        "thresholds": {
+        # Another program made the maps: the precision it computed them in is not known here.
+        evaluation=evaluation_settings(
+            cfg, "region files" if region is not None else "whole image", normalization, precision=None
+        ),
+        thresholds={
             "rule": "given with --threshold (rounded to the grid)" if given else "fixed 0.5: no --threshold given",
             **{c: metrics[c]["threshold"] for c in CLASSES},
         },
-        "metrics": metrics,
-        "intervals": intervals,
-        "per_image": files,
-        "skipped": [s.__dict__ for s in skipped],
-        "n_skipped": len(skipped),
-        "timings": {"total": time.perf_counter() - t_start, "bootstrap": boot_seconds},
-    }
+        metrics=metrics,
+        intervals=intervals,
+        per_image=files,
+        skipped=[s.__dict__ for s in skipped],
+        timings={"total": time.perf_counter() - t_start, "bootstrap": boot_seconds},
+    )
     write_record(out / "record.json", record)
     if skipped:
         log(f"skipped {len(skipped)} image(s) (listed in the record): " + short_list([s.image_id for s in skipped]))
     if spacing_mm is None:
         log("no --spacing-mm: the pointing game beyond 0 mm and FROC are n/a")
-    return record
+    return record.to_json()

@@ -70,8 +70,13 @@ def make_evaluator(cfg: EvalConfig, normalization: Normalization = "none") -> Se
     return SegmentationEvaluator(CLASSES, cfg.n_bins, cfg.upsample, normalization, froc_settings(cfg))
 
 
-def evaluation_settings(cfg: EvalConfig, region: str, normalization: str = "none") -> dict[str, Any]:
-    """The record's ``evaluation`` block: how maps were turned into numbers."""
+def evaluation_settings(
+    cfg: EvalConfig, region: str, normalization: str = "none", *, precision: str | None
+) -> dict[str, Any]:
+    """The record's ``evaluation`` block: how maps were turned into numbers.
+
+    ``precision`` is the one the maps were computed in (``fp32`` or ``bf16``), None when another program made them.
+    """
     return {
         "n_bins": cfg.n_bins,
         "fixed_threshold": cfg.fixed_threshold,
@@ -87,6 +92,7 @@ def evaluation_settings(cfg: EvalConfig, region: str, normalization: str = "none
         },
         "policy": POLICY,
         "oracle": ORACLE_NOTE,
+        "precision": precision,
     }
 
 

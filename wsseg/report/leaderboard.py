@@ -46,6 +46,7 @@ import json
 import math
 import os
 import re
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,7 +58,7 @@ from wsseg.evaluation.bootstrap import pooled_intervals
 from wsseg.evaluation.stats import SplitStats
 from wsseg.report.breakdown import BINS, Cell, chance_cells, pool_curves, row_cells
 from wsseg.report.html import RunFiles, report_files
-from wsseg.report.records import curves_for_run, method_label, read_record, record_thresholds
+from wsseg.report.records import curves_for_run, evaluation_precision, method_label, read_record_json, record_thresholds
 from wsseg.report.significance import (
     BEST,
     UNKNOWN,
@@ -110,6 +111,8 @@ class Row:
     eval_images_per_s: list[float] = field(default_factory=list)
     devices: set[str] = field(default_factory=set)
     budgets: set[str] = field(default_factory=set)
+    precisions: set[str] = field(default_factory=set)  # the evaluation precisions of its runs
+    marker: str = ""  # PRECISION_MARK when its precision differs from the other rows' (mark_precisions)
     runs: list[RunFiles] = field(default_factory=list)
     chance: bool = False
     comparisons: dict[str, Comparison] = field(default_factory=dict)
@@ -172,7 +175,7 @@ def find_records(paths: Iterable[str | Path]) -> list[Path]:
         if p.is_file():
             found.add(p)
         elif (p / "record.json").exists() or (p / "record.json").is_symlink():
-            found.add(p / "record.json")  # read_record names it if it is no regular file
+            found.add(p / "record.json")  # read_record_json names it if it is no regular file
         elif p.is_dir():
             # os.walk sees every entry named record.json, broken links too (Path.rglob skips those silently).
             below = sorted(Path(d) / "record.json" for d, dirs, names in os.walk(p) if "record.json" in names + dirs)
@@ -190,7 +193,7 @@ def load_record(path: Path) -> dict[str, Any]:
     Raises:
         ValueError: unreadable JSON or not a ``wsseg run`` record.
     """
-    record = read_record(path)  # checks the types of every key the tables and the report read
+    record = read_record_json(path)  # checks the types of every key the tables and the report read
     if "metrics" not in record or "method" not in record:
         raise ValueError(f"{path} is not a wsseg run record (no 'method'/'metrics'); pass `wsseg run` output")
     return record
@@ -289,7 +292,8 @@ def comparability_key(record: dict[str, Any]) -> tuple[str, ...]:
         str(info.get("version")),
         split,
         str(record.get("profile")),
-        json.dumps(record.get("evaluation", {}), sort_keys=True),
+        # The precision is not part of the protocol: rows computed in another precision are marked, not split off.
+        json.dumps({k: v for k, v in record.get("evaluation", {}).items() if k != "precision"}, sort_keys=True),
         _budget_key(record),
         # Pretrained and randomly initialised runs answer different questions: never ranked in one table.
         initialisation_label(record),
@@ -389,6 +393,7 @@ def build_rows(records: Sequence[dict[str, Any]], folders: Sequence[Path] | None
         row.eval_images_per_s.append(float(r.get("throughput", {}).get("eval_images_per_s", math.nan)))
         row.devices.add(str(r.get("device", "")))
         row.budgets.add(training_budget(r))
+        row.precisions.add(str(evaluation_precision(r)))
         if folder is not None:
             row.runs.append(RunFiles(r, folder))
     if folders is not None:
@@ -403,6 +408,30 @@ def build_rows(records: Sequence[dict[str, Any]], folders: Sequence[Path] | None
     ranked = sorted(rows.values(), key=order)
     chance = _chance_row(records)
     return ranked + ([chance] if chance is not None else [])
+
+
+PRECISION_MARK = " †"
+
+
+def mark_precisions(rows: Sequence[Row]) -> str | None:
+    """Mark the rows whose evaluation precision differs from the others'; return the footnote, None when all agree.
+
+    The others' precision is the one most rows were evaluated in (fp32 on a tie). A row whose seeds were evaluated
+    in several precisions is marked too.
+    """
+    methods = [row for row in rows if not row.chance]
+    counts = Counter(p for row in methods if len(row.precisions) == 1 for p in row.precisions)
+    if len({p for row in methods for p in row.precisions}) <= 1:
+        return None
+    common = max(sorted(counts), key=lambda p: (counts[p], p == "fp32")) if counts else "fp32"
+    for row in methods:
+        row.marker = PRECISION_MARK if row.precisions != {common} else ""
+    return (
+        f"†: maps computed in another precision than the other rows' ({common}): "
+        + "; ".join(f"{row.method} in {' and '.join(sorted(row.precisions))}" for row in methods if row.marker)
+        + ". bf16 autocast (the CUDA default for training runs) changes the maps slightly; an evaluation of a weights "
+        "file runs in fp32 unless train.precision=bf16 is set."
+    )
 
 
 def _chance_levels(ordered: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
@@ -562,7 +591,7 @@ def _ranks(rows: Sequence[Row]) -> list[str]:
 
 
 def _ident(row: Row, rank: str, folded: bool = False) -> list[str]:
-    cells = [rank, row.method, row.supervision, str(len(row.seeds)) if row.seeds else "n/a"]
+    cells = [rank, row.method + row.marker, row.supervision, str(len(row.seeds)) if row.seeds else "n/a"]
     # A cross-validation's folds present of k (5/5).
     return cells + ([f"{len(set(row.folds))}/{row.k}" if row.k else "n/a"] if folded else [])
 
@@ -828,6 +857,7 @@ class LeaderboardResult:
 def render_group(out: Path, stem: str, title: str, rows: Sequence[Row], formats: Sequence[str]) -> dict[Path, str]:
     """One group's main table (``<stem>.<fmt>``) and lesion breakdown (``<stem>-lesions.<fmt>``), not yet written."""
     add_rank_groups(rows)
+    precision_note = mark_precisions(rows)  # before the tables: they show the marks
     stability = stability_line(
         rank_stability(
             {r.method: r.seed_scores() for r in rows if not r.chance},
@@ -838,6 +868,8 @@ def render_group(out: Path, stem: str, title: str, rows: Sequence[Row], formats:
     lesions, (lesion_csv_header, lesion_csv_cells) = lesion_tables(rows)
     folded = _folded(rows)
     main_paragraphs = [stability, *(FOLD_MAIN_NOTES if folded else MAIN_NOTES)]
+    if precision_note is not None:
+        main_paragraphs.append(precision_note)
     lesion_notes = list(FOLD_LESION_NOTES if folded else LESION_NOTES)
     files: dict[Path, str] = {}
     for fmt in formats:

@@ -1,7 +1,9 @@
 """Run records: one JSON file per run, the input of every leaderboard.
 
-Schema (``schema_version`` 2; version 1 records lack the keys marked *v2* and are still read);
-every key is always present:
+Schema (``schema_version`` 3; version 1 records lack the keys marked *v2*, version 1 and 2 records the keys marked
+*v3*, and both are still read); every key is always present. The records are typed (:class:`RunRecord`,
+:class:`ScoreRecord`): the pipelines build them as dataclasses and write their :meth:`~RunRecord.to_json`;
+:func:`read_record` reads any readable schema back into them, :func:`read_record_json` as checked JSON.
 
 - ``schema_version``: int, bumped on changes; ``record_type`` (*v2*): ``run``, ``score`` or ``evaluate``.
 - ``run_id``: folder name of the run; ``created``: UTC ISO timestamp of the record.
@@ -19,7 +21,7 @@ every key is always present:
 - ``config``: the resolved run config (data, train, eval, method_config, and ``explains``: the explained method's
   name and config, or null).
 - ``versions``: wsseg, torch, timm, numpy, python, phantom generator, git sha (null outside a git checkout).
-- ``device``: ``cpu`` or the CUDA device name; ``precision``: ``fp32`` or ``bf16``.
+- ``device``: ``cpu`` or the CUDA device name; ``precision``: ``fp32`` or ``bf16``, the training's (autocast).
 - ``timings``: seconds for ``data``, ``train``, ``eval``, ``bootstrap`` (*v2*) and ``total``;
   ``throughput``: ``train_images_per_s`` and ``eval_images_per_s``; ``peak_memory_mb``: host RSS or CUDA peak;
   ``n_parameters``: the method's parameter count (added in schema 2; absent from older records);
@@ -30,7 +32,10 @@ every key is always present:
 - ``thresholds``: per class, the Dice-maximising threshold chosen on the validation split, and the rule used.
 - ``evaluation`` (*v2*): how maps became numbers: ``n_bins``, ``fixed_threshold``, ``upsampling`` (bilinear by
   default), ``normalization``, ``region``, ``pointing_tolerances_mm``, ``froc`` (detection settings and the
-  false-positive rates), the empty-ground-truth ``policy`` and the ``oracle`` note.
+  false-positive rates), the empty-ground-truth ``policy``, the ``oracle`` note and (*v3*) ``precision``: ``fp32``
+  or ``bf16``, the precision the maps were computed in (a run evaluating a weights file computes in fp32 under
+  ``train.precision=auto``, even on CUDA; CPU runs always in fp32). Records without it read as ``fp32``
+  (:func:`evaluation_precision`); leaderboards mark rows whose precision differs from the others'.
 - ``metrics``: per class (``benign``, ``malignant``) on the test split. Version 1 keys:
   ``dice``, ``iou`` (at the calibrated threshold, the headline), ``threshold``, ``dice_at_0.5``,
   ``iou_at_0.5``, ``auroc`` (image level) and ``n_images`` (test images with a lesion of that class;
@@ -61,7 +66,8 @@ every key is always present:
 ``wsseg score`` and ``wsseg evaluate`` write records of type ``score`` / ``evaluate`` with ``schema_version``,
 ``record_type``, ``created``, ``versions``, ``inputs``, ``dataset_info``, ``evaluation``, ``thresholds``,
 ``metrics``, ``intervals``, ``per_image``, ``skipped`` (images left out by ``--skip-invalid``, with file and
-reason), ``n_skipped`` and ``timings``; ``evaluate`` records also carry ``run_id`` and ``method``.
+reason), ``n_skipped`` and ``timings``; ``evaluate`` records also carry ``run_id`` and ``method``. Their
+``evaluation.precision`` is the run's for ``evaluate`` and null for ``score`` (maps made by another program).
 """
 
 from __future__ import annotations
@@ -70,8 +76,9 @@ import datetime as _dt
 import json
 import platform
 import subprocess
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal, TypedDict, TypeVar
 
 import numpy as np
 import timm
@@ -83,8 +90,9 @@ from wsseg.data.phantom import PHANTOM_VERSION
 from wsseg.evaluation.curves import CURVES_JSON, curves_from_stats, curves_problem
 from wsseg.evaluation.stats import SplitStats
 
-SCHEMA_VERSION = 2
-READABLE_SCHEMAS = (1, 2)
+SCHEMA_VERSION = 3
+READABLE_SCHEMAS = (1, 2, 3)
+_R = TypeVar("_R", "RunRecord", "ScoreRecord")
 
 
 def git_sha() -> str | None:
@@ -121,9 +129,195 @@ def utc_now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
 
 
-def write_record(path: str | Path, record: dict[str, Any]) -> Path:
+Precision = Literal["fp32", "bf16"]
+
+
+def evaluation_precision(record: dict[str, Any] | RunRecord | ScoreRecord) -> str | None:
+    """The precision a record's maps were computed in: ``evaluation.precision``, ``fp32`` for records without it.
+
+    Records before schema 3 lack the field; every one of them in ``results/`` was computed on a CPU, in fp32. A
+    ``wsseg score`` record says null: the maps were made by another program, in a precision wsseg cannot know.
+    """
+    evaluation = (record.get("evaluation") if isinstance(record, dict) else record.evaluation) or {}
+    return evaluation["precision"] if "precision" in evaluation else "fp32"
+
+
+class TrainingBlock(TypedDict):
+    """A run record's ``training``: the best epoch, its validation AUROC, the epoch history and the weights' source."""
+
+    best_epoch: int
+    best_val_auroc: float
+    history: list[dict[str, float]]
+    from_run: str | None
+    weights: str | None
+
+
+@dataclass(kw_only=True)
+class RunRecord:
+    """The record of one ``wsseg run`` (``record.json`` in the run folder; the keys in the module docstring).
+
+    Built by :func:`wsseg.pipelines.run.run` and nowhere else; :meth:`to_json` is the file's content, in the file's
+    key order. Fields a record of an older schema lacks are None (or empty) when read with :func:`read_record`.
+    ``extra`` keeps keys this version of wsseg does not know, so that reading and writing a record loses nothing.
+    """
+
+    run_id: str
+    method: str
+    explains: str | None = None
+    supervision: str = "weak"
+    method_source: str = "built-in"
+    dataset: str
+    dataset_info: dict[str, Any]
+    profile: str
+    seed: int
+    config: dict[str, Any]
+    device: str
+    precision: str
+    timings: dict[str, float]
+    throughput: dict[str, float]
+    peak_memory_mb: float | None = None
+    n_parameters: int | None = None
+    initialisation: dict[str, str] | None = None
+    training: TrainingBlock | dict[str, Any]
+    thresholds: dict[str, Any]
+    evaluation: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, dict[str, float]]
+    intervals: dict[str, Any] = field(default_factory=dict)
+    per_image: dict[str, str] = field(default_factory=dict)
+    maps: str | None = None
+    gallery: str | None = None
+    references: dict[str, Any] = field(default_factory=dict)
+    created: str = field(default_factory=lambda: utc_now())
+    versions: dict[str, str | None] = field(default_factory=lambda: versions())
+    schema_version: int = SCHEMA_VERSION
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    record_type: ClassVar[str] = "run"
+
+    def to_json(self) -> dict[str, Any]:
+        """The record as written to ``record.json``."""
+        return {
+            "schema_version": self.schema_version,
+            "record_type": self.record_type,
+            "run_id": self.run_id,
+            "created": self.created,
+            "method": self.method,
+            "explains": self.explains,
+            "supervision": self.supervision,
+            "method_source": self.method_source,
+            "dataset": self.dataset,
+            "dataset_info": self.dataset_info,
+            "profile": self.profile,
+            "seed": self.seed,
+            "config": self.config,
+            "versions": self.versions,
+            "device": self.device,
+            "precision": self.precision,
+            "timings": self.timings,
+            "throughput": self.throughput,
+            "peak_memory_mb": self.peak_memory_mb,
+            "n_parameters": self.n_parameters,
+            "initialisation": self.initialisation,
+            "training": self.training,
+            "thresholds": self.thresholds,
+            "evaluation": self.evaluation,
+            "metrics": self.metrics,
+            "intervals": self.intervals,
+            "per_image": self.per_image,
+            "maps": self.maps,
+            "gallery": self.gallery,
+            "references": self.references,
+            **self.extra,
+        }
+
+
+@dataclass(kw_only=True)
+class ScoreRecord:
+    """The record of ``wsseg score`` (maps made elsewhere) or ``wsseg evaluate`` (a run's saved maps re-scored).
+
+    ``record_type`` says which; ``run_id`` and ``method`` are the evaluated run's (``evaluate`` only, None for
+    ``score``). Built by :mod:`wsseg.pipelines.score` and :mod:`wsseg.pipelines.evaluate` and nowhere else.
+    """
+
+    record_type: Literal["score", "evaluate"]
+    inputs: dict[str, str | None]
+    dataset_info: dict[str, Any] | None
+    evaluation: dict[str, Any]
+    thresholds: dict[str, Any]
+    metrics: dict[str, dict[str, float]]
+    intervals: dict[str, Any]
+    per_image: dict[str, str]
+    timings: dict[str, float]
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    run_id: str | None = None
+    method: str | None = None
+    created: str = field(default_factory=lambda: utc_now())
+    versions: dict[str, str | None] = field(default_factory=lambda: versions())
+    schema_version: int = SCHEMA_VERSION
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The record as written to ``record.json`` (``run_id`` and ``method`` only in ``evaluate`` records)."""
+        run = {"run_id": self.run_id, "method": self.method} if self.record_type == "evaluate" else {}
+        return {
+            "schema_version": self.schema_version,
+            "record_type": self.record_type,
+            "created": self.created,
+            "versions": self.versions,
+            **run,
+            "inputs": self.inputs,
+            "dataset_info": self.dataset_info,
+            "evaluation": self.evaluation,
+            "thresholds": self.thresholds,
+            "metrics": self.metrics,
+            "intervals": self.intervals,
+            "per_image": self.per_image,
+            "skipped": self.skipped,
+            "n_skipped": len(self.skipped),
+            "timings": self.timings,
+            **self.extra,
+        }
+
+
+def write_record(path: str | Path, record: RunRecord | ScoreRecord) -> Path:
     """Write a record atomically (a reader never sees half a record)."""
-    return atomic_write_json(path, record)
+    return atomic_write_json(path, record.to_json())
+
+
+def _from_json(cls: type[_R], data: dict[str, Any], skip: tuple[str, ...]) -> _R:
+    """``cls`` from a record's JSON: known keys become fields, the others go to ``extra``."""
+    names = {f.name for f in fields(cls) if f.init and f.name != "extra"}
+    known = {k: v for k, v in data.items() if k in names}
+    extra = {k: v for k, v in data.items() if k not in names and k not in skip}
+    return cls(**known, extra=extra)
+
+
+def record_from_json(data: dict[str, Any], path: str | Path = "record") -> RunRecord | ScoreRecord:
+    """The typed record of a record's JSON (of any readable schema; see :func:`read_record`).
+
+    Raises:
+        ValueError: a run record without a key every schema has (naming ``path`` and the key).
+    """
+    kind = data.get("record_type", "run")  # schema 1 wrote run records only, without a type
+    try:
+        if kind == "run":
+            return _from_json(RunRecord, data, skip=("record_type",))
+        return _from_json(ScoreRecord, data, skip=("n_skipped",))
+    except TypeError as e:  # a required field is missing
+        raise ValueError(f"{path} lacks a key every wsseg {kind} record has ({e}); re-run what wrote it") from None
+
+
+def read_record(path: str | Path) -> RunRecord | ScoreRecord:
+    """Read a record of schema 1, 2 or 3 as a :class:`RunRecord` or :class:`ScoreRecord`.
+
+    The JSON is checked as by :func:`read_record_json`. Keys an older schema lacks take the field's default (None
+    or empty): readers that must tell an absent key from an empty one (the leaderboards, which regenerate old tables
+    unchanged) read the JSON with :func:`read_record_json` instead.
+
+    Raises:
+        ValueError: as :func:`read_record_json`, or a run record that lacks a key every schema has.
+    """
+    return record_from_json(read_record_json(path), path)
 
 
 def method_label(record: dict[str, Any]) -> str:
@@ -136,13 +330,14 @@ def method_label(record: dict[str, Any]) -> str:
     return f"{record['method']}@{explains}" if explains else str(record["method"])
 
 
-def record_thresholds(record: dict[str, Any]) -> dict[str, float]:
+def record_thresholds(record: dict[str, Any] | RunRecord | ScoreRecord) -> dict[str, float]:
     """Per class, the threshold the run calibrated on validation (the record's ``thresholds`` less its rule)."""
-    return {k: float(v) for k, v in record["thresholds"].items() if k != "rule"}
+    thresholds = record["thresholds"] if isinstance(record, dict) else record.thresholds
+    return {k: float(v) for k, v in thresholds.items() if k != "rule"}
 
 
-def read_record(path: str | Path) -> dict[str, Any]:
-    """Read a record and check the types of the keys wsseg's commands read (:func:`record_problem`).
+def read_record_json(path: str | Path) -> dict[str, Any]:
+    """Read a record's JSON and check the types of the keys wsseg's commands read (:func:`record_problem`).
 
     Raises:
         ValueError: unreadable, not JSON, not a wsseg record of a known schema version, or a key of the wrong type
@@ -253,9 +448,11 @@ RECORD_KEYS: dict[str, tuple[Any, str]] = {
     "n_parameters": (lambda v: v is None or _number(v), "a number"),
     "evaluation": (
         lambda v: (
-            isinstance(v, dict) and (_number(v.get("fixed_threshold", 0.5)) and 0 <= v.get("fixed_threshold", 0.5) <= 1)
+            isinstance(v, dict)
+            and (_number(v.get("fixed_threshold", 0.5)) and 0 <= v.get("fixed_threshold", 0.5) <= 1)
+            and v.get("precision") in (None, "fp32", "bf16")
         ),
-        "an object with fixed_threshold in [0, 1]",
+        "an object with fixed_threshold in [0, 1] and precision fp32, bf16 or null",
     ),
     "per_image": (lambda v: isinstance(v, dict) and all(_file_name(x) for x in v.values()), "file names in the folder"),
     "gallery": (lambda v: v is None or _file_name(v), "none or a file name in the folder"),
