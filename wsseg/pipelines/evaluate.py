@@ -13,8 +13,10 @@ from tqdm.auto import tqdm
 
 from wsseg.config import RunConfig
 from wsseg.core import CLASSES
+from wsseg.data.prepare import prepare_dataset
+from wsseg.data.sources import PrepareOptions
 from wsseg.evaluation.lesions import image_lesion_type
-from wsseg.pipelines.run import fold_splits, prepare_data
+from wsseg.pipelines.run import fold_splits
 from wsseg.pipelines.score import check_map_size, index_class_files, map_size, read_labels, read_map
 from wsseg.pipelines.scored import (
     MAP_SUFFIXES,
@@ -62,7 +64,8 @@ def evaluate_run(
     cfg = RunConfig.read(run_dir / "config.json")
     if cache_dir is not None:
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, cache_dir=cache_dir))
-    root, _ = prepare_data(cfg, progress, log=lambda _: None)  # the run's dataset, as `wsseg run` prepared it
+    # The run's own dataset (phantom or download), as `wsseg run` prepared it.
+    root = prepare_dataset(cfg.data, cfg.profile, PrepareOptions(progress=progress, log=lambda _: None)).root
     # A run of one cross-validation fold tests that fold's patients.
     splits = fold_splits(cfg, root, {})
     test_set = MammogramDataset(root, "test", with_masks=True, dataset=cfg.data.dataset, patient_splits=splits)
