@@ -1138,12 +1138,13 @@ def data_fixture(
     out: Annotated[Path, typer.Option("--out", help="Folder to write the fixture into.")],
 ) -> None:
     """Write a tiny synthetic download of DATASET in its native layout (with its known traps), for trying wsseg."""
-    from wsseg.data.fixtures import WRITERS
+    from wsseg.data.fixtures import fixture_writers
 
-    if dataset not in WRITERS:
-        _fail(f"no fixture writer for {dataset!r}; available: {', '.join(sorted(WRITERS))}")
+    writers = fixture_writers()
+    if dataset not in writers:
+        _fail(f"no fixture writer for {dataset!r}; available: {', '.join(sorted(writers))}")
     try:
-        truth = WRITERS[dataset](out)
+        truth = writers[dataset](out)
     except OSError as e:
         _fail(e)
     typer.echo(

@@ -298,8 +298,6 @@ class DataSource:
         skip_for_processing: DICOMs whose Presentation Intent Type is ``FOR PROCESSING`` (raw detector data) are
             skipped and reported, as the dataset's own tools do (VinDr-Mammo).
         needs_root: the source reads a download (``--data-root``); False for a generated dataset.
-        fixture_writer: writes a tiny synthetic download in the native layout into a folder and returns image id
-            -> what was drawn (``wsseg data fixture``); None when the source has none.
     """
 
     name: ClassVar[str] = ""
@@ -311,7 +309,6 @@ class DataSource:
     default_pixel_spacing_mm: ClassVar[float] = 0.1
     skip_for_processing: ClassVar[bool] = False
     needs_root: ClassVar[bool] = True
-    fixture_writer: ClassVar[Callable[[Path], dict[str, Any]] | None] = None
 
     def scan(self, root: Path) -> ScanResult:
         """Index the download at ``root`` without decoding any image.
@@ -325,6 +322,17 @@ class DataSource:
     def description(cls) -> str:
         """First line of the class docstring."""
         return (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+
+    def write_fixture(self, root: Path) -> dict[str, Any]:
+        """Write a tiny synthetic download of this dataset, in its native layout and with its traps, into ``root``.
+
+        For tests and ``wsseg data fixture``; a source defines it beside its reader. Returns image id -> what was
+        drawn there (:class:`wsseg.data.fixture_kit.Phantom` for the built-in sources).
+
+        Raises:
+            NotImplementedError: the source has no fixture writer.
+        """
+        raise NotImplementedError(f"dataset {self.name!r} has no fixture writer")
 
     def validate(self, data: DataConfig) -> None:
         """Refuse data settings this source cannot use, before anything is read.
