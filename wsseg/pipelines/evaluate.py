@@ -34,6 +34,15 @@ from wsseg.report.records import SCHEMA_VERSION, read_record, record_thresholds,
 # wsseg run --save-maps, wsseg evaluate
 
 
+def _check_run_folder(run_dir: Path) -> None:
+    """Refuse a folder that is no finished run with saved maps, naming what is missing and the fix."""
+    for name in ("record.json", "config.json"):
+        if not (run_dir / name).is_file():
+            raise InputError(f"--run {run_dir} has no {name}; point it at a finished wsseg run folder")
+    if not (run_dir / MAPS_DIR).is_dir():
+        raise InputError(f"--run {run_dir} has no {MAPS_DIR}/ folder; re-run it with `wsseg run ... --save-maps`")
+
+
 def evaluate_run(
     run_dir: Path,
     out: Path | None = None,
@@ -55,11 +64,7 @@ def evaluate_run(
 
     run_dir = Path(run_dir)
     maps_dir = run_dir / MAPS_DIR
-    for name in ("record.json", "config.json"):
-        if not (run_dir / name).is_file():
-            raise InputError(f"--run {run_dir} has no {name}; point it at a finished wsseg run folder")
-    if not maps_dir.is_dir():
-        raise InputError(f"--run {run_dir} has no {MAPS_DIR}/ folder; re-run it with `wsseg run ... --save-maps`")
+    _check_run_folder(run_dir)
     record = read_record(run_dir / "record.json")
     cfg = RunConfig.read(run_dir / "config.json")
     if cache_dir is not None:

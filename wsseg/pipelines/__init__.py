@@ -1,0 +1,1 @@
+"""The pipelines: the only code that wires the stages (data, method, training, evaluation, report) together."""
