@@ -16,7 +16,7 @@ import typer
 from tabulate import tabulate
 
 if TYPE_CHECKING:
-    import numpy as np
+    pass
 
 # Heavy modules (torch, timm, pandas, matplotlib, scipy via the phantom) are imported inside the commands that
 # use them, so that `wsseg --help` and `wsseg --version` start in a fraction of a second (tests/test_cli.py checks
@@ -963,23 +963,38 @@ def list_backbones_cmd() -> None:
 @list_app.command("datasets")
 def list_datasets_cmd() -> None:
     """List datasets: the built-in phantom and every data source, with annotation, label source and licence."""
-    from wsseg.data.sources import get_source, list_sources
+    from wsseg.config import DataConfig
+    from wsseg.data.sources import broken_sources, get_source, list_sources
 
-    rows = [["phantom", "mask", "synthetic", "built in, no download", "Synthetic mammograms (the default)"]]
-    for name in list_sources():
+    default = DataConfig().dataset
+    rows = []
+    for name in sorted(list_sources(), key=lambda n: (n != default, n)):  # the default first
         src = get_source(name)
         rows.append([name, src.annotation, src.label_source, src.licence, src.description()])
+    rows += [[name, "BROKEN", "", "", error] for name, error in broken_sources().items()]
     typer.echo(tabulate(rows, headers=["dataset", "annotation", "labels", "licence", "description"]))
 
 
 def _profile_hw(profile: str) -> tuple[int, int]:
-    from wsseg.config import phantom_config
+    from wsseg.core import PROFILE_GEOMETRY
+
+    if profile not in PROFILE_GEOMETRY:
+        _fail(f"unknown profile {profile!r}; choose quick, paper or tiny")
+    return PROFILE_GEOMETRY[profile].height, PROFILE_GEOMETRY[profile].width
+
+
+def _data_config(dataset: str, root: Path | None, command: str, **fields: Any) -> Any:
+    """The :class:`~wsseg.config.DataConfig` of a `wsseg data` command; exits when the source needs a --root."""
+    from wsseg.config import DataConfig
+    from wsseg.data.sources import get_source
 
     try:
-        pcfg = phantom_config(profile)  # type: ignore[arg-type]
-    except KeyError:
-        _fail(f"unknown profile {profile!r}; choose quick, paper or tiny")
-    return pcfg.height, pcfg.width
+        source = get_source(dataset)
+    except KeyError as e:
+        _fail(e)
+    if source.needs_root and root is None:
+        _fail(f"`wsseg data {command} {dataset}` needs --root PATH (the downloaded dataset)")
+    return DataConfig(dataset=dataset, root=None if root is None else str(root), **fields)
 
 
 VOI_HELP = "Apply each DICOM's VOI LUT or window (first of several) instead of keeping raw linear values."
@@ -1029,7 +1044,12 @@ def data_prepare(
     cache_dir: Annotated[Path | None, typer.Option(help="Cache folder.")] = None,
     workers: Annotated[int | None, typer.Option(help="Processes (default: all cores).")] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Fail on any bad file instead of skipping it.")] = False,
-    seed: Annotated[int, typer.Option(help="Seed of the patient-level split where there is no official one.")] = 0,
+    seed: Annotated[
+        int,
+        typer.Option(
+            help="Dataset seed: the phantom's generator seed, a download's split seed where it has no official one."
+        ),
+    ] = 0,
     split_file: Annotated[
         Path | None, typer.Option(help="A patient_id,split CSV (default: benchmarks/splits/DATASET.csv if present).")
     ] = None,
@@ -1049,58 +1069,34 @@ def data_prepare(
     Every file is written atomically, so the command can be stopped (even killed) and run again, with or without
     --resume: it reuses the images already cached and gives the same cache as an uninterrupted prepare.
     """
-    from wsseg.config import PROFILES, DataConfig, check_seed, phantom_config
-    from wsseg.data.dataset import prepare_phantom, repair_phantom_cache
-    from wsseg.data.prepare import prepare_source
+    from wsseg.config import PROFILES, check_seed
+    from wsseg.data.prepare import prepare_dataset
+    from wsseg.data.sources import PrepareOptions
 
     try:
         check_seed(seed, "--seed")
     except ValueError as e:
         _fail(e)
-    if dataset != "phantom":
-        if root is None:
-            _fail(f"`wsseg data prepare {dataset}` needs --root PATH (the downloaded dataset)")
-        hw = _profile_hw(profile)
-        if resume:
-            typer.echo(f"resuming the {dataset} prepare: images already cached are reused")
-        try:
-            path, report = prepare_source(
-                dataset,
-                root,
-                hw,
-                seed,
-                cache_dir,
-                workers,
-                strict,
-                split_file=split_file,
-                voi_lut=voi_lut,
-                allow_outside_root=allow_outside_root,
-                verify=True,
-                progress=_progress(False),
-            )
-        except USER_ERRORS as e:
-            _fail(e)
-        typer.echo(report.summary())
-        typer.echo(f"cache: {path} ({hw[0]}x{hw[1]}); patient split in {path / 'split.csv'}")
-        return
-    hw = _profile_hw(profile)
+    _profile_hw(profile)  # an unknown profile exits here
+    counts = PROFILES[profile].get("data", {})  # the phantom's split sizes of the profile, as a run uses them
+    data = _data_config(
+        dataset,
+        root,
+        "prepare",
+        seed=seed,
+        cache_dir=None if cache_dir is None else str(cache_dir),
+        voi_lut=voi_lut,
+        allow_outside_root=allow_outside_root,
+        **{k: v for k, v in counts.items() if k.startswith("n_")},
+    )
+    if resume:
+        typer.echo(f"resuming the {dataset} prepare: images already cached are reused")
+    options = PrepareOptions(workers, strict, split_file, verify=True, progress=_progress(False), log=lambda _: None)
     try:
-        data = DataConfig(**PROFILES[profile].get("data", {}))
-        counts = {"train": data.n_train, "val": data.n_val, "test": data.n_test}
-        path = prepare_phantom(
-            phantom_config(profile),  # type: ignore[arg-type]
-            data.seed,
-            counts,
-            cache_dir,
-            workers,
-            progress=_progress(False),
-        )
-        repaired = repair_phantom_cache(path, hw)  # every file read whole; damaged ones regenerated
+        prepared = prepare_dataset(data, profile, options)
     except USER_ERRORS as e:
         _fail(e)
-    for p in repaired:
-        typer.echo(f"regenerated the damaged cache file {p}")
-    typer.echo(f"{sum(counts.values())} images ready in {path}")
+    typer.echo(prepared.summary)
 
 
 @data_app.command("split")
@@ -1145,12 +1141,13 @@ def data_fixture(
     out: Annotated[Path, typer.Option("--out", help="Folder to write the fixture into.")],
 ) -> None:
     """Write a tiny synthetic download of DATASET in its native layout (with its known traps), for trying wsseg."""
-    from wsseg.data.fixtures import WRITERS
+    from wsseg.data.fixtures import fixture_writers
 
-    if dataset not in WRITERS:
-        _fail(f"no fixture writer for {dataset!r}; available: {', '.join(sorted(WRITERS))}")
+    writers = fixture_writers()
+    if dataset not in writers:
+        _fail(f"no fixture writer for {dataset!r}; available: {', '.join(sorted(writers))}")
     try:
-        truth = WRITERS[dataset](out)
+        truth = writers[dataset](out)
     except OSError as e:
         _fail(e)
     typer.echo(
@@ -1183,7 +1180,9 @@ def data_preview(
     --root through the prepare pipeline at the profile's size (nothing is written but the PNG).
     """
     from wsseg.config import check_seed
-    from wsseg.data.preview import PreviewItem, save_preview
+    from wsseg.core import PROFILE_GEOMETRY
+    from wsseg.data.preview import save_preview
+    from wsseg.data.sources import get_source
 
     if not 1 <= n <= 1000:
         _fail(f"--n must be in [1, 1000], got {n}")
@@ -1191,67 +1190,25 @@ def data_preview(
         check_seed(seed, "--seed")
     except ValueError as e:
         _fail(e)
-    if dataset != "phantom":
-        from wsseg.data.prepare import preview_source
-
-        if root is None:
-            _fail(f"`wsseg data preview {dataset}` needs --root PATH (the downloaded dataset)")
-        try:
-            items, problems = preview_source(
-                dataset,
-                root,
-                _profile_hw(profile),
-                n,
-                split,
-                seed,
-                [i.strip() for i in ids.split(",") if i.strip()] if ids else None,
-                lesions_only,
-                voi_lut,
-                allow_outside_root,
-                split_file,
-            )
-        except USER_ERRORS as e:
-            _fail(e)
-        for p in problems:
-            typer.echo(f"skipped {p}")
-        if not items:
-            _fail(f"no {dataset} image to draw in split {split!r}; try --split all")
-    else:
-        items = _phantom_preview(n, profile, split, seed, lesions_only)
+    _profile_hw(profile)  # an unknown profile exits here
+    data = _data_config(dataset, root, "preview", seed=seed, voi_lut=voi_lut, allow_outside_root=allow_outside_root)
+    picked = [i.strip() for i in ids.split(",") if i.strip()] if ids else None
+    try:
+        items, problems = get_source(dataset).preview(
+            data, PROFILE_GEOMETRY[profile], n, split, picked, lesions_only, split_file
+        )
+    except USER_ERRORS as e:
+        _fail(e)
+    for p in problems:
+        typer.echo(f"skipped {p}")
+    if not items:
+        _fail(f"no {dataset} image to draw in split {split!r}; try --split all")
     try:
         path = save_preview(items, out)
     except OSError as e:
         _fail(e)
-    label_only = sum(bool(i.label_only) for i in items if isinstance(i, PreviewItem))
+    label_only = sum(bool(i.label_only) for i in items)
     typer.echo(f"wrote {path} ({len(items)} images" + (f", {label_only} label-only" if label_only else "") + ")")
-
-
-def _phantom_preview(n: int, profile: str, split: str, seed: int, lesions_only: bool) -> list[Any]:
-    """Preview tiles of generated phantom images."""
-    from wsseg.config import phantom_config
-    from wsseg.data.dataset import sample_identity
-    from wsseg.data.phantom import generate_image
-
-    if split not in ("train", "val", "test"):
-        _fail(f"--split {split!r}: choose train, val or test")
-    try:
-        pcfg = phantom_config(profile)  # type: ignore[arg-type]
-    except KeyError:
-        _fail(f"unknown profile {profile!r}; choose quick, paper or tiny")
-    items: list[tuple[np.ndarray, np.ndarray, str]] = []  # (image, masks, caption)
-    index = 0
-    while len(items) < n and index < 100 * n:
-        ident = sample_identity(split, index)
-        img = generate_image(pcfg, seed, split, index, view=ident["view"], laterality=ident["laterality"])
-        index += 1
-        if lesions_only and not img.masks.any():
-            continue
-        m = img.meta
-        kinds = ", ".join(f"{les['class']} {les['type']}" for les in m.get("lesions", [])) or "normal"
-        items.append(
-            (img.image, img.masks, f"{ident['image_id']} {m['laterality']}-{m['view']} {m['density']}: {kinds}")
-        )
-    return items
 
 
 def main() -> None:

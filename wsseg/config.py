@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from wsseg.core import PROFILE_GEOMETRY
 from wsseg.data.phantom import PhantomConfig
 from wsseg.method import MethodConfig, Profile
 from wsseg.registry import get_method_spec, make_config
@@ -410,8 +411,8 @@ def check_method_config(cfg: RunConfig, method_cfg: MethodConfig, given: list[st
     """
     import torch
 
-    pcfg = phantom_config(cfg.profile)
-    hw = (pcfg.height, pcfg.width)
+    geometry = PROFILE_GEOMETRY[cfg.profile]
+    hw = (geometry.height, geometry.width)
     for name, (ok, must) in method_cfg.limits(hw).items():
         value = getattr(method_cfg, name)
         if not ok(value):
@@ -502,24 +503,13 @@ def check_ranges(cfg: RunConfig) -> None:
         if not ok(value):
             flag = "--seed" if key == "seed" else key
             raise ValueError(f"{flag} must be {must}, got {value!r}")
-    if cfg.data.dataset != "phantom":
-        from wsseg.data.sources import list_sources
+    from wsseg.data.sources import get_source
 
-        if cfg.data.dataset not in list_sources():
-            raise ValueError(
-                f"unknown dataset {cfg.data.dataset!r} (data.dataset / --dataset); choose phantom or one of "
-                f"{', '.join(list_sources())}"
-            )
-        if cfg.data.root is None:
-            raise ValueError(f"--dataset {cfg.data.dataset} needs --data-root PATH (the downloaded dataset)")
-    else:
-        for split in ("train", "val", "test"):
-            n = getattr(cfg.data, f"n_{split}")
-            if n % 4:
-                raise ValueError(
-                    f"data.n_{split} must be a multiple of 4 for the phantom (one exam of four views per patient), "
-                    f"got {n}"
-                )
+    try:
+        source = get_source(cfg.data.dataset)
+    except KeyError as e:  # its message lists the registered datasets
+        raise ValueError(f"{e.args[0]} (data.dataset / --dataset)") from None
+    source.validate(cfg.data)
 
 
 def check_folds(data: DataConfig) -> None:

@@ -214,6 +214,10 @@ def test_evaluate_scores_a_real_dataset_run_against_its_own_masks(tmp_path: Path
             # Equal up to the float16 rounding of the saved maps.
             assert again["metrics"][name][key] == pytest.approx(original["metrics"][name][key], abs=2e-3, nan_ok=True)
     assert not list(cache.glob("phantom*"))  # no phantom was generated for it
+    # Every scored image is a Mini-MIAS test image of the run (mdbNNN ids), none a phantom one.
+    scored = {r["image_id"] for r in csv.DictReader(open(run / "evaluate" / "per_image.csv"))}
+    tested = {r["image_id"] for r in csv.DictReader(open(run / "test_labels.csv"))}
+    assert scored == tested and all(i.startswith("mdb") for i in scored)
     # Another download at the run's --data-root (other images): refused, not scored against the wrong masks.
     for path in download.rglob("*"):
         if path.is_file():

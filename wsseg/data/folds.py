@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from wsseg._io import atomic_write_text
-from wsseg.data.dataset import SPLITS, read_manifest
+from wsseg.data.dataset import SPLITS
 
 # Patient labels from worst to mildest: the stratification order.
 STRATA = ("malignant", "benign", "normal")
@@ -196,22 +196,17 @@ FOLDS_FILE = "folds.csv"
 
 
 def dataset_patient_labels(dataset: str, root: str | Path | None, cache_root: Path | None = None) -> dict[str, str]:
-    """patient_id -> stratum of a dataset: from the download's index (no image decoded), or the phantom's manifest.
+    """patient_id -> stratum of a dataset, as its source reads them (a download's index, or the phantom's cache).
+
+    A data source reads its download's index (no image decoded); the phantom reads its prepared cache's manifest.
 
     Raises:
+        KeyError: an unknown dataset.
         ValueError: a data source without ``root``, or the phantom without its prepared ``cache_root``.
     """
-    if dataset == "phantom":
-        if cache_root is None:
-            raise ValueError("the phantom's fold assignment is read from its prepared cache; pass its folder")
-        rows = read_manifest(cache_root)
-        return patient_labels((r["patient_id"], (float(r["benign"]), float(r["malignant"]))) for r in rows)
-    if root is None:
-        raise ValueError(f"--dataset {dataset} needs --data-root PATH (the downloaded dataset)")
     from wsseg.data.sources import get_source
 
-    records = get_source(dataset).scan(Path(root).expanduser()).records
-    return patient_labels((r.patient_id, r.labels) for r in records)
+    return patient_labels(get_source(dataset).patient_labels(root, cache_root))
 
 
 def committed_folds_file(dataset: str, k: int) -> Path | None:

@@ -22,7 +22,7 @@ import scipy.fft as sfft
 from scipy import ndimage as ndi
 from scipy.spatial import ConvexHull, QhullError
 
-from wsseg.core import CLASSES, PROFILE_GEOMETRY
+from wsseg.core import CLASSES, PROFILE_GEOMETRY, Geometry
 
 PHANTOM_VERSION: str = "1.0"
 
@@ -132,22 +132,24 @@ class PhantomConfig:
     min_lesion_px: int = 3  # pixels, every lesion mask is at least this many pixels across
 
     @classmethod
+    def for_geometry(cls, geometry: Geometry) -> PhantomConfig:
+        """The default generator drawing at ``geometry``'s size and pixel spacing (a profile's grid)."""
+        return cls(height=geometry.height, width=geometry.width, pixel_spacing_mm=geometry.pixel_spacing_mm)
+
+    @classmethod
     def quick(cls) -> PhantomConfig:
         """736 x 480 at 0.4 mm: the CPU profile."""
-        g = PROFILE_GEOMETRY["quick"]
-        return cls(height=g.height, width=g.width, pixel_spacing_mm=g.pixel_spacing_mm)
+        return cls.for_geometry(PROFILE_GEOMETRY["quick"])
 
     @classmethod
     def paper(cls) -> PhantomConfig:
         """2944 x 1920 at 0.1 mm: the published-architecture profile."""
-        g = PROFILE_GEOMETRY["paper"]
-        return cls(height=g.height, width=g.width, pixel_spacing_mm=g.pixel_spacing_mm)
+        return cls.for_geometry(PROFILE_GEOMETRY["paper"])
 
     @classmethod
     def tiny(cls) -> PhantomConfig:
         """184 x 120 at 1.6 mm: unit-test fixtures (masks are kept >= ``min_lesion_px`` across)."""
-        g = PROFILE_GEOMETRY["tiny"]
-        return cls(height=g.height, width=g.width, pixel_spacing_mm=g.pixel_spacing_mm)
+        return cls.for_geometry(PROFILE_GEOMETRY["tiny"])
 
 
 @dataclass

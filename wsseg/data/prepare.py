@@ -1,4 +1,7 @@
-"""``wsseg data check`` / ``prepare`` for real datasets: decode, preprocess and cache a registered source.
+"""Prepare any dataset for a run (:func:`prepare_dataset`); decode, preprocess and cache a download.
+
+:func:`prepare_dataset` is the one entry point of the pipelines and the CLI: it looks the source up in the registry
+and lets it prepare itself at the profile's grid (the phantom generates, a download is read by the functions below).
 
 The cache has the phantom's format (per-image ``.npz`` with a uint16 image, bit-packed masks, labels and a
 JSON meta; ``manifest.csv`` written last), so :class:`~wsseg.data.dataset.MammogramDataset` reads both.
@@ -20,7 +23,7 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -30,7 +33,7 @@ from tqdm.auto import tqdm
 from wsseg._io import atomic_save, atomic_write_json, atomic_write_text, remove_stale_temporaries
 from wsseg._lock import folder_lock
 from wsseg._threads import available_cpus
-from wsseg.core import CLASSES
+from wsseg.core import CLASSES, PROFILE_GEOMETRY, Geometry
 from wsseg.data.dataset import (
     MANIFEST_COLUMNS,
     SPLITS,
@@ -42,8 +45,72 @@ from wsseg.data.dataset import (
 from wsseg.data.imageio import DICOM_SUFFIXES, dicom_pixel_spacing, read_image
 from wsseg.data.preprocess import Transform, breast_region, plan_transform
 from wsseg.data.preview import PreviewItem
-from wsseg.data.sources import DataError, Lesion, Problem, SourceRecord, get_source
+from wsseg.data.sources import (
+    DataError,
+    DataSource,
+    Lesion,
+    Prepared,
+    PrepareOptions,
+    Problem,
+    SourceRecord,
+    get_source,
+)
 from wsseg.data.sources.nyu import GMIC_INPUT_SIZE
+
+if TYPE_CHECKING:  # the data settings live in wsseg.config, a floor above; only their fields are read here
+    from wsseg.config import DataConfig
+
+
+def prepare_dataset(data: DataConfig, profile: str, options: PrepareOptions | None = None) -> Prepared:
+    """Prepare the dataset of ``data`` at ``profile``'s grid (reused when already cached): its folder and record info.
+
+    This is what ``wsseg run``, ``evaluate``, ``gallery``, ``benchmark`` and ``data prepare`` call, whatever the
+    source: the phantom is generated, a download is read from ``data.root`` and preprocessed.
+
+    Raises:
+        KeyError: an unknown profile or dataset (the message lists the valid names).
+        ValueError: settings the source refuses (a missing ``data.root``, phantom split sizes).
+        FileNotFoundError, DataError: an unusable download (see :func:`prepare_source`).
+    """
+    if profile not in PROFILE_GEOMETRY:
+        raise KeyError(f"unknown profile {profile!r}; choose {', '.join(PROFILE_GEOMETRY)}")
+    source = get_source(data.dataset)  # KeyError lists the registered datasets
+    source.validate(data)
+    return source.prepare(data, PROFILE_GEOMETRY[profile], options or PrepareOptions())
+
+
+def prepare_download(source: DataSource, data: DataConfig, geometry: Geometry, options: PrepareOptions) -> Prepared:
+    """:meth:`DataSource.prepare` of a source read from a download: :func:`prepare_source` and the record info."""
+    if data.root is None:
+        raise ValueError(f"--dataset {source.name} needs --data-root PATH (the downloaded dataset)")
+    hw = (geometry.height, geometry.width)
+    root, report = prepare_source(
+        source.name,
+        data.root,
+        hw,
+        data.seed,
+        data.cache_dir,
+        options.workers,
+        options.strict,
+        options.progress,
+        options.split_file,
+        data.voi_lut,
+        data.allow_outside_root,
+        options.verify,
+    )
+    if report.problems:
+        options.log(f"data: {len(report.problems)} images skipped; see {root / 'report.json'}")
+    info = {
+        # VOI-windowed inputs are other data: the version keeps such runs out of the plain runs' tables.
+        "version": f"{source.name}-{source.version}-pre{PREPROCESS_VERSION}" + ("-voi" if data.voi_lut else ""),
+        "cache_key": root.name,
+        "annotation": source.annotation,
+        "label_source": source.label_source,
+        "skipped": len(report.problems),
+    }
+    summary = f"{report.summary()}\ncache: {root} ({hw[0]}x{hw[1]}); patient split in {root / 'split.csv'}"
+    return Prepared(root, info, summary)
+
 
 # 2: label-only flags in the meta, the evaluated region grown by lesions outside the breast, no vanishing lesion.
 PREPROCESS_VERSION = 2

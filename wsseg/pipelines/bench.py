@@ -27,6 +27,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from wsseg._io import atomic_write_text
 from wsseg.config import TrainConfig, phantom_config
+from wsseg.core import PROFILE_GEOMETRY
 from wsseg.data.dataset import MammogramDataset, prepare_phantom
 from wsseg.method import Profile, WSSegMethod
 from wsseg.registry import create_method, get_method_spec
@@ -125,8 +126,8 @@ def bench(
                 f"{name} has none: use --mode wsseg"
             )
         overrides = {**overrides, "roi_impl": "reference"}
-    pcfg = phantom_config(profile)
-    size = (pcfg.height, pcfg.width)
+    geometry = PROFILE_GEOMETRY[profile]
+    size = (geometry.height, geometry.width)
     torch.manual_seed(0)
     method = create_method(name, profile=profile, **overrides)
     memory_format = torch.channels_last if dev.type == "cuda" else torch.contiguous_format

@@ -312,9 +312,9 @@ def load_benchmark(path: str | Path, overrides: BenchmarkOverrides | None = None
 
 
 def _check_datasets(path: Path, datasets: list[Any], data_root: str | None) -> None:
-    from wsseg.data.sources import list_sources
+    from wsseg.data.sources import get_source, list_sources
 
-    known = ["phantom", *list_sources()]
+    known = list_sources()
     if not datasets:
         raise ValueError(f'{path}: [benchmark] datasets is empty; write datasets = ["phantom"] or a data source')
     if len(set(map(str, datasets))) < len(datasets):
@@ -322,7 +322,7 @@ def _check_datasets(path: Path, datasets: list[Any], data_root: str | None) -> N
     for d in datasets:
         if d not in known:
             raise ValueError(f"{path}: [benchmark] datasets: unknown dataset {d!r}; available: {', '.join(known)}")
-        if d != "phantom" and data_root is None:
+        if get_source(d).needs_root and data_root is None:
             raise ValueError(
                 f"{path}: [benchmark] dataset {d!r} needs data_root = PATH (the downloaded dataset) in the file, or "
                 "`wsseg benchmark FILE --data-root PATH`"

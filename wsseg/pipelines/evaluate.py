@@ -14,9 +14,11 @@ from tqdm.auto import tqdm
 from wsseg.config import EvalConfig, RunConfig
 from wsseg.core import CLASSES
 from wsseg.data.dataset import MammogramDataset, split_hash
+from wsseg.data.prepare import prepare_dataset
+from wsseg.data.sources import PrepareOptions
 from wsseg.evaluation.evaluator import SegmentationEvaluator
 from wsseg.evaluation.lesions import image_lesion_type
-from wsseg.pipelines.run import fold_splits, prepare_data
+from wsseg.pipelines.run import fold_splits
 from wsseg.pipelines.score import LabelRow, check_map_size, index_class_files, map_size, read_labels, read_map
 from wsseg.pipelines.scored import (
     MAP_SUFFIXES,
@@ -66,7 +68,8 @@ def _run_test_set(run_dir: Path, record: RunRecord, cfg: RunConfig, progress: bo
     Raises:
         InputError: the dataset's test split holds other images than the run's.
     """
-    root, _ = prepare_data(cfg, progress, log=lambda _: None)  # the run's dataset, as `wsseg run` prepared it
+    # The run's own dataset (phantom or download), as `wsseg run` prepared it.
+    root = prepare_dataset(cfg.data, cfg.profile, PrepareOptions(progress=progress, log=lambda _: None)).root
     # A run of one cross-validation fold tests that fold's patients.
     splits = fold_splits(cfg, root, {})
     test_set = MammogramDataset(root, "test", with_masks=True, dataset=cfg.data.dataset, patient_splits=splits)

@@ -26,13 +26,12 @@ from tqdm.auto import tqdm
 from wsseg._io import atomic_write_json, atomic_write_text, remove_stale_temporaries, temporary_of
 from wsseg._lock import LOCK_NAME, folder_lock
 from wsseg._threads import available_cpus, configure_threads, loader_workers
-from wsseg.config import DataConfig, EvalConfig, RunConfig, phantom_config
-from wsseg.core import CLASSES, PER_IMAGE_CSV, PER_IMAGE_STATS
-from wsseg.data.dataset import MammogramDataset, phantom_cache_key, prepare_phantom, split_hash
+from wsseg.config import DataConfig, EvalConfig, RunConfig
+from wsseg.core import CLASSES, PER_IMAGE_CSV, PER_IMAGE_STATS, PROFILE_GEOMETRY
+from wsseg.data.dataset import MammogramDataset, split_hash
 from wsseg.data.folds import FOLDS_FILE, FoldAssignment, dataset_patient_labels, folds_csv_text, load_assignment
-from wsseg.data.phantom import PHANTOM_VERSION
-from wsseg.data.prepare import PREPROCESS_VERSION, prepare_source
-from wsseg.data.sources import get_source
+from wsseg.data.prepare import prepare_dataset
+from wsseg.data.sources import PrepareOptions
 from wsseg.evaluation.curves import CURVES_JSON
 from wsseg.evaluation.evaluator import SegmentationEvaluator
 from wsseg.evaluation.lesions import image_lesion_type
@@ -273,51 +272,6 @@ def peak_memory_mb(device: torch.device) -> float:
     return rss / 2**20 if sys.platform == "darwin" else rss / 2**10  # bytes on macOS, KiB on Linux
 
 
-def prepare_data(
-    cfg: RunConfig, progress: bool = True, log: Callable[[str], None] = print
-) -> tuple[Path, dict[str, Any]]:
-    """The prepared (cached) dataset folder of a run config and the record's ``dataset_info`` about it.
-
-    The phantom is generated; a real dataset is read from ``cfg.data.root`` and preprocessed, once per settings.
-    """
-    pcfg = phantom_config(cfg.profile)
-    dataset_info: dict[str, Any]
-    if cfg.data.dataset == "phantom":
-        counts = {"train": cfg.data.n_train, "val": cfg.data.n_val, "test": cfg.data.n_test}
-        root = prepare_phantom(pcfg, cfg.data.seed, counts, cfg.data.cache_dir, progress=progress)
-        dataset_info = {
-            "version": f"phantom-{PHANTOM_VERSION}",
-            "cache_key": phantom_cache_key(pcfg, cfg.data.seed, counts),
-            "pixel_spacing_mm": pcfg.pixel_spacing_mm,
-        }
-        return root, dataset_info
-    source = get_source(cfg.data.dataset)  # KeyError lists the registered datasets
-    if cfg.data.root is None:
-        raise ValueError(f"--dataset {cfg.data.dataset} needs --data-root PATH (the downloaded dataset)")
-    root, report = prepare_source(
-        cfg.data.dataset,
-        cfg.data.root,
-        (pcfg.height, pcfg.width),
-        cfg.data.seed,
-        cfg.data.cache_dir,
-        progress=progress,
-        voi_lut=cfg.data.voi_lut,
-        allow_outside_root=cfg.data.allow_outside_root,
-    )
-    if report.problems:
-        log(f"data: {len(report.problems)} images skipped; see {root / 'report.json'}")
-    dataset_info = {
-        # VOI-windowed inputs are other data: the version keeps such runs out of the plain runs' tables.
-        "version": f"{cfg.data.dataset}-{source.version}-pre{PREPROCESS_VERSION}"
-        + ("-voi" if cfg.data.voi_lut else ""),
-        "cache_key": root.name,
-        "annotation": source.annotation,
-        "label_source": source.label_source,
-        "skipped": len(report.problems),
-    }
-    return root, dataset_info
-
-
 def fold_tag(cfg: RunConfig) -> str:
     """``fold<f>of<k>-`` for a run of one fold of a k-fold cross-validation, else empty (part of run ids)."""
     return f"fold{cfg.data.fold}of{cfg.data.folds}-" if cfg.data.folds is not None else ""
@@ -388,7 +342,8 @@ def gallery_for_run(run_dir: str | Path, cache_dir: str | None = None, progress:
     if cache_dir is not None:
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, cache_dir=cache_dir))
     record = read_record(run_dir / "record.json")
-    root, info = prepare_data(cfg, progress, log=lambda _: None)
+    prepared = prepare_dataset(cfg.data, cfg.profile, PrepareOptions(progress=progress, log=lambda _: None))
+    root, info = prepared.root, prepared.info
     patient_splits = fold_splits(cfg, root, info)
     test_set = MammogramDataset(root, "test", with_masks=True, dataset=cfg.data.dataset, patient_splits=patient_splits)
     method = build_method(cfg)
@@ -616,10 +571,11 @@ def open_run_data(
     t0 = time.perf_counter()
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     rank, _ = rank_and_world()
-    pcfg = phantom_config(cfg.profile)
+    geometry = PROFILE_GEOMETRY[cfg.profile]
     if distributed and rank != 0:
         torch.distributed.barrier()  # rank 0 prepares (or finds) the cache first; the others then open it
-    root, dataset_info = prepare_data(cfg, progress, log)
+    prepared = prepare_dataset(cfg.data, cfg.profile, PrepareOptions(progress=progress, log=log))
+    root, dataset_info = prepared.root, prepared.info
     if distributed and rank == 0:
         torch.distributed.barrier()
     spec = get_method_spec(cfg.method)
@@ -629,7 +585,7 @@ def open_run_data(
     # On CUDA the loaders ship the cache's uint16 pixels and the GPU standardises them (half the bytes through the
     # workers and pinned memory); on CPU the workers standardise, as the published CPU results were made.
     std = device.type != "cuda"
-    hw = (pcfg.height, pcfg.width)
+    hw = (geometry.height, geometry.width)
 
     def open_split(split: str, with_masks: bool) -> MammogramDataset:
         return MammogramDataset(
@@ -792,7 +748,7 @@ def build_run_record(
     ``from_run`` and ``weights`` (None when it trained).
     """
     spec = get_method_spec(cfg.method)
-    pcfg = phantom_config(cfg.profile)
+    geometry = PROFILE_GEOMETRY[cfg.profile]
     splits = (("train", data.train_set), ("val", data.val_set), ("test", data.test_set))
     eval_seconds = scores.val.seconds + scores.test.seconds
     n_eval = len(data.val_set) + len(data.test_set)
@@ -807,7 +763,7 @@ def build_run_record(
         dataset=cfg.data.dataset,
         dataset_info={
             **data.dataset_info,
-            "image_size": [pcfg.height, pcfg.width],
+            "image_size": [geometry.height, geometry.width],
             "counts": {s: len(d) for s, d in splits},
             "split_hashes": {s: split_hash(d.image_ids) for s, d in splits},
         },

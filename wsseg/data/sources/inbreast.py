@@ -16,12 +16,17 @@ image's contours take the image's class; contours on a BI-RADS 1 image are ignor
 
 from __future__ import annotations
 
+import csv
 import math
 import plistlib
 import re
 from pathlib import Path
+from typing import Any
 from xml.parsers.expat import ExpatError
 
+import numpy as np
+
+from wsseg.data.fixture_kit import Phantom, W, phantom, save_dicom
 from wsseg.data.sources import (
     DataError,
     DataSource,
@@ -157,6 +162,10 @@ class INbreast(DataSource):
     label_source = "birads"
     licence = "on request from INESC TEC / Univ. Porto under an agreement; do not redistribute"
 
+    def write_fixture(self, root: Path) -> dict[str, Any]:
+        """A tiny INbreast download with its traps (:func:`write_fixture`)."""
+        return write_fixture(root)
+
     def scan(self, root: Path) -> ScanResult:
         """Read ``INbreast.csv`` and pair each row with its DICOM and XML."""
         problems: list[Problem] = []
@@ -218,3 +227,91 @@ class INbreast(DataSource):
             pixel_spacing_mm=PIXEL_SPACING_MM,
             extra={"birads": birads, "acr": row.get("ACR", "")},
         )
+
+
+# The fixture: a tiny synthetic download in the native layout, for tests and `wsseg data fixture`.
+
+
+def _plist_rois(rois: list[tuple[str, list[tuple[float, float]]]], declared: int) -> bytes:
+    import plistlib
+
+    doc = {
+        "Images": [
+            {
+                "ImageIndex": 0,
+                "NumberOfROIs": declared,
+                "ROIs": [
+                    {
+                        "Name": name,
+                        "NumberOfPoints": len(pts),
+                        "IndexInImage": i,
+                        "Type": 15 if len(pts) > 2 else 19,
+                        "Point_px": [f"({x:.3f}, {y:.3f})" for x, y in pts],
+                        "Point_mm": [f"({x * 0.07}, {y * 0.07}, 0)" for x, y in pts],
+                    }
+                    for i, (name, pts) in enumerate(rois)
+                ],
+            }
+        ]
+    }
+    return plistlib.dumps(doc, fmt=plistlib.FMT_XML)
+
+
+PECTORAL_IMAGE = "20586903"  # the INbreast fixture image (patient 1, R ML, BI-RADS 2) with a pectoral XML only
+
+
+def write_fixture(root: Path, n_patients: int = 6, espiculated: bool = False) -> dict[str, Phantom]:
+    """An INbreast download with its traps.
+
+    ``INbreast.csv`` (``4a``, ``FB`` view, blank ACR), DICOMs named with ``ML``, XMLs with a 12-vertex Mass, a
+    1-point Calcification, ``NumberOfROIs`` off by one, and a PectoralMuscle XML using ``ROIPoints``, named by the
+    image id of a BI-RADS 2 image without lesion XML (``PECTORAL_IMAGE``), as a lesion XML would be. With
+    ``espiculated`` every XML also holds an ``Espiculated Region`` (a mass) inside the lesion.
+    """
+    header = "Patient ID;Patient age;Laterality;View;Acquisition date;File Name;ACR;Bi-Rads".split(";")
+    rows, truth = [], {}
+    birads = ["4a", "2", "1", "5", "3", "4c"]
+    for p in range(n_patients):
+        phash = f"{p:016x}"
+        for lat, view in (("L", "CC"), ("R", "ML")):
+            name = f"{20586900 + 2 * p + (lat == 'R')}"
+            ph = phantom(chest_wall_right=lat == "R")
+            truth[name] = ph
+            save_dicom(root / "AllDICOMs" / f"{name}_{phash}_MG_{lat}_{view}_ANON.dcm", ph.image)
+            (r, c), rad = ph.center, ph.radius
+            poly = [
+                (c + (rad + 0.3) * np.cos(t), r + (rad + 0.3) * np.sin(t)) for t in np.linspace(0, 2 * np.pi, 13)[:-1]
+            ]
+            rois = [("Mass", poly), ("Calcification", [(float(c), float(r))])]
+            if espiculated:
+                rois.append(("Espiculated Region", [(c - 2.0, r - 2.0), (c + 2.0, r - 2.0), (c, r + 2.0)]))
+            xml = _plist_rois(rois, declared=len(rois) + 1)
+            (root / "AllXML").mkdir(parents=True, exist_ok=True)
+            if name != PECTORAL_IMAGE:  # an image without contours: its pectoral XML is the trap
+                (root / "AllXML" / f"{name}.xml").write_bytes(xml)
+            rows.append(
+                {
+                    "Patient ID": "removed",
+                    "Patient age": "removed",
+                    "Laterality": lat,
+                    "View": "FB" if p == 0 and lat == "R" else ("MLO" if view == "ML" else view),
+                    "Acquisition date": "201001",
+                    "File Name": name,
+                    "ACR": "          " if p == 1 else "2",
+                    "Bi-Rads": birads[p % len(birads)],
+                }
+            )
+    (root / "PectoralMuscle" / "Pectoral Muscle XML").mkdir(parents=True, exist_ok=True)
+    # A right MLO: chest wall on the right, so the muscle is a top-right triangle.
+    muscle = "".join(f"<string>{{{x}, {y}}}</string>" for x, y in ((W - 1, 0), (W - 20, 0), (W - 1, 30)))
+    (root / "PectoralMuscle" / "Pectoral Muscle XML" / f"{PECTORAL_IMAGE}.xml").write_text(
+        '<?xml version="1.0"?><plist version="1.0"><dict><key>ROIPoints</key><array>'
+        + muscle
+        + "</array></dict></plist>"
+    )
+    path = root / "INbreast.csv"
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=header, delimiter=";")
+        w.writeheader()
+        w.writerows(rows)
+    return truth

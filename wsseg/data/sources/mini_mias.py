@@ -22,9 +22,13 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 from PIL import Image
 
+from wsseg.data.dataset import SPLITS
+from wsseg.data.fixture_kit import Phantom, phantom
 from wsseg.data.sources import (
     DataError,
     DataSource,
@@ -93,6 +97,10 @@ class MiniMIAS(DataSource):
     label_source = "pathology"
     licence = "research use only (MIAS licence); cite Suckling et al. 1994; do not redistribute"
     version = 2  # 2: *NOTE 3* lines are label-only findings (they were refused as malformed)
+
+    def write_fixture(self, root: Path) -> dict[str, Any]:
+        """A tiny mini-MIAS download with the real Info table's traps (:func:`write_fixture`)."""
+        return write_fixture(root)
 
     def scan(self, root: Path) -> ScanResult:
         """Parse the Info table and pair each line with its PGM."""
@@ -176,3 +184,90 @@ class MiniMIAS(DataSource):
             chest_wall="left" if lat == "L" else "right",
             pixel_spacing_mm=PIXEL_SPACING_MM,
         )
+
+
+# The fixture: a tiny synthetic download in the native layout, for tests and `wsseg data fixture`.
+
+MIAS = 96  # mini-MIAS fixture side (the real one is 1024)
+
+
+MIAS_PAIRS = 161  # mdb001 ... mdb322
+# Lines of the real Info table that the fixture reproduces for the same ids: findings without a location, written
+# with 4 tokens or with a reference to the README's note on calcifications spread over the breast instead of
+# ``x y radius`` (both label-only: labelled, not located).
+MIAS_UNLOCATED_LINES = {
+    59: "mdb059 F CIRC B ",
+    216: "mdb216 D CALC M *NOTE 3* ",
+    233: "mdb233 G CALC M *NOTE 3* ",
+    245: "mdb245 F CALC M *NOTE 3* ",
+}
+# mdb212: a small benign calcification circle that lies outside the detected breast, as in the real table.
+MIAS_OUTSIDE_BREAST = 212
+MIAS_OUTSIDE_RC = (8, 84)  # (row, col) of its centre in the fixture: air beside a left breast
+# Pairs every fixture holds, whatever its size: mdb059 (4-token line), mdb212 (outside the breast), mdb233 (*NOTE 3*).
+MIAS_SPECIAL_PAIRS = (30, 106, 117)
+
+
+def mias_pairs(n_pairs: int) -> list[int]:
+    """Pair numbers (patient ``mias-pNNN`` = images ``mdb{2N-1}``, ``mdb{2N}``) for a fixture of ``n_pairs``.
+
+    Pair 1 (with the doubled Info line) always; then, when the committed ``benchmarks/splits/mini-mias.csv``
+    exists, the first pairs of its test and validation splits, the pairs of :data:`MIAS_SPECIAL_PAIRS` (the real
+    table's label-only and outside-breast lines) and the first pairs of its training split, so a small fixture
+    read with the published split still has every split and every trap.
+    """
+    from wsseg.data.prepare import default_split_file, read_split_file
+
+    path = default_split_file("mini-mias")
+    if path is None or n_pairs >= MIAS_PAIRS:
+        return list(range(1, min(n_pairs, MIAS_PAIRS) + 1))
+    split = read_split_file(path)
+    order = {s: sorted(int(p.removeprefix("mias-p")) for p, v in split.items() if v == s) for s in SPLITS}
+    pairs = [1]
+    for s in ("test", "val"):
+        pairs.append(next(p for p in order[s] if p not in pairs))
+    pairs += [p for p in MIAS_SPECIAL_PAIRS if p not in pairs]
+    rest = [p for s in ("train", "test", "val") for p in order[s] if p not in pairs]
+    return sorted((pairs + rest)[: max(n_pairs, 1)])
+
+
+def mias_line(n: int, ph: Phantom) -> list[str]:
+    """The Info lines of image ``mdb{n}`` in the fixture (y counted from the bottom, as in the real table)."""
+    ref = f"mdb{n:03d}"
+    if n in MIAS_UNLOCATED_LINES:
+        return [MIAS_UNLOCATED_LINES[n]]
+    if n == MIAS_OUTSIDE_BREAST:
+        r, c = MIAS_OUTSIDE_RC
+        return [f"{ref} G CALC B {c} {MIAS - r} 3 "]
+    if n % 3 == 0:
+        return [f"{ref} F NORM "]
+    sev = "M" if n % 2 else "B"
+    r, c = ph.center
+    lines = [f"{ref} G CIRC {sev} {c} {MIAS - r} {ph.radius} "]
+    if n == 1:
+        lines.append(f"{ref} G CALC B")  # a finding without a location on an image with a located one
+    return lines
+
+
+def write_fixture(root: Path, n_pairs: int = 9, kaggle_header: bool = True) -> dict[str, Phantom]:
+    """``mdbNNN.pgm`` + ``Info.txt`` with the traps of the real table.
+
+    NORM lines, a doubled image (mdb001, whose second line has no location), bottom-left y, the real ids' findings
+    without a location (:data:`MIAS_UNLOCATED_LINES`: 4 tokens, ``*NOTE 3*``) and mdb212's circle outside the
+    breast. The pairs are the real ids' (:func:`mias_pairs`), so the committed split applies to the fixture as to
+    the data; with ``n_pairs=161`` the fixture has the release's 322 images.
+    """
+    lines, truth = [], {}
+    if kaggle_header:
+        lines.append("REFNUM BG CLASS SEVERITY X Y RADIUS ")
+    for n in (n for pair in mias_pairs(n_pairs) for n in (2 * pair - 1, 2 * pair)):
+        ref = f"mdb{n:03d}"
+        right = n % 2 == 1  # odd numbers are right breasts
+        ph = phantom(right, lesion_rc=(40, 20), radius=6, h=MIAS, w=MIAS)
+        truth[ref] = ph
+        img = np.round(ph.image * 200 + 8).astype(np.uint8)  # film: a non-zero background
+        (root / "pgm").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(root / "pgm" / f"{ref}.pgm")
+        lines += mias_line(n, ph)
+    (root / "Info.txt").write_text("\n".join(lines) + "\n", encoding="latin-1")
+    return truth

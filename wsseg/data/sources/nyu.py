@@ -25,6 +25,9 @@ import pickle
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from wsseg.data.fixture_kit import H, Phantom, W, phantom, save_mask, save_png16
 from wsseg.data.sources import (
     DataError,
     DataSource,
@@ -150,6 +153,10 @@ class NYUExamList(DataSource):
     label_source = "pathology"
     licence = "GMIC sample data ships with AGPL-3.0 code; your own NYU-format data: your terms"
 
+    def write_fixture(self, root: Path) -> dict[str, Any]:
+        """A tiny NYU exam list with its images and segmentations (:func:`write_fixture`)."""
+        return write_fixture(root)
+
     def scan(self, root: Path) -> ScanResult:
         """Read the exam list and resolve each view's PNG and segmentation files."""
         pkl = find_exam_list(root)
@@ -254,3 +261,67 @@ def model_frame(exam: dict[str, Any], view: str, j: int, flip: str, where: str) 
     flipped = view.startswith("R") == (flip == "NO")
     origin = gmic_window_origin((bottom - top, right - left), (cy, cx), view)
     return ModelFrame((top, bottom, left, right), flipped, origin, GMIC_INPUT_SIZE)
+
+
+# The fixture: a tiny synthetic download in the native layout, for tests and `wsseg data fixture`.
+
+GMIC_SIZE = (2944, 1920)  # GMIC's model-input frame (rows, cols)
+NYU_WINDOW = (2, H, 1, W)  # the fixture's GMIC crop (top, bottom, left, right) of every view
+
+
+def write_fixture(
+    root: Path, n_exams: int = 4, horizontal_flip: str = "NO", model_frame_masks: bool = False
+) -> dict[str, Phantom]:
+    """``exam_list_before_cropping.pkl`` (protocol 3) + ``images/*.png`` + ``segmentation/*.png``.
+
+    With ``model_frame_masks`` the segmentations are drawn, as GMIC's sample ones are, in its 2944x1920 model-input
+    frame (cropped to ``NYU_WINDOW``, flipped, zero-padded as GMIC pads at inference: CC above and below, MLO
+    below, every view on the right), and ``sample_output/data.pkl`` is written: the exam list with the crop's
+    ``window_location`` and ``best_center``, as GMIC's crop and optimal-centre steps leave it.
+    """
+    exams, truth = [], {}
+    for i in range(n_exams):
+        exam: dict[str, Any] = {"horizontal_flip": horizontal_flip}
+        for view in ("L-CC", "R-CC", "L-MLO", "R-MLO"):
+            name = f"{i}_{view}"
+            right_native = (view[0] == "R") == (horizontal_flip == "NO")
+            ph = phantom(chest_wall_right=right_native)
+            truth[name] = ph
+            save_png16(root / "images" / f"{name}.png", ph.image)
+            exam[view] = [name]
+            exam[f"{view}_benign_seg"] = [f"{name}_benign"]  # listed even when the file does not exist
+            exam[f"{view}_malignant_seg"] = [f"{name}_malignant"]
+            if view[0] == "L":
+                mask = _gmic_frame(ph.lesion, view, right_native) if model_frame_masks else ph.lesion
+                save_mask(root / "segmentation" / f"{name}_malignant.png", mask)
+        exam["cancer_label"] = {
+            "benign": 0,
+            "malignant": 1,
+            "unknown": 0,
+            "left_benign": 0,
+            "right_benign": 0,
+            "left_malignant": 1,
+            "right_malignant": 0,
+        }
+        exams.append(exam)
+    (root / "exam_list_before_cropping.pkl").write_bytes(pickle.dumps(exams, protocol=3))
+    if model_frame_masks:
+        top, bottom, left, right = NYU_WINDOW
+        for exam in exams:
+            views = ("L-CC", "R-CC", "L-MLO", "R-MLO")
+            exam["window_location"] = {v: [NYU_WINDOW] for v in views}
+            exam["best_center"] = {v: [((bottom - top) // 2, (right - left) - 961)] for v in views}
+        (root / "sample_output").mkdir(parents=True, exist_ok=True)
+        (root / "sample_output" / "data.pkl").write_bytes(pickle.dumps(exams, protocol=3))
+    return truth
+
+
+def _gmic_frame(lesion: np.ndarray, view: str, flipped: bool) -> np.ndarray:
+    """A native mask as GMIC's model input sees it: cropped, flipped, zero-padded to 2944x1920."""
+    top, bottom, left, right = NYU_WINDOW
+    crop = lesion[top:bottom, left:right]
+    crop = crop[:, ::-1] if flipped else crop
+    out = np.zeros(GMIC_SIZE, dtype=bool)
+    front = (GMIC_SIZE[0] - crop.shape[0]) // 2 if view.endswith("CC") else 0
+    out[front : front + crop.shape[0], : crop.shape[1]] = crop
+    return out

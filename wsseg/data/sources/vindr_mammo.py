@@ -21,8 +21,11 @@ from __future__ import annotations
 import ast
 import csv
 import math
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
+from wsseg.data.fixture_kit import H, Phantom, W, save_dicom, scaled_phantom, write_csv
 from wsseg.data.sources import (
     DataError,
     DataSource,
@@ -87,6 +90,10 @@ class VinDrMammo(DataSource):
     licence = "PhysioNet credentialed access + data use agreement; do not redistribute"
     skip_for_processing = True
     version = 2  # 2: BI-RADS-only findings (no box) label the image instead of being dropped
+
+    def write_fixture(self, root: Path) -> dict[str, Any]:
+        """A tiny VinDr-Mammo download with its traps (:func:`write_fixture`)."""
+        return write_fixture(root)
 
     def scan(self, root: Path) -> ScanResult:
         """Read both CSVs and pair each image row with its findings."""
@@ -167,3 +174,158 @@ class VinDrMammo(DataSource):
             expected_hw=(int(height), int(width)),
             extra={"breast_birads": row["breast_birads"].strip(), "density": row.get("breast_density", "").strip()},
         )
+
+
+# The fixture: a tiny synthetic download in the native layout, for tests and `wsseg data fixture`.
+
+VINDR_BREAST = "study_id,series_id,image_id,laterality,view_position,height,width,breast_birads,breast_density,split"
+VINDR_FINDING = (
+    "study_id,series_id,image_id,laterality,view_position,height,width,breast_birads,breast_density,"
+    "finding_categories,finding_birads,xmin,ymin,xmax,ymax,split"
+)
+
+
+VINDR_WINDOW = {"WindowCenter": [2000, 1500], "WindowWidth": [3000, 2000]}  # multi-valued: the first is used
+
+
+def write_fixture(
+    root: Path, n_studies: int = 5, for_processing: bool = False, scale: int = 1, syntax: str = ""
+) -> dict[str, Phantom]:
+    """A VinDr-Mammo download with its traps.
+
+    Four views per study, ``.dicom`` files (one MONOCHROME1 with a multi-valued window), both CSVs with a
+    multi-category row, ``No Finding`` rows, an empty ``finding_birads``, boxes in the unmirrored frame on right
+    breasts (one exactly around the lesion, one overhanging the image with a negative ``xmin``), and a BI-RADS-only
+    finding without a box (study 1's L-MLO, BI-RADS 4: label-only). With
+    ``for_processing`` study 1's L-CC is a ``FOR PROCESSING`` image (to be skipped). ``scale`` multiplies the
+    image size (55 gives 3520 x 2640, about VinDr's typical 3518 x 2800) for throughput measurements; ``syntax``
+    compresses every DICOM with that transfer syntax (e.g. JPEG 2000 lossless, reported for VinDr).
+    """
+    breast_rows: list[dict[str, object]] = []
+    finding_rows: list[dict[str, object]] = []  # box coordinates are numbers, or "" when there is no finding
+    truth: dict[str, Phantom] = {}
+    for s in range(n_studies):
+        study = f"{s:032x}"
+        for lat in ("L", "R"):
+            for view in ("CC", "MLO"):
+                image_id = f"{s:08x}{lat}{view:>3}".replace(" ", "0").ljust(32, "a")
+                ph = scaled_phantom(lat == "R", scale)
+                truth[image_id] = ph
+                first = s == 0 and lat == "L" and view == "CC"
+                tags: dict[str, Any] = {"ImageLaterality": lat, "ViewPosition": view, **(VINDR_WINDOW if first else {})}
+                tags["PresentationIntentType"] = (
+                    "FOR PROCESSING"
+                    if for_processing and s == 1 and lat == "L" and view == "CC"
+                    else "FOR PRESENTATION"
+                )
+                save_dicom(
+                    root / "images" / study / f"{image_id}.dicom", ph.image, monochrome1=first, syntax=syntax, tags=tags
+                )
+                base = {
+                    "study_id": study,
+                    "series_id": f"{s:032x}",
+                    "image_id": image_id,
+                    "laterality": lat,
+                    "view_position": view,
+                    "height": H * scale,
+                    "width": W * scale,
+                    "breast_density": "DENSITY B",
+                    "split": "test" if s == n_studies - 1 else "training",
+                }
+                breast, findings = _vindr_findings(base, ph, s, lat, view)
+                finding_rows += findings
+                breast_rows.append({**base, "breast_birads": breast})
+    write_csv(root / "breast-level_annotations.csv", VINDR_BREAST.split(","), breast_rows)
+    write_csv(root / "finding_annotations.csv", VINDR_FINDING.split(","), finding_rows)
+    return truth
+
+
+def _vindr_findings(
+    base: Mapping[str, object], ph: Phantom, s: int, lat: str, view: str
+) -> tuple[str, list[dict[str, object]]]:
+    """The breast BI-RADS and the finding rows of one fixture image (study ``s``, view ``lat``-``view``).
+
+    Study-dependent traps: multi-category and ungraded findings (even studies, left), an overhanging box on a right
+    MLO (odd studies), a BI-RADS-only finding without a box (study 1's L-MLO), a box on an unmirrored right CC.
+    """
+    rows: list[dict[str, object]] = []
+    (r, c), rad = ph.center, ph.radius
+    box = {"xmin": c - rad, "ymin": r - rad, "xmax": c + rad + 1, "ymax": r + rad + 1}
+    if lat == "L" and s % 2 == 0:
+        breast = "BI-RADS 4"
+        rows.append(
+            {
+                **base,
+                "breast_birads": breast,
+                "finding_birads": "BI-RADS 4",
+                "finding_categories": "['Mass', 'Suspicious Calcification']",
+                **box,
+            }
+        )
+        rows.append(
+            {
+                **base,
+                "breast_birads": breast,
+                "finding_birads": "",
+                "finding_categories": "['Skin Thickening']",
+                "xmin": 1,
+                "ymin": 1,
+                "xmax": 5,
+                "ymax": 5,
+            }
+        )
+    elif lat == "R" and view == "MLO" and s % 2 == 1:
+        breast = "BI-RADS 3"
+        # A right breast's nipple side is at small x, where boxes overhang (xmin < 0): clipped on reading.
+        rows.append(
+            {
+                **base,
+                "breast_birads": breast,
+                "finding_birads": "BI-RADS 3",
+                "finding_categories": "['Focal Asymmetry']",
+                **box,
+                "xmin": -6.25,
+            }
+        )
+    elif lat == "L" and view == "MLO" and s == 1:
+        breast = "BI-RADS 4"
+        # A BI-RADS-only finding: categorised and graded, but no box (label-only for malignant).
+        rows.append(
+            {
+                **base,
+                "breast_birads": breast,
+                "finding_birads": "BI-RADS 4",
+                "finding_categories": "['Suspicious Calcification']",
+                "xmin": "",
+                "ymin": "",
+                "xmax": "",
+                "ymax": "",
+            }
+        )
+    elif lat == "R" and view == "CC" and s % 2 == 0:
+        breast = "BI-RADS 5"
+        # Unmirrored: the box sits near x = W (chest wall on the right) and must follow the flip.
+        rows.append(
+            {
+                **base,
+                "breast_birads": breast,
+                "finding_birads": "BI-RADS 5",
+                "finding_categories": "['Mass']",
+                **box,
+            }
+        )
+    else:
+        breast = "BI-RADS 1"
+        rows.append(
+            {
+                **base,
+                "breast_birads": breast,
+                "finding_birads": "",
+                "finding_categories": "['No Finding']",
+                "xmin": "",
+                "ymin": "",
+                "xmax": "",
+                "ymax": "",
+            }
+        )
+    return breast, rows
