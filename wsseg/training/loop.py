@@ -22,15 +22,7 @@ from wsseg.config import TrainConfig
 from wsseg.evaluation.classification import mean_auroc
 from wsseg.method import WSSegMethod
 from wsseg.runtime.device import collate, resolve_device, to_device
-from wsseg.runtime.distributed import (
-    all_reduce_gradients,
-    all_reduce_sum,
-    broadcast_module,
-    gather_rows,
-    rank_and_world,
-    shard,
-    sync_batchnorm,
-)
+from wsseg.runtime.distributed import DataParallel, all_reduce_sum, gather_rows, rank_and_world, shard
 from wsseg.runtime.inference import predict_logits
 from wsseg.runtime.precision import autocast, use_bf16
 from wsseg.training.augment import augment_batch
@@ -161,8 +153,8 @@ def train(
                 f"train.batch_size {cfg.batch_size} is the global batch and must be a multiple of the {world} "
                 f"processes; set --batch-size {cfg.batch_size - cfg.batch_size % world or world}"
             )
-        sync_batchnorm(method, device)  # normalise with the global batch's statistics (in place)
-        broadcast_module(method)
+    # DDP over the ranks (one process: the plain forward); BatchNorm then normalises with the global batch.
+    parallel = DataParallel(method, lambda x, b: method.loss(method(x), b), device)
     optimizer = torch.optim.AdamW(method.param_groups(cfg.lr, cfg.weight_decay), lr=cfg.lr)
     # Micro-batches per epoch (global batches); with several ranks a last batch smaller than the world is dropped.
     n_micro = math.ceil(len(train_set) / cfg.batch_size) - (0 < len(train_set) % cfg.batch_size < world)
@@ -260,22 +252,21 @@ def train(
                     size_px=cfg.augment_size_px,
                 )
             images = batch["image"].to(memory_format=memory_format)  # (B, 1, H, W)
+            # The last micro-batch of an optimizer step averages the accumulated gradients over the ranks.
+            sync = (state["micro"] + 1) % cfg.grad_accum == 0 or state["micro"] + 1 == n_micro
             with autocast(device, bf16):
-                out = method(images)
-                loss_terms = method.loss(out, batch)
+                loss_terms = parallel.loss(images, batch, sync=sync)
             loss = loss_terms["loss"]
             if not torch.isfinite(loss):
                 raise _diverged(cfg, f"the loss is {float(loss)}", epoch, state["step"], last_path)
             # Dividing by grad_accum makes the accumulated gradient the mean over the larger effective batch; with
-            # several ranks, weighting by this rank's share makes the averaged gradient the global batch's.
+            # several ranks, weighting by this rank's share makes DDP's averaged gradient the global batch's.
             share = images.shape[0] * world / len(global_batch)
             (loss * share / cfg.grad_accum).backward()
             state["micro"] += 1
             images_done += len(global_batch)
             losses.append(float(loss.detach()) * share)
-            if state["micro"] % cfg.grad_accum == 0 or state["micro"] == n_micro:
-                if world > 1:
-                    all_reduce_gradients(method.parameters(), world)
+            if sync:
                 if cfg.clip_grad is not None:
                     torch.nn.utils.clip_grad_norm_(method.parameters(), cfg.clip_grad)
                 optimizer.step()
