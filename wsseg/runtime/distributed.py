@@ -30,6 +30,7 @@ The design makes N processes compute what one process computes with the same set
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -83,6 +84,15 @@ def unshard(parts: Sequence[Sequence[_T]]) -> list[_T]:
         out[r::world] = list(part)
     return out
 
+
+# The BatchNorm layers compute their running statistics from the global batch on every rank, so the buffers agree
+# without DDP's broadcast of rank 0's buffers before every forward pass. torch 2.14 renamed the option (the old name
+# warns); wsseg supports torch >= 2.2.
+_NO_FORWARD_BUFFER_SYNC: dict[str, Any] = (
+    {"forward_sync_buffers": False}
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters
+    else {"broadcast_buffers": False}
+)
 
 _StepFn = Callable[[Tensor, dict[str, Any]], dict[str, Tensor]]
 
@@ -159,11 +169,14 @@ class DataParallel:
                 self._step,
                 device_ids=[torch.cuda.current_device()] if cuda else None,
                 # A step may leave trainable parameters out (GLAM skips its local network in the global stage);
-                # DDP then marks them ready itself and leaves their gradient None, as one process does.
+                # DDP then marks them ready itself and leaves their gradient None, as one process does. Without it
+                # DDP averages wrong gradients there (tests/test_distributed.py). The price is a walk over the
+                # graph per step (CAM tiny on 2 gloo processes: within the noise of the step time) and a warning
+                # printed once by torch when a method uses every parameter. static_graph would avoid both but
+                # needs the same parameters used in every step of a DDP's life, which stage changes that keep
+                # the trainable set (GLAM's global -> joint) break.
                 find_unused_parameters=True,
-                # The BatchNorm layers compute their running statistics from the global batch on every rank, so
-                # the buffers agree without DDP's broadcast of rank 0's buffers before every forward pass.
-                broadcast_buffers=False,
+                **_NO_FORWARD_BUFFER_SYNC,
             )
             self._trainable = trainable
         return self._ddp
