@@ -65,7 +65,7 @@ from wsseg.method import (
     probability_bce,
 )
 from wsseg.nn.backbones import Pretrained
-from wsseg.nn.local_resnet import local_resnet
+from wsseg.nn.local_resnet import local_input, local_resnet
 from wsseg.nn.resnet22 import ResNet22
 from wsseg.nn.roi import (
     ROI_IMPLS,
@@ -98,6 +98,10 @@ class GLAMConfig(MethodConfig):
         local_depth: 34 (released) or 18.
         local_channels, local_stem_width: the local ResNet's widths (torchvision's released).
         local_strides: per-stage strides of the local ResNet (all 1 released: output stride 4).
+        local_in_chans: 1 (wsseg's default): the local network's first convolution is folded, its three-channel
+            weights summed and applied to the one-channel patch (a third of the stem's cost, the same function up to
+            float rounding); 3: the patch is repeated on three channels as in the official code, so fp32 outputs
+            with official weights are bit for bit the official network's. Both load the same weight files.
         local_percent_k: t of the top-t% mean over the local maps, y_local (0.3).
         checkpoint_local: recompute the local network's activations in the backward pass (saves memory).
         pretrained: ``none`` (random) or ``imagenet``: the local ResNet starts from torchvision's ImageNet weights
@@ -128,6 +132,7 @@ class GLAMConfig(MethodConfig):
     local_channels: tuple[int, int, int, int] = (64, 128, 256, 512)
     local_stem_width: int = 64
     local_strides: tuple[int, int, int, int] = (1, 1, 1, 1)
+    local_in_chans: int = 1
     local_percent_k: float = 0.3
     checkpoint_local: bool = False
     pretrained: Pretrained = "none"
@@ -150,6 +155,7 @@ class GLAMConfig(MethodConfig):
             "crop_size": (fits_image(image_hw), f"(rows, cols) within the {image_hw[0]}x{image_hw[1]} image"),
             "local_depth": (lambda v: v in (18, 34), "18 or 34"),
             "local_stem_width": (between(1, 1024), "an integer in [1, 1024]"),
+            "local_in_chans": (lambda v: v in (1, 3), "1 (folded first convolution) or 3 (official)"),
             "local_percent_k": (in_unit_interval, "in (0, 1]"),
             "stage_epochs": (lambda v: v is None or all(0 <= e <= 100_000 for e in v), "none or three epoch counts"),
             "stage_lr_scale": (lambda v: all(0 < s <= 100 for s in v), "three factors in (0, 100]"),
@@ -222,6 +228,10 @@ class GLAM(WSSegMethod):
             raise ValueError("glam needs at least 3 global stages, num_patches >= 1 and global_input_downsample >= 1")
         if cfg.roi_impl not in ROI_IMPLS:
             raise ValueError(f"glam roi_impl must be one of {list(ROI_IMPLS)}, got {cfg.roi_impl!r}")
+        if cfg.local_in_chans not in (1, 3):
+            raise ValueError(
+                f"glam local_in_chans must be 1 (folded first convolution) or 3 (official), got {cfg.local_in_chans}"
+            )
         self.global_backbone = ResNet22(
             in_chans, cfg.global_width, cfg.global_strides, 2, cfg.global_first_pool, init="xavier"
         )
@@ -278,7 +288,7 @@ class GLAM(WSSegMethod):
     def local_maps(self, crops: Tensor) -> Tensor:
         """Patches (N, 1, p, p) -> local maps (N, 2, p/4, p/4) in [0, 1] (output stride 4 at the released strides)."""
         net = self.local_backbone  # a timm ResNet: the stem, then four stages
-        x = crops  # (N, 1, p, p)
+        x = local_input(crops, self.cfg.local_in_chans)  # (N, 1 or 3, p, p)
         for name in ("conv1", "bn1", "act1", "maxpool"):
             x = net.get_submodule(name)(x)
         for name in ("layer1", "layer2", "layer3", "layer4"):

@@ -51,7 +51,7 @@ from wsseg.method import (
     probability_bce,
 )
 from wsseg.nn.backbones import Pretrained, TimmModel
-from wsseg.nn.local_resnet import local_resnet
+from wsseg.nn.local_resnet import local_input, local_resnet
 from wsseg.nn.resnet22 import ResNet22
 from wsseg.nn.roi import (
     ROI_IMPLS,
@@ -82,6 +82,10 @@ class GMICConfig(MethodConfig):
             always taken from the full-resolution image).
         local_channels: stage widths of the local ResNet-18 (torchvision's 64..512 released).
         local_stem_width: its stem width (64 released).
+        local_in_chans: 1 (wsseg's default): the local network's first convolution is folded, its three-channel
+            weights summed and applied to the one-channel crop (a third of the stem's cost, the same function up to
+            float rounding); 3: the crop is repeated on three channels as in the official code, so fp32 outputs
+            with official weights are bit for bit the official network's. Both load the same weight files.
         num_crops: K, crops per image in total (6 released).
         crop_size: (rows, cols) of a crop in input pixels (256x256 released).
         percent_t: the top-t% aggregation's t (0.02 for released model 1).
@@ -106,6 +110,7 @@ class GMICConfig(MethodConfig):
     global_input_downsample: int = 1
     local_channels: tuple[int, int, int, int] = (64, 128, 256, 512)
     local_stem_width: int = 64
+    local_in_chans: int = 1
     num_crops: int = 6
     crop_size: tuple[int, int] = (256, 256)
     percent_t: float = 0.02
@@ -122,6 +127,7 @@ class GMICConfig(MethodConfig):
             "global_width": (between(1, 1024), "an integer in [1, 1024]"),
             "global_input_downsample": (between(1, pooled), f"an integer in [1, {pooled}] at this profile"),
             "local_stem_width": (between(1, 1024), "an integer in [1, 1024]"),
+            "local_in_chans": (lambda v: v in (1, 3), "1 (folded first convolution) or 3 (official)"),
             "num_crops": (between(1, 64), "an integer in [1, 64]"),
             "crop_size": (fits_image(image_hw), f"(rows, cols) within the {image_hw[0]}x{image_hw[1]} image"),
             "percent_t": (in_unit_interval, "in (0, 1]"),
@@ -199,6 +205,10 @@ class GMIC(WSSegMethod):
             raise ValueError("gmic needs num_crops >= 1, 0 < percent_t <= 1 and global_input_downsample >= 1")
         if cfg.roi_impl not in ROI_IMPLS:
             raise ValueError(f"gmic roi_impl must be one of {list(ROI_IMPLS)}, got {cfg.roi_impl!r}")
+        if cfg.local_in_chans not in (1, 3):
+            raise ValueError(
+                f"gmic local_in_chans must be 1 (folded first convolution) or 3 (official), got {cfg.local_in_chans}"
+            )
         self.global_backbone = ResNet22(in_chans, cfg.global_width, cfg.global_strides, 2, cfg.global_first_pool)
         g = self.global_backbone.num_features
         self.saliency_head = nn.Conv2d(g, num_classes, 1, bias=False)
@@ -238,6 +248,11 @@ class GMIC(WSSegMethod):
         """The logit of y_global (B, 2), the global module's prediction (the crops and the fusion are not run)."""
         return torch.logit(self.global_module(images)[2].float(), eps=1e-6)
 
+    def local_features(self, crops: Tensor) -> Tensor:
+        """Crops (N, 1, h, w) -> the local ResNet-18's feature maps (N, 512, h/32, w/32) at the released widths."""
+        local = cast(TimmModel, self.local_backbone)  # a timm ResNet
+        return local.forward_features(local_input(crops, self.cfg.local_in_chans))  # (N, 1 or 3, h, w) in
+
     def forward(self, images: Tensor) -> MethodOutput:
         """Images (B, 1, H, W) -> fusion logits (B, K) and the global saliency map at (B, K, H, W)."""
         size = (int(images.shape[-2]), int(images.shape[-1]))
@@ -248,8 +263,7 @@ class GMIC(WSSegMethod):
         cut = extract_crops if self.cfg.roi_impl == "batched" else extract_crops_reference
         crops = cut(images, corners, crop)  # (B, K, 1, crop_h, crop_w)
         b, k = crops.shape[:2]
-        local = cast(TimmModel, self.local_backbone)  # a timm ResNet
-        features = local.forward_features(crops.flatten(0, 1))  # (B*K, 512, s, s)
+        features = self.local_features(crops.flatten(0, 1))  # (B*K, 512, s, s)
         h_k = features.mean(dim=(2, 3)).view(b, k, -1)  # (B, K, 512)
 
         z, attention = self.attention_pool(h_k)  # (B, 512), (B, K)

@@ -1276,6 +1276,8 @@ def _set_cases() -> list[tuple[str, str, str]]:
         ("cam", "method.input_downsample", "1000"),
         ("gmic", "method.num_crops", "0"),
         ("glam", "method.local_depth", "19"),
+        ("gmic", "method.local_in_chans", "2"),
+        ("glam", "method.local_in_chans", "2"),
         ("unet", "method.encoder_depth", "9"),
         ("cam", "data.n_train", "4000000000000"),
         ("cam", "data.n_train", "6"),

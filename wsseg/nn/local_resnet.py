@@ -5,7 +5,9 @@ Built with timm, whose ResNet has exactly torchvision's state-dict names (``conv
 and torchvision ImageNet weights load 1:1. The official models ``expand`` the one-channel crop to three identical
 channels; :class:`GrayInputConv` keeps the three-channel first convolution (same keys, same parameter count) and
 convolves the one channel with its weights summed over the input-channel axis, which is the same function at a
-third of the cost.
+third of the cost, up to float rounding. With ``local_in_chans=3`` the methods feed the crop repeated on three
+channels instead (:func:`local_input`), as the official code does, and the first convolution runs unfolded: the
+fp32 output is then bit for bit what a torchvision ResNet with the same weights computes.
 """
 
 from __future__ import annotations
@@ -30,6 +32,20 @@ class GrayInputConv(nn.Conv2d):
             weight = self.weight.sum(dim=1, keepdim=True)  # (C_out, 1, k, k): sum over the three equal channels
             return F.conv2d(x, weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
         return super().forward(x)
+
+
+def local_input(crops: Tensor, in_chans: int) -> Tensor:
+    """The local network's input: the crops (N, 1, h, w) as they are, or repeated on three channels.
+
+    ``in_chans`` 1 feeds the folded first convolution (:class:`GrayInputConv`); 3 gives (N, 3, h, w), a view, as
+    the official code's ``expand``, for the unfolded one.
+
+    Raises:
+        ValueError: ``in_chans`` is neither 1 nor 3.
+    """
+    if in_chans not in (1, 3):
+        raise ValueError(f"local_in_chans must be 1 (folded first convolution) or 3 (official), got {in_chans}")
+    return crops if in_chans == 1 else crops.expand(-1, 3, -1, -1)
 
 
 TORCHVISION_CHANNELS = (64, 128, 256, 512)

@@ -22,15 +22,7 @@ from wsseg.config import TrainConfig
 from wsseg.evaluation.classification import mean_auroc
 from wsseg.method import TrainContext, WSSegMethod
 from wsseg.runtime.device import collate, resolve_device, to_device
-from wsseg.runtime.distributed import (
-    all_reduce_gradients,
-    all_reduce_sum,
-    broadcast_module,
-    gather_rows,
-    rank_and_world,
-    shard,
-    sync_batchnorm,
-)
+from wsseg.runtime.distributed import DataParallel, all_reduce_sum, gather_rows, rank_and_world, shard
 from wsseg.runtime.inference import predict_logits
 from wsseg.runtime.precision import autocast, use_bf16
 from wsseg.training.augment import augment_batch
@@ -150,6 +142,7 @@ class _Settings:
     run_config: dict[str, Any]
     last_path: Path
     main: bool  # rank 0: the process that logs and writes checkpoints
+    parallel: DataParallel  # the training forward; DDP averages the gradients over the ranks
 
 
 def _check_sized(train_set: Dataset[dict[str, Any]], val_set: Dataset[dict[str, Any]]) -> None:
@@ -158,17 +151,17 @@ def _check_sized(train_set: Dataset[dict[str, Any]], val_set: Dataset[dict[str, 
         raise TypeError(f"train needs map-style datasets with a length; got a {type(bad).__name__}")
 
 
-def _prepare_ranks(method: WSSegMethod, cfg: TrainConfig, device: torch.device, world: int) -> None:
-    """In a process group: check the batch splits evenly, then synchronise BatchNorm and the initial weights."""
-    if world == 1:
-        return
-    if cfg.batch_size % world:
+def _prepare_ranks(method: WSSegMethod, cfg: TrainConfig, device: torch.device, world: int) -> DataParallel:
+    """The training forward over the ranks (one process: the plain forward), once the batch splits evenly.
+
+    With several ranks, DDP averages the gradients and BatchNorm normalises with the global batch.
+    """
+    if world > 1 and cfg.batch_size % world:
         raise ValueError(
             f"train.batch_size {cfg.batch_size} is the global batch and must be a multiple of the {world} "
             f"processes; set --batch-size {cfg.batch_size - cfg.batch_size % world or world}"
         )
-    sync_batchnorm(method, device)  # normalise with the global batch's statistics (in place)
-    broadcast_module(method)
+    return DataParallel(method, lambda x, b: method.loss(method(x), b), device)
 
 
 def _schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig, n_train: int, world: int) -> _Schedule:
@@ -249,9 +242,12 @@ def _epoch_loader(
 
 
 def _micro_step(
-    method: WSSegMethod, batch: dict[str, Any], global_batch: list[int], state: TrainState, run: _Settings
+    method: WSSegMethod, batch: dict[str, Any], global_batch: list[int], state: TrainState, run: _Settings, sync: bool
 ) -> float:
-    """Forward and backward one micro-batch (this rank's share of a global batch); its loss weighted by the share."""
+    """Forward and backward one micro-batch (this rank's share of a global batch); its loss weighted by the share.
+
+    ``sync``: the last micro-batch of an optimizer step, whose backward averages the gradients over the ranks.
+    """
     rank, world = rank_and_world()
     cfg = run.cfg
     if "masks" in batch and method.supervision != "full":
@@ -271,22 +267,18 @@ def _micro_step(
         )
     images = batch["image"].to(memory_format=run.memory_format)  # (B, 1, H, W)
     with autocast(run.device, run.bf16):
-        out = method(images)
-        loss = method.loss(out, batch)["loss"]
+        loss = run.parallel.loss(images, batch, sync=sync)["loss"]
     if not torch.isfinite(loss):
         raise _diverged(cfg, f"the loss is {float(loss)}", state.epoch, state.step, run.last_path)
     # Dividing by grad_accum makes the accumulated gradient the mean over the larger effective batch; with
-    # several ranks, weighting by this rank's share makes the averaged gradient the global batch's.
+    # several ranks, weighting by this rank's share makes DDP's averaged gradient the global batch's.
     share = float(images.shape[0] * world / len(global_batch))
     (loss * share / cfg.grad_accum).backward()  # type: ignore[no-untyped-call]  # torch leaves it unannotated
     return float(loss.detach()) * share
 
 
 def _optimizer_step(method: WSSegMethod, optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> None:
-    """Average the gradients over the ranks, clip them and step (the one place gradients cross ranks)."""
-    _, world = rank_and_world()
-    if world > 1:
-        all_reduce_gradients(method.parameters(), world)
+    """Clip the gradients (already averaged over the ranks by DDP's backward) and step."""
     if cfg.clip_grad is not None:
         torch.nn.utils.clip_grad_norm_(method.parameters(), cfg.clip_grad)
     optimizer.step()
@@ -319,10 +311,11 @@ def _train_epoch(
     schedule.set_lr(optimizer, method, cfg, state.step, epoch)
     images = 0
     for global_batch, batch in zip(batches, loader, strict=True):
-        losses.append(_micro_step(method, batch, global_batch, state, run))
+        sync = (state.micro + 1) % cfg.grad_accum == 0 or state.micro + 1 == schedule.n_micro
+        losses.append(_micro_step(method, batch, global_batch, state, run, sync))
         state.micro += 1
         images += len(global_batch)
-        if state.micro % cfg.grad_accum == 0 or state.micro == schedule.n_micro:
+        if sync:
             _optimizer_step(method, optimizer, cfg)
             state.step += 1
             schedule.set_lr(optimizer, method, cfg, state.step, epoch)
@@ -471,10 +464,10 @@ def train(
         if main:
             save_checkpoint(best_path, {"model": method.state_dict(), "epoch": 0, "config": run_config})
         return TrainResult(best_checkpoint=best_path, last_checkpoint=best_path, best_epoch=0, best_val_auroc=math.nan)
-    _prepare_ranks(method, cfg, device, world)
+    parallel = _prepare_ranks(method, cfg, device, world)
     optimizer = torch.optim.AdamW(method.param_groups(cfg.lr, cfg.weight_decay), lr=cfg.lr)
     schedule = _schedule(optimizer, cfg, len(train_set), world)  # type: ignore[arg-type]  # _check_sized checked it
-    run = _Settings(cfg, seed, device, bf16, memory_format, run_config, last_path, main)
+    run = _Settings(cfg, seed, device, bf16, memory_format, run_config, last_path, main, parallel)
 
     # The run state: everything needed to continue exactly where a killed run stopped.
     state, history, resumed_losses = TrainState(), list[dict[str, float]](), list[float]()
