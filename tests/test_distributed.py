@@ -175,6 +175,7 @@ def _glam_steps(rank: int, world: int) -> list[dict[str, torch.Tensor | None]]:
     Every rank holds images r, r + world, ... of each global micro-batch of 4 and weights its loss by its share.
     """
     from wsseg import create_method
+    from wsseg.method import TrainContext
     from wsseg.runtime.distributed import DataParallel
 
     torch.manual_seed(0)
@@ -184,7 +185,7 @@ def _glam_steps(rank: int, world: int) -> list[dict[str, torch.Tensor | None]]:
     labels = (torch.rand(2, 4, 2, generator=gen) > 0.5).float()
     parallel = DataParallel(model, lambda x, b: model.loss(model(x), b), torch.device("cpu"))
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01)
-    ctx = {"epochs": 3}
+    ctx = TrainContext(device=torch.device("cpu"), total_steps=6, epochs=3, run_dir=Path("unused"))
     model.on_train_start(ctx)
     grads: list[dict[str, torch.Tensor | None]] = []
     for epoch in GLAM_STAGE_EPOCHS:
