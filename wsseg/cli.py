@@ -932,16 +932,32 @@ def leaderboard(
 
 
 @list_app.command("methods")
-def list_methods_cmd() -> None:
+def list_methods_cmd(
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check",
+            help="Import every method (this loads torch) and list the plugins that fail to import as BROKEN. Without "
+            "it the list is read from the methods' source files, and a plugin is imported only when its source "
+            "cannot be read.",
+        ),
+    ] = False,
+) -> None:
     """List registered methods: name, supervision, source and description; broken plugins last."""
-    from wsseg.registry import broken_methods, get_method_spec, list_methods
+    from wsseg.catalog import read_catalog
 
-    rows = []
-    for name in list_methods():
-        spec = get_method_spec(name)
-        rows.append([name, spec.supervision, spec.source, spec.description])
-    for name, err in sorted(broken_methods().items()):
-        rows.append([name, "BROKEN", err.split(":")[0], err.split(": ", 1)[-1]])
+    catalog = None if check else read_catalog()
+    if catalog is not None:
+        rows = [[e.name, e.supervision, e.source, e.description] for e in catalog]
+    else:
+        from wsseg.registry import broken_methods, get_method_spec, list_methods
+
+        rows = []
+        for name in list_methods():
+            spec = get_method_spec(name)
+            rows.append([name, spec.supervision, spec.source, spec.description])
+        for name, err in sorted(broken_methods().items()):
+            rows.append([name, "BROKEN", err.split(":")[0], err.split(": ", 1)[-1]])
     typer.echo(tabulate(rows, headers=["method", "supervision", "source", "description"]))
 
 

@@ -29,6 +29,7 @@ COMMANDS = {
     "wsseg --help": ["WSSEG", "--help"],
     "wsseg --version": ["WSSEG", "--version"],
     "wsseg list methods": ["WSSEG", "list", "methods"],
+    "wsseg list methods --check": ["WSSEG", "list", "methods", "--check"],
 }
 HEAVY = ("torch", "timm", "torchvision", "pandas", "matplotlib", "segmentation_models_pytorch")
 
