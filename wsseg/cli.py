@@ -499,9 +499,6 @@ def gallery(
         typer.echo(f"wrote {path}")
 
 
-COMPARE_DEFAULT = ("dice", "iou", "dice_pooled", "soft_dice", "pxap", "pointing_game_10mm", "froc", "auroc")
-
-
 @app.command()
 def compare(
     run_a: Annotated[Path, typer.Argument(help="Run (or `wsseg score --out`) folder A.")],
@@ -518,23 +515,14 @@ def compare(
 
     Refuses runs whose test images, patients or ground truth differ.
     """
-    from wsseg._io import atomic_write_json
     from wsseg.config import check_seed
-    from wsseg.evaluation.summary import interval_keys
-    from wsseg.pipelines.compare import compare_folders
+    from wsseg.pipelines.compare import compare_and_write
 
     try:
         if not 1 <= n_resamples <= 1_000_000:
             raise ValueError(f"--n-resamples must be in [1, 1000000], got {n_resamples}")
         check_seed(seed, "--seed")
-        result = compare_folders(run_a, run_b, n_resamples, seed)
-        known = interval_keys()
-        keys = known if metric and "all" in metric else list(metric or COMPARE_DEFAULT)
-        unknown = [k for k in keys if k not in known]
-        if unknown:
-            raise ValueError(f"unknown metric {unknown[0]!r}; choose from {', '.join(known)}")
-        if out is not None:
-            atomic_write_json(out, result)
+        result, keys = compare_and_write(run_a, run_b, n_resamples, seed, metric, out)
     except USER_ERRORS as e:
         _fail(e)
     rows = []
