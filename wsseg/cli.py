@@ -696,8 +696,8 @@ def benchmark(
     restarted at any time, with or without --resume; the result equals an uninterrupted benchmark's. Post-hoc
     methods reuse the CAM run of the same seed (and fold). `folds = K` in the file runs a K-fold cross-validation
     by patient and aggregates the folds in the leaderboard. The file format is documented in
-    wsseg/pipelines/benchmark.py and benchmarks/README.md; the flags replace the file's values (e.g. --profile tiny
-    for a smoke test).
+    wsseg/pipelines/benchmark.py and benchmarks/README.md; the flags replace the file's values (e.g. --profile
+    tiny for a smoke test).
     """
     given = dict(locals())  # the flags, for the command that continues an interrupted benchmark
     from wsseg.pipelines.benchmark import BenchmarkOverrides, count_finished, load_benchmark, run_benchmark

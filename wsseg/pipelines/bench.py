@@ -30,6 +30,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from wsseg._io import atomic_write_text
 from wsseg._threads import available_cpus
 from wsseg.config import MAX_BATCH, MAX_IMAGES, TrainConfig, make_run_config, phantom_config
+from wsseg.core import PROFILE_GEOMETRY
 from wsseg.data.dataset import MammogramDataset, prepare_phantom
 from wsseg.method import Profile, WSSegMethod
 from wsseg.registry import create_method, get_method_spec
@@ -117,8 +118,8 @@ def bench(
     """
     dev = resolve_device(device)
     overrides = _check_bench(name, precision, mode, dev, overrides)
-    pcfg = phantom_config(profile)
-    size = (pcfg.height, pcfg.width)
+    geometry = PROFILE_GEOMETRY[profile]
+    size = (geometry.height, geometry.width)
     torch.manual_seed(0)
     method = create_method(name, profile=profile, **overrides)
     memory_format = torch.channels_last if dev.type == "cuda" else torch.contiguous_format

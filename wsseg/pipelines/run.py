@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from wsseg._io import atomic_write_json, atomic_write_text, remove_stale_temporaries, temporary_of
 from wsseg._lock import LOCK_NAME, folder_lock
 from wsseg._threads import available_cpus, configure_threads, loader_workers
-from wsseg.config import DataConfig, EvalConfig, RunConfig, make_run_config, phantom_config
+from wsseg.config import DataConfig, EvalConfig, RunConfig, phantom_config
 from wsseg.core import CLASSES, PER_IMAGE_CSV, PER_IMAGE_STATS
 from wsseg.data.dataset import MammogramDataset, phantom_cache_key, prepare_phantom, split_hash
 from wsseg.data.folds import FOLDS_FILE, FoldAssignment, dataset_patient_labels, folds_csv_text, load_assignment
@@ -47,7 +47,7 @@ from wsseg.pipelines.scored import (
     score_stats,
     write_test_labels,
 )
-from wsseg.registry import get_method_spec, load_plugin_file
+from wsseg.registry import get_method_spec
 from wsseg.report.gallery import GALLERY_NPZ, make_gallery
 from wsseg.report.records import SCHEMA_VERSION, read_record, record_thresholds, utc_now, versions, write_record
 from wsseg.runtime.device import resolve_device
@@ -416,6 +416,41 @@ RUN_FILES = (
 LOCKED_FIX = "wait for it to finish, or stop it (its checkpoint is kept: then --resume), or choose another --run-id"
 
 
+def run_from_options(
+    method: str,
+    profile: str,
+    seed: int,
+    overrides: list[str],
+    plugins: list[Path],
+    out_dir: Path,
+    run_id: str | None = None,
+    resume: bool = False,
+    from_run: Path | None = None,
+    weights: Path | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """``wsseg run``: import the ``--plugin`` files, build the run config from the options and :func:`run` it.
+
+    ``overrides`` are ``section.field=value`` items (``--set`` first, then the flags that were given). The torchrun
+    process group that :func:`run` joins is closed afterwards, however the run ended.
+
+    Returns:
+        The record; empty on a torchrun rank other than 0.
+    """
+    from wsseg.config import make_run_config
+    from wsseg.registry import load_plugin_file
+
+    try:
+        for path in plugins:
+            load_plugin_file(path)
+        cfg = make_run_config(method, profile, seed, overrides)  # type: ignore[arg-type]
+        return run(cfg, out_dir, run_id, resume, from_run, weights=weights, progress=progress, log=log)
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
 def check_run_id(run_id: str, what: str = "--run-id") -> str:
     """Return ``run_id`` when it is one safe folder name; else raise naming the rule.
 
@@ -776,35 +811,3 @@ def _run_in_folder(
     }
     write_record(run_dir / "record.json", record)
     return record
-
-
-def run_from_options(
-    method: str,
-    profile: str,
-    seed: int,
-    overrides: list[str],
-    plugins: list[Path],
-    out_dir: Path,
-    run_id: str | None = None,
-    resume: bool = False,
-    from_run: Path | None = None,
-    weights: Path | None = None,
-    progress: bool = True,
-    log: Callable[[str], None] = print,
-) -> dict[str, Any]:
-    """``wsseg run``: import the ``--plugin`` files, build the run config from the options and :func:`run` it.
-
-    ``overrides`` are ``section.field=value`` items (``--set`` first, then the flags that were given). The torchrun
-    process group that :func:`run` joins is closed afterwards, however the run ended.
-
-    Returns:
-        The record; empty on a torchrun rank other than 0.
-    """
-    try:
-        for path in plugins:
-            load_plugin_file(path)
-        cfg = make_run_config(method, profile, seed, overrides)  # type: ignore[arg-type]
-        return run(cfg, out_dir, run_id, resume, from_run, weights=weights, progress=progress, log=log)
-    finally:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
