@@ -108,14 +108,14 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 def _interrupted(saved: str, again: list[str] | None, resumable: bool, run_dir: Path | None) -> NoReturn:
     """Say what an interrupted command saved and how to continue it; exit 130 (the shell's code for Ctrl-C)."""
-    from wsseg._lock import LOCK_NAME
+    from wsseg.pipelines.run import holds_run_files
 
     typer.secho(f"\ninterrupted: {saved}", fg=typer.colors.YELLOW, err=True)
     if again is not None and resumable:
         typer.echo(f"continue it with:\n  {shlex.join([*again, '--resume'])}", err=True)
     elif again is not None:
         # A new start reuses a folder that holds nothing but config.json (wsseg.pipelines.run.check_run_folder).
-        stale = run_dir is not None and any(p.name not in (LOCK_NAME, "config.json") for p in run_dir.iterdir())
+        stale = run_dir is not None and holds_run_files(run_dir)
         prefix = f"rm -r {shlex.quote(str(run_dir))} && " if stale else ""
         typer.echo(f"start it again with:\n  {prefix}{shlex.join(again)}", err=True)
     raise typer.Exit(130)

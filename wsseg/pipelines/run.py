@@ -451,6 +451,11 @@ def run_from_options(
             torch.distributed.destroy_process_group()
 
 
+def holds_run_files(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds more than a new start reuses: its lock and config.json (see check_run_folder)."""
+    return any(p.name not in (LOCK_NAME, "config.json") for p in run_dir.iterdir())
+
+
 def check_run_id(run_id: str, what: str = "--run-id") -> str:
     """Return ``run_id`` when it is one safe folder name; else raise naming the rule.
 
