@@ -128,6 +128,37 @@ def test_a_source_the_catalog_cannot_read_falls_back_to_importing(
         registry.refresh()
 
 
+def test_catalog_follows_relative_imports_and_base_classes_like_the_import(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A plugin package: the method's base class sets the supervision in another module, imported relatively.
+    _fake_distribution(tmp_path, "wsseg-pkg", "pkgm = wsseg_pkg.method:PkgMethod", "wsseg_pkg_unused", "")
+    package = tmp_path / "wsseg_pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("raise ImportError('the catalog must not run this')\n")
+    (package / "base.py").write_text(
+        "from wsseg.method import ParameterFreeMethod\nclass Base(ParameterFreeMethod):\n    supervision = 'full'\n"
+    )
+    (package / "method.py").write_text(
+        "try:\n    from .base import Base as Parent\nexcept ImportError:\n    Parent = object\n"
+        "import wsseg.registry as reg\n@reg.register_method('pkgm')\nclass PkgMethod(Parent):\n"
+        "    '''A packaged method.\n\n    More text.\n    '''\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    registry.refresh()
+    try:
+        fast = CliRunner().invoke(app, ["list", "methods"])
+        (row,) = [line.split(None, 4) for line in fast.output.splitlines() if line.startswith("pkgm ")]
+        assert row == ["pkgm", "full", "plugin", "wsseg-pkg", "A packaged method."]
+        # Importing it runs the package's __init__, which refuses: only --check finds that out.
+        checked = CliRunner().invoke(app, ["list", "methods", "--check"])
+        (row,) = [line.split(None, 4) for line in checked.output.splitlines() if line.startswith("pkgm ")]
+        assert row[1] == "BROKEN" and "the catalog must not run this" in row[4]
+    finally:
+        monkeypatch.undo()
+        registry.refresh()
+
+
 def test_cam_still_runs_beside_a_broken_plugin(broken_site: Path, tmp_path: Path, cache_dir: Path) -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(broken_site), os.environ.get("PYTHONPATH", "")])}
     cmd = [sys.executable, "-m", "wsseg", "run", "--method", "cam", "--profile", "tiny", "--epochs", "1", "-q"]

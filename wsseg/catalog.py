@@ -64,7 +64,7 @@ def read_catalog() -> list[CatalogEntry] | None:
     reader = _SourceReader()
     try:
         return [reader.entry(ep) for ep in eps]
-    except (Unreadable, OSError, SyntaxError, UnicodeDecodeError, ValueError):
+    except (Unreadable, ImportError, OSError, SyntaxError, UnicodeDecodeError, ValueError):
         return None
 
 
@@ -180,26 +180,32 @@ def _dotted(expr: ast.expr) -> str | None:
 
 
 def _imported_names(tree: ast.Module, package: str) -> dict[str, str]:
-    """Local name -> the dotted name it was imported as, for the module-level imports (``if`` blocks included).
+    """Local name -> the dotted name it was imported as, for the module-level imports (``if``/``try`` blocks included).
 
     ``if TYPE_CHECKING:`` imports count: they name where a lazily re-exported class really lives (``wsseg``'s
-    ``WSSegMethod``).
+    ``WSSegMethod``). A later import of a name wins, as at run time; a ``try`` block's imports win over its
+    ``except`` fallbacks.
     """
     names: dict[str, str] = {}
-    stack: list[ast.stmt] = list(tree.body)
-    while stack:
-        stmt = stack.pop()
-        if isinstance(stmt, ast.If | ast.Try):
-            stack.extend([*stmt.body, *stmt.orelse, *getattr(stmt, "finalbody", [])])
-        elif isinstance(stmt, ast.Import):
-            for a in stmt.names:
-                names.setdefault(a.asname or a.name.split(".")[0], a.name if a.asname else a.name.split(".")[0])
-        elif isinstance(stmt, ast.ImportFrom):
-            base = stmt.module or ""
-            if stmt.level:
-                anchor = package.split(".")[: len(package.split(".")) - stmt.level + 1]
-                base = ".".join([*anchor, base] if base else anchor)
-            for a in stmt.names:
-                if a.name != "*":
-                    names.setdefault(a.asname or a.name, f"{base}.{a.name}")
+
+    def visit(statements: list[ast.stmt]) -> None:
+        for stmt in statements:
+            if isinstance(stmt, ast.If):
+                visit([*stmt.body, *stmt.orelse])
+            elif isinstance(stmt, ast.Try):
+                visit([*(s for h in stmt.handlers for s in h.body), *stmt.body, *stmt.orelse, *stmt.finalbody])
+            elif isinstance(stmt, ast.Import):
+                for a in stmt.names:
+                    top = a.name.split(".")[0]
+                    names[a.asname or top] = a.name if a.asname else top
+            elif isinstance(stmt, ast.ImportFrom):
+                base = stmt.module or ""
+                if stmt.level:
+                    anchor = package.split(".")[: len(package.split(".")) - stmt.level + 1]
+                    base = ".".join([*anchor, base] if base else anchor)
+                for a in stmt.names:
+                    if a.name != "*":
+                        names[a.asname or a.name] = f"{base}.{a.name}"
+
+    visit(tree.body)
     return names
