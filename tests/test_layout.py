@@ -25,7 +25,7 @@ FLOORS: list[tuple[str, tuple[str, ...]]] = [
     ("data", ("wsseg.data",)),
     ("nn", ("wsseg.nn",)),
     ("evaluation", ("wsseg.evaluation",)),
-    ("method", ("wsseg.method", "wsseg.registry")),
+    ("method", ("wsseg.method", "wsseg.registry", "wsseg.catalog")),
     ("config", ("wsseg.config",)),
     ("training", ("wsseg.training",)),
     ("report", ("wsseg.report",)),

@@ -108,14 +108,14 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 def _interrupted(saved: str, again: list[str] | None, resumable: bool, run_dir: Path | None) -> NoReturn:
     """Say what an interrupted command saved and how to continue it; exit 130 (the shell's code for Ctrl-C)."""
-    from wsseg._lock import LOCK_NAME
+    from wsseg.pipelines.run import holds_run_files
 
     typer.secho(f"\ninterrupted: {saved}", fg=typer.colors.YELLOW, err=True)
     if again is not None and resumable:
         typer.echo(f"continue it with:\n  {shlex.join([*again, '--resume'])}", err=True)
     elif again is not None:
         # A new start reuses a folder that holds nothing but config.json (wsseg.pipelines.run.check_run_folder).
-        stale = run_dir is not None and any(p.name not in (LOCK_NAME, "config.json") for p in run_dir.iterdir())
+        stale = run_dir is not None and holds_run_files(run_dir)
         prefix = f"rm -r {shlex.quote(str(run_dir))} && " if stale else ""
         typer.echo(f"start it again with:\n  {prefix}{shlex.join(again)}", err=True)
     raise typer.Exit(130)
@@ -245,76 +245,55 @@ def metrics_table(record: dict[str, Any]) -> str:
     return str(tabulate(rows, headers=["metric", *CLASSES], disable_numparse=True)) + f"\nthreshold: {rule}"
 
 
+# The longer help texts of `wsseg run`.
+RUN_HELP = {
+    "dataset": "phantom (the default) or a data source (see `wsseg list datasets`); overrides --set data.dataset.",
+    "data_root": "The downloaded dataset (folder or index file); prepared on first use.",
+    "profile": "quick (CPU minutes, 736x480), paper (GPU, 2944x1920) or tiny (tests).",
+    "run_id": "Run folder name (default: method-dataset-profile-seed-time).",
+    "device": "auto (the default), cpu or cuda; overrides --set train.device.",
+    "resume": "Continue the latest matching run from its last checkpoint.",
+    "cache_dir": "Dataset cache folder (default: $WSSEG_CACHE_DIR or the XDG cache).",
+    "set": "Override a config field: section.field=value (data, train, eval, method).",
+    "from_run": "Reuse the classifier of a finished run (post-hoc methods) instead of training.",
+    "weights": "Evaluate these weights instead of training: a wsseg checkpoint, a state dict, or an official GMIC "
+    "sample_model_N.p / GLAM model_sep.ckpt or model_joint.ckpt (with --profile paper).",
+    "plugin": "A single-file method to import first (repeatable); see CONTRIBUTING.md.",
+    "save_maps": "Also store the test maps as float16 <image_id>_<class>.npy in DIR/<run_id>/maps/ (2 bytes per pixel: "
+    "11 MB per map at 2944x1920) and the image-level scores in test_labels.csv, for `wsseg evaluate` and "
+    "`wsseg score`.",
+}
+
+
 @app.command()
 def run(
     method: Annotated[str, typer.Option("--method", "-m", help="Registered method name (see `wsseg list methods`).")],
-    dataset: Annotated[
-        str | None,
-        typer.Option(
-            help="phantom (the default) or a data source (see `wsseg list datasets`); overrides --set data.dataset."
-        ),
-    ] = None,
-    data_root: Annotated[
-        Path | None, typer.Option(help="The downloaded dataset (folder or index file); prepared on first use.")
-    ] = None,
-    profile: Annotated[
-        str, typer.Option(help="quick (CPU minutes, 736x480), paper (GPU, 2944x1920) or tiny (tests).")
-    ] = "quick",
+    dataset: Annotated[str | None, typer.Option(help=RUN_HELP["dataset"])] = None,
+    data_root: Annotated[Path | None, typer.Option(help=RUN_HELP["data_root"])] = None,
+    profile: Annotated[str, typer.Option(help=RUN_HELP["profile"])] = "quick",
     seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
     folds: Annotated[int | None, typer.Option(help="k of a k-fold cross-validation by patient (with --fold).")] = None,
     fold: Annotated[int | None, typer.Option(help="The fold tested by this run, 0 .. folds-1 (with --folds).")] = None,
     epochs: Annotated[int | None, typer.Option(help="Override the profile's epoch count.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Override the profile's batch size.")] = None,
     out: Annotated[Path, typer.Option("--out", help="Parent folder of run folders.")] = Path("runs"),
-    run_id: Annotated[
-        str | None, typer.Option(help="Run folder name (default: method-dataset-profile-seed-time).")
-    ] = None,
-    device: Annotated[
-        str | None, typer.Option(help="auto (the default), cpu or cuda; overrides --set train.device.")
-    ] = None,
-    resume: Annotated[
-        bool, typer.Option("--resume", help="Continue the latest matching run from its last checkpoint.")
-    ] = False,
-    cache_dir: Annotated[
-        Path | None, typer.Option(help="Dataset cache folder (default: $WSSEG_CACHE_DIR or the XDG cache).")
-    ] = None,
-    set_: Annotated[
-        list[str] | None,
-        typer.Option("--set", help="Override a config field: section.field=value (data, train, eval, method)."),
-    ] = None,
-    from_run: Annotated[
-        Path | None, typer.Option(help="Reuse the classifier of a finished run (post-hoc methods) instead of training.")
-    ] = None,
-    weights: Annotated[
-        Path | None,
-        typer.Option(
-            help="Evaluate these weights instead of training: a wsseg checkpoint, a state dict, or an official "
-            "GMIC sample_model_N.p / GLAM model_sep.ckpt or model_joint.ckpt (with --profile paper)."
-        ),
-    ] = None,
-    plugin: Annotated[
-        list[Path] | None, typer.Option(help="A single-file method to import first (repeatable); see CONTRIBUTING.md.")
-    ] = None,
+    run_id: Annotated[str | None, typer.Option(help=RUN_HELP["run_id"])] = None,
+    device: Annotated[str | None, typer.Option(help=RUN_HELP["device"])] = None,
+    resume: Annotated[bool, typer.Option("--resume", help=RUN_HELP["resume"])] = False,
+    cache_dir: Annotated[Path | None, typer.Option(help=RUN_HELP["cache_dir"])] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help=RUN_HELP["set"])] = None,
+    from_run: Annotated[Path | None, typer.Option(help=RUN_HELP["from_run"])] = None,
+    weights: Annotated[Path | None, typer.Option(help=RUN_HELP["weights"])] = None,
+    plugin: Annotated[list[Path] | None, typer.Option(help=RUN_HELP["plugin"])] = None,
     allow_outside_root: Annotated[bool, typer.Option("--allow-outside-root", help=ALLOW_OUTSIDE_ROOT_HELP)] = False,
-    save_maps: Annotated[
-        bool,
-        typer.Option(
-            "--save-maps",
-            help="Also store the test maps as float16 <image_id>_<class>.npy in DIR/<run_id>/maps/ (2 bytes per "
-            "pixel: 11 MB per map at 2944x1920) and the image-level scores in test_labels.csv, for `wsseg evaluate` "
-            "and `wsseg score`.",
-        ),
-    ] = False,
+    save_maps: Annotated[bool, typer.Option("--save-maps", help=RUN_HELP["save_maps"])] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help=QUIET_HELP)] = False,
 ) -> None:
     """Train a method (or load --weights), evaluate it on the test split and write DIR/<run_id>/record.json.
 
     Beside the record: per_image.csv and per_image_stats.npz (what `wsseg compare` resamples).
     """
-    from wsseg.config import make_run_config
-    from wsseg.pipelines.run import RunInterrupted
-    from wsseg.pipelines.run import run as run_fn
-    from wsseg.registry import load_plugin_file
+    from wsseg.pipelines.run import RunInterrupted, run_from_options
     from wsseg.report.records import method_label
 
     # Flags override --set items only when given (they come after it): a default must not silently undo
@@ -333,12 +312,20 @@ def run(
     }
     overrides = [*(set_ or []), *(f"{key}={value}" for key, value in flags.items() if value is not None)]
     try:
-        for path in plugin or []:
-            load_plugin_file(path)
-        cfg = make_run_config(method, profile, seed, overrides)  # type: ignore[arg-type]
         with _sigterm_as_interrupt():
-            record = run_fn(
-                cfg, out, run_id, resume, from_run, weights=weights, progress=_progress(quiet), log=typer.echo
+            record = run_from_options(
+                method,
+                profile,
+                seed,
+                overrides,
+                list(plugin or []),
+                out,
+                run_id,
+                resume,
+                from_run,
+                weights,
+                progress=_progress(quiet),
+                log=typer.echo,
             )
     except RunInterrupted as e:
         # The same command with the run's folder named, so it continues this run and no other.
@@ -350,11 +337,6 @@ def run(
         _interrupted("nothing was saved yet (stopped before the run folder was made)", None, False, None)
     except USER_ERRORS as e:
         _fail(e)
-    finally:
-        import torch.distributed
-
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
     if not record:
         return  # a torchrun rank other than 0: rank 0 prints the results
     t = record["timings"]
@@ -517,9 +499,6 @@ def gallery(
         typer.echo(f"wrote {path}")
 
 
-COMPARE_DEFAULT = ("dice", "iou", "dice_pooled", "soft_dice", "pxap", "pointing_game_10mm", "froc", "auroc")
-
-
 @app.command()
 def compare(
     run_a: Annotated[Path, typer.Argument(help="Run (or `wsseg score --out`) folder A.")],
@@ -536,23 +515,14 @@ def compare(
 
     Refuses runs whose test images, patients or ground truth differ.
     """
-    from wsseg._io import atomic_write_json
     from wsseg.config import check_seed
-    from wsseg.evaluation.summary import interval_keys
-    from wsseg.pipelines.compare import compare_folders
+    from wsseg.pipelines.compare import compare_and_write
 
     try:
         if not 1 <= n_resamples <= 1_000_000:
             raise ValueError(f"--n-resamples must be in [1, 1000000], got {n_resamples}")
         check_seed(seed, "--seed")
-        result = compare_folders(run_a, run_b, n_resamples, seed)
-        known = interval_keys()
-        keys = known if metric and "all" in metric else list(metric or COMPARE_DEFAULT)
-        unknown = [k for k in keys if k not in known]
-        if unknown:
-            raise ValueError(f"unknown metric {unknown[0]!r}; choose from {', '.join(known)}")
-        if out is not None:
-            atomic_write_json(out, result)
+        result, keys = compare_and_write(run_a, run_b, n_resamples, seed, metric, out)
     except USER_ERRORS as e:
         _fail(e)
     rows = []
@@ -582,6 +552,24 @@ def compare(
         typer.echo(f"\nwritten: {out}")
 
 
+# The longer help texts of `wsseg bench`.
+BENCH_HELP = {
+    "mode": "wsseg (batched crops) and/or reference (GMIC/GLAM crops and paste-back in the official code's per-image "
+    "host loops); repeatable or comma-separated, e.g. wsseg,reference: both are measured in this process and the "
+    "speedup is printed. Default: wsseg.",
+    "compile": "Run the method under torch.compile (mode column: wsseg+compile, ...); compilation happens in the "
+    "untimed warm-up. Measure without the flag in another call for the eager figures.",
+    "loader": "Measure the data pipeline instead of a method: a prepared phantom at --profile read through a "
+    "DataLoader with --workers processes (pinned memory on CUDA) to the device, in images/s.",
+    "raw": "--loader: ship uint16 pixels and standardise on the device (default on CUDA, as wsseg run does) or "
+    "standardise in the workers (default on CPU).",
+    "augment": "--loader: also measure with the training loop's window noise applied on the device "
+    "(train.augment=window); rows with mode workers<N>+window.",
+    "kernels": "Also profile two steps of each configuration and write its most expensive operators and CUDA kernels "
+    "(torch.profiler) to DIR/<method>-<phase>-<precision>-batch-<n>-<mode>.txt.",
+}
+
+
 @app.command()
 def bench(
     method: Annotated[
@@ -593,54 +581,19 @@ def bench(
         list[str] | None, typer.Option(help="bf16 (CUDA autocast) or fp32 (repeatable; default bf16 on CUDA).")
     ] = None,
     phase: Annotated[list[str] | None, typer.Option(help="inference and/or train (repeatable; default both).")] = None,
-    mode: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="wsseg (batched crops) and/or reference (GMIC/GLAM crops and paste-back in the official code's "
-            "per-image host loops); repeatable or comma-separated, e.g. wsseg,reference: both are measured in "
-            "this process and the speedup is printed. Default: wsseg."
-        ),
-    ] = None,
-    compile_: Annotated[
-        bool,
-        typer.Option(
-            "--compile",
-            help="Run the method under torch.compile (mode column: wsseg+compile, ...); compilation happens in the "
-            "untimed warm-up. Measure without the flag in another call for the eager figures.",
-        ),
-    ] = False,
+    mode: Annotated[list[str] | None, typer.Option(help=BENCH_HELP["mode"])] = None,
+    compile_: Annotated[bool, typer.Option("--compile", help=BENCH_HELP["compile"])] = False,
     compile_mode: Annotated[
         str | None,
         typer.Option(help="torch.compile mode, e.g. max-autotune-no-cudagraphs (slow to compile); default: torch's."),
     ] = None,
-    loader: Annotated[
-        bool,
-        typer.Option(
-            "--loader",
-            help="Measure the data pipeline instead of a method: a prepared phantom at --profile read through a "
-            "DataLoader with --workers processes (pinned memory on CUDA) to the device, in images/s.",
-        ),
-    ] = False,
+    loader: Annotated[bool, typer.Option("--loader", help=BENCH_HELP["loader"])] = False,
     workers: Annotated[
         list[int] | None, typer.Option(help="--loader: loader processes (repeatable; default: all cores).")
     ] = None,
     images: Annotated[int, typer.Option(help="--loader: phantom images to generate and read (multiple of 4).")] = 64,
-    raw: Annotated[
-        bool | None,
-        typer.Option(
-            "--raw/--no-raw",
-            help="--loader: ship uint16 pixels and standardise on the device (default on CUDA, as wsseg run does) "
-            "or standardise in the workers (default on CPU).",
-        ),
-    ] = None,
-    augment: Annotated[
-        bool,
-        typer.Option(
-            "--augment",
-            help="--loader: also measure with the training loop's window noise applied on the device "
-            "(train.augment=window); rows with mode workers<N>+window.",
-        ),
-    ] = False,
+    raw: Annotated[bool | None, typer.Option("--raw/--no-raw", help=BENCH_HELP["raw"])] = None,
+    augment: Annotated[bool, typer.Option("--augment", help=BENCH_HELP["augment"])] = False,
     cache_dir: Annotated[
         Path | None, typer.Option(help="--loader: dataset cache folder (default: $WSSEG_CACHE_DIR or the XDG cache).")
     ] = None,
@@ -650,96 +603,36 @@ def bench(
         list[str] | None, typer.Option("--set", help="Override a method config field: field=value.")
     ] = None,
     out: Annotated[Path | None, typer.Option(help="Append the rows to this CSV file.")] = None,
-    kernels: Annotated[
-        Path | None,
-        typer.Option(
-            help="Also profile two steps of each configuration and write its most expensive operators and CUDA "
-            "kernels (torch.profiler) to DIR/<method>-<phase>-<precision>-batch-<n>-<mode>.txt."
-        ),
-    ] = None,
+    kernels: Annotated[Path | None, typer.Option(help=BENCH_HELP["kernels"])] = None,
 ) -> None:
     """Measure images/s, peak GPU memory and TFLOP/s of forward passes and training steps on synthetic images.
 
     With --loader, measure the data pipeline's images/s instead.
     """
-    import torch
-    from tabulate import tabulate
+    from wsseg.pipelines.bench import COLUMNS, BenchPlan, append_rows, run_plan, speedups
 
-    from wsseg._threads import available_cpus
-    from wsseg.config import MAX_BATCH, MAX_IMAGES, make_run_config
-    from wsseg.pipelines.bench import COLUMNS, MODES, append_rows, bench_loader, speedups
-    from wsseg.pipelines.bench import bench as bench_fn
-
-    cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    modes = [m.strip() for item in mode or ["wsseg"] for m in item.split(",") if m.strip()]
-    rows = []
+    plan = BenchPlan(
+        methods=list(method or []),
+        profile=profile,
+        batches=batch,
+        precisions=precision,
+        phases=phase,
+        modes=[m.strip() for item in mode or ["wsseg"] for m in item.split(",") if m.strip()],
+        compile=compile_,
+        compile_mode=compile_mode,
+        loader=loader,
+        workers=workers,
+        images=images,
+        raw=raw,
+        augment=augment,
+        cache_dir=cache_dir,
+        device=device,
+        seconds=seconds,
+        set_items=list(set_ or []),
+        kernels=kernels,
+    )
     try:
-        unknown = sorted(set(modes) - set(MODES))
-        if unknown:
-            raise ValueError(f"unknown --mode {unknown}; choose from {list(MODES)}")
-        if loader == bool(method):
-            raise ValueError(
-                "pass --method M to measure a method, or --loader (without --method) for the data pipeline"
-            )
-        if not all(1 <= n <= MAX_BATCH for n in batch or []):
-            raise ValueError(f"--batch must be in [1, {MAX_BATCH}], got {batch}")
-        if not all(0 <= n <= 256 for n in workers or []):
-            raise ValueError(f"--workers must be in [0, 256], got {workers}")
-        if not 4 <= images <= MAX_IMAGES or images % 4:
-            raise ValueError(f"--images must be a multiple of 4 in [4, {MAX_IMAGES}], got {images}")
-        if not 0 < seconds <= 3600:
-            raise ValueError(f"--seconds must be in (0, 3600], got {seconds}")
-        for n_workers in (workers or [available_cpus()]) if loader else []:
-            for n in batch or [8]:
-                for noise in (False, True) if augment else (False,):
-                    row = bench_loader(
-                        profile,  # type: ignore[arg-type]
-                        n,
-                        n_workers,
-                        images,
-                        device,
-                        seconds,
-                        cache_dir=cache_dir,
-                        augment=noise,
-                        raw=raw,
-                    )
-                    rows.append(row)
-                    what = f"{n_workers} workers{' + window noise' if noise else ''}"
-                    typer.echo(f"loader {profile} batch {n}, {what}: {row['images_per_s']} images/s")
-        for name in method or []:
-            # The run config's checked `--set method.field=value` parsing, for the method section only.
-            items = [f"method.{item.removeprefix('method.')}" for item in set_ or []]
-            overrides = make_run_config(name, profile, 0, items).method_config  # type: ignore[arg-type]
-            for prec in precision or (["bf16"] if cuda else ["fp32"]):
-                for ph in phase or ["inference", "train"]:
-                    for n in batch or [1]:
-                        # Modes innermost: the ratio compares rows measured one after the other.
-                        for md in modes:
-                            label = f"{name} {ph} {prec} batch {n} {md}{'+compile' if compile_ else ''}"
-                            try:
-                                row = bench_fn(
-                                    name,
-                                    profile,  # type: ignore[arg-type]
-                                    n,
-                                    prec,  # type: ignore[arg-type]
-                                    ph,  # type: ignore[arg-type]
-                                    device,
-                                    seconds,
-                                    mode=md,  # type: ignore[arg-type]
-                                    compile=compile_,
-                                    compile_mode=compile_mode,
-                                    kernels=kernels / f"{label.replace(' ', '-')}.txt" if kernels else None,
-                                    **overrides,
-                                )
-                            except torch.cuda.OutOfMemoryError:
-                                torch.cuda.empty_cache()
-                                typer.echo(f"{label}: out of GPU memory; skipped", err=True)
-                                continue
-                            rows.append(row)
-                            typer.echo(
-                                f"{label}: {row['images_per_s']} images/s, "
-                                f"{row['peak_mem_gib']} GiB, {row['tflops']} TFLOP/s"
-                            )
+        rows = run_plan(plan, log=typer.echo, warn=lambda line: typer.echo(line, err=True))
     except USER_ERRORS as e:
         _fail(e)
     if rows:
@@ -760,33 +653,26 @@ def _csv_ints(text: str | None, flag: str) -> list[int] | None:
         _fail(f"{flag} takes comma-separated integers, e.g. 0,1,2; got {text!r}")
 
 
+# The longer help texts of `wsseg benchmark`.
+BENCHMARK_HELP = {
+    "resume": "Continue an interrupted benchmark. This is also what happens without the flag: finished runs are "
+    "always skipped and interrupted ones resumed from their last checkpoint.",
+    "launcher": "local: run here, one run after the other; submitit: each unfinished run as one cluster job (Slurm, or "
+    "local processes) with the resources of the file's launcher table; needs the submitit package (the slurm extra "
+    "of wsseg).",
+    "wait": "submitit: wait for the jobs, then write the leaderboard; or return after submitting (run the same command "
+    "again later: it skips finished runs and writes the leaderboard when every record exists).",
+    "setup": "submitit on Slurm: a shell line run before each job, e.g. 'source ~/wsseg/.venv/bin/activate' "
+    "(repeatable). Only from the command line: a benchmark file never runs commands.",
+}
+
+
 @app.command()
 def benchmark(
     file: Annotated[Path, typer.Argument(help="A benchmark TOML file (see benchmarks/README.md).")],
-    resume: Annotated[
-        bool,
-        typer.Option(
-            "--resume",
-            help="Continue an interrupted benchmark. This is also what happens without the flag: finished runs are "
-            "always skipped and interrupted ones resumed from their last checkpoint.",
-        ),
-    ] = False,
-    launcher: Annotated[
-        str,
-        typer.Option(
-            help="local: run here, one run after the other; submitit: each unfinished run as one cluster job (Slurm, "
-            "or local processes) with the resources of the file's launcher table; needs the submitit package (the "
-            "slurm extra of wsseg).",
-        ),
-    ] = "local",
-    wait: Annotated[
-        bool,
-        typer.Option(
-            "--wait/--no-wait",
-            help="submitit: wait for the jobs, then write the leaderboard; or return after submitting (run the same "
-            "command again later: it skips finished runs and writes the leaderboard when every record exists).",
-        ),
-    ] = True,
+    resume: Annotated[bool, typer.Option("--resume", help=BENCHMARK_HELP["resume"])] = False,
+    launcher: Annotated[str, typer.Option(help=BENCHMARK_HELP["launcher"])] = "local",
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help=BENCHMARK_HELP["wait"])] = True,
     data_root: Annotated[
         str | None, typer.Option(help="The downloaded dataset (replaces the file's data_root).")
     ] = None,
@@ -803,14 +689,7 @@ def benchmark(
     leaderboard_dir: Annotated[
         Path | None, typer.Option("--leaderboard", help="Replace the file's leaderboard folder.")
     ] = None,
-    setup: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--setup",
-            help="submitit on Slurm: a shell line run before each job, e.g. 'source ~/wsseg/.venv/bin/activate' "
-            "(repeatable). Only from the command line: a benchmark file never runs commands.",
-        ),
-    ] = None,
+    setup: Annotated[list[str] | None, typer.Option("--setup", help=BENCHMARK_HELP["setup"])] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help=QUIET_HELP)] = False,
 ) -> None:
     """Run every (dataset, method, seed[, fold]) of a benchmark file that is not finished, then write its leaderboard.
@@ -823,7 +702,7 @@ def benchmark(
     tiny for a smoke test).
     """
     given = dict(locals())  # the flags, for the command that continues an interrupted benchmark
-    from wsseg.pipelines.benchmark import BenchmarkOverrides, load_benchmark, run_benchmark, run_folders
+    from wsseg.pipelines.benchmark import BenchmarkOverrides, count_finished, load_benchmark, run_benchmark
     from wsseg.pipelines.run import RunInterrupted
 
     if launcher not in ("local", "submitit"):
@@ -857,9 +736,8 @@ def benchmark(
     except KeyboardInterrupt as e:
         if bench is None:
             _interrupted("nothing was run yet", None, False, None)
-        folders = run_folders(bench)
-        done = sum((f / "record.json").is_file() for f in folders)
-        saved = f"{done} of {len(folders)} runs are finished"
+        done, total = count_finished(bench)
+        saved = f"{done} of {total} runs are finished"
         if isinstance(e, RunInterrupted):
             saved += f"; {e.run_dir.name} was stopped: {e.saved}"
         _interrupted(saved, _benchmark_again(file, given), True, None)
@@ -873,18 +751,17 @@ def benchmark(
 
 def _submit_benchmark(bench: Any, wait: bool, file: Path) -> Any:
     """``--launcher submitit``: submit, wait or not, and write the leaderboard once every record exists."""
-    from wsseg.pipelines.benchmark import is_done, plan, write_benchmark_leaderboard
-    from wsseg.pipelines.launch import JobsFailed, launch
+    from wsseg.pipelines.launch import JobsFailed, launch_benchmark
 
     try:
-        sub = launch(bench, wait, typer.echo)
+        sub, result = launch_benchmark(bench, wait, typer.echo)
     except JobsFailed as e:
         typer.secho(f"error: {len(e.lines)} run(s) have no record; fix the cause and run the command again:", err=True)
         for line in e.lines:
             typer.secho(f"  {line}", err=True)
         raise typer.Exit(1) from None
-    if all(is_done(bench, spec) for spec in plan(bench)):
-        return write_benchmark_leaderboard(bench)
+    if result is not None:
+        return result
     if sub.held:
         typer.echo(
             f"{len(sub.held)} post-hoc run(s) wait for their CAM jobs (the local executor has no job dependencies)"
@@ -935,16 +812,32 @@ def leaderboard(
 
 
 @list_app.command("methods")
-def list_methods_cmd() -> None:
+def list_methods_cmd(
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check",
+            help="Import every method (this loads torch) and list the plugins that fail to import as BROKEN. Without "
+            "it the list is read from the methods' source files, and a plugin is imported only when its source "
+            "cannot be read.",
+        ),
+    ] = False,
+) -> None:
     """List registered methods: name, supervision, source and description; broken plugins last."""
-    from wsseg.registry import broken_methods, get_method_spec, list_methods
+    from wsseg.catalog import read_catalog
 
-    rows = []
-    for name in list_methods():
-        spec = get_method_spec(name)
-        rows.append([name, spec.supervision, spec.source, spec.description])
-    for name, err in sorted(broken_methods().items()):
-        rows.append([name, "BROKEN", err.split(":")[0], err.split(": ", 1)[-1]])
+    catalog = None if check else read_catalog()
+    if catalog is not None:
+        rows = [[e.name, e.supervision, e.source, e.description] for e in catalog]
+    else:
+        from wsseg.registry import broken_methods, get_method_spec, list_methods
+
+        rows = []
+        for name in list_methods():
+            spec = get_method_spec(name)
+            rows.append([name, spec.supervision, spec.source, spec.description])
+        for name, err in sorted(broken_methods().items()):
+            rows.append([name, "BROKEN", err.split(":")[0], err.split(": ", 1)[-1]])
     typer.echo(tabulate(rows, headers=["method", "supervision", "source", "description"]))
 
 

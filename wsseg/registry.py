@@ -17,13 +17,12 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, TypeVar
 
+from wsseg.catalog import ENTRY_POINT_GROUP as ENTRY_POINT_GROUP  # re-exported: the group plugins declare
+from wsseg.catalog import entry_point_source, method_entry_points
 from wsseg.method import MethodConfig, Profile, WSSegMethod
-
-ENTRY_POINT_GROUP = "wsseg.methods"
 
 M = TypeVar("M", bound=type[WSSegMethod])
 
@@ -117,15 +116,17 @@ def _discover() -> None:
     if _discovered:
         return
     _discovered = True
-    for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
-        dist = ep.dist.name if ep.dist is not None else "unknown"
-        source = "built-in" if dist == "wsseg" else f"plugin {dist}"
+    for ep in method_entry_points():
+        source = entry_point_source(ep)
         if ep.name in _REGISTRY:
             continue
+        before = set(_REGISTRY)
         try:
             with _source(source):
                 ep.load()
         except (Exception, SystemExit) as e:  # a broken plugin (even one that exits) must never break the others
+            for name in set(_REGISTRY) - before:  # a module that fails after its decorator ran registers nothing
+                del _REGISTRY[name]
             _BROKEN[ep.name] = f"{source}: {type(e).__name__}: {e}"
             continue
         if ep.name not in _REGISTRY:

@@ -144,7 +144,7 @@ def test_report_renders_in_headless_chromium_without_console_errors(runs: list[P
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     # The page's script writes what it found once everything loaded; a script error would leave no attribute.
-    rendered = re.search(r'data-rendered="rows=(\d+) images=(\d+) broken=(\d+) svgs=(\d+)"', proc.stdout)
+    rendered = re.search(r'data-rendered="rows=(\d+) images=(\d+) broken=(\d+) svgs=(\d+) ', proc.stdout)
     assert rendered, proc.stdout[:2000]
     rows, images, broken, svgs = map(int, rendered.groups())
     n_gallery = len(Gallery.load(runs[0] / GALLERY_NPZ).image_ids)
@@ -153,6 +153,54 @@ def test_report_renders_in_headless_chromium_without_console_errors(runs: list[P
     assert svgs == 6
     console = [line for line in proc.stderr.splitlines() if ":CONSOLE" in line]
     assert not console, console
+
+
+def _many_methods(runs: list[Path], folder: Path, n: int) -> list[Path]:
+    """The runs plus ``n`` copies of the CAM run under other method names: a board as wide as the full benchmark."""
+    copies = list(runs)
+    for i in range(n):
+        copy = folder / f"copy{i}"
+        shutil.copytree(runs[0], copy)
+        record = _record(copy)
+        record.update(method=f"method-with-a-long-name-{i:02d}", run_id=f"copy{i}")
+        (copy / "record.json").write_text(json.dumps(record))
+        copies.append(copy)
+    return copies
+
+
+def test_report_fits_a_1440_pixel_screen(runs: list[Path], tmp_path: Path) -> None:
+    from wsseg.report.html import STYLE
+
+    n_methods = len(METHODS) + 20
+    result = write_leaderboards(_many_methods(runs, tmp_path / "in", 20), tmp_path / "board", ["html"])
+    (page,) = [p for p in result.files if p.suffix == ".html"]
+    parsed = _Page()
+    parsed.feed(page.read_text())
+    classes = [dict(attrs).get("class") or "" for _, attrs in parsed.tags]
+    # One leaderboard table per class, the budget table, one lesion table per class; the gallery is no table.
+    assert classes.count("leaderboard sortable") == 2 + 1 + 2 and "gallery" not in {
+        t for t, _ in parsed.tags if t == "table"
+    }
+    n_images = len(Gallery.load(runs[0] / GALLERY_NPZ).image_ids)
+    assert classes.count("tile") == n_images * (n_methods + 1) and classes.count("tiles") == n_images
+    # The gallery's tiles and the plots wrap; wide tables scroll in their own box; nothing is wider than the page.
+    rules = STYLE.replace("\n", "")
+    assert ".tiles{display:flex;flex-wrap:wrap" in rules and ".plots{display:flex;flex-wrap:wrap" in rules
+    assert ".scroll{overflow-x:auto" in rules and "max-width:1380px" in rules
+    assert max(int(w) for w in re.findall(r"width:(\d+)px", rules)) <= 1380
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("no chromium on PATH (Debian: apt-get install chromium)")
+    argv = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1440,900"]
+    proc = subprocess.run([*argv, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rendered = re.search(r'data-rendered="rows=(\d+) .* width=(\d+) hidden=(\d+)"', proc.stdout)
+    assert rendered, proc.stdout[:2000]
+    rows, width, hidden = map(int, rendered.groups())
+    assert rows == n_methods + 1
+    # At 1440 px the page does not scroll sideways and no table hides columns in its scroll box (a pixel of
+    # slack: the outer half of a collapsed table border).
+    assert width <= 1440 and hidden <= 1, (width, hidden)
 
 
 def test_report_is_deterministic(runs: list[Path], tmp_path: Path) -> None:
@@ -189,7 +237,7 @@ HOSTILE = (
 
 
 # The CSS classes the report itself uses (a record's value must never become one).
-REPORT_CLASSES = {"scroll", "leaderboard", "sortable", "gallery", "rowhead", "note", "plots", "plot"}
+REPORT_CLASSES = {"scroll", "leaderboard", "sortable", "gallery", "rowhead", "note", "plots", "plot", "tiles", "tile"}
 REPORT_CLASSES |= {"weak", "full", "reference", "chance", "count", "other", "benign", "malignant"}
 SVG_TAGS = {"svg", "g", "path", "text", "defs", "clippath", "use", "rect", "metadata", "style"}
 

@@ -482,6 +482,12 @@ def run_folders(bench: Benchmark) -> list[Path]:
     return [run_folder(bench, spec) for spec in plan(bench)]
 
 
+def count_finished(bench: Benchmark) -> tuple[int, int]:
+    """(runs with a record, runs in the benchmark): what an interrupted benchmark has saved."""
+    folders = run_folders(bench)
+    return sum((f / "record.json").is_file() for f in folders), len(folders)
+
+
 # What a published run keeps: the record, the per-image results (the rank groups' paired bootstrap resamples them),
 # the curves and the gallery; tens to a few hundred kilobytes, not checkpoints or the histogram statistics.
 PUBLISHED_FILES = ("record.json", PER_IMAGE_CSV, CURVES_JSON, GALLERY_NPZ)

@@ -115,3 +115,37 @@ def compare_folders(a: Path, b: Path, n_resamples: int = 1000, seed: int = 0) ->
         "notes": comparability_notes(ra, rb),
         "classes": result,
     }
+
+
+# The metrics `wsseg compare` shows unless told otherwise.
+DEFAULT_METRICS = ("dice", "iou", "dice_pooled", "soft_dice", "pxap", "pointing_game_10mm", "froc", "auroc")
+
+
+def compare_and_write(
+    a: Path, b: Path, n_resamples: int, seed: int, metrics: list[str] | None, out: Path | None
+) -> tuple[dict[str, Any], list[str]]:
+    """``wsseg compare``: :func:`compare_folders`, the metric keys to show, and the full result written to ``out``.
+
+    Args:
+        a: scored folder A.
+        b: scored folder B (the difference is A - B).
+        n_resamples: paired bootstrap resamples.
+        seed: bootstrap seed.
+        metrics: keys to show; ``None`` for :data:`DEFAULT_METRICS`, a list holding ``all`` for every one.
+        out: a JSON file for the full comparison (written atomically), or None.
+
+    Raises:
+        ValueError: an unknown metric key (nothing is written then).
+    """
+    from wsseg._io import atomic_write_json
+    from wsseg.evaluation.summary import interval_keys
+
+    result = compare_folders(a, b, n_resamples, seed)
+    known = interval_keys()
+    keys = known if metrics and "all" in metrics else list(metrics or DEFAULT_METRICS)
+    unknown = [k for k in keys if k not in known]
+    if unknown:
+        raise ValueError(f"unknown metric {unknown[0]!r}; choose from {', '.join(known)}")
+    if out is not None:
+        atomic_write_json(out, result)
+    return result, keys

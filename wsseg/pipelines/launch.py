@@ -38,7 +38,9 @@ from wsseg.pipelines.benchmark import (
     plan,
     run_id,
     run_one,
+    write_benchmark_leaderboard,
 )
+from wsseg.report.leaderboard import LeaderboardResult
 from wsseg.report.records import utc_now
 
 JOBS_FILE = "wsseg-jobs.json"
@@ -238,6 +240,21 @@ def launch(bench: Benchmark, wait: bool, log: Callable[[str], None]) -> Submissi
         if failures:
             raise JobsFailed(failures)
     return sub
+
+
+def launch_benchmark(
+    bench: Benchmark, wait: bool, log: Callable[[str], None]
+) -> tuple[Submission, LeaderboardResult | None]:
+    """:func:`launch`, then the leaderboard once every run has its record (else None: jobs are still to finish).
+
+    Raises:
+        ImportError: submitit is missing.
+        JobsFailed: (``wait``) some runs have no record after their jobs ended.
+    """
+    sub = launch(bench, wait, log)
+    if all(is_done(bench, spec) for spec in plan(bench)):
+        return sub, write_benchmark_leaderboard(bench)
+    return sub, None
 
 
 def wait_for(sub: Submission, folder: Path, cluster: str, log: Callable[[str], None]) -> None:

@@ -371,6 +371,46 @@ RUN_FILES = (
 LOCKED_FIX = "wait for it to finish, or stop it (its checkpoint is kept: then --resume), or choose another --run-id"
 
 
+def run_from_options(
+    method: str,
+    profile: str,
+    seed: int,
+    overrides: list[str],
+    plugins: list[Path],
+    out_dir: Path,
+    run_id: str | None = None,
+    resume: bool = False,
+    from_run: Path | None = None,
+    weights: Path | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """``wsseg run``: import the ``--plugin`` files, build the run config from the options and :func:`run` it.
+
+    ``overrides`` are ``section.field=value`` items (``--set`` first, then the flags that were given). The torchrun
+    process group that :func:`run` joins is closed afterwards, however the run ended.
+
+    Returns:
+        The record; empty on a torchrun rank other than 0.
+    """
+    from wsseg.config import make_run_config
+    from wsseg.registry import load_plugin_file
+
+    try:
+        for path in plugins:
+            load_plugin_file(path)
+        cfg = make_run_config(method, profile, seed, overrides)  # type: ignore[arg-type]
+        return run(cfg, out_dir, run_id, resume, from_run, weights=weights, progress=progress, log=log)
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def holds_run_files(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds more than a new start reuses: its lock and config.json (see check_run_folder)."""
+    return any(p.name not in (LOCK_NAME, "config.json") for p in run_dir.iterdir())
+
+
 def check_run_id(run_id: str, what: str = "--run-id") -> str:
     """Return ``run_id`` when it is one safe folder name; else raise naming the rule.
 

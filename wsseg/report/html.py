@@ -4,8 +4,9 @@ Everything is inline (CSS, a few lines of JavaScript, SVG plots, PNG images as d
 offline and can be mailed or put on a web page as is. Inputs are run folders only: ``record.json``,
 ``per_image.csv`` and ``curves.json`` for the tables (:mod:`wsseg.report.leaderboard` builds them), ``curves.json``
 (or ``per_image_stats.npz``) for the plots and ``gallery.npz`` for the pictures; a run missing one of them is listed
-as such, never guessed. The leaderboard is one table per class (so the page fits a 1440-pixel-wide screen), then the
-budget and compute table and the lesion size and type breakdown. Every string that comes from a record is escaped.
+as such, never guessed. The leaderboard is one table per class, then the budget and compute table and the lesion
+size and type breakdown; the page fits a 1440-pixel-wide screen (a wider table scrolls in its own box with the rank
+and method columns held, the gallery and the plots wrap). Every string that comes from a record is escaped.
 The output is deterministic for the same inputs and library versions (no timestamps; matplotlib's SVG ids are
 salted with a constant).
 """
@@ -190,7 +191,11 @@ def overlay(image: np.ndarray, saliency: np.ndarray | None, mask: np.ndarray) ->
 
 
 def gallery_html(runs: dict[str, list[RunFiles]], order: Sequence[str]) -> str:
-    """Rows: the gallery images; columns: the image with its outline, then each method's map of that class."""
+    """The gallery: per image, a block of captioned tiles that wraps at the page width.
+
+    The tiles: the image with its outline, then each method's map of that class (the same order and tile width in
+    every block, so the methods line up).
+    """
     galleries: dict[str, Gallery] = {}
     missing = []
     for method in order:
@@ -218,23 +223,24 @@ def gallery_html(runs: dict[str, list[RunFiles]], order: Sequence[str]) -> str:
                 "re-make it with `wsseg gallery --run RUN`"
             )
     shown = [m for m in order if m in galleries]
-    head = "".join(f"<th>{_esc(m)}</th>" for m in shown)
-    rows = []
+    blocks = []
     for i, (image_id, c) in enumerate(zip(ref.image_ids, ref.lesion_class, strict=True)):
         k = CLASSES.index(c)
         mask = ref.masks[i, k]
-        cells = [f'<td><img alt="{_esc(image_id)}" src="{_png(overlay(ref.images[i], None, mask))}"></td>']
+        tiles = [_tile(_png(overlay(ref.images[i], None, mask)), str(image_id), "ground truth")]
         for m in shown:
-            src = _png(overlay(ref.images[i], galleries[m].maps[i, k], mask))
-            cells.append(f'<td><img alt="{_esc(m)} {_esc(image_id)}" src="{src}"></td>')
-        rows.append(
-            f'<tr><th class="rowhead">{_esc(image_id)}<br><span class="{c}">{c}</span></th>{"".join(cells)}</tr>'
+            tiles.append(_tile(_png(overlay(ref.images[i], galleries[m].maps[i, k], mask)), f"{m} {image_id}", m))
+        blocks.append(
+            f'<div class="gallery"><p class="rowhead">{_esc(image_id)} <span class="{c}">{c}</span></p>'
+            f'<div class="tiles">{"".join(tiles)}</div></div>'
         )
     note = f"<p>No gallery for: {_esc(', '.join(missing))}.</p>" if missing else ""
-    return (
-        '<div class="scroll"><table class="gallery"><thead><tr><th>image</th><th>ground truth</th>'
-        f"{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>{note}"
-    )
+    return f"{''.join(blocks)}{note}"
+
+
+def _tile(src: str, alt: str, caption: str) -> str:
+    """One picture of the gallery with its caption (``src`` is a PNG data URI made here)."""
+    return f'<figure class="tile"><img alt="{_esc(alt)}" src="{src}"><figcaption>{_esc(caption)}</figcaption></figure>'
 
 
 def table_html(table: Table) -> str:
@@ -256,21 +262,31 @@ def table_html(table: Table) -> str:
     )
 
 
+# The page fits a 1440-pixel screen: the body is at most 1380 px wide, a table wider than that scrolls inside its
+# own box with the rank and method columns held in place (sticky), and the gallery and plots wrap onto new lines.
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:1.5em;color:#222;max-width:1380px}
 h1{font-size:1.4em}h2{font-size:1.15em;margin-top:1.6em}h3{font-size:1em;margin:1.2em 0 .4em}
-.scroll{overflow-x:auto}
+.scroll{overflow-x:auto;max-width:100%}
 table{border-collapse:collapse;font-size:12px}
 th,td{border:1px solid #ccc;padding:3px 6px;text-align:right;white-space:nowrap}
 .leaderboard th{white-space:normal;vertical-align:bottom;max-width:7.5em}
 .leaderboard th{background:#f0f0f0;cursor:pointer;position:sticky;top:0}
 .leaderboard th.asc::after{content:" \\25B2"}.leaderboard th.desc::after{content:" \\25BC"}
+.leaderboard td{background:#fff}
+.leaderboard td:nth-child(-n+2){position:sticky;z-index:1}.leaderboard th:nth-child(-n+2){z-index:2}
+.leaderboard :is(td,th):nth-child(1){left:0;width:3.5em;min-width:3.5em;max-width:3.5em;box-sizing:border-box}
+.leaderboard :is(td,th):nth-child(2){left:3.5em}
 .leaderboard td:nth-child(2){text-align:left;font-weight:600}
 tr.full td{background:#eef6ff}tr.reference td{background:#f6f6f6;color:#666}
 tr.chance td{background:#fff6e6;color:#666}tr.count td{font-style:italic;background:#fafafa}
-.gallery td,.gallery th{padding:2px;text-align:center}.gallery img{display:block;height:192px}
-.rowhead{font-weight:normal;font-size:11px}.benign{color:#2a8a2a}.malignant{color:#c02020}
-.plots{display:flex;flex-wrap:wrap;gap:1em}.plot{margin:0}.plot svg{width:520px;height:auto}
+.gallery{margin:.6em 0}.rowhead{font-size:12px;margin:.2em 0}
+.tiles{display:flex;flex-wrap:wrap;gap:6px}
+.tile{margin:0;font-size:11px;text-align:center}.tile img{display:block;height:192px}
+.tile figcaption{width:0;min-width:100%;overflow-wrap:anywhere;padding-top:2px}
+.benign{color:#2a8a2a}.malignant{color:#c02020}
+.plots{display:flex;flex-wrap:wrap;gap:1em}.plot{margin:0;max-width:100%}
+.plot svg{width:520px;max-width:100%;height:auto}
 .note{color:#555;font-size:13px;max-width:1100px}
 """
 
@@ -287,8 +303,10 @@ function sortBy(th){const table=th.closest('table');const col=+th.dataset.col;
 document.querySelectorAll('table.sortable th[data-col]').forEach(th=>th.addEventListener('click',()=>sortBy(th)));
 window.addEventListener('load',()=>{const imgs=Array.from(document.images);
   const broken=imgs.filter(i=>!i.complete||i.naturalWidth===0).length;
+  const hidden=Math.max(0,...Array.from(document.querySelectorAll('.scroll'),e=>e.scrollWidth-e.clientWidth));
   document.body.dataset.rendered='rows='+document.querySelector('table.leaderboard tbody').rows.length+
-    ' images='+imgs.length+' broken='+broken+' svgs='+document.querySelectorAll('svg').length;});
+    ' images='+imgs.length+' broken='+broken+' svgs='+document.querySelectorAll('svg').length+
+    ' width='+document.documentElement.scrollWidth+' hidden='+hidden;});
 """
 
 
