@@ -159,3 +159,19 @@ def test_every_package_is_declared_and_has_an_init() -> None:
     assert folders <= declared, f"add {sorted(folders - declared)} to [tool.setuptools] packages in pyproject.toml"
     missing = sorted(str(p.relative_to(ROOT)) for p in {m.parent for m in MODULES} if not (p / "__init__.py").is_file())
     assert not missing, f"{missing} have no __init__.py"
+
+
+MAX_FUNCTION_LINES = 100
+
+
+def test_no_function_is_longer_than_a_screenful() -> None:
+    """Every function outside tests stays under 100 lines (def line to last line, docstring included)."""
+    long = []
+    for folder in ("wsseg", "methods", "examples", "benchmarks"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    n = (node.end_lineno or node.lineno) - node.lineno + 1
+                    if n > MAX_FUNCTION_LINES:
+                        long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} is {n} lines")
+    assert not long, "split these into well-named helpers:\n" + "\n".join(long)
