@@ -101,8 +101,9 @@ def prepare_download(source: DataSource, data: DataConfig, geometry: Geometry, o
     if report.problems:
         options.log(f"data: {len(report.problems)} images skipped; see {root / 'report.json'}")
     info = {
+        # Spelled out ("mini-mias-1, preprocessing 2", not "mini-mias-1-pre2", which reads like a pre-release).
         # VOI-windowed inputs are other data: the version keeps such runs out of the plain runs' tables.
-        "version": f"{source.name}-{source.version}-pre{PREPROCESS_VERSION}" + ("-voi" if data.voi_lut else ""),
+        "version": dataset_version(source.name, source.version, data.voi_lut),
         "cache_key": root.name,
         "annotation": source.annotation,
         "label_source": source.label_source,
@@ -110,6 +111,11 @@ def prepare_download(source: DataSource, data: DataConfig, geometry: Geometry, o
     }
     summary = f"{report.summary()}\ncache: {root} ({hw[0]}x{hw[1]}); patient split in {root / 'split.csv'}"
     return Prepared(root, info, summary)
+
+
+def dataset_version(name: str, version: int | str, voi_lut: bool) -> str:
+    """A prepared real dataset's version for records and tables: the source's release and wsseg's preprocessing."""
+    return f"{name}-{version}, preprocessing {PREPROCESS_VERSION}" + (", VOI LUT" if voi_lut else "")
 
 
 # 2: label-only flags in the meta, the evaluated region grown by lesions outside the breast, no vanishing lesion.
