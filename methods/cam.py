@@ -13,9 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from torch import Tensor
-
-from wsseg.method import ClassifierConfig, MethodOutput, PostHocCAMMethod
+from wsseg.method import CAMMethod, ClassifierConfig
 from wsseg.registry import register_method
 
 
@@ -25,15 +23,9 @@ class CAMConfig(ClassifierConfig):
 
 
 @register_method("cam")
-class CAM(PostHocCAMMethod):
+class CAM(CAMMethod):
     """Class activation maps from a global-average-pooled linear classifier."""
 
     Config = CAMConfig
-    # CAM's map is the classifier itself, applied at every location: no gradients needed.
-    saliency_requires_grad = False
 
     cfg: CAMConfig
-
-    def predict(self, images: Tensor) -> MethodOutput:
-        """Images (B, 1, H, W) -> logits (B, K) and sigmoid CAMs (B, K, H, W): the forward pass's own map."""
-        return self(images)

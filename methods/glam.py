@@ -4,7 +4,7 @@ Paper: "Weakly-supervised High-resolution Segmentation of Mammography Images for
 arXiv 2106.07049.
 
 Original code: https://github.com/nyukat/GLAM (inference only, a licence that forbids modification and
-redistribution). This is a clean-room implementation from wsseg's specification (``methods-spec.md``, section 3);
+redistribution). This is a clean-room implementation from wsseg's specification (summarised in docs/methods/glam.md);
 no code was copied and no official weights are shipped.
 
 Forward, shapes at the paper preset (2944x1920 input):
@@ -53,9 +53,20 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from wsseg.method import MethodConfig, MethodOutput, WSSegMethod, probability_bce
+from wsseg.method import (
+    Limit,
+    MethodConfig,
+    MethodOutput,
+    TrainContext,
+    WSSegMethod,
+    between,
+    fits_image,
+    in_unit_interval,
+    probability_bce,
+)
+from wsseg.nn.backbones import Pretrained
 from wsseg.nn.input_pool import InputPool, pool_input, pooled_channels
-from wsseg.nn.local_resnet import local_resnet
+from wsseg.nn.local_resnet import local_input, local_resnet
 from wsseg.nn.resnet22 import ResNet22
 from wsseg.nn.roi import (
     ROI_IMPLS,
@@ -89,8 +100,15 @@ class GLAMConfig(MethodConfig):
         local_depth: 34 (released) or 18.
         local_channels, local_stem_width: the local ResNet's widths (torchvision's released).
         local_strides: per-stage strides of the local ResNet (all 1 released: output stride 4).
+        local_in_chans: 1 (wsseg's default): the local network's first convolution is folded, its three-channel
+            weights summed and applied to the one-channel patch (a third of the stem's cost, the same function up to
+            float rounding); 3: the patch is repeated on three channels as in the official code, so fp32 outputs
+            with official weights are bit for bit the official network's. Both load the same weight files.
         local_percent_k: t of the top-t% mean over the local maps, y_local (0.3).
         checkpoint_local: recompute the local network's activations in the backward pass (saves memory).
+        pretrained: ``none`` (random) or ``imagenet``: the local ResNet starts from torchvision's ImageNet weights
+            (timm's ``resnet34.tv_in1k``, or ``resnet18.tv_in1k`` for ``local_depth=18``); needs torchvision's local
+            widths (``--profile paper``). The global ResNet-22 has no pretrained weights and stays random.
         stage_epochs: epochs of the global, local and joint stages; None splits ``train.epochs`` 2:1:1.
         stage_lr_scale: factor on the learning rate in each stage.
         l1_global: weight of the mean of S_g in the global loss.
@@ -117,14 +135,36 @@ class GLAMConfig(MethodConfig):
     local_channels: tuple[int, int, int, int] = (64, 128, 256, 512)
     local_stem_width: int = 64
     local_strides: tuple[int, int, int, int] = (1, 1, 1, 1)
+    local_in_chans: int = 1
     local_percent_k: float = 0.3
     checkpoint_local: bool = False
+    pretrained: Pretrained = "none"
     stage_epochs: tuple[int, int, int] | None = None
     stage_lr_scale: tuple[float, float, float] = (1.0, 1.0, 0.1)
     l1_global: float = 0.01
     l1_local: float = 0.01
     tissue_gate: bool = False
     roi_impl: RoiImpl = "batched"
+
+    def limits(self, image_hw: tuple[int, int]) -> dict[str, Limit]:
+        """Widths and counts a network can have, ResNet depths that exist, fractions in (0, 1], patches in the image."""
+        pooled = max(1, min(image_hw) // 32)
+        return {
+            "global_width": (between(1, 1024), "an integer in [1, 1024]"),
+            "global_input_downsample": (between(1, pooled), f"an integer in [1, {pooled}] at this profile"),
+            "scale_weights": (lambda v: all(0 <= w <= 1000 for w in v), "three weights in [0, 1000]"),
+            "percent_k": (in_unit_interval, "in (0, 1]"),
+            "num_patches": (between(1, 64), "an integer in [1, 64]"),
+            "crop_size": (fits_image(image_hw), f"(rows, cols) within the {image_hw[0]}x{image_hw[1]} image"),
+            "local_depth": (lambda v: v in (18, 34), "18 or 34"),
+            "local_stem_width": (between(1, 1024), "an integer in [1, 1024]"),
+            "local_in_chans": (lambda v: v in (1, 3), "1 (folded first convolution) or 3 (official)"),
+            "local_percent_k": (in_unit_interval, "in (0, 1]"),
+            "stage_epochs": (lambda v: v is None or all(0 <= e <= 100_000 for e in v), "none or three epoch counts"),
+            "stage_lr_scale": (lambda v: all(0 < s <= 100 for s in v), "three factors in (0, 100]"),
+            "l1_global": (between(0, 1000), "in [0, 1000]"),
+            "l1_local": (between(0, 1000), "in [0, 1000]"),
+        }
 
     @classmethod
     def tiny(cls) -> GLAMConfig:
@@ -172,7 +212,7 @@ class GLAM(WSSegMethod):
     """A global saliency network that picks a patch and a stride-free local network that segments it."""
 
     Config = GLAMConfig
-    # Official key prefix -> wsseg module (methods-spec.md section 6: 352 keys).
+    # Official key prefix -> wsseg module (docs/methods/glam.md: 352 keys).
     official_prefixes = {
         "global_network.downsampling_branch.": "global_backbone.",
         "global_network.postprocess_module.gn_conv_1.": "head_l3.",
@@ -191,6 +231,10 @@ class GLAM(WSSegMethod):
             raise ValueError("glam needs at least 3 global stages, num_patches >= 1 and global_input_downsample >= 1")
         if cfg.roi_impl not in ROI_IMPLS:
             raise ValueError(f"glam roi_impl must be one of {list(ROI_IMPLS)}, got {cfg.roi_impl!r}")
+        if cfg.local_in_chans not in (1, 3):
+            raise ValueError(
+                f"glam local_in_chans must be 1 (folded first convolution) or 3 (official), got {cfg.local_in_chans}"
+            )
         self.global_backbone = ResNet22(
             pooled_channels(in_chans, cfg.global_input_downsample, cfg.global_input_pool),
             cfg.global_width,
@@ -205,7 +249,16 @@ class GLAM(WSSegMethod):
         self.head_final = nn.Conv2d(c5, num_classes, 1, bias=False)
         # Built by the official head and never used: kept (frozen) so official files load strictly.
         self.head_combine = nn.Conv2d(3 * num_classes, num_classes, 1, bias=False).requires_grad_(False)
-        self.local_backbone = local_resnet(cfg.local_depth, cfg.local_channels, cfg.local_stem_width, cfg.local_strides)
+        # method.pretrained=imagenet: the local ResNet starts from torchvision's ImageNet weights (the stride-free
+        # stages change no weight shape); the global ResNet-22 has no published weights and stays random.
+        self.local_backbone = local_resnet(
+            cfg.local_depth,
+            cfg.local_channels,
+            cfg.local_stem_width,
+            cfg.local_strides,
+            pretrained=cfg.pretrained == "imagenet",
+            name="glam local_backbone",
+        )
         self.local_head = nn.Conv2d(cfg.local_channels[-1], num_classes, 1, bias=False)
         # The training stage (a mode like ``training``, set by on_epoch_start); "joint" outside the loop.
         self.stage: Stage = "joint"
@@ -229,11 +282,24 @@ class GLAM(WSSegMethod):
         weights = torch.tensor(self.cfg.scale_weights, device=scales.device).view(3, 1, 1, 1, 1)
         return scales, (weights * scales).sum(dim=0)
 
+    def explained_layer(self) -> nn.Module:
+        """Post-hoc methods explain the global network: its final feature map (after the final BN and ReLU)."""
+        return self.global_backbone.final_act
+
+    def explained_logits(self, images: Tensor) -> Tensor:
+        """The logit of y_global (B, 2), the model's prediction, from the global network alone."""
+        scales, _ = self.global_maps(images)  # (3, B, 2, h, w)
+        y_global = torch.stack([top_t_mean(s, self.cfg.percent_k) for s in scales]).mean(dim=0)  # (B, 2)
+        return torch.logit(y_global, eps=1e-6)
+
     def local_maps(self, crops: Tensor) -> Tensor:
         """Patches (N, 1, p, p) -> local maps (N, 2, p/4, p/4) in [0, 1] (output stride 4 at the released strides)."""
-        net = self.local_backbone
-        x = net.maxpool(net.act1(net.bn1(net.conv1(crops))))
-        for layer in (net.layer1, net.layer2, net.layer3, net.layer4):
+        net = self.local_backbone  # a timm ResNet: the stem, then four stages
+        x = local_input(crops, self.cfg.local_in_chans)  # (N, 1 or 3, p, p)
+        for name in ("conv1", "bn1", "act1", "maxpool"):
+            x = net.get_submodule(name)(x)
+        for name in ("layer1", "layer2", "layer3", "layer4"):
+            layer = net.get_submodule(name)
             use_ckpt = self.cfg.checkpoint_local and self.training and torch.is_grad_enabled()
             x = checkpoint(layer, x, use_reentrant=False) if use_ckpt else layer(x)
         return torch.sigmoid(self.local_head(x).float())
@@ -312,21 +378,22 @@ class GLAM(WSSegMethod):
                 f"glam stage_epochs {tuple(self.cfg.stage_epochs)} must be >= 0 and sum to train.epochs = {epochs}; "
                 f"set --set train.epochs={sum(self.cfg.stage_epochs)} or change method.stage_epochs"
             )
-        return tuple(self.cfg.stage_epochs)  # type: ignore[return-value]
+        g, loc, joint = self.cfg.stage_epochs  # a list when read from a JSON config
+        return g, loc, joint
 
     def stage_of(self, epoch: int, epochs: int) -> Stage:
         """The stage of 0-based ``epoch`` in a run of ``epochs`` epochs."""
         g, loc, _ = self.stage_bounds(epochs)
         return "global" if epoch < g else "local" if epoch < g + loc else "joint"
 
-    def on_train_start(self, ctx: dict[str, Any]) -> None:
+    def on_train_start(self, ctx: TrainContext) -> None:
         """Check the stage schedule against the run's epochs before any step is taken."""
-        self._epochs = int(ctx["epochs"])
+        self._epochs = ctx.epochs
         self.stage_bounds(self._epochs)
 
-    def on_epoch_start(self, ctx: dict[str, Any], epoch: int) -> None:
+    def on_epoch_start(self, ctx: TrainContext, epoch: int) -> None:
         """Enter the epoch's stage: freeze the global network in the local stage (eval-mode BN, no gradients)."""
-        self._epochs = int(ctx["epochs"])
+        self._epochs = ctx.epochs
         self.stage = self.stage_of(epoch, self._epochs)
         global_parts = (self.global_backbone, self.head_l3, self.head_l4, self.head_final)
         for part in global_parts:

@@ -1,7 +1,7 @@
 """GMIC: the globally-aware multiple instance classifier (Shen et al., Medical Image Analysis 2021, arXiv 2002.07613).
 
 Original code: https://github.com/nyukat/GMIC (AGPL-3.0; inference only). This is a clean-room implementation
-from wsseg's specification (``methods-spec.md``, section 2); no code was copied.
+from wsseg's specification (summarised in docs/methods/gmic.md); no code was copied.
 
 Forward, shapes at the paper preset (2944x1920 input):
 
@@ -33,14 +33,25 @@ import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
 
-from wsseg.method import MethodConfig, MethodOutput, WSSegMethod, bce_loss, probability_bce
+from wsseg.method import (
+    Limit,
+    MethodConfig,
+    MethodOutput,
+    WSSegMethod,
+    bce_loss,
+    between,
+    fits_image,
+    in_unit_interval,
+    probability_bce,
+)
+from wsseg.nn.backbones import Pretrained, TimmModel
 from wsseg.nn.input_pool import InputPool, pool_input, pooled_channels
-from wsseg.nn.local_resnet import local_resnet
+from wsseg.nn.local_resnet import local_input, local_resnet
 from wsseg.nn.resnet22 import ResNet22
 from wsseg.nn.roi import (
     ROI_IMPLS,
@@ -55,7 +66,7 @@ from wsseg.nn.roi import (
 from wsseg.nn.upsample import to_input_resolution
 from wsseg.registry import register_method
 
-# percent_t of the released sample_model_N.p files (GMIC src/constants.py, spec section 2.4).
+# percent_t of the released sample_model_N.p files (GMIC src/constants.py; docs/methods/gmic.md).
 RELEASED_PERCENT_T = {1: 0.02, 2: 0.03, 3: 0.03, 4: 0.05, 5: 0.1}
 
 
@@ -72,11 +83,18 @@ class GMICConfig(MethodConfig):
         global_input_pool: how (:mod:`wsseg.nn.input_pool`): ``avg`` pooling or ``unshuffle`` (space-to-depth).
         local_channels: stage widths of the local ResNet-18 (torchvision's 64..512 released).
         local_stem_width: its stem width (64 released).
+        local_in_chans: 1 (wsseg's default): the local network's first convolution is folded, its three-channel
+            weights summed and applied to the one-channel crop (a third of the stem's cost, the same function up to
+            float rounding); 3: the crop is repeated on three channels as in the official code, so fp32 outputs
+            with official weights are bit for bit the official network's. Both load the same weight files.
         num_crops: K, crops per image in total (6 released).
         crop_size: (rows, cols) of a crop in input pixels (256x256 released).
         percent_t: the top-t% aggregation's t (0.02 for released model 1).
         beta: weight of the L1 norm of the saliency map in the loss (model 1: 3.259e-6).
         attention_dim: hidden size of the gated attention (128 released).
+        pretrained: ``none`` (random) or ``imagenet``: the local ResNet-18 starts from torchvision's ImageNet weights
+            (timm's ``resnet18.tv_in1k``), as in the paper; needs the released local widths (``--profile paper``).
+            The global ResNet-22 has no pretrained weights and stays random.
         tissue_gate: multiply the saliency map by the fraction of each cell covered by tissue (pixels above the
             image's background value), so cells of air can neither carry the prediction nor be selected. Not in
             the released model (off at the paper preset); wsseg's aid for training from scratch on few images,
@@ -94,13 +112,30 @@ class GMICConfig(MethodConfig):
     global_input_pool: InputPool = "avg"
     local_channels: tuple[int, int, int, int] = (64, 128, 256, 512)
     local_stem_width: int = 64
+    local_in_chans: int = 1
     num_crops: int = 6
     crop_size: tuple[int, int] = (256, 256)
     percent_t: float = 0.02
     beta: float = 3.259e-6
     attention_dim: int = 128
+    pretrained: Pretrained = "none"
     tissue_gate: bool = False
     roi_impl: RoiImpl = "batched"
+
+    def limits(self, image_hw: tuple[int, int]) -> dict[str, Limit]:
+        """Widths and counts a network can have, fractions in (0, 1], crops inside the image."""
+        pooled = max(1, min(image_hw) // 32)
+        return {
+            "global_width": (between(1, 1024), "an integer in [1, 1024]"),
+            "global_input_downsample": (between(1, pooled), f"an integer in [1, {pooled}] at this profile"),
+            "local_stem_width": (between(1, 1024), "an integer in [1, 1024]"),
+            "local_in_chans": (lambda v: v in (1, 3), "1 (folded first convolution) or 3 (official)"),
+            "num_crops": (between(1, 64), "an integer in [1, 64]"),
+            "crop_size": (fits_image(image_hw), f"(rows, cols) within the {image_hw[0]}x{image_hw[1]} image"),
+            "percent_t": (in_unit_interval, "in (0, 1]"),
+            "beta": (between(0, 1000), "in [0, 1000]"),
+            "attention_dim": (between(1, 4096), "an integer in [1, 4096]"),
+        }
 
     @classmethod
     def tiny(cls) -> GMICConfig:
@@ -152,7 +187,7 @@ class GMIC(WSSegMethod):
     """Global saliency, greedy ROI crops, a local ResNet-18 with gated attention, and a fusion classifier."""
 
     Config = GMICConfig
-    # Official key prefix -> wsseg module (methods-spec.md section 6: 258 keys).
+    # Official key prefix -> wsseg module (docs/methods/gmic.md: 258 keys).
     official_prefixes = {
         "ds_net.": "global_backbone.",
         "left_postprocess_net.gn_conv_last.": "saliency_head.",
@@ -172,11 +207,23 @@ class GMIC(WSSegMethod):
             raise ValueError("gmic needs num_crops >= 1, 0 < percent_t <= 1 and global_input_downsample >= 1")
         if cfg.roi_impl not in ROI_IMPLS:
             raise ValueError(f"gmic roi_impl must be one of {list(ROI_IMPLS)}, got {cfg.roi_impl!r}")
+        if cfg.local_in_chans not in (1, 3):
+            raise ValueError(
+                f"gmic local_in_chans must be 1 (folded first convolution) or 3 (official), got {cfg.local_in_chans}"
+            )
         chans = pooled_channels(in_chans, cfg.global_input_downsample, cfg.global_input_pool)
         self.global_backbone = ResNet22(chans, cfg.global_width, cfg.global_strides, 2, cfg.global_first_pool)
         g = self.global_backbone.num_features
         self.saliency_head = nn.Conv2d(g, num_classes, 1, bias=False)
-        self.local_backbone = local_resnet(18, cfg.local_channels, cfg.local_stem_width)
+        # method.pretrained=imagenet starts the local ResNet-18 from torchvision's ImageNet weights, as the paper does;
+        # the global ResNet-22 has no published weights and stays random (initialisation() records both).
+        self.local_backbone = local_resnet(
+            18,
+            cfg.local_channels,
+            cfg.local_stem_width,
+            pretrained=cfg.pretrained == "imagenet",
+            name="gmic local_backbone",
+        )
         c = cfg.local_channels[-1]
         self.attention_v = nn.Linear(c, cfg.attention_dim, bias=False)
         self.attention_u = nn.Linear(c, cfg.attention_dim, bias=False)
@@ -184,24 +231,41 @@ class GMIC(WSSegMethod):
         self.local_classifier = nn.Linear(c, num_classes, bias=False)
         self.fusion = nn.Linear(g + c, num_classes)
 
-    def forward(self, images: Tensor) -> MethodOutput:
-        """Images (B, 1, H, W) -> fusion logits (B, K) and the global saliency map at (B, K, H, W)."""
-        size = (int(images.shape[-2]), int(images.shape[-1]))
-        x = pool_input(images, self.cfg.global_input_downsample, self.cfg.global_input_pool)
+    def global_module(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Images (B, 1, H, W) -> h_g (B, 256, h, w), the saliency map A (B, 2, h, w) and y_global (B, 2)."""
+        x = pool_input(images, self.cfg.global_input_downsample, self.cfg.global_input_pool)  # (B, 1 or d*d, h, w)
         h_g = self.global_backbone(x)  # (B, 256, h, w)
         saliency_lowres = torch.sigmoid(self.saliency_head(h_g))  # (B, 2, h, w)
         if self.cfg.tissue_gate:
             saliency_lowres = saliency_lowres * tissue_fraction(
                 tissue_mask(images), (int(h_g.shape[-2]), int(h_g.shape[-1]))
             )
-        y_global = top_t_mean(saliency_lowres, self.cfg.percent_t)  # (B, 2)
+        return h_g, saliency_lowres, top_t_mean(saliency_lowres, self.cfg.percent_t)
+
+    def explained_layer(self) -> nn.Module:
+        """Post-hoc methods explain the global module: its backbone's final feature map h_g (after BN and ReLU)."""
+        return self.global_backbone.final_act
+
+    def explained_logits(self, images: Tensor) -> Tensor:
+        """The logit of y_global (B, 2), the global module's prediction (the crops and the fusion are not run)."""
+        return torch.logit(self.global_module(images)[2].float(), eps=1e-6)
+
+    def local_features(self, crops: Tensor) -> Tensor:
+        """Crops (N, 1, h, w) -> the local ResNet-18's feature maps (N, 512, h/32, w/32) at the released widths."""
+        local = cast(TimmModel, self.local_backbone)  # a timm ResNet
+        return local.forward_features(local_input(crops, self.cfg.local_in_chans))  # (N, 1 or 3, h, w) in
+
+    def forward(self, images: Tensor) -> MethodOutput:
+        """Images (B, 1, H, W) -> fusion logits (B, K) and the global saliency map at (B, K, H, W)."""
+        size = (int(images.shape[-2]), int(images.shape[-1]))
+        h_g, saliency_lowres, y_global = self.global_module(images)  # (B, 256, h, w), (B, 2, h, w), (B, 2)
 
         crop = self.cfg.crop_size
         corners = propose_windows(saliency_lowres, self.cfg.num_crops, crop, size)  # (B, K, 2) pixels
         cut = extract_crops if self.cfg.roi_impl == "batched" else extract_crops_reference
         crops = cut(images, corners, crop)  # (B, K, 1, crop_h, crop_w)
         b, k = crops.shape[:2]
-        features = self.local_backbone.forward_features(crops.flatten(0, 1))  # (B*K, 512, s, s)
+        features = self.local_features(crops.flatten(0, 1))  # (B*K, 512, s, s)
         h_k = features.mean(dim=(2, 3)).view(b, k, -1)  # (B, K, 512)
 
         z, attention = self.attention_pool(h_k)  # (B, 512), (B, K)

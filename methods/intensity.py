@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from wsseg_methods.uniform import estimate_breast
 
-from wsseg.method import MethodConfig, MethodOutput, ParameterFreeMethod
+from wsseg.method import Limit, MethodConfig, MethodOutput, ParameterFreeMethod, between
 from wsseg.nn.upsample import to_input_resolution
 from wsseg.registry import register_method
 
@@ -40,6 +40,15 @@ class IntensityConfig(MethodConfig):
     smooth_px: int = 4
     logit_quantile: float = 0.99
     open_px: int = 1
+
+    def limits(self, image_hw: tuple[int, int]) -> dict[str, Limit]:
+        """A smoothing cell inside the image, a quantile in [0, 1], an opening of at most 64 pixels."""
+        side = min(image_hw)
+        return {
+            "smooth_px": (between(1, side), f"an integer in [1, {side}] at this profile"),
+            "logit_quantile": (between(0, 1), "in [0, 1]"),
+            "open_px": (between(0, 64), "an integer in [0, 64]"),
+        }
 
     @classmethod
     def tiny(cls) -> IntensityConfig:
@@ -62,6 +71,7 @@ class Intensity(ParameterFreeMethod):
     """Reference prior: smoothed, per-image min-max normalised brightness inside the breast."""
 
     Config = IntensityConfig
+    supervision = "reference"  # learns nothing: a floor or prior row, never ranked among the weak methods
 
     cfg: IntensityConfig
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from wsseg.method import MethodConfig, MethodOutput, ParameterFreeMethod
+from wsseg.method import Limit, MethodConfig, MethodOutput, ParameterFreeMethod, between
 from wsseg.nn.upsample import to_input_resolution
 from wsseg.registry import register_method
 
@@ -44,12 +44,23 @@ class RandomConfig(MethodConfig):
     grid_height: int = 12
     grid_width: int = 8
 
+    def limits(self, image_hw: tuple[int, int]) -> dict[str, Limit]:
+        """A seed numpy takes, a grid no finer than the image."""
+        from wsseg.config import SEED_RANGE, seed_ok
+
+        return {
+            "seed": (seed_ok, SEED_RANGE),
+            "grid_height": (between(1, image_hw[0]), f"an integer in [1, {image_hw[0]}] at this profile"),
+            "grid_width": (between(1, image_hw[1]), f"an integer in [1, {image_hw[1]}] at this profile"),
+        }
+
 
 @register_method("random")
 class RandomMap(ParameterFreeMethod):
     """Reference floor: smooth noise and random logits, seeded by each image's bytes."""
 
     Config = RandomConfig
+    supervision = "reference"  # learns nothing: a floor or prior row, never ranked among the weak methods
 
     cfg: RandomConfig
 

@@ -1,9 +1,11 @@
 """U-Net: the fully supervised upper bound (Ronneberger et al., "U-Net", MICCAI 2015).
 
-The only reference row trained on lesion masks (``supervision = "full"``): it shows how much Dice the architecture
+The only method trained on lesion masks (``supervision = "full"``): it shows how much Dice the architecture
 budget of a profile can reach when the masks are known, so the weakly supervised rows are read against both a floor
-(uniform, random, intensity) and a ceiling. Built with segmentation-models-pytorch (``smp.Unet``) on a randomly
-initialised encoder: ``encoder_weights`` is always None, nothing is downloaded.
+(the ``reference`` rows uniform, random, intensity) and a ceiling. Built with segmentation-models-pytorch
+(``smp.Unet``) on a randomly initialised encoder, or with ``pretrained=imagenet`` on a ``tu-`` timm encoder that
+starts from timm's pretrained weights (smp's timm encoder calls ``timm.create_model(pretrained=True, in_chans=1)``);
+the decoder stays random.
 
 Forward: the input is average-pooled by ``input_downsample`` (as CAM's), padded at the bottom/right with the
 image's background value to a multiple of the encoder's stride and passed through the U-Net, whose per-class
@@ -28,12 +30,12 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-import segmentation_models_pytorch as smp
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from wsseg.method import MethodConfig, MethodOutput, WSSegMethod, bce_loss
+from wsseg.method import Limit, MethodConfig, MethodOutput, TrainContext, WSSegMethod, bce_loss, between
+from wsseg.nn.backbones import Pretrained, with_pretrained
 from wsseg.nn.input_pool import InputPool, pool_input, pooled_channels
 from wsseg.nn.upsample import to_input_resolution
 from wsseg.registry import register_method
@@ -49,6 +51,8 @@ class UNetConfig(MethodConfig):
             (timm's ``channels``) and its stem is timm's deep stem of width ``w/2 -> w``; None keeps the
             encoder's own architecture (needed for other encoders).
         encoder_depth: encoder stages used (3 to 5); the U-Net's output stride before cropping is ``2**depth``.
+        pretrained: ``none`` (random) or ``imagenet``: a ``tu-`` encoder of timm's own widths (``encoder_width``
+            None, e.g. the paper preset's ResNet-34) starts from timm's pretrained weights; the decoder is random.
         decoder_width: channels of the last (finest) decoder block; each coarser block doubles it.
         input_downsample: reduce the input by this factor before the U-Net (1 = full resolution).
         input_pool: how (:mod:`wsseg.nn.input_pool`): ``avg`` pooling or ``unshuffle`` (space-to-depth).
@@ -60,12 +64,27 @@ class UNetConfig(MethodConfig):
     encoder: str = "tu-resnet18"
     encoder_width: int | None = 16
     encoder_depth: int = 4
+    pretrained: Pretrained = "none"
     decoder_width: int = 8
     input_downsample: int = 4
     input_pool: InputPool = "avg"
     pool_sharpness: float = 4.0
     dice_weight: float = 1.0
     image_loss_weight: float = 0.1
+
+    def limits(self, image_hw: tuple[int, int]) -> dict[str, Limit]:
+        """Depths smp builds, positive widths, pooling that leaves the U-Net's stride, positive loss weights."""
+        pooled = max(1, min(image_hw) // 2 ** max(3, min(self.encoder_depth, 5)))
+        return {
+            "encoder": (lambda v: bool(v.strip()), "an smp encoder name, e.g. tu-resnet18"),
+            "encoder_width": (lambda v: v is None or 1 <= v <= 1024, "none or an integer in [1, 1024]"),
+            "encoder_depth": (between(3, 5), "3, 4 or 5"),
+            "decoder_width": (between(1, 1024), "an integer in [1, 1024]"),
+            "input_downsample": (between(1, pooled), f"an integer in [1, {pooled}] at this profile"),
+            "pool_sharpness": (lambda v: 0 < v <= 100, "in (0, 100]"),
+            "dice_weight": (between(0, 1000), "in [0, 1000]"),
+            "image_loss_weight": (between(0, 1000), "in [0, 1000]"),
+        }
 
     @classmethod
     def tiny(cls) -> UNetConfig:
@@ -113,6 +132,9 @@ class UNet(WSSegMethod):
     cfg: UNetConfig
 
     def __init__(self, cfg: UNetConfig, num_classes: int = 2, in_chans: int = 1) -> None:
+        # Here, not at the top: smp imports timm (seconds), which registering methods (`wsseg list methods`) skips.
+        import segmentation_models_pytorch as smp
+
         super().__init__(cfg, num_classes, in_chans)
         if not 3 <= cfg.encoder_depth <= 5:
             raise ValueError(f"unet encoder_depth must be 3, 4 or 5, got {cfg.encoder_depth}")
@@ -130,21 +152,35 @@ class UNet(WSSegMethod):
             # 64-channel one: at stride 2 that stem and its decoder skip would cost more than the narrow stages.
             kwargs.update(channels=(w, 2 * w, 4 * w, 8 * w), stem_type="deep", stem_width=max(1, w // 2))
         decoder = tuple(cfg.decoder_width * 2 ** (cfg.encoder_depth - 1 - i) for i in range(cfg.encoder_depth))
-        self.net = smp.Unet(
-            encoder_name=cfg.encoder,
-            encoder_depth=cfg.encoder_depth,
-            encoder_weights=None,  # random initialisation: never download
-            decoder_channels=decoder,
-            in_channels=pooled_channels(in_chans, cfg.input_downsample, cfg.input_pool),
-            classes=num_classes,
-            **kwargs,
-        )
+
+        def build(weights: bool | None) -> smp.Unet:
+            return smp.Unet(
+                encoder_name=cfg.encoder,
+                encoder_depth=cfg.encoder_depth,
+                encoder_weights=weights,  # True: timm's pretrained weights of the tu- encoder; None: random
+                decoder_channels=decoder,
+                in_channels=pooled_channels(in_chans, cfg.input_downsample, cfg.input_pool),
+                classes=num_classes,
+                **kwargs,
+            )
+
+        if cfg.pretrained == "imagenet":
+            if not cfg.encoder.startswith("tu-") or cfg.encoder_width is not None:
+                raise ValueError(
+                    f"unet encoder {cfg.encoder!r} (encoder_width={cfg.encoder_width}) has no pretrained weights: "
+                    "pretrained=imagenet needs a timm encoder of timm's own widths, e.g. --profile paper "
+                    "(tu-resnet34) or --set method.encoder_width=none; or keep method.pretrained=none"
+                )
+            self.net, init = with_pretrained(cfg.encoder[3:], f"unet encoder {cfg.encoder}", lambda: build(True))
+            self.net.encoder.wsseg_init = init
+        else:
+            self.net = build(None)
         self.stride = 2**cfg.encoder_depth
         self._epochs: int | None = None  # the run's length, set by on_train_start (a schedule fact, not a result)
 
-    def on_train_start(self, ctx: dict[str, Any]) -> None:
+    def on_train_start(self, ctx: TrainContext) -> None:
         """Remember the run's length: only its last epoch provides the evaluated weights."""
-        self._epochs = int(ctx["epochs"])
+        self._epochs = ctx.epochs
 
     def eligible_for_best(self, epoch: int) -> bool:
         """Only the last epoch: the ceiling is the fully trained segmenter, not the epoch with the best image AUROC.

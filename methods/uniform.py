@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from wsseg.method import MethodConfig, MethodOutput, ParameterFreeMethod
+from wsseg.method import Limit, MethodConfig, MethodOutput, ParameterFreeMethod, between
 from wsseg.registry import register_method
 
 
@@ -58,12 +58,20 @@ class UniformConfig(MethodConfig):
     value: float = 1.0
     open_px: int = 1
 
+    def limits(self, image_hw: tuple[int, int]) -> dict[str, Limit]:
+        """A map value in (0, 1], an opening of at most 64 pixels."""
+        return {
+            "value": (lambda v: 0 < v <= 1, "in (0, 1]"),
+            "open_px": (between(0, 64), "an integer in [0, 64]"),
+        }
+
 
 @register_method("uniform")
 class Uniform(ParameterFreeMethod):
     """Reference floor: a constant map over the breast estimated from the image, constant logits."""
 
     Config = UniformConfig
+    supervision = "reference"  # learns nothing: a floor or prior row, never ranked among the weak methods
 
     cfg: UniformConfig
 

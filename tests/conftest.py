@@ -40,3 +40,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """One line with the size of the bad-input suite (tests/test_bad_inputs.py) and how its cases ended."""
+    outcomes: dict[str, str] = {}
+    for key in ("passed", "failed", "skipped", "error"):
+        for report in terminalreporter.stats.get(key, []):
+            nodeid = getattr(report, "nodeid", "")
+            if "test_bad_inputs.py::" in nodeid and outcomes.get(nodeid) not in ("failed", "error"):
+                outcomes[nodeid] = key
+    if outcomes:
+        counts = {k: sum(v == k for v in outcomes.values()) for k in ("passed", "failed", "error", "skipped")}
+        detail = ", ".join(f"{n} {k}" for k, n in counts.items() if n)
+        terminalreporter.write_line(f"bad-input suite: {len(outcomes)} cases ({detail})")

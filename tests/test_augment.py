@@ -84,7 +84,7 @@ def test_each_rank_gets_its_images_single_process_draws() -> None:
     kw = {"seed": 0, "epoch": 1, "micro": 5, "shift_px": 400.0, "size_px": 400.0}
     whole = augment_batch(batch, range(4), 4, **kw)
     assert not torch.allclose(whole["image"], batch["image"])
-    for rank in (0, 1):  # two processes: rank r holds images r, r + 2 (wsseg.training.distributed.shard)
+    for rank in (0, 1):  # two processes: rank r holds images r, r + 2 (wsseg.runtime.distributed.shard)
         part = {k: v[rank::2] for k, v in batch.items()}
         got = augment_batch(part, range(rank, 4, 2), 4, **kw)
         torch.testing.assert_close(got["image"], whole["image"][rank::2], rtol=0, atol=0)

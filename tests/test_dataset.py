@@ -14,12 +14,10 @@ from wsseg.config import phantom_config
 from wsseg.data.dataset import (
     SPLITS,
     MammogramDataset,
-    collate,
     prepare_phantom,
     read_manifest,
-    standardize_images,
 )
-from wsseg.evaluation.inference import to_device
+from wsseg.runtime.device import collate, standardize_images, to_device
 
 
 def _digest(root: Path) -> str:

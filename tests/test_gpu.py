@@ -10,9 +10,10 @@ import torch
 
 from wsseg import create_method
 from wsseg.config import TrainConfig
-from wsseg.data.dataset import MammogramDataset, collate
-from wsseg.evaluation.inference import predict_batches, to_device
+from wsseg.data.dataset import MammogramDataset
 from wsseg.method import check_output
+from wsseg.runtime.device import collate, to_device
+from wsseg.runtime.inference import predict_batches
 from wsseg.training.loop import train
 
 
@@ -48,3 +49,18 @@ def test_raw_batches_standardised_on_the_gpu_equal_the_workers_images(tiny_root:
     a = collate([std[i] for i in range(4)])
     b = to_device(collate([raw[i] for i in range(4)]), torch.device("cuda"))
     torch.testing.assert_close(b["image"].cpu(), a["image"], rtol=0, atol=2e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(
+    "name", ["xgradcam", "scorecam", "ablationcam", "eigencam", "eigengradcam", "fullgrad", "smoothgradcampp"]
+)
+def test_posthoc_maps_under_bf16_on_cuda(tiny_root: Path, name: str) -> None:
+    # The maps' formulas run in float32 with autocast off; the CPU-bf16 test checks their values, this the CUDA path.
+    device = torch.device("cuda")
+    torch.manual_seed(0)
+    method = create_method(name, profile="tiny").to(device)
+    val = MammogramDataset(tiny_root, "val", with_masks=True, standardize=False)
+    for batch, out in predict_batches(method, val, 4, device, bf16=True):
+        check_output(out, batch["image"].shape[0], 2, tuple(batch["image"].shape[-2:]))
+        assert out.saliency.dtype == torch.float32 and out.saliency.device.type == "cuda"

@@ -12,13 +12,16 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
 TMP_SUFFIX = ".tmp"
+# The names mkstemp gives in atomic_open: "." + the destination's name + "." + random letters + ".tmp".
+_TMP_NAME = re.compile(r"\.(.+)\.[A-Za-z0-9_]+\.tmp")
 # mkstemp creates files readable by their owner only; results are meant to be shared, so written files get the
 # permissions a plain open() would give them (0666 less the process umask). Read once: os.umask can only be read
 # by setting it.
@@ -37,6 +40,9 @@ _FIXES = {
     errno.ENOTDIR: "a file is in the way of a folder on that path: move it or write elsewhere",
     errno.EEXIST: "a file is in the way of a folder on that path: move it or write elsewhere",
     errno.ENAMETOOLONG: "the path is too long: write to a shorter path",
+    errno.EFBIG: "the file is larger than this process may write (ulimit -f, or the filesystem's limit): raise the "
+    "limit or write elsewhere",
+    errno.EIO: "the disk reported an I/O error: check it, or write elsewhere",
 }
 
 
@@ -88,7 +94,7 @@ def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
         raise OSError(describe_os_error(path, e)) from e
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+        with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
@@ -104,16 +110,35 @@ def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
     _fsync_dir(path.parent)
 
 
-def remove_stale_temporaries(folder: str | Path) -> int:
-    """Delete the temporary files that writes killed mid-way left in ``folder`` and below; return how many.
+def temporary_of(name: str) -> str | None:
+    """The destination's name when ``name`` is a temporary file of :func:`atomic_open` (``.<name>.<random>.tmp``)."""
+    match = _TMP_NAME.fullmatch(name)
+    return match.group(1) if match else None
 
-    Only names made by :func:`atomic_open` (``.<name>.<random>.tmp``) are touched. Call it when no other
-    process writes to ``folder``.
+
+def remove_stale_temporaries(folder: str | Path, names: Iterable[str] = (), suffixes: Iterable[str] = ()) -> int:
+    """Delete the temporary files that writes killed mid-way left for the files a command owns; return how many.
+
+    Only the temporaries :func:`atomic_open` makes (``.<name>.<random>.tmp``) of the files named here are touched:
+    ``folder/<name>`` for each of ``names``, or any file in ``folder`` whose name ends with one of ``suffixes``
+    (e.g. ``.npz``). Nothing below ``folder`` and nothing else is deleted, so a run folder pointed at the wrong
+    place cannot lose another program's ``*.tmp`` files. Call it while holding the folder's lock
+    (:func:`wsseg._lock.folder_lock`), when no other process writes there.
     """
+    folder = Path(folder)
+    exact = set(names)
+    ends = tuple(suffixes)
     n = 0
-    for p in Path(folder).rglob(f".*{TMP_SUFFIX}"):
-        if p.is_file():
-            p.unlink(missing_ok=True)
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return 0  # no folder yet: nothing was left
+    for entry in entries:
+        target = temporary_of(entry.name)
+        if target is None or not entry.is_file(follow_symlinks=False):
+            continue
+        if target in exact or (ends and target.endswith(ends)):
+            Path(entry.path).unlink(missing_ok=True)
             n += 1
     return n
 

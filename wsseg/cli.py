@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import math
+import os
+import shlex
+import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from tabulate import tabulate
 
-from wsseg.data.phantom import CLASSES
+if TYPE_CHECKING:
+    pass
+
+# Heavy modules (torch, timm, pandas, matplotlib, scipy via the phantom) are imported inside the commands that
+# use them, so that `wsseg --help` and `wsseg --version` start in a fraction of a second (tests/test_cli.py checks
+# that importing this module leaves torch unloaded).
 
 app = typer.Typer(
     name="wsseg",
@@ -24,24 +34,130 @@ data_app = typer.Typer(help="Prepare and look at datasets.", no_args_is_help=Tru
 app.add_typer(list_app, name="list")
 app.add_typer(data_app, name="data")
 
+
+def _print_version(value: bool) -> None:
+    """``--version``: print ``wsseg <version>`` (the installed distribution's) and stop before any command."""
+    if value:
+        from wsseg import __version__
+
+        typer.echo(f"wsseg {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main_options(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print the installed version and exit."),
+    ] = False,
+) -> None:
+    """Benchmark weakly-supervised segmentation of high-resolution mammograms."""
+
+
+QUIET_HELP = "No progress bars (there are none when stderr is not a terminal)."
 ALLOW_OUTSIDE_ROOT_HELP = (
     "Let the dataset's index (a manifest CSV) list files outside the data root; by default such paths "
     "(../.., absolute ones) are refused."
 )
 
 # Errors a user can fix; anything else is a bug and keeps its traceback.
-USER_ERRORS = (ValueError, KeyError, FileNotFoundError, FileExistsError, ImportError, OSError)
+# EOFError: numpy's reply to an empty file, which click would otherwise turn into a bare "Aborted.".
+USER_ERRORS = (ValueError, KeyError, FileNotFoundError, FileExistsError, ImportError, OSError, EOFError)
 
 
 def _fail(e: BaseException | str) -> NoReturn:
     from wsseg._io import describe_os_error
 
     msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+    if "\nOriginal Traceback" in msg:
+        # Re-raised by a DataLoader from a worker process: the worker's traceback follows; its last line is the error.
+        msg = msg.strip().splitlines()[-1].split(": ", 1)[-1]
     if isinstance(e, OSError) and e.filename is not None and e.strerror:
         # A system error straight from the OS ("[Errno 13] Permission denied: 'x'"): name the path and the fix.
         msg = describe_os_error(e.filename, e, action="access")
     typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
     raise typer.Exit(2)
+
+
+def _progress(quiet: bool) -> bool:
+    """Whether to draw progress bars: not with ``-q``, and only when stderr is a terminal.
+
+    In a log file or a pipe a bar is a stream of carriage-return updates; there the training loop's one summary line
+    per epoch (printed in every case) is the progress report.
+    """
+    return not quiet and sys.stderr.isatty()
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM (``kill``, a scheduler's stop) ends a command the way Ctrl-C does."""
+
+    def stop(signum: int, frame: Any) -> None:  # noqa: ARG001
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # not the main thread (an embedding program): leave its handlers alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupted(saved: str, again: list[str] | None, resumable: bool, run_dir: Path | None) -> NoReturn:
+    """Say what an interrupted command saved and how to continue it; exit 130 (the shell's code for Ctrl-C)."""
+    from wsseg.pipelines.run import holds_run_files
+
+    typer.secho(f"\ninterrupted: {saved}", fg=typer.colors.YELLOW, err=True)
+    if again is not None and resumable:
+        typer.echo(f"continue it with:\n  {shlex.join([*again, '--resume'])}", err=True)
+    elif again is not None:
+        # A new start reuses a folder that holds nothing but config.json (wsseg.pipelines.run.check_run_folder).
+        stale = run_dir is not None and holds_run_files(run_dir)
+        prefix = f"rm -r {shlex.quote(str(run_dir))} && " if stale else ""
+        typer.echo(f"start it again with:\n  {prefix}{shlex.join(again)}", err=True)
+    raise typer.Exit(130)
+
+
+def _given_run_flags(given: dict[str, Any], run_id: str) -> list[str]:
+    """The flags of a `wsseg run` call (its parameters in ``given``) with ``--run-id`` set and without ``--resume``."""
+    flags = ["--method", given["method"]]
+    # --dataset and --device default to None (not given: --set decides), the others to their value.
+    defaults = {"dataset": None, "profile": "quick", "seed": 0, "device": None}
+    for name, default in defaults.items():
+        if given[name] is not None and given[name] != default:
+            flags += [f"--{name}", str(given[name])]
+    for name in ("data_root", "folds", "fold", "epochs", "batch_size", "cache_dir", "from_run", "weights"):
+        if given[name] is not None:
+            flags += [f"--{name.replace('_', '-')}", str(given[name])]
+    flags += ["--out", str(given["out"]), "--run-id", run_id]
+    for item in given["set_"] or []:
+        flags += ["--set", item]
+    for path in given["plugin"] or []:
+        flags += ["--plugin", str(path)]
+    for name in ("allow_outside_root", "save_maps"):
+        if given[name]:
+            flags.append(f"--{name.replace('_', '-')}")
+    return [*flags, "-q"] if given["quiet"] else flags
+
+
+def _benchmark_again(file: Path, given: dict[str, Any]) -> list[str]:
+    """The `wsseg benchmark` command line that continues a run with the same flags (without ``--resume``)."""
+    again = ["wsseg", "benchmark", str(file)]
+    if given["launcher"] != "local":
+        again += ["--launcher", given["launcher"]]
+    names = {"data_root": "--data-root", "profile": "--profile", "methods": "--methods", "seeds": "--seeds"}
+    names |= {"out": "--out", "leaderboard_dir": "--leaderboard"}
+    for name, flag in names.items():
+        if given[name] is not None:
+            again += [flag, str(given[name])]
+    for item in given["set_"] or []:
+        again += ["--set", item]
+    for line in given["setup"] or []:
+        again += ["--setup", line]
+    return [*again, "-q"] if given["quiet"] else again
 
 
 def _fmt(x: Any) -> str:
@@ -52,6 +168,8 @@ def _fmt(x: Any) -> str:
 
 def results_table(record: dict[str, Any]) -> str:
     """The per-class table printed at the end of a run."""
+    from wsseg.core import CLASSES
+
     rows = []
     for name in CLASSES:
         m = record["metrics"][name]
@@ -70,7 +188,8 @@ def results_table(record: dict[str, Any]) -> str:
             ]
         )
     headers = ["class", "Dice", "IoU", "threshold", "Dice@0.5", "IoU@0.5", "AUROC", "test lesions", "uniform Dice"]
-    return tabulate([[_fmt(v) for v in r] for r in rows], headers=headers, disable_numparse=True)
+    table: str = tabulate([[_fmt(v) for v in r] for r in rows], headers=headers, disable_numparse=True)
+    return table
 
 
 def _with_interval(record: dict[str, Any], name: str, key: str) -> str:
@@ -85,6 +204,8 @@ def _with_interval(record: dict[str, Any], name: str, key: str) -> str:
 
 def metrics_table(record: dict[str, Any]) -> str:
     """The full metric suite per class, with 95% patient-bootstrap intervals where computed."""
+    from wsseg.core import CLASSES
+
     keys = [
         ("Dice", "dice"),
         ("IoU", "iou"),
@@ -124,98 +245,103 @@ def metrics_table(record: dict[str, Any]) -> str:
     return str(tabulate(rows, headers=["metric", *CLASSES], disable_numparse=True)) + f"\nthreshold: {rule}"
 
 
+# The longer help texts of `wsseg run`.
+RUN_HELP = {
+    "dataset": "phantom (the default) or a data source (see `wsseg list datasets`); overrides --set data.dataset.",
+    "data_root": "The downloaded dataset (folder or index file); prepared on first use.",
+    "profile": "quick (CPU minutes, 736x480), paper (GPU, 2944x1920) or tiny (tests).",
+    "run_id": "Run folder name (default: method-dataset-profile-seed-time).",
+    "device": "auto (the default), cpu or cuda; overrides --set train.device.",
+    "resume": "Continue the latest matching run from its last checkpoint.",
+    "cache_dir": "Dataset cache folder (default: $WSSEG_CACHE_DIR or the XDG cache).",
+    "set": "Override a config field: section.field=value (data, train, eval, method).",
+    "from_run": "Reuse the classifier of a finished run (post-hoc methods) instead of training.",
+    "weights": "Evaluate these weights instead of training: a wsseg checkpoint, a state dict, or an official GMIC "
+    "sample_model_N.p / GLAM model_sep.ckpt or model_joint.ckpt (with --profile paper).",
+    "plugin": "A single-file method to import first (repeatable); see CONTRIBUTING.md.",
+    "save_maps": "Also store the test maps as float16 <image_id>_<class>.npy in DIR/<run_id>/maps/ (2 bytes per pixel: "
+    "11 MB per map at 2944x1920) and the image-level scores in test_labels.csv, for `wsseg evaluate` and "
+    "`wsseg score`.",
+}
+
+
 @app.command()
 def run(
     method: Annotated[str, typer.Option("--method", "-m", help="Registered method name (see `wsseg list methods`).")],
-    dataset: Annotated[str, typer.Option(help="phantom or a data source (see `wsseg list datasets`).")] = "phantom",
-    data_root: Annotated[
-        Path | None, typer.Option(help="The downloaded dataset (folder or index file); prepared on first use.")
-    ] = None,
-    profile: Annotated[
-        str, typer.Option(help="quick (CPU minutes, 736x480), paper (GPU, 2944x1920) or tiny (tests).")
-    ] = "quick",
+    dataset: Annotated[str | None, typer.Option(help=RUN_HELP["dataset"])] = None,
+    data_root: Annotated[Path | None, typer.Option(help=RUN_HELP["data_root"])] = None,
+    profile: Annotated[str, typer.Option(help=RUN_HELP["profile"])] = "quick",
     seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
+    folds: Annotated[int | None, typer.Option(help="k of a k-fold cross-validation by patient (with --fold).")] = None,
+    fold: Annotated[int | None, typer.Option(help="The fold tested by this run, 0 .. folds-1 (with --folds).")] = None,
     epochs: Annotated[int | None, typer.Option(help="Override the profile's epoch count.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Override the profile's batch size.")] = None,
     out: Annotated[Path, typer.Option("--out", help="Parent folder of run folders.")] = Path("runs"),
-    run_id: Annotated[
-        str | None, typer.Option(help="Run folder name (default: method-dataset-profile-seed-time).")
-    ] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    resume: Annotated[
-        bool, typer.Option("--resume", help="Continue the latest matching run from its last checkpoint.")
-    ] = False,
-    cache_dir: Annotated[
-        Path | None, typer.Option(help="Dataset cache folder (default: $WSSEG_CACHE_DIR or the XDG cache).")
-    ] = None,
-    set_: Annotated[
-        list[str] | None,
-        typer.Option("--set", help="Override a config field: section.field=value (data, train, eval, method)."),
-    ] = None,
-    from_run: Annotated[
-        Path | None, typer.Option(help="Reuse the classifier of a finished run (post-hoc methods) instead of training.")
-    ] = None,
-    weights: Annotated[
-        Path | None,
-        typer.Option(
-            help="Evaluate these weights instead of training: a wsseg checkpoint, a state dict, or an official "
-            "GMIC sample_model_N.p / GLAM model_sep.ckpt or model_joint.ckpt (with --profile paper)."
-        ),
-    ] = None,
-    plugin: Annotated[
-        list[Path] | None, typer.Option(help="A single-file method to import first (repeatable); see CONTRIBUTING.md.")
-    ] = None,
+    run_id: Annotated[str | None, typer.Option(help=RUN_HELP["run_id"])] = None,
+    device: Annotated[str | None, typer.Option(help=RUN_HELP["device"])] = None,
+    resume: Annotated[bool, typer.Option("--resume", help=RUN_HELP["resume"])] = False,
+    cache_dir: Annotated[Path | None, typer.Option(help=RUN_HELP["cache_dir"])] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help=RUN_HELP["set"])] = None,
+    from_run: Annotated[Path | None, typer.Option(help=RUN_HELP["from_run"])] = None,
+    weights: Annotated[Path | None, typer.Option(help=RUN_HELP["weights"])] = None,
+    plugin: Annotated[list[Path] | None, typer.Option(help=RUN_HELP["plugin"])] = None,
     allow_outside_root: Annotated[bool, typer.Option("--allow-outside-root", help=ALLOW_OUTSIDE_ROOT_HELP)] = False,
-    save_maps: Annotated[
-        bool,
-        typer.Option(
-            "--save-maps",
-            help="Also store the test maps as float16 <image_id>_<class>.npy in DIR/<run_id>/maps/ (2 bytes per "
-            "pixel: 11 MB per map at 2944x1920) and the image-level scores in test_labels.csv, for `wsseg evaluate` "
-            "and `wsseg score`.",
-        ),
-    ] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    save_maps: Annotated[bool, typer.Option("--save-maps", help=RUN_HELP["save_maps"])] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help=QUIET_HELP)] = False,
 ) -> None:
     """Train a method (or load --weights), evaluate it on the test split and write DIR/<run_id>/record.json.
 
     Beside the record: per_image.csv and per_image_stats.npz (what `wsseg compare` resamples).
     """
-    from wsseg.config import make_run_config
-    from wsseg.registry import load_plugin_file
-    from wsseg.run import run as run_fn
+    from wsseg.pipelines.run import RunInterrupted, run_from_options
+    from wsseg.report.records import method_label
 
-    overrides = list(set_ or [])
-    overrides += [f"data.dataset={dataset}", f"train.device={device}"]
-    if epochs is not None:
-        overrides.append(f"train.epochs={epochs}")
-    if batch_size is not None:
-        overrides.append(f"train.batch_size={batch_size}")
-    if cache_dir is not None:
-        overrides.append(f"data.cache_dir={cache_dir}")
-    if data_root is not None:
-        overrides.append(f"data.root={data_root}")
-    if save_maps:
-        overrides.append("eval.save_maps=true")
-    if allow_outside_root:
-        overrides.append("data.allow_outside_root=true")
+    # Flags override --set items only when given (they come after it): a default must not silently undo
+    # `--set data.dataset=...`.
+    flags = {
+        "data.dataset": dataset,
+        "train.device": device,
+        "data.folds": folds,
+        "data.fold": fold,
+        "train.epochs": epochs,
+        "train.batch_size": batch_size,
+        "data.cache_dir": cache_dir,
+        "data.root": data_root,
+        "eval.save_maps": "true" if save_maps else None,
+        "data.allow_outside_root": "true" if allow_outside_root else None,
+    }
+    overrides = [*(set_ or []), *(f"{key}={value}" for key, value in flags.items() if value is not None)]
     try:
-        for path in plugin or []:
-            load_plugin_file(path)
-        cfg = make_run_config(method, profile, seed, overrides)  # type: ignore[arg-type]
-        record = run_fn(cfg, out, run_id, resume, from_run, weights=weights, progress=not quiet, log=typer.echo)
+        with _sigterm_as_interrupt():
+            record = run_from_options(
+                method,
+                profile,
+                seed,
+                overrides,
+                list(plugin or []),
+                out,
+                run_id,
+                resume,
+                from_run,
+                weights,
+                progress=_progress(quiet),
+                log=typer.echo,
+            )
+    except RunInterrupted as e:
+        # The same command with the run's folder named, so it continues this run and no other.
+        again = ["wsseg", "run", *_given_run_flags(locals(), e.run_dir.name)]
+        _interrupted(e.saved, again, e.resumable, e.run_dir)
+    except KeyboardInterrupt:
+        if os.environ.get("RANK", "0") != "0":
+            raise typer.Exit(130) from None  # another torchrun rank: rank 0 says what was saved
+        _interrupted("nothing was saved yet (stopped before the run folder was made)", None, False, None)
     except USER_ERRORS as e:
         _fail(e)
-    finally:
-        import torch.distributed
-
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
     if not record:
         return  # a torchrun rank other than 0: rank 0 prints the results
     t = record["timings"]
     typer.echo(
-        f"\n{record['method']} on {record['dataset']} ({record['profile']}), seed {record['seed']}, "
+        f"\n{method_label(record)} on {record['dataset']} ({record['profile']}), seed {record['seed']}, "
         f"device {record['device']}: best epoch {record['training']['best_epoch']}, "
         f"{t['total']:.0f} s total ({t['data']:.0f} data, {t['train']:.0f} train, {t['eval']:.0f} eval)"
     )
@@ -279,21 +405,22 @@ def score(
             help="Skip images with a bad or missing file instead of stopping; each skip is listed in the record.",
         ),
     ] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help=QUIET_HELP)] = False,
 ) -> None:
     """Score saliency maps produced by any program against masks; write OUT/record.json (same metric keys as `run`).
 
     Maps smaller than the masks (same aspect ratio) are upsampled by the harness. Bad files stop with an error
     naming the file and the fix (or are skipped and counted with --skip-invalid).
     """
-    from wsseg.config import EvalConfig
-    from wsseg.evaluation.scoring import parse_size, parse_thresholds, score_folders
+    from wsseg.config import EvalConfig, check_seed
+    from wsseg.pipelines.score import parse_size, parse_thresholds, score_folders
 
     try:
         if upsample not in ("bilinear", "nearest", "bicubic"):
             raise ValueError(f"--upsample {upsample!r}: choose bilinear, nearest or bicubic")
-        if bootstrap < 0:
-            raise ValueError("--bootstrap must be 0 or more")
+        if not 0 <= bootstrap <= 1_000_000:
+            raise ValueError(f"--bootstrap must be in [0, 1000000], got {bootstrap}")
+        check_seed(seed, "--seed")
         cfg = EvalConfig(upsample=upsample, bootstrap_resamples=bootstrap, bootstrap_seed=seed)  # type: ignore[arg-type]
         record = score_folders(
             maps,
@@ -307,7 +434,7 @@ def score(
             normalization=normalize,
             cfg=cfg,
             skip_invalid=skip_invalid,
-            progress=not quiet,
+            progress=_progress(quiet),
             log=typer.echo,
         )
     except USER_ERRORS as e:
@@ -323,19 +450,22 @@ def evaluate(
     run_dir: Annotated[Path, typer.Option("--run", help="A run folder made with `wsseg run --save-maps`.")],
     out: Annotated[Path | None, typer.Option(help="Output folder (default: RUN/evaluate).")] = None,
     cache_dir: Annotated[Path | None, typer.Option(help="Dataset cache folder (default: the run's).")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help=QUIET_HELP)] = False,
 ) -> None:
     """Re-score the test maps a run saved (--save-maps) with the current evaluator; the run's record is kept.
 
     Masks and breast regions come from the run's dataset, thresholds and image-level scores from the run.
     The numbers equal the run's up to the float16 rounding of the stored maps.
     """
-    from wsseg.evaluation.scoring import evaluate_run
-    from wsseg.report.records import read_record
+    from wsseg.core import CLASSES
+    from wsseg.pipelines.evaluate import evaluate_run
+    from wsseg.report.records import read_record_json
 
     try:
-        record = evaluate_run(run_dir, out, str(cache_dir) if cache_dir is not None else None, progress=not quiet)
-        original = read_record(run_dir / "record.json")
+        record = evaluate_run(
+            run_dir, out, str(cache_dir) if cache_dir is not None else None, progress=_progress(quiet)
+        )
+        original = read_record_json(run_dir / "record.json")
     except USER_ERRORS as e:
         _fail(e)
     typer.echo(metrics_table(record))
@@ -359,7 +489,7 @@ def gallery(
 
     Runs write it themselves; this is for runs made before galleries existed, so the HTML report can show them.
     """
-    from wsseg.run import gallery_for_run
+    from wsseg.pipelines.run import gallery_for_run
 
     for folder in run_dir:
         try:
@@ -367,9 +497,6 @@ def gallery(
         except USER_ERRORS as e:
             _fail(e)
         typer.echo(f"wrote {path}")
-
-
-COMPARE_DEFAULT = ("dice", "iou", "dice_pooled", "soft_dice", "pxap", "pointing_game_10mm", "froc", "auroc")
 
 
 @app.command()
@@ -388,21 +515,14 @@ def compare(
 
     Refuses runs whose test images, patients or ground truth differ.
     """
-    from wsseg._io import atomic_write_json
-    from wsseg.evaluation.scoring import compare_folders
-    from wsseg.evaluation.summary import interval_keys
+    from wsseg.config import check_seed
+    from wsseg.pipelines.compare import compare_and_write
 
     try:
-        if n_resamples < 1:
-            raise ValueError("--n-resamples must be at least 1")
-        result = compare_folders(run_a, run_b, n_resamples, seed)
-        known = interval_keys()
-        keys = known if metric and "all" in metric else list(metric or COMPARE_DEFAULT)
-        unknown = [k for k in keys if k not in known]
-        if unknown:
-            raise ValueError(f"unknown metric {unknown[0]!r}; choose from {', '.join(known)}")
-        if out is not None:
-            atomic_write_json(out, result)
+        if not 1 <= n_resamples <= 1_000_000:
+            raise ValueError(f"--n-resamples must be in [1, 1000000], got {n_resamples}")
+        check_seed(seed, "--seed")
+        result, keys = compare_and_write(run_a, run_b, n_resamples, seed, metric, out)
     except USER_ERRORS as e:
         _fail(e)
     rows = []
@@ -426,8 +546,28 @@ def compare(
         f"{n_resamples} paired resamples (seed {seed})\n"
     )
     typer.echo(tabulate(rows, headers=["class", "metric", "A", "B", "A - B", "95% CI", "p"], disable_numparse=True))
+    for note in result["notes"]:
+        typer.echo(f"\nnote: {note}")
     if out is not None:
         typer.echo(f"\nwritten: {out}")
+
+
+# The longer help texts of `wsseg bench`.
+BENCH_HELP = {
+    "mode": "wsseg (batched crops) and/or reference (GMIC/GLAM crops and paste-back in the official code's per-image "
+    "host loops); repeatable or comma-separated, e.g. wsseg,reference: both are measured in this process and the "
+    "speedup is printed. Default: wsseg.",
+    "compile": "Run the method under torch.compile (mode column: wsseg+compile, ...); compilation happens in the "
+    "untimed warm-up. Measure without the flag in another call for the eager figures.",
+    "loader": "Measure the data pipeline instead of a method: a prepared phantom at --profile read through a "
+    "DataLoader with --workers processes (pinned memory on CUDA) to the device, in images/s.",
+    "raw": "--loader: ship uint16 pixels and standardise on the device (default on CUDA, as wsseg run does) or "
+    "standardise in the workers (default on CPU).",
+    "augment": "--loader: also measure with the training loop's window noise applied on the device "
+    "(train.augment=window); rows with mode workers<N>+window.",
+    "kernels": "Also profile two steps of each configuration and write its most expensive operators and CUDA kernels "
+    "(torch.profiler) to DIR/<method>-<phase>-<precision>-batch-<n>-<mode>.txt.",
+}
 
 
 @app.command()
@@ -441,54 +581,19 @@ def bench(
         list[str] | None, typer.Option(help="bf16 (CUDA autocast) or fp32 (repeatable; default bf16 on CUDA).")
     ] = None,
     phase: Annotated[list[str] | None, typer.Option(help="inference and/or train (repeatable; default both).")] = None,
-    mode: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="wsseg (batched crops) and/or reference (GMIC/GLAM crops and paste-back in the official code's "
-            "per-image host loops); repeatable or comma-separated, e.g. wsseg,reference: both are measured in "
-            "this process and the speedup is printed. Default: wsseg."
-        ),
-    ] = None,
-    compile_: Annotated[
-        bool,
-        typer.Option(
-            "--compile",
-            help="Run the method under torch.compile (mode column: wsseg+compile, ...); compilation happens in the "
-            "untimed warm-up. Measure without the flag in another call for the eager figures.",
-        ),
-    ] = False,
+    mode: Annotated[list[str] | None, typer.Option(help=BENCH_HELP["mode"])] = None,
+    compile_: Annotated[bool, typer.Option("--compile", help=BENCH_HELP["compile"])] = False,
     compile_mode: Annotated[
         str | None,
         typer.Option(help="torch.compile mode, e.g. max-autotune-no-cudagraphs (slow to compile); default: torch's."),
     ] = None,
-    loader: Annotated[
-        bool,
-        typer.Option(
-            "--loader",
-            help="Measure the data pipeline instead of a method: a prepared phantom at --profile read through a "
-            "DataLoader with --workers processes (pinned memory on CUDA) to the device, in images/s.",
-        ),
-    ] = False,
+    loader: Annotated[bool, typer.Option("--loader", help=BENCH_HELP["loader"])] = False,
     workers: Annotated[
         list[int] | None, typer.Option(help="--loader: loader processes (repeatable; default: all cores).")
     ] = None,
     images: Annotated[int, typer.Option(help="--loader: phantom images to generate and read (multiple of 4).")] = 64,
-    raw: Annotated[
-        bool | None,
-        typer.Option(
-            "--raw/--no-raw",
-            help="--loader: ship uint16 pixels and standardise on the device (default on CUDA, as wsseg run does) "
-            "or standardise in the workers (default on CPU).",
-        ),
-    ] = None,
-    augment: Annotated[
-        bool,
-        typer.Option(
-            "--augment",
-            help="--loader: also measure with the training loop's window noise applied on the device "
-            "(train.augment=window); rows with mode workers<N>+window.",
-        ),
-    ] = False,
+    raw: Annotated[bool | None, typer.Option("--raw/--no-raw", help=BENCH_HELP["raw"])] = None,
+    augment: Annotated[bool, typer.Option("--augment", help=BENCH_HELP["augment"])] = False,
     cache_dir: Annotated[
         Path | None, typer.Option(help="--loader: dataset cache folder (default: $WSSEG_CACHE_DIR or the XDG cache).")
     ] = None,
@@ -498,89 +603,36 @@ def bench(
         list[str] | None, typer.Option("--set", help="Override a method config field: field=value.")
     ] = None,
     out: Annotated[Path | None, typer.Option(help="Append the rows to this CSV file.")] = None,
-    kernels: Annotated[
-        Path | None,
-        typer.Option(
-            help="Also profile two steps of each configuration and write its most expensive operators and CUDA "
-            "kernels (torch.profiler) to DIR/<method>-<phase>-<precision>-batch-<n>-<mode>.txt."
-        ),
-    ] = None,
+    kernels: Annotated[Path | None, typer.Option(help=BENCH_HELP["kernels"])] = None,
 ) -> None:
     """Measure images/s, peak GPU memory and TFLOP/s of forward passes and training steps on synthetic images.
 
     With --loader, measure the data pipeline's images/s instead.
     """
-    import os
+    from wsseg.pipelines.bench import COLUMNS, BenchPlan, append_rows, run_plan, speedups
 
-    import torch
-    from tabulate import tabulate
-
-    from wsseg.bench import COLUMNS, MODES, append_rows, bench_loader, speedups
-    from wsseg.bench import bench as bench_fn
-    from wsseg.config import make_run_config
-
-    cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    modes = [m.strip() for item in mode or ["wsseg"] for m in item.split(",") if m.strip()]
-    rows = []
+    plan = BenchPlan(
+        methods=list(method or []),
+        profile=profile,
+        batches=batch,
+        precisions=precision,
+        phases=phase,
+        modes=[m.strip() for item in mode or ["wsseg"] for m in item.split(",") if m.strip()],
+        compile=compile_,
+        compile_mode=compile_mode,
+        loader=loader,
+        workers=workers,
+        images=images,
+        raw=raw,
+        augment=augment,
+        cache_dir=cache_dir,
+        device=device,
+        seconds=seconds,
+        set_items=list(set_ or []),
+        kernels=kernels,
+    )
     try:
-        unknown = sorted(set(modes) - set(MODES))
-        if unknown:
-            raise ValueError(f"unknown --mode {unknown}; choose from {list(MODES)}")
-        if loader == bool(method):
-            raise ValueError(
-                "pass --method M to measure a method, or --loader (without --method) for the data pipeline"
-            )
-        for n_workers in (workers or [os.cpu_count() or 1]) if loader else []:
-            for n in batch or [8]:
-                for noise in (False, True) if augment else (False,):
-                    row = bench_loader(
-                        profile,  # type: ignore[arg-type]
-                        n,
-                        n_workers,
-                        images,
-                        device,
-                        seconds,
-                        cache_dir=cache_dir,
-                        augment=noise,
-                        raw=raw,
-                    )
-                    rows.append(row)
-                    what = f"{n_workers} workers{' + window noise' if noise else ''}"
-                    typer.echo(f"loader {profile} batch {n}, {what}: {row['images_per_s']} images/s")
-        for name in method or []:
-            # The run config's checked `--set method.field=value` parsing, for the method section only.
-            items = [f"method.{item.removeprefix('method.')}" for item in set_ or []]
-            overrides = make_run_config(name, profile, 0, items).method_config  # type: ignore[arg-type]
-            for prec in precision or (["bf16"] if cuda else ["fp32"]):
-                for ph in phase or ["inference", "train"]:
-                    for n in batch or [1]:
-                        # Modes innermost: the ratio compares rows measured one after the other.
-                        for md in modes:
-                            label = f"{name} {ph} {prec} batch {n} {md}{'+compile' if compile_ else ''}"
-                            try:
-                                row = bench_fn(
-                                    name,
-                                    profile,  # type: ignore[arg-type]
-                                    n,
-                                    prec,  # type: ignore[arg-type]
-                                    ph,  # type: ignore[arg-type]
-                                    device,
-                                    seconds,
-                                    mode=md,  # type: ignore[arg-type]
-                                    compile=compile_,
-                                    compile_mode=compile_mode,
-                                    kernels=kernels / f"{label.replace(' ', '-')}.txt" if kernels else None,
-                                    **overrides,
-                                )
-                            except torch.cuda.OutOfMemoryError:
-                                torch.cuda.empty_cache()
-                                typer.echo(f"{label}: out of GPU memory; skipped", err=True)
-                                continue
-                            rows.append(row)
-                            typer.echo(
-                                f"{label}: {row['images_per_s']} images/s, "
-                                f"{row['peak_mem_gib']} GiB, {row['tflops']} TFLOP/s"
-                            )
+        rows = run_plan(plan, log=typer.echo, warn=lambda line: typer.echo(line, err=True))
     except USER_ERRORS as e:
         _fail(e)
     if rows:
@@ -592,40 +644,134 @@ def bench(
         typer.echo(f"appended {len(rows)} rows to {out}")
 
 
+def _csv_ints(text: str | None, flag: str) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        _fail(f"{flag} takes comma-separated integers, e.g. 0,1,2; got {text!r}")
+
+
+# The longer help texts of `wsseg benchmark`.
+BENCHMARK_HELP = {
+    "resume": "Continue an interrupted benchmark. This is also what happens without the flag: finished runs are "
+    "always skipped and interrupted ones resumed from their last checkpoint.",
+    "launcher": "local: run here, one run after the other; submitit: each unfinished run as one cluster job (Slurm, or "
+    "local processes) with the resources of the file's launcher table; needs the submitit package (the slurm extra "
+    "of wsseg).",
+    "wait": "submitit: wait for the jobs, then write the leaderboard; or return after submitting (run the same command "
+    "again later: it skips finished runs and writes the leaderboard when every record exists).",
+    "setup": "submitit on Slurm: a shell line run before each job, e.g. 'source ~/wsseg/.venv/bin/activate' "
+    "(repeatable). Only from the command line: a benchmark file never runs commands.",
+}
+
+
 @app.command()
 def benchmark(
-    file: Annotated[Path, typer.Argument(help="A benchmark TOML file (see benchmarks/phantom-quick.toml).")],
-    resume: Annotated[
-        bool,
-        typer.Option(
-            "--resume",
-            help="Continue an interrupted benchmark. This is also what happens without the flag: finished runs are "
-            "always skipped and interrupted ones resumed from their last checkpoint.",
-        ),
-    ] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    file: Annotated[Path, typer.Argument(help="A benchmark TOML file (see benchmarks/README.md).")],
+    resume: Annotated[bool, typer.Option("--resume", help=BENCHMARK_HELP["resume"])] = False,
+    launcher: Annotated[str, typer.Option(help=BENCHMARK_HELP["launcher"])] = "local",
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help=BENCHMARK_HELP["wait"])] = True,
+    data_root: Annotated[
+        str | None, typer.Option(help="The downloaded dataset (replaces the file's data_root).")
+    ] = None,
+    profile: Annotated[str | None, typer.Option(help="Replace the file's profile: tiny, quick or paper.")] = None,
+    methods: Annotated[
+        str | None, typer.Option(help="Replace the file's methods: comma-separated names, or all.")
+    ] = None,
+    seeds: Annotated[str | None, typer.Option(help="Replace the file's seeds: comma-separated integers.")] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Add a config override to every run: section.field=value (repeatable)."),
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Replace the file's run folder (out).")] = None,
+    leaderboard_dir: Annotated[
+        Path | None, typer.Option("--leaderboard", help="Replace the file's leaderboard folder.")
+    ] = None,
+    setup: Annotated[list[str] | None, typer.Option("--setup", help=BENCHMARK_HELP["setup"])] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help=QUIET_HELP)] = False,
 ) -> None:
-    """Run every (dataset, method, seed) of a benchmark file that is not finished, then write its leaderboard.
+    """Run every (dataset, method, seed[, fold]) of a benchmark file that is not finished, then write its leaderboard.
 
     Finished runs are skipped and interrupted ones resumed, so the command can be stopped (even killed) and
     restarted at any time, with or without --resume; the result equals an uninterrupted benchmark's. Post-hoc
-    methods reuse the CAM run of the same seed. The file format is documented in wsseg/benchmark.py.
+    methods reuse the CAM run of the same seed (and fold). `folds = K` in the file runs a K-fold cross-validation
+    by patient and aggregates the folds in the leaderboard. The file format is documented in
+    wsseg/pipelines/benchmark.py and benchmarks/README.md; the flags replace the file's values (e.g. --profile
+    tiny for a smoke test).
     """
-    from wsseg.benchmark import load_benchmark, run_benchmark
+    given = dict(locals())  # the flags, for the command that continues an interrupted benchmark
+    from wsseg.pipelines.benchmark import BenchmarkOverrides, count_finished, load_benchmark, run_benchmark
+    from wsseg.pipelines.run import RunInterrupted
 
+    if launcher not in ("local", "submitit"):
+        _fail(f"--launcher must be local or submitit, got {launcher!r}")
+    overrides = BenchmarkOverrides(
+        data_root=data_root,
+        profile=profile,
+        methods=[m.strip() for m in methods.split(",") if m.strip()] if methods is not None else None,
+        seeds=_csv_ints(seeds, "--seeds"),
+        extra_set=list(set_ or []),
+        out=out,
+        leaderboard=leaderboard_dir,
+    )
+    bench = None
     try:
-        bench = load_benchmark(file)
+        bench = load_benchmark(file, overrides)
+        folds = f" x {bench.folds} folds" if bench.folds is not None else ""
         typer.echo(
             f"{'resuming ' if resume else ''}benchmark {bench.name}: {len(bench.methods)} methods x "
-            f"{len(bench.seeds)} seeds x {len(bench.datasets)} datasets, profile {bench.profile}, runs in {bench.out}"
+            f"{len(bench.seeds)} seeds{folds} x {len(bench.datasets)} datasets, profile {bench.profile}, "
+            f"runs in {bench.out}"
         )
-        _, result = run_benchmark(bench, progress=not quiet, log=typer.echo)
+        if launcher == "local":
+            with _sigterm_as_interrupt():
+                _, result = run_benchmark(bench, progress=_progress(quiet), log=typer.echo)
+        else:
+            bench.launcher.setup = list(setup or [])
+            result = _submit_benchmark(bench, wait, file)
+            if result is None:
+                return
+    except KeyboardInterrupt as e:
+        if bench is None:
+            _interrupted("nothing was run yet", None, False, None)
+        done, total = count_finished(bench)
+        saved = f"{done} of {total} runs are finished"
+        if isinstance(e, RunInterrupted):
+            saved += f"; {e.run_dir.name} was stopped: {e.saved}"
+        _interrupted(saved, _benchmark_again(file, given), True, None)
     except USER_ERRORS as e:
         _fail(e)
     for line in result.differences:
         typer.echo(f"not comparable: {line}")
     for path in result.files:
         typer.echo(f"wrote {path}")
+
+
+def _submit_benchmark(bench: Any, wait: bool, file: Path) -> Any:
+    """``--launcher submitit``: submit, wait or not, and write the leaderboard once every record exists."""
+    from wsseg.pipelines.launch import JobsFailed, launch_benchmark
+
+    try:
+        sub, result = launch_benchmark(bench, wait, typer.echo)
+    except JobsFailed as e:
+        typer.secho(f"error: {len(e.lines)} run(s) have no record; fix the cause and run the command again:", err=True)
+        for line in e.lines:
+            typer.secho(f"  {line}", err=True)
+        raise typer.Exit(1) from None
+    if result is not None:
+        return result
+    if sub.held:
+        typer.echo(
+            f"{len(sub.held)} post-hoc run(s) wait for their CAM jobs (the local executor has no job dependencies)"
+        )
+    typer.echo(
+        f"{len(sub.jobs)} job(s) submitted, {len(sub.earlier)} still in flight from before. When they have finished, "
+        f"run `wsseg benchmark {file} --launcher submitit` again (with the same flags): it skips finished runs, "
+        "submits what is left and writes the leaderboard once every run has its record."
+    )
+    return None
 
 
 @app.command()
@@ -641,7 +787,13 @@ def leaderboard(
         ),
     ] = "md,csv,tex,html",
 ) -> None:
-    """Write comparison tables from run records: one per group of comparable runs, one row per method."""
+    """Write comparison tables from run folders: one per group of comparable runs, one row per method.
+
+    Comparable: the same dataset, version, test split (or k-fold assignment: the folds are aggregated), profile,
+    evaluation protocol, training budget and initialisation (random or pretrained). Per class, each row is tested
+    against the best weakly supervised row by a paired patient bootstrap (from each run's per_image.csv); a second
+    table (<name>-lesions.*) gives Dice and the pointing game by lesion size and type.
+    """
     from wsseg.report.leaderboard import write_leaderboards
 
     formats = [f.strip() for f in format_.split(",") if f.strip()]
@@ -660,55 +812,86 @@ def leaderboard(
 
 
 @list_app.command("methods")
-def list_methods_cmd() -> None:
+def list_methods_cmd(
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check",
+            help="Import every method (this loads torch) and list the plugins that fail to import as BROKEN. Without "
+            "it the list is read from the methods' source files, and a plugin is imported only when its source "
+            "cannot be read.",
+        ),
+    ] = False,
+) -> None:
     """List registered methods: name, supervision, source and description; broken plugins last."""
-    from wsseg.registry import broken_methods, get_method_spec, list_methods
+    from wsseg.catalog import read_catalog
 
-    rows = []
-    for name in list_methods():
-        spec = get_method_spec(name)
-        rows.append([name, spec.supervision, spec.source, spec.description])
-    for name, err in sorted(broken_methods().items()):
-        rows.append([name, "BROKEN", err.split(":")[0], err.split(": ", 1)[-1]])
+    catalog = None if check else read_catalog()
+    if catalog is not None:
+        rows = [[e.name, e.supervision, e.source, e.description] for e in catalog]
+    else:
+        from wsseg.registry import broken_methods, get_method_spec, list_methods
+
+        rows = []
+        for name in list_methods():
+            spec = get_method_spec(name)
+            rows.append([name, spec.supervision, spec.source, spec.description])
+        for name, err in sorted(broken_methods().items()):
+            rows.append([name, "BROKEN", err.split(":")[0], err.split(": ", 1)[-1]])
     typer.echo(tabulate(rows, headers=["method", "supervision", "source", "description"]))
 
 
 @list_app.command("backbones")
 def list_backbones_cmd() -> None:
-    """List wsseg's backbone aliases (any timm model name works too)."""
-    from wsseg.nn.backbones import ALIASES
+    """List wsseg's backbone aliases and the weights method.pretrained=imagenet loads (any timm name works too)."""
+    from wsseg.nn.backbones import ALIASES, pretrained_tag
 
-    typer.echo(tabulate([[k, v] for k, v in ALIASES.items()], headers=["backbone", "timm spec"]))
+    rows = [
+        [k, v, "none (narrow)" if "channels" in v else pretrained_tag(v["model_name"]) or "none"]
+        for k, v in ALIASES.items()
+    ]
+    typer.echo(tabulate(rows, headers=["backbone", "timm spec", "imagenet weights"]))
 
 
 @list_app.command("datasets")
 def list_datasets_cmd() -> None:
     """List datasets: the built-in phantom and every data source, with annotation, label source and licence."""
-    from wsseg.data.sources import get_source, list_sources
+    from wsseg.config import DataConfig
+    from wsseg.data.sources import broken_sources, get_source, list_sources
 
-    rows = [["phantom", "mask", "synthetic", "built in, no download", "Synthetic mammograms (the default)"]]
-    for name in list_sources():
+    default = DataConfig().dataset
+    rows = []
+    for name in sorted(list_sources(), key=lambda n: (n != default, n)):  # the default first
         src = get_source(name)
         rows.append([name, src.annotation, src.label_source, src.licence, src.description()])
+    rows += [[name, "BROKEN", "", "", error] for name, error in broken_sources().items()]
     typer.echo(tabulate(rows, headers=["dataset", "annotation", "labels", "licence", "description"]))
 
 
-def _check_dataset(name: str) -> None:
-    if name != "phantom":
-        _fail(f"`wsseg data preview` draws the phantom only; prepare {name!r} and read its cache instead")
-
-
 def _profile_hw(profile: str) -> tuple[int, int]:
-    from wsseg.config import phantom_config
+    from wsseg.core import PROFILE_GEOMETRY
+
+    if profile not in PROFILE_GEOMETRY:
+        _fail(f"unknown profile {profile!r}; choose quick, paper or tiny")
+    return PROFILE_GEOMETRY[profile].height, PROFILE_GEOMETRY[profile].width
+
+
+def _data_config(dataset: str, root: Path | None, command: str, **fields: Any) -> Any:
+    """The :class:`~wsseg.config.DataConfig` of a `wsseg data` command; exits when the source needs a --root."""
+    from wsseg.config import DataConfig
+    from wsseg.data.sources import get_source
 
     try:
-        pcfg = phantom_config(profile)  # type: ignore[arg-type]
-    except KeyError:
-        _fail(f"unknown profile {profile!r}; choose quick, paper or tiny")
-    return pcfg.height, pcfg.width
+        source = get_source(dataset)
+    except KeyError as e:
+        _fail(e)
+    if source.needs_root and root is None:
+        _fail(f"`wsseg data {command} {dataset}` needs --root PATH (the downloaded dataset)")
+    return DataConfig(dataset=dataset, root=None if root is None else str(root), **fields)
 
 
 VOI_HELP = "Apply each DICOM's VOI LUT or window (first of several) instead of keeping raw linear values."
+SPLIT_FILE_HELP = "A patient_id,split CSV (default: benchmarks/splits/DATASET.csv if present)."
 
 
 @data_app.command("check")
@@ -719,8 +902,15 @@ def data_check(
     strict: Annotated[bool, typer.Option("--strict", help="Exit with an error on any bad file.")] = False,
     allow_outside_root: Annotated[bool, typer.Option("--allow-outside-root", help=ALLOW_OUTSIDE_ROOT_HELP)] = False,
     voi_lut: Annotated[bool, typer.Option("--voi-lut", help=VOI_HELP)] = False,
+    split_file: Annotated[Path | None, typer.Option(help=SPLIT_FILE_HELP)] = None,
 ) -> None:
-    """Validate a download without writing: counts, and every missing or unreadable file with its reason."""
+    """Validate a download without writing: counts, labels per split, label-only images, every bad file.
+
+    Reports "N images, M with located lesions, K labelled without location", the benign/malignant/normal counts
+    per split (the split prepare would use), the label-only images by name (labelled, no lesion location: they
+    train and count for AUROC, never for localisation), annotations lying mostly outside the detected breast
+    (kept; the evaluated region is grown to include them), then every skipped file with its reason.
+    """
     from wsseg.data.prepare import check_source
 
     try:
@@ -732,6 +922,7 @@ def data_check(
             progress=False,
             voi_lut=voi_lut,
             allow_outside_root=allow_outside_root,
+            split_file=split_file,
         )
     except USER_ERRORS as e:
         _fail(e)
@@ -746,7 +937,12 @@ def data_prepare(
     cache_dir: Annotated[Path | None, typer.Option(help="Cache folder.")] = None,
     workers: Annotated[int | None, typer.Option(help="Processes (default: all cores).")] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Fail on any bad file instead of skipping it.")] = False,
-    seed: Annotated[int, typer.Option(help="Seed of the patient-level split where there is no official one.")] = 0,
+    seed: Annotated[
+        int,
+        typer.Option(
+            help="Dataset seed: the phantom's generator seed, a download's split seed where it has no official one."
+        ),
+    ] = 0,
     split_file: Annotated[
         Path | None, typer.Option(help="A patient_id,split CSV (default: benchmarks/splits/DATASET.csv if present).")
     ] = None,
@@ -766,41 +962,34 @@ def data_prepare(
     Every file is written atomically, so the command can be stopped (even killed) and run again, with or without
     --resume: it reuses the images already cached and gives the same cache as an uninterrupted prepare.
     """
-    from wsseg.config import PROFILES, DataConfig, phantom_config
-    from wsseg.data.dataset import prepare_phantom
-    from wsseg.data.prepare import prepare_source
+    from wsseg.config import PROFILES, check_seed
+    from wsseg.data.prepare import prepare_dataset
+    from wsseg.data.sources import PrepareOptions
 
-    if dataset != "phantom":
-        if root is None:
-            _fail(f"`wsseg data prepare {dataset}` needs --root PATH (the downloaded dataset)")
-        hw = _profile_hw(profile)
-        if resume:
-            typer.echo(f"resuming the {dataset} prepare: images already cached are reused")
-        try:
-            path, report = prepare_source(
-                dataset,
-                root,
-                hw,
-                seed,
-                cache_dir,
-                workers,
-                strict,
-                split_file=split_file,
-                voi_lut=voi_lut,
-                allow_outside_root=allow_outside_root,
-            )
-        except USER_ERRORS as e:
-            _fail(e)
-        typer.echo(report.summary())
-        typer.echo(f"cache: {path} ({hw[0]}x{hw[1]}); patient split in {path / 'split.csv'}")
-        return
     try:
-        data = DataConfig(**PROFILES[profile].get("data", {}))
-        counts = {"train": data.n_train, "val": data.n_val, "test": data.n_test}
-        path = prepare_phantom(phantom_config(profile), data.seed, counts, cache_dir, workers)  # type: ignore[arg-type]
-    except (KeyError, *USER_ERRORS) as e:
-        _fail(e if not isinstance(e, KeyError) else f"unknown profile {profile!r}; choose quick, paper or tiny")
-    typer.echo(f"{sum(counts.values())} images ready in {path}")
+        check_seed(seed, "--seed")
+    except ValueError as e:
+        _fail(e)
+    _profile_hw(profile)  # an unknown profile exits here
+    counts = PROFILES[profile].get("data", {})  # the phantom's split sizes of the profile, as a run uses them
+    data = _data_config(
+        dataset,
+        root,
+        "prepare",
+        seed=seed,
+        cache_dir=None if cache_dir is None else str(cache_dir),
+        voi_lut=voi_lut,
+        allow_outside_root=allow_outside_root,
+        **{k: v for k, v in counts.items() if k.startswith("n_")},
+    )
+    if resume:
+        typer.echo(f"resuming the {dataset} prepare: images already cached are reused")
+    options = PrepareOptions(workers, strict, split_file, verify=True, progress=_progress(False), log=lambda _: None)
+    try:
+        prepared = prepare_dataset(data, profile, options)
+    except USER_ERRORS as e:
+        _fail(e)
+    typer.echo(prepared.summary)
 
 
 @data_app.command("split")
@@ -809,15 +998,34 @@ def data_split(
     root: Annotated[Path, typer.Option(help="The complete downloaded dataset (folder or index file).")],
     out: Annotated[Path, typer.Option("--out", help="CSV to write (commit it as benchmarks/splits/DATASET.csv).")],
     seed: Annotated[int, typer.Option(help="Seed of the split where the dataset has no official one.")] = 0,
+    folds: Annotated[
+        int | None,
+        typer.Option(
+            help="Write a k-fold cross-validation assignment instead (patient_id,fold0,...: train/val/test per "
+            "fold), stratified by patient label; commit it as benchmarks/splits/DATASET-<k>fold.csv."
+        ),
+    ] = None,
 ) -> None:
     """Write the patient-level split of a download (patient_id,split) without decoding images, for publishing."""
+    from wsseg.config import check_seed
+    from wsseg.data.folds import fold_counts, make_folds_file
     from wsseg.data.prepare import make_split_file
 
     try:
-        counts = make_split_file(dataset, root, seed, out)
+        check_seed(seed, "--seed")
+        if folds is None:
+            counts = make_split_file(dataset, root, seed, out)
+        else:
+            assignment = make_folds_file(dataset, root, folds, seed, out)
     except USER_ERRORS as e:
         _fail(e)
-    typer.echo(f"{dataset}: {', '.join(f'{n} {s}' for s, n in counts.items())} patients written to {out}")
+    if folds is None:
+        typer.echo(f"{dataset}: {', '.join(f'{n} {s}' for s, n in counts.items())} patients written to {out}")
+        return
+    typer.echo(f"{dataset}: {len(assignment.table)} patients in {folds} folds written to {out}")
+    for f, by_split in enumerate(fold_counts(assignment.table, assignment.labels)):
+        parts = [f"{s} {sum(c.values())} ({', '.join(f'{n} {x}' for x, n in c.items())})" for s, c in by_split.items()]
+        typer.echo(f"  fold {f}: {'; '.join(parts)}")
 
 
 @data_app.command("fixture")
@@ -826,12 +1034,13 @@ def data_fixture(
     out: Annotated[Path, typer.Option("--out", help="Folder to write the fixture into.")],
 ) -> None:
     """Write a tiny synthetic download of DATASET in its native layout (with its known traps), for trying wsseg."""
-    from wsseg.data.fixtures import WRITERS
+    from wsseg.data.fixtures import fixture_writers
 
-    if dataset not in WRITERS:
-        _fail(f"no fixture writer for {dataset!r}; available: {', '.join(sorted(WRITERS))}")
+    writers = fixture_writers()
+    if dataset not in writers:
+        _fail(f"no fixture writer for {dataset!r}; available: {', '.join(sorted(writers))}")
     try:
-        truth = WRITERS[dataset](out)
+        truth = writers[dataset](out)
     except OSError as e:
         _fail(e)
     typer.echo(
@@ -841,44 +1050,58 @@ def data_fixture(
 
 @data_app.command("preview")
 def data_preview(
-    dataset: Annotated[str, typer.Argument(help="Dataset name.")] = "phantom",
+    dataset: Annotated[str, typer.Argument(help="Dataset name: phantom or a data source.")] = "phantom",
+    root: Annotated[Path | None, typer.Option(help="The downloaded dataset (data sources only).")] = None,
     n: Annotated[int, typer.Option("--n", help="Number of images.")] = 8,
     out: Annotated[Path, typer.Option("--out", help="PNG file to write.")] = Path("preview.png"),
     profile: Annotated[str, typer.Option(help="quick, paper or tiny.")] = "quick",
-    split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
+    split: Annotated[str, typer.Option(help="train, val or test (or all, for a data source).")] = "test",
     seed: Annotated[int, typer.Option(help="Dataset seed.")] = 0,
     lesions_only: Annotated[bool, typer.Option("--lesions-only", help="Show only images with a lesion.")] = False,
+    ids: Annotated[
+        str | None, typer.Option(help="Comma-separated image ids to draw (data sources), e.g. mdb212,mdb059.")
+    ] = None,
+    split_file: Annotated[Path | None, typer.Option(help=SPLIT_FILE_HELP)] = None,
+    voi_lut: Annotated[bool, typer.Option("--voi-lut", help=VOI_HELP)] = False,
+    allow_outside_root: Annotated[bool, typer.Option("--allow-outside-root", help=ALLOW_OUTSIDE_ROOT_HELP)] = False,
 ) -> None:
-    """Draw a grid of samples with lesion outlines (benign green, malignant red)."""
-    from wsseg.config import phantom_config
-    from wsseg.data.dataset import sample_identity
-    from wsseg.data.phantom import generate_image
-    from wsseg.data.preview import save_preview
+    """Draw a grid of images with their annotations as they will be scored.
 
-    _check_dataset(dataset)
-    if n < 1:
-        _fail("--n must be at least 1")
+    Benign green, malignant red: each class's mask after the pipeline (crop, flip, resize), the lesions' boxes and
+    circles; the evaluated region in blue (the breast, grown by a lesion outside it); a frame in the class colour
+    and "label only" for an image labelled with a class whose lesion has no location. A data source is read from
+    --root through the prepare pipeline at the profile's size (nothing is written but the PNG).
+    """
+    from wsseg.config import check_seed
+    from wsseg.core import PROFILE_GEOMETRY
+    from wsseg.data.preview import save_preview
+    from wsseg.data.sources import get_source
+
+    if not 1 <= n <= 1000:
+        _fail(f"--n must be in [1, 1000], got {n}")
     try:
-        pcfg = phantom_config(profile)  # type: ignore[arg-type]
-    except KeyError:
-        _fail(f"unknown profile {profile!r}; choose quick, paper or tiny")
-    items, index = [], 0
-    while len(items) < n and index < 100 * n:
-        ident = sample_identity(split, index)
-        img = generate_image(pcfg, seed, split, index, view=ident["view"], laterality=ident["laterality"])
-        index += 1
-        if lesions_only and not img.masks.any():
-            continue
-        m = img.meta
-        kinds = ", ".join(f"{les['class']} {les['type']}" for les in m.get("lesions", [])) or "normal"
-        items.append(
-            (img.image, img.masks, f"{ident['image_id']} {m['laterality']}-{m['view']} {m['density']}: {kinds}")
+        check_seed(seed, "--seed")
+    except ValueError as e:
+        _fail(e)
+    _profile_hw(profile)  # an unknown profile exits here
+    data = _data_config(dataset, root, "preview", seed=seed, voi_lut=voi_lut, allow_outside_root=allow_outside_root)
+    picked = [i.strip() for i in ids.split(",") if i.strip()] if ids else None
+    try:
+        items, problems = get_source(dataset).preview(
+            data, PROFILE_GEOMETRY[profile], n, split, picked, lesions_only, split_file
         )
+    except USER_ERRORS as e:
+        _fail(e)
+    for p in problems:
+        typer.echo(f"skipped {p}")
+    if not items:
+        _fail(f"no {dataset} image to draw in split {split!r}; try --split all")
     try:
         path = save_preview(items, out)
     except OSError as e:
         _fail(e)
-    typer.echo(f"wrote {path} ({len(items)} images)")
+    label_only = sum(bool(i.label_only) for i in items)
+    typer.echo(f"wrote {path} ({len(items)} images" + (f", {label_only} label-only" if label_only else "") + ")")
 
 
 def main() -> None:
@@ -887,4 +1110,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -9,8 +9,9 @@ wsseg does not).
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,13 +21,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from wsseg.nn.backbones import create_backbone
+from wsseg.nn.backbones import Pretrained, check_pretrained, create_backbone
 from wsseg.nn.input_pool import InputPool, pool_input, pooled_channels
 from wsseg.nn.upsample import to_input_resolution
 from wsseg.weights import load_strict, read_state_dict, rename_prefixes
 
 Profile = Literal["tiny", "quick", "paper"]
-Supervision = Literal["weak", "full"]
+# weak: image-level labels only (the competitors); full: trained on the lesion masks (an upper bound, e.g. unet);
+# reference: a map that learns nothing (uniform, random, intensity): a floor or prior, never a competitor.
+Supervision = Literal["weak", "full", "reference"]
 
 
 @dataclass
@@ -87,6 +90,69 @@ class MethodConfig:
         """The config as plain JSON-compatible data (for records and checkpoints)."""
         return dataclasses.asdict(self)
 
+    def limits(self, image_hw: tuple[int, int]) -> dict[str, Limit]:
+        """Per field, a test its value must pass and what it must be, checked before a run starts.
+
+        ``image_hw`` is the profile's image size, for limits that depend on it (pooling factors, crop sizes).
+        ``wsseg run`` also builds the network on PyTorch's meta device before reading data
+        (:func:`wsseg.config.check_method_config`), so fields without a limit here cannot crash a run late; a limit
+        gives the clearer message.
+        """
+        return {}
+
+
+# A field's limit: a test of its value and what the value must be, e.g. ``(lambda v: v >= 1, "at least 1")``.
+Limit = tuple[Callable[[Any], bool], str]
+
+
+def between(low: float, high: float) -> Callable[[Any], bool]:
+    """A test that a number lies in [low, high]."""
+    return lambda v: low <= v <= high
+
+
+def in_unit_interval(v: float) -> bool:
+    """0 < v <= 1: a fraction such as a top-t% pooling's t."""
+    return 0 < v <= 1
+
+
+def fits_image(image_hw: tuple[int, int]) -> Callable[[Any], bool]:
+    """A test that a (rows, cols) size is positive and fits inside an image of ``image_hw``."""
+    return lambda v: len(v) == 2 and all(1 <= n <= m for n, m in zip(v, image_hw, strict=True))
+
+
+def weights_file_ok(value: str | None) -> bool:
+    """None, or an existing file that starts like a weights file (a torch.save zip or pickle, or safetensors)."""
+    if value is None:
+        return True
+    from wsseg.weights import weights_file_problem
+
+    return weights_file_problem(value) is None
+
+
+def backbone_limits(image_hw: tuple[int, int], stride: int, pool_field: str, weights: str | None) -> dict[str, Limit]:
+    """Limits shared by the backbone fields of classifier methods (input pooling, stride, weights file)."""
+    side = min(image_hw)
+    largest = max(1, side // stride)
+    out: dict[str, Limit] = {
+        pool_field: (
+            between(1, largest),
+            f"an integer in [1, {largest}] at this profile ({image_hw[0]}x{image_hw[1]} images): the pooled image "
+            f"must keep at least {stride} pixels per side",
+        ),
+        "backbone_weights": (
+            weights_file_ok,
+            "none or the path of a weights file (.pth/.pt saved by torch.save, or .safetensors)"
+            + (f"; {weights}: " + _weights_problem(weights) if weights else ""),
+        ),
+    }
+    return out
+
+
+def _weights_problem(path: str) -> str:
+    from wsseg.weights import weights_file_problem
+
+    return weights_file_problem(path) or "readable"
+
 
 @dataclass
 class ClassifierConfig(MethodConfig):
@@ -98,6 +164,8 @@ class ClassifierConfig(MethodConfig):
     Attributes:
         backbone: backbone name (wsseg alias or timm model).
         backbone_weights: optional local weights file; random initialisation when None.
+        pretrained: ``none`` (random) or ``imagenet``: timm's pretrained weights of ``backbone`` (full-width timm
+            models only; see :mod:`wsseg.nn.backbones`); excludes ``backbone_weights``.
         output_stride: backbone stride; 16 doubles the map resolution of a plain ResNet at little cost.
         input_downsample: reduce the input by this factor before the backbone (1 = full resolution).
             The quick preset uses 4 (1.6 mm pixels) so that training on 1,280 images fits minutes on a
@@ -109,9 +177,18 @@ class ClassifierConfig(MethodConfig):
 
     backbone: str = "resnet18-w16"
     backbone_weights: str | None = None
+    pretrained: Pretrained = "none"
     output_stride: int = 16
     input_downsample: int = 1
     input_pool: InputPool = "avg"
+
+    def limits(self, image_hw: tuple[int, int]) -> dict[str, Limit]:
+        """The output stride timm's ResNets support, input pooling that leaves a map, a readable weights file."""
+        return {
+            "backbone": (lambda v: bool(v.strip()), "a backbone name (see `wsseg list backbones`)"),
+            "output_stride": (lambda v: v in (8, 16, 32), "8, 16 or 32"),
+            **backbone_limits(image_hw, 32, "input_downsample", self.backbone_weights),
+        }
 
     @classmethod
     def tiny(cls) -> ClassifierConfig:
@@ -129,12 +206,41 @@ class ClassifierConfig(MethodConfig):
         return cls(backbone="resnet18", output_stride=16)
 
 
+@dataclass(frozen=True)
+class TrainContext:
+    """What the training loop tells a method's hooks about the run (``on_train_start``, ``on_epoch_start``, ...).
+
+    Attributes:
+        device: where the method trains.
+        total_steps: optimizer steps of the whole run.
+        epochs: epochs of the whole run (staged schedules split them).
+        run_dir: the run folder (checkpoints live there).
+    """
+
+    device: torch.device
+    total_steps: int
+    epochs: int
+    run_dir: Path
+
+    def __getitem__(self, key: str) -> Any:
+        """``ctx["epochs"]``, as hooks written when the context was a dict read it; deprecated: use ``ctx.epochs``."""
+        if key not in {f.name for f in dataclasses.fields(self)}:
+            raise KeyError(key)
+        warnings.warn(
+            f"ctx[{key!r}] is deprecated: the training context is a TrainContext, read ctx.{key}",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return getattr(self, key)
+
+
 class WSSegMethod(nn.Module, ABC):
     """Base class of all methods.
 
     Subclasses set ``Config`` to their config dataclass and implement ``forward`` and ``loss``.
-    The registry sets ``name`` and ``source``; ``supervision`` marks fully supervised reference rows
-    (the only methods whose training batches may carry masks).
+    The registry sets ``name`` and ``source``. ``supervision`` is ``weak`` (image labels only), ``full`` (fully
+    supervised upper bounds: the only methods whose training batches may carry masks) or ``reference`` (maps that
+    learn nothing, such as the uniform floor; leaderboards never rank them among the weakly supervised methods).
     """
 
     name: ClassVar[str] = ""
@@ -145,6 +251,9 @@ class WSSegMethod(nn.Module, ABC):
     saliency_requires_grad: ClassVar[bool] = False
     # Key prefixes of another code base's state dicts -> wsseg's, for methods that load official weights.
     official_prefixes: ClassVar[dict[str, str]] = {}
+    # Post-hoc methods only: the trained methods whose runs they explain (`--from-run`) instead of training. The
+    # first is the classifier they train themselves, and the one whose run `wsseg benchmark` reuses.
+    reads: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, cfg: MethodConfig, num_classes: int = 2, in_chans: int = 1) -> None:
         super().__init__()
@@ -153,6 +262,8 @@ class WSSegMethod(nn.Module, ABC):
         self.cfg = cfg
         self.num_classes = num_classes
         self.in_chans = in_chans
+        if hasattr(cfg, "pretrained"):
+            check_pretrained(str(cfg.pretrained), getattr(cfg, "backbone_weights", None))
 
     @abstractmethod
     def forward(self, images: Tensor) -> MethodOutput:
@@ -164,7 +275,8 @@ class WSSegMethod(nn.Module, ABC):
 
     def predict(self, images: Tensor) -> MethodOutput:
         """The output used for evaluation. Post-hoc methods override this to compute maps with autograd."""
-        return self(images)
+        out: MethodOutput = self(images)  # through __call__, so that forward hooks run
+        return out
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
         """Optimizer parameter groups; by default no weight decay on norms and biases (1-D tensors)."""
@@ -175,10 +287,10 @@ class WSSegMethod(nn.Module, ABC):
             {"params": no_decay, "lr": lr, "weight_decay": 0.0},
         ]
 
-    def on_train_start(self, ctx: dict[str, Any]) -> None:
+    def on_train_start(self, ctx: TrainContext) -> None:
         """Hook called once before the first training step (staged schedules start here)."""
 
-    def on_epoch_start(self, ctx: dict[str, Any], epoch: int) -> None:
+    def on_epoch_start(self, ctx: TrainContext, epoch: int) -> None:
         """Hook called at the start of every epoch (0-based ``epoch``), after ``train()``; also on resume.
 
         Staged schedules freeze and unfreeze submodules here; ``ctx`` holds ``epochs`` (the total).
@@ -188,12 +300,58 @@ class WSSegMethod(nn.Module, ABC):
         """Factor on the loop's learning rate for optimizer ``group`` during 0-based ``epoch`` (1 by default)."""
         return 1.0
 
-    def on_epoch_end(self, ctx: dict[str, Any], epoch: int, metrics: dict[str, float]) -> None:
+    def on_epoch_end(self, ctx: TrainContext, epoch: int, metrics: dict[str, float]) -> None:
         """Hook called after each epoch's validation."""
 
     def eligible_for_best(self, epoch: int) -> bool:
         """Whether 0-based ``epoch`` may provide the best checkpoint (staged methods exclude early stages)."""
         return True
+
+    def explained_layer(self) -> nn.Module:
+        """The layer post-hoc methods hook when they explain this method's classifier (``--from-run``).
+
+        It must run exactly once in :meth:`explained_logits` and output a (B, C, h, w) feature map. A method whose
+        classifier can be explained overrides this and :meth:`explained_logits`.
+        """
+        raise NotImplementedError(
+            f"{self.name or type(self).__name__} has no classifier for post-hoc methods to explain; "
+            "implement explained_layer() and explained_logits(images)"
+        )
+
+    def explained_logits(self, images: Tensor) -> Tensor:
+        """Images (B, C_in, H, W) -> the (B, K) class scores post-hoc methods explain, computed in this call.
+
+        GMIC and GLAM return the logit of their global network's prediction; CAM and its variants their logits.
+        """
+        raise NotImplementedError(
+            f"{self.name or type(self).__name__} has no classifier for post-hoc methods to explain; "
+            "implement explained_layer() and explained_logits(images)"
+        )
+
+    def initialisation(self) -> dict[str, str]:
+        """How each network of the method was initialised before training (the run record's ``initialisation``).
+
+        A submodule that carries a ``wsseg_init`` string (a :class:`~wsseg.nn.backbones.Backbone`, a local ResNet or
+        an encoder built from timm's pretrained weights) reports it: ``random``, ``imagenet:<timm tag>`` or
+        ``file:<sha256>``; any other top-level submodule with parameters is ``random``, and so are the parameters of
+        a submodule outside its marked parts (``<name> (rest)``). Methods without parameters return ``{}``.
+        """
+        marked = {
+            n: str(m.wsseg_init)
+            for n, m in self.named_modules()
+            if n and isinstance(getattr(m, "wsseg_init", None), str)
+        }
+        out: dict[str, str] = {}
+        for name, child in self.named_children():
+            inside = {n: v for n, v in marked.items() if n == name or n.startswith(name + ".")}
+            if name in inside:
+                out[name] = inside[name]
+                continue
+            out.update(inside)
+            covered = {id(p) for n in inside for p in self.get_submodule(n).parameters()}
+            if any(id(p) not in covered for p in child.parameters()):
+                out[f"{name} (rest)" if inside else name] = "random"
+        return out
 
     def load_weights(self, path: str | Path) -> None:
         """Load a weights file strictly: a wsseg checkpoint, a flat state dict, or the official layout.
@@ -221,8 +379,10 @@ class ParameterFreeMethod(WSSegMethod):
     """Base of reference maps with nothing to learn (uniform, random, intensity).
 
     The training loop trains no method without trainable parameters; the zero loss only keeps the
-    method contract whole.
+    method contract whole. Their ``supervision`` is ``reference``: they are floors and priors, not competitors.
     """
+
+    supervision: ClassVar[Supervision] = "reference"
 
     def loss(self, out: MethodOutput, batch: dict[str, Any]) -> dict[str, Tensor]:
         """A zero loss: the method has nothing to learn."""
@@ -262,11 +422,11 @@ def check_output(out: MethodOutput, batch_size: int, num_classes: int, size: tup
 
 
 # pytorch-grad-cam's ``scale_cam_image`` divides by (max + 1e-7): an all-zero map stays zero instead of 0/0.
-_CAM_EPS = 1e-7
+CAM_EPS = 1e-7
 
 
 @contextmanager
-def _capture_output(module: nn.Module) -> Iterator[list[Tensor]]:
+def capture_output(module: nn.Module) -> Iterator[list[Tensor]]:
     """Record ``module``'s output while the context is open; the hook is removed on exit, even on errors.
 
     The hook swaps the output for a copy of a fresh autograd leaf: the layers after ``module`` compute the
@@ -290,47 +450,105 @@ def _capture_output(module: nn.Module) -> Iterator[list[Tensor]]:
         handle.remove()
 
 
-def _normalize_maps(maps: Tensor) -> Tensor:
+@contextmanager
+def replace_output(module: nn.Module, value: Tensor) -> Iterator[None]:
+    """Make ``module`` output ``value`` instead of what it computes while the context is open (Ablation-CAM).
+
+    The layers before ``module`` still run; the hook is removed on exit, even on errors.
+    """
+
+    def hook(_module: nn.Module, _inputs: Any, output: Any) -> Tensor:
+        if not isinstance(output, Tensor) or output.shape != value.shape:
+            got = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
+            raise ValueError(f"the target layer output {got}; the replacement is {tuple(value.shape)}")
+        return value
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def normalize_maps(maps: Tensor) -> Tensor:
     """Min-max normalise each (image, class) map of (B, K, h, w) to [0, 1] (pytorch-grad-cam's rule)."""
     maps = maps - maps.amin(dim=(2, 3), keepdim=True)
-    return maps / (maps.amax(dim=(2, 3), keepdim=True) + _CAM_EPS)
+    return maps / (maps.amax(dim=(2, 3), keepdim=True) + CAM_EPS)
+
+
+def map_dtype(t: Tensor) -> torch.dtype:
+    """The dtype post-hoc formulas run in: float32, or float64 for a float64 model (never bf16).
+
+    The weighted sums cancel and the normalisation divides by their maximum, so bf16 rounding would be amplified.
+    """
+    return torch.promote_types(t.dtype, torch.float32)
+
+
+def class_gradients(scores: Tensor, activations: Tensor) -> Tensor:
+    """The gradients (B, K, C, h, w) of each class score (B, K) w.r.t. ``activations`` (B, C, h, w).
+
+    Per class k, ONE backward pass for the whole batch gives d(sum_b scores[b, k]) / d activations; in eval mode
+    the batch items are independent, so this is every image's own gradient.
+    """
+    k_last = scores.shape[1] - 1
+    grads = [
+        torch.autograd.grad(scores[:, k].sum(), activations, retain_graph=k < k_last)[0] for k in range(scores.shape[1])
+    ]
+    return torch.stack(grads, dim=1)  # (B, K, C, h, w)
 
 
 class PostHocCAMMethod(WSSegMethod):
-    """Template of the post-hoc CAM family: Grad-CAM and friends on top of a CAM-trained classifier.
+    """Template of the post-hoc CAM family: Grad-CAM and friends on top of a trained classifier.
 
     Training is CAM's: a backbone and a 1x1-convolution classifier whose spatial mean is the image logit,
     trained with multi-label BCE. The submodules are CAM's under the same names (``backbone``,
     ``classifier``), so a CAM checkpoint's state dict loads strictly into every post-hoc method.
 
+    Built with ``network=`` another trained method (``wsseg run --method gradcam --from-run <a gmic run>``), the
+    maps explain that method's classifier instead: the layer its :meth:`~WSSegMethod.explained_layer` names and the
+    scores of its :meth:`~WSSegMethod.explained_logits` (GMIC's and GLAM's global network). :attr:`reads` lists
+    the trained methods a post-hoc method reads; such an instance is not trained (its network was).
+
     ``forward`` (training) returns the sigmoid CAM as its saliency, detached and computed without any
     backward pass, so training costs what CAM costs. ``predict`` (evaluation) computes the post-hoc maps
     the way pytorch-grad-cam's ``BaseCAM`` does:
 
-    1. a forward hook on :meth:`target_layer` records its activations A, (B, C, h, w);
-    2. per class k, ONE backward pass for the whole batch gives d(sum_b logit[b, k]) / dA; in eval mode the
-       batch items are independent, so this is every image's own gradient;
-    3. :meth:`class_maps` turns A and the gradients into (B, K, h, w) maps, by default
-       ``sum_c channel_weights(A, grads)[b, k, c] * A[b, c]``, followed by a ReLU;
-    4. each (image, class) map is min-max normalised to [0, 1] (an all-zero map stays zero) and upsampled
-       with :func:`wsseg.nn.upsample.to_input_resolution`.
+    1. a forward hook on :meth:`target_layer` records its activations A, (B, C, h, w), while :meth:`scores`
+       computes the explained class scores;
+    2. :meth:`raw_maps` turns them into (B, K, h, w) maps. By default, per class k, ONE backward pass for the
+       whole batch gives d(sum_b score[b, k]) / dA (in eval mode every image's own gradient), and
+       :meth:`class_maps` combines A and the gradients, by default ``sum_c channel_weights(A, grads)[b, k, c] *
+       A[b, c]``;
+    3. a ReLU, then each (image, class) map is min-max normalised to [0, 1] (an all-zero map stays zero) and
+       upsampled with :func:`wsseg.nn.upsample.to_input_resolution`.
 
-    A subclass implements :meth:`channel_weights` (Grad-CAM, Grad-CAM++); a method whose map is not a
-    channel-weighted sum of the activations overrides :meth:`class_maps` instead (HiResCAM, LayerCAM).
+    A subclass implements :meth:`channel_weights` (Grad-CAM, Grad-CAM++, XGrad-CAM); a method whose map is not a
+    channel-weighted sum of the activations overrides :meth:`class_maps` (HiResCAM, LayerCAM, Eigen-Grad-CAM); a
+    method that needs more than one backward pass per class overrides :meth:`raw_maps` (Score-CAM, Ablation-CAM,
+    Eigen-CAM, SmoothGrad-CAM++) and sets ``saliency_requires_grad = False`` when it needs no gradient at all.
     Call ``predict`` in eval mode (``predict_batches`` does): in train mode batch norm mixes the batch items.
     """
 
     Config = ClassifierConfig
     saliency_requires_grad = True
+    reads: ClassVar[tuple[str, ...]] = ("cam", "has", "cutmix", "adl", "acol", "spg", "gmic", "glam")
 
     cfg: ClassifierConfig
 
-    def __init__(self, cfg: ClassifierConfig, num_classes: int = 2, in_chans: int = 1) -> None:
+    def __init__(
+        self, cfg: ClassifierConfig, num_classes: int = 2, in_chans: int = 1, network: WSSegMethod | None = None
+    ) -> None:
         super().__init__(cfg, num_classes, in_chans)
-        # Built exactly as CAM builds them, so CAM checkpoints load with strict=True.
-        chans = pooled_channels(in_chans, cfg.input_downsample, cfg.input_pool)
-        self.backbone = create_backbone(cfg.backbone, chans, cfg.backbone_weights, cfg.output_stride)
-        self.classifier = nn.Conv2d(self.backbone.num_features, num_classes, kernel_size=1)
+        self.network = network
+        if network is None:
+            # Built exactly as CAM builds them, so CAM checkpoints load with strict=True.
+            chans = pooled_channels(in_chans, cfg.input_downsample, cfg.input_pool)
+            self.backbone = create_backbone(
+                cfg.backbone, chans, cfg.backbone_weights, cfg.output_stride, pretrained=cfg.pretrained
+            )
+            self.classifier = nn.Conv2d(self.backbone.num_features, num_classes, kernel_size=1)
+        elif network.num_classes != num_classes:
+            raise ValueError(f"the explained {network.name} has {network.num_classes} classes, not {num_classes}")
 
     def _classify(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """Images (B, C_in, H, W) -> logits (B, K) and pixel logits (B, K, h, w), as CAM computes them."""
@@ -343,8 +561,12 @@ class PostHocCAMMethod(WSSegMethod):
         """Images (B, C_in, H, W) -> logits (B, K) and the sigmoid CAM (B, K, H, W), no post-hoc maps.
 
         The saliency here is the cheap training-time map (detached: no loss uses it); the post-hoc maps
-        need a backward pass per class and come from :meth:`predict`.
+        need a backward pass per class and come from :meth:`predict`. With another method's ``network``, its
+        forward pass.
         """
+        if self.network is not None:
+            out: MethodOutput = self.network(images)
+            return out
         logits, pixel_logits = self._classify(images)
         saliency = to_input_resolution(
             torch.sigmoid(pixel_logits.detach().float()), (images.shape[-2], images.shape[-1])
@@ -352,12 +574,30 @@ class PostHocCAMMethod(WSSegMethod):
         return MethodOutput(logits=logits, saliency=saliency, extras={"pixel_logits": pixel_logits})
 
     def loss(self, out: MethodOutput, batch: dict[str, Any]) -> dict[str, Tensor]:
-        """Multi-label BCE on the image labels."""
+        """Multi-label BCE on the image labels (another method's ``network``: its loss)."""
+        if self.network is not None:
+            return self.network.loss(out, batch)
         return {"loss": bce_loss(out.logits, batch["labels"])}
 
-    def target_layer(self) -> nn.Module:
-        """The module whose output is explained: the backbone, whose feature map is the classifier's input."""
+    def explained_layer(self) -> nn.Module:
+        """As a trained classifier: the backbone, whose feature map is the classifier's input."""
         return self.backbone
+
+    def explained_logits(self, images: Tensor) -> Tensor:
+        """As a trained classifier: CAM's logits (B, K)."""
+        return self._classify(images)[0]
+
+    def explained(self) -> WSSegMethod:
+        """The method whose classifier the maps explain: this one, or the ``network`` it was built on."""
+        return self if self.network is None else self.network
+
+    def target_layer(self) -> nn.Module:
+        """The module whose output is explained: the explained method's :meth:`~WSSegMethod.explained_layer`."""
+        return self.explained().explained_layer()
+
+    def scores(self, images: Tensor) -> Tensor:
+        """Images (B, C_in, H, W) -> the explained (B, K) class scores (running :meth:`target_layer` once)."""
+        return self.explained().explained_logits(images)
 
     def channel_weights(self, activations: Tensor, grads: Tensor) -> Tensor:
         """The hook a subclass implements: one weight per (image, class, channel).
@@ -387,32 +627,57 @@ class PostHocCAMMethod(WSSegMethod):
         weights = self.channel_weights(activations, grads)  # (B, K, C)
         return torch.einsum("bkc,bchw->bkhw", weights, activations)  # (B, K, h, w)
 
+    def raw_maps(self, images: Tensor, scores: Tensor, activations: Tensor) -> Tensor:
+        """The (B, K, h, w) maps before the ReLU and the normalisation, in :func:`map_dtype`.
+
+        By default the gradients of each class score (:func:`class_gradients`), then :meth:`class_maps` in float32
+        with autocast off. Methods that run more forward or backward passes override this.
+
+        Args:
+            images: (B, C_in, H, W) the input.
+            scores: (B, K) the explained class scores of ``images``; connected to ``activations`` by autograd when
+                ``saliency_requires_grad`` is set.
+            activations: (B, C, h, w) the target layer's output (an autograd leaf).
+        """
+        grads = class_gradients(scores, activations)  # (B, K, C, h, w)
+        dtype = map_dtype(activations)
+        with torch.autocast(device_type=images.device.type, enabled=False):
+            return self.class_maps(activations.detach().to(dtype), grads.to(dtype))
+
     def predict(self, images: Tensor) -> MethodOutput:
         """Images (B, C_in, H, W) -> logits (B, K) and post-hoc maps (B, K, H, W) in [0, 1], all detached.
 
-        Works under ``torch.no_grad()`` (autograd is enabled inside), leaves no hook and no parameter
-        ``.grad`` behind and does not change the train/eval mode. ``extras["cam_lowres"]`` holds the
-        normalised (B, K, h, w) maps at the target layer's resolution.
+        Works under ``torch.no_grad()`` (autograd is enabled inside when the method needs gradients), leaves no
+        hook and no parameter ``.grad`` behind and does not change the train/eval mode. ``logits`` are the
+        explained scores; ``extras["cam_lowres"]`` holds the normalised (B, K, h, w) maps at the target layer's
+        resolution.
         """
-        with torch.enable_grad():
-            with _capture_output(self.target_layer()) as captured:
-                logits, _ = self._classify(images)  # (B, K)
+        with torch.set_grad_enabled(self.saliency_requires_grad):
+            with capture_output(self.target_layer()) as captured:
+                logits = self.scores(images)  # (B, K)
             if len(captured) != 1:
                 raise RuntimeError(f"the target layer ran {len(captured)} times in one forward pass; expected once")
-            activations = captured[0]  # (B, C, h, w)
-            k_last = self.num_classes - 1
-            grads = torch.stack(
-                [
-                    torch.autograd.grad(logits[:, k].sum(), activations, retain_graph=k < k_last)[0]
-                    for k in range(self.num_classes)
-                ],
-                dim=1,
-            )  # (B, K, C, h, w)
-        # In float32 (or float64) even under bf16 autocast: the weighted sums cancel and the normalisation
-        # divides by their maximum, so rounding errors are amplified.
-        dtype = torch.promote_types(activations.dtype, torch.float32)
+            maps = self.raw_maps(images, logits, captured[0])  # (B, K, h, w), float32 or float64
         with torch.autocast(device_type=images.device.type, enabled=False):
-            maps = F.relu(self.class_maps(activations.detach().to(dtype), grads.to(dtype)))  # (B, K, h, w)
-            cam_lowres = _normalize_maps(maps)  # (B, K, h, w)
+            cam_lowres = normalize_maps(F.relu(maps))  # (B, K, h, w)
         saliency = to_input_resolution(cam_lowres, (images.shape[-2], images.shape[-1]))  # (B, K, H, W)
         return MethodOutput(logits=logits.detach(), saliency=saliency, extras={"cam_lowres": cam_lowres})
+
+
+class CAMMethod(PostHocCAMMethod):
+    """Base of CAM and the training-time WSOL methods built on it (HaS, CutMix, ADL, SPG).
+
+    The post-hoc template's classifier, trained; the evaluation map is the sigmoid CAM of :meth:`forward`, computed
+    without any backward pass. Subclasses change training only (the input, the loss, the backbone's training
+    forward), so their weights are a CAM classifier that post-hoc methods explain (``--from-run``).
+    """
+
+    # CAM's map is the classifier itself, applied at every location: no gradients needed.
+    saliency_requires_grad = False
+    # These methods train their classifier; they are what post-hoc methods read, not post-hoc methods.
+    reads = ()
+
+    def predict(self, images: Tensor) -> MethodOutput:
+        """Images (B, 1, H, W) -> logits (B, K) and sigmoid CAMs (B, K, H, W): the forward pass's own map."""
+        out: MethodOutput = self(images)
+        return out

@@ -12,17 +12,17 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import importlib.util
+import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, TypeVar
 
+from wsseg.catalog import ENTRY_POINT_GROUP as ENTRY_POINT_GROUP  # re-exported: the group plugins declare
+from wsseg.catalog import entry_point_source, method_entry_points
 from wsseg.method import MethodConfig, Profile, WSSegMethod
-
-ENTRY_POINT_GROUP = "wsseg.methods"
 
 M = TypeVar("M", bound=type[WSSegMethod])
 
@@ -48,7 +48,7 @@ class MethodSpec:
 
     @property
     def supervision(self) -> str:
-        """``weak`` (image labels only) or ``full`` (trains on masks: a reference upper bound)."""
+        """``weak`` (image labels only), ``full`` (trains on masks: an upper bound), ``reference`` (learns nothing)."""
         return self.cls.supervision
 
 
@@ -56,27 +56,41 @@ _REGISTRY: dict[str, MethodSpec] = {}
 _BROKEN: dict[str, str] = {}
 _discovered = False
 _loading_source: str | None = None
+# Plugin files imported with --plugin: module name -> (resolved path, the names it registered).
+_PLUGIN_FILES: dict[str, tuple[Path, list[str]]] = {}
+# Method names end up in run folder names and CLI choices: one path component of plain characters.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*")
+
+
+def _module_file(cls: type) -> str:
+    module = sys.modules.get(cls.__module__)
+    return str(getattr(module, "__file__", None) or cls.__module__)
 
 
 def _module_source(cls: type) -> str:
-    module = sys.modules.get(cls.__module__)
-    return f"file {getattr(module, '__file__', cls.__module__)}"
+    return f"file {_module_file(cls)}"
 
 
 def register_method(name: str) -> Callable[[M], M]:
     """Class decorator that registers a method under ``name``.
 
     Raises:
-        ValueError: when ``name`` is already taken by another class (the message names both sources).
+        ValueError: a name that is not one word of letters, digits, ``_`` and ``-``, or a name already taken by
+            another class (the message names both files).
+        TypeError: the class is not a :class:`~wsseg.method.WSSegMethod`.
     """
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        raise ValueError(f"method name {name!r}: use letters, digits, '_' and '-' only (it names run folders)")
 
     def decorator(cls: M) -> M:
         source = _loading_source or _module_source(cls)
+        if not (isinstance(cls, type) and issubclass(cls, WSSegMethod)):
+            raise TypeError(f"@register_method({name!r}) decorates {cls!r}, not a subclass of wsseg.WSSegMethod")
         old = _REGISTRY.get(name)
         if old is not None and (old.cls.__module__, old.cls.__qualname__) != (cls.__module__, cls.__qualname__):
             raise ValueError(
-                f"method name {name!r} is registered twice: by {old.cls.__module__}.{old.cls.__qualname__} "
-                f"({old.source}) and by {cls.__module__}.{cls.__qualname__} ({source}); rename one of them"
+                f"method name {name!r} is registered twice: by {old.cls.__qualname__} in {_module_file(old.cls)} "
+                f"({old.source}) and by {cls.__qualname__} in {_module_file(cls)} ({source}); rename one of them"
             )
         cls.name = name
         cls.source = source
@@ -102,15 +116,17 @@ def _discover() -> None:
     if _discovered:
         return
     _discovered = True
-    for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
-        dist = ep.dist.name if ep.dist is not None else "unknown"
-        source = "built-in" if dist == "wsseg" else f"plugin {dist}"
+    for ep in method_entry_points():
+        source = entry_point_source(ep)
         if ep.name in _REGISTRY:
             continue
+        before = set(_REGISTRY)
         try:
             with _source(source):
                 ep.load()
-        except Exception as e:  # a broken plugin must never break the other methods
+        except (Exception, SystemExit) as e:  # a broken plugin (even one that exits) must never break the others
+            for name in set(_REGISTRY) - before:  # a module that fails after its decorator ran registers nothing
+                del _REGISTRY[name]
             _BROKEN[ep.name] = f"{source}: {type(e).__name__}: {e}"
             continue
         if ep.name not in _REGISTRY:
@@ -131,28 +147,54 @@ def refresh() -> None:
 def load_plugin_file(path: str | Path) -> list[str]:
     """Import a single-file method (``--plugin path/to/my_method.py``) and return the names it registered.
 
+    Loading the same file again returns the names it registered the first time.
+
     Raises:
         FileNotFoundError: the file does not exist.
-        ImportError: the file raised while importing (the original error is chained).
+        ImportError: not a regular ``.py`` file; another plugin file with the same name (stem) was loaded; the file
+            raised while importing, exited (``sys.exit``) or was interrupted (the message names the file); or it
+            registered no method.
     """
-    path = Path(path).resolve()
+    given = Path(path)
+    path = given.resolve()
+    if not path.exists():
+        raise FileNotFoundError(f"plugin file {given} does not exist")
     if not path.is_file():
-        raise FileNotFoundError(f"plugin file {path} does not exist")
+        raise ImportError(f"plugin file {given} is not a regular file; pass the .py file that defines the method")
     _discover()
-    before = set(_REGISTRY)
     module_name = f"wsseg_plugin_{path.stem}"
+    if module_name in _PLUGIN_FILES:
+        first, names = _PLUGIN_FILES[module_name]
+        if first == path:
+            return names
+        raise ImportError(
+            f"two plugin files are named {path.name}: {first} and {path}; plugin files need distinct names "
+            "(the file stem is the method's module name): rename one of them"
+        )
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:
-        raise ImportError(f"cannot import {path}: not a Python file")
+        raise ImportError(f"cannot import plugin file {path}: not a Python (.py) file")
+    before = set(_REGISTRY)
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
     try:
         with _source(f"file {path}"):
             spec.loader.exec_module(module)
-    except Exception as e:
+    except BaseException as e:  # SystemExit and KeyboardInterrupt too: a plugin must not end wsseg silently
         sys.modules.pop(module_name, None)
-        raise ImportError(f"plugin file {path} failed to import: {type(e).__name__}: {e}") from e
-    return sorted(set(_REGISTRY) - before)
+        for name in set(_REGISTRY) - before:  # nothing half-registered stays behind
+            del _REGISTRY[name]
+        what = "exited" if isinstance(e, SystemExit) else "failed to import"
+        raise ImportError(f"plugin file {path} {what}: {type(e).__name__}: {e}") from e
+    names = sorted(set(_REGISTRY) - before)
+    if not names:
+        sys.modules.pop(module_name, None)
+        raise ImportError(
+            f"plugin file {path} registered no method; decorate its method class with @register_method('name') "
+            "(see CONTRIBUTING.md)"
+        )
+    _PLUGIN_FILES[module_name] = (path, names)
+    return names
 
 
 def list_methods(pattern: str = "*") -> list[str]:

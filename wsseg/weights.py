@@ -18,6 +18,28 @@ from torch import Tensor, nn
 _SHOWN = 12
 
 
+def weights_file_problem(path: str | Path) -> str | None:
+    """Why ``path`` cannot be a weights file, from its first bytes (None when it can be); nothing is loaded.
+
+    torch.save writes a zip archive (``PK``) or, in the legacy format of PyTorch < 1.6 and the official GMIC/GLAM
+    files, a pickle (``0x80``); a safetensors file starts with the little-endian length of its JSON header, then
+    ``{``.
+    """
+    p = Path(path).expanduser()
+    if not p.exists():
+        return "no such file"
+    if not p.is_file():
+        return "not a regular file"
+    try:
+        with open(p, "rb") as f:
+            head = f.read(9)
+    except OSError as e:
+        return f"unreadable ({e.strerror or e})"
+    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80" or (len(head) == 9 and head[8:9] == b"{"):
+        return None
+    return "not a weights file (empty, text or another format)" if head else "an empty file"
+
+
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     """Read a state dict from ``path`` with ``torch.load(weights_only=True)``: no code in the file can run.
 

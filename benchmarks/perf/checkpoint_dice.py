@@ -23,10 +23,12 @@ from typing import Any
 
 import torch
 
-import wsseg.run
 from wsseg.config import RunConfig
 from wsseg.data.dataset import MammogramDataset
+from wsseg.data.prepare import prepare_dataset
+from wsseg.data.sources import PrepareOptions
 from wsseg.evaluation.summary import summarize
+from wsseg.pipelines.run import build_method, evaluate_split
 from wsseg.training.checkpoint import load_checkpoint
 
 
@@ -54,22 +56,22 @@ def score(run_dir: Path, epochs: list[int], train_every: int) -> list[dict[str, 
     """Validation, test and training-subset figures of the kept epochs (one row each)."""
     cfg = RunConfig.read(run_dir / "config.json")
     cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, bootstrap_resamples=0))
-    root, _ = wsseg.run.prepare_data(cfg, False)
-    splits = {s: MammogramDataset(root, s, True) for s in ("val", "test", "train")}
-    method = wsseg.run.build_method(cfg)
+    root = prepare_dataset(cfg.data, cfg.profile, PrepareOptions(progress=False)).root
+    splits = {s: MammogramDataset(root, s, True, cfg.data.dataset) for s in ("val", "test", "train")}
+    method = build_method(cfg)
     args = (cfg.eval.batch_size, torch.device("cpu"), False, cfg.eval, 0, False)
     rows = []
     for epoch in epochs:
         ckpt = torch.load(run_dir / f"ep{epoch:02d}.pt", weights_only=True)
         method.load_state_dict(ckpt["model"])
         method.eval()
-        val = wsseg.run.evaluate_split(method, splits["val"], *args)
+        val = evaluate_split(method, splits["val"], *args)
         thresholds = val.evaluator.calibrated_thresholds()
         row: dict[str, Any] = {"epoch": epoch, **ckpt["history"][-1]}
         for name, ev in (
             ("val", val),
-            ("test", wsseg.run.evaluate_split(method, splits["test"], *args)),
-            ("train", wsseg.run.evaluate_split(method, splits["train"], *args, None, (0, train_every))),
+            ("test", evaluate_split(method, splits["test"], *args)),
+            ("train", evaluate_split(method, splits["train"], *args, None, (0, train_every))),
         ):
             metrics = summarize(ev.evaluator.stats(), thresholds)
             for cls, m in metrics.items():

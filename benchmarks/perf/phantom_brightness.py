@@ -19,12 +19,12 @@ import numpy as np
 import torch
 
 from wsseg.config import EvalConfig, phantom_config
+from wsseg.core import CLASSES
 from wsseg.data.dataset import MammogramDataset, prepare_phantom
-from wsseg.data.phantom import CLASSES
 from wsseg.evaluation.stats import SplitStats
 from wsseg.evaluation.summary import per_image_rows, summarize
+from wsseg.pipelines.run import evaluate_split
 from wsseg.registry import create_method
-from wsseg.run import evaluate_split
 
 
 def main() -> None:

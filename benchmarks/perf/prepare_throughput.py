@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from wsseg.config import phantom_config
+from wsseg.core import PROFILE_GEOMETRY
 from wsseg.data.fixtures import write_cbis, write_vindr
 from wsseg.data.prepare import prepare_source
 
@@ -42,8 +42,8 @@ def main() -> None:
     parser.add_argument("--datasets", default="vindr-mammo,cbis-ddsm")
     parser.add_argument("--jpeg2000", action="store_true", help="VinDr DICOMs JPEG 2000 lossless compressed")
     args = parser.parse_args()
-    pcfg = phantom_config(args.profile)  # type: ignore[arg-type]
-    hw = (pcfg.height, pcfg.width)
+    geometry = PROFILE_GEOMETRY[args.profile]
+    hw = (geometry.height, geometry.width)
     print(f"python {platform.python_version()}, {os.cpu_count()} cores, window {hw[0]}x{hw[1]}, {args.workers} workers")
     with tempfile.TemporaryDirectory() as tmp:
         for dataset in args.datasets.split(","):

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from wsseg.config import EvalConfig
 from wsseg.evaluation.bootstrap import bootstrap_intervals
-from wsseg.evaluation.scoring import make_evaluator
+from wsseg.pipelines.scored import make_evaluator
 
 H, W, SPACING = 2944, 1920, 0.1
 

@@ -20,6 +20,7 @@ import torch
 from wsseg import create_method
 from wsseg.config import TrainConfig, phantom_config
 from wsseg.data.dataset import MammogramDataset, prepare_phantom
+from wsseg.method import TrainContext
 from wsseg.training.loop import train
 
 
@@ -48,7 +49,7 @@ def main() -> None:
     method = create_method(args.method, profile="tiny")
     original_end = method.on_epoch_end
 
-    def on_epoch_end(ctx: dict[str, Any], epoch: int, metrics: dict[str, float]) -> None:
+    def on_epoch_end(ctx: TrainContext, epoch: int, metrics: dict[str, float]) -> None:
         samples.append({"epoch": epoch, "rss_mib": rss_mib(), "seconds": metrics["seconds"]})
         print(f"epoch {epoch}: RSS {samples[-1]['rss_mib']:.1f} MiB ({metrics['seconds']:.1f} s)", flush=True)
         original_end(ctx, epoch, metrics)

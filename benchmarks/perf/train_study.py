@@ -24,10 +24,10 @@ from typing import Any
 
 import torch
 
-import wsseg.run
 from wsseg.config import make_run_config
-from wsseg.data.phantom import CLASSES
-from wsseg.run import run
+from wsseg.core import CLASSES, Geometry
+from wsseg.data.phantom import PhantomConfig
+from wsseg.pipelines.run import run
 
 
 def cpu_seconds() -> float:
@@ -106,9 +106,14 @@ def main() -> None:
         ap.error("--name is required")
     if args.phantom:
         # The phantom's settings are not run settings; a study row may still vary them (the cache key follows).
+        # The phantom source builds its generator with PhantomConfig.for_geometry, so the change is made there.
         changes = {k: float(v) for k, v in (item.split("=", 1) for item in args.phantom)}
-        preset = wsseg.run.phantom_config
-        wsseg.run.phantom_config = lambda profile: dataclasses.replace(preset(profile), **changes)  # type: ignore[assignment]
+        preset = PhantomConfig.for_geometry
+
+        def changed(geometry: Geometry) -> PhantomConfig:
+            return dataclasses.replace(preset(geometry), **changes)
+
+        PhantomConfig.for_geometry = staticmethod(changed)  # type: ignore[method-assign, assignment]
     cfg = make_run_config(args.method, args.profile, args.seed, args.overrides)
     run_id = f"{args.method}-{args.name}-s{args.seed}"
     run_dir = args.out / run_id

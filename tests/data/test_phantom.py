@@ -12,9 +12,9 @@ from PIL import Image
 from scipy import stats
 
 from wsseg.config import EvalConfig
+from wsseg.core import CLASSES
 from wsseg.data.phantom import (
     ANATOMY_KINDS,
-    CLASSES,
     PHANTOM_VERSION,
     PhantomConfig,
     PhantomImage,
@@ -23,8 +23,8 @@ from wsseg.data.phantom import (
     generate_image,
 )
 from wsseg.data.preview import save_preview
-from wsseg.evaluation.scoring import make_evaluator
 from wsseg.evaluation.summary import summarize
+from wsseg.pipelines.scored import make_evaluator
 from wsseg.registry import create_method
 
 ROOT = Path(__file__).resolve().parents[2]

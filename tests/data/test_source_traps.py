@@ -1,7 +1,8 @@
-"""The dataset traps of datasets.md beyond the basics of test_sources.py, each a fixture switch or a small edit."""
+"""The dataset traps of docs/datasets.md beyond the basics of test_sources.py, each a fixture switch or a small edit."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -159,10 +160,11 @@ def test_inbreast_roi_names_pectoral_muscle_and_label_sheet(tmp_path: Path, monk
     sheet["File Name"] = sheet["File Name"].astype(float).astype(str)  # 20586900.0
     (tmp_path / "dl" / "INbreast.csv").rename(tmp_path / "INbreast.csv.bak")
     (tmp_path / "dl" / "INbreast.xls").write_bytes(bytes.fromhex("d0cf11e0a1b11ae1") + bytes(504))  # OLE2 header
-    try:
-        import xlrd  # noqa: F401
-    except ImportError:  # without xlrd: a clear message, not a traceback
-        with pytest.raises(DataError, match=r"INbreast\.xls: reading \.xls needs the xlrd package.*pip install xlrd"):
+    # Without xlrd (None in sys.modules makes every import of it fail, installed or not): a clear message naming
+    # the extra that installs it, not a traceback.
+    with monkeypatch.context() as without_xlrd:
+        without_xlrd.setitem(sys.modules, "xlrd", None)
+        with pytest.raises(DataError, match=r"INbreast\.xls: reading \.xls needs the xlrd package.*wsseg\[xls\]"):
             get_source("inbreast").scan(tmp_path / "dl")
     monkeypatch.setattr(pd, "read_excel", lambda path, dtype=None: sheet)
     scan_xls = get_source("inbreast").scan(tmp_path / "dl")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from wsseg.cli import app
@@ -282,6 +283,8 @@ def test_missing_decoder_names_the_package(tmp_path: Path) -> None:
 
 
 def test_mini_mias(tmp_path: Path) -> None:
+    from wsseg.data.fixtures import MIAS_OUTSIDE_BREAST, MIAS_OUTSIDE_RC, MIAS_UNLOCATED_LINES
+
     truth = write_mias(tmp_path / "dl", n_pairs=6)
     root, report = prepare_source(
         "mini-mias", tmp_path / "dl", OUT_HW, cache_dir=tmp_path / "c", workers=1, progress=False
@@ -294,14 +297,62 @@ def test_mini_mias(tmp_path: Path) -> None:
         assert s["meta"]["laterality"] == ("R" if n % 2 else "L")
         assert s["meta"]["patient_id"] == f"mias-p{(n + 1) // 2:03d}"
         assert_canonical(s)
+        if n in MIAS_UNLOCATED_LINES:  # labelled, no location (4 tokens or *NOTE 3*): label-only, empty mask
+            sev = MIAS_UNLOCATED_LINES[n].split()[3]
+            assert s["labels"].tolist() == ([0.0, 1.0] if sev == "M" else [1.0, 0.0]) and not s["masks"].any()
+            assert s["meta"]["localized"] == ([True, False] if sev == "M" else [False, True])
+            continue
+        if n == MIAS_OUTSIDE_BREAST:  # a benign circle in the air beside the breast: kept, region grown around it
+            assert s["labels"].tolist() == [1.0, 0.0] and s["meta"]["localized"] == [True, True]
+            assert s["meta"]["region_grown"] and s["meta"]["lesions"][0]["outside_breast"] == 1.0
+            mask = s["masks"][0].numpy()
+            assert mask.any() and (mask <= s["breast_mask"].numpy()).all()  # inside the evaluated region
+            tf = Transform.from_dict(s["meta"]["transform"])
+            back = tf.to_original(mask, is_mask=True)
+            rows, cols = np.nonzero(back)
+            assert abs(rows.mean() - MIAS_OUTSIDE_RC[0]) < 3 and abs(cols.mean() - MIAS_OUTSIDE_RC[1]) < 3
+            continue
+        assert not s["meta"]["region_grown"]
         if n % 3 == 0:
             assert s["labels"].tolist() == [0.0, 0.0] and not s["masks"].any()
+            assert s["meta"]["localized"] == [True, True]  # normal: lesion-free for both classes
             continue
         expected = [1.0, 1.0] if n == 1 else ([0.0, 1.0] if n % 2 else [1.0, 0.0])
         assert s["labels"].tolist() == expected
+        # mdb001's second line (CALC B, 4 tokens) has no location: benign label-only, malignant located.
+        assert s["meta"]["localized"] == ([False, True] if n == 1 else [True, True])
         assert_aligned(s, truth[ref])  # the bottom-left origin was turned into a row from the top
     kinds = [les["kind"] for les in got["mdb001"]["meta"]["lesions"]]
     assert sorted(kinds) == ["circle", "none"]  # the 4-token CALC line: labelled, not localised
+    assert sorted(report.label_only) == ["mdb001 (benign)", "mdb059 (benign)", "mdb233 (malignant)"]
+    assert report.outside_breast == ["mdb212 (benign circle, 100% outside)"] and report.region_grown == 1
+    # Labelled images with a located lesion: mdb001 (its malignant circle), the CIRC images and mdb212.
+    located = [
+        i for i, s in got.items() if any(f and ok for f, ok in zip(s["labels"], s["meta"]["localized"], strict=True))
+    ]
+    assert report.n_located == len(located)
+    for split in ("train", "val", "test"):
+        in_split = [s for s in got.values() if s["split"] == split]
+        assert report.labels[split] == {
+            "benign": sum(int(s["labels"][0]) for s in in_split),
+            "malignant": sum(int(s["labels"][1]) for s in in_split),
+            "normal": sum(not s["labels"].any() for s in in_split),
+        }
+
+
+def test_mini_mias_full_table_keeps_all_322_images(tmp_path: Path) -> None:
+    """The 322-image fixture has the real table's lines without a location; check reports and names them."""
+    write_mias(tmp_path / "dl", n_pairs=161)
+    result = runner.invoke(app, ["data", "check", "mini-mias", "--root", str(tmp_path / "dl"), "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].startswith("mini-mias: 322 usable images"), result.output
+    assert "322 images," in lines[1] and "5 labelled without location" in lines[1], result.output
+    label_only = next(line for line in lines if line.startswith("label-only"))
+    # The real ids (mdb059's 4-token line, the three *NOTE 3* lines) and the fixture's own mdb001 trap.
+    names = ("mdb001 (benign)", "mdb059 (benign)", "mdb216 (malignant)", "mdb233 (malignant)", "mdb245 (malignant)")
+    assert all(name in label_only for name in names), label_only
+    assert "mdb212 (benign circle, 100% outside)" in result.output and "skipped" not in result.output
 
 
 def test_nyu_exam_list(tmp_path: Path) -> None:
@@ -462,6 +513,9 @@ def test_vindr_mammo(tmp_path: Path) -> None:
             assert_aligned(s, truth[image_id])
         elif lat == "R" and image_id[9:12] == "MLO" and study % 2 == 1:
             assert s["labels"].tolist() == [1.0, 0.0]
+        elif lat == "L" and image_id[9:12] == "MLO" and study == 1:  # a BI-RADS 4 finding without a box
+            assert s["labels"].tolist() == [0.0, 1.0] and not s["masks"].any()
+            assert s["meta"]["localized"] == [True, False] and s["meta"]["lesions"][0]["kind"] == "none"
         else:
             assert s["labels"].tolist() == [0.0, 0.0] and not s["masks"].any()
 
@@ -498,6 +552,8 @@ def test_inbreast(tmp_path: Path) -> None:
         assert_canonical(s)
         if meta["birads"] == "1" or name == PECTORAL_IMAGE:
             assert not s["masks"].any()  # contours on a BI-RADS 1 image carry no class; a pectoral XML is no lesion
+            # BI-RADS 2 without a lesion contour: benign, but nowhere (label-only); BI-RADS 1: lesion-free.
+            assert meta["localized"] == ([False, True] if name == PECTORAL_IMAGE else [True, True])
         else:
             assert_aligned(s, truth[name])  # 12-vertex polygon + the 1-point calcification disc inside it
             assert sorted(les["kind"] for les in meta["lesions"]) == ["circle", "polygon"]
@@ -542,6 +598,7 @@ def test_cli_check_and_run_every_source(tmp_path: Path, dataset: str) -> None:
         "-q",
         "--epochs",
         "1",
+        "--save-maps",
     ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
@@ -554,3 +611,123 @@ def test_cli_check_and_run_every_source(tmp_path: Path, dataset: str) -> None:
         assert boxed and all(0.0 <= record["metrics"][c]["max_box_acc_v2"] <= 1.0 for c in boxed)
     else:
         assert not boxed
+    # Label-only test images (labelled, lesion not located) are counted apart and enter no localisation metric.
+    (manifest,) = (tmp_path / "cache" / dataset).glob("*/manifest.csv")
+    test = MammogramDataset(manifest.parent, "test", with_masks=True, dataset=dataset)
+    unlocated = {
+        c: {test[i]["meta"]["image_id"] for i in range(len(test)) if not test[i]["meta"]["localized"][k]}
+        for k, c in enumerate(("benign", "malignant"))
+    }
+    with open(record_path.parent / "per_image.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    for c, ids in unlocated.items():
+        assert record["metrics"][c]["n_label_only"] == len(ids)
+        assert {r["image_id"] for r in rows if r["class"] == c and r["located"] == "0"} == ids
+        assert all(
+            r["dice"] == "nan" and r["region_pixels"] == "0" for r in rows if r["image_id"] in ids and r["class"] == c
+        )
+    if dataset == "mini-mias":  # mdb001 (benign) and mdb233 (malignant, *NOTE 3*) are test images of the fixture
+        assert unlocated == {"benign": {"mdb001"}, "malignant": {"mdb233"}}
+        # test_labels.csv (for `wsseg score` on the saved maps) carries the flags too.
+        with open(record_path.parent / "test_labels.csv", newline="") as f:
+            labels = {r["image_id"]: r for r in csv.DictReader(f)}
+        assert labels["mdb001"]["benign_located"] == "0" and labels["mdb233"]["malignant_located"] == "0"
+        assert labels["mdb001"]["malignant_located"] == "1"
+    # The preview draws the same images through the same pipeline, label-only ones framed.
+    out = tmp_path / "preview.png"
+    preview = ["data", "preview", dataset, "--root", str(tmp_path / "dl"), "--profile", "tiny", "--out", str(out)]
+    result = runner.invoke(app, [*preview, "--split", "test", "--n", "4"])
+    assert result.exit_code == 0 and "wrote" in result.output, result.output
+    from PIL import Image
+
+    with Image.open(out) as im:
+        assert im.mode == "RGB" and im.height == 368 and im.width >= 4 * 100
+
+
+def test_preview_draws_what_the_evaluator_scores(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from wsseg.data.prepare import preview_source
+    from wsseg.data.preview import save_preview
+
+    write_mias(tmp_path / "dl", n_pairs=6)
+    items, problems = preview_source("mini-mias", tmp_path / "dl", OUT_HW, ids=["mdb059", "mdb212", "mdb002"])
+    assert problems == [] and [i.caption.split()[0] for i in items] == ["mdb059", "mdb212", "mdb002"]
+    label_only, outside, plain = items
+    assert label_only.label_only == [0] and not label_only.masks.any()  # benign, no location: framed, no outline
+    assert outside.label_only == [] and "outside the breast" in outside.caption and len(outside.circles) == 1
+    # The tiles hold the masks and evaluated regions the cache (and so the evaluator) holds, byte for byte.
+    root, _ = prepare_source("mini-mias", tmp_path / "dl", OUT_HW, cache_dir=tmp_path / "c", workers=1, progress=False)
+    got = samples(root, "mini-mias")
+    for item in (outside, plain):
+        cached = got[item.caption.split()[0]]
+        assert np.array_equal(item.masks, cached["masks"].numpy())
+        assert np.array_equal(item.region, cached["breast_mask"].numpy())
+    path = save_preview(items, tmp_path / "p.png", ncols=3, tile_height=OUT_HW[0])
+    rgb = np.asarray(Image.open(path))
+    cell = rgb.shape[1] // 3
+    green, red, blue = (40, 220, 60), (235, 40, 40), (70, 140, 255)
+    edge = [rgb[OUT_HW[0] // 2, i * cell] for i in range(3)]  # each tile's left edge, half-way down
+    assert tuple(edge[0]) == green and tuple(edge[2]) != green  # only the label-only tile is framed
+    tile2 = rgb[:, 2 * cell : 3 * cell]
+    assert (tile2 == green).all(axis=-1).any() and (tile2 == blue).all(axis=-1).any()  # mask and region outlines
+    assert not (rgb == red).all(axis=-1).any()  # no malignant annotation in these three
+
+
+def test_tiny_lesions_survive_the_resize_and_only_stray_lesions_grow_the_region(tmp_path: Path) -> None:
+    """A sub-pixel lesion keeps a pixel; a box over the skin line is clipped; a box in the air grows the region."""
+    from wsseg.data.fixtures import MANIFEST_HEADER, save_png16, scaled_phantom, write_csv
+
+    ph = scaled_phantom(False, 8)  # 512 x 384 native: the tiny profile's window shrinks it about 2.8x
+    h, w = ph.image.shape
+    dot = np.zeros((h, w), dtype=bool)
+    dot[ph.center] = True  # one native pixel: a third of a window pixel
+    save_png16(tmp_path / "img.png", ph.image)
+    save_mask(tmp_path / "dot.png", dot)
+    breast = breast_region(ph.image)
+    edge_col = int(np.flatnonzero(breast[h // 2])[-1])  # the skin line on the middle row
+    spill = [edge_col - 30, h // 2 - 10, edge_col + 10, h // 2 + 10]  # 25% of it in the air
+    air = [w - 40, 4, w - 20, 24]  # wholly outside the breast (as mdb212's circle)
+    rows = []
+    for i, (cls, mask, boxes) in enumerate(
+        [("benign", "dot.png", []), ("malignant", "", [spill]), ("benign", "", [air]), ("benign", "", [])]
+    ):
+        row: dict[str, object] = {k: "" for k in MANIFEST_HEADER}
+        row.update(image="img.png", image_id=f"i{i}", patient_id=f"P{i}", benign=int(cls == "benign"))
+        row.update(malignant=int(cls == "malignant"), split="test" if i else "train", laterality="L", view="CC")
+        row[f"{cls}_mask"] = mask
+        row["boxes"] = json.dumps([{"class": cls, "box": b} for b in boxes]) if boxes else ""
+        rows.append(row)
+    rows[3]["split"] = "val"
+    write_csv(tmp_path / "manifest.csv", MANIFEST_HEADER, rows)
+    root, report = prepare_source("manifest", tmp_path, OUT_HW, cache_dir=tmp_path / "c", workers=1, progress=False)
+    assert report.problems == []
+    got = samples(root, "manifest")
+    tiny = got["i0"]
+    assert tiny["masks"][0].sum() >= 1 and tiny["meta"]["localized"] == [True, True]  # not taken for lesion-free
+    spilled = got["i1"]
+    assert spilled["meta"]["lesions"][0]["outside_breast"] == pytest.approx(0.25, abs=0.05)
+    normal = got["i3"]  # the same image without annotation: the breast alone decides its crop and region
+    assert not spilled["meta"]["region_grown"]  # the air part of the box is not scored as lesion
+    assert spilled["meta"]["transform"] == normal["meta"]["transform"]
+    assert torch.equal(spilled["breast_mask"], normal["breast_mask"])
+    assert (spilled["masks"][1] & spilled["breast_mask"]).any()
+    stray = got["i2"]
+    assert stray["meta"]["region_grown"] and stray["meta"]["localized"] == [True, True]
+    assert stray["meta"]["transform"]["crop"] != normal["meta"]["transform"]["crop"]  # the crop keeps the lesion
+    assert (stray["masks"][0].numpy() <= stray["breast_mask"].numpy()).all()  # kept whole inside the region
+    assert report.outside_breast == ["i2 (benign box, 100% outside)"] and report.label_only == ["i3 (benign)"]
+
+
+def test_cli_preview_of_a_source_needs_a_root_and_known_ids(tmp_path: Path) -> None:
+    write_mias(tmp_path / "dl", n_pairs=6)
+    out = str(tmp_path / "p.png")
+    result = runner.invoke(app, ["data", "preview", "mini-mias", "--out", out])
+    assert result.exit_code == 2 and "needs --root" in result.output, result.output
+    base = ["data", "preview", "mini-mias", "--root", str(tmp_path / "dl"), "--out", out, "--profile", "tiny"]
+    result = runner.invoke(app, [*base, "--ids", "mdb059,mdb999"])
+    assert result.exit_code == 2 and "no image mdb999" in result.output, result.output
+    result = runner.invoke(app, [*base, "--split", "everything"])
+    assert result.exit_code == 2 and "choose train, val, test or all" in result.output, result.output
+    result = runner.invoke(app, [*base, "--ids", "mdb059,mdb233"])
+    assert result.exit_code == 0 and "(2 images, 2 label-only)" in result.output, result.output

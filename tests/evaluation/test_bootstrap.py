@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from wsseg.evaluation.bootstrap import bootstrap_intervals, check_same_images, paired_bootstrap, patient_weights
+from wsseg.evaluation.bootstrap import (
+    bootstrap_intervals,
+    check_same_images,
+    paired_bootstrap,
+    patient_weights,
+    pooled_intervals,
+)
 from wsseg.evaluation.evaluator import SegmentationEvaluator
 from wsseg.evaluation.stats import SplitStats
 from wsseg.evaluation.summary import summarize
@@ -17,11 +23,17 @@ CLASSES = ("benign", "malignant")
 
 
 def _stats(
-    n_patients: int, views: int, quality: np.ndarray | None = None, patients: bool = True, seed: int = 0
+    n_patients: int,
+    views: int,
+    quality: np.ndarray | None = None,
+    patients: bool = True,
+    seed: int = 0,
+    value: float = 1.0,
 ) -> SplitStats:
     """A split where each patient's views are identical copies (perfectly correlated images).
 
-    ``quality[p]`` in [0, 1] scales how much of patient p's lesion the map covers (its Dice).
+    ``quality[p]`` in [0, 1] scales how much of patient p's lesion the map covers (its Dice); covered pixels have
+    the map value ``value``.
     """
     rng = np.random.default_rng(seed)
     quality = rng.random(n_patients) if quality is None else quality
@@ -31,7 +43,7 @@ def _stats(
         g[:, 2:6, 2:6] = True  # 16 lesion pixels, both classes
         s = np.zeros((2, 10, 10), dtype=np.float32)
         covered = int(round(16 * quality[p]))
-        s.reshape(2, -1)[:, np.flatnonzero(g[0])[:covered]] = 1.0
+        s.reshape(2, -1)[:, np.flatnonzero(g[0])[:covered]] = value
         for v in range(views):
             image_id = f"p{p}-v{v}"
             ev.add(image_id, torch.from_numpy(s), torch.from_numpy(g), patient_id=f"p{p}" if patients else image_id)
@@ -111,3 +123,38 @@ def test_stats_round_trip_through_a_file(tmp_path: Path) -> None:
     (tmp_path / "bad.npz").write_bytes(b"not a zip")
     with pytest.raises(ValueError, match="re-run the evaluation"):
         SplitStats.load(tmp_path / "bad.npz")
+
+
+def _part(stats: SplitStats, index: np.ndarray) -> SplitStats:
+    """The images ``index`` of ``stats`` as a split of their own (one test fold)."""
+    return SplitStats(
+        [stats.image_ids[i] for i in index],
+        [stats.patient_ids[i] for i in index],
+        stats.spacing_mm[index],
+        stats.n_bins,
+        {c: a.subset(index) for c, a in stats.classes.items()},
+    )
+
+
+def test_pooled_folds_resample_the_union_of_their_patients_once() -> None:
+    stats = _stats(30, 2)  # 60 images; the first 15 patients are fold 0, the others fold 1
+    t = {c: 0.5 for c in CLASSES}
+    folds = [(_part(stats, np.arange(0, 30)), t), (_part(stats, np.arange(30, 60)), t)]
+    pooled = pooled_intervals(folds, n_resamples=300, seed=0)
+    whole = bootstrap_intervals(stats, t, n_resamples=300, seed=0)
+    assert pooled["n_patients"] == 30 and pooled["n_folds"] == 2
+    # At one threshold, pooling the folds is exactly the bootstrap of all their images together.
+    assert all(pooled[c] == whole[c] for c in CLASSES)
+    # Each fold keeps its own threshold: maps of value 0.6 score as before at 0.5 and nothing at 0.7.
+    lowered = _stats(30, 2, value=0.6)
+    parts = [_part(lowered, np.arange(0, 30)), _part(lowered, np.arange(30, 60))]
+    same = pooled_intervals([(parts[0], t), (parts[1], t)], n_resamples=300, seed=0)
+    mixed = pooled_intervals([(parts[0], t), (parts[1], {c: 0.7 for c in CLASSES})], n_resamples=300, seed=0)
+    assert same["benign"]["dice"] == whole["benign"]["dice"]
+    assert (
+        mixed["benign"]["dice"][0] < same["benign"]["dice"][0]
+        and mixed["benign"]["dice"][1] < same["benign"]["dice"][1]
+    )
+    # Fold 1 contributes zeros: the pooled Dice is about half of fold 0's alone.
+    fold0 = bootstrap_intervals(parts[0], t, n_resamples=300, seed=0)["benign"]["dice"]
+    assert mixed["benign"]["dice"][1] < fold0[1]

@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 from sklearn.metrics import roc_auc_score
@@ -15,6 +16,7 @@ from typer.testing import CliRunner
 
 from wsseg.cli import app
 from wsseg.data.dataset import MammogramDataset
+from wsseg.report.records import RunRecord, read_record
 
 runner = CliRunner()
 CLASSES = ("benign", "malignant")
@@ -41,7 +43,10 @@ def _record(path: Path) -> dict:  # type: ignore[type-arg]
 def test_run_writes_the_full_suite_per_image_files_and_float16_maps(runs: Path) -> None:
     run = runs / "cam"
     record = _record(run / "record.json")
-    assert record["schema_version"] == 2 and record["record_type"] == "run" and record["maps"] == "maps"
+    assert record["schema_version"] == 3 and record["record_type"] == "run" and record["maps"] == "maps"
+    assert record["evaluation"]["precision"] == "fp32" and record["precision"] == "fp32"  # a CPU run
+    typed = read_record(run / "record.json")
+    assert isinstance(typed, RunRecord) and typed.to_json() == record
     n_test = record["dataset_info"]["counts"]["test"]
     for name in CLASSES:
         m = record["metrics"][name]
@@ -69,6 +74,7 @@ def test_evaluate_reproduces_the_run_up_to_float16(runs: Path) -> None:
     assert result.exit_code == 0, result.output
     original, again = _record(run / "record.json"), _record(run / "evaluate" / "record.json")
     assert again["record_type"] == "evaluate"
+    assert again["evaluation"]["precision"] == original["evaluation"]["precision"] == "fp32"  # the run's maps
     for name in CLASSES:
         a, b = original["metrics"][name], again["metrics"][name]
         assert a["threshold"] == b["threshold"] and a["n_images"] == b["n_images"]
@@ -169,8 +175,13 @@ def test_compare_refuses_same_ids_with_other_ground_truth(runs: Path, tmp_path: 
         "--out",
         str(tmp_path / "o"),
     ]
-    args += ["--labels", str(runs / "cam" / "test_labels.csv"), "-q"]
-    assert runner.invoke(app, args).exit_code == 0
+    # Labels that agree with the empty masks (score refuses a lesion label without a lesion mask).
+    labels = pd.read_csv(runs / "cam" / "test_labels.csv")
+    labels[["benign", "malignant"]] = 0
+    labels.to_csv(tmp_path / "labels.csv", index=False)
+    args += ["--labels", str(tmp_path / "labels.csv"), "-q"]
+    scored = runner.invoke(app, args)
+    assert scored.exit_code == 0, scored.output
     result = runner.invoke(app, ["compare", str(runs / "cam"), str(tmp_path / "o")])
     assert result.exit_code == 2 and "test sets differ" in result.output and "masks" in result.output, result.output
 
@@ -182,3 +193,60 @@ def test_evaluate_needs_saved_maps(runs: Path, tmp_path: Path) -> None:
     assert result.exit_code == 2 and "no record.json" in result.output
     record = _record(runs / "gradcam" / "record.json")
     assert record["maps"] is None and not math.isnan(record["metrics"]["malignant"]["dice"])
+
+
+def test_evaluate_scores_a_real_dataset_run_against_its_own_masks(tmp_path: Path) -> None:
+    """A run on Mini-MIAS (a generated fixture): `wsseg evaluate` reads that dataset's cache, not the phantom's."""
+    download, cache = tmp_path / "mias", tmp_path / "cache"
+    assert runner.invoke(app, ["data", "fixture", "mini-mias", "--out", str(download)]).exit_code == 0
+    args = ["run", "-m", "intensity", "--dataset", "mini-mias", "--data-root", str(download), "--profile", "tiny"]
+    args += ["--out", str(tmp_path / "runs"), "--run-id", "mias", "--cache-dir", str(cache), "--save-maps", "-q"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "runs" / "mias"
+    evaluated = runner.invoke(app, ["evaluate", "--run", str(run), "-q"])
+    assert evaluated.exit_code == 0, evaluated.output
+    original, again = _record(run / "record.json"), _record(run / "evaluate" / "record.json")
+    # The source's release and wsseg's preprocessing, spelled out (not "mini-mias-2-pre2").
+    from wsseg.data.prepare import PREPROCESS_VERSION
+    from wsseg.data.sources import get_source
+
+    release = get_source("mini-mias").version
+    assert again["dataset_info"]["version"] == f"mini-mias-{release}, preprocessing {PREPROCESS_VERSION}"
+    assert again["dataset_info"] == original["dataset_info"]
+    for name in CLASSES:
+        assert again["metrics"][name]["n_images"] == original["metrics"][name]["n_images"]
+        for key in ("dice", "iou", "dice_at_0.5", "soft_dice", "auroc"):
+            # Equal up to the float16 rounding of the saved maps.
+            assert again["metrics"][name][key] == pytest.approx(original["metrics"][name][key], abs=2e-3, nan_ok=True)
+    assert not list(cache.glob("phantom*"))  # no phantom was generated for it
+    # Every scored image is a Mini-MIAS test image of the run (mdbNNN ids), none a phantom one.
+    scored = {r["image_id"] for r in csv.DictReader(open(run / "evaluate" / "per_image.csv"))}
+    tested = {r["image_id"] for r in csv.DictReader(open(run / "test_labels.csv"))}
+    assert scored == tested and all(i.startswith("mdb") for i in scored)
+    # Another download at the run's --data-root (other images): refused, not scored against the wrong masks.
+    for path in download.rglob("*"):
+        if path.is_file():
+            path.unlink()
+    assert runner.invoke(app, ["data", "fixture", "mini-mias", "--out", str(download)]).exit_code == 0
+    (download / "Info.txt").write_text((download / "Info.txt").read_text().replace("mdb001", "mdb901"))
+    (download / "pgm" / "mdb001.pgm").rename(download / "pgm" / "mdb901.pgm")
+    for folder in cache.glob("mini-mias/*"):  # the cache is gone: remade from the download
+        for path in sorted(folder.rglob("*"), reverse=True):
+            path.unlink() if path.is_file() else path.rmdir()
+    refused = runner.invoke(app, ["evaluate", "--run", str(run), "-q"])
+    assert refused.exit_code == 2 and "is not the one the run was scored on" in refused.output, refused.output
+
+
+def test_saved_map_names_stay_inside_the_maps_folder(tmp_path: Path) -> None:
+    import torch
+
+    from wsseg.pipelines.scored import map_file_stem, save_map
+
+    folder = tmp_path / "run" / "maps"
+    for image_id in ("../../evil", "a/b", ".hidden", "..", "x" * 300, "ok id 1"):
+        save_map(folder, image_id, "benign", torch.zeros(4, 3))
+        stem = map_file_stem(image_id)
+        assert (folder / f"{stem}_benign.npy").is_file() and "/" not in stem and not stem.startswith(".")
+    assert map_file_stem("ok id 1") == "ok id 1" and map_file_stem("mdb001") == "mdb001"  # plain ids as they are
+    assert sorted(p.parent for p in tmp_path.rglob("*.npy")) == [folder] * 6

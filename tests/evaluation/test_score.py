@@ -245,6 +245,14 @@ LABEL_CASES = {
         "img2",
         "does not list",
     ),
+    "located not 0/1": (
+        [
+            {"image_id": f"img{i}", "benign": 1, "malignant": 0, "benign_located": "no", "malignant_located": 1}
+            for i in range(3)
+        ],
+        "line 2",
+        "_located must be 0 or 1",
+    ),
 }
 
 
@@ -266,7 +274,7 @@ def test_bad_labels_are_errors_naming_the_line_or_image(case: str, tmp_path: Pat
         (["--threshold", "benign=0.3"], "no value for ['malignant']"),
         (["--threshold", "cancer=0.3"], "unknown class"),
         (["--normalize", "softmax"], "choose none or minmax"),
-        (["--spacing-mm", "-1"], "must be positive"),
+        (["--spacing-mm", "-1"], "in [0.001, 100.0]"),
         (["--image-size", "big"], "HEIGHTxWIDTH"),
     ],
 )
@@ -352,3 +360,36 @@ def test_image_ids_may_contain_underscores_and_images_without_masks_take_the_com
     rows = list(csv.DictReader(open(out / "per_image.csv")))
     assert {r["image_id"] for r in rows} == {"0_L_CC", "0_R_MLO"}
     assert {int(r["region_pixels"]) for r in rows} == {320}
+
+
+def test_a_label_only_image_given_in_the_labels_enters_no_localisation_metric(tmp_path: Path) -> None:
+    """img0 is labelled benign but its lesion has no location (no mask, benign_located 0): AUROC only."""
+    paths = _small(tmp_path)
+    (paths["masks"] / "img0_benign.png").unlink()
+    (paths["masks"] / "img2_benign.png").unlink()  # img2: a normal image
+    rows = [
+        {"image_id": f"img{i}", "benign": 1 - (i == 2), "malignant": 0, "benign_score": s, "malignant_score": 0.0}
+        for i, s in enumerate((0.9, 0.4, 0.1))
+    ]
+    args = ["score", "--maps", str(paths["maps"]), "--masks", str(paths["masks"]), "--spacing-mm", "1", "-q"]
+    # Without the located flags, a benign label on an image without a benign mask contradicts the masks.
+    _write_labels(paths["labels"], rows)
+    refused = runner.invoke(app, [*args, "--labels", str(paths["labels"]), "--out", str(tmp_path / "refused")])
+    assert refused.exit_code == 2 and "img0 is labelled benign=1" in refused.output, refused.output
+    records = {}
+    cases = (
+        ("lesion-free", [{**rows[0], "benign": 0}, *rows[1:]]),  # img0 labelled normal: its empty mask is lesion-free
+        ("label-only", [{**r, "benign_located": int(i != 0), "malignant_located": 1} for i, r in enumerate(rows)]),
+    )
+    for name, labels in cases:
+        _write_labels(paths["labels"], labels)
+        out = tmp_path / name
+        result = runner.invoke(app, [*args, "--labels", str(paths["labels"]), "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        records[name] = json.loads((out / "record.json").read_text())["metrics"]["benign"]
+    free, only = records["lesion-free"], records["label-only"]
+    assert free["n_lesion_free"] == 2 and free["n_label_only"] == 0
+    assert only["n_lesion_free"] == 1 and only["n_label_only"] == 1 and only["n_images"] == free["n_images"] == 1
+    assert only["fp_area_fraction"] != pytest.approx(free["fp_area_fraction"])
+    # img0 (score 0.9) still counts as a benign image for AUROC when label-only; labelled normal it is a false alarm.
+    assert only["auroc"] == 1.0 and free["auroc"] == 0.5

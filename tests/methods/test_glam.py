@@ -13,6 +13,7 @@ import torchvision
 from wsseg import create_method
 from wsseg.config import TrainConfig
 from wsseg.data.dataset import MammogramDataset
+from wsseg.method import TrainContext
 from wsseg.nn.roi import top_t_mean
 from wsseg.training.loop import lr_factor, train
 
@@ -119,12 +120,13 @@ def test_stage_schedule_defaults_and_errors() -> None:
         bad.stage_bounds(4)
 
 
-def test_local_stage_freezes_the_global_network() -> None:
+def test_local_stage_freezes_the_global_network(tmp_path: Path) -> None:
     torch.manual_seed(5)
     model = create_method("glam", profile="tiny", stage_epochs=(1, 1, 1))
     model.train()
-    model.on_train_start({"epochs": 3})
-    model.on_epoch_start({"epochs": 3}, 1)
+    ctx = TrainContext(device=torch.device("cpu"), total_steps=3, epochs=3, run_dir=tmp_path)
+    model.on_train_start(ctx)
+    model.on_epoch_start(ctx, 1)
     assert model.stage == "local" and not model.global_backbone.training
     stats = model.global_backbone.final_bn.running_mean.clone()
     out = model(torch.randn(2, 1, 96, 64))

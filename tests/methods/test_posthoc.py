@@ -1,39 +1,35 @@
-"""The post-hoc CAM family: agreement with pytorch-grad-cam, hook hygiene, batching and CAM checkpoints."""
+"""The post-hoc CAM family: agreement with pytorch-grad-cam, hook hygiene, batching and CAM checkpoints.
+
+Methods whose map pytorch-grad-cam computes through ``BaseCAM.compute_cam_per_layer`` are compared by
+``reference_maps``; Eigen-CAM and Eigen-Grad-CAM, FullGrad and SmoothGrad-CAM++ (torchcam) in
+``test_posthoc_zoo.py``.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
+from posthoc_kit import SIZE, images, make, one_thread  # noqa: F401 (one_thread: a fixture)
 from torch import nn
 
-from wsseg import create_method
-from wsseg.method import ClassifierConfig, PostHocCAMMethod, check_output
+from wsseg import create_method, list_methods
+from wsseg.method import ClassifierConfig, PostHocCAMMethod, capture_output, check_output
+from wsseg.registry import get_method_spec
 
 # wsseg name -> pytorch-grad-cam class, the reference implementation (`pip install grad-cam`, a dev extra).
-REFERENCE = {"gradcam": "GradCAM", "gradcampp": "GradCAMPlusPlus", "layercam": "LayerCAM", "hirescam": "HiResCAM"}
-SIZE = (128, 96)  # (H, W): 8x6 feature maps at the tiny preset's stride 16
+REFERENCE = {
+    "gradcam": "GradCAM",
+    "gradcampp": "GradCAMPlusPlus",
+    "layercam": "LayerCAM",
+    "hirescam": "HiResCAM",
+    "xgradcam": "XGradCAM",
+    "scorecam": "ScoreCAM",
+    "ablationcam": "AblationCAM",
+}
+# Every registered post-hoc method (those that read trained runs), for the template's behaviour.
+POSTHOC = sorted(name for name in list_methods() if get_method_spec(name).cls.reads)
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """The models are tiny: one intra-op thread is several times faster than two on a busy 2-core CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def make(name: str, seed: int = 0) -> PostHocCAMMethod:
-    torch.manual_seed(seed)
-    method = create_method(name, profile="tiny").eval()
-    assert isinstance(method, PostHocCAMMethod)
-    return method
-
-
-def images(batch: int = 3, seed: int = 1) -> torch.Tensor:
-    return torch.randn(batch, 1, *SIZE, generator=torch.Generator().manual_seed(seed))
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def no_hooks(module: nn.Module) -> bool:
@@ -54,8 +50,10 @@ class Logits(nn.Module):
         return self.method(x).logits
 
 
-def reference_maps(name: str, method: PostHocCAMMethod, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """pytorch-grad-cam's (B, K, h, w) maps at the target layer's resolution.
+def reference_maps(
+    name: str, method: PostHocCAMMethod, layer: nn.Module, x: torch.Tensor, raw: bool = False
+) -> torch.Tensor:
+    """pytorch-grad-cam's (B, K, h, w) maps at the target layer's resolution (``raw``: before ReLU and scaling).
 
     The comparison is exact by construction: this runs pytorch-grad-cam's own ``BaseCAM.forward`` steps (its
     hooks, one backward of the batch-summed ``ClassifierOutputTarget(k)`` scores, then
@@ -65,6 +63,7 @@ def reference_maps(name: str, method: PostHocCAMMethod, layer: nn.Module, x: tor
     ``aggregate_multi_layers`` (a second division by max + 1e-7 that would shift values by up to 1e-7 / max).
     wsseg's ``extras["cam_lowres"]`` is the same ReLU + per-(image, class) min-max with the same epsilon, so
     the two differ only by rounding: summation order (numpy vs torch) and pytorch-grad-cam's float32 output.
+    With ``raw`` the maps are ``get_cam_image``'s, the weighted sums before the ReLU (``PostHocCAMMethod.raw_maps``).
     """
     pytorch_grad_cam = pytest.importorskip("pytorch_grad_cam")
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
@@ -78,7 +77,11 @@ def reference_maps(name: str, method: PostHocCAMMethod, layer: nn.Module, x: tor
             model.zero_grad()
             sum(target(output) for target, output in zip(targets, outputs, strict=True)).backward(retain_graph=True)
             cam.get_target_width_height = lambda _input: None  # no cv2 resize: stay at the feature resolution
-            maps = cam.compute_cam_per_layer(x, targets, eigen_smooth=False)[0][:, 0]  # (B, h, w)
+            if raw:
+                acts, grads = (cam.activations_and_grads.activations[0], cam.activations_and_grads.gradients[0])
+                maps = cam.get_cam_image(x, layer, targets, acts.numpy(), grads.numpy())  # (B, h, w)
+            else:
+                maps = cam.compute_cam_per_layer(x, targets, eigen_smooth=False)[0][:, 0]  # (B, h, w)
         per_class.append(torch.from_numpy(maps))
     model.zero_grad(set_to_none=True)
     return torch.stack(per_class, dim=1)  # (B, K, h, w)
@@ -104,13 +107,27 @@ def centre_classifier(method: PostHocCAMMethod) -> None:
         weight -= (weight @ mean)[:, None] * mean / mean.dot(mean)
 
 
-@pytest.mark.parametrize("target", ["backbone", "layer3"])
-@pytest.mark.parametrize("name", sorted(REFERENCE))
+def our_raw_maps(method: PostHocCAMMethod, x: torch.Tensor) -> torch.Tensor:
+    """wsseg's (B, K, h, w) maps before the ReLU, through the template's own steps."""
+    with torch.set_grad_enabled(method.saliency_requires_grad):
+        with capture_output(method.target_layer()) as captured:
+            scores = method.scores(x)
+        return method.raw_maps(x, scores, captured[0]).detach()
+
+
+# Score-CAM and Ablation-CAM run one forward pass per channel (192 at layer3) for each image, in both libraries:
+# their inner-layer case adds minutes and nothing the backbone case does not test (they use no gradient).
+CASES = [(name, target) for name in sorted(REFERENCE) for target in ("backbone", "layer3")]
+CASES = [(name, target) for name, target in CASES if target == "backbone" or name not in ("scorecam", "ablationcam")]
+
+
+@pytest.mark.parametrize(("name", "target"), CASES)
 def test_maps_equal_pytorch_grad_cam_exactly(name: str, target: str) -> None:
     # In float64 the comparison measures the formulas, not rounding: the centred maps are sums that cancel
     # and the min-max normalisation divides by their small maximum, which amplifies float32 rounding of the
     # two libraries' different summation orders to ~1e-5. pytorch-grad-cam returns float32 maps, so the only
-    # difference left is that final rounding (< 6e-8).
+    # difference left is that final rounding (< 6e-8); Score-CAM's and Ablation-CAM's weights pass through float32
+    # in pytorch-grad-cam (its scores are gathered with .item() into float32 arrays), a relative 6e-8 more.
     method = make(name)
     centre_classifier(method)
     if target == "layer3":
@@ -122,8 +139,19 @@ def test_maps_equal_pytorch_grad_cam_exactly(name: str, target: str) -> None:
     ours = method.predict(x).extras["cam_lowres"]  # (B, K, h, w)
     theirs = reference_maps(name, method, method.target_layer(), x).double()
     assert ours.shape == theirs.shape == (3, 2, 8, 6)
-    assert (ours.amax(dim=(2, 3)) > 0.5).all(), "an all-zero map would make the comparison vacuous"
-    torch.testing.assert_close(ours, theirs, rtol=0.0, atol=1e-7)
+    if name == "ablationcam":
+        # Ablation-CAM divides each score drop by the score itself, so a negative logit (half of them, with the
+        # centred classifier) reverses the map's sign and the ReLU zeroes it: compare the signed maps too.
+        ours_raw, theirs_raw = our_raw_maps(method, x), reference_maps(name, method, method.target_layer(), x, raw=True)
+        assert (ours_raw.amax(dim=(2, 3)) > 0).any() and (ours_raw.amin(dim=(2, 3)) < 0).any()
+        # pytorch-grad-cam's float32 scores and weights: 1e-6 of the map's scale, what the normalisation sees.
+        scale = float(ours_raw.abs().max())
+        torch.testing.assert_close(ours_raw, theirs_raw.double(), rtol=0.0, atol=1e-6 * scale)
+    else:
+        assert (ours.amax(dim=(2, 3)) > 0.5).all(), "an all-zero map would make the comparison vacuous"
+    # Ablation-CAM's relative drops (y - y_c) / y subtract float32 scores in pytorch-grad-cam: their rounding,
+    # divided by y, reaches ~1e-6 of the normalised maps.
+    torch.testing.assert_close(ours, theirs, rtol=0.0, atol=1e-5 if name == "ablationcam" else 2e-7)
 
 
 @pytest.mark.parametrize("name", sorted(REFERENCE))
@@ -137,7 +165,7 @@ def test_maps_equal_pytorch_grad_cam_in_float32(name: str) -> None:
     torch.testing.assert_close(ours, theirs, rtol=0.0, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", sorted(REFERENCE))
+@pytest.mark.parametrize("name", POSTHOC)
 def test_predict_leaves_no_hooks_no_grads_and_keeps_the_mode(name: str) -> None:
     method = make(name)
     for training in (False, True):
@@ -164,25 +192,27 @@ def test_the_template_names_the_hook_to_implement() -> None:
     assert no_hooks(method)
 
 
-@pytest.mark.parametrize("name", sorted(REFERENCE))
+@pytest.mark.parametrize("name", POSTHOC)
 def test_batched_backward_equals_one_image_at_a_time(name: str) -> None:
     method = make(name)
     x = images(3)
     batched = method.predict(x)
     singles = [method.predict(x[i : i + 1]) for i in range(3)]
-    singles_lowres = torch.cat([s.extras["cam_lowres"] for s in singles])
-    torch.testing.assert_close(batched.extras["cam_lowres"], singles_lowres, atol=1e-5, rtol=0)
+    if "cam_lowres" in batched.extras:  # FullGrad's maps are made at the input resolution
+        singles_lowres = torch.cat([s.extras["cam_lowres"] for s in singles])
+        torch.testing.assert_close(batched.extras["cam_lowres"], singles_lowres, atol=1e-5, rtol=0)
     torch.testing.assert_close(batched.saliency, torch.cat([s.saliency for s in singles]), atol=1e-5, rtol=0)
     torch.testing.assert_close(batched.logits, torch.cat([s.logits for s in singles]), atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("name", sorted(REFERENCE))
+@pytest.mark.parametrize("name", POSTHOC)
 def test_output_contract_for_predict_and_forward(name: str) -> None:
     method = make(name)
     x = images(2)
     out = method.predict(x)
     check_output(out, batch_size=2, num_classes=2, size=SIZE)
-    assert out.saliency.shape == (2, 2, *SIZE) and out.extras["cam_lowres"].shape == (2, 2, 8, 6)
+    assert out.saliency.shape == (2, 2, *SIZE)
+    assert name == "fullgrad" or out.extras["cam_lowres"].shape == (2, 2, 8, 6)
     assert float(out.saliency.min()) >= 0.0 and float(out.saliency.max()) <= 1.0
     # Training runs the classifier only: CAM's logits, the cheap sigmoid map, BCE reaching every parameter.
     method.train()
@@ -201,7 +231,7 @@ def test_an_all_zero_map_stays_zero() -> None:
     assert torch.equal(out.saliency, torch.zeros_like(out.saliency))
 
 
-@pytest.mark.parametrize("name", sorted(REFERENCE))
+@pytest.mark.parametrize("name", POSTHOC)
 def test_cam_checkpoints_load_strictly(name: str) -> None:
     # What `--from-run <a CAM run>` does: CAM's best.pt state dict into a post-hoc method, strictly.
     cam = create_method("cam", profile="tiny").eval()

@@ -49,7 +49,7 @@ def test_output_shapes_and_range(name: str) -> None:
 @pytest.mark.parametrize("name", ("uniform", "random", "intensity"))
 def test_map_references_have_nothing_to_train(name: str) -> None:
     method = create_method(name, profile="quick")
-    assert get_method_spec(name).supervision == "weak"
+    assert get_method_spec(name).supervision == "reference"  # a floor or prior, never a weakly supervised competitor
     assert not any(p.requires_grad for p in method.parameters())
     assert float(method.loss(method(synthetic_breast(1)[0]), {"labels": torch.zeros(1, 2)})["loss"]) == 0.0
 
@@ -161,7 +161,7 @@ def test_unet_optimisation_reduces_the_loss() -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "extra", "supervision"), [("uniform", [], "weak"), ("unet", ["--epochs", "1"], "full")]
+    ("name", "extra", "supervision"), [("uniform", [], "reference"), ("unet", ["--epochs", "1"], "full")]
 )
 def test_cli_end_to_end(name: str, extra: list[str], supervision: str, tmp_path: Path, cache_dir: Path) -> None:
     args = ["run", "--method", name, "--profile", "tiny", *extra, "--out", str(tmp_path), "--cache-dir", str(cache_dir)]

@@ -37,6 +37,10 @@ def test_unknown_mode_is_refused() -> None:
     ("name", "overrides"),
     [
         ("cam", {"input_downsample": 2, "input_pool": "unshuffle"}),
+        # The WSOL methods that read the input themselves in training (ACoL always, ADL and SPG in train mode).
+        ("acol", {"input_downsample": 2, "input_pool": "unshuffle"}),
+        ("adl", {"input_downsample": 2, "input_pool": "unshuffle"}),
+        ("spg", {"input_downsample": 2, "input_pool": "unshuffle"}),
         ("gmic", {"global_input_downsample": 2, "global_input_pool": "unshuffle"}),
         ("glam", {"global_input_downsample": 2, "global_input_pool": "unshuffle"}),
         ("unet", {"input_downsample": 2, "input_pool": "unshuffle"}),

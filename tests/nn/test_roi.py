@@ -1,4 +1,4 @@
-"""The shared GMIC/GLAM steps against hand-computed cases from methods-spec.md and brute-force references."""
+"""The shared GMIC/GLAM steps against hand-computed cases (docs/methods/) and brute-force references."""
 
 from __future__ import annotations
 

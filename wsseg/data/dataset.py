@@ -1,6 +1,6 @@
 """Datasets the training loop and the evaluator read, and the on-disk phantom cache behind them.
 
-A sample is a dict with stable keys (design.md, Data model):
+A sample is a dict with stable keys:
 
 - ``image``: float32 (1, H, W), standardised per image, canonical orientation (chest wall at column 0);
 - ``labels``: float32 (K,) in the order of :data:`CLASSES` (benign, malignant);
@@ -11,6 +11,12 @@ A sample is a dict with stable keys (design.md, Data model):
 
 The loader used for training opens the training split with ``with_masks=False``: masks are never read
 from disk, so they cannot reach a weakly supervised method.
+
+Cache files are checked once per process (:func:`read_cache_file`): the first read of a file verifies the zip
+checksums (CRC-32) of every member, the memory-mapped image included, and the arrays' shapes, dtypes, labels and
+ids against the manifest; later reads only map the image. A damaged phantom file is regenerated (the phantom is a
+pure function of its settings); a damaged file of a real dataset is named in an error that says how to
+re-prepare it.
 """
 
 from __future__ import annotations
@@ -22,11 +28,13 @@ import io
 import json
 import os
 import struct
+import warnings
 import zipfile
+import zlib
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import platformdirs
@@ -36,7 +44,9 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from wsseg._io import atomic_save, atomic_write_json, atomic_write_text
-from wsseg.data.phantom import CLASSES, PHANTOM_VERSION, PhantomConfig, generate_image
+from wsseg._threads import available_cpus
+from wsseg.core import CLASSES, PROFILE_GEOMETRY
+from wsseg.data.phantom import PHANTOM_VERSION, PhantomConfig, generate_image
 
 SPLITS = ("train", "val", "test")
 # Each phantom patient has one exam of four views; splits are ranges of patients, so they never share one.
@@ -72,33 +82,52 @@ def sample_identity(split: str, index: int) -> dict[str, str]:
     }
 
 
+def _write_phantom_image(cfg: PhantomConfig, seed: int, split: str, index: int, path: Path) -> np.ndarray:
+    """Generate phantom image ``index`` of ``split`` and write it to ``path`` atomically; return its labels."""
+    ident = sample_identity(split, index)
+    img = generate_image(cfg, seed, split, index, view=ident["view"], laterality=ident["laterality"])
+    meta = {**img.meta, **ident}
+
+    def write(f: IO[bytes]) -> None:
+        np.savez(
+            f,
+            image=img.image,
+            # Masks are bit-packed along the width: 1/8 of the bytes, unpacked exactly on load.
+            masks=np.packbits(img.masks, axis=-1),
+            breast_mask=np.packbits(img.breast_mask, axis=-1),
+            labels=img.labels.astype(np.float32),
+            meta=np.array(json.dumps(meta)),
+        )
+
+    atomic_save(path, write)
+    return img.labels
+
+
 def _generate_one(args: tuple[PhantomConfig, int, str, int, str]) -> dict[str, Any]:
-    """Generate one phantom image into the cache (skipped when its file exists) and return its manifest row."""
+    """Generate one phantom image into the cache (kept when its file exists and is intact); its manifest row."""
     cfg, seed, split, index, root = args
     ident = sample_identity(split, index)
     rel = f"{split}/{ident['image_id']}.npz"
     path = Path(root) / rel
-    if path.exists():
-        with np.load(path) as z:
-            labels = z["labels"]
-    else:
-        img = generate_image(cfg, seed, split, index, view=ident["view"], laterality=ident["laterality"])
-        labels = img.labels
-        meta = {**img.meta, **ident}
-
-        def write(f: io.BufferedIOBase) -> None:
-            np.savez(
-                f,
-                image=img.image,
-                # Masks are bit-packed along the width: 1/8 of the bytes, unpacked exactly on load.
-                masks=np.packbits(img.masks, axis=-1),
-                breast_mask=np.packbits(img.breast_mask, axis=-1),
-                labels=img.labels.astype(np.float32),
-                meta=np.array(json.dumps(meta)),
-            )
-
-        atomic_save(path, write)  # type: ignore[arg-type]
+    labels = None
+    if path.is_file():  # written by an interrupted generation: reuse it if it reads back whole
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                labels = np.asarray(z["labels"], dtype=np.float32).reshape(len(CLASSES))
+        except (*CACHE_READ_ERRORS, TypeError):
+            labels = None
+    if labels is None:
+        _clear(path)
+        labels = _write_phantom_image(cfg, seed, split, index, path)
     return {**ident, "benign": int(labels[0] > 0), "malignant": int(labels[1] > 0), "file": rel}
+
+
+def _clear(path: Path) -> None:
+    """Remove what stands at a cache file's path (a damaged file, a link, a FIFO, an empty folder) before rewriting."""
+    if path.is_dir() and not path.is_symlink():
+        path.rmdir()  # a folder with content is not wsseg's: the OSError names it
+    else:
+        path.unlink(missing_ok=True)
 
 
 def prepare_phantom(
@@ -133,7 +162,7 @@ def prepare_phantom(
     tasks = [(cfg, seed, split, i, str(root)) for split in SPLITS for i in range(counts.get(split, 0))]
     for split in counts:
         (root / split).mkdir(parents=True, exist_ok=True)
-    workers = max(1, min(workers or os.cpu_count() or 1, len(tasks)))
+    workers = max(1, min(workers or available_cpus(), len(tasks)))  # the CPUs this process may use
     bar = tqdm(total=len(tasks), desc=f"phantom {cfg.height}x{cfg.width}", unit="img", disable=not progress)
     rows: list[dict[str, Any]] = []
     if workers == 1:
@@ -168,8 +197,11 @@ def read_manifest(root: str | Path) -> list[dict[str, str]]:
     path = Path(root) / "manifest.csv"
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing; run `wsseg data prepare` (or `wsseg run`) to build the cache")
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise ValueError(f"cannot read {path} ({e}); delete the folder {path.parent} to rebuild the cache") from None
     missing = set(MANIFEST_COLUMNS) - set(rows[0] if rows else MANIFEST_COLUMNS)
     if missing:
         raise ValueError(f"{path} lacks columns {sorted(missing)}; delete the folder to rebuild the cache")
@@ -191,12 +223,26 @@ class MammogramDataset(Dataset[dict[str, Any]]):
         dataset: the dataset's registered name, copied into each sample's meta.
         standardize: return the image standardised (float32); False returns the cache's raw pixels (uint16) for
             :func:`standardize_images` to standardise on the GPU: the loader workers then skip the float work and
-            pass half the bytes (``wsseg run`` does this on CUDA; :func:`wsseg.evaluation.inference.to_device`
+            pass half the bytes (``wsseg run`` does this on CUDA; :func:`wsseg.runtime.inference.to_device`
             standardises a raw batch after the copy).
+        patient_splits: patient_id -> split, replacing the manifest's split column (one fold of a k-fold
+            cross-validation, :mod:`wsseg.data.folds`): every fold reads the same cache.
+        image_hw: the (rows, cols) every cached image must have; unchecked when None.
+
+    The first read of each file in any process checks it whole (:func:`read_cache_file`); which files were checked
+    is kept in shared memory, so DataLoader workers (new ones each epoch) do not check a file again.
     """
 
     def __init__(
-        self, root: str | Path, split: str, with_masks: bool, dataset: str = "phantom", *, standardize: bool = True
+        self,
+        root: str | Path,
+        split: str,
+        with_masks: bool,
+        dataset: str = "phantom",
+        *,
+        standardize: bool = True,
+        patient_splits: dict[str, str] | None = None,
+        image_hw: tuple[int, int] | None = None,
     ) -> None:
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
@@ -205,9 +251,23 @@ class MammogramDataset(Dataset[dict[str, Any]]):
         self.with_masks = with_masks
         self.dataset = dataset
         self.standardize = standardize
-        self.rows = [r for r in read_manifest(root) if r["split"] == split]
+        self.image_hw = image_hw
+        rows = read_manifest(root)
+        if patient_splits is None:
+            self.rows = [r for r in rows if r["split"] == split]
+        else:
+            unknown = sorted({r["patient_id"] for r in rows} - set(patient_splits))
+            if unknown:
+                raise ValueError(
+                    f"{self.root / 'manifest.csv'} has patients the fold assignment lacks ({', '.join(unknown[:5])}); "
+                    "the assignment must come from the same download: regenerate it with `wsseg data split --folds`"
+                )
+            self.rows = [r for r in rows if patient_splits[r["patient_id"]] == split]
         if not self.rows:
             raise ValueError(f"{self.root / 'manifest.csv'} has no images in split {split!r}")
+        # Shared with the loader's worker processes (fork or spawn), so a file is verified once per run. (torch leaves
+        # Tensor.share_memory_ unannotated.)
+        self.verified: Tensor = torch.zeros(len(self.rows), dtype=torch.bool).share_memory_()  # type: ignore[no-untyped-call]
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -223,19 +283,15 @@ class MammogramDataset(Dataset[dict[str, Any]]):
         return np.array([[float(r[c]) for c in CLASSES] for r in self.rows], dtype=np.float32)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        path = self.root / self.rows[i]["file"]
+        row = self.rows[i]
+        path = self.root / row["file"]
+        verify = not bool(self.verified[i])
         try:
-            with np.load(path) as z:
-                # Memory-mapped: the image's pages are read once, straight into the float conversion below.
-                mapped = npz_memmap(path, "image.npy", z.zip)
-                raw = mapped if mapped is not None else z["image"]  # (H, W) uint16
-                width = raw.shape[-1]
-                breast = np.unpackbits(z["breast_mask"], axis=-1, count=width).astype(bool)
-                masks = np.unpackbits(z["masks"], axis=-1, count=width).astype(bool) if self.with_masks else None
-                labels = z["labels"].astype(np.float32)
-                meta = json.loads(str(z["meta"]))
-        except (OSError, KeyError, ValueError) as e:
-            raise OSError(f"cannot read {path}: {e}. Delete {self.root} to rebuild the cache.") from e
+            raw, breast, masks, labels, meta = read_cache_file(path, row, self.with_masks, verify, self.image_hw)
+        except CacheFileError as e:
+            raw, breast, masks, labels, meta = self._repair(path, row, str(e))
+        if verify:
+            self.verified[i] = True
         if self.standardize:
             image = raw.astype(np.float32)
             # Per-image standardisation (as GMIC/GLAM do) removes exposure differences between images. numpy, not
@@ -254,19 +310,183 @@ class MammogramDataset(Dataset[dict[str, Any]]):
             sample["masks"] = torch.from_numpy(masks)  # (K, H, W)
         return sample
 
+    def _repair(self, path: Path, row: dict[str, str], reason: str) -> CacheContent:
+        """Regenerate a damaged phantom file and read it again; a real dataset's file is an error naming the fix.
 
-def standardize_images(images: Tensor) -> Tensor:
-    """(B, 1, H, W) raw pixels of any dtype -> float32 standardised per image, as :class:`MammogramDataset` does.
+        Raises:
+            OSError: the file belongs to a real dataset's cache (or could not be regenerated).
+        """
+        settings = _phantom_settings(self.root)
+        if settings is None:
+            raise OSError(f"{path}: {reason}. {_reprepare_hint(self.root, self.dataset, self.image_hw)}")
+        cfg, seed = settings
+        index = row["image_id"].rpartition("-")[2]
+        _clear(path)
+        _write_phantom_image(cfg, seed, row["split"], int(index), path)
+        warnings.warn(f"{path}: {reason}; regenerated it from the phantom generator", stacklevel=3)
+        try:
+            return read_cache_file(path, row, self.with_masks, True, self.image_hw)
+        except CacheFileError as e:  # the generator disagrees with the manifest: the folder is not this version's
+            raise OSError(f"{path}: regenerated but still {e}; delete {self.root} to rebuild the cache") from None
 
-    Runs where ``images`` are (on the GPU for a raw CUDA batch); the mean and variance are accumulated in
-    float64, so the result matches the loader's numpy standardisation to float32 rounding.
+
+class CacheFileError(ValueError):
+    """A cache file that is missing, damaged or not what the manifest says (the message says what is wrong)."""
+
+
+# (image (H, W) uint16, breast (H, W) bool, masks (K, H, W) bool or None, labels (K,) float32, meta)
+CacheContent = tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray, dict[str, Any]]
+# What reading a damaged .npz can raise (zipfile's BadZipFile covers a bad CRC; EOFError an empty file).
+CACHE_READ_ERRORS = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error, struct.error)
+
+
+def read_cache_file(
+    path: Path, row: dict[str, str], with_masks: bool, verify: bool, image_hw: tuple[int, int] | None = None
+) -> CacheContent:
+    """Read one cache ``.npz``; with ``verify`` also check every member's CRC-32 and what the arrays hold.
+
+    The image is memory-mapped (its pages go straight to the float conversion); ``verify`` adds one CRC pass over
+    its bytes, which also brings them into the page cache. The other members are small and read through
+    ``zipfile``, which checks their CRC as it reads them. Checked with ``verify``: the image is 2-D uint16 (of
+    ``image_hw`` when given), the bit-packed masks match it, the labels are 0/1 and those of the manifest
+    ``row``, the meta is a JSON object with the row's image id.
+
+    Raises:
+        CacheFileError: naming what is wrong.
     """
-    x = images.float()
-    dims = (1, 2, 3)
-    mean = x.mean(dim=dims, keepdim=True, dtype=torch.float64)  # (B, 1, 1, 1)
-    centred = x - mean.float()
-    std = centred.square().mean(dim=dims, keepdim=True, dtype=torch.float64).sqrt()  # population std, as numpy
-    return centred / std.clamp_min(1e-6).float()
+    if not path.is_file():
+        kind = "missing" if not (path.exists() or path.is_symlink()) else "not a regular file"
+        raise CacheFileError(f"the cached image is {kind}")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            mapped = npz_memmap(path, "image.npy", z.zip)
+            if verify and mapped is not None:
+                _check_member_crc(path, z.zip.getinfo("image.npy"))
+            raw = mapped if mapped is not None else z["image"]  # (H, W) uint16
+            packed_breast = z["breast_mask"]
+            packed_masks = z["masks"] if with_masks or verify else None
+            labels = np.asarray(z["labels"], dtype=np.float32)
+            meta = json.loads(str(z["meta"]))
+    except zipfile.BadZipFile as e:
+        raise CacheFileError(f"damaged ({e}): a checksum or the zip structure does not match") from None
+    except CACHE_READ_ERRORS as e:
+        raise CacheFileError(f"unreadable ({type(e).__name__}: {e})") from None
+    if verify:
+        _check_content(raw, packed_breast, packed_masks, labels, meta, row, image_hw)
+    width = int(raw.shape[-1])
+    breast = np.unpackbits(packed_breast, axis=-1, count=width).astype(bool)
+    masks = (
+        np.unpackbits(packed_masks, axis=-1, count=width).astype(bool)
+        if packed_masks is not None and with_masks
+        else None
+    )
+    return raw, breast, masks, labels, meta
+
+
+def _check_member_crc(path: Path, info: zipfile.ZipInfo, chunk: int = 1 << 22) -> None:
+    """Compare the CRC-32 of a stored member's bytes with the one its zip entry records."""
+    with open(path, "rb") as f:
+        f.seek(info.header_offset + 26)
+        name_len, extra_len = struct.unpack("<HH", f.read(4))
+        f.seek(info.header_offset + 30 + name_len + extra_len)
+        left, crc = info.compress_size, 0
+        while left > 0:
+            data = f.read(min(chunk, left))
+            if not data:
+                raise CacheFileError(f"truncated: {info.filename} ends {left} bytes early")
+            crc, left = zlib.crc32(data, crc), left - len(data)
+    if crc != info.CRC:
+        raise CacheFileError(f"damaged: the checksum of {info.filename} does not match (the file changed on disk)")
+
+
+def _check_content(
+    raw: np.ndarray,
+    breast: np.ndarray,
+    masks: np.ndarray | None,
+    labels: np.ndarray,
+    meta: Any,
+    row: dict[str, str],
+    image_hw: tuple[int, int] | None,
+) -> None:
+    """The structure :func:`read_cache_file` checks when it verifies a file."""
+    if raw.ndim != 2 or raw.dtype != np.uint16:
+        raise CacheFileError(f"the image is {raw.dtype} of shape {raw.shape}, not a 2-D uint16 image")
+    if image_hw is not None and tuple(raw.shape) != tuple(image_hw):
+        raise CacheFileError(f"the image is {raw.shape[0]}x{raw.shape[1]}, not {image_hw[0]}x{image_hw[1]}")
+    h, packed_w = raw.shape[0], (raw.shape[1] + 7) // 8
+    if breast.dtype != np.uint8 or breast.shape != (h, packed_w):
+        raise CacheFileError(f"the breast mask has shape {breast.shape}, not that of the image")
+    if masks is not None and (masks.dtype != np.uint8 or masks.shape != (len(CLASSES), h, packed_w)):
+        raise CacheFileError(f"the lesion masks have shape {masks.shape}, not ({len(CLASSES)}, image size)")
+    expected = [float(row[c]) for c in CLASSES]
+    if labels.shape != (len(CLASSES),) or labels.tolist() != expected:
+        raise CacheFileError(f"the labels {labels.tolist()} are not the manifest's {expected}")
+    if not isinstance(meta, dict) or meta.get("image_id") != row["image_id"]:
+        found = meta.get("image_id") if isinstance(meta, dict) else type(meta).__name__
+        raise CacheFileError(f"the meta names image {found!r}, not {row['image_id']!r}")
+
+
+def cache_file_problem(root: Path, row: dict[str, str], image_hw: tuple[int, int] | None = None) -> str | None:
+    """What is wrong with the cache file of manifest ``row`` (fully verified), or None when it is intact."""
+    try:
+        read_cache_file(root / row["file"], row, True, True, image_hw)
+    except CacheFileError as e:
+        return str(e)
+    return None
+
+
+def damaged_cache_files(root: Path, image_hw: tuple[int, int] | None = None) -> list[tuple[dict[str, str], str]]:
+    """Every manifest row of a prepared folder whose file is damaged, with what is wrong (every file is read whole)."""
+    out = []
+    for row in read_manifest(root):
+        problem = cache_file_problem(root, row, image_hw)
+        if problem is not None:
+            out.append((row, problem))
+    return out
+
+
+def repair_phantom_cache(root: Path, image_hw: tuple[int, int] | None = None) -> list[str]:
+    """Check every file of a phantom cache folder and regenerate the damaged ones; their paths.
+
+    Raises:
+        ValueError: ``root`` is not a phantom cache of this generator version.
+    """
+    settings = _phantom_settings(root)
+    if settings is None:
+        raise ValueError(f"{root} is not a phantom cache of generator version {PHANTOM_VERSION}; delete it to rebuild")
+    cfg, seed = settings
+    repaired = []
+    for row, _ in damaged_cache_files(root, image_hw):
+        path = root / row["file"]
+        _clear(path)
+        _write_phantom_image(cfg, seed, row["split"], int(row["image_id"].rpartition("-")[2]), path)
+        repaired.append(str(path))
+    return repaired
+
+
+def _phantom_settings(root: Path) -> tuple[PhantomConfig, int] | None:
+    """The generator settings of a phantom cache folder (its ``phantom.json``), or None for another cache."""
+    try:
+        saved = json.loads((root / "phantom.json").read_text(encoding="utf-8"))
+        if saved["version"] != PHANTOM_VERSION:
+            return None
+        return PhantomConfig(**saved["config"]), int(saved["seed"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _reprepare_hint(root: Path, dataset: str, image_hw: tuple[int, int] | None) -> str:
+    """How to re-prepare a real dataset's cache: the `wsseg data prepare` command with its download and profile."""
+    try:
+        download = json.loads((root / "report.json").read_text(encoding="utf-8"))["root"]
+    except (OSError, ValueError, KeyError, TypeError):
+        download = "PATH"
+    sizes = {p: (g.height, g.width) for p, g in PROFILE_GEOMETRY.items()}
+    profile = next((p for p, hw in sizes.items() if image_hw is not None and hw == tuple(image_hw)), "PROFILE")
+    return (
+        f"The cached copy is damaged: run `wsseg data prepare {dataset} --root {download} --profile {profile}`, "
+        "which checks every cached file and re-prepares the damaged ones (the others are reused)"
+    )
 
 
 def npz_memmap(path: str | Path, member: str, archive: zipfile.ZipFile | None = None) -> np.ndarray | None:
@@ -309,12 +529,3 @@ def npz_memmap(path: str | Path, member: str, archive: zipfile.ZipFile | None = 
     if dtype.hasobject:
         raise ValueError(f"{path}: {member} holds Python objects; refusing to map it")
     return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C")
-
-
-def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack tensors along a new batch axis; ``meta`` becomes a list of dicts."""
-    batch: dict[str, Any] = {"meta": [s["meta"] for s in samples]}
-    for key in samples[0]:
-        if key != "meta":
-            batch[key] = torch.stack([s[key] for s in samples])
-    return batch

@@ -1,6 +1,6 @@
 """The built-in phantom: seeded synthetic mammograms with exact lesion masks.
 
-The generator follows docs/datasets.md section 13. Everything physical is specified in millimetres and converted
+docs/datasets.md, "The phantom", says what it models. Everything physical is specified in millimetres and converted
 with ``PhantomConfig.pixel_spacing_mm``, so the quick (0.4 mm), paper (0.1 mm) and tiny (1.6 mm) profiles show the
 same anatomy at different resolutions. Image formation happens in the log-attenuation domain
 (``P = sum(mu * path length)``), then a fixed display curve maps ``P`` to 12-bit MONOCHROME2 (denser = brighter).
@@ -69,7 +69,7 @@ from __future__ import annotations
 import math
 import zlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import scipy.fft as sfft
@@ -77,8 +77,9 @@ from scipy import ndimage as ndi
 from scipy.spatial import ConvexHull, QhullError
 from scipy.special import ndtr, ndtri
 
+from wsseg.core import CLASSES, PROFILE_GEOMETRY, Geometry
+
 PHANTOM_VERSION: str = "2.0"
-CLASSES: tuple[str, str] = ("benign", "malignant")
 
 _VIEWS = ("CC", "MLO")
 _LATERALITIES = ("L", "R")
@@ -86,6 +87,9 @@ _DENSITIES = ("A", "B", "C", "D")
 Range = tuple[float, float]
 # A truncated log-normal size law: (median mm, geometric standard deviation, lower bound mm, upper bound mm).
 SizeLaw = tuple[float, float, float, float]
+# The pectoral muscle of a _Geometry: ("tri", w_top, h, bow) for MLO, ("ell", depth, half-height, centre row) for CC,
+# () for none (all in mm).
+Pectoral = tuple[Literal["tri", "ell"], float, float, float] | tuple[()]
 
 
 @dataclass(frozen=True)
@@ -223,19 +227,24 @@ class PhantomConfig:
     min_lesion_px: int = 3  # pixels, every lesion mask is at least this many pixels across
 
     @classmethod
+    def for_geometry(cls, geometry: Geometry) -> PhantomConfig:
+        """The default generator drawing at ``geometry``'s size and pixel spacing (a profile's grid)."""
+        return cls(height=geometry.height, width=geometry.width, pixel_spacing_mm=geometry.pixel_spacing_mm)
+
+    @classmethod
     def quick(cls) -> PhantomConfig:
         """736 x 480 at 0.4 mm: the CPU profile."""
-        return cls(height=736, width=480, pixel_spacing_mm=0.4)
+        return cls.for_geometry(PROFILE_GEOMETRY["quick"])
 
     @classmethod
     def paper(cls) -> PhantomConfig:
         """2944 x 1920 at 0.1 mm: the published-architecture profile."""
-        return cls(height=2944, width=1920, pixel_spacing_mm=0.1)
+        return cls.for_geometry(PROFILE_GEOMETRY["paper"])
 
     @classmethod
     def tiny(cls) -> PhantomConfig:
         """184 x 120 at 1.6 mm: unit-test fixtures (masks are kept >= ``min_lesion_px`` across)."""
-        return cls(height=184, width=120, pixel_spacing_mm=1.6)
+        return cls.for_geometry(PROFILE_GEOMETRY["tiny"])
 
 
 @dataclass
@@ -295,8 +304,7 @@ class _Geometry:
     nipple_row_mm: float
     # CC: centre row, upper/lower half-heights, exponent. MLO: tail width, fold row, upper/lower exponents.
     shape: tuple[float, ...]
-    # Pectoral: ("tri", w_top, h, bow) for MLO, ("ell", depth, half-height, centre row) for CC, () for none.
-    pectoral: tuple[Any, ...]
+    pectoral: Pectoral
 
     def edge_col(self, rows: np.ndarray) -> np.ndarray:
         """Column (mm) of the breast outline for each row (mm); 0 where the row has no breast."""
@@ -322,11 +330,13 @@ class _Geometry:
             _, w_top, h, bow = self.pectoral
             x = np.clip(rows / h, 0.0, 1.0)
             edge = np.where(rows < h, w_top * (1.0 - x) + bow * np.sin(np.pi * x), -1e3)
-            return (edge - cols).astype(np.float32)
+            depth_mm: np.ndarray = edge - cols
+            return depth_mm.astype(np.float32)
         _, depth, half, rc = self.pectoral
         x = np.clip(np.abs(rows - rc) / half, 0.0, 1.0)
         edge = np.where(np.abs(rows - rc) < half, depth * np.sqrt(1.0 - x**2), -1e3)
-        return (edge - cols).astype(np.float32)
+        depth_mm = edge - cols
+        return depth_mm.astype(np.float32)
 
 
 def _sample_geometry(cfg: PhantomConfig, rng: np.random.Generator, view: str) -> _Geometry:
@@ -342,7 +352,7 @@ def _sample_geometry(cfg: PhantomConfig, rng: np.random.Generator, view: str) ->
         a_up = min(a * _u(rng, cfg.cc_half_scale), 0.97 * r0)
         a_lo = min(a * _u(rng, cfg.cc_half_scale), 0.97 * (h_mm - r0))
         n = _u(rng, cfg.cc_exponent)
-        pect: tuple[Any, ...] = ()
+        pect: Pectoral = ()
         if rng.random() < cfg.cc_pectoral_prob:
             depth, height = _u(rng, cfg.cc_pectoral_depth_mm), _u(rng, cfg.cc_pectoral_height_mm)
             pect = ("ell", depth, 0.5 * min(height, a_up + a_lo), r0 + rng.uniform(-0.2, 0.2) * a)
@@ -417,7 +427,8 @@ def _power_law_field(
     f = np.sqrt((fx * stretch) ** 2 + fy**2)
     amp = np.maximum(f, cfg.texture_f_lo) ** (-beta / 2.0) * np.exp(-((f / cfg.texture_f_mtf) ** 2))
     spec *= amp.astype(np.float32)
-    return sfft.irfft2(spec, s=shape).astype(np.float32)
+    field: np.ndarray = sfft.irfft2(spec, s=shape)
+    return field.astype(np.float32)
 
 
 def _glandular_fraction(
@@ -720,8 +731,8 @@ def _place(
             return False
         # A lesion image must have its lesion: fall back to the most interior spot.
         score = np.minimum(d_out - geom.skin_mm, d_pec)
-        rr, cc = np.unravel_index(np.argmax(score), score.shape)
-        rr, cc = np.atleast_1d(rr), np.atleast_1d(cc)
+        r_best, c_best = np.unravel_index(np.argmax(score), score.shape)
+        rr, cc = np.atleast_1d(r_best), np.atleast_1d(c_best)
     cum = np.cumsum(site[rr, cc], dtype=np.float64)
     i = min(int(np.searchsorted(cum, rng.random() * cum[-1], side="right")), rr.size - 1)
     lesion.center_mm = (float(rr[i] + rng.uniform(0.0, 1.0)), float(cc[i] + rng.uniform(0.0, 1.0)))
@@ -749,7 +760,8 @@ def _min_disk(mask: np.ndarray, dr: np.ndarray, dc: np.ndarray, cfg: PhantomConf
     more in the other axis (``sqrt((n/2)^2 + 1/4)``) always reaches a pixel centre in the outermost rows and columns.
     """
     rad = math.sqrt((0.5 * cfg.min_lesion_px) ** 2 + 0.25) * cfg.pixel_spacing_mm
-    return mask | (dr**2 + dc**2 <= rad * rad)
+    grown: np.ndarray = mask | (dr**2 + dc**2 <= rad * rad)
+    return grown
 
 
 @dataclass
@@ -840,8 +852,8 @@ def _render_spicules(
         _deposit_line(layer, path, base, tip, float(dr[0, 0]), float(dc[0, 0]), s)
         widths.append(base)
     sigma = max(0.5, 0.4 * float(np.mean(widths)) / s)
-    layer = ndi.gaussian_filter(layer, sigma)
-    return layer * (peak * math.sqrt(2.0 * math.pi) * sigma)
+    blurred: np.ndarray = ndi.gaussian_filter(layer, sigma)
+    return blurred * (peak * math.sqrt(2.0 * math.pi) * sigma)
 
 
 def _deposit_line(
@@ -1052,7 +1064,9 @@ def _draw_anatomy(
         out.append(_Structure("intramammary_node", _spot(rng, maps, geom, params["r0"] + 2.0, region), params))
     if geom.view == "MLO" and rng.random() < cfg.p_axillary_nodes:
         # Axillary nodes: the axillary tail at the top of an MLO view, over or in front of the pectoral muscle.
-        _, w_top, h_pec, _ = geom.pectoral
+        pect = geom.pectoral
+        assert pect, "an MLO view always has its triangular pectoral muscle (_sample_geometry)"
+        _, w_top, h_pec, _ = pect
         axilla = (rows_mm < 0.4 * h_pec) & (cols_mm > 0.3 * w_top)
         hilum = (cfg.node_hilum_frac[0] + 0.15, min(0.85, cfg.node_hilum_frac[1] + 0.15))  # often fatty-replaced
         for _ in range(int(rng.integers(cfg.axillary_node_count[0], cfg.axillary_node_count[1] + 1))):
@@ -1331,7 +1345,7 @@ def generate_image(cfg: PhantomConfig, seed: int, split: str, index: int, view: 
     img = np.where(breast, np.clip(np.rint(4095.0 * u**cfg.display_gamma), 1, 4095), 0).astype(np.uint16)
 
     masks &= breast[None]
-    labels = masks.reshape(2, -1).any(axis=1).astype(np.float32)
+    labels = np.asarray(masks.reshape(2, -1).any(axis=1), dtype=np.float32)  # (2,)
     counts = {kind: sum(st.kind == kind for st in anatomy) for kind in ANATOMY_KINDS}
     counts["calcified_vessel"] = sum(st.kind == "vessel" and st.params["bac"] is not None for st in anatomy)
     meta: dict[str, Any] = {

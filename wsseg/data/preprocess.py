@@ -1,10 +1,10 @@
-"""The NYU/GMIC input pipeline for real mammograms (methods-spec.md section 1), as one recorded transform.
+"""The NYU/GMIC input pipeline for real mammograms (docs/datasets.md), as one recorded transform.
 
 1. Breast region: pixels above a small fraction of the image maximum, eroded, the largest connected
    component kept, dilated back (``crop_img_from_largest_connected``); the morphology runs on a subsampled
    grid so a 5000 x 3000 film costs milliseconds, with the iteration count scaled from NYU's 100 at full size.
 2. Orientation: flip left-right so the chest wall is at column 0. The side is decided by image content
-   (the heavier half of the breast region, datasets.md 11.3); the dataset's tags are only compared.
+   (the heavier half of the breast region, docs/datasets.md); the dataset's tags are only compared.
 3. Crop to the breast's bounding box, resize (aspect kept, bilinear with antialiasing) to fit the profile's
    window, chest wall against column 0, centred vertically, zero padding on the nipple side.
 4. Standardisation is left to :class:`~wsseg.data.dataset.MammogramDataset` (per image, as in the spec);
@@ -59,7 +59,8 @@ class Transform:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Transform:
         """Inverse of :meth:`to_dict`."""
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})  # type: ignore[arg-type]
+        fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}  # JSON lists
+        return cls(**fields)
 
     def apply(self, arr: np.ndarray, is_mask: bool) -> np.ndarray:
         """Map an original-frame (H, W) image or mask into the window."""
@@ -89,7 +90,7 @@ class Transform:
         """Map a continuous ``(xmin, ymin, xmax, ymax)`` box from the original frame into the window."""
         top, _, left, right = self.crop
         xmin, ymin, xmax, ymax = box[0] - left, box[1] - top, box[2] - left, box[3] - top
-        if self.flipped:  # continuous edges mirror as x' = w - x (datasets.md section 0)
+        if self.flipped:  # continuous edges mirror as x' = w - x (docs/datasets.md, "Conventions")
             w = right - left
             xmin, xmax = w - xmax, w - xmin
         s, (r0, c0) = self.scale, self.offset
@@ -131,16 +132,23 @@ def breast_region(image: np.ndarray) -> np.ndarray:
 
 
 def chest_wall_on_right(breast: np.ndarray) -> bool:
-    """Whether the breast region is heavier in the right half of the image (datasets.md 11.3)."""
+    """Whether the breast region is heavier in the right half of the image (docs/datasets.md)."""
     w = breast.shape[1]
     return int(breast[:, w - w // 2 :].sum()) > int(breast[:, : w // 2].sum())
 
 
-def plan_transform(image: np.ndarray, breast: np.ndarray, out_hw: tuple[int, int]) -> Transform:
-    """The crop/flip/resize that fits the breast into an ``out_hw`` window, chest wall at column 0."""
+def plan_transform(
+    image: np.ndarray, breast: np.ndarray, out_hw: tuple[int, int], include: np.ndarray | None = None
+) -> Transform:
+    """The crop/flip/resize that fits the breast into an ``out_hw`` window, chest wall at column 0.
+
+    ``include`` ((H, W) bool, e.g. the annotated lesions) is kept inside the crop as well, so an annotation that
+    lies outside the detected breast is not cut away; the flip is decided by the breast alone.
+    """
     h0, w0 = image.shape
-    if breast.any():
-        rows, cols = np.flatnonzero(breast.any(axis=1)), np.flatnonzero(breast.any(axis=0))
+    keep = breast if include is None else breast | include
+    if keep.any():
+        rows, cols = np.flatnonzero(keep.any(axis=1)), np.flatnonzero(keep.any(axis=0))
         crop = (int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1)
     else:
         crop = (0, h0, 0, w0)
@@ -148,4 +156,4 @@ def plan_transform(image: np.ndarray, breast: np.ndarray, out_hw: tuple[int, int
     scale = min(out_hw[0] / h, out_hw[1] / w)
     resized = (min(out_hw[0], max(1, round(h * scale))), min(out_hw[1], max(1, round(w * scale))))
     offset = ((out_hw[0] - resized[0]) // 2, 0)
-    return Transform((h0, w0), crop, chest_wall_on_right(breast), scale, resized, offset, tuple(out_hw))  # type: ignore[arg-type]
+    return Transform((h0, w0), crop, chest_wall_on_right(breast), scale, resized, offset, (out_hw[0], out_hw[1]))

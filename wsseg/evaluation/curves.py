@@ -1,13 +1,25 @@
 """The curves behind a run's metrics, small enough to commit: precision-recall (PxAP), FROC, Dice against lesion size.
 
 A run writes them to ``curves.json`` beside its record; the HTML report plots them. They are a pure function of
-the per-image statistics (``per_image_stats.npz``), so :func:`curves_for_run` can rebuild them for older runs.
+the per-image statistics (``per_image_stats.npz``), so :func:`wsseg.report.records.curves_for_run` can rebuild
+them for older runs.
 
 Per class::
 
     {"pr": {"threshold": [...], "recall": [...], "precision": [...]},   # pooled over all pixels of the split
      "froc": {"fppi": [...], "sensitivity": [...]},                     # lesion-level, [] when no spacing
-     "lesion_size": {"area_mm2": [...], "dice": [...]}}                 # one point per lesion-positive image
+     "lesion_size": {"area_mm2": [...], "dice": [...],                  # one point per lesion-positive image,
+                     "diameter_mm": [...], "n_components": [...],       #   sorted by area
+                     "type": [...], "hit_0mm": [...], "hit_5mm": [...], "hit_10mm": [...],
+                     "chance_dice": [...], "chance_hit_0mm": [...], "chance_hit_5mm": [...],
+                     "chance_hit_10mm": [...]}}
+
+``lesion_size`` holds, per lesion image of the class: the lesion area (pixels x spacing^2, all components), the
+Dice at the calibrated threshold, the equivalent diameter of the largest lesion component and the number of
+components (:mod:`wsseg.evaluation.lesions`), the lesion type group, the pointing-game hit at each tolerance (1/0),
+and the chance levels of that image (the whole-breast Dice ``2|G| / (|R| + |G|)`` and the probability that a peak
+drawn uniformly in the breast hits; :func:`wsseg.evaluation.summary.chance_levels`). Files written before the
+diameter, type, hits and chance existed have ``area_mm2`` and ``dice`` only; readers must accept both.
 
 Values are rounded to 5 significant digits and curves thinned to at most ``MAX_POINTS`` points, so the file
 stays a few kilobytes and is byte-stable.
@@ -23,11 +35,12 @@ from typing import Any
 import numpy as np
 
 from wsseg._io import atomic_write_text
+from wsseg.core import CLASSES
+from wsseg.evaluation.lesions import equivalent_diameter_mm
 from wsseg.evaluation.localization import froc_curves
 from wsseg.evaluation.metrics import reverse_cumsum, threshold_grid
-from wsseg.evaluation.stats import ClassArrays, SplitStats
-from wsseg.evaluation.summary import class_table
-from wsseg.report.records import record_thresholds
+from wsseg.evaluation.stats import POINTING_TOLERANCES_MM, ClassArrays, SplitStats
+from wsseg.evaluation.summary import class_table, pointing_hits
 
 CURVES_JSON = "curves.json"
 MAX_POINTS = 101
@@ -74,15 +87,25 @@ def froc_curve(a: ClassArrays, n_images: int) -> dict[str, list[float | None]]:
     return {"fppi": _round(fppi[0, idx]), "sensitivity": _round(sens[0, idx])}
 
 
-def lesion_size_points(
-    a: ClassArrays, spacing_mm: np.ndarray, n_bins: int, threshold: float
-) -> dict[str, list[float | None]]:
-    """Per lesion-positive image: lesion area in mm^2 (pixels x spacing^2) and Dice at the calibrated threshold."""
+def lesion_size_points(a: ClassArrays, spacing_mm: np.ndarray, n_bins: int, threshold: float) -> dict[str, list[Any]]:
+    """Per lesion-positive image, sorted by lesion area: the size, type, Dice, hits and chance levels (module doc)."""
     table = class_table(a, spacing_mm, n_bins, threshold, threshold)
     pos = np.flatnonzero(table.positive)
-    area = table.gt[pos] * np.where(np.isfinite(spacing_mm[pos]), spacing_mm[pos], np.nan) ** 2
-    order = np.argsort(area, kind="stable")
-    return {"area_mm2": _round(area[order]), "dice": _round(table.dice[pos][order])}
+    spacing = np.where(np.isfinite(spacing_mm[pos]), spacing_mm[pos], np.nan)
+    area = table.gt[pos] * spacing**2
+    idx = pos[np.argsort(area, kind="stable")]  # image indices in area order
+    out: dict[str, list[Any]] = {
+        "area_mm2": _round(table.gt[idx] * spacing_mm[idx] ** 2),
+        "dice": _round(table.dice[idx]),
+        "diameter_mm": _round(equivalent_diameter_mm(a.lesion_px[idx], spacing_mm[idx])),
+        "n_components": _round(a.n_components[idx]),
+        "type": [str(t) for t in a.lesion_type[idx]],
+        "chance_dice": _round(2 * table.gt[idx] / (table.area[idx] + table.gt[idx])),
+    }
+    for j, r in enumerate(POINTING_TOLERANCES_MM):
+        out[f"hit_{r:g}mm"] = _round(pointing_hits(table, r)[idx])
+        out[f"chance_hit_{r:g}mm"] = _round(a.chance_hit[idx, j])
+    return out
 
 
 def curves_from_stats(stats: SplitStats, thresholds: dict[str, float]) -> dict[str, Any]:
@@ -90,7 +113,7 @@ def curves_from_stats(stats: SplitStats, thresholds: dict[str, float]) -> dict[s
     return {
         name: {
             "pr": pr_curve(a, stats.n_bins),
-            "froc": froc_curve(a, len(stats)),
+            "froc": froc_curve(a, int(a.located.sum())),  # label-only images are no FROC images
             "lesion_size": lesion_size_points(a, stats.spacing_mm, stats.n_bins, thresholds[name]),
         }
         for name, a in stats.classes.items()
@@ -103,20 +126,29 @@ def write_curves(path: str | Path, stats: SplitStats, thresholds: dict[str, floa
     return atomic_write_text(path, text + "\n")
 
 
-def curves_for_run(run_dir: str | Path, record: dict[str, Any]) -> dict[str, Any] | None:
-    """A run's curves: ``curves.json`` when present, else rebuilt from ``per_image_stats.npz``; None when neither.
+# Each curve's paired lists, as curves_from_stats writes them.
+CURVE_KEYS = {
+    "pr": ("threshold", "recall", "precision"),
+    "froc": ("fppi", "sensitivity"),
+    "lesion_size": ("area_mm2", "dice"),
+}
 
-    Raises:
-        ValueError: ``curves.json`` exists but is not valid JSON (names the file).
-    """
-    run_dir = Path(run_dir)
-    path = run_dir / CURVES_JSON
-    if path.is_file():
-        try:
-            return dict(json.loads(path.read_text(encoding="utf-8")))
-        except ValueError as e:
-            raise ValueError(f"cannot read {path}: {e}; delete it to rebuild it from per_image_stats.npz") from e
-    stats_file = run_dir / str(record.get("per_image", {}).get("stats", "per_image_stats.npz"))
-    if not stats_file.is_file():
-        return None
-    return curves_from_stats(SplitStats.load(stats_file), record_thresholds(record))
+
+def curves_problem(curves: Any) -> str | None:
+    """What is wrong with the content of a ``curves.json`` (see the module docstring), or None."""
+    if not isinstance(curves, dict):
+        return f"expected an object of classes, got {type(curves).__name__}"
+    for name in CLASSES:
+        per_class = curves.get(name)
+        if not isinstance(per_class, dict):
+            return f"no curves of class {name!r}"
+        for kind, keys in CURVE_KEYS.items():
+            curve = per_class.get(kind)
+            if not isinstance(curve, dict) or any(not isinstance(curve.get(k), list) for k in keys):
+                return f"{name}.{kind} must be an object of the lists {list(keys)}"
+            if len({len(curve[k]) for k in keys}) > 1:
+                return f"{name}.{kind}: the lists {list(keys)} differ in length"
+            for k in keys:
+                if not all(v is None or (isinstance(v, int | float) and not isinstance(v, bool)) for v in curve[k]):
+                    return f"{name}.{kind}.{k} holds values that are not numbers"
+    return None

@@ -24,12 +24,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from wsseg.data.phantom import CLASSES
+from wsseg.core import CLASSES
 from wsseg.evaluation.metrics import dice_from_counts, iou_from_counts, reverse_cumsum, threshold_grid
 from wsseg.evaluation.stats import ClassStats, FrocSettings, SplitStats, class_stats, stack_class
 from wsseg.evaluation.summary import calibrated_thresholds, summarize
 from wsseg.nn.upsample import UpsampleMode, to_input_resolution
-from wsseg.training.distributed import unshard
+from wsseg.runtime.distributed import unshard
 
 Normalization = Literal["none", "minmax"]
 
@@ -114,6 +114,8 @@ class SegmentationEvaluator:
         image_scores: Sequence[float] | Tensor | np.ndarray | None = None,
         image_labels: Sequence[float] | Tensor | np.ndarray | None = None,
         boxes: bool = False,
+        lesion_types: Sequence[str] | None = None,
+        located: Sequence[bool] | None = None,
     ) -> None:
         """Accumulate one image.
 
@@ -129,6 +131,12 @@ class SegmentationEvaluator:
                 None but ``image_labels`` are given, each map's maximum inside the region.
             image_labels: (K,) image-level labels (0/1).
             boxes: the ground truth is boxes (each mask is the union of its boxes): MaxBoxAccV2 is added.
+            lesion_types: (K,) the type group of the image's lesions of each class (``mass``, ``calcification``,
+                ``other``; :func:`wsseg.evaluation.lesions.image_lesion_type`), for the breakdown by type;
+                unknown (``""``) when None.
+            located: (K,) per class, False where the image is labelled with a lesion of the class that the dataset
+                does not locate (a label-only image): its empty mask is not "lesion-free", so the image enters no
+                localisation metric of that class, only AUROC/AUPRC. All True when None.
         """
         k = len(self.classes)
         validate_saliency(saliency, k, image_id, check_range=self.normalization == "none")
@@ -149,8 +157,24 @@ class SegmentationEvaluator:
         breast = None if region is None else region.detach().cpu().numpy().astype(bool, copy=False)  # (H, W)
         scores = _per_class(image_scores, k)
         labels = _per_class(image_labels, k)
+        types = list(lesion_types) if lesion_types is not None else [""] * k
+        if len(types) != k:
+            raise ValueError(f"{image_id}: expected {k} lesion types (one per class), got {len(types)}")
+        where = [True] * k if located is None else [bool(x) for x in located]
+        if len(where) != k:
+            raise ValueError(f"{image_id}: located needs one flag per class ({k}), got {len(where)}")
         for c, name in enumerate(self.classes):
-            stats = class_stats(maps[c], target[c], breast, self.n_bins, spacing_mm, self.froc, boxes=boxes)
+            stats = class_stats(
+                maps[c],
+                target[c],
+                breast,
+                self.n_bins,
+                spacing_mm,
+                self.froc,
+                boxes=boxes,
+                lesion_type=types[c],
+                located=where[c],
+            )
             self._per_class[name].append(stats)
             self._scores[name].append(stats.peak if image_scores is None and image_labels is not None else scores[c])
             self._labels[name].append(labels[c])

@@ -1,6 +1,6 @@
 """Localization metrics: pointing game, lesion-level FROC and MaxBoxAccV2.
 
-Definitions (docs/evaluation.md §10; the choices left open there are fixed here and in the README):
+Definitions (in words in docs/evaluation.md, "Localisation metrics"):
 
 Pointing game.
     The map's peak ``p* = argmax_{p in region} s(p)``; ties go to the first pixel in row-major order.

@@ -16,7 +16,20 @@ For one image and one class the evaluator computes, at the evaluated (mask) reso
 - the image-level score and label when known (AUROC, AUPRC);
 - ``box_iou``: for box ground truth only (the mask is the union of the annotated boxes), the best IoU between
   any box of the map thresholded at tau * max and any ground-truth box, for tau = 0, 0.01, ..., 0.99
-  (MaxBoxAccV2); empty otherwise.
+  (MaxBoxAccV2); empty otherwise;
+- map-independent facts about the lesions, for the breakdown by size and type and for the chance levels
+  (:func:`wsseg.evaluation.summary.chance_levels`): ``lesion_px`` and ``n_components`` (the largest 8-connected
+  component of the mask inside the region, in pixels, and the number of components; :mod:`wsseg.evaluation.lesions`),
+  ``lesion_type`` (the type group of the image's lesions of the class, from the sample's meta; ``""`` when unknown),
+  ``chance_hit`` (per pointing tolerance r, the fraction of the region within r of the lesion: the probability that
+  a peak drawn uniformly in the region is a hit, with the pointing game's own distance rule), ``lesion_cover`` (per
+  FROC lesion, the fraction of the region its grown component covers) and ``grown_cover`` (the fraction covered by
+  all of them).
+- ``located``: False for a *label-only* image of the class: labelled with a lesion of the class whose location
+  the dataset does not give (mini-MIAS's widely spread calcifications, a BI-RADS-only finding). Its empty mask
+  does not mean "lesion-free", so every localisation statistic of the class is empty for it (zero histograms and
+  sums, no detections) and it is left out of the FROC's image count: it enters no localisation metric, only the
+  image-level ones (AUROC, AUPRC).
 
 :class:`SplitStats` stacks them over the images of a split (memory O(images x n_bins), about 16 KB
 per image and class at 1,000 bins, independent of the resolution) and saves them to one ``.npz`` file.
@@ -25,6 +38,8 @@ per image and class at 1,000 bins, independent of the resolution) and saves them
 from __future__ import annotations
 
 import math
+import zipfile
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,10 +52,14 @@ from wsseg.evaluation.localization import (
     best_box_iou_curve,
     detections,
     distance_to_mask_px,
+    grown_lesions,
     match_detections,
     peak_index,
 )
 from wsseg.evaluation.metrics import bin_indices
+
+# Pointing-game tolerances, mm (the keys pointing_game_<r>mm of a record).
+POINTING_TOLERANCES_MM: tuple[float, ...] = (0.0, 5.0, 10.0)
 
 
 @dataclass(frozen=True)
@@ -72,6 +91,13 @@ class ClassStats:
     fp_scores: np.ndarray
     froc_done: bool
     box_iou: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    lesion_px: float = math.nan
+    n_components: int = 0
+    lesion_type: str = ""
+    chance_hit: np.ndarray = field(default_factory=lambda: np.full(len(POINTING_TOLERANCES_MM), np.nan))
+    lesion_cover: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    grown_cover: float = math.nan
+    located: bool = True
 
 
 # The relative thresholds of MaxBoxAccV2 (tau * max of the map).
@@ -85,6 +111,68 @@ def gt_boxes_from_mask(target: np.ndarray) -> np.ndarray:
     return np.asarray(found, dtype=np.int64).reshape(-1, 4)
 
 
+def _crop_around(target: np.ndarray, margin: int) -> tuple[slice, slice]:
+    """The bounding box of ``target``'s pixels grown by ``margin`` pixels, clipped to the image."""
+    rows = np.flatnonzero(target.any(axis=1))
+    cols = np.flatnonzero(target.any(axis=0))
+    r0, r1 = max(int(rows[0]) - margin, 0), min(int(rows[-1]) + margin + 1, target.shape[0])
+    c0, c1 = max(int(cols[0]) - margin, 0), min(int(cols[-1]) + margin + 1, target.shape[1])
+    return slice(r0, r1), slice(c0, c1)
+
+
+@dataclass(frozen=True)
+class LesionFacts:
+    """Map-independent facts about one image's lesions of one class (see the module docstring)."""
+
+    lesion_px: float
+    n_components: int
+    chance_hit: np.ndarray
+    lesion_cover: np.ndarray
+    grown_cover: float
+
+
+def lesion_facts(
+    target: np.ndarray, region: np.ndarray | None, spacing_mm: float | None, froc: FrocSettings
+) -> LesionFacts:
+    """Lesion size, pointing-game chance and FROC lesion covers of one (region-restricted) mask.
+
+    Args:
+        target: (H, W) bool lesion mask, already restricted to the region.
+        region: (H, W) bool evaluated region; the whole image when None.
+        spacing_mm: pixel spacing; the chance at tolerances above 0 and the covers are NaN / empty without it.
+        froc: the FROC settings (their tolerance grows the lesions).
+    """
+    tolerances = POINTING_TOLERANCES_MM
+    area = float(region.sum()) if region is not None else float(target.size)
+    if not target.any() or area <= 0:
+        return LesionFacts(math.nan, 0, np.full(len(tolerances), np.nan), np.zeros(0), math.nan)
+    spacing = spacing_mm if spacing_mm is not None and spacing_mm > 0 else None  # None: unknown
+    # Every lesion pixel and everything within the largest tolerance of one lies in this crop, so distances and
+    # components computed on it are exact.
+    margin = int(math.ceil(max(tolerances) / spacing)) + 1 if spacing is not None else 1
+    rs, cs = _crop_around(target, margin)
+    crop = target[rs, cs]  # (h, w)
+    inside = region[rs, cs] if region is not None else np.ones_like(crop)
+    labels, n = ndimage.label(crop, structure=np.ones((3, 3), dtype=bool))
+    sizes = np.bincount(labels.ravel())[1:]
+    chance = np.full(len(tolerances), np.nan)
+    chance[0] = float(crop.sum()) / area  # r = 0: the peak lies on the lesion
+    if spacing is not None:
+        # The pointing game's rule: a hit when (distance in pixels to the nearest lesion pixel) x spacing <= r.
+        dist_mm = ndimage.distance_transform_edt(~crop) * spacing  # (h, w)
+        for j, r in enumerate(tolerances):
+            if r > 0:
+                chance[j] = float(np.count_nonzero((dist_mm <= r) & inside)) / area
+    cover, grown = np.zeros(0), math.nan
+    if spacing is not None:
+        grown_labels, n_lesions, (r0, c0) = grown_lesions(target, froc.tolerance_mm / spacing)
+        h, w = grown_labels.shape
+        in_region = region[r0 : r0 + h, c0 : c0 + w] if region is not None else np.ones((h, w), dtype=bool)
+        counts = np.bincount(grown_labels[in_region].ravel(), minlength=n_lesions + 1)
+        cover, grown = counts[1:] / area, float(counts[1:].sum()) / area
+    return LesionFacts(float(sizes.max()), int(n), chance, cover.astype(np.float64), grown)
+
+
 def class_stats(
     saliency: np.ndarray,
     target: np.ndarray,
@@ -93,6 +181,8 @@ def class_stats(
     spacing_mm: float | None,
     froc: FrocSettings,
     boxes: bool = False,
+    lesion_type: str = "",
+    located: bool = True,
 ) -> ClassStats:
     """Statistics of one full-resolution map against its mask.
 
@@ -104,7 +194,12 @@ def class_stats(
         spacing_mm: pixel spacing at this resolution; FROC is skipped when None.
         froc: FROC detection settings.
         boxes: the ground truth is boxes (the mask is their union): also compute the MaxBoxAccV2 curve.
+        lesion_type: the type group of the image's lesions of this class (:mod:`wsseg.evaluation.lesions`).
+        located: False for a label-only image of this class (labelled, lesion not located): only the map's peak
+            is kept (the image-level score when no logit is given); every localisation statistic is empty.
     """
+    if not located:
+        return _label_only_stats(saliency, region, n_bins, spacing_mm)
     box_curve = np.zeros(0)
     if boxes and target.any():
         # Boxes from the whole map, as MaxBoxAccV2 defines them (not restricted to the region).
@@ -135,6 +230,7 @@ def class_stats(
         assert spacing_mm is not None
         coords, scores = detections(masked, round(froc.nms_mm / spacing_mm), froc.max_candidates)
         lesion_scores, fp_scores = match_detections(coords, scores, target, froc.tolerance_mm / spacing_mm)
+    facts = lesion_facts(target, region, spacing_mm, froc)
     return ClassStats(
         pos_hist.astype(np.int64),
         neg_hist.astype(np.int64),
@@ -146,6 +242,34 @@ def class_stats(
         fp_scores,
         froc_done,
         box_curve,
+        facts.lesion_px,
+        facts.n_components,
+        lesion_type if len(flat_target) else "",
+        facts.chance_hit,
+        facts.lesion_cover,
+        facts.grown_cover,
+    )
+
+
+def _label_only_stats(
+    saliency: np.ndarray, region: np.ndarray | None, n_bins: int, spacing_mm: float | None
+) -> ClassStats:
+    """The statistics of a label-only image: its map's peak in the region and nothing a localisation metric reads."""
+    masked = saliency if region is None else np.where(region, saliency, np.float32(-1.0))  # (H, W)
+    peak_at = peak_index(masked)
+    empty = np.zeros(n_bins + 1, dtype=np.int64)
+    return ClassStats(
+        pos_hist=empty,
+        neg_hist=empty.copy(),
+        sum_sg=0.0,
+        sum_s=0.0,
+        point_px=math.nan,
+        peak=float(masked.flat[peak_at]) if peak_at >= 0 else 0.0,
+        lesion_scores=np.zeros(0),
+        fp_scores=np.zeros(0),
+        # Detections were not needed, not impossible: the class's FROC stays defined for the other images.
+        froc_done=spacing_mm is not None and spacing_mm > 0,
+        located=False,
     )
 
 
@@ -161,6 +285,16 @@ class ClassArrays:
         image_score, image_label: (N,) float64, NaN where unknown.
         froc_done: whether detections were made (the pixel spacing was known for every image).
         box_iou: (N, 100) MaxBoxAccV2 curves, NaN rows for images without box ground truth of this class.
+        lesion_px, n_components: (N,) the largest lesion component in pixels and the number of components (NaN, 0
+            on lesion-free images).
+        lesion_type: (N,) str, the type group of each image's lesions of the class (``""``: none or unknown).
+        chance_hit: (N, len(POINTING_TOLERANCES_MM)) pointing-game chance per image (NaN on lesion-free images).
+        lesion_cover: (L,) the fraction of its image's region each FROC lesion covers, grown by the tolerance.
+        grown_cover: (N,) the fraction of the region all grown lesions cover (NaN without lesion or spacing).
+        located: (N,) bool, False for the label-only images of this class (see the module docstring); all True
+            when read from a file written before label-only images existed.
+
+    Statistics saved before the lesion facts existed load with NaN (and empty types) in their place.
     """
 
     pos_hist: np.ndarray
@@ -176,6 +310,32 @@ class ClassArrays:
     image_label: np.ndarray
     froc_done: bool
     box_iou: np.ndarray = field(default_factory=lambda: np.zeros((0, len(BOX_TAUS))))
+    lesion_px: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    n_components: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    lesion_type: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=str))
+    chance_hit: np.ndarray = field(default_factory=lambda: np.zeros((0, len(POINTING_TOLERANCES_MM))))
+    lesion_cover: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    grown_cover: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    located: np.ndarray = field(default_factory=lambda: np.ones(0, dtype=bool))
+
+    def __post_init__(self) -> None:
+        # Arrays missing from older files (or left at their defaults) become NaN of the right length.
+        n, n_lesions = len(self.sum_s), len(self.lesion_scores)
+        if self.box_iou.shape[0] != n:
+            self.box_iou = np.full((n, len(BOX_TAUS)), np.nan)
+        for name in ("lesion_px", "n_components", "grown_cover"):
+            if len(getattr(self, name)) != n:
+                setattr(self, name, np.full(n, np.nan))
+        if len(self.lesion_type) != n:
+            self.lesion_type = np.full(n, "", dtype="<U16")
+        if self.chance_hit.shape[0] != n:
+            self.chance_hit = np.full((n, len(POINTING_TOLERANCES_MM)), np.nan)
+        if len(self.lesion_cover) != n_lesions:
+            self.lesion_cover = np.full(n_lesions, np.nan)
+        # Files written before label-only images existed: every image located.
+        if len(self.located) != n:
+            self.located = np.ones(n, dtype=bool)
+        self.located = np.asarray(self.located, dtype=bool)
 
     @property
     def gt(self) -> np.ndarray:
@@ -207,7 +367,47 @@ class ClassArrays:
             self.image_label[index],
             self.froc_done,
             self.box_iou[index],
+            self.lesion_px[index],
+            self.n_components[index],
+            self.lesion_type[index],
+            self.chance_hit[index],
+            self.lesion_cover[keep_l],
+            self.grown_cover[index],
+            self.located[index],
         )
+
+
+# The arrays a statistics file may lack (written by an older wsseg); see ClassArrays.__post_init__.
+OPTIONAL_ARRAYS = frozenset(
+    {"box_iou", "lesion_px", "n_components", "lesion_type", "chance_hit", "lesion_cover", "grown_cover", "located"}
+)
+
+
+def concat_arrays(parts: Sequence[ClassArrays]) -> ClassArrays:
+    """One class's statistics of several image sets, in order (the test folds of a cross-validation, pooled)."""
+    offsets = np.cumsum([0, *(len(a.sum_s) for a in parts[:-1])])
+    return ClassArrays(
+        pos_hist=np.concatenate([a.pos_hist for a in parts]),
+        neg_hist=np.concatenate([a.neg_hist for a in parts]),
+        sum_sg=np.concatenate([a.sum_sg for a in parts]),
+        sum_s=np.concatenate([a.sum_s for a in parts]),
+        point_px=np.concatenate([a.point_px for a in parts]),
+        lesion_scores=np.concatenate([a.lesion_scores for a in parts]),
+        lesion_image=np.concatenate([a.lesion_image + o for a, o in zip(parts, offsets, strict=True)]),
+        fp_scores=np.concatenate([a.fp_scores for a in parts]),
+        fp_image=np.concatenate([a.fp_image + o for a, o in zip(parts, offsets, strict=True)]),
+        image_score=np.concatenate([a.image_score for a in parts]),
+        image_label=np.concatenate([a.image_label for a in parts]),
+        froc_done=all(a.froc_done for a in parts),
+        box_iou=np.concatenate([a.box_iou.reshape(-1, len(BOX_TAUS)) for a in parts]),
+        lesion_px=np.concatenate([a.lesion_px for a in parts]),
+        n_components=np.concatenate([a.n_components for a in parts]),
+        lesion_type=np.concatenate([a.lesion_type.astype("<U16") for a in parts]),
+        chance_hit=np.concatenate([a.chance_hit.reshape(-1, len(POINTING_TOLERANCES_MM)) for a in parts]),
+        lesion_cover=np.concatenate([a.lesion_cover for a in parts]),
+        grown_cover=np.concatenate([a.grown_cover for a in parts]),
+        located=np.concatenate([a.located for a in parts]),
+    )
 
 
 @dataclass
@@ -254,6 +454,7 @@ class SplitStats:
         for name, a in self.classes.items():
             for key in ClassArrays.__dataclass_fields__:
                 arrays[f"{name}.{key}"] = np.asarray(getattr(a, key))
+        # numpy's stubs match **arrays against savez_compressed's allow_pickle (numpy >= 2.1) too.
         return atomic_save(path, lambda f: np.savez_compressed(f, **arrays))  # type: ignore[arg-type]
 
     @classmethod
@@ -264,24 +465,33 @@ class SplitStats:
             ValueError: the file is missing, unreadable or not a wsseg statistics file.
         """
         path = Path(path)
+        if not path.is_file():  # a FIFO would block the read forever
+            what = "missing" if not (path.exists() or path.is_symlink()) else "not a regular file"
+            raise ValueError(f"the per-image statistics {path} are {what}; re-run the evaluation")
         try:
             with np.load(path, allow_pickle=False) as z:
                 data = {k: z[k] for k in z.files}
-        except (OSError, ValueError) as e:
-            raise ValueError(f"cannot read per-image statistics {path}: {e}; re-run the evaluation") from e
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as e:
+            raise ValueError(f"cannot read per-image statistics {path}: {e}; re-run the evaluation") from None
+        if not isinstance(data, dict):  # np.load gives an array for a plain .npy
+            raise ValueError(f"{path} is not a wsseg per-image statistics file (.npz); re-run the evaluation")
+        problem = _stats_problem(data)
+        if problem is not None:
+            raise ValueError(f"{path} is not a valid wsseg per-image statistics file: {problem}; re-run the evaluation")
         try:
             classes = {
                 name: ClassArrays(
                     **{
                         key: data[f"{name}.{key}"]
                         for key in ClassArrays.__dataclass_fields__
-                        if key != "box_iou" or f"{name}.box_iou" in data  # files written before boxes existed
+                        # Files written before boxes, lesion facts or label-only images existed lack those arrays.
+                        if key not in OPTIONAL_ARRAYS or f"{name}.{key}" in data
                     }
                 )
                 for name in data["classes"].tolist()
             }
             for a in classes.values():
-                a.froc_done = bool(a.froc_done)
+                a.froc_done = bool(a.froc_done)  # files without label-only flags: __post_init__ locates every image
             return cls(
                 data["image_ids"].tolist(),
                 data["patient_ids"].tolist(),
@@ -291,6 +501,62 @@ class SplitStats:
             )
         except KeyError as e:
             raise ValueError(f"{path} is not a wsseg per-image statistics file (no {e}); re-run the evaluation") from e
+
+
+def _stats_problem(data: dict[str, np.ndarray]) -> str | None:
+    """What is wrong with the arrays of a statistics file (shapes, dtypes, counts, indices), or None."""
+    for key in ("image_ids", "patient_ids", "spacing_mm", "n_bins", "classes"):
+        if key not in data:
+            return f"no {key}"
+    ids, n_bins = data["image_ids"], data["n_bins"]
+    if ids.ndim != 1 or ids.dtype.kind != "U" or data["patient_ids"].shape != ids.shape:
+        return "image_ids and patient_ids must be two lists of strings of one length"
+    n = len(ids)
+    if data["spacing_mm"].shape != (n,) or data["spacing_mm"].dtype.kind != "f":
+        return "spacing_mm must hold one number per image"
+    if n_bins.shape != () or n_bins.dtype.kind not in "iu" or not 1 <= int(n_bins) <= 100_000:
+        return "n_bins must be an integer in [1, 100000]"
+    if data["classes"].ndim != 1 or data["classes"].dtype.kind != "U":
+        return "classes must be a list of names"
+    hist = (n, int(n_bins) + 1)
+    for name in data["classes"].tolist():
+        if name not in ("benign", "malignant"):
+            return f"unknown class {name!r}"
+        for key in ClassArrays.__dataclass_fields__:
+            arr = data.get(f"{name}.{key}")
+            if arr is None:
+                if key in OPTIONAL_ARRAYS:
+                    continue  # files written before these arrays existed: ClassArrays fills them with NaN
+                return f"no {name}.{key}"
+            if key in ("pos_hist", "neg_hist"):
+                ok = arr.shape == hist and arr.dtype.kind in "iu" and bool((arr >= 0).all())
+            elif key in ("lesion_image", "fp_image"):
+                ok = arr.ndim == 1 and arr.dtype.kind in "iu" and bool(((arr >= 0) & (arr < n)).all())
+            elif key in ("lesion_scores", "fp_scores"):
+                ok = (
+                    arr.ndim == 1
+                    and arr.dtype.kind == "f"
+                    and len(arr) == len(data.get(f"{name}.{key[:-7]}_image", []))
+                )
+            elif key == "froc_done":
+                ok = arr.shape == () and arr.dtype.kind == "b"
+            elif key == "box_iou":
+                ok = arr.shape == (n, len(BOX_TAUS)) and arr.dtype.kind == "f"
+            elif key == "located":
+                ok = arr.shape == (n,) and arr.dtype.kind == "b"
+            elif key == "chance_hit":
+                ok = arr.shape == (n, len(POINTING_TOLERANCES_MM)) and arr.dtype.kind == "f"
+            elif key == "lesion_cover":  # one value per FROC lesion
+                ok = arr.ndim == 1 and arr.dtype.kind == "f" and len(arr) == len(data.get(f"{name}.lesion_image", []))
+            elif key == "lesion_type":
+                ok = arr.shape == (n,) and arr.dtype.kind == "U"
+            elif key == "n_components":
+                ok = arr.shape == (n,) and arr.dtype.kind in "iuf"
+            else:  # sum_sg, sum_s, point_px, image_score, image_label, lesion_px, grown_cover
+                ok = arr.shape == (n,) and arr.dtype.kind == "f"
+            if not ok:
+                return f"{name}.{key} has dtype {arr.dtype} and shape {arr.shape}, not what {n} images give"
+    return None
 
 
 def stack_class(
@@ -317,4 +583,13 @@ def stack_class(
         box_iou=np.stack([s.box_iou if len(s.box_iou) else np.full(len(BOX_TAUS), np.nan) for s in per_image]).reshape(
             n, len(BOX_TAUS)
         ),
+        lesion_px=np.array([s.lesion_px for s in per_image], dtype=np.float64),
+        n_components=np.array([s.n_components for s in per_image], dtype=np.float64),
+        lesion_type=np.array([s.lesion_type for s in per_image], dtype="<U16").reshape(n),
+        chance_hit=np.stack([s.chance_hit for s in per_image]).reshape(n, len(POINTING_TOLERANCES_MM))
+        if n
+        else np.zeros((0, len(POINTING_TOLERANCES_MM))),
+        lesion_cover=np.concatenate([s.lesion_cover for s in per_image]) if n else np.zeros(0),
+        grown_cover=np.array([s.grown_cover for s in per_image], dtype=np.float64),
+        located=np.array([s.located for s in per_image], dtype=bool),
     )

@@ -20,17 +20,41 @@ Keys per class (the record's ``metrics.<class>`` block):
 - ``fp_area_fraction``: mean fraction of the region at or above the calibrated threshold on the images
   without a lesion of the class; ``fp_image_rate``: the fraction of those images with any such pixel;
 - ``auroc``, ``auprc``: image-level predictions against image labels (scikit-learn);
-- ``n_images`` (lesion-positive images), ``n_lesion_free``, ``n_lesions``.
+- ``n_images`` (lesion-positive images), ``n_lesion_free``, ``n_lesions``, ``n_label_only`` (images labelled
+  with the class whose lesion has no location: they count for AUROC/AUPRC only and enter no localisation metric,
+  as lesion-positive or as lesion-free; see :mod:`wsseg.evaluation.stats`).
+
+Chance levels (:func:`chance_levels`, the record's ``references.chance``): what a prediction that ignores the image
+content scores on each metric, computed exactly from the masks and regions (no map is involved):
+
+- ``pointing_game_<r>mm``: a peak drawn uniformly in the region hits with probability
+  ``|{p in region: distance(p, lesion) x spacing <= r}| / |region|`` (the pointing game's own rule), averaged over
+  the lesion images like the metric;
+- ``dice``, ``iou`` (and ``soft_dice``, the oracle and pooled variants): the whole region predicted, ``2|G| / (|R| +
+  |G|)`` and ``|G| / |R|`` per lesion image. A random mask covering a fraction q of the region, independent of the
+  lesion, has expected Dice about ``2 q|G| / (q|R| + |G|)``, largest at q = 1, so no image-independent mask does
+  better: it is the uniform map's Dice; ``fp_area_fraction`` and ``fp_image_rate`` are then 1;
+- ``pxap``: scores independent of the labels have precision equal to the lesion-pixel prevalence at every recall,
+  so AP is ``sum |G| / sum |R|`` over all images (the uniform map's PxAP);
+- ``froc`` and ``sensitivity_at_<f>_fppi``: a detector that places a Poisson number of detections, n per image on
+  average, uniformly in the region. A lesion whose grown component covers a fraction a of its image's region is
+  found with probability ``1 - exp(-n a)``; false positives per image average ``n m``, m the mean uncovered
+  fraction over all images; so the sensitivity at f false positives per image is ``mean_L (1 - exp(-a_L f / m))``
+  (detections in a grown lesion never count as false positives, as in the FROC itself);
+- ``auroc``: 0.5; ``auprc``: the fraction of images with a lesion of the class.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+from wsseg.evaluation.lesions import equivalent_diameter_mm
 from wsseg.evaluation.localization import FPPI_POINTS, IOU_THRESHOLDS, froc_curves, sensitivity_at
 from wsseg.evaluation.metrics import (
     dice_from_counts,
@@ -40,9 +64,9 @@ from wsseg.evaluation.metrics import (
     soft_dice,
     threshold_grid,
 )
-from wsseg.evaluation.stats import ClassArrays, SplitStats
+from wsseg.evaluation.stats import POINTING_TOLERANCES_MM as POINTING_TOLERANCES_MM
+from wsseg.evaluation.stats import ClassArrays, SplitStats, concat_arrays
 
-POINTING_TOLERANCES_MM: tuple[float, ...] = (0.0, 5.0, 10.0)
 NAN = float("nan")
 
 
@@ -133,7 +157,14 @@ def class_table(arrays: ClassArrays, spacing_mm: np.ndarray, n_bins: int, thresh
     )
 
 
-def _wmean(values: np.ndarray, w: np.ndarray, mask: np.ndarray) -> np.ndarray:
+def concat_tables(tables: Sequence[ClassTable]) -> ClassTable:
+    """Per-image values of several image sets, each at its own thresholds, as one table (pooled test folds)."""
+    fields = [f.name for f in dataclasses.fields(ClassTable) if f.name != "arrays"]
+    joined = {name: np.concatenate([getattr(t, name) for t in tables]) for name in fields}
+    return ClassTable(arrays=concat_arrays([t.arrays for t in tables]), **joined)
+
+
+def weighted_mean(values: np.ndarray, w: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Weighted means of ``values[mask]`` for each row of ``w`` (B, N) -> (B,); NaN where the weights sum to 0."""
     ww = w[:, mask]
     total = ww.sum(axis=1)
@@ -191,6 +222,20 @@ def image_level_weighted(scores: np.ndarray, labels: np.ndarray, w: np.ndarray) 
     return np.where(valid, auroc, np.nan), np.where(valid, auprc, np.nan)
 
 
+def pointing_hits(table: ClassTable, tolerance_mm: float) -> np.ndarray:
+    """(N,) 1.0 where the map's peak lies within ``tolerance_mm`` of the lesion, 0.0 where not, NaN where unknown.
+
+    Unknown: lesion-free images, and tolerances above 0 without the pixel spacing. A map that is 0 in the whole
+    region (distance ``inf``) misses.
+    """
+    with np.errstate(invalid="ignore"):
+        hit = (table.point_px == 0) if tolerance_mm == 0 else (table.point_mm <= tolerance_mm)
+    known = table.positive & ~np.isnan(table.point_px)
+    if tolerance_mm > 0:
+        known &= ~np.isnan(table.point_mm)
+    return np.where(known, hit.astype(np.float64), np.nan)
+
+
 def reduce_batch(table: ClassTable, fixed: float, weights: np.ndarray) -> dict[str, np.ndarray]:
     """The non-oracle metrics of one class for B weightings of the images at once.
 
@@ -205,23 +250,25 @@ def reduce_batch(table: ClassTable, fixed: float, weights: np.ndarray) -> dict[s
     a = table.arrays
     w = np.asarray(weights, dtype=np.float64).reshape(-1, len(table.gt))  # (B, N)
     fk = fixed_key(fixed)
-    out: dict[str, np.ndarray] = {"dice": _wmean(table.dice, w, table.positive)}
-    out["iou"] = _wmean(table.iou, w, table.positive)
+    out: dict[str, np.ndarray] = {"dice": weighted_mean(table.dice, w, table.positive)}
+    out["iou"] = weighted_mean(table.iou, w, table.positive)
     out["dice_pooled"], out["iou_pooled"] = _pooled(table.tp, table.fp, table.gt, w)
-    out[f"dice_{fk}"] = _wmean(table.dice_fixed, w, table.positive)
-    out[f"iou_{fk}"] = _wmean(table.iou_fixed, w, table.positive)
+    out[f"dice_{fk}"] = weighted_mean(table.dice_fixed, w, table.positive)
+    out[f"iou_{fk}"] = weighted_mean(table.iou_fixed, w, table.positive)
     out[f"dice_pooled_{fk}"], out[f"iou_pooled_{fk}"] = _pooled(table.tp_fixed, table.fp_fixed, table.gt, w)
-    out["soft_dice"] = _wmean(table.soft_dice, w, table.positive)
+    out["soft_dice"] = weighted_mean(table.soft_dice, w, table.positive)
     out["pxap"] = pxap_from_histograms(w @ a.pos_hist, w @ a.neg_hist)  # (B, n_bins + 1) pooled histograms
     for r in POINTING_TOLERANCES_MM:
         # r = 0: the peak lies on the lesion, no spacing needed; r > 0 needs the spacing (NaN otherwise).
         hits = (table.point_px == 0).astype(np.float64) if r == 0 else (table.point_mm <= r).astype(np.float64)
-        rate = _wmean(hits, w, table.positive)
+        rate = weighted_mean(hits, w, table.positive)
         if r > 0 and np.isnan(table.point_mm[table.positive]).any():
             rate = np.full(len(w), np.nan)
         out[f"pointing_game_{r:g}mm"] = rate
     if a.froc_done and len(a.lesion_scores):
-        fppi, sens = froc_curves(a.lesion_scores, a.fp_scores, w.sum(axis=1), w[:, a.lesion_image], w[:, a.fp_image])
+        # False positives per image over the located images: a label-only image had no detections to count.
+        n_located = w @ a.located.astype(np.float64)  # (B,)
+        fppi, sens = froc_curves(a.lesion_scores, a.fp_scores, n_located, w[:, a.lesion_image], w[:, a.fp_image])
         at = sensitivity_at(fppi, sens)  # (B, len(FPPI_POINTS))
         out["froc"] = at.mean(axis=1)
         for j, f in enumerate(FPPI_POINTS):
@@ -230,8 +277,8 @@ def reduce_batch(table: ClassTable, fixed: float, weights: np.ndarray) -> dict[s
         out["froc"] = np.full(len(w), np.nan)
         out.update({f"sensitivity_at_{f:g}_fppi": np.full(len(w), np.nan) for f in FPPI_POINTS})
     with np.errstate(invalid="ignore", divide="ignore"):
-        out["fp_area_fraction"] = _wmean(table.fp / table.area, w, table.negative)
-    out["fp_image_rate"] = _wmean((table.fp > 0).astype(np.float64), w, table.negative)
+        out["fp_area_fraction"] = weighted_mean(table.fp / table.area, w, table.negative)
+    out["fp_image_rate"] = weighted_mean((table.fp > 0).astype(np.float64), w, table.negative)
     out["auroc"], out["auprc"] = image_level_weighted(a.image_score, a.image_label, w)
     return out
 
@@ -308,8 +355,62 @@ def summarize(stats: SplitStats, thresholds: dict[str, float], fixed: float = 0.
         metrics["n_images"] = float(table.positive.sum())
         metrics["n_lesion_free"] = float(table.negative.sum())
         metrics["n_lesions"] = float(len(arrays.lesion_scores)) if arrays.froc_done else NAN
+        metrics["n_label_only"] = float(np.count_nonzero(~arrays.located))
         metrics.update(box_metrics(arrays))
         out[name] = metrics
+    return out
+
+
+def _froc_chance(arrays: ClassArrays, n_images: int) -> np.ndarray:
+    """Sensitivity of the uniform random detector at each of ``FPPI_POINTS`` (see the module docstring)."""
+    cover = arrays.lesion_cover  # (L,) fraction of its image's region each grown lesion covers
+    uncovered = 1.0 - np.nan_to_num(arrays.grown_cover, nan=0.0)  # (N,) lesion-free images: all of the region
+    m = float(uncovered.sum()) / n_images if n_images else math.nan
+    if not arrays.froc_done or not len(cover) or np.isnan(cover).any() or not m > 0:
+        return np.full(len(FPPI_POINTS), np.nan)
+    f = np.asarray(FPPI_POINTS)[:, None]  # (P, 1)
+    return np.asarray((1.0 - np.exp(-cover[None, :] * f / m)).mean(axis=1))  # (P,)
+
+
+def chance_levels(stats: SplitStats, fixed: float = 0.5) -> dict[str, dict[str, float]]:
+    """Per class, the chance level of every metric (the module docstring defines them), exactly from the masks.
+
+    Args:
+        stats: the split's per-image statistics (the masks' and regions' facts are used, not the maps).
+        fixed: the fixed threshold (names the ``*_at_<fixed>`` keys).
+
+    Returns:
+        ``{class: {metric: value}}`` with the keys of the record's metrics (oracle keys equal the headline ones:
+        a prediction that ignores the image has no threshold to choose) and ``n_images``.
+    """
+    out: dict[str, dict[str, float]] = {}
+    for name, a in stats.classes.items():
+        gt, area = a.gt.astype(np.float64), a.area.astype(np.float64)
+        positive, negative = gt > 0, (gt == 0) & (area > 0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            dice = float(np.mean(2 * gt[positive] / (area[positive] + gt[positive]))) if positive.any() else NAN
+            iou = float(np.mean(gt[positive] / area[positive])) if positive.any() else NAN
+            pooled = float(gt.sum() / area.sum()) if area.sum() > 0 and gt.sum() > 0 else NAN
+        fp = 1.0 if negative.any() else NAN
+        c: dict[str, float] = {"dice": dice, "iou": iou, "soft_dice": dice, "dice_oracle": dice, "iou_oracle": iou}
+        fk = fixed_key(fixed)
+        c.update({f"dice_{fk}": dice, f"iou_{fk}": iou})
+        dice_pooled = 2 * pooled / (1 + pooled) if math.isfinite(pooled) else NAN
+        c.update(dice_pooled=dice_pooled, iou_pooled=pooled, dice_pooled_oracle=dice_pooled, iou_pooled_oracle=pooled)
+        c["pxap"] = pooled
+        for j, r in enumerate(POINTING_TOLERANCES_MM):
+            values = a.chance_hit[positive, j]
+            c[f"pointing_game_{r:g}mm"] = float(values.mean()) if len(values) and not np.isnan(values).any() else NAN
+        sens = _froc_chance(a, len(stats))
+        c["froc"] = float(sens.mean())
+        c.update({f"sensitivity_at_{f:g}_fppi": float(v) for f, v in zip(FPPI_POINTS, sens, strict=True)})
+        c.update(fp_area_fraction=fp, fp_image_rate=fp)
+        labels = a.image_label
+        two_classes = not np.isnan(labels).any() and 0 < (labels > 0.5).sum() < len(labels)
+        c["auroc"] = 0.5 if two_classes else NAN
+        c["auprc"] = float((labels > 0.5).mean()) if two_classes else NAN
+        c["n_images"] = float(positive.sum())
+        out[name] = c
     return out
 
 
@@ -352,6 +453,7 @@ def per_image_rows(stats: SplitStats, thresholds: dict[str, float], fixed: float
                     "patient_id": patient_id,
                     "class": name,
                     "has_lesion": int(t.positive[i]),
+                    "located": int(a.located[i]),
                     "lesion_pixels": int(t.gt[i]),
                     "region_pixels": int(t.area[i]),
                     "dice": t.dice[i],
@@ -360,6 +462,9 @@ def per_image_rows(stats: SplitStats, thresholds: dict[str, float], fixed: float
                     f"iou_{fk}": t.iou_fixed[i],
                     "soft_dice": t.soft_dice[i],
                     "pointing_distance_mm": t.point_mm[i] if t.positive[i] else math.nan,
+                    "lesion_diameter_mm": float(equivalent_diameter_mm(a.lesion_px[i], stats.spacing_mm[i])),
+                    "lesion_components": int(a.n_components[i]) if np.isfinite(a.n_components[i]) else math.nan,
+                    "lesion_type": str(a.lesion_type[i]),
                     "n_lesions": len(lesions) if a.froc_done else math.nan,
                     "lesions_detected": int(np.sum(~np.isnan(lesions))) if a.froc_done else math.nan,
                     "fp_detections": int(np.sum(a.fp_image == i)) if a.froc_done else math.nan,

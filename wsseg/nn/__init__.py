@@ -1,1 +1,1 @@
-"""Building blocks methods share: the backbone factory and the one upsampling rule."""
+"""Building blocks methods share: the backbone factory, the one upsampling rule, GMIC/GLAM parts, projections."""

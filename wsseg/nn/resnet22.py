@@ -1,4 +1,4 @@
-"""The pre-activation "ResNet-22" global backbone of GMIC and GLAM (methods-spec.md, sections 2.2 and 3.2).
+"""The pre-activation "ResNet-22" global backbone of GMIC and GLAM (docs/methods/gmic.md, docs/methods/glam.md).
 
 Written from the specification. Submodule names reproduce the official state-dict sub-layout
 (``first_conv``, ``layer_list.{stage}.{block}.{bn1,conv1,bn2,conv2,downsample.0}``, ``final_bn``), so the
@@ -37,7 +37,7 @@ class PreActBlock(nn.Module):
         """(B, C_in, h, w) -> (B, C_out, h/s, w/s)."""
         a = torch.relu(self.bn1(x))
         shortcut = self.downsample(a) if self.downsample is not None else x
-        out = self.conv1(a)
+        out: Tensor = self.conv1(a)
         out = self.conv2(torch.relu(self.bn2(out)))
         return out + shortcut
 
@@ -77,6 +77,8 @@ class ResNet22(nn.Module):
             in_ch = out_ch
         self.layer_list = nn.ModuleList(stages)
         self.final_bn = nn.BatchNorm2d(in_ch)
+        # A module (no parameters), so that post-hoc methods can hook the final feature map h_g.
+        self.final_act = nn.ReLU()
         self.num_features = in_ch
         if init == "xavier":
             for m in self.modules():
@@ -95,7 +97,7 @@ class ResNet22(nn.Module):
         for stage in self.layer_list:
             x = stage(x)
             levels.append(x)
-        levels[-1] = torch.relu(self.final_bn(levels[-1]))
+        levels[-1] = self.final_act(self.final_bn(levels[-1]))
         return levels
 
     def forward(self, x: Tensor) -> Tensor:

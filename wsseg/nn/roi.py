@@ -1,6 +1,6 @@
 """The steps GMIC and GLAM share between their global and local modules, batched on the device.
 
-Written from methods-spec.md (sections 2.4, 2.5, 3.3, 3.4 and 3.6). Apart from the ``*_reference`` functions at
+Written from the GMIC/GLAM specification (docs/methods/). Apart from the ``*_reference`` functions at
 the end (the official code's host loops, for `wsseg bench --mode reference` and tests), nothing here loops over
 images or crops in Python and nothing copies to the host: the greedy selection loops over the (at most a handful
 of) windows it picks, each step one average-pool and one argmax for the whole batch.
@@ -48,9 +48,8 @@ def tissue_fraction(tissue: Tensor, size: tuple[int, int]) -> Tensor:
 
 def window_cells(crop: tuple[int, int], image: tuple[int, int], cam: tuple[int, int]) -> tuple[int, int]:
     """A crop's size in saliency-map cells, ``round(crop * cam / image)`` per axis, within [1, cam]."""
-    return tuple(  # type: ignore[return-value]
-        min(c, max(1, round(k * c / i))) for k, i, c in zip(crop, image, cam, strict=True)
-    )
+    rows, cols = (min(c, max(1, round(k * c / i))) for k, i, c in zip(crop, image, cam, strict=True))
+    return rows, cols
 
 
 def greedy_windows(maps: Tensor, num: int, window: tuple[int, int], eps: float = 1e-12) -> Tensor:

@@ -7,6 +7,8 @@ the HTML report can put them side by side. Images, masks and maps are stored at 
 
 from __future__ import annotations
 
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,10 +18,10 @@ import torch.nn.functional as F
 from torch.utils.data import Subset
 
 from wsseg._io import atomic_save
+from wsseg.core import CLASSES
 from wsseg.data.dataset import MammogramDataset
-from wsseg.data.phantom import CLASSES
-from wsseg.evaluation.inference import predict_batches
 from wsseg.method import WSSegMethod
+from wsseg.runtime.inference import predict_batches
 
 GALLERY_NPZ = "gallery.npz"
 DISPLAY_HEIGHT = 192
@@ -57,6 +59,7 @@ class Gallery:
             "maps": self.maps,
             "thresholds": self.thresholds,
         }
+        # numpy's stubs match **arrays against savez_compressed's allow_pickle (numpy >= 2.1) too.
         return atomic_save(path, lambda f: np.savez_compressed(f, **arrays))  # type: ignore[arg-type]
 
     @classmethod
@@ -64,12 +67,17 @@ class Gallery:
         """Read a file written by :meth:`save`.
 
         Raises:
-            ValueError: unreadable, or not a wsseg gallery; the message names the file.
+            ValueError: unreadable, or not a wsseg gallery (arrays of other shapes or types); the message names
+                the file.
         """
+        fix = "re-make it with `wsseg gallery --run RUN`"
+        path = Path(path)
+        if not path.is_file():  # a FIFO would block the read forever
+            raise ValueError(f"the gallery {path} is missing or not a regular file; {fix}")
         try:
             with np.load(path, allow_pickle=False) as z:
                 width = int(z["width"])
-                return cls(
+                gallery = cls(
                     z["image_ids"].tolist(),
                     z["lesion_class"].tolist(),
                     z["images"],
@@ -77,8 +85,24 @@ class Gallery:
                     z["maps"],
                     z["thresholds"],
                 )
-        except (OSError, KeyError, ValueError) as e:
-            raise ValueError(f"cannot read gallery {path}: {e}; re-make it with `wsseg gallery --run RUN`") from e
+        except (OSError, KeyError, ValueError, TypeError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+            raise ValueError(f"cannot read gallery {path}: {e or type(e).__name__}; {fix}") from None
+        n, k = len(gallery.image_ids), len(CLASSES)
+        images, masks, maps = gallery.images, gallery.masks, gallery.maps
+        ok = (
+            images.ndim == 3
+            and images.dtype == np.uint8
+            and len(images) == n
+            and len(gallery.lesion_class) == n
+            and all(c in CLASSES for c in gallery.lesion_class)
+            and masks.shape == (n, k, *images.shape[1:])
+            and maps.shape == masks.shape
+            and maps.dtype == np.uint8
+            and gallery.thresholds.shape == (k,)
+        )
+        if not ok:
+            raise ValueError(f"{path} is not a wsseg gallery (its arrays have other shapes or types); {fix}")
+        return gallery
 
 
 def gallery_indices(dataset: MammogramDataset, n_per_class: int = 3) -> list[tuple[int, str]]:

@@ -1,10 +1,14 @@
-"""A self-contained HTML report of one comparable group of runs: sortable table, plots and a saliency gallery.
+"""A self-contained HTML report of one comparable group of runs: sortable tables, plots and a saliency gallery.
 
 Everything is inline (CSS, a few lines of JavaScript, SVG plots, PNG images as data URIs), so the file opens
-offline and can be mailed or put on a web page as is. Inputs are run folders only: ``record.json`` for the table,
-``curves.json`` (or ``per_image_stats.npz``) for the plots and ``gallery.npz`` for the pictures; a run missing
-one of them is listed as such, never guessed. The output is deterministic for the same inputs and library
-versions (no timestamps; matplotlib's SVG ids are salted with a constant).
+offline and can be mailed or put on a web page as is. Inputs are run folders only: ``record.json``,
+``per_image.csv`` and ``curves.json`` for the tables (:mod:`wsseg.report.leaderboard` builds them), ``curves.json``
+(or ``per_image_stats.npz``) for the plots and ``gallery.npz`` for the pictures; a run missing one of them is listed
+as such, never guessed. The leaderboard is one table per class, then the budget and compute table and the lesion
+size and type breakdown; the page fits a 1440-pixel-wide screen (a wider table scrolls in its own box with the rank
+and method columns held, the gallery and the plots wrap). Every string that comes from a record is escaped.
+The output is deterministic for the same inputs and library versions (no timestamps; matplotlib's SVG ids are
+salted with a constant).
 """
 
 from __future__ import annotations
@@ -22,12 +26,11 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from wsseg.data.phantom import CLASSES
-from wsseg.evaluation.curves import curves_for_run
+from wsseg.core import CLASSES
+from wsseg.evaluation.lesions import SIZE_BINS_MM, size_bin
 from wsseg.report.gallery import GALLERY_NPZ, Gallery
-
-# Lesion-area bins (mm^2) for Dice against lesion size; the phantom's and the datasets' lesions span 5-2000 mm^2.
-SIZE_EDGES_MM2 = (0.0, 25.0, 50.0, 100.0, 200.0, math.inf)
+from wsseg.report.records import curves_for_run, method_label
+from wsseg.report.tables import Table
 
 
 @dataclass
@@ -55,10 +58,30 @@ def _pyplot() -> Any:
     return plt
 
 
+def _esc(value: Any) -> str:
+    """Text from a record, config, file name or dataset, escaped for HTML text and quoted attributes."""
+    return html.escape(str(value), quote=True)
+
+
+def _label(text: str) -> str:
+    """A method name as matplotlib text, shown as written.
+
+    ``$`` would start mathtext (a parse error, or TeX markup) and a leading ``_`` hides a legend entry; matplotlib's
+    SVG writer escapes ``<``, ``>``, ``&`` and quotes itself.
+    """
+    text = text.replace("$", r"\$")
+    return "\u200b" + text if text.startswith("_") else text
+
+
 def _by_method(runs: Sequence[RunFiles]) -> dict[str, list[RunFiles]]:
     out: dict[str, list[RunFiles]] = {}
-    for r in sorted(runs, key=lambda r: (r.record["method"], int(r.record.get("seed", 0)))):
-        out.setdefault(r.record["method"], []).append(r)
+
+    def order(r: RunFiles) -> tuple[str, int, int]:
+        fold = (r.record.get("dataset_info", {}).get("folds") or {}).get("fold", -1)
+        return method_label(r.record), int(r.record.get("seed", 0)), int(fold)
+
+    for r in sorted(runs, key=order):  # the lowest seed (and fold) first: the run the gallery and curves show
+        out.setdefault(method_label(r.record), []).append(r)
     return out
 
 
@@ -99,21 +122,21 @@ def plot_curves(
                 pr = seeds[0][c]["pr"]
                 if pr["recall"]:
                     x, y = _floats(pr["recall"]), _floats(pr["precision"])
-                    ax.step(x, y, where="post", color=_color(i), label=method)
+                    ax.step(x, y, where="post", color=_color(i), label=_label(method))
             elif kind == "froc":
                 fr = seeds[0][c]["froc"]
                 if fr["fppi"]:
                     x, y = _floats(fr["fppi"]), _floats(fr["sensitivity"])
-                    ax.step(x, y, where="post", color=_color(i), label=method)
+                    ax.step(x, y, where="post", color=_color(i), label=_label(method))
             else:
                 # Every seed scores the same test images: pool their points, then average Dice per size bin.
-                area = np.concatenate([_floats(s[c]["lesion_size"]["area_mm2"]) for s in seeds])
+                bins = [size_bin(d) for s in seeds for d in _diameters(s[c]["lesion_size"])]
                 dice = np.concatenate([_floats(s[c]["lesion_size"]["dice"]) for s in seeds])
                 means = []
-                for lo, hi in zip(SIZE_EDGES_MM2[:-1], SIZE_EDGES_MM2[1:], strict=True):
-                    inside = (area >= lo) & (area < hi) & np.isfinite(dice)
+                for _, _, label in SIZE_BINS_MM:
+                    inside = np.array([b == label for b in bins], dtype=bool).reshape(len(bins)) & np.isfinite(dice)
                     means.append(float(dice[inside].mean()) if inside.any() else math.nan)
-                ax.plot(range(len(means)), means, marker="o", color=_color(i), label=method)
+                ax.plot(range(len(means)), means, marker="o", color=_color(i), label=_label(method))
         if kind == "pr":
             ax.set(xlabel="recall (pixels)", ylabel="precision (pixels)", xlim=(0, 1), ylim=(0, 1))
             ax.set_title(f"{c}: precision-recall behind PxAP (lowest seed)")
@@ -123,9 +146,8 @@ def plot_curves(
             ax.set_xlim(left=0)  # symlog would otherwise show an empty negative half
             ax.set_title(f"{c}: FROC (lowest seed)")
         else:
-            labels = [_bin_label(lo, hi) for lo, hi in zip(SIZE_EDGES_MM2[:-1], SIZE_EDGES_MM2[1:], strict=True)]
-            ax.set_xticks(range(len(labels)), labels)
-            ax.set(xlabel="lesion area (mm²)", ylabel="mean Dice", ylim=(0, None))
+            ax.set_xticks(range(len(SIZE_BINS_MM)), [label for _, _, label in SIZE_BINS_MM])
+            ax.set(xlabel="equivalent diameter of the largest lesion", ylabel="mean Dice", ylim=(0, None))
             ax.set_title(f"{c}: Dice against lesion size (all seeds)")
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
@@ -136,10 +158,11 @@ def plot_curves(
     return f'<div class="plots" id="{name}">{body}</div>', svgs
 
 
-def _bin_label(lo: float, hi: float) -> str:
-    if math.isinf(hi):
-        return f"≥{lo:g}"
-    return f"<{hi:g}" if lo == 0 else f"{lo:g}-{hi:g}"
+def _diameters(block: dict[str, Any]) -> list[float]:
+    """Each lesion image's equivalent diameter (mm); from the whole lesion area in curves.json files that predate it."""
+    if "diameter_mm" in block:
+        return [float(v) for v in _floats(block["diameter_mm"])]
+    return [float(v) for v in 2.0 * np.sqrt(_floats(block["area_mm2"]) / math.pi)]
 
 
 def _png(rgb: np.ndarray) -> str:
@@ -168,14 +191,26 @@ def overlay(image: np.ndarray, saliency: np.ndarray | None, mask: np.ndarray) ->
 
 
 def gallery_html(runs: dict[str, list[RunFiles]], order: Sequence[str]) -> str:
-    """Rows: the gallery images; columns: the image with its outline, then each method's map of that class."""
+    """The gallery: per image, a block of captioned tiles that wraps at the page width.
+
+    The tiles: the image with its outline, then each method's map of that class (the same order and tile width in
+    every block, so the methods line up).
+    """
     galleries: dict[str, Gallery] = {}
     missing = []
     for method in order:
         first = runs[method][0]
-        path = first.folder / str(first.record.get("gallery") or GALLERY_NPZ)
+        # The record names its gallery file: only a plain name inside the run folder is followed.
+        name = Path(str(first.record.get("gallery") or GALLERY_NPZ)).name
+        path = first.folder / name
         if path.is_file():
             galleries[method] = Gallery.load(path)
+            odd = [c for c in galleries[method].lesion_class if c not in CLASSES]
+            if odd:
+                raise ValueError(
+                    f"{path}: lesion class {odd[0]!r} is not one of {', '.join(CLASSES)}; re-make it with "
+                    "`wsseg gallery --run RUN`"
+                )
         else:
             missing.append(method)
     if not galleries:
@@ -188,51 +223,70 @@ def gallery_html(runs: dict[str, list[RunFiles]], order: Sequence[str]) -> str:
                 "re-make it with `wsseg gallery --run RUN`"
             )
     shown = [m for m in order if m in galleries]
-    head = "".join(f"<th>{html.escape(m)}</th>" for m in shown)
-    rows = []
+    blocks = []
     for i, (image_id, c) in enumerate(zip(ref.image_ids, ref.lesion_class, strict=True)):
         k = CLASSES.index(c)
         mask = ref.masks[i, k]
-        cells = [f'<td><img alt="{html.escape(image_id)}" src="{_png(overlay(ref.images[i], None, mask))}"></td>']
+        tiles = [_tile(_png(overlay(ref.images[i], None, mask)), str(image_id), "ground truth")]
         for m in shown:
-            src = _png(overlay(ref.images[i], galleries[m].maps[i, k], mask))
-            cells.append(f'<td><img alt="{html.escape(m)} {html.escape(image_id)}" src="{src}"></td>')
-        rows.append(
-            f'<tr><th class="rowhead">{html.escape(image_id)}<br><span class="{c}">{c}</span></th>{"".join(cells)}</tr>'
+            tiles.append(_tile(_png(overlay(ref.images[i], galleries[m].maps[i, k], mask)), f"{m} {image_id}", m))
+        blocks.append(
+            f'<div class="gallery"><p class="rowhead">{_esc(image_id)} <span class="{c}">{c}</span></p>'
+            f'<div class="tiles">{"".join(tiles)}</div></div>'
         )
-    note = f"<p>No gallery for: {', '.join(missing)}.</p>" if missing else ""
-    return (
-        '<div class="scroll"><table class="gallery"><thead><tr><th>image</th><th>ground truth</th>'
-        f"{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>{note}"
-    )
+    note = f"<p>No gallery for: {_esc(', '.join(missing))}.</p>" if missing else ""
+    return f"{''.join(blocks)}{note}"
 
 
-def table_html(header: Sequence[str], cells: Sequence[Sequence[str]], supervision: Sequence[str]) -> str:
-    """The leaderboard as a sortable HTML table (click a column title; numbers sort numerically)."""
-    head = "".join(f'<th data-col="{i}">{html.escape(h)}</th>' for i, h in enumerate(header))
-    body = []
-    for line, sup in zip(cells, supervision, strict=True):
-        tds = "".join(f"<td>{html.escape(c)}</td>" for c in line)
-        body.append(f'<tr class="{html.escape(sup)}">{tds}</tr>')
+def _tile(src: str, alt: str, caption: str) -> str:
+    """One picture of the gallery with its caption (``src`` is a PNG data URI made here)."""
+    return f'<figure class="tile"><img alt="{_esc(alt)}" src="{src}"><figcaption>{_esc(caption)}</figcaption></figure>'
+
+
+def table_html(table: Table) -> str:
+    """One leaderboard table as a sortable HTML table (click a column title; numbers sort numerically)."""
+    head = "".join(f'<th data-col="{i}">{_esc(h)}</th>' for i, h in enumerate(table.header))
+    counts: list[str] = []
+    body: list[str] = []
+    kinds = table.row_classes or [""] * len(table.cells)
+    for line, kind in zip(table.cells, kinds, strict=True):
+        tds = "".join(f"<td>{_esc(c)}</td>" for c in line)
+        # A count row (images per bin) belongs to the header: sorting the methods must not move it.
+        # A CSS class from the record: only the known kinds are kept as classes.
+        css = kind if kind in ("weak", "full", "reference", "chance", "count") else "other"
+        (counts if kind == "count" else body).append(f'<tr class="{css}">{tds}</tr>')
     return (
-        f'<div class="scroll"><table class="leaderboard sortable"><thead><tr>{head}</tr></thead>'
+        f"<h3>{_esc(table.heading)}</h3>"
+        f'<div class="scroll"><table class="leaderboard sortable"><thead><tr>{head}</tr>{"".join(counts)}</thead>'
         f"<tbody>{''.join(body)}</tbody></table></div>"
     )
 
 
+# The page fits a 1440-pixel screen: the body is at most 1380 px wide, a table wider than that scrolls inside its
+# own box with the rank and method columns held in place (sticky), and the gallery and plots wrap onto new lines.
 STYLE = """
-body{font-family:system-ui,sans-serif;margin:1.5em;color:#222;max-width:1800px}
-h1{font-size:1.4em}h2{font-size:1.15em;margin-top:1.6em}
-.scroll{overflow-x:auto}
+body{font-family:system-ui,sans-serif;margin:1.5em;color:#222;max-width:1380px}
+h1{font-size:1.4em}h2{font-size:1.15em;margin-top:1.6em}h3{font-size:1em;margin:1.2em 0 .4em}
+.scroll{overflow-x:auto;max-width:100%}
 table{border-collapse:collapse;font-size:12px}
 th,td{border:1px solid #ccc;padding:3px 6px;text-align:right;white-space:nowrap}
+.leaderboard th{white-space:normal;vertical-align:bottom;max-width:7.5em}
 .leaderboard th{background:#f0f0f0;cursor:pointer;position:sticky;top:0}
 .leaderboard th.asc::after{content:" \\25B2"}.leaderboard th.desc::after{content:" \\25BC"}
+.leaderboard td{background:#fff}
+.leaderboard td:nth-child(-n+2){position:sticky;z-index:1}.leaderboard th:nth-child(-n+2){z-index:2}
+.leaderboard :is(td,th):nth-child(1){left:0;width:3.5em;min-width:3.5em;max-width:3.5em;box-sizing:border-box}
+.leaderboard :is(td,th):nth-child(2){left:3.5em}
 .leaderboard td:nth-child(2){text-align:left;font-weight:600}
 tr.full td{background:#eef6ff}tr.reference td{background:#f6f6f6;color:#666}
-.gallery td,.gallery th{padding:2px;text-align:center}.gallery img{display:block;height:192px}
-.rowhead{font-weight:normal;font-size:11px}.benign{color:#2a8a2a}.malignant{color:#c02020}
-.plots{display:flex;flex-wrap:wrap;gap:1em}.plot{margin:0}.plot svg{width:520px;height:auto}
+tr.chance td{background:#fff6e6;color:#666}tr.count td{font-style:italic;background:#fafafa}
+.gallery{margin:.6em 0}.rowhead{font-size:12px;margin:.2em 0}
+.tiles{display:flex;flex-wrap:wrap;gap:6px}
+.tile{margin:0;font-size:11px;text-align:center}.tile img{display:block;height:192px}
+.tile figcaption{width:0;min-width:100%;overflow-wrap:anywhere;padding-top:2px}
+.benign{color:#2a8a2a}.malignant{color:#c02020}
+.plots{display:flex;flex-wrap:wrap;gap:1em}.plot{margin:0;max-width:100%}
+.plot svg{width:520px;max-width:100%;height:auto}
 .note{color:#555;font-size:13px;max-width:1100px}
 """
 
@@ -246,27 +300,22 @@ function sortBy(th){const table=th.closest('table');const col=+th.dataset.col;
     if(x===null&&y===null){return a.children[col].textContent.localeCompare(b.children[col].textContent)*(asc?1:-1);}
     if(x===null)return 1;if(y===null)return -1;return asc?x-y:y-x;});
   rows.forEach(r=>body.appendChild(r));}
-document.querySelectorAll('table.sortable th').forEach(th=>th.addEventListener('click',()=>sortBy(th)));
+document.querySelectorAll('table.sortable th[data-col]').forEach(th=>th.addEventListener('click',()=>sortBy(th)));
 window.addEventListener('load',()=>{const imgs=Array.from(document.images);
   const broken=imgs.filter(i=>!i.complete||i.naturalWidth===0).length;
-  document.body.dataset.rendered='rows='+document.querySelectorAll('table.leaderboard tbody tr').length+
-    ' images='+imgs.length+' broken='+broken+' svgs='+document.querySelectorAll('svg').length;});
+  const hidden=Math.max(0,...Array.from(document.querySelectorAll('.scroll'),e=>e.scrollWidth-e.clientWidth));
+  document.body.dataset.rendered='rows='+document.querySelector('table.leaderboard tbody').rows.length+
+    ' images='+imgs.length+' broken='+broken+' svgs='+document.querySelectorAll('svg').length+
+    ' width='+document.documentElement.scrollWidth+' hidden='+hidden;});
 """
-
-NOTES = (
-    "Dice: test split, at the threshold calibrated on validation, averaged over the images with a lesion of the "
-    "class; mean and standard deviation over seeds and the mean of the seeds' 95% patient-bootstrap intervals. "
-    "Other columns are means over seeds. Blue rows are fully supervised (an upper bound, trained on masks); the grey "
-    "row is the uniform-breast floor. Dice (oracle) uses the threshold that is best on the test split itself: an "
-    "upper bound, not a result. Click a column title to sort."
-)
 
 
 def render_report(
     title: str,
-    header: Sequence[str],
-    cells: Sequence[Sequence[str]],
-    supervision: Sequence[str],
+    tables: Sequence[Table],
+    paragraphs: Sequence[str],
+    lesion_tables: Sequence[Table],
+    lesion_notes: Sequence[str],
     runs: Sequence[RunFiles],
     order: Sequence[str],
 ) -> tuple[str, dict[str, str]]:
@@ -274,11 +323,12 @@ def render_report(
 
     Args:
         title: the group's title.
-        header: the leaderboard's column titles (:func:`wsseg.report.leaderboard.table`).
-        cells: its rows of string cells.
-        supervision: per row, ``weak``, ``full`` or ``reference`` (a CSS class).
+        tables: the leaderboard's tables (:func:`wsseg.report.leaderboard.main_tables`).
+        paragraphs: the rank-stability line and the notes under them.
+        lesion_tables: the breakdown by lesion size and type, and its notes below.
+        lesion_notes: the notes of the breakdown.
         runs: every run of the group.
-        order: methods in ranked table order.
+        order: methods in table order.
     """
     by_method = _by_method(runs)
     order = [m for m in order if m in by_method]
@@ -299,15 +349,21 @@ def render_report(
     ):
         block, svgs = plot_curves(curves, order, kind, name)
         figures.update({f"{name}-{c}.svg": s for c, s in svgs.items()})
-        sections.append(f"<h2>{html.escape(heading)}</h2>{block}")
+        sections.append(f"<h2>{_esc(heading)}</h2>{block}")
     if no_curves:
-        names = ", ".join(no_curves)
+        names = _esc(", ".join(no_curves))
         sections.append(f"<p class='note'>No curves (curves.json or per_image_stats.npz) for: {names}.</p>")
+
+    def notes(texts: Sequence[str]) -> str:
+        return "".join(f"<p class='note'>{_esc(t)}</p>" for t in texts)
+
     page = (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>"
-        f"<h1>wsseg leaderboard</h1><p>{html.escape(title)}</p>"
-        f"{table_html(header, cells, supervision)}<p class='note'>{html.escape(NOTES)}</p>"
+        f"<title>{_esc(title)}</title><style>{STYLE}</style></head><body>"
+        f"<h1>wsseg leaderboard</h1><p>{_esc(title)}</p>"
+        f"{''.join(table_html(t) for t in tables)}{notes(paragraphs)}"
+        f"<h2>By lesion size and type</h2>{''.join(table_html(t) for t in lesion_tables)}{notes(lesion_notes)}"
+        "<p class='note'>Click a column title to sort a table.</p>"
         "<h2>Saliency gallery</h2><p class='note'>The same test images for every method (the first test images "
         "with a lesion of one class only); each method's map of that class as a heat overlay (the lowest seed's "
         "run), the ground truth outlined in cyan.</p>"
@@ -315,3 +371,25 @@ def render_report(
         f"<script>{SCRIPT}</script></body></html>\n"
     )
     return page, figures
+
+
+def report_files(
+    path: Path,
+    title: str,
+    tables: Sequence[Table],
+    paragraphs: Sequence[str],
+    lesion_tables: Sequence[Table],
+    lesion_notes: Sequence[str],
+    runs: Sequence[RunFiles],
+    order: Sequence[str],
+) -> dict[Path, str]:
+    """The HTML report of one group (at ``path``) and its SVG plots (under ``figures/`` beside it), not written.
+
+    Rendering everything first means that a damaged curves or gallery file stops the leaderboard before it has
+    written half of its files.
+    """
+    page, figures = render_report(title, tables, paragraphs, lesion_tables, lesion_notes, runs, order)
+    files = {path: page}
+    for name, svg in sorted(figures.items()):
+        files[path.parent / "figures" / f"{path.stem.removeprefix('leaderboard-')}-{name}"] = svg + "\n"
+    return files

@@ -2,7 +2,7 @@
 
 The NYU classifier that GMIC and GLAM descend from trains on a window that is moved by up to 100 pixels per
 axis and whose four borders are perturbed by up to 100 pixels (vertical) and ``round(100 * 1920 / 2944)`` = 65
-pixels (horizontal), then resized back to 2944x1920 with bicubic interpolation (methods-spec.md section 1.6,
+pixels (horizontal), then resized back to 2944x1920 with bicubic interpolation (docs/methods/gmic.md,
 ``max_crop_noise=(100, 100)``, ``max_crop_size_noise=100``). Our images are already that window, so the noisy
 window is taken inside the model frame itself: whatever it reaches beyond the image is background (the image's
 minimum, i.e. raw intensity 0 before standardisation, as the official zero padding).

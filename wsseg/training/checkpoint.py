@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 from typing import IO, Any
 
@@ -11,10 +12,25 @@ from wsseg._io import atomic_save
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
-    """Write ``state`` (tensors, numbers, strings, lists and dicts only) to ``path`` atomically."""
+    """Write ``state`` (tensors, numbers, strings, lists and dicts only) to ``path`` atomically.
+
+    Raises:
+        OSError: the write failed (disk full, file size limit, no permission): one line naming ``path`` and the fix;
+            the previous checkpoint at ``path`` is intact.
+    """
 
     def write(f: IO[bytes]) -> None:
-        torch.save(state, f)
+        try:
+            torch.save(state, f)
+        except RuntimeError as e:
+            # torch's zip writer turns a failed write into "[enforce fail at inline_container.cc] unexpected pos";
+            # the OSError it met (ENOSPC, EFBIG...) is the exception's context: report that one, with its errno.
+            cause = e.__context__
+            if isinstance(cause, OSError):
+                raise cause from None
+            if "inline_container" in str(e) or "PytorchStreamWriter" in str(e):
+                raise OSError(errno.EIO, f"the checkpoint writer failed ({' '.join(str(e).split())})") from None
+            raise
 
     return atomic_save(path, write)
 

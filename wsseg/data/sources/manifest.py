@@ -30,8 +30,13 @@ from __future__ import annotations
 import csv
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+
+from wsseg.data.fixture_kit import Phantom, phantom, save_dicom, save_mask, save_png16, write_csv
 from wsseg.data.sources import DataError, DataSource, Lesion, Problem, ScanResult, SourceRecord, register_source
 
 REQUIRED = ("image", "patient_id", "benign", "malignant")
@@ -78,6 +83,10 @@ class ManifestSource(DataSource):
     label_source = "user"
     licence = "yours"
 
+    def write_fixture(self, root: Path) -> dict[str, Any]:
+        """A tiny manifest download of PNGs, masks and one MONOCHROME1 DICOM (:func:`write_fixture`)."""
+        return write_fixture(root)
+
     def scan(self, root: Path) -> ScanResult:
         """Read the CSV; a bad row is a problem naming the row, the others are kept."""
         csv_path = root / "manifest.csv" if root.is_dir() else root
@@ -102,6 +111,13 @@ class ManifestSource(DataSource):
             if short:
                 problems.append(Problem(where, f"the row ends before column(s) {short}; give every row all the fields"))
                 continue
+            cut = [c for c, v in row.items() if c is not None and v is None]
+            if cut:  # a file cut short: the optional columns of the last row are missing
+                problems.append(Problem(where, f"the row ends before column(s) {cut}; the file is cut short or broken"))
+                continue
+            if row.get(None):
+                problems.append(Problem(where, "the row has more fields than the header (an unquoted comma?)"))
+                continue
             try:
                 records.append(self._record(row, base, where, seen))
             except DataError as e:
@@ -119,6 +135,8 @@ class ManifestSource(DataSource):
         if image_id in seen:
             raise DataError(where, f"duplicate image_id {image_id!r}", "give each row a unique image_id")
         seen.add(image_id)
+        if not row["patient_id"].strip():
+            raise DataError(where, "empty patient_id", "give every row its patient (the unit of the split)")
         labels = (parse_flag(row["benign"], "benign", where), parse_flag(row["malignant"], "malignant", where))
         split = (row.get("split") or "").strip() or None
         if split is not None and split not in SPLIT_VALUES:
@@ -136,6 +154,8 @@ class ManifestSource(DataSource):
                     if item["class"] not in ("benign", "malignant"):
                         raise DataError(where, f"unknown box class {item['class']!r}", "use benign or malignant")
                     xmin, ymin, xmax, ymax = (float(v) for v in item["box"])
+                    if not all(math.isfinite(v) for v in (xmin, ymin, xmax, ymax)) or xmax <= xmin or ymax <= ymin:
+                        raise ValueError(f"box {item['box']} is empty or not finite")
                     lesions.append(Lesion(item["class"], "box", box=(xmin, ymin, xmax, ymax)))
             except (ValueError, KeyError, TypeError) as e:
                 if isinstance(e, DataError):
@@ -161,3 +181,105 @@ class ManifestSource(DataSource):
             chest_wall={"L": "left", "R": "right"}.get(lat),
             pixel_spacing_mm=spacing,
         )
+
+
+# The fixture: a tiny synthetic download in the native layout, for tests and `wsseg data fixture`.
+
+MANIFEST_HEADER = [
+    "image",
+    "image_id",
+    "patient_id",
+    "laterality",
+    "view",
+    "benign",
+    "malignant",
+    "split",
+    "benign_mask",
+    "malignant_mask",
+    "boxes",
+]
+
+
+def write_fixture(root: Path, n_patients: int = 6, dicom_monochrome1: bool = True) -> dict[str, Phantom]:
+    """``manifest.csv`` + PNG images and masks; patient 0's right view is a MONOCHROME1 DICOM with a box.
+
+    Each patient has an L-CC (benign mask) and an R-CC (malignant mask) view; returns image_id -> phantom.
+    """
+    rows, truth = [], {}
+    for p in range(n_patients):
+        for lat in ("L", "R"):
+            ph = phantom(chest_wall_right=lat == "R")
+            image_id = f"p{p}-{lat}"
+            truth[image_id] = ph
+            cls = "benign" if lat == "L" else "malignant"
+            row = {
+                "image_id": image_id,
+                "patient_id": f"P{p}",
+                "laterality": lat,
+                "view": "CC",
+                "benign": int(cls == "benign"),
+                "malignant": int(cls == "malignant"),
+                "split": "",
+                "benign_mask": "",
+                "malignant_mask": "",
+                "boxes": "",
+            }
+            if p == 0 and lat == "R" and dicom_monochrome1:
+                save_dicom(root / "dicom" / f"{image_id}.dcm", ph.image, monochrome1=True)
+                row["image"] = f"dicom/{image_id}.dcm"
+                (r, c), rad = ph.center, ph.radius
+                row["boxes"] = json.dumps([{"class": cls, "box": [c - rad, r - rad, c + rad + 1, r + rad + 1]}])
+            else:
+                save_png16(root / "images" / f"{image_id}.png", ph.image)
+                save_mask(root / "masks" / f"{image_id}_{cls}.png", ph.lesion)
+                row["image"] = f"images/{image_id}.png"
+                row[f"{cls}_mask"] = f"masks/{image_id}_{cls}.png"
+            rows.append(row)
+    write_csv(root / "manifest.csv", MANIFEST_HEADER, rows)
+    return truth
+
+
+def write_phantom_manifest(root: Path, n_images: int = 16, seed: int = 0) -> dict[str, Any]:
+    """A ``manifest`` download made of wsseg's own phantom (tiny profile).
+
+    Textured anatomy, pectoral muscle and real lesion shapes. Right breasts are mirrored to their native
+    orientation. Returns image id -> PhantomImage (canonical frame) for comparison.
+    """
+    from wsseg.data.phantom import PhantomConfig, generate_image
+
+    cfg = PhantomConfig.tiny()
+    rows, truth = [], {}
+    for i in range(n_images):
+        lat, view = (("L", "CC"), ("L", "MLO"), ("R", "CC"), ("R", "MLO"))[i % 4]
+        img = generate_image(cfg, seed, "fixture", i, view=view, laterality=lat)
+        image_id = f"ph{i:03d}-{lat}-{view}"
+        truth[image_id] = img
+        mirror: Callable[[np.ndarray], np.ndarray] = (lambda a: a[..., ::-1]) if lat == "R" else (lambda a: a)
+        save_png16(root / "images" / f"{image_id}.png", mirror(img.image) / 4095.0)
+        row = {
+            "image": f"images/{image_id}.png",
+            "image_id": image_id,
+            "patient_id": f"P{i // 4}",
+            "laterality": lat,
+            "view": view,
+            "benign": int(img.labels[0] > 0),
+            "malignant": int(img.labels[1] > 0),
+        }
+        for k, cls in enumerate(("benign", "malignant")):
+            if img.masks[k].any():
+                save_mask(root / "masks" / f"{image_id}_{cls}.png", mirror(img.masks[k]))
+                row[f"{cls}_mask"] = f"masks/{image_id}_{cls}.png"
+        rows.append(row)
+    header = [
+        "image",
+        "image_id",
+        "patient_id",
+        "laterality",
+        "view",
+        "benign",
+        "malignant",
+        "benign_mask",
+        "malignant_mask",
+    ]
+    write_csv(root / "manifest.csv", header, rows)
+    return truth

@@ -7,8 +7,8 @@ image names; labels are the breast-level ``cancer_label`` entries of the view's 
 A listed segmentation that does not exist means no lesion of that class (the GMIC convention).
 
 Segmentations may be in the original image frame (the image's size) or, as GMIC's own sample masks are, in
-its 2944x1920 **model-input frame** (methods-spec.md 1.8): cropped to ``window_location``, flipped by
-``horizontal_flip``, and windowed at ``best_center`` with GMIC's inference-time zero padding (1.6). Those are
+its 2944x1920 **model-input frame** (docs/datasets.md): cropped to ``window_location``, flipped by
+``horizontal_flip``, and windowed at ``best_center`` with GMIC's inference-time zero padding. Those are
 mapped back to the original frame with the exam list written by GMIC's crop and optimal-centre steps
 (``data.pkl``: the same exams plus ``window_location`` and ``best_center`` per view). Under a folder ``--root``
 the exam list carrying that metadata is preferred, then ``exam_list_before_cropping.pkl``; images are read
@@ -25,6 +25,9 @@ import pickle
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from wsseg.data.fixture_kit import H, Phantom, W, phantom, save_mask, save_png16
 from wsseg.data.sources import (
     DataError,
     DataSource,
@@ -33,7 +36,10 @@ from wsseg.data.sources import (
     Problem,
     ScanResult,
     SourceRecord,
+    not_regular,
     register_source,
+    regular_files,
+    require_file,
 )
 
 VIEWS = ("L-CC", "R-CC", "L-MLO", "R-MLO")
@@ -43,7 +49,7 @@ GMIC_INPUT_SIZE = (2944, 1920)  # GMIC's model-input window (rows, cols), the fr
 def gmic_window_origin(
     crop_hw: tuple[int, int], best_center: tuple[int, int], view: str, size: tuple[int, int] = GMIC_INPUT_SIZE
 ) -> tuple[int, int]:
-    """(row, col) of GMIC's inference window's top-left corner in the flipped crop (methods-spec.md 1.6).
+    """(row, col) of GMIC's inference window's top-left corner in the flipped crop (docs/datasets.md).
 
     Without crop or size noise: the window is centred at ``best_center``; an axis shorter than the window is
     zero-padded (CC vertically on both sides, ``int(pad / 2)`` in front; MLO at the bottom; every view on the
@@ -74,6 +80,7 @@ def load_exam_list(path: Path) -> list[dict[str, Any]]:
     Raises:
         DataError: the pickle names a global (could run code), is corrupt, or is not a list of dicts.
     """
+    require_file(path, "exam list")
     try:
         data = _PlainUnpickler(io.BytesIO(path.read_bytes())).load()
     except pickle.UnpicklingError as e:
@@ -104,7 +111,10 @@ def find_exam_list(root: Path) -> Path:
     """
     if root.is_file():
         return root
-    found = sorted(root.rglob("*.pkl"))
+    problems: list[Problem] = []
+    found = regular_files(root, "*.pkl", problems)
+    if not found and problems:
+        raise DataError(problems[0].file, problems[0].reason, "")
     if len(found) == 1:
         return found[0]
     with_meta = []
@@ -122,7 +132,7 @@ def find_exam_list(root: Path) -> Path:
         root,
         f"expected one exam-list pickle, found {len(found)}"
         + (f" ({', '.join(str(p.relative_to(root)) for p in found[:5])})" if found else ""),
-        "pass --root FILE.pkl",
+        "pass --root FILE.pkl" if found else "restore exam_list_before_cropping.pkl (or GMIC's data.pkl) there",
     )
 
 
@@ -143,16 +153,37 @@ class NYUExamList(DataSource):
     label_source = "pathology"
     licence = "GMIC sample data ships with AGPL-3.0 code; your own NYU-format data: your terms"
 
+    def write_fixture(self, root: Path) -> dict[str, Any]:
+        """A tiny NYU exam list with its images and segmentations (:func:`write_fixture`)."""
+        return write_fixture(root)
+
     def scan(self, root: Path) -> ScanResult:
         """Read the exam list and resolve each view's PNG and segmentation files."""
         pkl = find_exam_list(root)
         images, segs = find_folder(root, pkl, "images"), find_folder(root, pkl, "segmentation")
         records, problems = [], []
+        first_seen: dict[str, str] = {}  # image name -> where it was first listed
         for i, exam in enumerate(load_exam_list(pkl)):
             for view in VIEWS:
-                for j, name in enumerate(exam.get(view, []) or []):
+                names = exam.get(view, []) or []
+                if not isinstance(names, list | tuple) or not all(isinstance(n, str) for n in names):
+                    where = f"{pkl} exam {i} {view}"
+                    problems.append(
+                        Problem(where, f"{view} must be a list of image names, got {names!r}; fix the exam")
+                    )
+                    continue
+                for j, name in enumerate(names):
+                    where = f"{pkl} exam {i} {view}"
+                    if name in first_seen:  # one image in two exams (or of two patients): the first listing is kept
+                        problems.append(
+                            Problem(
+                                where, f"duplicate image {name!r}, already listed in {first_seen[name]}; list it once"
+                            )
+                        )
+                        continue
+                    first_seen[name] = where
                     try:
-                        records.append(self._record(exam, i, view, j, str(name), images, segs, pkl))
+                        records.append(self._record(exam, i, view, j, name, images, segs, pkl))
                     except DataError as e:
                         problems.append(Problem(e.file, e.reason + (f"; {e.fix}" if e.fix else "")))
         return ScanResult(records, problems)
@@ -183,8 +214,13 @@ class NYUExamList(DataSource):
         lesions = []
         for cls in ("benign", "malignant"):
             seg_names = exam.get(f"{view}_{cls}_seg") or [f"{name}_{cls}"]
+            if not isinstance(seg_names, list | tuple) or not all(isinstance(s, str) for s in seg_names):
+                raise DataError(where, f"{view}_{cls}_seg must be a list of names, got {seg_names!r}", "fix the exam")
             for seg in seg_names:
                 seg_file = segs / f"{seg}.png"
+                kind = not_regular(seg_file)
+                if kind is not None:  # a folder or a broken link must not read as "no lesion"
+                    raise DataError(seg_file, f"the segmentation is {kind}", "replace it with the PNG or remove it")
                 if seg_file.is_file():
                     if not labels[("benign", "malignant").index(cls)]:
                         raise DataError(seg_file, f"a {cls} mask on a view labelled {side}_{cls}=0", "fix the label")
@@ -221,7 +257,71 @@ def model_frame(exam: dict[str, Any], view: str, j: int, flip: str, where: str) 
         ) from None
     if bottom <= top or right <= left:
         raise DataError(where, f"empty window_location {(top, bottom, left, right)}", "re-run GMIC's crop step")
-    # GMIC flips R views with horizontal_flip 'NO' and L views with 'YES' (methods-spec.md 1.3).
+    # GMIC flips R views with horizontal_flip 'NO' and L views with 'YES' (docs/datasets.md).
     flipped = view.startswith("R") == (flip == "NO")
     origin = gmic_window_origin((bottom - top, right - left), (cy, cx), view)
     return ModelFrame((top, bottom, left, right), flipped, origin, GMIC_INPUT_SIZE)
+
+
+# The fixture: a tiny synthetic download in the native layout, for tests and `wsseg data fixture`.
+
+GMIC_SIZE = (2944, 1920)  # GMIC's model-input frame (rows, cols)
+NYU_WINDOW = (2, H, 1, W)  # the fixture's GMIC crop (top, bottom, left, right) of every view
+
+
+def write_fixture(
+    root: Path, n_exams: int = 4, horizontal_flip: str = "NO", model_frame_masks: bool = False
+) -> dict[str, Phantom]:
+    """``exam_list_before_cropping.pkl`` (protocol 3) + ``images/*.png`` + ``segmentation/*.png``.
+
+    With ``model_frame_masks`` the segmentations are drawn, as GMIC's sample ones are, in its 2944x1920 model-input
+    frame (cropped to ``NYU_WINDOW``, flipped, zero-padded as GMIC pads at inference: CC above and below, MLO
+    below, every view on the right), and ``sample_output/data.pkl`` is written: the exam list with the crop's
+    ``window_location`` and ``best_center``, as GMIC's crop and optimal-centre steps leave it.
+    """
+    exams, truth = [], {}
+    for i in range(n_exams):
+        exam: dict[str, Any] = {"horizontal_flip": horizontal_flip}
+        for view in ("L-CC", "R-CC", "L-MLO", "R-MLO"):
+            name = f"{i}_{view}"
+            right_native = (view[0] == "R") == (horizontal_flip == "NO")
+            ph = phantom(chest_wall_right=right_native)
+            truth[name] = ph
+            save_png16(root / "images" / f"{name}.png", ph.image)
+            exam[view] = [name]
+            exam[f"{view}_benign_seg"] = [f"{name}_benign"]  # listed even when the file does not exist
+            exam[f"{view}_malignant_seg"] = [f"{name}_malignant"]
+            if view[0] == "L":
+                mask = _gmic_frame(ph.lesion, view, right_native) if model_frame_masks else ph.lesion
+                save_mask(root / "segmentation" / f"{name}_malignant.png", mask)
+        exam["cancer_label"] = {
+            "benign": 0,
+            "malignant": 1,
+            "unknown": 0,
+            "left_benign": 0,
+            "right_benign": 0,
+            "left_malignant": 1,
+            "right_malignant": 0,
+        }
+        exams.append(exam)
+    (root / "exam_list_before_cropping.pkl").write_bytes(pickle.dumps(exams, protocol=3))
+    if model_frame_masks:
+        top, bottom, left, right = NYU_WINDOW
+        for exam in exams:
+            views = ("L-CC", "R-CC", "L-MLO", "R-MLO")
+            exam["window_location"] = {v: [NYU_WINDOW] for v in views}
+            exam["best_center"] = {v: [((bottom - top) // 2, (right - left) - 961)] for v in views}
+        (root / "sample_output").mkdir(parents=True, exist_ok=True)
+        (root / "sample_output" / "data.pkl").write_bytes(pickle.dumps(exams, protocol=3))
+    return truth
+
+
+def _gmic_frame(lesion: np.ndarray, view: str, flipped: bool) -> np.ndarray:
+    """A native mask as GMIC's model input sees it: cropped, flipped, zero-padded to 2944x1920."""
+    top, bottom, left, right = NYU_WINDOW
+    crop = lesion[top:bottom, left:right]
+    crop = crop[:, ::-1] if flipped else crop
+    out = np.zeros(GMIC_SIZE, dtype=bool)
+    front = (GMIC_SIZE[0] - crop.shape[0]) // 2 if view.endswith("CC") else 0
+    out[front : front + crop.shape[0], : crop.shape[1]] = crop
+    return out

@@ -2,35 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
-from contextlib import nullcontext
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from wsseg.data.dataset import collate, standardize_images
-from wsseg.method import MethodOutput, WSSegMethod
+from wsseg.runtime.device import collate, to_device
+from wsseg.runtime.precision import autocast
 
-
-def autocast(device: torch.device, bf16: bool) -> Any:
-    """bf16 autocast on CUDA when asked; a no-op context otherwise."""
-    if bf16 and device.type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-    return nullcontext()
-
-
-def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    """Move every tensor of a batch to ``device`` (asynchronously from pinned memory).
-
-    A raw image batch (integer pixels, from a dataset opened with ``standardize=False``) is standardised after
-    the copy, on the device: every consumer gets float32 standardised images either way.
-    """
-    out = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-    if "image" in out and not out["image"].is_floating_point():
-        out["image"] = standardize_images(out["image"])  # (B, 1, H, W) uint16 -> float32
-    return out
+if TYPE_CHECKING:  # types only: the runtime floor imports no method code
+    from wsseg.method import MethodOutput, WSSegMethod
 
 
 def predict_batches(
@@ -60,7 +44,10 @@ def predict_batches(
             batch = to_device(batch, device)
             with torch.set_grad_enabled(method.saliency_requires_grad), autocast(device, bf16):
                 out = method.predict(batch["image"])
-            yield batch, MethodOutput(out.logits.detach().float(), out.saliency.detach().float(), out.extras)
+            yield (
+                batch,
+                dataclasses.replace(out, logits=out.logits.detach().float(), saliency=out.saliency.detach().float()),
+            )
     finally:
         method.train(was_training)
 

@@ -15,24 +15,28 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import itertools
 import math
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from torch.utils.data import DataLoader, RandomSampler
 from torch.utils.flop_counter import FlopCounterMode
 
 from wsseg._io import atomic_write_text
-from wsseg.config import TrainConfig, phantom_config
-from wsseg.data.dataset import MammogramDataset, collate, prepare_phantom
-from wsseg.evaluation.inference import autocast, to_device
+from wsseg._threads import available_cpus
+from wsseg.config import MAX_BATCH, MAX_IMAGES, TrainConfig, make_run_config, phantom_config
+from wsseg.core import PROFILE_GEOMETRY
+from wsseg.data.dataset import MammogramDataset, prepare_phantom
 from wsseg.method import Profile, WSSegMethod
 from wsseg.registry import create_method, get_method_spec
+from wsseg.runtime.device import collate, resolve_device, to_device
+from wsseg.runtime.precision import autocast
 from wsseg.training.augment import augment_batch
-from wsseg.training.loop import resolve_device
 
 Phase = Literal["inference", "train"]
 Mode = Literal["wsseg", "reference"]
@@ -65,12 +69,13 @@ def gflop_per_image(method: WSSegMethod, size: tuple[int, int], phase: Phase, de
     method.train(phase == "train")
     with FlopCounterMode(display=False) as counter:
         if phase == "train":
-            method.loss(method(images), {"labels": labels})["loss"].backward()
+            loss = method.loss(method(images), {"labels": labels})["loss"]
+            loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
         else:
             with torch.no_grad():
                 method.predict(images)
     method.zero_grad(set_to_none=True)
-    return counter.get_total_flops() / 1e9
+    return float(counter.get_total_flops()) / 1e9
 
 
 def bench(
@@ -112,24 +117,14 @@ def bench(
         **overrides: method config overrides.
     """
     dev = resolve_device(device)
-    if precision == "bf16" and dev.type != "cuda":
-        raise ValueError("bench --precision bf16 needs a CUDA device; use --precision fp32 on CPU")
-    if mode not in MODES:
-        raise ValueError(f"bench mode must be one of {list(MODES)}, got {mode!r}")
-    if mode == "reference":
-        fields = {f.name for f in dataclasses.fields(get_method_spec(name).cls.Config)}
-        if "roi_impl" not in fields:
-            raise ValueError(
-                f"--mode reference measures the host-loop crops of methods with a roi_impl setting (gmic, glam); "
-                f"{name} has none: use --mode wsseg"
-            )
-        overrides = {**overrides, "roi_impl": "reference"}
-    pcfg = phantom_config(profile)
-    size = (pcfg.height, pcfg.width)
+    overrides = _check_bench(name, precision, mode, dev, overrides)
+    geometry = PROFILE_GEOMETRY[profile]
+    size = (geometry.height, geometry.width)
     torch.manual_seed(0)
     method = create_method(name, profile=profile, **overrides)
     memory_format = torch.channels_last if dev.type == "cuda" else torch.contiguous_format
-    method.to(device=dev, memory_format=memory_format)
+    method.to(dev)
+    method.to(memory_format=memory_format)  # torch's stubs have no overload taking a device and a memory format
     gflop = gflop_per_image(method, size, phase, dev)
     if compile:
         method.compile(mode=compile_mode, backend=compile_backend, dynamic=False)
@@ -146,23 +141,11 @@ def bench(
             return
         with autocast(dev, bf16):
             loss = method.loss(method(images), {"labels": labels})["loss"]
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    for _ in range(warmup):
-        step()
-    _sync(dev)
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(dev)
-    n, t0 = 0, time.perf_counter()
-    while n < 3 or time.perf_counter() - t0 < seconds:
-        step()
-        n += 1
-        if n >= 3:
-            _sync(dev)
-    elapsed = time.perf_counter() - t0
-    ips = n * batch / elapsed
+    ips = batch * _steps_per_second(step, dev, warmup, seconds)
     if kernels is not None:
         write_kernel_table(step, dev, Path(kernels))
     return {
@@ -176,6 +159,49 @@ def bench(
         "peak_mem_gib": round(torch.cuda.max_memory_allocated(dev) / 2**30, 2) if dev.type == "cuda" else math.nan,
         "gflop_per_image": round(gflop, 1),
         "tflops": round(ips * gflop / 1e3, 1),
+        **_machine(dev),
+    }
+
+
+def _check_bench(name: str, precision: str, mode: str, dev: torch.device, overrides: dict[str, Any]) -> dict[str, Any]:
+    """Refuse bf16 off CUDA and unknown modes; the method overrides with ``roi_impl="reference"`` for that mode."""
+    if precision == "bf16" and dev.type != "cuda":
+        raise ValueError("bench --precision bf16 needs a CUDA device; use --precision fp32 on CPU")
+    if mode not in MODES:
+        raise ValueError(f"bench mode must be one of {list(MODES)}, got {mode!r}")
+    if mode != "reference":
+        return overrides
+    fields = {f.name for f in dataclasses.fields(get_method_spec(name).cls.Config)}
+    if "roi_impl" not in fields:
+        raise ValueError(
+            f"--mode reference measures the host-loop crops of methods with a roi_impl setting (gmic, glam); "
+            f"{name} has none: use --mode wsseg"
+        )
+    return {**overrides, "roi_impl": "reference"}
+
+
+def _steps_per_second(step: Callable[[], None], dev: torch.device, warmup: int, seconds: float) -> float:
+    """Calls of ``step`` per second after ``warmup`` untimed ones, for at least ``seconds`` and three calls.
+
+    The peak-memory counter is reset after the warm-up, so it covers the timed steps only.
+    """
+    for _ in range(warmup):
+        step()
+    _sync(dev)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    n, t0 = 0, time.perf_counter()
+    while n < 3 or time.perf_counter() - t0 < seconds:
+        step()
+        n += 1
+        if n >= 3:
+            _sync(dev)
+    return n / (time.perf_counter() - t0)
+
+
+def _machine(dev: torch.device) -> dict[str, str]:
+    """The ``card`` and ``torch`` columns of a row."""
+    return {
         "card": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
         "torch": torch.__version__.split("+")[0],
     }
@@ -308,6 +334,127 @@ def bench_loader(
         "peak_mem_gib": math.nan,
         "gflop_per_image": math.nan,
         "tflops": math.nan,
-        "card": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
-        "torch": torch.__version__.split("+")[0],
+        **_machine(dev),
     }
+
+
+@dataclass(frozen=True)
+class BenchPlan:
+    """What one ``wsseg bench`` call measures (its options); :func:`run_plan` checks and runs it.
+
+    ``None`` lists take the defaults: batch 1 for methods (8 for the loader), bf16 on CUDA and fp32 elsewhere, both
+    phases, one loader run with as many workers as there are usable cores.
+    """
+
+    methods: list[str]
+    profile: str = "paper"
+    batches: list[int] | None = None
+    precisions: list[str] | None = None
+    phases: list[str] | None = None
+    modes: list[str] = dataclasses.field(default_factory=lambda: ["wsseg"])
+    compile: bool = False
+    compile_mode: str | None = None
+    loader: bool = False
+    workers: list[int] | None = None
+    images: int = 64
+    raw: bool | None = None
+    augment: bool = False
+    cache_dir: Path | None = None
+    device: str = "auto"
+    seconds: float = 3.0
+    set_items: list[str] = dataclasses.field(default_factory=list)
+    kernels: Path | None = None
+
+    def check(self) -> None:
+        """Refuse unknown modes, a method together with --loader (or neither) and out-of-range numbers.
+
+        Raises:
+            ValueError: the message names the option and its valid values.
+        """
+        unknown = sorted(set(self.modes) - set(MODES))
+        if unknown:
+            raise ValueError(f"unknown --mode {unknown}; choose from {list(MODES)}")
+        if self.loader == bool(self.methods):
+            raise ValueError(
+                "pass --method M to measure a method, or --loader (without --method) for the data pipeline"
+            )
+        if not all(1 <= n <= MAX_BATCH for n in self.batches or []):
+            raise ValueError(f"--batch must be in [1, {MAX_BATCH}], got {self.batches}")
+        if not all(0 <= n <= 256 for n in self.workers or []):
+            raise ValueError(f"--workers must be in [0, 256], got {self.workers}")
+        if not 4 <= self.images <= MAX_IMAGES or self.images % 4:
+            raise ValueError(f"--images must be a multiple of 4 in [4, {MAX_IMAGES}], got {self.images}")
+        if not 0 < self.seconds <= 3600:
+            raise ValueError(f"--seconds must be in (0, 3600], got {self.seconds}")
+
+
+def run_plan(plan: BenchPlan, log: Callable[[str], None], warn: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Measure every configuration of ``plan`` in turn, logging one line per row; returns the rows.
+
+    A configuration that runs out of GPU memory is skipped with a line to ``warn``.
+
+    Raises:
+        ValueError: a bad option (:meth:`BenchPlan.check`) or method override.
+    """
+    plan.check()
+    return _loader_rows(plan, log) if plan.loader else _method_rows(plan, log, warn)
+
+
+def _loader_rows(plan: BenchPlan, log: Callable[[str], None]) -> list[dict[str, Any]]:
+    rows = []
+    profile = cast(Profile, plan.profile)
+    for n_workers in plan.workers or [available_cpus()]:
+        for n in plan.batches or [8]:
+            for noise in (False, True) if plan.augment else (False,):
+                row = bench_loader(
+                    profile,
+                    n,
+                    n_workers,
+                    plan.images,
+                    plan.device,
+                    plan.seconds,
+                    cache_dir=plan.cache_dir,
+                    augment=noise,
+                    raw=plan.raw,
+                )
+                rows.append(row)
+                what = f"{n_workers} workers{' + window noise' if noise else ''}"
+                log(f"loader {plan.profile} batch {n}, {what}: {row['images_per_s']} images/s")
+    return rows
+
+
+def _method_rows(plan: BenchPlan, log: Callable[[str], None], warn: Callable[[str], None]) -> list[dict[str, Any]]:
+    cuda = plan.device == "cuda" or (plan.device == "auto" and torch.cuda.is_available())
+    precisions = plan.precisions or (["bf16"] if cuda else ["fp32"])
+    # Modes vary fastest: a speedup compares rows measured one after the other.
+    grid = list(itertools.product(precisions, plan.phases or ["inference", "train"], plan.batches or [1], plan.modes))
+    rows = []
+    for name in plan.methods:
+        # The run config's checked `--set method.field=value` parsing, for the method section only.
+        items = [f"method.{item.removeprefix('method.')}" for item in plan.set_items]
+        overrides = make_run_config(name, plan.profile, 0, items).method_config  # type: ignore[arg-type]
+        for prec, phase, n, mode in grid:
+            label = f"{name} {phase} {prec} batch {n} {mode}{'+compile' if plan.compile else ''}"
+            kernels = plan.kernels / f"{label.replace(' ', '-')}.txt" if plan.kernels else None
+            try:
+                row = bench(
+                    name,
+                    cast(Profile, plan.profile),
+                    n,
+                    cast(Any, prec),
+                    cast(Phase, phase),
+                    plan.device,
+                    plan.seconds,
+                    mode=cast(Mode, mode),
+                    compile=plan.compile,
+                    compile_mode=plan.compile_mode,
+                    kernels=kernels,
+                    **overrides,
+                )
+            except torch.cuda.OutOfMemoryError:
+                torch.cuda.empty_cache()
+                warn(f"{label}: out of GPU memory; skipped")
+                continue
+            rows.append(row)
+            log(f"{label}: {row['images_per_s']} images/s, {row['peak_mem_gib']} GiB, {row['tflops']} TFLOP/s")
+    return rows
