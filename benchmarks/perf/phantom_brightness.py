@@ -3,8 +3,8 @@
 Generates ``--n`` validation and ``--n`` test images of a profile (cached like ``wsseg run`` does), scores the
 parameter-free reference maps (``intensity``, ``uniform``) through the run's own evaluator (threshold calibrated on
 validation, frozen for test) and prints Dice, the 10 mm pointing game and AUROC per class, with lesion-type and
-lesion-size breakdowns of the intensity map's Dice. Issue 17 asks for intensity Dice at most twice the uniform floor
-and a pointing game at 10 mm of at most 0.2.
+lesion-size breakdowns of the intensity map's Dice, and one by lesion type and the breast's BI-RADS density. Issue 17
+asks for intensity Dice at most twice the uniform floor and a pointing game at 10 mm of at most 0.2.
 
     python benchmarks/perf/phantom_brightness.py --profile quick --n 200
 """
@@ -61,7 +61,7 @@ def main() -> None:
 
 
 def breakdown(stats: SplitStats, thresholds: dict[str, float], test: MammogramDataset) -> None:
-    """Per-image Dice of the intensity map grouped by lesion type and by lesion diameter (meta ``diameter_mm``)."""
+    """Per-image Dice of the intensity map by lesion type, by diameter and by lesion type and BI-RADS density."""
     dice = {(r["image_id"], r["class"]): float(r["dice"]) for r in per_image_rows(stats, thresholds)}  # type: ignore[arg-type]
     groups: dict[tuple[str, str], list[float]] = defaultdict(list)
     for i in range(len(test)):
@@ -72,8 +72,9 @@ def breakdown(stats: SplitStats, thresholds: dict[str, float], test: MammogramDa
             value = dice[(meta["image_id"], les["class"])]
             groups[(les["class"], les["type"])].append(value)
             groups[(les["class"], size)].append(value)
+            groups[(les["class"], f"{les['type']}, {meta['density']}")].append(value)  # BI-RADS density of the breast
     for (cls, group), values in sorted(groups.items()):
-        print(f"    intensity {cls:>9} {group:>13}: Dice {np.nanmean(values):.3f}  n={len(values)}")
+        print(f"    intensity {cls:>9} {group:>16}: Dice {np.nanmean(values):.3f}  n={len(values)}")
 
 
 if __name__ == "__main__":
