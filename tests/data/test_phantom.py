@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from scipy import ndimage as ndi
 from scipy import stats
 
 from wsseg.config import EvalConfig
@@ -307,6 +308,9 @@ def test_lesion_free_breasts_hold_bright_structures() -> None:
 def test_brightness_alone_does_not_find_lesions(tiny_set: list[PhantomImage]) -> None:
     # The intensity prior scored through the evaluator with the threshold that is best on these very images (an
     # upper bound): with masses at 2x glandular attenuation (phantom 1) it reaches 20-30x the uniform floor here.
+    # Phantom 2.1 reaches 7.7x (benign) and 6.1x (malignant): masses in fatty and scattered (BI-RADS A, B) breasts are
+    # surrounded by fat and seen against it, as in mammograms (phantom 2.0, which masked them in gland in every
+    # breast, stayed under 5x). The bound keeps phantom 1's shortcut out, not the issue's 2x (the issue 17 study).
     intensity = create_method("intensity", profile="tiny").eval()
     evaluators = {name: make_evaluator(EvalConfig(bootstrap_resamples=0)) for name in ("intensity", "uniform")}
     for i, img in enumerate(tiny_set[:120]):
@@ -320,5 +324,38 @@ def test_brightness_alone_does_not_find_lesions(tiny_set: list[PhantomImage]) ->
         evaluators["uniform"].add(str(i), breast[None].float().expand(2, -1, -1), masks, breast, **common)
     metrics = {name: summarize(ev.stats(), ev.calibrated_thresholds()) for name, ev in evaluators.items()}
     for cls in CLASSES:
-        assert metrics["intensity"][cls]["dice"] <= 5.0 * metrics["uniform"][cls]["dice"], metrics
+        assert metrics["intensity"][cls]["dice"] <= 10.0 * metrics["uniform"][cls]["dice"], metrics
         assert metrics["intensity"][cls]["pointing_game_10mm"] <= 0.25, metrics
+
+
+def _mass_cnr(img: PhantomImage) -> float:
+    """Smoothed contrast-to-noise of the image's one mass against the breast 1-2 equivalent radii around it."""
+    mask = img.masks.any(axis=0)
+    r = float(np.sqrt(mask.sum() / np.pi))
+    dist = ndi.distance_transform_edt(~mask)
+    ring = (dist > 2.5) & (dist <= 2.5 + r) & img.breast_mask
+    x = ndi.gaussian_filter(img.image.astype(np.float64), max(r / 2.0, 0.5))
+    # A plane fitted on the ring is removed first: the thickness ramp toward the skin line is not noise.
+    ring_xy, mask_xy = (np.stack([np.ones(m.sum()), *np.nonzero(m)], axis=1) for m in (ring, mask))
+    coef, *_ = np.linalg.lstsq(ring_xy, x[ring], rcond=None)
+    inside, around = x[mask] - mask_xy @ coef, x[ring] - ring_xy @ coef
+    return float((inside.mean() - around.mean()) / around.std())
+
+
+def test_masses_are_more_conspicuous_in_fatty_than_in_extremely_dense_breasts() -> None:
+    # Carney et al. 2003: screening finds 87 % of cancers in almost entirely fatty breasts, 63 % in extremely dense
+    # ones. The same scenes (one mass each) drawn as BI-RADS A and as D: in A the mass displaces fat and is seen
+    # against it, in D it displaces a 70 %-gland layer and overlapping gland masks it (phantom 2.0, which sat every
+    # mass in that layer, gave medians 1.86 and 1.89 here, A above D in 9 of 24 scenes).
+    base = dataclasses.replace(PhantomConfig.quick(), p_normal=0.0, p_calcification=0.0, p_second_lesion=0.0)
+    fatty = dataclasses.replace(base, density_probs=(1.0, 0.0, 0.0, 0.0))
+    dense = dataclasses.replace(base, density_probs=(0.0, 0.0, 0.0, 1.0))
+    cnr_a, cnr_d = [], []
+    for i in range(24):
+        a, d = (generate_image(cfg, 5, "test", i, *VIEWS[i % 4]) for cfg in (fatty, dense))
+        assert a.meta["density"] == "A" and d.meta["density"] == "D"
+        assert a.meta["lesions"][0]["center_xy_mm"] == d.meta["lesions"][0]["center_xy_mm"]  # the same mass
+        cnr_a.append(_mass_cnr(a))
+        cnr_d.append(_mass_cnr(d))
+    assert np.median(cnr_a) > 1.2 * np.median(cnr_d), (cnr_a, cnr_d)
+    assert np.mean(np.asarray(cnr_a) > np.asarray(cnr_d)) >= 0.75, (cnr_a, cnr_d)

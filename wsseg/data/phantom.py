@@ -10,25 +10,30 @@ density, lesions, normal structures), one for the texture noise and one for the 
 stream never draws a number whose count depends on the pixel grid, so the same seed gives the same scene at every
 pixel spacing.
 
-Version 2 (``PHANTOM_VERSION = "2.0"``) makes the images closer to what a reader of mammograms sees, so that
-brightness alone no longer finds the lesions (version 1 drew masses at twice the glandular attenuation and nothing
-in a lesion-free breast was as bright):
+Version 2 (``PHANTOM_VERSION = "2.1"``; 2.1 changes only what a mass displaces in non-dense breasts) makes the
+images closer to what a reader of mammograms sees, so that brightness alone no longer finds the lesions (version 1
+drew masses at twice the glandular attenuation and nothing in a lesion-free breast was as bright):
 
 * **Masses are iso-attenuating.** A mass has 1.0-1.1x the attenuation of fibroglandular tissue, as in M-SYNTH
   (Sizikova et al. 2023: density multipliers 1.0, 1.06, 1.1 on VICTRE's glandular material) and in measured
   attenuation (infiltrating ductal carcinoma 0.844 /cm against 0.802 /cm for fibroglandular tissue at 20 keV, Johns
   and Yaffe 1987). Its contrast is what it displaces: carcinomas, fibroadenomas and cysts arise in the terminal duct
-  lobular units, inside the fibroglandular tissue, so a mass is sited where gland is and displaces the ray's
-  fibroglandular layer first, then fat: visible in fat, subtle in dense tissue, where its homogeneous interior,
-  outline and surroundings give it away. The layer is taken to be 70 % gland (``gland_layer_fraction``; interspersed
-  fat lobules): with a purely glandular layer a mass in dense tissue was invisible even to a U-Net trained on the
-  masks, while readers still find most cancers in dense breasts (screening sensitivity 87 % in almost entirely fatty
-  and 63 % in extremely dense breasts, Carney et al., Ann. Intern. Med. 138:168, 2003). Readers find masses by shape,
-  margin and their effect on the surrounding tissue (BI-RADS mammography lexicon, ACR 2013), so those carry the signal
-  here: circumscribed round/oval and lobulated benign masses, some with the radiolucent "halo sign" (a thin rim of
-  displaced fat); irregular malignant masses with an indistinct margin, or spiculated ones (de Sisternes et al. 2015),
-  both with architectural distortion (the surrounding parenchyma pulled toward the mass and bunched into radiating
-  strands).
+  lobular units, so a mass is sited where gland is expected (retro-areolar, away from the subcutaneous fat). Where it
+  sits along the beam, and so what it displaces, follows the breast's BI-RADS density (version 2.1, see
+  ``_tissue_path``): in a dense breast (C, D) it grows inside the fibroglandular layer and displaces it first, then
+  fat, so overlapping gland masks it and its homogeneous interior, outline and surroundings give it away; in a
+  non-dense breast (A, B), whose gland is sparse and scattered in fat, it outgrows its lobule at once, is surrounded by
+  fat and displaces fat, so it is seen against fat. The dense breasts' layer is taken to be 70 % gland
+  (``gland_layer_fraction``; interspersed fat lobules): with a purely glandular layer a mass in dense tissue was
+  invisible even to a U-Net trained on the masks, while readers still find most cancers in dense breasts (screening
+  sensitivity 87 % in almost entirely fatty and 63 % in extremely dense breasts, Carney et al., Ann. Intern. Med.
+  138:168, 2003). Version 2.0 used that layer in every breast, which made masses in fatty breasts no more
+  conspicuous than in extremely dense ones (smoothed contrast-to-noise 2.4 and 2.45), against Carney et al. Readers
+  find masses by shape, margin and their effect on the surrounding tissue (BI-RADS mammography lexicon, ACR 2013), so
+  those carry the signal here: circumscribed round/oval and lobulated benign masses, some with the radiolucent "halo
+  sign" (a thin rim of displaced fat); irregular malignant masses with an indistinct margin, or spiculated ones (de
+  Sisternes et al. 2015), both with architectural distortion (the surrounding parenchyma pulled toward the mass and
+  bunched into radiating strands).
 * **Normal bright structures in every breast**, with or without a lesion, none of them masked: islands of dense
   fibroglandular tissue (oval-to-irregular, ill-defined, with interspersed fat: BI-RADS "focal asymmetry" is the
   reader's name for the ones that look like masses); vessels (tortuous soft-tissue tubes running from the chest
@@ -79,7 +84,7 @@ from scipy.special import ndtr, ndtri
 
 from wsseg.core import CLASSES, PROFILE_GEOMETRY, Geometry
 
-PHANTOM_VERSION: str = "2.0"
+PHANTOM_VERSION: str = "2.1"
 
 _VIEWS = ("CC", "MLO")
 _LATERALITIES = ("L", "R")
@@ -159,7 +164,10 @@ class PhantomConfig:
     display_gamma: float = 3.0  # 1, display curve exponent (like a film gamma): fat mid-dark, dense near white
     display_white: float = 1.3  # x the full-thickness dense-tissue attenuation, mapped to 4095
     # Masses (13.4). Sizes: see the module docstring for the sources of the size laws.
-    gland_layer_fraction: float = 0.7  # 1, glandular fraction of the fibroglandular layer a mass grows in (0: ray mix)
+    # 1, glandular fraction of the tissue a mass displaces, per BI-RADS class A/B/C/D (see _tissue_path): a mass in a
+    # fatty or scattered breast sits in fat and displaces fat (0); in a dense breast it grows inside a fibroglandular
+    # layer of 70 % gland.
+    gland_layer_fraction: tuple[float, float, float, float] = (0.0, 0.0, 0.7, 0.7)
     mass_density_factor: Range = (1.0, 1.1)  # 1, mass attenuation / glandular (M-SYNTH: 1.0, 1.06, 1.1)
     mass_size_benign: SizeLaw = (11.0, 1.6, 4.0, 35.0)  # benign mass diameter (assumed; see the docstring)
     mass_size_malignant: SizeLaw = (14.0, 1.93, 4.0, 40.0)  # malignant core diameter (Wang et al. 2020)
@@ -1334,7 +1342,8 @@ def generate_image(cfg: PhantomConfig, seed: int, split: str, index: int, view: 
 
     total, skin_path = _skin_path(dist, geom.thickness_mm, geom.skin_mm)
     tissue = np.maximum(total - skin_path, 0.0)
-    p = 0.1 * (skin_path * cfg.mu_gland + _tissue_path(cfg, g, tissue, layers) + layers.extra_mu * breast)
+    layer_f = cfg.gland_layer_fraction[_DENSITIES.index(density)]
+    p = 0.1 * (skin_path * cfg.mu_gland + _tissue_path(cfg, g, tissue, layers, layer_f) + layers.extra_mu * breast)
     sig = blur_mm / s
     if sig >= 0.3:
         p = ndi.gaussian_filter(p, sig)
@@ -1363,18 +1372,33 @@ def generate_image(cfg: PhantomConfig, seed: int, split: str, index: int, view: 
     return PhantomImage(image=img, masks=masks, breast_mask=breast, labels=labels, meta=meta)
 
 
-def _tissue_path(cfg: PhantomConfig, g: np.ndarray, tissue: np.ndarray, layers: _Layers) -> np.ndarray:
+def _tissue_path(cfg: PhantomConfig, g: np.ndarray, tissue: np.ndarray, layers: _Layers, layer_f: float) -> np.ndarray:
     """Attenuation path (mm/cm) through the breast's tissue and everything embedded in it (13.3, 13.4).
 
-    Inclusions replace background tissue, so their contrast is what they displace (dense tissue masks them), and
-    together they displace at most 90 % of a ray's tissue. In the compressed breast the fibroglandular tissue lies in
-    a layer between the subcutaneous and the retromammary fat; a ray's projected glandular fraction g is that
-    layer's share of the ray divided by ``gland_layer_fraction``, the layer's own glandular fraction. A mass grows
-    inside the layer (it arises in a terminal duct lobular unit), so it displaces the layer first and fat
-    only beyond it: iso-attenuating, it is nearly invisible by brightness in dense tissue and shows against fat
-    (``gland_layer_fraction = 0`` gives the ray-average displacement of datasets.md 13.4 instead). Its homogeneous
-    interior also replaces textured tissue, so the texture inside its outline fades by the fraction of the ray it
-    fills: a reader sees a mass in dense tissue by its smooth interior, outline, spicules and distortion.
+    Inclusions replace background tissue, so their contrast is what they displace, and together they displace at most
+    90 % of a ray's tissue. What a mass displaces depends on where it sits along the beam, and that follows the
+    breast's density as the BI-RADS atlas describes it (ACR BI-RADS Atlas, 5th ed., 2013, which also groups A and B as
+    non-dense and C and D as dense breasts): ``layer_f`` is the glandular fraction of the tissue the mass displaces
+    (``PhantomConfig.gland_layer_fraction`` of the breast's class).
+
+    * Dense breasts (C "heterogeneously dense", D "extremely dense"): the fibroglandular tissue forms a layer between
+      the subcutaneous and the retromammary fat; a mass arises in a terminal duct lobular unit inside that layer, so
+      it displaces the layer (``layer_f`` = 0.7 gland: interspersed fat lobules) first and fat only beyond it.
+      Iso-attenuating, it is nearly invisible by brightness and masked by the overlapping gland.
+    * Non-dense breasts (A "almost entirely fatty", B "scattered areas of fibroglandular density"): the gland is
+      sparse, scattered strands and lobules in fat, not a layer. A mass still arises in a lobule, but it outgrows that
+      sparse tissue at once and is surrounded by fat (``layer_f`` = 0), so it is seen against fat, as readers see
+      masses in fatty breasts: screening sensitivity is 87 % in almost entirely fatty breasts against 63 % in
+      extremely dense ones (Carney et al., Ann. Intern. Med. 138:168, 2003), and before this rule (phantom 2.0, a
+      70 %-gland layer in every breast) a mass in a fatty breast was no more conspicuous than one in an extremely
+      dense breast.
+
+    The displaced gland is ``layer_f`` x the mass's thickness, but never more than the ray's gland (``g`` x tissue)
+    nor less than what the ray's fat cannot hold; for ``layer_f`` >= g this is the layer model of phantom 2.0 (a layer
+    of ``g`` x tissue / ``layer_f`` mm). The mass stays iso-attenuating with gland (1.0-1.1x): only what it displaces
+    changes. Its homogeneous interior also replaces textured tissue, so the texture inside its outline fades by the
+    fraction of the ray it fills: in dense tissue a reader sees a mass by its smooth interior, outline, spicules and
+    distortion.
     """
     mass_t = np.minimum(layers.mass_t, 0.9 * tissue)
     mass_mu = layers.mass_mu * (mass_t / np.maximum(layers.mass_t, 1e-6))
@@ -1383,11 +1407,7 @@ def _tissue_path(cfg: PhantomConfig, g: np.ndarray, tissue: np.ndarray, layers: 
         smooth = ndi.gaussian_filter(g, 2.0 / cfg.pixel_spacing_mm)
         g = smooth + (g - smooth) * (1.0 - filled)
     mu_bg = cfg.mu_fat + (cfg.mu_gland - cfg.mu_fat) * g
-    # The ray's gland sits in a fibroglandular layer (between subcutaneous and retromammary fat) whose own glandular
-    # fraction is f: the mass displaces that layer first, then fat. f = g gives the ray's average mix.
-    f = np.maximum(cfg.gland_layer_fraction, g)
-    layer_displaced = np.minimum(mass_t, g * tissue / np.maximum(f, 1e-6))
-    gland_displaced = f * layer_displaced
+    gland_displaced = np.clip(layer_f * mass_t, np.maximum(mass_t - (1.0 - g) * tissue, 0.0), g * tissue)
     masses = mass_mu - gland_displaced * cfg.mu_gland - (mass_t - gland_displaced) * cfg.mu_fat
     soft_t = np.minimum(layers.soft_t, np.maximum(0.9 * tissue - mass_t, 0.0))
     soft = (layers.soft_mu * (soft_t / np.maximum(layers.soft_t, 1e-6))) - soft_t * mu_bg
