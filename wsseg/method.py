@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -277,6 +277,18 @@ class WSSegMethod(nn.Module, ABC):
         """The output used for evaluation. Post-hoc methods override this to compute maps with autograd."""
         out: MethodOutput = self(images)  # through __call__, so that forward hooks run
         return out
+
+    def training_batch(self, batch: dict[str, Any], seeds: Sequence[int]) -> dict[str, Any]:
+        """The batch one training step feeds this method: by default the loader's batch as it comes.
+
+        Called by the training loop on the training device, after the window noise and before the forward. A method
+        may reshape what it trains on here (the fully supervised U-Net cuts lesion-centred crops); evaluation always
+        sees whole images. ``seeds`` holds one integer per image, a function of the run's seed, the epoch, the
+        micro-batch and the image's place in the global batch
+        (:func:`wsseg.training.augment.image_seeds`), so a resumed run and a multi-process run draw what one
+        uninterrupted process draws.
+        """
+        return batch
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
         """Optimizer parameter groups; by default no weight decay on norms and biases (1-D tensors)."""

@@ -137,12 +137,15 @@ def test_unet_without_masks_is_a_clear_error() -> None:
 
 
 def test_unet_downsampled_input_of_any_size() -> None:
-    method = create_method("unet", profile="quick").eval()  # input pooled 4x, padded to the encoder stride
+    method = create_method("unet", profile="quick", input_downsample=4).eval()  # pooled 4x, padded to the stride
     images = torch.randn(2, 1, 90, 70)
     with torch.no_grad():
         out = method(images)
     check_output(out, batch_size=2, num_classes=2, size=(90, 70))
     assert out.extras["pixel_logits"].shape == (2, 2, 22, 17)
+    full = create_method("unet", profile="quick").eval()  # the quick preset reads the pixels as they are
+    with torch.no_grad():
+        assert full(images).extras["pixel_logits"].shape == (2, 2, 90, 70)
 
 
 def test_unet_optimisation_reduces_the_loss() -> None:

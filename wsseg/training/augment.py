@@ -115,3 +115,14 @@ def augment_batch(
     h, w = batch["image"].shape[-2:]
     windows = window_noise_params(global_size, seed, epoch, micro, shift_px, size_px, (h, w))  # (G, 4)
     return resample_windows(batch, windows[list(positions)])
+
+
+def image_seeds(seed: int, epoch: int, micro: int, positions: Sequence[int]) -> list[int]:
+    """One 63-bit seed per image of a micro-batch (what :meth:`wsseg.method.WSSegMethod.training_batch` draws from).
+
+    A function of the run's seed, the epoch, the micro-batch and each image's place in the global batch only.
+    """
+    return [
+        int(np.random.SeedSequence([seed, epoch, micro, p, 0xC809]).generate_state(1, np.uint64)[0]) & (2**63 - 1)
+        for p in positions
+    ]

@@ -25,7 +25,7 @@ from wsseg.runtime.device import collate, resolve_device, to_device
 from wsseg.runtime.distributed import DataParallel, all_reduce_sum, gather_rows, rank_and_world, shard
 from wsseg.runtime.inference import predict_logits
 from wsseg.runtime.precision import autocast, use_bf16
-from wsseg.training.augment import augment_batch
+from wsseg.training.augment import augment_batch, image_seeds
 from wsseg.training.checkpoint import load_checkpoint, save_checkpoint
 
 LAST, BEST = "last.pt", "best.pt"
@@ -253,11 +253,12 @@ def _micro_step(
     if "masks" in batch and method.supervision != "full":
         raise RuntimeError(f"the training loader yielded masks to weakly supervised method {method.name}")
     batch = to_device(batch, run.device)
+    positions = shard(range(len(global_batch)), rank, world)  # this rank's places in the global batch
     if cfg.augment == "window":
         # On the device, after the copy; every image gets the draw it gets in one uninterrupted process.
         batch = augment_batch(
             batch,
-            shard(range(len(global_batch)), rank, world),  # this rank's places in the global batch
+            positions,
             len(global_batch),
             seed=run.seed,
             epoch=state.epoch,
@@ -265,7 +266,8 @@ def _micro_step(
             shift_px=cfg.augment_shift_px,
             size_px=cfg.augment_size_px,
         )
-    images = batch["image"].to(memory_format=run.memory_format)  # (B, 1, H, W)
+    batch = method.training_batch(batch, image_seeds(run.seed, state.epoch, state.micro, positions))
+    images = batch["image"].to(memory_format=run.memory_format)  # (B, 1, H, W), or the method's crops
     with autocast(run.device, run.bf16):
         loss = run.parallel.loss(images, batch, sync=sync)["loss"]
     if not torch.isfinite(loss):
