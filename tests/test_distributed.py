@@ -82,10 +82,6 @@ def test_two_gloo_processes_train_what_one_process_trains(tmp_path: Path, cache_
     b = json.loads((tmp_path / "ddp" / "record.json").read_text())
     for ha, hb in zip(a["training"]["history"], b["training"]["history"], strict=True):
         assert ha["val_auroc"] == pytest.approx(hb["val_auroc"], abs=1e-9)
-        assert ha["train_loss"] == pytest.approx(hb["train_loss"], abs=1e-5)
-    for name, m in a["metrics"].items():
-        for key in ("dice", "iou", "auroc", "threshold"):
-            assert m[key] == pytest.approx(b["metrics"][name][key], abs=1e-4, nan_ok=True), (name, key)
     # Parameters and BatchNorm running statistics: within 20 times what reordering the sums alone does to this
     # training (the same single-process run with another intra-op thread count; see the module docstring).
     other = 1 if torch.get_num_threads() > 1 else 2  # another thread count than the single run's
@@ -94,6 +90,19 @@ def test_two_gloo_processes_train_what_one_process_trains(tmp_path: Path, cache_
         {**env, "OMP_NUM_THREADS": str(other)},
     )
     assert reorder.returncode == 0, reorder.stdout[-3000:] + reorder.stderr[-3000:]
+    # Logged losses, test metrics and logits: within 20 times what reordering the sums does to them, as the weights
+    # below. Fixed bounds (1e-5 on losses, 1e-4 on metrics and logits) held on phantom 1's tiny images but not on
+    # phantom 2's, whose two-process runs differ from one by 8.6e-5 in a loss and 1.3e-4 in a Dice.
+    r = json.loads((tmp_path / "single-other-threads" / "record.json").read_text())
+    for ha, hb, hr in zip(a["training"]["history"], b["training"]["history"], r["training"]["history"], strict=True):
+        assert abs(ha["train_loss"] - hb["train_loss"]) <= 20 * abs(ha["train_loss"] - hr["train_loss"]) + 1e-5
+    for name, m in a["metrics"].items():
+        for key in ("dice", "iou", "auroc", "threshold"):
+            va, vb, vr = m[key], b["metrics"][name][key], r["metrics"][name][key]
+            if va != va:  # NaN: a class without a positive image, in every run
+                assert vb != vb, (name, key)
+                continue
+            assert abs(va - vb) <= 20 * abs(va - vr) + 1e-4, (name, key, va, vb, vr)
     ckpt = load_checkpoint(tmp_path / "single" / "last.pt")
     wa = ckpt["model"]
     wb = load_checkpoint(tmp_path / "ddp" / "last.pt")["model"]
@@ -121,8 +130,10 @@ def test_two_gloo_processes_train_what_one_process_trains(tmp_path: Path, cache_
     labels_a = [r.split(",") for r in (tmp_path / "single" / "test_labels.csv").read_text().splitlines()]
     labels_b = [r.split(",") for r in (tmp_path / "ddp" / "test_labels.csv").read_text().splitlines()]
     assert [r[:4] for r in labels_a] == [r[:4] for r in labels_b]  # ids, patients, labels
-    for ra, rb in zip(labels_a[1:], labels_b[1:], strict=True):  # logits
-        assert [float(v) for v in ra[4:]] == pytest.approx([float(v) for v in rb[4:]], abs=1e-4)
+    labels_r = [r.split(",") for r in (tmp_path / "single-other-threads" / "test_labels.csv").read_text().splitlines()]
+    for ra, rb, rr in zip(labels_a[1:], labels_b[1:], labels_r[1:], strict=True):  # logits, as the losses above
+        for va, vb, vr in zip(ra[4:], rb[4:], rr[4:], strict=True):
+            assert abs(float(va) - float(vb)) <= 20 * abs(float(va) - float(vr)) + 1e-4, (ra[0], va, vb, vr)
     maps = sorted(p.name for p in (tmp_path / "single" / "maps").iterdir())
     assert maps and sorted(p.name for p in (tmp_path / "ddp" / "maps").iterdir()) == maps
     files = sorted(p.name for p in (tmp_path / "single").iterdir())
