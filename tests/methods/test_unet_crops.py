@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 import torch
+from wsseg_methods.unet import lesion_crops
 
-from methods.unet import lesion_crops
 from wsseg import create_method
 from wsseg.config import TrainConfig, make_run_config
 from wsseg.data.dataset import MammogramDataset
