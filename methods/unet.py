@@ -96,6 +96,8 @@ class UNetConfig(MethodConfig):
             "pool_sharpness": (lambda v: 0 < v <= 100, "in (0, 100]"),
             "dice_weight": (between(0, 1000), "in [0, 1000]"),
             "image_loss_weight": (between(0, 1000), "in [0, 1000]"),
+            # At least one cell of the shallowest encoder (stride 8) after the input pooling, as input_downsample's
+            # bound above; deeper encoders pad (pixel_logits).
             "train_crop": (
                 lambda v: v == 0 or self.input_downsample * 8 <= v <= min(image_hw),
                 f"0 (whole images) or an integer in [{self.input_downsample * 8}, {min(image_hw)}] at this profile",
