@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 from typing import Any
 
@@ -142,3 +143,13 @@ def test_the_unet_ceiling_is_evaluated_at_its_last_epoch(tiny_root: Path, tmp_pa
     last = load_checkpoint(result.last_checkpoint)["model"]
     best = load_checkpoint(result.best_checkpoint)["model"]
     assert all(torch.equal(last[k], best[k]) for k in last)
+    # Validation only picks the best checkpoint: the epochs that cannot provide it are not validated.
+    aurocs = [h["val_auroc"] for h in result.history]
+    assert [math.isnan(a) for a in aurocs] == [True, True, False]
+    assert result.best_val_auroc == aurocs[-1]
+
+
+def test_every_epoch_that_may_be_the_best_is_validated(tiny_root: Path, tmp_path: Path) -> None:
+    _, result = _train(tiny_root, tmp_path, _cfg(epochs=3))
+    assert len(result.history) == 3 and all(math.isfinite(h["val_auroc"]) for h in result.history)
+    assert result.best_val_auroc == max(h["val_auroc"] for h in result.history)

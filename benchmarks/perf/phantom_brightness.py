@@ -12,11 +12,15 @@ asks for intensity Dice at most twice the uniform floor and a pointing game at 1
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from collections import defaultdict
 
 import numpy as np
 import torch
+
+# The study script beside this one (a script's own folder is on sys.path).
+from train_study import phantom_changes
 
 from wsseg.config import EvalConfig, phantom_config
 from wsseg.core import CLASSES
@@ -34,11 +38,11 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=200, help="images per split (a multiple of 4)")
     ap.add_argument("--seed", type=int, default=0, help="dataset seed")
     ap.add_argument("--cache-dir", default=None)
+    ap.add_argument("--phantom", action="append", default=[], help="field=value or field=lo,hi: a PhantomConfig change")
     args = ap.parse_args()
     t0 = time.perf_counter()
-    root = prepare_phantom(
-        phantom_config(args.profile), args.seed, {"val": args.n, "test": args.n}, args.cache_dir, progress=False
-    )
+    phantom = dataclasses.replace(phantom_config(args.profile), **phantom_changes(args.phantom))
+    root = prepare_phantom(phantom, args.seed, {"val": args.n, "test": args.n}, args.cache_dir, progress=False)
     print(f"data: {root} ({time.perf_counter() - t0:.0f} s)")
     eval_cfg = EvalConfig(bootstrap_resamples=0)
     val = MammogramDataset(root, "val", with_masks=True)

@@ -60,6 +60,16 @@ def row_of(name: str, record: dict[str, Any], overrides: list[str], wall_s: floa
     }
 
 
+def phantom_changes(items: list[str]) -> dict[str, float | tuple[float, ...]]:
+    """``field=value`` items as PhantomConfig changes: a number, or a range written ``lo,hi``."""
+    changes: dict[str, float | tuple[float, ...]] = {}
+    for item in items:
+        field, value = item.split("=", 1)
+        numbers = tuple(float(v) for v in value.split(","))
+        changes[field] = numbers if len(numbers) > 1 else numbers[0]
+    return changes
+
+
 def table(log: Path) -> str:
     """The log as a Markdown table (one row per run, in order)."""
     head = (
@@ -91,7 +101,10 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("runs-study"))
     ap.add_argument("--log", type=Path, default=Path("runs-study/study.jsonl"))
     ap.add_argument(
-        "--phantom", action="append", default=[], help="field=value: a PhantomConfig change for this row (a study knob)"
+        "--phantom",
+        action="append",
+        default=[],
+        help="field=value or field=lo,hi: a PhantomConfig change for this row (a study knob)",
     )
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, one per core)")
     ap.add_argument("--table", action="store_true", help="print the log as a Markdown table and exit")
@@ -107,7 +120,7 @@ def main() -> None:
     if args.phantom:
         # The phantom's settings are not run settings; a study row may still vary them (the cache key follows).
         # The phantom source builds its generator with PhantomConfig.for_geometry, so the change is made there.
-        changes = {k: float(v) for k, v in (item.split("=", 1) for item in args.phantom)}
+        changes = phantom_changes(args.phantom)
         preset = PhantomConfig.for_geometry
 
         def changed(geometry: Geometry) -> PhantomConfig:
