@@ -9,7 +9,8 @@ AUROC column from above.
 "Visible" is read from the per-lesion rows of ``phantom_conspicuity.py --rows`` against Rose's criterion (a signal-to-
 noise ratio of about 3-5): a mass by its matched-filter CNR (``cnr_smooth``), a calcification cluster by its brightest
 pixel (``peak_cnr``); at the 4x-pooled network input, by ``cnr_pool`` and by a pooled peak that also beats the
-ring's own brightest pooled pixel.
+ring's own brightest pooled pixel. A last row bounds a network that finds every mass, however faint, and no
+calcification cluster: its bound is set by the share of positive images that hold a mass.
 
     python benchmarks/perf/phantom_conspicuity.py --profile quick --n 600 --versions 2.0 --rows rows.jsonl
     python benchmarks/perf/auroc_bound.py rows.jsonl
@@ -64,6 +65,11 @@ def main() -> None:
             for cls in ("benign", "malignant"):
                 n, p = visible_share(rows, cls, visible, threshold)
                 print(f"| {name} | {threshold:g} | {cls} | {n} | {p:.3f} | {0.5 + p / 2:.3f} |")
+    # A network that finds every mass, however faint, but no calcification cluster (e.g. one whose input pooling
+    # hides them): its bound depends only on the share of positive images holding a mass.
+    for cls in ("benign", "malignant"):
+        n, p = visible_share(rows, cls, lambda r, _: r["type"] == "mass", 0.0)
+        print(f"| every mass, no calcification | - | {cls} | {n} | {p:.3f} | {0.5 + p / 2:.3f} |")
 
 
 if __name__ == "__main__":
