@@ -313,10 +313,13 @@ class WSSegMethod(nn.Module, ABC):
         return 1.0
 
     def on_epoch_end(self, ctx: TrainContext, epoch: int, metrics: dict[str, float]) -> None:
-        """Hook called after each epoch's validation."""
+        """Hook called after each epoch (``metrics["val_auroc"]`` is NaN for an epoch that was not validated)."""
 
     def eligible_for_best(self, epoch: int) -> bool:
-        """Whether 0-based ``epoch`` may provide the best checkpoint (staged methods exclude early stages)."""
+        """Whether 0-based ``epoch`` may provide the best checkpoint (staged methods exclude early stages).
+
+        The loop validates only these epochs: validation exists to pick the best checkpoint.
+        """
         return True
 
     def explained_layer(self) -> nn.Module:
