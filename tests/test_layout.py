@@ -20,7 +20,7 @@ PACKAGE = ROOT / "wsseg"
 # (floor, module prefixes); the stage libraries are ordered among themselves too, so no two of them import each
 # other (no circles between packages).
 FLOORS: list[tuple[str, tuple[str, ...]]] = [
-    ("core", ("wsseg.core", "wsseg._io", "wsseg._lock", "wsseg._threads", "wsseg.weights")),
+    ("core", ("wsseg.core", "wsseg._io", "wsseg._lock", "wsseg._threads", "wsseg._entry_points", "wsseg.weights")),
     ("runtime", ("wsseg.runtime",)),
     ("data", ("wsseg.data",)),
     ("nn", ("wsseg.nn",)),

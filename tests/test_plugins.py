@@ -12,27 +12,24 @@ import pytest
 from typer.testing import CliRunner
 
 import wsseg.registry as registry
+from tests.plugin_kit import fake_distribution
 from wsseg.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "wsseg-example-plugin"
 
 
-def _fake_distribution(site: Path, name: str, entry_points: str, module: str, source: str) -> None:
-    """An installed distribution as pip leaves it: a module plus a dist-info folder with entry_points.txt."""
-    (site / f"{module}.py").write_text(source)
-    info = site / f"{name.replace('-', '_')}-0.1.dist-info"
-    info.mkdir(parents=True)
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text(f"[wsseg.methods]\n{entry_points}\n")
-
-
 @pytest.fixture
 def broken_site(tmp_path: Path) -> Path:
     site = tmp_path / "site"
     site.mkdir()
-    _fake_distribution(
-        site, "wsseg-broken", "broken = wsseg_broken:Broken", "wsseg_broken", "raise ImportError('boom')\n"
+    fake_distribution(
+        site,
+        "wsseg.methods",
+        "wsseg-broken",
+        "broken = wsseg_broken:Broken",
+        "wsseg_broken",
+        "raise ImportError('boom')\n",
     )
     return site
 
@@ -90,7 +87,7 @@ def test_plugin_that_parses_but_fails_to_import_is_broken_with_check(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     late = _plugin_source("late", "Late", '"""A plugin whose module fails last."""', "raise ImportError('no dep')\n")
-    _fake_distribution(tmp_path, "wsseg-late", "late = wsseg_late:Late", "wsseg_late", late)
+    fake_distribution(tmp_path, "wsseg.methods", "wsseg-late", "late = wsseg_late:Late", "wsseg_late", late)
     monkeypatch.syspath_prepend(str(tmp_path))
     registry.refresh()
     try:
@@ -114,7 +111,9 @@ def test_a_source_the_catalog_cannot_read_falls_back_to_importing(
 
     computed = _plugin_source("computed", "Computed", "supervision = 'f' + 'ull'")
     assert read_catalog() is not None
-    _fake_distribution(tmp_path, "wsseg-computed", "computed = wsseg_computed:Computed", "wsseg_computed", computed)
+    fake_distribution(
+        tmp_path, "wsseg.methods", "wsseg-computed", "computed = wsseg_computed:Computed", "wsseg_computed", computed
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     registry.refresh()
     try:
@@ -132,7 +131,9 @@ def test_catalog_follows_relative_imports_and_base_classes_like_the_import(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A plugin package: the method's base class sets the supervision in another module, imported relatively.
-    _fake_distribution(tmp_path, "wsseg-pkg", "pkgm = wsseg_pkg.method:PkgMethod", "wsseg_pkg_unused", "")
+    fake_distribution(
+        tmp_path, "wsseg.methods", "wsseg-pkg", "pkgm = wsseg_pkg.method:PkgMethod", "wsseg_pkg_unused", ""
+    )
     package = tmp_path / "wsseg_pkg"
     package.mkdir()
     (package / "__init__.py").write_text("raise ImportError('the catalog must not run this')\n")

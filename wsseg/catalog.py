@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 
+from wsseg._entry_points import entry_point_source
+
 ENTRY_POINT_GROUP = "wsseg.methods"
 # How far the reader follows base classes and re-exports before giving up (and letting the caller import).
 MAX_DEPTH = 12
@@ -40,12 +42,6 @@ class CatalogEntry:
 
 class Unreadable(Exception):
     """The source does not say it with literals; the method has to be imported to know."""
-
-
-def entry_point_source(ep: EntryPoint) -> str:
-    """``built-in`` for wsseg's own methods, ``plugin <distribution>`` for the others."""
-    dist = ep.dist.name if ep.dist is not None else "unknown"
-    return "built-in" if dist == "wsseg" else f"plugin {dist}"
 
 
 def method_entry_points() -> list[EntryPoint]:

@@ -1,4 +1,4 @@
-"""Names every floor of wsseg shares: the classes and the files of a scored folder.
+"""Names every floor of wsseg shares: classes, profile geometry, scored-folder files, short lists for messages.
 
 This module imports nothing from wsseg, so the data sources, the metrics, the reports and the pipelines can all
 read it without an import running upward.
@@ -6,6 +6,7 @@ read it without an import running upward.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 
@@ -39,3 +40,10 @@ PROFILE_GEOMETRY: dict[str, Geometry] = {
     "quick": Geometry(736, 480, 0.4),
     "paper": Geometry(2944, 1920, 0.1),
 }
+
+
+def short_list(paths: Iterable[str], limit: int = 5) -> str:
+    """The first ``limit`` names, comma-separated, and how many more: for one-line error messages."""
+    items = list(paths)
+    shown = ", ".join(items[:limit])
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")

@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from wsseg._entry_points import load_entry_points
 from wsseg.catalog import ENTRY_POINT_GROUP as ENTRY_POINT_GROUP  # re-exported: the group plugins declare
-from wsseg.catalog import entry_point_source, method_entry_points
+from wsseg.catalog import method_entry_points
 from wsseg.method import MethodConfig, Profile, WSSegMethod
 
 M = TypeVar("M", bound=type[WSSegMethod])
@@ -116,21 +117,7 @@ def _discover() -> None:
     if _discovered:
         return
     _discovered = True
-    for ep in method_entry_points():
-        source = entry_point_source(ep)
-        if ep.name in _REGISTRY:
-            continue
-        before = set(_REGISTRY)
-        try:
-            with _source(source):
-                ep.load()
-        except (Exception, SystemExit) as e:  # a broken plugin (even one that exits) must never break the others
-            for name in set(_REGISTRY) - before:  # a module that fails after its decorator ran registers nothing
-                del _REGISTRY[name]
-            _BROKEN[ep.name] = f"{source}: {type(e).__name__}: {e}"
-            continue
-        if ep.name not in _REGISTRY:
-            _BROKEN[ep.name] = f"{source}: entry point {ep.value} registered no method named {ep.name!r}"
+    load_entry_points(method_entry_points(), _REGISTRY, _BROKEN, _source, "method")
 
 
 def refresh() -> None:

@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from wsseg.core import short_list
+
 # How many differing keys an error message lists before it says "and N more".
 _SHOWN = 12
 
@@ -79,11 +81,6 @@ def rename_prefixes(state: Mapping[str, Tensor], table: Mapping[str, str]) -> di
     return out
 
 
-def _listing(keys: list[str]) -> str:
-    shown = ", ".join(keys[:_SHOWN])
-    return shown + (f" and {len(keys) - _SHOWN} more" if len(keys) > _SHOWN else "")
-
-
 def load_strict(module: nn.Module, state: Mapping[str, Tensor], source: str) -> None:
     """Load ``state`` into ``module``: every key mapped, every shape equal, nothing missing or left over.
 
@@ -107,11 +104,11 @@ def load_strict(module: nn.Module, state: Mapping[str, Tensor], source: str) -> 
     if missing or unexpected or shapes:
         parts = []
         if missing:
-            parts.append(f"{len(missing)} missing keys: {_listing(missing)}")
+            parts.append(f"{len(missing)} missing keys: {short_list(missing, _SHOWN)}")
         if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys: {_listing(unexpected)}")
+            parts.append(f"{len(unexpected)} unexpected keys: {short_list(unexpected, _SHOWN)}")
         if shapes:
-            parts.append(f"{len(shapes)} shape mismatches (file vs model): {_listing(shapes)}")
+            parts.append(f"{len(shapes)} shape mismatches (file vs model): {short_list(shapes, _SHOWN)}")
         raise ValueError(
             f"the weights in {source} do not fit {type(module).__name__} ({len(expected)} keys): "
             + "; ".join(parts)

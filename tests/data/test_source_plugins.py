@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 import wsseg.data.sources as sources
+from tests.plugin_kit import fake_distribution
 from wsseg.cli import app
 
 runner = CliRunner()
@@ -43,24 +44,24 @@ class Twin(DataSource):
 """
 
 
-def _distribution(site: Path, name: str, entry: str, module: str, source: str) -> None:
-    """An installed distribution as pip leaves it: a module plus a dist-info folder with entry_points.txt."""
-    (site / f"{module}.py").write_text(source)
-    info = site / f"{name.replace('-', '_')}-0.1.dist-info"
-    info.mkdir(parents=True)
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text(f"[wsseg.sources]\n{entry}\n")
-
-
 @pytest.fixture
 def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A site folder of source plugins on sys.path; afterwards the registry is as it was."""
     folder = tmp_path / "site"
     folder.mkdir()
-    _distribution(folder, "wsseg-toy", "toy = wsseg_toy:Toy", "wsseg_toy", TOY)
-    _distribution(folder, "wsseg-broken", "broken = wsseg_broken:Broken", "wsseg_broken", "raise ImportError('boom')\n")
-    _distribution(folder, "wsseg-twin", "twin = wsseg_twin:Twin", "wsseg_twin", TWIN)
-    _distribution(folder, "wsseg-empty", "empty = wsseg_empty:Nothing", "wsseg_empty", "Nothing = None\n")
+    fake_distribution(folder, "wsseg.sources", "wsseg-toy", "toy = wsseg_toy:Toy", "wsseg_toy", TOY)
+    fake_distribution(
+        folder,
+        "wsseg.sources",
+        "wsseg-broken",
+        "broken = wsseg_broken:Broken",
+        "wsseg_broken",
+        "raise ImportError('boom')\n",
+    )
+    fake_distribution(folder, "wsseg.sources", "wsseg-twin", "twin = wsseg_twin:Twin", "wsseg_twin", TWIN)
+    fake_distribution(
+        folder, "wsseg.sources", "wsseg-empty", "empty = wsseg_empty:Nothing", "wsseg_empty", "Nothing = None\n"
+    )
     monkeypatch.syspath_prepend(str(folder))
     sources.refresh()
     try:

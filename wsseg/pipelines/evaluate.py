@@ -12,7 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from wsseg.config import EvalConfig, RunConfig
-from wsseg.core import CLASSES
+from wsseg.core import CLASSES, short_list
 from wsseg.data.dataset import MammogramDataset, split_hash
 from wsseg.data.prepare import prepare_dataset
 from wsseg.data.sources import PrepareOptions
@@ -29,7 +29,6 @@ from wsseg.pipelines.scored import (
     make_evaluator,
     map_file_stem,
     score_stats,
-    short_list,
 )
 from wsseg.report.records import (
     RunRecord,

@@ -27,7 +27,7 @@ from wsseg._io import atomic_write_json, atomic_write_text, remove_stale_tempora
 from wsseg._lock import LOCK_NAME, folder_lock
 from wsseg._threads import available_cpus, configure_threads, loader_workers
 from wsseg.config import DataConfig, EvalConfig, RunConfig
-from wsseg.core import CLASSES, PER_IMAGE_CSV, PER_IMAGE_STATS, PROFILE_GEOMETRY
+from wsseg.core import CLASSES, PER_IMAGE_CSV, PER_IMAGE_STATS, PROFILE_GEOMETRY, short_list
 from wsseg.data.dataset import MammogramDataset, split_hash
 from wsseg.data.folds import FOLDS_FILE, FoldAssignment, dataset_patient_labels, folds_csv_text, load_assignment
 from wsseg.data.prepare import prepare_dataset
@@ -450,7 +450,7 @@ def check_run_folder(run_dir: Path, resume: bool, restart: bool = False) -> None
             return  # a run stopped before its first checkpoint: nothing to lose
         except (OSError, ValueError, TypeError, KeyError):
             pass  # not a wsseg config: someone else's file, refused below
-    shown = ", ".join(found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
+    shown = short_list(found)
     if "record.json" in found:
         what = "a finished run"
     else:

@@ -43,7 +43,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from wsseg.config import EvalConfig
-from wsseg.core import CLASSES
+from wsseg.core import CLASSES, short_list
 from wsseg.evaluation.evaluator import Normalization, SegmentationEvaluator
 from wsseg.pipelines.scored import (
     ASPECT_TOLERANCE,
@@ -58,7 +58,6 @@ from wsseg.pipelines.scored import (
     ids_hash,
     make_evaluator,
     score_stats,
-    short_list,
 )
 from wsseg.report.records import ScoreRecord, write_record
 

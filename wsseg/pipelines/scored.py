@@ -7,7 +7,6 @@ import hashlib
 import io
 import re
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -128,11 +127,6 @@ def score_stats(
 
 
 # ---------------------------------------------------------------------------------------------------------------
-def short_list(paths: Iterable[str], limit: int = 5) -> str:
-    """The first ``limit`` names, comma-separated, and how many more: for one-line error messages."""
-    items = list(paths)
-    shown = ", ".join(items[:limit])
-    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
 
 def ids_hash(image_ids: list[str]) -> str:

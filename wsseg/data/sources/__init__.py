@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
 import numpy as np
 
+from wsseg._entry_points import load_entry_points
 from wsseg.core import Geometry
 
 if TYPE_CHECKING:  # the data settings live in wsseg.config, a floor above; sources only read their fields
@@ -458,19 +459,8 @@ def _discover() -> None:
     if _discovered:
         return
     _discovered = True
-    for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
-        dist = ep.dist.name if ep.dist is not None else "unknown"
-        source = "built-in" if dist == "wsseg" else f"plugin {dist}"
-        if ep.name in _REGISTRY:
-            continue
-        try:
-            with _source(source):
-                ep.load()
-        except (Exception, SystemExit) as e:  # a broken plugin (even one that exits) must never break the others
-            _BROKEN[ep.name] = f"{source}: {type(e).__name__}: {e}"
-            continue
-        if ep.name not in _REGISTRY:
-            _BROKEN[ep.name] = f"{source}: entry point {ep.value} registered no dataset named {ep.name!r}"
+    eps = sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name)
+    load_entry_points(eps, _REGISTRY, _BROKEN, _source, "dataset")
 
 
 def refresh() -> None:

@@ -270,16 +270,6 @@ def write_phantom_manifest(root: Path, n_images: int = 16, seed: int = 0) -> dic
                 save_mask(root / "masks" / f"{image_id}_{cls}.png", mirror(img.masks[k]))
                 row[f"{cls}_mask"] = f"masks/{image_id}_{cls}.png"
         rows.append(row)
-    header = [
-        "image",
-        "image_id",
-        "patient_id",
-        "laterality",
-        "view",
-        "benign",
-        "malignant",
-        "benign_mask",
-        "malignant_mask",
-    ]
+    header = [c for c in MANIFEST_HEADER if c not in ("split", "boxes")]  # the optional columns left out
     write_csv(root / "manifest.csv", header, rows)
     return truth
