@@ -67,6 +67,19 @@ def test_benchmark_runs_what_is_missing_then_writes_the_leaderboard(tmp_path: Pa
         third = runner.invoke(app, ["benchmark", str(path), "-q", "--set", flag])
         assert third.exit_code == 2 and named in third.output and "--out" in third.output, third.output
     assert md.read_bytes() == before
+    # Nor is a run of an older phantom generator, trained or not (phantom 1's maps scored other images).
+    for run in ("cam", "uniform"):
+        record_path = runs / f"{run}-phantom-tiny-s0" / "record.json"
+        record = json.loads(record_path.read_text())
+        version = record["dataset_info"]["version"]
+        record["dataset_info"]["version"] = "phantom-0.1"
+        record_path.write_text(json.dumps(record))
+        stale = runner.invoke(app, ["benchmark", str(path), "-q"])
+        assert stale.exit_code == 2, stale.output
+        assert f"{run}-phantom-tiny-s0 was made with other settings" in stale.output
+        assert f"data version: 'phantom-0.1' -> {version!r}" in stale.output
+        record["dataset_info"]["version"] = version
+        record_path.write_text(json.dumps(record))
 
 
 def test_post_hoc_methods_reuse_the_run_of_the_classifier_they_read_and_the_others_train(

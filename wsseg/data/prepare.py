@@ -103,7 +103,7 @@ def prepare_download(source: DataSource, data: DataConfig, geometry: Geometry, o
     info = {
         # Spelled out ("mini-mias-1, preprocessing 2", not "mini-mias-1-pre2", which reads like a pre-release).
         # VOI-windowed inputs are other data: the version keeps such runs out of the plain runs' tables.
-        "version": dataset_version(source.name, source.version, data.voi_lut),
+        "version": source.data_version(data),
         "cache_key": root.name,
         "annotation": source.annotation,
         "label_source": source.label_source,

@@ -427,14 +427,17 @@ def check_finished_run(folder: Path, cfg: RunConfig, untrained: bool) -> None:
     Run ids name the method, dataset, profile, seed and fold, not the settings: a benchmark re-run into the same
     folder with, say, ``--set method.pretrained=imagenet`` or another ``train.epochs`` would otherwise skip the old
     runs and publish them as the new setting's. Compared: the method's config and (for trained methods; post-hoc runs
-    take their classifier's, reference maps learn nothing) the training length and learning rate.
+    take their classifier's, reference maps learn nothing) the training length and learning rate, and the data's
+    version (a run of an older phantom generator or reading of a download scored other images).
 
     Raises:
         ValueError: naming the run, the settings that differ and the fix.
     """
+    from wsseg.data.sources import get_source
     from wsseg.report.records import read_record_json
 
-    saved = read_record_json(folder / "record.json").get("config")
+    record = read_record_json(folder / "record.json")
+    saved = record.get("config")
     if not isinstance(saved, dict):
         return  # a record without its config (written by hand or by an old wsseg): nothing to compare
     now = json.loads(json.dumps(cfg.to_dict()))  # tuples as lists, as the record stores them
@@ -447,6 +450,11 @@ def check_finished_run(folder: Path, cfg: RunConfig, untrained: bool) -> None:
     if isinstance(trained, dict):
         changed = [k for k in ("epochs", "lr") if trained.get(k) is not None and trained[k] != now["train"][k]]
         differ += [f"train.{k}: {trained[k]!r} -> {now['train'][k]!r}" for k in changed]
+    info = record.get("dataset_info")
+    was_version = info.get("version") if isinstance(info, dict) else None
+    version = get_source(cfg.data.dataset).data_version(cfg.data)
+    if was_version is not None and was_version != version:
+        differ.append(f"data version: {was_version!r} -> {version!r}")
     if differ:
         raise ValueError(
             f"{folder} was made with other settings than this benchmark's ({'; '.join(differ)}); give the benchmark "

@@ -284,7 +284,7 @@ class DataSource:
 
     A download is scanned into records and turned into the cache by :mod:`wsseg.data.prepare`; a source that makes
     its images itself (the phantom) overrides :meth:`prepare`, :meth:`validate`, :meth:`patient_labels` and
-    :meth:`preview` instead, and sets ``needs_root = False``.
+    :meth:`preview` (and :meth:`data_version`) instead, and sets ``needs_root = False``.
 
     Attributes:
         name: registry name (set by :func:`register_source`).
@@ -343,6 +343,17 @@ class DataSource:
         """
         if data.root is None:
             raise ValueError(f"--dataset {self.name} needs --data-root PATH (the downloaded dataset)")
+
+    def data_version(self, data: DataConfig) -> str:
+        """The version that data prepared with ``data``'s settings gets in a record's ``dataset_info``, before any read.
+
+        ``wsseg benchmark`` compares it with a finished run's, so a run made from an older reading of the download
+        (or an older phantom generator) is not skipped and published beside the new ones. A source that overrides
+        :meth:`prepare` writes this value as its ``info["version"]`` and overrides this method to match.
+        """
+        from wsseg.data.prepare import dataset_version  # the shared pipeline imports this module
+
+        return dataset_version(self.name, self.version, data.voi_lut)
 
     def prepare(self, data: DataConfig, geometry: Geometry, options: PrepareOptions) -> Prepared:
         """Read, preprocess and cache the download at ``data.root`` at ``geometry`` (reused when already there).

@@ -82,11 +82,15 @@ class PhantomSource(DataSource):
         repaired = repair_phantom_cache(root, (geometry.height, geometry.width)) if options.verify else []
         lines = [f"regenerated the damaged cache file {path}" for path in repaired]
         info = {
-            "version": f"phantom-{PHANTOM_VERSION}",
+            "version": self.data_version(data),
             "cache_key": phantom_cache_key(pcfg, data.seed, counts),
             "pixel_spacing_mm": pcfg.pixel_spacing_mm,
         }
         return Prepared(root, info, "\n".join([*lines, f"{sum(counts.values())} images ready in {root}"]))
+
+    def data_version(self, data: DataConfig) -> str:
+        """``phantom-<generator version>``: the generator's version names the data (its settings follow the profile)."""
+        return f"phantom-{PHANTOM_VERSION}"
 
     def patient_labels(
         self, root: str | Path | None, cache_root: Path | None = None
